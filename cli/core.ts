@@ -1,0 +1,75 @@
+/** Core subcommands: controller, stats, bench micro, demo. */
+import type { Command } from 'commander';
+import { Controller } from '../controller/index.js';
+import { connect, FractosError } from '../libfractos/index.js';
+import { die, log } from './log.js';
+
+function collectPeer(v: string, acc: Map<number, string>): Map<number, string> {
+  const m = /^(\d+)=(tcp:\/\/.+)$/.exec(v);
+  if (!m) throw new FractosError('EINVAL', `--peer wants ID=tcp://HOST:PORT, got '${v}'`);
+  acc.set(Number(m[1]), m[2]!);
+  return acc;
+}
+
+function collect(v: string, acc: string[]): string[] {
+  acc.push(v);
+  return acc;
+}
+
+/** Default Controller address on a single host. */
+export const DEFAULT_CONTROLLER = process.env.FRACTOS_CONTROLLER ?? 'unix:/tmp/fractos-controller.sock';
+
+export function register(program: Command): void {
+  program
+    .command('controller')
+    .description('run a Controller (the trusted layer) until killed')
+    .option('--listen <addr>', 'unix:PATH or tcp://HOST:PORT (repeatable)', collect, [])
+    .option('--id <n>', 'controller id (1..2^32-1)', '1')
+    .option('--state-dir <dir>', 'where the epoch is persisted', '.state/controller-1')
+    .option('--peer <id=addr>', 'static peer: ID=tcp://HOST:PORT (repeatable)', collectPeer, new Map<number, string>())
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string> }) => {
+      try {
+        const c = await Controller.start({
+          id: Number(o.id),
+          listen: o.listen.length ? o.listen : [DEFAULT_CONTROLLER],
+          stateDir: o.stateDir,
+          peers: o.peer,
+          log,
+        });
+        // One line on stdout that scripts and tests wait for.
+        process.stdout.write(`controller ${c.id} epoch ${c.epoch} listening ${c.addresses.join(' ')}\n`);
+        const stop = (): void => {
+          c.close().finally(() => process.exit(0));
+        };
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
+      } catch (err) {
+        die(err);
+      }
+    });
+
+  program
+    .command('stats')
+    .description('print frames and bytes per link of a Controller')
+    .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
+    .option('--json', 'print JSON')
+    .action(async (o: { controller: string; json?: boolean }) => {
+      try {
+        const p = await connect(o.controller, { name: 'stats' });
+        const s = await p.stats();
+        await p.close();
+        const links = s.links.filter((l) => l.name !== 'stats' || l.kind !== 'process');
+        if (o.json) {
+          process.stdout.write(JSON.stringify({ controller: s.controller, epoch: s.epoch, links }, null, 2) + '\n');
+          return;
+        }
+        process.stdout.write(`controller ${s.controller} epoch ${s.epoch}\n`);
+        process.stdout.write(`${'kind'.padEnd(8)} ${'id'.padStart(4)} ${'name'.padEnd(20)} ${'frames in'.padStart(10)} ${'frames out'.padStart(10)} ${'bytes in'.padStart(12)} ${'bytes out'.padStart(12)}\n`);
+        for (const l of links) {
+          process.stdout.write(`${l.kind.padEnd(8)} ${String(l.id).padStart(4)} ${l.name.slice(0, 20).padEnd(20)} ${String(l.framesIn).padStart(10)} ${String(l.framesOut).padStart(10)} ${String(l.bytesIn).padStart(12)} ${String(l.bytesOut).padStart(12)}\n`);
+        }
+      } catch (err) {
+        die(err);
+      }
+    });
+}

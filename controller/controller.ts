@@ -1,0 +1,1307 @@
+/**
+ * The Controller: the trusted layer of FractOS (paper §3). It owns every object its
+ * Processes register, every Process's capability space, routes invocations and memory
+ * copies, and talks to peer Controllers over TCP. See docs/protocol.md for the frames.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
+import { Link, dial, parseAddress, type Address } from '../libfractos/link.js';
+import {
+  Backing, COPY_CHUNK_BYTES, DEFAULT_LIMITS, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
+  allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
+  writeArgs, writeCid, writeRef, writeU64,
+  type ImmRange, type Limits, type ObjectRef, type RequestArgs,
+} from '../libfractos/protocol.js';
+import { shmOpen, shmUnlink } from '../native/shm/index.js';
+import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RequestInfo, type Target } from './objects.js';
+import { PeerConn } from './peer-conn.js';
+import { ProcConn } from './process-conn.js';
+
+/** Options of `Controller.start`. */
+export interface ControllerOptions {
+  /** This Controller's id (u32, unique among peers). */
+  id: number;
+  /** Addresses to listen on: `unix:PATH` or `tcp://HOST:PORT` (port 0 picks one). */
+  listen: string[];
+  /** Directory holding the persisted epoch. */
+  stateDir: string;
+  /** Static peer list: id -> `tcp://HOST:PORT`. The higher id dials the lower. */
+  peers?: Map<number, string>;
+  limits?: Partial<Limits>;
+  /** Log sink (pino-compatible subset). */
+  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+}
+
+/** Per-link counters as printed by `fractos stats`. */
+export interface LinkStats {
+  kind: 'process' | 'peer';
+  id: number;
+  name: string;
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+const DEAD = new RemoteProxy({ controller: 0, epoch: 0, id: 0 }, 'dead');
+DEAD.revoked = true;
+
+interface KvEntry {
+  ref: ObjectRef;
+  ts: number;
+  origin: number;
+  pinned: Target | null;
+}
+
+interface Delivery {
+  run: () => void;
+  fail: (err: FractosError) => void;
+}
+
+type Done = (err: FractosError | null) => void;
+
+const noopLog = { info: () => {}, warn: () => {} };
+
+export class Controller {
+  readonly id: number;
+  readonly epoch: number;
+  readonly limits: Limits;
+  readonly #log: NonNullable<ControllerOptions['log']>;
+  readonly #servers: net.Server[] = [];
+  readonly #addresses: string[] = [];
+  readonly #objects = new Map<number, Obj>();
+  #nextObjId = 1;
+  #nextProcId = 1;
+  readonly #procs = new Map<number, ProcConn>();
+  readonly #peers = new Map<number, PeerConn>();
+  readonly #peerAddrs: Map<number, string>;
+  readonly #proxies = new Map<string, RemoteProxy>();
+  readonly #kv = new Map<string, KvEntry>();
+  #kvClock = 0;
+  /** Monitor tokens this Controller registered at peers (remote monitor_delegate). */
+  readonly #remoteMonitors = new Map<number, { proc: ProcConn; token: number }>();
+  #nextRemoteToken = 1;
+  /** Regions mapped by the Controller, by name (shared with all Processes' Memory). */
+  readonly #regions = new Map<string, Uint8Array>();
+  #closing = false;
+  readonly #dialTimers = new Set<NodeJS.Timeout>();
+  /** Counters of links that closed, so `stats` covers the whole run. */
+  readonly #closedStats: LinkStats[] = [];
+
+  private constructor(opts: ControllerOptions, epoch: number) {
+    this.id = opts.id;
+    this.epoch = epoch;
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.#log = opts.log ?? noopLog;
+    this.#peerAddrs = opts.peers ?? new Map();
+  }
+
+  /**
+   * Start a Controller: bump and persist the epoch in `stateDir`, listen, dial peers with
+   * lower ids. Errors: EINVAL (bad address or id), EIO (state dir), EADDRINUSE from the OS.
+   */
+  static async start(opts: ControllerOptions): Promise<Controller> {
+    if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
+      throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
+    }
+    const epoch = bumpEpoch(opts.stateDir);
+    const c = new Controller(opts, epoch);
+    for (const a of opts.listen) await c.#listen(parseAddress(a));
+    for (const [pid, addr] of c.#peerAddrs) if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
+    c.#log.info({ id: c.id, epoch, listen: c.#addresses }, 'controller started');
+    return c;
+  }
+
+  /** Addresses actually listened on (with the chosen port for tcp port 0). */
+  get addresses(): string[] {
+    return [...this.#addresses];
+  }
+
+  /** Number of live objects (for leak checks in tests). */
+  get objectCount(): number {
+    return this.#objects.size;
+  }
+
+  /** Ids of connected peers. */
+  get connectedPeers(): number[] {
+    return [...this.#peers.keys()];
+  }
+
+  /** Per-link counters, live links and closed ones. */
+  stats(): LinkStats[] {
+    const out: LinkStats[] = [...this.#closedStats];
+    for (const p of this.#procs.values()) out.push({ kind: 'process', id: p.id, name: p.name, ...p.link.counters });
+    for (const p of this.#peers.values()) out.push({ kind: 'peer', id: p.id, name: `controller-${p.id}`, ...p.link.counters });
+    return out;
+  }
+
+  /** Close every link and listener. */
+  async close(): Promise<void> {
+    this.#closing = true;
+    for (const t of this.#dialTimers) clearTimeout(t);
+    for (const p of [...this.#procs.values()]) p.link.close();
+    for (const p of [...this.#peers.values()]) p.link.close();
+    await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const a of this.#addresses) if (a.startsWith('unix:')) try { unlinkSync(a.slice(5)); } catch { /* gone */ }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Listening and accepting
+
+  async #listen(addr: Address): Promise<void> {
+    const server = net.createServer((sock) => this.#accept(sock));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if (addr.kind === 'unix') {
+        if (existsSync(addr.path)) unlinkSync(addr.path);
+        server.listen(addr.path, () => resolve());
+      } else server.listen(addr.port, addr.host, () => resolve());
+    });
+    server.on('error', (err) => this.#log.warn({ err: err.message }, 'listener error'));
+    this.#servers.push(server);
+    if (addr.kind === 'unix') this.#addresses.push(`unix:${addr.path}`);
+    else {
+      const a = server.address() as net.AddressInfo;
+      this.#addresses.push(`tcp://${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${a.port}`);
+    }
+  }
+
+  #accept(sock: net.Socket): void {
+    const link = new Link(sock, this.limits.maxFrameBytes);
+    link.onFrame = (frame) => {
+      const op = frameOp(frame);
+      if (op === Op.HELLO) this.#helloProcess(link, frame);
+      else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
+      else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
+    };
+    link.onClose = () => {};
+  }
+
+  #helloProcess(link: Link, frame: Buffer): void {
+    if (frame.length < HEADER_BYTES + 4) {
+      link.close(new FractosError('EPROTO', 'short HELLO'));
+      return;
+    }
+    const proc = new ProcConn(this.#nextProcId++, link);
+    proc.pid = frame.readUInt32LE(HEADER_BYTES);
+    proc.name = frame.toString('utf8', HEADER_BYTES + 4).slice(0, 64);
+    proc.helloDone = true;
+    this.#procs.set(proc.id, proc);
+    link.onFrame = (f) => this.#onProcFrame(proc, f);
+    link.onClose = (err) => this.#procGone(proc, err);
+    const r = allocFrame(Op.REPLY, frameSeq(frame), 28);
+    r.writeUInt32LE(this.id, 16);
+    r.writeUInt32LE(this.epoch, 20);
+    r.writeUInt32LE(proc.id, 24);
+    r.writeUInt32LE(this.limits.maxFrameBytes, 28);
+    r.writeUInt32LE(this.limits.maxImmBytes, 32);
+    r.writeUInt32LE(this.limits.maxCapSlots, 36);
+    r.writeUInt32LE(this.limits.maxOutstandingDeliveries, 40);
+    link.send(r);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Process frames
+
+  #onProcFrame(proc: ProcConn, frame: Buffer): void {
+    const op = frameOp(frame);
+    const seq = frameSeq(frame);
+    const end = frame.length;
+    try {
+      switch (op) {
+        case Op.REPLY:
+          proc.calls.complete(frame);
+          return;
+        case Op.DELIVER_ACK: {
+          // u32 n: deliveries the Process has taken in
+          need(frame, 4);
+          const n = frame.readUInt32LE(16);
+          proc.outstanding = Math.max(0, proc.outstanding - n);
+          this.#drain(proc);
+          return;
+        }
+        case Op.NULL:
+          proc.link.send(allocFrame(Op.REPLY, seq, 0));
+          return;
+        case Op.MEMORY_CREATE:
+          this.#memoryCreate(proc, seq, frame);
+          return;
+        case Op.MEMORY_DIMINISH: {
+          // u32 cid, u8 dropPerms, 3 x u8 0, u64 offset, u64 size
+          need(frame, 24);
+          const t = this.#target(proc, readCid(frame, 16));
+          const drop = frame.readUInt8(20);
+          const off = readU64(frame, 24);
+          const size = readU64(frame, 32);
+          if (t.isProxy) {
+            this.#peerCallRef(t, Op.P_DIMINISH, 17, (f, o) => {
+              f.writeUInt8(drop, o);
+              writeU64(f, off, o + 1);
+              writeU64(f, size, o + 9);
+            }, this.#replyNewProxy(proc, seq));
+          } else this.#replyCid(proc, seq, this.#install(proc, this.#diminish(t, drop, off, size)));
+          return;
+        }
+        case Op.MEMORY_COPY: {
+          // u32 src cid, u32 dst cid
+          need(frame, 8);
+          const src = this.#target(proc, readCid(frame, 16));
+          const dst = this.#target(proc, readCid(frame, 20));
+          const done = this.#replyDone(proc, seq);
+          if (src.isProxy) {
+            const dref = this.#refOf(dst);
+            this.#peerCallRef(src, Op.P_COPY, REF_BYTES, (f, o) => writeRef(f, dref, o), (err) => done(err));
+          } else this.#execCopy(src, dst, done);
+          return;
+        }
+        case Op.MEMORY_STAT:
+          need(frame, 4);
+          this.#memoryStat(proc, seq, this.#target(proc, readCid(frame, 16)));
+          return;
+        case Op.REQUEST_CREATE: {
+          // u32 tag, args
+          need(frame, 4);
+          const tag = frame.readUInt32LE(16);
+          const { args } = readArgs(frame, 20, end, readCid, 4, this.limits);
+          const info = mergeArgs(null, tag, this.#capTargets(proc, args), this.limits);
+          const obj = this.#newObj(Kind.REQUEST, proc, null, null, info);
+          proc.owned.add(obj);
+          this.#replyCid(proc, seq, this.#install(proc, obj));
+          return;
+        }
+        case Op.REQUEST_DERIVE:
+        case Op.REQUEST_INVOKE: {
+          // u32 cid, args
+          need(frame, 4);
+          const t = this.#target(proc, readCid(frame, 16));
+          const { args } = readArgs(frame, 20, end, readCid, 4, this.limits);
+          const targs = this.#capTargets(proc, args);
+          if (op === Op.REQUEST_DERIVE) {
+            if (t.isProxy) this.#peerDerive(t, targs, this.#replyNewProxy(proc, seq));
+            else this.#replyCid(proc, seq, this.#install(proc, this.#derive(t, targs)));
+          } else {
+            const done = this.#replyDone(proc, seq);
+            if (t.isProxy) this.#peerInvoke(t, targs, done);
+            else this.#invokeLocal(t, targs, done);
+          }
+          return;
+        }
+        case Op.CAP_REVTREE: {
+          need(frame, 4);
+          const t = this.#target(proc, readCid(frame, 16));
+          if (t.isProxy) this.#peerCallRef(t, Op.P_REVTREE, 0, null, this.#replyNewProxy(proc, seq));
+          else this.#replyCid(proc, seq, this.#install(proc, this.#revtree(t)));
+          return;
+        }
+        case Op.CAP_REVOKE: {
+          need(frame, 4);
+          const t = this.#target(proc, readCid(frame, 16));
+          const done = this.#replyDone(proc, seq);
+          if (t.isProxy) {
+            this.#peerCallRef(t, Op.P_REVOKE, 0, null, (err) => {
+              if (!err) this.#proxyRevoked(t, MonitorReason.REVOKED);
+              done(err);
+            });
+          } else {
+            this.#revoke(t, MonitorReason.REVOKED);
+            done(null);
+          }
+          return;
+        }
+        case Op.CAP_DROP: {
+          // u32 cid
+          need(frame, 4);
+          const cid = readCid(frame, 16);
+          proc.lookup(cid);
+          this.#dropEntry(proc, cid);
+          proc.link.send(allocFrame(Op.REPLY, seq, 0));
+          return;
+        }
+        case Op.MONITOR_DELEGATE:
+        case Op.MONITOR_RECEIVE: {
+          // u32 cid, u32 monitor id
+          need(frame, 8);
+          const e = proc.lookup(readCid(frame, 16));
+          const token = frame.readUInt32LE(20);
+          if (op === Op.MONITOR_RECEIVE) this.#monitorReceive(proc, e.target, token);
+          else this.#monitorDelegate(proc, e.target, token, seq);
+          if (op === Op.MONITOR_RECEIVE) proc.link.send(allocFrame(Op.REPLY, seq, 0));
+          return;
+        }
+        case Op.KV_PUT: {
+          // u32 cid, utf8 name
+          need(frame, 5);
+          const t = this.#target(proc, readCid(frame, 16));
+          const name = frame.toString('utf8', 20);
+          this.#kvPut(name, this.#refOf(t), Date.now() * 1024 + (this.#kvClock++ % 1024), this.id, t);
+          proc.link.send(allocFrame(Op.REPLY, seq, 0));
+          return;
+        }
+        case Op.KV_GET: {
+          need(frame, 1);
+          const name = frame.toString('utf8', 16);
+          const e = this.#kv.get(name);
+          if (!e) throw new FractosError('ENOENT', `no cap published as '${name}'`);
+          this.#replyCid(proc, seq, this.#install(proc, this.#targetFromRef(e.ref)));
+          return;
+        }
+        case Op.STATS:
+          this.#replyStats(proc, seq);
+          return;
+        case Op.HELLO:
+          throw new FractosError('EPROTO', 'HELLO sent twice');
+        default:
+          throw new FractosError('EPROTO', `unknown op ${opName(op)}`);
+      }
+    } catch (err) {
+      this.#procError(proc, seq, err);
+    }
+  }
+
+  /** A semantic error is answered; a malformed frame closes only this channel. */
+  #procError(proc: ProcConn, seq: number, err: unknown): void {
+    if (err instanceof FractosError && err.code !== 'EPROTO') {
+      proc.link.send(errorReply(seq, errorCodeToWire(err.code), err.message));
+      return;
+    }
+    if (err instanceof RangeError) err = new FractosError('EPROTO', `malformed frame: ${err.message}`);
+    if (!(err instanceof FractosError)) this.#log.warn({ err: String(err) }, 'internal error');
+    const e = err instanceof FractosError ? err : new FractosError('EPROTO', String(err));
+    proc.link.send(errorReply(seq, errorCodeToWire('EPROTO'), e.message));
+    proc.link.close(e);
+  }
+
+  #replyCid(proc: ProcConn, seq: number, e: CapEntry): void {
+    const r = allocFrame(Op.REPLY, seq, 4);
+    r.writeUInt32LE(e.cid, 16);
+    proc.link.send(r);
+  }
+
+  #replyDone(proc: ProcConn, seq: number): Done {
+    return (err) => {
+      if (!proc.alive) return;
+      if (err) proc.link.send(errorReply(seq, errorCodeToWire(err.code), err.message));
+      else proc.link.send(allocFrame(Op.REPLY, seq, 0));
+    };
+  }
+
+  /** Callback for a peer reply carrying a new ObjectRef: install a (pre-held) proxy. */
+  #replyNewProxy(proc: ProcConn, seq: number): (err: FractosError | null, f: Buffer | null) => void {
+    return (err, f) => {
+      if (!proc.alive) {
+        if (!err && f) this.#sendHold(readRef(f, HEADER_BYTES), -1);
+        return;
+      }
+      if (err) {
+        proc.link.send(errorReply(seq, errorCodeToWire(err.code), err.message));
+        return;
+      }
+      const ref = readRef(f!, HEADER_BYTES);
+      const t = this.#proxyFor(ref, true);
+      try {
+        this.#replyCid(proc, seq, this.#install(proc, t));
+      } catch (e) {
+        this.#procError(proc, seq, e);
+      }
+    };
+  }
+
+  #procGone(proc: ProcConn, err?: Error): void {
+    if (!proc.alive) return;
+    proc.alive = false;
+    this.#procs.delete(proc.id);
+    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...proc.link.counters });
+    if (this.#closedStats.length > 1024) this.#closedStats.shift();
+    if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
+    proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
+    for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
+    for (let cid = 1; cid < proc.caps.length; cid++) if (proc.caps[cid]) this.#dropEntry(proc, cid);
+    const q = proc.queue as unknown as Delivery[];
+    for (let i = proc.queueHead; i < q.length; i++) q[i]!.fail(new FractosError('EREVOKED', 'provider went away'));
+    q.length = 0;
+    // Its shared regions: drop our mappings and the names it can no longer unlink (kill -9).
+    const prefix = `/fractos-${proc.pid}-`;
+    let samePid = false;
+    for (const p of this.#procs.values()) if (p.pid === proc.pid) samePid = true;
+    if (!samePid) {
+      for (const name of [...this.#regions.keys()]) {
+        if (!name.startsWith(prefix)) continue;
+        this.#regions.delete(name);
+        try {
+          shmUnlink(name);
+        } catch {
+          // already unlinked by its owner
+        }
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Objects
+
+  #newObj(kind: 1 | 2, owner: ProcConn, parent: Obj | null, mem: MemoryInfo | null, req: RequestInfo | null): Obj {
+    const obj = new Obj(this.#nextObjId++, kind, owner, parent, mem, req);
+    this.#objects.set(obj.id, obj);
+    if (parent) (parent.children ??= new Set()).add(obj);
+    return obj;
+  }
+
+  /** Resolve a cid to a live target. Errors: EBADCAP, EREVOKED. */
+  #target(proc: ProcConn, cid: number): Target {
+    const t = proc.lookup(cid).target;
+    if (t.revoked) throw new FractosError('EREVOKED', `cid ${cid} names a revoked object`);
+    return t;
+  }
+
+  #install(proc: ProcConn, t: Target): CapEntry {
+    const first = t.entries.size === 0;
+    const e = proc.install(t, this.limits.maxCaps);
+    if (t.isProxy) {
+      if (first && t.kvPins === 0 && !t.revoked && t !== DEAD) {
+        if (this.#preheld.has(t)) this.#preheld.delete(t);
+        else this.#sendHold(t.ref, +1);
+      }
+    } else this.#armDelegMonitors(t);
+    return e;
+  }
+
+  /** Proxies whose hold the owner already counted (new objects made for us). */
+  readonly #preheld = new Set<RemoteProxy>();
+
+  #proxyFor(ref: ObjectRef, preheld = false): RemoteProxy {
+    const key = refKey(ref);
+    let p = this.#proxies.get(key);
+    if (!p) {
+      p = new RemoteProxy(ref, key);
+      this.#proxies.set(key, p);
+      if (preheld) this.#preheld.add(p);
+    } else if (preheld) this.#sendHold(ref, -1); // we already hold it: give back the extra count
+    if (!this.#peers.has(ref.controller) && !this.#peerAddrs.has(ref.controller)) p.revoked = true;
+    return p;
+  }
+
+  /** The target a ref names, as seen from this Controller (DEAD if gone). */
+  #targetFromRef(ref: ObjectRef): Target {
+    if (ref.controller === this.id) {
+      if (ref.epoch !== this.epoch) return DEAD;
+      return this.#objects.get(ref.id) ?? DEAD;
+    }
+    return this.#proxyFor(ref);
+  }
+
+  #refOf(t: Target): ObjectRef {
+    return t.isProxy ? t.ref : { controller: this.id, epoch: this.epoch, id: t.id };
+  }
+
+  /** A local object named by a ref from a peer. Errors: EREVOKED. */
+  #localObj(ref: ObjectRef): Obj {
+    if (ref.controller !== this.id) throw new FractosError('EPROTO', `ref for controller ${ref.controller} sent to ${this.id}`);
+    const obj = ref.epoch === this.epoch ? this.#objects.get(ref.id) : undefined;
+    if (!obj || obj.revoked) throw new FractosError('EREVOKED', `object ${refKey(ref)} is revoked`);
+    return obj;
+  }
+
+  #dropEntry(proc: ProcConn, cid: number): void {
+    const e = proc.remove(cid);
+    if (!e) return;
+    this.#released(e.target);
+  }
+
+  /** A reference to `t` went away: give back holds, collect derived objects, fire monitors. */
+  #released(t: Target): void {
+    if (t.isProxy) {
+      if (t === DEAD || t.entries.size > 0 || t.kvPins > 0) return;
+      this.#proxies.delete(t.key);
+      this.#preheld.delete(t);
+      if (!t.revoked) this.#sendHold(t.ref, -1);
+      return;
+    }
+    this.#checkDelegMonitors(t);
+    this.#maybeCollect(t);
+  }
+
+  #holders(obj: Obj, exclude: ProcConn | null, excludePeer = 0): number {
+    let n = obj.children?.size ?? 0;
+    for (const e of obj.entries) if (e.proc !== exclude) n++;
+    if (obj.remoteHolds) for (const [peer, c] of obj.remoteHolds) n += peer === excludePeer ? Math.max(0, c - 1) : c;
+    return n + obj.kvPins;
+  }
+
+  #maybeCollect(obj: Obj): void {
+    // Derived objects (views, revtree children, derived Requests) live while referenced;
+    // base objects live until their owner revokes them or goes away.
+    if (obj.revoked || obj.parent === null) return;
+    if (this.#holders(obj, null) > 0) return;
+    this.#objects.delete(obj.id);
+    obj.revoked = true;
+    const parent = obj.parent;
+    parent.children?.delete(obj);
+    this.#checkDelegMonitors(parent);
+    this.#maybeCollect(parent);
+  }
+
+  /** Revoke an object and its whole revocation tree, at once (paper §3.5). */
+  #revoke(root: Obj, reason: number): void {
+    if (root.revoked) return;
+    const stack: Obj[] = [root];
+    if (root.parent) root.parent.children?.delete(root);
+    while (stack.length) {
+      const obj = stack.pop()!;
+      if (obj.revoked && obj !== root) continue;
+      obj.revoked = true;
+      this.#objects.delete(obj.id);
+      if (obj.parent === null) obj.owner.owned.delete(obj);
+      if (obj.recvMonitors) {
+        for (const m of obj.recvMonitors) this.#fireMonitor(m, reason);
+        obj.recvMonitors = null;
+      }
+      obj.delegMonitors = null;
+      if (obj.remoteHolds) {
+        const ref = this.#refOf(obj);
+        for (const peer of obj.remoteHolds.keys()) this.#sendRevoked(peer, ref);
+        obj.remoteHolds = null;
+      }
+      if (obj.children) for (const c of obj.children) stack.push(c);
+      obj.children = null;
+    }
+    if (root.parent) {
+      this.#checkDelegMonitors(root.parent);
+      this.#maybeCollect(root.parent);
+    }
+  }
+
+  #proxyRevoked(p: RemoteProxy, reason: number): void {
+    if (p.revoked) return;
+    p.revoked = true;
+    this.#preheld.delete(p);
+    if (p.recvMonitors) {
+      for (const m of p.recvMonitors) this.#fireMonitor(m, reason);
+      p.recvMonitors = null;
+    }
+    if (p.entries.size === 0 && p.kvPins === 0) this.#proxies.delete(p.key);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Memory
+
+  #memoryCreate(proc: ProcConn, seq: number, frame: Buffer): void {
+    // u8 backing, u8 perms, u16 0, u32 0, u64 offset, u64 size, u64 servedKey, utf8 region
+    need(frame, 32);
+    const backing = frame.readUInt8(16);
+    const perms = frame.readUInt8(17) & Perm.RW;
+    const offset = readU64(frame, 24);
+    const size = readU64(frame, 32);
+    const servedKey = readU64(frame, 40);
+    let info: MemoryInfo;
+    if (backing === Backing.SHARED) {
+      const region = frame.toString('utf8', 48);
+      // A Process may register only regions it created: names carry its OS pid.
+      if (!region.startsWith(`/fractos-${proc.pid}-`)) {
+        throw new FractosError('EPERM', `region '${region}' does not belong to pid ${proc.pid}`);
+      }
+      let map = this.#regions.get(region);
+      if (!map) {
+        map = new Uint8Array(shmOpen(region));
+        this.#regions.set(region, map);
+      }
+      if (offset + size > map.length) throw new FractosError('ERANGE', `${offset}+${size} beyond region of ${map.length} bytes`);
+      info = { backing: Backing.SHARED, region, map, servedKey: 0, offset, size, perms };
+    } else if (backing === Backing.SERVED) {
+      info = { backing: Backing.SERVED, region: '', map: null, servedKey, offset, size, perms };
+    } else throw new FractosError('EINVAL', `unknown backing ${backing}`);
+    const obj = this.#newObj(Kind.MEMORY, proc, null, info, null);
+    proc.owned.add(obj);
+    this.#replyCid(proc, seq, this.#install(proc, obj));
+  }
+
+  /** Forget a mapped region (its owner unlinked it). */
+  #diminish(obj: Obj, drop: number, off: number, size: number): Obj {
+    const m = obj.mem;
+    if (!m) throw new FractosError('ETYPE', 'memory_diminish needs a Memory cap');
+    if (off + size > m.size) throw new FractosError('ERANGE', `view ${off}+${size} beyond ${m.size} bytes`);
+    const info: MemoryInfo = { ...m, offset: m.offset + off, size, perms: m.perms & ~drop & Perm.RW };
+    return this.#newObj(Kind.MEMORY, obj.owner, obj, info, null);
+  }
+
+  #memoryStat(proc: ProcConn, seq: number, t: Target): void {
+    const send = (size: number, perms: number, backing: number, flags: number, off: number, key: number, region: string): void => {
+      const name = Buffer.from(region, 'utf8');
+      const r = allocFrame(Op.REPLY, seq, 32 + name.length);
+      writeU64(r, size, 16);
+      r.writeUInt8(perms, 24);
+      r.writeUInt8(backing, 25);
+      r.writeUInt8(flags, 26);
+      r.writeUInt8(0, 27);
+      r.writeUInt32LE(0, 28);
+      writeU64(r, off, 32);
+      writeU64(r, key, 40);
+      name.copy(r, 48);
+      proc.link.send(r);
+    };
+    if (t.isProxy) {
+      this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
+        if (err) this.#replyDone(proc, seq)(err);
+        else send(readU64(f!, 16), f!.readUInt8(24), f!.readUInt8(25), 0, 0, 0, '');
+      });
+      return;
+    }
+    const m = t.mem;
+    if (!m) throw new FractosError('ETYPE', 'memory_stat needs a Memory cap');
+    const self = t.owner === proc;
+    // Region name and offset are told only on this Controller, or to the owner (served key).
+    send(m.size, m.perms, m.backing, 1 | (self ? 2 : 0), m.offset, self ? m.servedKey : 0, m.backing === Backing.SHARED ? m.region : '');
+  }
+
+  /**
+   * Copy all bytes of `src` (a local Memory object) into `dst`, chunked and pipelined:
+   * up to 4 chunks of up to 1 MiB in flight (double buffering past 16 KiB).
+   * Errors: ETYPE, EPERM (src not readable / dst not writable), ERANGE (src larger than dst).
+   */
+  #execCopy(src: Obj, dst: Target, done: Done): void {
+    const sm = src.mem;
+    if (!sm) return done(new FractosError('ETYPE', 'memory_copy source is not Memory'));
+    if (!(sm.perms & Perm.READ)) return done(new FractosError('EPERM', 'memory_copy source is not readable'));
+    const withDst = (dsize: number, dperms: number): void => {
+      if (!(dperms & Perm.WRITE)) return done(new FractosError('EPERM', 'memory_copy destination is not writable'));
+      if (sm.size > dsize) return done(new FractosError('ERANGE', `memory_copy of ${sm.size} bytes into ${dsize}`));
+      const size = sm.size;
+      if (size === 0) return done(null);
+      const dm = dst.isProxy ? null : dst.mem!;
+      if (sm.map && dm?.map) {
+        dm.map.set(sm.map.subarray(sm.offset, sm.offset + size), dm.offset);
+        return done(null);
+      }
+      const chunk = size <= 16384 ? size : Math.min(COPY_CHUNK_BYTES, Math.max(16384, Math.ceil(size / 4)));
+      let next = 0;
+      let inflight = 0;
+      let failed = false;
+      const pump = (): void => {
+        while (!failed && inflight < 4 && next < size) {
+          const off = next;
+          const len = Math.min(chunk, size - off);
+          next += len;
+          inflight++;
+          this.#readChunk(src, off, len, (err, bytes) => {
+            if (err || failed) return finish(err);
+            this.#writeChunk(dst, off, bytes!, finish);
+          });
+        }
+      };
+      const finish = (err: FractosError | null): void => {
+        inflight--;
+        if (failed) return;
+        if (err) {
+          failed = true;
+          return done(err);
+        }
+        if (next >= size && inflight === 0) return done(null);
+        pump();
+      };
+      pump();
+    };
+    if (dst.isProxy) {
+      this.#peerCallRef(dst, Op.P_STAT, 0, null, (err, f) => {
+        if (err) return done(err);
+        withDst(readU64(f!, 16), f!.readUInt8(24));
+      });
+    } else if (!dst.mem) done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
+    else withDst(dst.mem.size, dst.mem.perms);
+  }
+
+  /** Read `len` bytes at `off` of a local Memory object; the bytes are valid during `cb`. */
+  #readChunk(obj: Obj, off: number, len: number, cb: (err: FractosError | null, bytes: Uint8Array | null) => void): void {
+    const m = obj.mem!;
+    if (m.map) return cb(null, m.map.subarray(m.offset + off, m.offset + off + len));
+    // MEM_READ: u64 servedKey, u64 offset, u32 length -> REPLY data
+    obj.owner.call((seq) => {
+      const f = allocFrame(Op.MEM_READ, seq, 20);
+      writeU64(f, m.servedKey, 16);
+      writeU64(f, m.offset + off, 24);
+      f.writeUInt32LE(len, 32);
+      return f;
+    }, (err, f) => {
+      if (err) return cb(err, null);
+      if (f!.length - HEADER_BYTES !== len) return cb(new FractosError('EFAULT', `served read returned ${f!.length - HEADER_BYTES} of ${len} bytes`), null);
+      cb(null, f!.subarray(HEADER_BYTES));
+    });
+  }
+
+  /** Write bytes at `off` of a Memory target (copies `bytes` before returning). */
+  #writeChunk(t: Target, off: number, bytes: Uint8Array, cb: Done): void {
+    if (t.isProxy) {
+      // P_MEM_WRITE: ref, u64 offset, data
+      const owner = this.#peers.get(t.ref.controller);
+      if (!owner) return cb(new FractosError('EREVOKED', `controller ${t.ref.controller} is not connected`));
+      owner.call((seq) => {
+        const f = allocFrame(Op.P_MEM_WRITE, seq, REF_BYTES + 8 + bytes.length);
+        writeRef(f, t.ref, 16);
+        writeU64(f, off, 32);
+        f.set(bytes, 40);
+        return f;
+      }, (err) => cb(err));
+      return;
+    }
+    this.#writeLocal(t, off, bytes, cb);
+  }
+
+  #writeLocal(obj: Obj, off: number, bytes: Uint8Array, cb: Done): void {
+    const m = obj.mem!;
+    if (off + bytes.length > m.size) return cb(new FractosError('ERANGE', `write ${off}+${bytes.length} beyond ${m.size}`));
+    if (m.map) {
+      m.map.set(bytes, m.offset + off);
+      return cb(null);
+    }
+    // MEM_WRITE: u64 servedKey, u64 offset, data -> REPLY
+    obj.owner.call((seq) => {
+      const f = allocFrame(Op.MEM_WRITE, seq, 16 + bytes.length);
+      writeU64(f, m.servedKey, 16);
+      writeU64(f, m.offset + off, 24);
+      f.set(bytes, 32);
+      return f;
+    }, (err) => cb(err));
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Requests
+
+  #capTargets(proc: ProcConn, args: RequestArgs<number>): RequestArgs<Target> {
+    if (!args.caps) return { imms: args.imms };
+    return { imms: args.imms, caps: args.caps.map((c) => ({ slot: c.slot, cap: this.#target(proc, c.cap) })) };
+  }
+
+  #derive(obj: Obj, args: RequestArgs<Target>): Obj {
+    if (!obj.req) throw new FractosError('ETYPE', 'request_derive needs a Request cap');
+    return this.#newObj(Kind.REQUEST, obj.owner, obj, null, mergeArgs(obj.req, obj.req.tag, args, this.limits));
+  }
+
+  #revtree(obj: Obj): Obj {
+    return this.#newObj(obj.kind, obj.owner, obj, obj.mem, obj.req);
+  }
+
+  /** Deliver an invocation of a local Request to its provider, waiting for credits. */
+  #invokeLocal(obj: Obj, args: RequestArgs<Target>, done: Done): void {
+    if (!obj.req) return done(new FractosError('ETYPE', 'request_invoke needs a Request cap'));
+    let info: RequestInfo;
+    try {
+      info = args.caps || args.imms ? mergeArgs(obj.req, obj.req.tag, args, this.limits) : obj.req;
+    } catch (err) {
+      return done(err as FractosError);
+    }
+    const provider = obj.owner;
+    if (!provider.alive) return done(new FractosError('EREVOKED', 'provider went away'));
+    const d: Delivery = {
+      run: () => {
+        if (obj.revoked) return done(new FractosError('EREVOKED', 'request revoked while queued'));
+        try {
+          this.#deliver(provider, info);
+        } catch (err) {
+          return done(err as FractosError);
+        }
+        done(null);
+      },
+      fail: done,
+    };
+    if (provider.outstanding < this.limits.maxOutstandingDeliveries && provider.queueHead === provider.queue.length) {
+      d.run();
+      return;
+    }
+    if (provider.queue.length - provider.queueHead >= this.limits.maxQueuedDeliveries) {
+      return done(new FractosError('EAGAIN', `process ${provider.id} has ${this.limits.maxQueuedDeliveries} deliveries queued`));
+    }
+    provider.queue.push(d);
+  }
+
+  #drain(proc: ProcConn): void {
+    const q = proc.queue as unknown as Delivery[];
+    while (proc.queueHead < q.length && proc.outstanding < this.limits.maxOutstandingDeliveries) {
+      const d = q[proc.queueHead]!;
+      q[proc.queueHead++] = undefined as unknown as Delivery;
+      d.run();
+    }
+    if (proc.queueHead === q.length) {
+      q.length = 0;
+      proc.queueHead = 0;
+    }
+  }
+
+  /**
+   * DELIVER: u32 tag, args (caps as cids freshly installed in the provider's space).
+   * Every cap argument becomes a new cid in the provider's space (delegation).
+   */
+  #deliver(provider: ProcConn, info: RequestInfo): void {
+    let caps: { slot: number; cap: number }[] | undefined;
+    const installed: number[] = [];
+    try {
+      for (let slot = 0; slot < info.caps.length; slot++) {
+        const t = info.caps[slot];
+        if (t === undefined) continue;
+        const e = this.#install(provider, t);
+        installed.push(e.cid);
+        (caps ??= []).push({ slot, cap: e.cid });
+      }
+    } catch (err) {
+      for (const cid of installed) this.#dropEntry(provider, cid);
+      throw err;
+    }
+    const args: RequestArgs<number> = { caps, imms: info.imms.length ? info.imms : undefined };
+    const f = allocFrame(Op.DELIVER, 0, 4 + argsBytes(args, 4));
+    f.writeUInt32LE(info.tag, 16);
+    writeArgs(f, 20, args, writeCid, 4);
+    provider.outstanding++;
+    provider.link.send(f);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Monitors
+
+  #monitorReceive(proc: ProcConn, t: Target, token: number): void {
+    const m: Monitor = { proc, peer: 0, token };
+    if (t.revoked) {
+      this.#fireMonitor(m, MonitorReason.REVOKED);
+      return;
+    }
+    (t.recvMonitors ??= []).push(m);
+  }
+
+  #monitorDelegate(proc: ProcConn, t: Target, token: number, seq: number): void {
+    if (t.isProxy) {
+      const rtoken = this.#nextRemoteToken++;
+      this.#remoteMonitors.set(rtoken, { proc, token });
+      this.#peerCallRef(t, Op.P_MONITOR_DELEGATE, 4, (f, o) => f.writeUInt32LE(rtoken, o), (err) => {
+        if (err) this.#remoteMonitors.delete(rtoken);
+        this.#replyDone(proc, seq)(err);
+      });
+      return;
+    }
+    const m: Monitor = { proc, peer: 0, token };
+    (t.delegMonitors ??= []).push({ m, armed: this.#holders(t, proc) > 0 });
+    proc.link.send(allocFrame(Op.REPLY, seq, 0));
+  }
+
+  #armDelegMonitors(obj: Obj): void {
+    if (!obj.delegMonitors) return;
+    for (const d of obj.delegMonitors) {
+      if (!d.armed && this.#holders(obj, d.m.proc, d.m.peer) > 0) d.armed = true;
+    }
+  }
+
+  #checkDelegMonitors(obj: Obj): void {
+    if (!obj.delegMonitors) return;
+    const keep: { m: Monitor; armed: boolean }[] = [];
+    for (const d of obj.delegMonitors) {
+      if (d.armed && this.#holders(obj, d.m.proc, d.m.peer) === 0) this.#fireMonitor(d.m, MonitorReason.DELEGATES_GONE);
+      else keep.push(d);
+    }
+    obj.delegMonitors = keep.length ? keep : null;
+  }
+
+  #fireMonitor(m: Monitor, reason: number): void {
+    if (m.proc) {
+      if (!m.proc.alive) return;
+      // MONITOR_FIRE: u32 monitor id, u16 reason, u16 0
+      const f = allocFrame(Op.MONITOR_FIRE, 0, 8);
+      f.writeUInt32LE(m.token, 16);
+      f.writeUInt16LE(reason, 20);
+      f.writeUInt16LE(0, 22);
+      m.proc.link.send(f);
+    } else {
+      const peer = this.#peers.get(m.peer);
+      if (!peer) return;
+      const f = allocFrame(Op.P_MONITOR_FIRE, 0, 8);
+      f.writeUInt32LE(m.token, 16);
+      f.writeUInt16LE(reason, 20);
+      f.writeUInt16LE(0, 22);
+      peer.link.send(f);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Bootstrap names: a last-writer-wins map replicated to every peer.
+
+  #kvPut(name: string, ref: ObjectRef, ts: number, origin: number, local: Target | null): void {
+    if (!name || name.length > 256) throw new FractosError('EINVAL', 'name must be 1..256 characters');
+    const old = this.#kv.get(name);
+    if (old && (old.ts > ts || (old.ts === ts && old.origin > origin))) return;
+    if (old?.pinned) {
+      old.pinned.kvPins--;
+      this.#released(old.pinned);
+    }
+    if (local) {
+      if (local.isProxy && local.entries.size === 0 && local.kvPins === 0) this.#sendHold(local.ref, +1);
+      local.kvPins++;
+    }
+    this.#kv.set(name, { ref, ts, origin, pinned: local });
+    if (origin === this.id) for (const p of this.#peers.values()) this.#sendKv(p, name, this.#kv.get(name)!);
+  }
+
+  #sendKv(peer: PeerConn, name: string, e: KvEntry): void {
+    // P_KV_PUT: u64 ts, u32 origin, u32 0, ref, utf8 name
+    const n = Buffer.from(name, 'utf8');
+    const f = allocFrame(Op.P_KV_PUT, 0, 16 + REF_BYTES + n.length);
+    writeU64(f, e.ts, 16);
+    f.writeUInt32LE(e.origin, 24);
+    f.writeUInt32LE(0, 28);
+    writeRef(f, e.ref, 32);
+    n.copy(f, 48);
+    peer.link.send(f);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Peers
+
+  #dialPeer(id: number, addr: Address, attempt: number): void {
+    if (this.#closing || this.#peers.has(id)) return;
+    dial(addr, 5000).then((sock) => {
+      if (this.#closing) return sock.destroy();
+      const link = new Link(sock, this.limits.maxFrameBytes);
+      const f = allocFrame(Op.PEER_HELLO, 0, 8);
+      f.writeUInt32LE(this.id, 16);
+      f.writeUInt32LE(this.epoch, 20);
+      link.onFrame = (frame) => {
+        if (frameOp(frame) === Op.PEER_HELLO) this.#helloPeer(link, frame, true, addr);
+        else link.close(new FractosError('EPROTO', 'peer must answer PEER_HELLO'));
+      };
+      link.onClose = () => this.#retryDial(id, addr, attempt + 1);
+      link.send(f);
+    }, () => this.#retryDial(id, addr, attempt + 1));
+  }
+
+  #retryDial(id: number, addr: Address, attempt: number): void {
+    if (this.#closing || this.#peers.has(id)) return;
+    const t = setTimeout(() => {
+      this.#dialTimers.delete(t);
+      this.#dialPeer(id, addr, attempt);
+    }, Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
+    this.#dialTimers.add(t);
+  }
+
+  #helloPeer(link: Link, frame: Buffer, dialed: boolean, addr?: Address): void {
+    if (frame.length < HEADER_BYTES + 8) return link.close(new FractosError('EPROTO', 'short PEER_HELLO'));
+    const id = frame.readUInt32LE(16);
+    const epoch = frame.readUInt32LE(20);
+    if (!this.#peerAddrs.has(id) || id === this.id) {
+      return link.close(new FractosError('EPERM', `controller ${id} is not in the peer list`));
+    }
+    const old = this.#peers.get(id);
+    if (old) old.link.close();
+    if (!dialed) {
+      const f = allocFrame(Op.PEER_HELLO, 0, 8);
+      f.writeUInt32LE(this.id, 16);
+      f.writeUInt32LE(this.epoch, 20);
+      link.send(f);
+    }
+    const peer = new PeerConn(id, epoch, link, dialed);
+    this.#peers.set(id, peer);
+    // Proxies of an older epoch of this peer are stale now.
+    for (const p of [...this.#proxies.values()]) if (p.ref.controller === id && p.ref.epoch !== epoch) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
+    link.onFrame = (f) => this.#onPeerFrame(peer, f);
+    link.onClose = () => {
+      this.#peerGone(peer);
+      if (dialed && addr) this.#retryDial(id, addr, 0);
+    };
+    for (const [name, e] of this.#kv) if (e.origin === this.id || e.pinned) this.#sendKv(peer, name, e);
+    this.#log.info({ peer: id, epoch }, 'peer connected');
+  }
+
+  #peerGone(peer: PeerConn): void {
+    if (!peer.alive) return;
+    peer.alive = false;
+    if (this.#peers.get(peer.id) === peer) this.#peers.delete(peer.id);
+    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...peer.link.counters });
+    peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
+    for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
+    for (const obj of this.#objects.values()) {
+      if (obj.remoteHolds?.delete(peer.id)) {
+        if (obj.remoteHolds.size === 0) obj.remoteHolds = null;
+        if (obj.delegMonitors) obj.delegMonitors = obj.delegMonitors.filter((d) => d.m.peer !== peer.id) || null;
+        this.#released(obj);
+      }
+    }
+    if (!this.#closing) this.#log.warn({ peer: peer.id }, 'peer disconnected');
+  }
+
+  #sendHold(ref: ObjectRef, delta: number): void {
+    const peer = this.#peers.get(ref.controller);
+    if (!peer) return;
+    // P_HOLD: ref, i32 delta
+    const f = allocFrame(Op.P_HOLD, 0, REF_BYTES + 4);
+    writeRef(f, ref, 16);
+    f.writeInt32LE(delta, 32);
+    peer.link.send(f);
+  }
+
+  #sendRevoked(peerId: number, ref: ObjectRef): void {
+    const peer = this.#peers.get(peerId);
+    if (!peer) return;
+    const f = allocFrame(Op.P_REVOKED, 0, REF_BYTES);
+    writeRef(f, ref, 16);
+    peer.link.send(f);
+  }
+
+  /** Call the owner Controller of a proxy with `ref` + `extra` bytes written by `write`. */
+  #peerCallRef(
+    t: RemoteProxy,
+    op: number,
+    extra: number,
+    write: ((f: Buffer, off: number) => void) | null,
+    cb: (err: FractosError | null, f: Buffer | null) => void,
+  ): void {
+    const peer = this.#peers.get(t.ref.controller);
+    if (!peer) return cb(new FractosError('EREVOKED', `controller ${t.ref.controller} is not connected`), null);
+    peer.call((seq) => {
+      const f = allocFrame(op, seq, REF_BYTES + extra);
+      writeRef(f, t.ref, 16);
+      if (write) write(f, 16 + REF_BYTES);
+      return f;
+    }, (err, f) => {
+      if (err?.code === 'EREVOKED') this.#proxyRevoked(t, MonitorReason.REVOKED);
+      cb(err, f);
+    });
+  }
+
+  #peerArgs(args: RequestArgs<Target>): RequestArgs<ObjectRef> {
+    return { imms: args.imms, caps: args.caps?.map((c) => ({ slot: c.slot, cap: this.#refOf(c.cap) })) };
+  }
+
+  #peerInvoke(t: RemoteProxy, args: RequestArgs<Target>, done: Done): void {
+    const pargs = this.#peerArgs(args);
+    this.#peerCallRef(t, Op.P_INVOKE, argsBytes(pargs, REF_BYTES), (f, o) => writeArgs(f, o, pargs, writeRef, REF_BYTES), (err) => done(err));
+  }
+
+  #peerDerive(t: RemoteProxy, args: RequestArgs<Target>, cb: (err: FractosError | null, f: Buffer | null) => void): void {
+    const pargs = this.#peerArgs(args);
+    this.#peerCallRef(t, Op.P_DERIVE, argsBytes(pargs, REF_BYTES), (f, o) => writeArgs(f, o, pargs, writeRef, REF_BYTES), cb);
+  }
+
+  #onPeerFrame(peer: PeerConn, frame: Buffer): void {
+    const op = frameOp(frame);
+    const seq = frameSeq(frame);
+    const reply = (err: FractosError | null, body?: Buffer): void => {
+      if (!peer.alive) return;
+      if (err) peer.link.send(errorReply(seq, errorCodeToWire(err.code), err.message));
+      else if (body) peer.link.send(body);
+      else peer.link.send(allocFrame(Op.REPLY, seq, 0));
+    };
+    const replyRef = (obj: Obj): void => {
+      // The new object is pre-held for the asking peer.
+      (obj.remoteHolds ??= new Map()).set(peer.id, 1);
+      const r = allocFrame(Op.REPLY, seq, REF_BYTES);
+      writeRef(r, this.#refOf(obj), 16);
+      reply(null, r);
+    };
+    try {
+      switch (op) {
+        case Op.REPLY:
+          peer.calls.complete(frame);
+          return;
+        case Op.P_NULL:
+          reply(null);
+          return;
+        case Op.P_INVOKE:
+        case Op.P_DERIVE: {
+          need(frame, REF_BYTES);
+          const obj = this.#localObj(readRef(frame, 16));
+          const { args } = readArgs(frame, 32, frame.length, readRef, REF_BYTES, this.limits);
+          const targs: RequestArgs<Target> = {
+            imms: args.imms,
+            caps: args.caps?.map((c) => ({ slot: c.slot, cap: this.#targetFromRef(c.cap) })),
+          };
+          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, (err) => reply(err));
+          else replyRef(this.#derive(obj, targs));
+          return;
+        }
+        case Op.P_REVTREE:
+          need(frame, REF_BYTES);
+          replyRef(this.#revtree(this.#localObj(readRef(frame, 16))));
+          return;
+        case Op.P_DIMINISH: {
+          need(frame, REF_BYTES + 17);
+          const obj = this.#localObj(readRef(frame, 16));
+          replyRef(this.#diminish(obj, frame.readUInt8(32), readU64(frame, 33), readU64(frame, 41)));
+          return;
+        }
+        case Op.P_REVOKE:
+          need(frame, REF_BYTES);
+          this.#revoke(this.#localObj(readRef(frame, 16)), MonitorReason.REVOKED);
+          reply(null);
+          return;
+        case Op.P_COPY: {
+          need(frame, 2 * REF_BYTES);
+          const src = this.#localObj(readRef(frame, 16));
+          const dref = readRef(frame, 32);
+          const dst = dref.controller === this.id ? this.#localObj(dref) : (this.#proxies.get(refKey(dref)) ?? new RemoteProxy(dref, refKey(dref)));
+          this.#execCopy(src, dst, (err) => reply(err));
+          return;
+        }
+        case Op.P_MEM_WRITE: {
+          need(frame, REF_BYTES + 8);
+          const obj = this.#localObj(readRef(frame, 16));
+          if (!obj.mem) throw new FractosError('ETYPE', 'not Memory');
+          if (!(obj.mem.perms & Perm.WRITE)) throw new FractosError('EPERM', 'memory is not writable');
+          this.#writeLocal(obj, readU64(frame, 32), frame.subarray(40), (err) => reply(err));
+          return;
+        }
+        case Op.P_STAT: {
+          need(frame, REF_BYTES);
+          const obj = this.#localObj(readRef(frame, 16));
+          if (!obj.mem) throw new FractosError('ETYPE', 'not Memory');
+          // REPLY: u64 size, u8 perms, u8 backing
+          const r = allocFrame(Op.REPLY, seq, 10);
+          writeU64(r, obj.mem.size, 16);
+          r.writeUInt8(obj.mem.perms, 24);
+          r.writeUInt8(obj.mem.backing, 25);
+          reply(null, r);
+          return;
+        }
+        case Op.P_MONITOR_DELEGATE: {
+          need(frame, REF_BYTES + 4);
+          const obj = this.#localObj(readRef(frame, 16));
+          const m: Monitor = { proc: null, peer: peer.id, token: frame.readUInt32LE(32) };
+          (obj.delegMonitors ??= []).push({ m, armed: this.#holders(obj, null, peer.id) > 0 });
+          reply(null);
+          return;
+        }
+        case Op.P_MONITOR_FIRE: {
+          need(frame, 8);
+          const token = frame.readUInt32LE(16);
+          const m = this.#remoteMonitors.get(token);
+          if (m) {
+            this.#remoteMonitors.delete(token);
+            this.#fireMonitor({ proc: m.proc, peer: 0, token: m.token }, frame.readUInt16LE(20));
+          }
+          return;
+        }
+        case Op.P_HOLD: {
+          need(frame, REF_BYTES + 4);
+          const ref = readRef(frame, 16);
+          const delta = frame.readInt32LE(32);
+          const obj = ref.epoch === this.epoch ? this.#objects.get(ref.id) : undefined;
+          if (!obj || obj.revoked) {
+            if (delta > 0) this.#sendRevoked(peer.id, ref);
+            return;
+          }
+          const holds = (obj.remoteHolds ??= new Map());
+          const n = (holds.get(peer.id) ?? 0) + delta;
+          if (n > 0) holds.set(peer.id, n);
+          else holds.delete(peer.id);
+          if (holds.size === 0) obj.remoteHolds = null;
+          if (delta > 0) this.#armDelegMonitors(obj);
+          else this.#released(obj);
+          return;
+        }
+        case Op.P_REVOKED: {
+          need(frame, REF_BYTES);
+          const p = this.#proxies.get(refKey(readRef(frame, 16)));
+          if (p) this.#proxyRevoked(p, MonitorReason.REVOKED);
+          return;
+        }
+        case Op.P_KV_PUT: {
+          need(frame, 16 + REF_BYTES + 1);
+          const ts = readU64(frame, 16);
+          const origin = frame.readUInt32LE(24);
+          this.#kvPut(frame.toString('utf8', 48), readRef(frame, 32), ts, origin, null);
+          return;
+        }
+        default:
+          throw new FractosError('EPROTO', `unknown peer op ${opName(op)}`);
+      }
+    } catch (err) {
+      if (err instanceof FractosError && err.code !== 'EPROTO') return reply(err);
+      this.#log.warn({ peer: peer.id, err: String(err) }, 'malformed peer frame');
+      peer.link.close(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+
+  #replyStats(proc: ProcConn, seq: number): void {
+    // REPLY: u32 controller id, u32 epoch, u16 n, then n x (u8 kind, u8 0, u32 id,
+    // u64 framesIn, u64 framesOut, u64 bytesIn, u64 bytesOut, u16 nameLen, name)
+    const links = this.stats();
+    const names = links.map((l) => Buffer.from(l.name, 'utf8'));
+    let size = 10;
+    for (const n of names) size += 40 + n.length;
+    const r = allocFrame(Op.REPLY, seq, size);
+    r.writeUInt32LE(this.id, 16);
+    r.writeUInt32LE(this.epoch, 20);
+    r.writeUInt16LE(links.length, 24);
+    let o = 26;
+    links.forEach((l, i) => {
+      r.writeUInt8(l.kind === 'process' ? 0 : 1, o);
+      r.writeUInt8(0, o + 1);
+      r.writeUInt32LE(l.id, o + 2);
+      writeU64(r, l.framesIn, o + 6);
+      writeU64(r, l.framesOut, o + 14);
+      writeU64(r, l.bytesIn, o + 22);
+      writeU64(r, l.bytesOut, o + 30);
+      r.writeUInt16LE(names[i]!.length, o + 38);
+      names[i]!.copy(r, o + 40);
+      o += 40 + names[i]!.length;
+    });
+    proc.link.send(r);
+  }
+}
+
+/** Throw EPROTO unless the frame body has at least `n` bytes. */
+function need(frame: Buffer, n: number): void {
+  if (frame.length < HEADER_BYTES + n) throw new FractosError('EPROTO', `frame body shorter than ${n} bytes`);
+}
+
+/**
+ * Merge new arguments into a Request's (paper §3.3): new immediate ranges must not
+ * overlap set ones and new cap slots must be empty (EARGSET). Immediates are copied.
+ */
+export function mergeArgs(base: RequestInfo | null, tag: number, args: RequestArgs<Target>, limits: Limits): RequestInfo {
+  const imms: ImmRange[] = base ? base.imms.slice() : [];
+  const caps: (Target | undefined)[] = base ? base.caps.slice() : [];
+  if (args.imms) {
+    for (const r of args.imms) {
+      if (r.bytes.length === 0) continue;
+      const end = r.offset + r.bytes.length;
+      if (end > limits.maxImmBytes) throw new FractosError('ERANGE', `immediate range ends at ${end} > ${limits.maxImmBytes}`);
+      let i = 0;
+      while (i < imms.length && imms[i]!.offset < r.offset) i++;
+      const prev = imms[i - 1];
+      const next = imms[i];
+      if ((prev && prev.offset + prev.bytes.length > r.offset) || (next && next.offset < end)) {
+        throw new FractosError('EARGSET', `immediate range ${r.offset}+${r.bytes.length} is already set`);
+      }
+      imms.splice(i, 0, { offset: r.offset, bytes: Buffer.from(r.bytes) });
+    }
+  }
+  if (args.caps) {
+    for (const c of args.caps) {
+      if (c.slot >= limits.maxCapSlots) throw new FractosError('ERANGE', `cap slot ${c.slot} >= ${limits.maxCapSlots}`);
+      if (caps[c.slot] !== undefined) throw new FractosError('EARGSET', `cap slot ${c.slot} is already set`);
+      caps[c.slot] = c.cap;
+    }
+  }
+  return { tag, imms, caps };
+}
+
+/** Read, increment and durably store the epoch in `dir/epoch`. Errors: EIO. */
+export function bumpEpoch(dir: string): number {
+  try {
+    mkdirSync(dir, { recursive: true });
+    const path = join(dir, 'epoch');
+    let epoch = 0;
+    if (existsSync(path)) {
+      const s = readFileSync(path, 'utf8').trim();
+      if (!/^\d+$/.test(s)) throw new FractosError('EIO', `corrupt epoch file ${path}`);
+      epoch = Number(s);
+    }
+    epoch = (epoch + 1) >>> 0 || 1;
+    const tmp = `${path}.tmp`;
+    writeFileSync(tmp, `${epoch}\n`);
+    const fd = openSync(tmp, 'r');
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, path);
+    return epoch;
+  } catch (err) {
+    if (err instanceof FractosError) throw err;
+    throw new FractosError('EIO', `state dir ${dir}: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * A link to another Controller: its id and epoch, the calls in flight to it.
+ */
+import { PendingCalls, type ReplyCb } from '../libfractos/calls.js';
+import { FractosError } from '../libfractos/errors.js';
+import type { Link } from '../libfractos/link.js';
+
+export class PeerConn {
+  readonly calls = new PendingCalls();
+  alive = true;
+  constructor(
+    readonly id: number,
+    readonly epoch: number,
+    readonly link: Link,
+    readonly dialed: boolean,
+  ) {}
+
+  /** Call the peer; `cb` gets the REPLY frame, or EDISCONNECTED when the link is gone. */
+  call(frameFor: (seq: number) => Buffer, cb: ReplyCb): void {
+    if (!this.alive) {
+      cb(new FractosError('EDISCONNECTED', `controller ${this.id} is not connected`), null);
+      return;
+    }
+    this.link.send(frameFor(this.calls.add(cb)));
+  }
+}

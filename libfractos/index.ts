@@ -1,0 +1,10 @@
+/** libfractos: the Process library and wire protocol of FractOS-TS. */
+export { connect, Process } from './process.js';
+export type { ConnectOptions, RequestHandler, ServedBacking, SharedRegion, MemoryStat, MonitorEvent, ControllerStats } from './process.js';
+export { FractosError, NativeUnavailableError, ERROR_CODES, errorCodeFromErrno } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { Perm, DEFAULT_LIMITS } from './protocol.js';
+export type { Limits, ObjectRef, RequestArgs, ImmRange, CapArg } from './protocol.js';
+export { defineRequest, RequestSchema, ErrorReply, tagOf } from './schema.js';
+export type { Invocation, FieldType, ImmValues, CapValues } from './schema.js';
+export { parseAddress, formatAddress } from './link.js';

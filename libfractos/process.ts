@@ -1,0 +1,688 @@
+/**
+ * A FractOS Process: a channel to one Controller and every system call of DESIGN.md §3
+ * as an async method. Errors are `FractosError`s with a `code`.
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { PendingCalls } from './calls.js';
+import { FractosError, errorCodeFromWire, errorCodeToWire, type ErrorCode } from './errors.js';
+import { Link, dial, parseAddress } from './link.js';
+import {
+  Backing, DEFAULT_LIMITS, HEADER_BYTES, MonitorReason, Op, Perm,
+  allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
+  type LinkCounters, type RequestArgs,
+} from './protocol.js';
+import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type RequestSchema } from './schema.js';
+import { shmCreate, shmUnlink } from '../native/shm/index.js';
+
+/** Options of `connect`. */
+export interface ConnectOptions {
+  /** A name for logs and stats (at most 64 characters). */
+  name?: string;
+  /** Connect timeout (ms). */
+  timeoutMs?: number;
+}
+
+/** A handler of delivered Requests. A returned Promise delays dropping the delivered cids until it settles. */
+export type RequestHandler = (inv: Invocation) => void | Promise<unknown>;
+
+/** Bytes a served Memory object's owner reads/writes for the Controller. */
+export interface ServedBacking {
+  /** Return `length` bytes at `offset` (bytes, relative to the served object). */
+  read(offset: number, length: number): Uint8Array | Promise<Uint8Array>;
+  /** Store `data` at `offset`. `data` is valid only until the returned promise settles. */
+  write(offset: number, data: Uint8Array): void | Promise<void>;
+}
+
+/** A shared-memory region the Process created (`allocShared`). */
+export interface SharedRegion {
+  readonly name: string;
+  /** The whole region, mapped. */
+  readonly bytes: Uint8Array;
+}
+
+/** What `memoryStat` tells about a Memory cap. */
+export interface MemoryStat {
+  size: number;
+  perms: number;
+  backing: 'shared' | 'served';
+  /** The object lives on the caller's Controller. */
+  local: boolean;
+  /** The caller owns it. */
+  self: boolean;
+  /** Shared backing on the caller's Controller: the region name and this view's offset in it. */
+  region: string;
+  regionOffset: number;
+  /** Served backing owned by the caller: the key given at creation. */
+  servedKey: number;
+}
+
+/** Why a monitor fired. */
+export type MonitorEvent = 'revoked' | 'owner-failed' | 'delegates-gone';
+
+const RPC_TAG_BIT = 0x80000000;
+
+/** Per-link counters as reported by `stats()`. */
+export interface ControllerStats {
+  controller: number;
+  epoch: number;
+  links: { kind: 'process' | 'peer'; id: number; name: string; framesIn: number; framesOut: number; bytesIn: number; bytesOut: number }[];
+}
+
+/**
+ * Connect to a Controller at `unix:PATH` or `tcp://HOST:PORT`.
+ * Errors: EINVAL (address), EDISCONNECTED (refused), ETIMEDOUT.
+ */
+export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
+  const sock = await dial(parseAddress(address), opts.timeoutMs ?? 10_000);
+  const p = new Process(new Link(sock, DEFAULT_LIMITS.maxFrameBytes), opts.name ?? `pid${process.pid}`);
+  await p.hello();
+  return p;
+}
+
+export class Process extends EventEmitter {
+  readonly #link: Link;
+  readonly #calls = new PendingCalls();
+  readonly #handlers = new Map<number, RequestHandler>();
+  readonly #served = new Map<number, ServedBacking>();
+  #nextServedKey = 1;
+  readonly #monitors = new Map<number, (ev: MonitorEvent) => void>();
+  #nextMonitor = 1;
+  readonly #regions: string[] = [];
+  #regionSeq = 0;
+  readonly #regionTag = randomBytes(4).toString('hex');
+  #acks = 0;
+  #ackScheduled = false;
+  #nextRpc = 1;
+  readonly #rpcs = new Map<number, { resolve: (inv: Invocation) => void; reject: (e: Error) => void }>();
+  #closed = false;
+  #paused = false;
+  readonly name: string;
+  controllerId = 0;
+  epoch = 0;
+  processId = 0;
+  maxImmBytes = DEFAULT_LIMITS.maxImmBytes;
+  maxCapSlots = DEFAULT_LIMITS.maxCapSlots;
+
+  /** @internal use `connect()` */
+  constructor(link: Link, name: string) {
+    super();
+    this.#link = link;
+    this.name = name;
+    link.onFrame = (f) => this.#onFrame(f);
+    link.onClose = (err) => this.#onClose(err);
+  }
+
+  /** @internal */
+  async hello(): Promise<void> {
+    const name = Buffer.from(this.name.slice(0, 64), 'utf8');
+    const r = await this.#call(Op.HELLO, 4 + name.length, (f) => {
+      f.writeUInt32LE(process.pid, 16);
+      name.copy(f, 20);
+    });
+    this.controllerId = r.readUInt32LE(16);
+    this.epoch = r.readUInt32LE(20);
+    this.processId = r.readUInt32LE(24);
+    this.maxImmBytes = r.readUInt32LE(32);
+    this.maxCapSlots = r.readUInt32LE(36);
+  }
+
+  /** Frames and bytes on this Process's channel, both ways. */
+  get counters(): Readonly<LinkCounters> {
+    return this.#link.counters;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Calls
+
+  #call(op: number, bodyBytes: number, write: ((f: Buffer) => void) | null): Promise<Buffer> {
+    if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
+    return new Promise((resolve, reject) => {
+      const seq = this.#calls.add((err, frame) => (err ? reject(err) : resolve(frame!)));
+      const f = allocFrame(op, seq, bodyBytes);
+      if (write) write(f);
+      this.#link.send(f);
+    });
+  }
+
+  #callCid(op: number, cid: number, extra = 0, write: ((f: Buffer) => void) | null = null): Promise<Buffer> {
+    checkCid(cid);
+    return this.#call(op, 4 + extra, (f) => {
+      f.writeUInt32LE(cid, 16);
+      if (write) write(f);
+    });
+  }
+
+  /** The null operation: one round trip to the Controller. */
+  async nullOp(): Promise<void> {
+    await this.#call(Op.NULL, 0, null);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Memory
+
+  /**
+   * Create a shared-memory region of `size` bytes (page-aligned, zero-filled) that this
+   * Process and its Controller both map. Register (parts of) it with `memoryCreate`.
+   * Errors: EINVAL, ENOSPC, ENODEV (native addon missing).
+   */
+  allocShared(size: number): SharedRegion {
+    const name = `/fractos-${process.pid}-${this.#regionTag}-${this.#regionSeq++}`;
+    const bytes = new Uint8Array(shmCreate(name, size));
+    this.#regions.push(name);
+    return { name, bytes };
+  }
+
+  /**
+   * memory_create: register `size` bytes at `offset` of a shared region with `perms`
+   * (Perm.READ | Perm.WRITE). Returns a Memory cid. Errors: ERANGE, EPERM, ENOSPC.
+   */
+  async memoryCreate(region: SharedRegion, perms: number = Perm.RW, offset = 0, size = region.bytes.length - offset): Promise<number> {
+    const name = Buffer.from(region.name, 'utf8');
+    const r = await this.#call(Op.MEMORY_CREATE, 32 + name.length, (f) => {
+      f.writeUInt8(Backing.SHARED, 16);
+      f.writeUInt8(perms & Perm.RW, 17);
+      f.writeUInt16LE(0, 18);
+      f.writeUInt32LE(0, 20);
+      writeU64(f, offset, 24);
+      writeU64(f, size, 32);
+      writeU64(f, 0, 40);
+      name.copy(f, 48);
+    });
+    return r.readUInt32LE(16);
+  }
+
+  /** allocShared + memoryCreate of the whole region. Returns the cid and the mapped bytes. */
+  async memoryCreateShared(size: number, perms: number = Perm.RW): Promise<{ cid: number; region: SharedRegion }> {
+    const region = this.allocShared(size);
+    return { cid: await this.memoryCreate(region, perms), region };
+  }
+
+  /**
+   * memory_create with served backing: memory the Controller cannot map (device memory).
+   * The Controller calls `backing.read/write` for every copy touching it. Returns a cid.
+   */
+  async memoryCreateServed(size: number, perms: number, backing: ServedBacking): Promise<number> {
+    const key = this.#nextServedKey++;
+    this.#served.set(key, backing);
+    try {
+      const r = await this.#call(Op.MEMORY_CREATE, 32, (f) => {
+        f.writeUInt8(Backing.SERVED, 16);
+        f.writeUInt8(perms & Perm.RW, 17);
+        f.writeUInt16LE(0, 18);
+        f.writeUInt32LE(0, 20);
+        writeU64(f, 0, 24);
+        writeU64(f, size, 32);
+        writeU64(f, key, 40);
+      });
+      return r.readUInt32LE(16);
+    } catch (err) {
+      this.#served.delete(key);
+      throw err;
+    }
+  }
+
+  /** Forget a served backing (after revoking its Memory cap). */
+  releaseServed(key: number): void {
+    this.#served.delete(key);
+  }
+
+  /**
+   * memory_diminish: a view of `size` bytes at `offset` of `cid` with `dropPerms` removed.
+   * Errors: EBADCAP, EREVOKED, ETYPE, ERANGE.
+   */
+  async memoryDiminish(cid: number, offset: number, size: number, dropPerms = 0): Promise<number> {
+    const r = await this.#callCid(Op.MEMORY_DIMINISH, cid, 20, (f) => {
+      f.writeUInt8(dropPerms & Perm.RW, 20);
+      f.writeUInt8(0, 21);
+      f.writeUInt16LE(0, 22);
+      writeU64(f, offset, 24);
+      writeU64(f, size, 32);
+    });
+    return r.readUInt32LE(16);
+  }
+
+  /**
+   * memory_copy: copy all bytes of `src` into `dst` (third-party copy: wherever both
+   * live). Errors: EBADCAP, EREVOKED, ETYPE, EPERM (src not readable or dst not
+   * writable), ERANGE (src larger than dst), EFAULT (a served owner failed).
+   */
+  async memoryCopy(src: number, dst: number): Promise<void> {
+    checkCid(src);
+    checkCid(dst);
+    await this.#call(Op.MEMORY_COPY, 8, (f) => {
+      f.writeUInt32LE(src, 16);
+      f.writeUInt32LE(dst, 20);
+    });
+  }
+
+  /** Size, perms and backing of a Memory cap (region name when it can be mapped from here). */
+  async memoryStat(cid: number): Promise<MemoryStat> {
+    const r = await this.#callCid(Op.MEMORY_STAT, cid);
+    const flags = r.readUInt8(26);
+    return {
+      size: readU64(r, 16),
+      perms: r.readUInt8(24),
+      backing: r.readUInt8(25) === Backing.SHARED ? 'shared' : 'served',
+      local: (flags & 1) !== 0,
+      self: (flags & 2) !== 0,
+      regionOffset: readU64(r, 32),
+      servedKey: readU64(r, 40),
+      region: r.toString('utf8', 48),
+    };
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Requests
+
+  #argsCall(op: number, head: number, args: RequestArgs | undefined): Promise<Buffer> {
+    checkArgs(args);
+    return this.#call(op, 4 + argsBytes(args, 4), (f) => {
+      f.writeUInt32LE(head, 16);
+      writeArgs(f, 20, args, writeCid, 4);
+    });
+  }
+
+  /** request_create: a new Request served by this Process under `tag`. Returns its cid. */
+  async requestCreate(tag: number, args?: RequestArgs): Promise<number> {
+    return (await this.#argsCall(Op.REQUEST_CREATE, tag >>> 0, args)).readUInt32LE(16);
+  }
+
+  /** request_derive: a child Request with more arguments. Errors: EARGSET, EBADCAP, EREVOKED, ETYPE, ERANGE. */
+  async requestDerive(cid: number, args: RequestArgs): Promise<number> {
+    checkCid(cid);
+    return (await this.#argsCall(Op.REQUEST_DERIVE, cid, args)).readUInt32LE(16);
+  }
+
+  /**
+   * request_invoke: deliver the Request (with `args` added) to its provider. Resolves once
+   * delivered (one-way; results travel through continuations). Errors: EBADCAP, EREVOKED,
+   * ETYPE, EARGSET, ERANGE, EAGAIN (provider's queue full).
+   */
+  async requestInvoke(cid: number, args?: RequestArgs): Promise<void> {
+    checkCid(cid);
+    await this.#argsCall(Op.REQUEST_INVOKE, cid, args);
+  }
+
+  /** Register the handler of a tag (request_receive). */
+  onRequest(tag: number, handler: RequestHandler): void {
+    this.#handlers.set(tag >>> 0, handler);
+  }
+
+  /** Register a typed handler for a schema. */
+  serve<I extends Record<string, FieldType>, C extends readonly string[]>(
+    schema: RequestSchema<I, C>,
+    handler: (args: { imms: ImmValues<I>; caps: CapValues<C> }, inv: Invocation) => void | Promise<unknown>,
+  ): void {
+    this.onRequest(schema.tag, (inv) => handler(schema.decode(inv), inv));
+  }
+
+  /** Create a Request of `schema` served here, with some arguments preset. */
+  async createRequest<I extends Record<string, FieldType>, C extends readonly string[]>(
+    schema: RequestSchema<I, C>,
+    imms: Partial<ImmValues<I>> = {},
+    caps: Partial<CapValues<C>> = {},
+  ): Promise<number> {
+    return this.requestCreate(schema.tag, schema.args(imms, caps));
+  }
+
+  /** Invoke `cid` with arguments named by `schema`. */
+  invoke<I extends Record<string, FieldType>, C extends readonly string[]>(
+    cid: number,
+    schema: RequestSchema<I, C>,
+    imms: Partial<ImmValues<I>> = {},
+    caps: Partial<CapValues<C>> = {},
+  ): Promise<void> {
+    return this.requestInvoke(cid, schema.args(imms, caps));
+  }
+
+  /** Invoke an error continuation (`ErrorReply`) with a code and a message. Never throws. */
+  async replyError(cid: number, code: ErrorCode, message = ''): Promise<void> {
+    if (!cid) return;
+    try {
+      await this.requestInvoke(cid, ErrorReply.args({ code: errorCodeToWire(code), message: truncUtf8(message, 240) }));
+    } catch {
+      // The client may be gone; nothing to tell.
+    }
+  }
+
+  /**
+   * The synchronous-RPC pattern of paper §3.4 (A -> B -> A'): create one-shot `onSuccess`
+   * and `onError` continuation Requests, invoke `cid` with them in the schema's
+   * `onSuccess`/`onError` slots plus `imms`/`caps`, and resolve with the invocation of
+   * `onSuccess`, or reject with the FractosError carried by `onError`. The continuations
+   * are revoked afterwards. Errors: those of request_invoke, the callee's code, ETIMEDOUT.
+   */
+  async rpc<I extends Record<string, FieldType>, C extends readonly string[]>(
+    cid: number,
+    schema: RequestSchema<I, C>,
+    imms: Partial<ImmValues<I>> = {},
+    caps: Partial<CapValues<C>> = {},
+    opts: { timeoutMs?: number } = {},
+  ): Promise<Invocation> {
+    const id = this.#nextRpc;
+    this.#nextRpc = this.#nextRpc >= 0x3fffffff ? 1 : this.#nextRpc + 1;
+    const okTag = (RPC_TAG_BIT | (id << 1)) >>> 0;
+    const [ok, fail] = await Promise.all([this.requestCreate(okTag), this.requestCreate(okTag | 1)]);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const reply = new Promise<Invocation>((resolve, reject) => {
+        this.#rpcs.set(id, { resolve, reject });
+        if (opts.timeoutMs) timer = setTimeout(() => reject(new FractosError('ETIMEDOUT', `${schema.name} timed out after ${opts.timeoutMs} ms`)), opts.timeoutMs);
+      });
+      const all = { ...caps, onSuccess: ok, onError: fail } as Partial<CapValues<C>>;
+      await this.requestInvoke(cid, schema.args(imms, all));
+      return await reply;
+    } finally {
+      clearTimeout(timer);
+      this.#rpcs.delete(id);
+      // One-shot: revoke both continuations (not awaited: off the critical path).
+      this.capRevoke(ok).catch(() => {});
+      this.capRevoke(fail).catch(() => {});
+      this.capDrop(ok, fail).catch(() => {});
+    }
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Capabilities
+
+  /** cap_create_revtree: a new child object under the object of `cid`, revocable on its own. */
+  async capCreateRevtree(cid: number): Promise<number> {
+    return (await this.#callCid(Op.CAP_REVTREE, cid)).readUInt32LE(16);
+  }
+
+  /** cap_revoke: revoke the object `cid` names and its revocation tree, for every holder. */
+  async capRevoke(cid: number): Promise<void> {
+    await this.#callCid(Op.CAP_REVOKE, cid);
+  }
+
+  /** cap_drop: remove the caller's entries (not a revocation). Errors: EBADCAP. */
+  async capDrop(...cids: number[]): Promise<void> {
+    await Promise.all(cids.map((c) => this.#callCid(Op.CAP_DROP, c)));
+  }
+
+  /** monitor_receive: `cb` fires once when `cid`'s object is revoked or its owner fails. */
+  async monitorReceive(cid: number, cb: (ev: MonitorEvent) => void): Promise<void> {
+    const id = this.#nextMonitor++;
+    this.#monitors.set(id, cb);
+    try {
+      await this.#callCid(Op.MONITOR_RECEIVE, cid, 4, (f) => f.writeUInt32LE(id, 20));
+    } catch (err) {
+      this.#monitors.delete(id);
+      throw err;
+    }
+  }
+
+  /** monitor_delegate: `cb` fires once when every cap delegated from `cid` is gone. */
+  async monitorDelegate(cid: number, cb: (ev: MonitorEvent) => void): Promise<void> {
+    const id = this.#nextMonitor++;
+    this.#monitors.set(id, cb);
+    try {
+      await this.#callCid(Op.MONITOR_DELEGATE, cid, 4, (f) => f.writeUInt32LE(id, 20));
+    } catch (err) {
+      this.#monitors.delete(id);
+      throw err;
+    }
+  }
+
+  /** kv_put: publish `cid` under `name` (bootstrap), replicated to peer Controllers. */
+  async kvPut(name: string, cid: number): Promise<void> {
+    const n = Buffer.from(name, 'utf8');
+    await this.#callCid(Op.KV_PUT, cid, n.length, (f) => n.copy(f, 20));
+  }
+
+  /** kv_get: a cid for the cap published under `name`. Errors: ENOENT. */
+  async kvGet(name: string): Promise<number> {
+    const n = Buffer.from(name, 'utf8');
+    return (await this.#call(Op.KV_GET, n.length, (f) => n.copy(f, 16))).readUInt32LE(16);
+  }
+
+  /** kv_get, retried until the name appears or `timeoutMs` passes. Errors: ENOENT. */
+  async kvWait(name: string, timeoutMs = 10_000): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await this.kvGet(name);
+      } catch (err) {
+        if ((err as FractosError).code !== 'ENOENT' || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  /** Per-link frame and byte counters of this Process's Controller. */
+  async stats(): Promise<ControllerStats> {
+    const r = await this.#call(Op.STATS, 0, null);
+    const n = r.readUInt16LE(24);
+    const links: ControllerStats['links'] = [];
+    let o = 26;
+    for (let i = 0; i < n; i++) {
+      const len = r.readUInt16LE(o + 38);
+      links.push({
+        kind: r.readUInt8(o) === 0 ? 'process' : 'peer',
+        id: r.readUInt32LE(o + 2),
+        framesIn: readU64(r, o + 6),
+        framesOut: readU64(r, o + 14),
+        bytesIn: readU64(r, o + 22),
+        bytesOut: readU64(r, o + 30),
+        name: r.toString('utf8', o + 40, o + 40 + len),
+      });
+      o += 40 + len;
+    }
+    return { controller: r.readUInt32LE(16), epoch: r.readUInt32LE(20), links };
+  }
+
+  /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */
+  pause(): void {
+    this.#paused = true;
+    this.#link.socket.pause();
+  }
+  resume(): void {
+    this.#paused = false;
+    this.#link.socket.resume();
+  }
+
+  /** Close the channel; the Controller revokes every object this Process owns. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#link.close();
+    await new Promise<void>((r) => {
+      if (this.#link.socket.destroyed) r();
+      else this.#link.socket.once('close', () => r());
+    });
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Incoming frames
+
+  #onFrame(f: Buffer): void {
+    const op = frameOp(f);
+    try {
+      switch (op) {
+        case Op.REPLY:
+          this.#calls.complete(f);
+          return;
+        case Op.DELIVER:
+          this.#onDeliver(f);
+          return;
+        case Op.MONITOR_FIRE: {
+          const id = f.readUInt32LE(16);
+          const reason = f.readUInt16LE(20);
+          const cb = this.#monitors.get(id);
+          if (cb) {
+            this.#monitors.delete(id);
+            cb(reason === MonitorReason.REVOKED ? 'revoked' : reason === MonitorReason.OWNER_FAILED ? 'owner-failed' : 'delegates-gone');
+          }
+          return;
+        }
+        case Op.MEM_READ:
+        case Op.MEM_WRITE:
+          this.#onServed(op, f);
+          return;
+        default:
+          throw new FractosError('EPROTO', `unexpected op 0x${op.toString(16)} from controller`);
+      }
+    } catch (err) {
+      this.#link.close(err as Error);
+    }
+  }
+
+  #onDeliver(f: Buffer): void {
+    const tag = f.readUInt32LE(16);
+    const { args } = readArgs(f, 20, f.length, readCid, 4, { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots });
+    this.#ack();
+    let size = 0;
+    const ranges: { offset: number; length: number }[] = [];
+    if (args.imms) for (const r of args.imms) {
+      size = Math.max(size, r.offset + r.bytes.length);
+      ranges.push({ offset: r.offset, length: r.bytes.length });
+    }
+    const imms = Buffer.alloc(size);
+    if (args.imms) for (const r of args.imms) imms.set(r.bytes, r.offset);
+    const caps: number[] = [];
+    if (args.caps) for (const c of args.caps) caps[c.slot] = c.cap;
+    for (let i = 0; i < caps.length; i++) caps[i] ??= 0;
+    let retained: Set<number> | null = null;
+    const inv: Invocation = {
+      tag,
+      imms,
+      ranges,
+      caps,
+      retain: (cid) => (retained ??= new Set()).add(cid),
+    };
+    const dropAll = (): void => {
+      const drop = caps.filter((c) => c && !retained?.has(c));
+      if (drop.length && !this.#closed) this.capDrop(...drop).catch(() => {});
+    };
+    if (tag & RPC_TAG_BIT) {
+      const id = (tag & ~RPC_TAG_BIT) >>> 1;
+      const w = this.#rpcs.get(id);
+      if (w) {
+        if (tag & 1) {
+          const e = ErrorReply.decode(inv).imms;
+          w.reject(new FractosError(errorCodeFromWire(e.code), e.message));
+          dropAll();
+        } else {
+          // The RPC's caller owns the reply's caps: nothing is dropped automatically.
+          w.resolve(inv);
+        }
+      } else dropAll();
+      return;
+    }
+    const h = this.#handlers.get(tag);
+    if (!h) {
+      this.emit('unhandled', inv);
+      dropAll();
+      return;
+    }
+    let r: void | Promise<unknown>;
+    try {
+      r = h(inv);
+    } catch (err) {
+      this.emit('handlerError', err, inv);
+      dropAll();
+      return;
+    }
+    if (r && typeof (r as Promise<unknown>).then === 'function') {
+      (r as Promise<unknown>).then(dropAll, (err) => {
+        this.emit('handlerError', err, inv);
+        dropAll();
+      });
+    } else dropAll();
+  }
+
+  /** Return delivery credits, one DELIVER_ACK per tick. */
+  #ack(): void {
+    this.#acks++;
+    if (this.#ackScheduled) return;
+    this.#ackScheduled = true;
+    process.nextTick(() => {
+      this.#ackScheduled = false;
+      const f = allocFrame(Op.DELIVER_ACK, 0, 4);
+      f.writeUInt32LE(this.#acks, 16);
+      this.#acks = 0;
+      this.#link.send(f);
+    });
+  }
+
+  #onServed(op: number, f: Buffer): void {
+    const seq = frameSeq(f);
+    const key = readU64(f, 16);
+    const offset = readU64(f, 24);
+    const b = this.#served.get(key);
+    const fail = (err: unknown): void => {
+      const code = err instanceof FractosError ? err.code : 'EFAULT';
+      this.#link.send(errorReply(seq, errorCodeToWire(code), err instanceof Error ? err.message : String(err)));
+    };
+    if (!b) return fail(new FractosError('EFAULT', `no served memory with key ${key}`));
+    try {
+      if (op === Op.MEM_READ) {
+        const len = f.readUInt32LE(32);
+        const send = (data: Uint8Array): void => {
+          if (data.length !== len) return fail(new FractosError('EFAULT', `served read returned ${data.length} of ${len} bytes`));
+          const r = allocFrame(Op.REPLY, seq, len);
+          r.set(data, HEADER_BYTES);
+          this.#link.send(r);
+        };
+        const d = b.read(offset, len);
+        if (d instanceof Promise) d.then(send, fail);
+        else send(d);
+      } else {
+        const d = b.write(offset, f.subarray(32));
+        const ok = (): void => this.#link.send(allocFrame(Op.REPLY, seq, 0));
+        if (d instanceof Promise) d.then(ok, fail);
+        else ok();
+      }
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  #onClose(err?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#calls.failAll('EDISCONNECTED', err ? `channel closed: ${err.message}` : 'channel closed');
+    for (const w of this.#rpcs.values()) w.reject(new FractosError('EDISCONNECTED', 'channel closed'));
+    this.#rpcs.clear();
+    for (const name of this.#regions) {
+      try {
+        shmUnlink(name);
+      } catch {
+        // already gone
+      }
+    }
+    this.#regions.length = 0;
+    this.emit('close', err);
+  }
+
+  /** Whether reading is paused. */
+  get paused(): boolean {
+    return this.#paused;
+  }
+}
+
+function checkCid(cid: number): void {
+  if (!Number.isInteger(cid) || cid < 0 || cid > 0xffffffff) throw new FractosError('EBADCAP', `not a cid: ${cid}`);
+}
+
+function checkArgs(args: RequestArgs | undefined): void {
+  if (!args) return;
+  if (args.caps) for (const c of args.caps) {
+    checkCid(c.cap);
+    if (!Number.isInteger(c.slot) || c.slot < 0 || c.slot > 0xffff) throw new FractosError('ERANGE', `bad cap slot ${c.slot}`);
+  }
+  if (args.imms) for (const r of args.imms) {
+    if (!Number.isInteger(r.offset) || r.offset < 0 || r.offset > 0xffffffff) throw new FractosError('ERANGE', `bad immediate offset ${r.offset}`);
+  }
+}
+
+function truncUtf8(s: string, max: number): string {
+  let b = Buffer.from(s, 'utf8');
+  if (b.length <= max) return s;
+  b = b.subarray(0, max);
+  return b.toString('utf8').replace(/\uFFFD$/, '');
+}

@@ -1,0 +1,339 @@
+/**
+ * The FractOS-TS wire protocol: one binary frame format for Process<->Controller channels
+ * and Controller<->Controller links. Every op is specified in docs/protocol.md; golden
+ * encodings are in test/protocol.test.ts.
+ *
+ * Frame = 16-byte header + body, little-endian:
+ *   u32 length   total frame bytes, header included (16 .. limits.maxFrameBytes)
+ *   u16 op       operation (Op)
+ *   u16 flags    reserved, must be 0
+ *   u32 seq      call sequence number; a REPLY carries the seq of the call it answers
+ *   u16 code     REPLY only: 0 = OK, else an ERROR_CODES index; 0 elsewhere
+ *   u16 reserved must be 0
+ */
+import { FractosError } from './errors.js';
+
+export const HEADER_BYTES = 16;
+
+/** Operations. Calls (Process->Controller) are 0x01..0x7e, Controller->Process 0x80..0x9f, peer 0xa0..0xcf. */
+export const Op = {
+  REPLY: 0x7f,
+  // Process -> Controller calls
+  HELLO: 0x01,
+  NULL: 0x02,
+  STATS: 0x03,
+  MEMORY_CREATE: 0x10,
+  MEMORY_DIMINISH: 0x11,
+  MEMORY_COPY: 0x12,
+  MEMORY_STAT: 0x13,
+  REQUEST_CREATE: 0x20,
+  REQUEST_DERIVE: 0x21,
+  REQUEST_INVOKE: 0x22,
+  CAP_REVTREE: 0x30,
+  CAP_REVOKE: 0x31,
+  CAP_DROP: 0x32,
+  MONITOR_DELEGATE: 0x40,
+  MONITOR_RECEIVE: 0x41,
+  KV_PUT: 0x50,
+  KV_GET: 0x51,
+  DELIVER_ACK: 0x60, // one-way: credits returned
+  // Controller -> Process
+  DELIVER: 0x80, // one-way
+  MONITOR_FIRE: 0x81, // one-way
+  MEM_READ: 0x82, // call: served memory read
+  MEM_WRITE: 0x83, // call: served memory write
+  // Controller <-> Controller
+  PEER_HELLO: 0xa0,
+  P_NULL: 0xa1,
+  P_INVOKE: 0xa2,
+  P_DERIVE: 0xa3,
+  P_REVTREE: 0xa4,
+  P_REVOKE: 0xa5,
+  P_DIMINISH: 0xa6,
+  P_COPY: 0xa7,
+  P_MEM_READ: 0xa8,
+  P_MEM_WRITE: 0xa9,
+  P_STAT: 0xaa,
+  P_MONITOR_DELEGATE: 0xab,
+  P_MONITOR_FIRE: 0xac, // one-way
+  P_HOLD: 0xad, // one-way
+  P_REVOKED: 0xae, // one-way
+  P_KV_PUT: 0xaf, // one-way
+} as const;
+export type OpCode = (typeof Op)[keyof typeof Op];
+
+const OP_NAMES = new Map<number, string>(Object.entries(Op).map(([k, v]) => [v, k]));
+/** Name of an op code, for logs and errors. */
+export function opName(op: number): string {
+  return OP_NAMES.get(op) ?? `0x${op.toString(16)}`;
+}
+
+/** Memory permissions: a bitmask. */
+export const Perm = { READ: 1, WRITE: 2, RW: 3 } as const;
+
+/** Memory backings. */
+export const Backing = { SHARED: 0, SERVED: 1 } as const;
+
+/** Object kinds. */
+export const Kind = { MEMORY: 1, REQUEST: 2 } as const;
+
+/** Monitor reasons carried by MONITOR_FIRE. */
+export const MonitorReason = { REVOKED: 1, OWNER_FAILED: 2, DELEGATES_GONE: 3 } as const;
+
+/** Receive-side limits; a violation closes the offending channel with EPROTO. */
+export interface Limits {
+  /** Largest frame accepted, header included (bytes). */
+  maxFrameBytes: number;
+  /** Largest immediate area of a Request: offset + length of every range (bytes). */
+  maxImmBytes: number;
+  /** Most cap slots in a Request (slot index < maxCapSlots). */
+  maxCapSlots: number;
+  /** Most entries in one Process's capability space. */
+  maxCaps: number;
+  /** Most deliveries to one Process not yet acknowledged (credits). */
+  maxOutstandingDeliveries: number;
+  /** Most invocations queued at a Controller for one Process beyond its credits; more get EAGAIN. */
+  maxQueuedDeliveries: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxFrameBytes: 16 * 1024 * 1024 + 4096,
+  maxImmBytes: 64 * 1024,
+  maxCapSlots: 64,
+  maxCaps: 1 << 20,
+  maxOutstandingDeliveries: 256,
+  maxQueuedDeliveries: 1 << 16,
+};
+
+/** Data chunk of memory copies and served reads/writes (bytes). */
+export const COPY_CHUNK_BYTES = 1024 * 1024;
+
+/** An object reference: the owner Controller, its epoch, the object id there (< 2^53). */
+export interface ObjectRef {
+  controller: number;
+  epoch: number;
+  id: number;
+}
+export const REF_BYTES = 16;
+
+/** Arguments of request_create/derive/invoke: immediate ranges and cap slots. */
+export interface ImmRange {
+  offset: number;
+  bytes: Uint8Array;
+}
+export interface CapArg<C = number> {
+  slot: number;
+  cap: C;
+}
+export interface RequestArgs<C = number> {
+  imms?: ImmRange[];
+  caps?: CapArg<C>[];
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+
+/** Allocate a frame with its header written; the body (bodyBytes) follows at HEADER_BYTES. */
+export function allocFrame(op: number, seq: number, bodyBytes: number, code = 0): Buffer {
+  const buf = Buffer.allocUnsafe(HEADER_BYTES + bodyBytes);
+  buf.writeUInt32LE(HEADER_BYTES + bodyBytes, 0);
+  buf.writeUInt16LE(op, 4);
+  buf.writeUInt16LE(0, 6);
+  buf.writeUInt32LE(seq >>> 0, 8);
+  buf.writeUInt16LE(code, 12);
+  buf.writeUInt16LE(0, 14);
+  return buf;
+}
+
+/** Write a u64 that is a safe integer (< 2^53). */
+export function writeU64(buf: Buffer, value: number, off: number): void {
+  buf.writeUInt32LE(value % 0x100000000, off);
+  buf.writeUInt32LE(Math.floor(value / 0x100000000), off + 4);
+}
+
+/** Read a u64; values >= 2^53 are EPROTO. */
+export function readU64(buf: Buffer, off: number): number {
+  const hi = buf.readUInt32LE(off + 4);
+  if (hi >= 0x200000) throw new FractosError('EPROTO', 'u64 field beyond 2^53');
+  return hi * 0x100000000 + buf.readUInt32LE(off);
+}
+
+export function writeRef(buf: Buffer, ref: ObjectRef, off: number): void {
+  buf.writeUInt32LE(ref.controller, off);
+  buf.writeUInt32LE(ref.epoch, off + 4);
+  writeU64(buf, ref.id, off + 8);
+}
+
+export function readRef(buf: Buffer, off: number): ObjectRef {
+  return { controller: buf.readUInt32LE(off), epoch: buf.readUInt32LE(off + 4), id: readU64(buf, off + 8) };
+}
+
+/** Bytes that `writeArgs` needs for args whose caps are encoded in `capBytes` bytes each. */
+export function argsBytes(args: RequestArgs<unknown> | undefined, capBytes: number): number {
+  if (!args) return 4;
+  let n = 4 + (args.caps?.length ?? 0) * (4 + capBytes);
+  if (args.imms) for (const r of args.imms) n += 8 + r.bytes.length;
+  return n;
+}
+
+/**
+ * Args encoding: u16 nCaps, u16 nImms, then nCaps x (u16 slot, u16 0, cap), then
+ * nImms x (u32 offset, u32 length, bytes[length]). A cap is a u32 cid on channels and
+ * an ObjectRef (16 bytes) on peer links. Returns the offset after the args.
+ */
+export function writeArgs<C>(
+  buf: Buffer,
+  off: number,
+  args: RequestArgs<C> | undefined,
+  writeCap: (buf: Buffer, cap: C, off: number) => void,
+  capBytes: number,
+): number {
+  const caps = args?.caps;
+  const imms = args?.imms;
+  buf.writeUInt16LE(caps?.length ?? 0, off);
+  buf.writeUInt16LE(imms?.length ?? 0, off + 2);
+  off += 4;
+  if (caps) {
+    for (const c of caps) {
+      buf.writeUInt16LE(c.slot, off);
+      buf.writeUInt16LE(0, off + 2);
+      writeCap(buf, c.cap, off + 4);
+      off += 4 + capBytes;
+    }
+  }
+  if (imms) {
+    for (const r of imms) {
+      buf.writeUInt32LE(r.offset, off);
+      buf.writeUInt32LE(r.bytes.length, off + 4);
+      buf.set(r.bytes, off + 8);
+      off += 8 + r.bytes.length;
+    }
+  }
+  return off;
+}
+
+export const writeCid = (buf: Buffer, cid: number, off: number): void => {
+  buf.writeUInt32LE(cid, off);
+};
+
+/**
+ * Decode args written by `writeArgs`, checking every count and range against the frame
+ * and the limits (EPROTO on a malformed encoding, ERANGE on limits). Immediate bytes are
+ * views into `buf` (no copy).
+ */
+export function readArgs<C>(
+  buf: Buffer,
+  off: number,
+  end: number,
+  readCap: (buf: Buffer, off: number) => C,
+  capBytes: number,
+  limits: Limits,
+): { args: RequestArgs<C>; end: number } {
+  if (off + 4 > end) throw new FractosError('EPROTO', 'truncated args');
+  const nCaps = buf.readUInt16LE(off);
+  const nImms = buf.readUInt16LE(off + 2);
+  off += 4;
+  if (off + nCaps * (4 + capBytes) > end) throw new FractosError('EPROTO', 'truncated cap args');
+  const caps: CapArg<C>[] = new Array(nCaps);
+  for (let i = 0; i < nCaps; i++) {
+    const slot = buf.readUInt16LE(off);
+    if (slot >= limits.maxCapSlots) throw new FractosError('ERANGE', `cap slot ${slot} >= ${limits.maxCapSlots}`);
+    caps[i] = { slot, cap: readCap(buf, off + 4) };
+    off += 4 + capBytes;
+  }
+  const imms: ImmRange[] = new Array(nImms);
+  for (let i = 0; i < nImms; i++) {
+    if (off + 8 > end) throw new FractosError('EPROTO', 'truncated immediate header');
+    const o = buf.readUInt32LE(off);
+    const len = buf.readUInt32LE(off + 4);
+    off += 8;
+    if (off + len > end) throw new FractosError('EPROTO', 'truncated immediate bytes');
+    if (o + len > limits.maxImmBytes) throw new FractosError('ERANGE', `immediate range ${o}+${len} > ${limits.maxImmBytes}`);
+    imms[i] = { offset: o, bytes: buf.subarray(off, off + len) };
+    off += len;
+  }
+  return { args: { caps: nCaps ? caps : undefined, imms: nImms ? imms : undefined }, end: off };
+}
+
+export const readCid = (buf: Buffer, off: number): number => buf.readUInt32LE(off);
+
+// ---------------------------------------------------------------------------------------
+// Stream framing
+
+/** Per-link counters of frames and bytes, both ways. */
+export interface LinkCounters {
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/**
+ * Splits a byte stream into frames. Complete frames inside one chunk are delivered as
+ * views (no copy); only frames straddling chunks are reassembled. A length below the
+ * header size or above `maxFrameBytes`, or a non-zero reserved field, throws EPROTO.
+ */
+export class FrameDecoder {
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  readonly #maxFrameBytes: number;
+  constructor(maxFrameBytes: number) {
+    this.#maxFrameBytes = maxFrameBytes;
+  }
+
+  /** Feed a chunk; `onFrame` is called for every complete frame, in order. */
+  push(chunk: Buffer, onFrame: (frame: Buffer) => void): void {
+    let buf = chunk;
+    if (this.#pendingBytes) {
+      this.#pending.push(chunk);
+      this.#pendingBytes += chunk.length;
+      if (this.#pendingBytes < 4) return;
+      buf = Buffer.concat(this.#pending, this.#pendingBytes);
+      this.#pending = [];
+      this.#pendingBytes = 0;
+    }
+    let off = 0;
+    while (buf.length - off >= HEADER_BYTES) {
+      const len = buf.readUInt32LE(off);
+      if (len < HEADER_BYTES || len > this.#maxFrameBytes) {
+        throw new FractosError('EPROTO', `frame length ${len} outside [${HEADER_BYTES}, ${this.#maxFrameBytes}]`);
+      }
+      if (buf.readUInt16LE(off + 6) !== 0 || buf.readUInt16LE(off + 14) !== 0) {
+        throw new FractosError('EPROTO', 'reserved header fields must be 0');
+      }
+      if (buf.length - off < len) break;
+      onFrame(buf.subarray(off, off + len));
+      off += len;
+    }
+    if (off < buf.length) {
+      if (buf.length - off >= 4) {
+        const len = buf.readUInt32LE(off);
+        if (len < HEADER_BYTES || len > this.#maxFrameBytes) {
+          throw new FractosError('EPROTO', `frame length ${len} outside [${HEADER_BYTES}, ${this.#maxFrameBytes}]`);
+        }
+      }
+      const rest = buf.subarray(off);
+      this.#pending.push(rest);
+      this.#pendingBytes = rest.length;
+    }
+  }
+}
+
+/** Header fields of a frame. */
+export function frameOp(frame: Buffer): number {
+  return frame.readUInt16LE(4);
+}
+export function frameSeq(frame: Buffer): number {
+  return frame.readUInt32LE(8);
+}
+export function frameCode(frame: Buffer): number {
+  return frame.readUInt16LE(12);
+}
+
+/** A REPLY frame with an error code and a UTF-8 message. */
+export function errorReply(seq: number, code: number, message: string): Buffer {
+  const msg = Buffer.from(message.slice(0, 512), 'utf8');
+  const f = allocFrame(Op.REPLY, seq, msg.length, code);
+  msg.copy(f, HEADER_BYTES);
+  return f;
+}

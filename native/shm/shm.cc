@@ -1,0 +1,93 @@
+// fractos_shm: POSIX shared memory regions mapped as ArrayBuffers.
+// The owner Process creates a region, its Controller opens the same name and maps it,
+// so the Controller reads and writes registered Memory without waking the owner.
+// Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
+#include <napi.h>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+Napi::Value ErrnoError(Napi::Env env, const char* what, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + strerror(err));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, what));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+void Unmap(Napi::Env, void* data, size_t* len) {
+  munmap(data, *len);
+  delete len;
+}
+
+Napi::Value MapFd(Napi::Env env, int fd, size_t size) {
+  void* p = size ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : nullptr;
+  int err = errno;
+  close(fd);
+  if (size && p == MAP_FAILED) return ErrnoError(env, "mmap", err);
+  if (!size) return Napi::ArrayBuffer::New(env, 0);
+  return Napi::ArrayBuffer::New(env, p, size, Unmap, new size_t(size));
+}
+
+// create(name: string, size: number) -> ArrayBuffer; fails with EEXIST if the name exists.
+Napi::Value Create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>();
+  size_t size = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
+  int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0) return ErrnoError(env, "shm_open", errno);
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    close(fd);
+    shm_unlink(name.c_str());
+    return ErrnoError(env, "ftruncate", err);
+  }
+  return MapFd(env, fd, size);
+}
+
+// open(name: string) -> ArrayBuffer over the whole existing region.
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>();
+  int fd = shm_open(name.c_str(), O_RDWR, 0);
+  if (fd < 0) return ErrnoError(env, "shm_open", errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoError(env, "fstat", err);
+  }
+  return MapFd(env, fd, static_cast<size_t>(st.st_size));
+}
+
+// unlink(name: string) -> void; the mappings stay valid until released.
+Napi::Value Unlink(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>();
+  if (shm_unlink(name.c_str()) != 0 && errno != ENOENT) return ErrnoError(env, "shm_unlink", errno);
+  return env.Undefined();
+}
+
+// address(ab: ArrayBuffer) -> number: the mapping's address mod 2^53 (for alignment checks).
+Napi::Value Address(const Napi::CallbackInfo& info) {
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(ab.Data()) & ((1ULL << 53) - 1)));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("create", Napi::Function::New(env, Create));
+  exports.Set("open", Napi::Function::New(env, Open));
+  exports.Set("unlink", Napi::Function::New(env, Unlink));
+  exports.Set("address", Napi::Function::New(env, Address));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(fractos_shm, Init)
