@@ -61,13 +61,18 @@ export class RequestSchema<I extends Record<string, FieldType>, C extends readon
   /** Size of the immediate area (bytes). */
   readonly immBytes: number;
 
+  /** First cap slot of this schema (REPLY_SLOT_BASE for reply schemas). */
+  readonly slotBase: number;
+
   constructor(
     readonly name: string,
     imms: I,
     caps: C,
+    opts: { immBase?: number; slotBase?: number } = {},
   ) {
     this.tag = tagOf(name);
-    let off = 0;
+    this.slotBase = opts.slotBase ?? 0;
+    let off = opts.immBase ?? 0;
     const fields: FieldLayout[] = [];
     for (const [n, t] of Object.entries(imms)) {
       const w = widthOf(t);
@@ -78,7 +83,7 @@ export class RequestSchema<I extends Record<string, FieldType>, C extends readon
     this.immBytes = off;
     this.#byName = new Map(fields.map((f) => [f.name, f]));
     this.capNames = caps;
-    this.#slot = new Map(caps.map((c, i) => [c, i]));
+    this.#slot = new Map(caps.map((c, i) => [c, this.slotBase + i]));
   }
 
   /** Slot index of a named cap. */
@@ -120,7 +125,7 @@ export class RequestSchema<I extends Record<string, FieldType>, C extends readon
     const imms: Record<string, unknown> = {};
     for (const f of this.fields) imms[f.name] = decodeField(this.name, f, inv.imms);
     const caps: Record<string, number> = {};
-    this.capNames.forEach((n, i) => (caps[n] = inv.caps[i] ?? 0));
+    this.capNames.forEach((n, i) => (caps[n] = inv.caps[this.slotBase + i] ?? 0));
     return { imms: imms as ImmValues<I>, caps: caps as CapValues<C> };
   }
 }
@@ -202,6 +207,14 @@ function decodeField(schema: string, f: FieldLayout, imms: Buffer): unknown {
 }
 
 /**
+ * Where reply schemas put their fields: continuation results land above the arguments a
+ * continuation Request was created with, so that any Request can serve as a continuation
+ * without EARGSET (immediates at 32 KiB and up, cap slots 32 and up).
+ */
+export const REPLY_IMM_BASE = 0x8000;
+export const REPLY_SLOT_BASE = 32;
+
+/**
  * Define a Request schema.
  * @example const Read = defineRequest('blockdev.read', { offset: 'u64', length: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
  */
@@ -213,5 +226,17 @@ export function defineRequest<I extends Record<string, FieldType>, const C exten
   return new RequestSchema(name, imms, caps);
 }
 
-/** The error continuation every service invokes on failure: a code and a message. */
-export const ErrorReply = defineRequest('fractos.error', { code: 'u16', message: { str: 240 } }, [] as const);
+/**
+ * Define a reply schema: the arguments a service adds when it invokes a continuation.
+ * Fields start at REPLY_IMM_BASE and cap slots at REPLY_SLOT_BASE (see there).
+ */
+export function defineReply<I extends Record<string, FieldType>, const C extends readonly string[]>(
+  name: string,
+  imms: I,
+  caps: C,
+): RequestSchema<I, C> {
+  return new RequestSchema(name, imms, caps, { immBase: REPLY_IMM_BASE, slotBase: REPLY_SLOT_BASE });
+}
+
+/** The error continuation every service invokes on failure: a code (ERROR_CODES index) and a message. */
+export const ErrorReply = defineReply('fractos.error', { code: 'u16', message: { str: 240 } }, [] as const);

@@ -1,0 +1,32 @@
+/**
+ * Request schemas of the block-device adaptor (DESIGN.md §5): the contract shared with
+ * its clients (the FS service, the fio runner, DAX clients). Schema-only: importing this
+ * file imports no service code.
+ *
+ * Bootstrap: the adaptor publishes its root Requests under `blockdev.volume_create` and
+ * `blockdev.volume_open` (prefixed by `--name`, default `blockdev`: `${name}.volume_create`).
+ */
+import { defineReply, defineRequest } from '../libfractos/schema.js';
+
+/** volume_create(size bytes) -> VolumeReply. Errors (onError): EINVAL, ENOSPC. */
+export const VolumeCreate = defineRequest('blockdev.volume_create', { size: 'u64' }, ['onSuccess', 'onError'] as const);
+/** volume_open(volume id) -> VolumeReply (the Requests of an existing volume). Errors: ENOENT. */
+export const VolumeOpen = defineRequest('blockdev.volume_open', { volume: 'u32' }, ['onSuccess', 'onError'] as const);
+/** What volume_create/volume_open answer: the volume and its per-volume Requests. */
+export const VolumeReply = defineReply('blockdev.volume', { volume: 'u32', size: 'u64', blockSize: 'u32' }, ['read', 'write', 'delete'] as const);
+
+/**
+ * Per-volume read/write: `volume` is preset by the adaptor (a client cannot retarget it),
+ * `offset` (bytes, relative to the volume) and `length` (bytes) are set by the client.
+ * read: device -> buffer; write: buffer -> device (durable when onSuccess runs).
+ * Errors (onError): ERANGE (beyond the volume or the buffer), EINVAL (alignment:
+ * offset and length must be multiples of the block size), EPERM (buffer perms), EIO.
+ */
+export const VolumeRead = defineRequest('blockdev.read', { volume: 'u32', offset: 'u64', length: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
+export const VolumeWrite = defineRequest('blockdev.write', { volume: 'u32', offset: 'u64', length: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
+/** What read/write answer: bytes transferred. */
+export const IoReply = defineReply('blockdev.io', { bytes: 'u32' }, [] as const);
+/** Per-volume delete (volume preset). Errors: ENOENT. */
+export const VolumeDelete = defineRequest('blockdev.delete', { volume: 'u32' }, ['onSuccess', 'onError'] as const);
+/** Empty success reply. */
+export const DoneReply = defineReply('blockdev.done', {}, [] as const);

@@ -1,0 +1,35 @@
+/**
+ * Request schemas of the GPU adaptor (DESIGN.md §5, paper §5). Schema-only.
+ *
+ * Bootstrap: the adaptor publishes `gpu.init` (prefix `--name`, default `gpu`).
+ * init -> {alloc, load, cleanup} for a new context; per-client resources are freed on
+ * cleanup or when the client's caps are gone (monitor_delegate).
+ */
+import { defineReply, defineRequest } from '../libfractos/schema.js';
+
+export const Init = defineRequest('gpu.init', {}, ['onSuccess', 'onError'] as const);
+/** backend: 0 = cpu, 1 = cuda. */
+export const InitReply = defineReply('gpu.inited', { context: 'u32', backend: 'u8', device: { str: 64 } }, ['alloc', 'load', 'cleanup'] as const);
+/** alloc(size bytes) (context preset) -> a served Memory cap on device memory. Errors: EINVAL, ENOSPC. */
+export const Alloc = defineRequest('gpu.alloc', { context: 'u32', size: 'u64' }, ['onSuccess', 'onError'] as const);
+export const AllocReply = defineReply('gpu.allocated', { size: 'u64' }, ['memory'] as const);
+/** load(kernel name) (context preset) -> an invoke Request for that kernel. Errors: ENOENT. */
+export const Load = defineRequest('gpu.load', { context: 'u32', kernel: { str: 64 } }, ['onSuccess', 'onError'] as const);
+export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
+/**
+ * Kernel invocation (context and kernel preset by load). Buffers are Memory caps that must
+ * be this adaptor's device memory (alloc). Scalars: n pairs, grid cells gridX x gridY.
+ * `expect` > 1 makes a barrier: the kernel runs when `expect` invocations carrying the
+ * same `batch` have arrived (e.g. one per DAX read completion), with the arguments of the
+ * first. If `out` is set, the `scores` buffer (n x f64) is copied into it before
+ * onSuccess is invoked (the chain design's "copy scores to the app").
+ * Errors (onError): EINVAL (n, grid), ERANGE (buffers too small), ETYPE/EPERM (not device memory).
+ */
+export const Invoke = defineRequest(
+  'gpu.invoke',
+  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32' },
+  ['probes', 'enrolled', 'scores', 'histograms', 'out', 'onSuccess', 'onError'] as const,
+);
+export const InvokeReply = defineReply('gpu.done', { n: 'u32', kernelNs: 'u64' }, [] as const);
+export const Cleanup = defineRequest('gpu.cleanup', { context: 'u32' }, ['onSuccess', 'onError'] as const);
+export const DoneReply = defineReply('gpu.ok', {}, [] as const);
