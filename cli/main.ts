@@ -8,7 +8,7 @@ import { register as registerCore } from './core.js';
 const program = new Command();
 program.name('fractos').description('FractOS-TS: capability-based userspace storage and accelerator stack').showHelpAfterError();
 registerCore(program);
-for (const mod of ['./storage.js', './gpu.js']) {
+for (const mod of ['./bench.js', './storage.js', './gpu.js', './demo.js']) {
   try {
     const m = (await import(mod)) as { register: (p: Command) => void };
     m.register(program);
