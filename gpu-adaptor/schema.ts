@@ -23,13 +23,18 @@ export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
  * same `batch` have arrived (e.g. one per DAX read completion), with the arguments of the
  * first. If `out` is set, the `scores` buffer (n x f64) is copied into it before
  * onSuccess is invoked (the chain design's "copy scores to the app").
- * Errors (onError): EINVAL (n, grid), ERANGE (buffers too small), ETYPE/EPERM (not device memory).
+ * `stride` (added): bytes between consecutive enrolled images in `enrolled` (0 = 10304,
+ * packed); a larger stride lets block-aligned DAX reads land in per-image slots (the
+ * adaptor packs them on the device before the launch).
+ * Errors (onError): EINVAL (n, grid, stride), ERANGE (buffers too small), ETYPE/EPERM (not
+ * device memory), ETIMEDOUT (barrier incomplete after the adaptor's barrier timeout).
  */
 export const Invoke = defineRequest(
   'gpu.invoke',
-  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32' },
+  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32', stride: 'u32' },
   ['probes', 'enrolled', 'scores', 'histograms', 'out', 'onSuccess', 'onError'] as const,
 );
-export const InvokeReply = defineReply('gpu.done', { n: 'u32', kernelNs: 'u64' }, [] as const);
+/** kernelNs: launch time; packNs: stride packing; copyNs: the `out` copy (ns). */
+export const InvokeReply = defineReply('gpu.done', { n: 'u32', kernelNs: 'u64', packNs: 'u64', copyNs: 'u64' }, [] as const);
 export const Cleanup = defineRequest('gpu.cleanup', { context: 'u32' }, ['onSuccess', 'onError'] as const);
 export const DoneReply = defineReply('gpu.ok', {}, [] as const);
