@@ -23,7 +23,14 @@ export const VolumeReply = defineReply('blockdev.volume', { volume: 'u32', size:
  * offset and length must be multiples of the block size), EPERM (buffer perms), EIO.
  */
 export const VolumeRead = defineRequest('blockdev.read', { volume: 'u32', offset: 'u64', length: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
-export const VolumeWrite = defineRequest('blockdev.write', { volume: 'u32', offset: 'u64', length: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
+export const VolumeWrite = defineRequest('blockdev.write', { volume: 'u32', offset: 'u64', length: 'u32', flags: 'u32' }, ['buffer', 'onSuccess', 'onError'] as const);
+/**
+ * VolumeWrite `flags` bits. FUA ("force unit access"): onSuccess runs only after a device
+ * flush that covers this write (the device's volatile write cache is flushed). Without it,
+ * onSuccess runs when the O_DIRECT write completes (durable against a crash of any Process,
+ * not against power loss on a device with a volatile cache). See docs/storage.md.
+ */
+export const WriteFlags = { FUA: 1 } as const;
 /** What read/write answer: bytes transferred. */
 export const IoReply = defineReply('blockdev.io', { bytes: 'u32' }, [] as const);
 /** Per-volume delete (volume preset). Errors: ENOENT. */

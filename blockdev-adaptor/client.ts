@@ -1,0 +1,182 @@
+/**
+ * Client side of the blockdev contract (schema.ts), for the FS service, the fio runner and
+ * DAX clients. Imports only libfractos and the schema: no adaptor code.
+ *
+ * `IoPort` is the allocation-free way to keep many reads/writes in flight: continuation
+ * Requests (onSuccess/onError pairs) are created once per concurrent op and reused; each
+ * carries its pair id as a preset immediate at offset 0, below the reply fields (which
+ * start at REPLY_IMM_BASE), so the same Request serves any number of completions without
+ * request_create/revoke per op.
+ */
+import { randomBytes } from 'node:crypto';
+import { FractosError, errorCodeFromWire } from '../libfractos/errors.js';
+import type { Process } from '../libfractos/process.js';
+import type { RequestArgs } from '../libfractos/protocol.js';
+import { ErrorReply, tagOf, type Invocation } from '../libfractos/schema.js';
+import { IoReply, VolumeCreate, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite } from './schema.js';
+
+/** A volume as seen by a client: its id, size and per-volume Requests (cids owned by the caller). */
+export interface VolumeHandle {
+  volume: number;
+  size: number;
+  blockSize: number;
+  read: number;
+  write: number;
+  delete: number;
+}
+
+function volumeOf(inv: Invocation): VolumeHandle {
+  const { imms, caps } = VolumeReply.decode(inv);
+  return { volume: imms.volume, size: imms.size, blockSize: imms.blockSize, read: caps.read, write: caps.write, delete: caps.delete };
+}
+
+/** volume_create through the published root Request `createCid`. Errors: the adaptor's (ENOSPC, EINVAL). */
+export async function volumeCreate(p: Process, createCid: number, size: number): Promise<VolumeHandle> {
+  return volumeOf(await p.rpc(createCid, VolumeCreate, { size }, {}, { timeoutMs: 120_000 }));
+}
+
+/** volume_open of an existing volume. Errors: ENOENT. */
+export async function volumeOpen(p: Process, openCid: number, volume: number): Promise<VolumeHandle> {
+  return volumeOf(await p.rpc(openCid, VolumeOpen, { volume }, {}, { timeoutMs: 30_000 }));
+}
+
+/** Completion of an IoPort op: null and the bytes transferred, or the error. */
+export type IoDone = (err: FractosError | null, bytes: number) => void;
+
+const F_OFFSET = VolumeRead.fields.find((f) => f.name === 'offset')!.offset;
+const F_FLAGS = VolumeWrite.fields.find((f) => f.name === 'flags')!.offset;
+const S_BUFFER = VolumeRead.slot('buffer');
+const S_OK = VolumeRead.slot('onSuccess');
+const S_ERR = VolumeRead.slot('onError');
+const BYTES_OFF = IoReply.fields[0]!.offset;
+const CODE_OFF = ErrorReply.fields[0]!.offset;
+
+interface Pair {
+  id: number;
+  ok: number;
+  err: number;
+  done: IoDone | null;
+  // Preallocated invocation arguments, rewritten per op (encoded synchronously by requestInvoke).
+  head: Buffer; // offset u64 + length u32 (+ flags u32)
+  args: RequestArgs;
+  argsW: RequestArgs;
+}
+
+/**
+ * Issues blockdev read/write invocations with pooled continuation Requests. Works for any
+ * Request with the VolumeRead/VolumeWrite layout (a volume's Requests, DAX revtree
+ * children, derived ones) and for fs.read/fs.write (same field order after a u32 preset).
+ */
+export class IoPort {
+  readonly #p: Process;
+  readonly #okTag: number;
+  readonly #errTag: number;
+  readonly #pairs: Pair[] = [];
+  readonly #free: Pair[] = [];
+  #creating = 0;
+  #closed = false;
+
+  constructor(p: Process) {
+    this.#p = p;
+    const salt = randomBytes(6).toString('hex');
+    this.#okTag = tagOf(`ioport.ok.${salt}`);
+    this.#errTag = tagOf(`ioport.err.${salt}`);
+    p.onRequest(this.#okTag, (inv) => this.#complete(inv, false));
+    p.onRequest(this.#errTag, (inv) => this.#complete(inv, true));
+  }
+
+  /** Create `n` continuation pairs up front (so that the first ops do not pay request_create). */
+  async reserve(n: number): Promise<void> {
+    const made: Pair[] = [];
+    for (let i = this.#pairs.length + this.#creating; i < n; i++) made.push(await this.#newPair());
+    this.#free.push(...made);
+  }
+
+  async #newPair(): Promise<Pair> {
+    this.#creating++;
+    try {
+      const id = this.#pairs.length + this.#creating;
+      const idb = Buffer.alloc(4);
+      idb.writeUInt32LE(id, 0);
+      const [ok, err] = await Promise.all([
+        this.#p.requestCreate(this.#okTag, { imms: [{ offset: 0, bytes: idb }] }),
+        this.#p.requestCreate(this.#errTag, { imms: [{ offset: 0, bytes: idb }] }),
+      ]);
+      const head = Buffer.alloc(16);
+      const pair: Pair = {
+        id, ok, err, done: null, head,
+        args: { imms: [{ offset: F_OFFSET, bytes: head.subarray(0, 12) }], caps: [{ slot: S_BUFFER, cap: 0 }, { slot: S_OK, cap: ok }, { slot: S_ERR, cap: err }] },
+        argsW: { imms: [{ offset: F_OFFSET, bytes: head.subarray(0, 12) }, { offset: F_FLAGS, bytes: head.subarray(12, 16) }], caps: [{ slot: S_BUFFER, cap: 0 }, { slot: S_OK, cap: ok }, { slot: S_ERR, cap: err }] },
+      };
+      this.#pairs[id - 1] = pair;
+      return pair;
+    } finally {
+      this.#creating--;
+    }
+  }
+
+  /**
+   * Invoke `req` (a read or write Request with the blockdev layout) for `length` bytes at
+   * `offset` into/out of Memory `buffer`; `done(err, bytes)` once the continuation runs.
+   * `flags` (writes only; WriteFlags) is sent when `write` is true. Errors (to done): the
+   * provider's code, or request_invoke's (EREVOKED, EBADCAP, ...).
+   */
+  io(req: number, write: boolean, offset: number, length: number, buffer: number, done: IoDone, flags = 0): void {
+    const pair = this.#free.pop();
+    if (!pair) {
+      this.#newPair().then(
+        (p) => this.#issue(p, req, write, offset, length, buffer, done, flags),
+        (e: unknown) => done(e instanceof FractosError ? e : new FractosError('EIO', String(e)), 0),
+      );
+      return;
+    }
+    this.#issue(pair, req, write, offset, length, buffer, done, flags);
+  }
+
+  #issue(pair: Pair, req: number, write: boolean, offset: number, length: number, buffer: number, done: IoDone, flags: number): void {
+    if (this.#closed) {
+      done(new FractosError('EDISCONNECTED', 'port closed'), 0);
+      return;
+    }
+    pair.done = done;
+    const h = pair.head;
+    h.writeUInt32LE(offset % 0x100000000, 0);
+    h.writeUInt32LE(Math.floor(offset / 0x100000000), 4);
+    h.writeUInt32LE(length, 8);
+    h.writeUInt32LE(flags, 12);
+    const args = write ? pair.argsW : pair.args;
+    args.caps![0]!.cap = buffer;
+    this.#p.requestInvoke(req, args).catch((e: unknown) => {
+      if (pair.done !== done) return;
+      pair.done = null;
+      this.#free.push(pair);
+      done(e instanceof FractosError ? e : new FractosError('EIO', String(e)), 0);
+    });
+  }
+
+  #complete(inv: Invocation, failed: boolean): void {
+    const imms = inv.imms;
+    const id = imms.length >= 4 ? imms.readUInt32LE(0) : 0;
+    const pair = this.#pairs[id - 1];
+    if (!pair || !pair.done) return;
+    const done = pair.done;
+    pair.done = null;
+    this.#free.push(pair);
+    if (failed) {
+      const code = imms.length >= CODE_OFF + 2 ? imms.readUInt16LE(CODE_OFF) : 0;
+      const e = ErrorReply.decode(inv).imms;
+      done(new FractosError(errorCodeFromWire(code), e.message), 0);
+    } else done(null, imms.length >= BYTES_OFF + 4 ? imms.readUInt32LE(BYTES_OFF) : 0);
+  }
+
+  /** Promise form of `io`, for control paths. */
+  ioAsync(req: number, write: boolean, offset: number, length: number, buffer: number, flags = 0): Promise<number> {
+    return new Promise((resolve, reject) => this.io(req, write, offset, length, buffer, (e, n) => (e ? reject(e) : resolve(n)), flags));
+  }
+
+  /** Revoke every continuation Request (in-flight ops never complete after this). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all(this.#pairs.flatMap((p) => [this.#p.capRevoke(p.ok).catch(() => {}), this.#p.capRevoke(p.err).catch(() => {})]));
+  }
+}

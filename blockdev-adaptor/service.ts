@@ -1,0 +1,421 @@
+/**
+ * The block-device adaptor service (DESIGN.md §5, paper §5 "NVMe adaptor"): a Process that
+ * serves the Requests of blockdev-adaptor/schema.ts over a `BlockBackend` and the persisted
+ * `VolumeTable`.
+ *
+ * I/O path (read/write of a volume), per invocation:
+ * 1. checks in a fixed order: volume exists (ENOENT), buffer cap present (EINVAL), length > 0
+ *    and <= MAX_IO_BYTES, offset and length multiples of the block size (EINVAL), range inside
+ *    the volume (ERANGE);
+ * 2. `memoryStat(buffer)`: perms (EPERM: a read needs WRITE on the buffer, a write needs READ),
+ *    size >= length (ERANGE);
+ * 3. direct: a shared Memory object on this host whose view is 4 KiB-aligned is mapped
+ *    (`shmOpen`, cached per region name) and the device DMAs straight into / out of it;
+ *    otherwise a bounce slot of the adaptor's own shared region is used with `memoryCopy`;
+ * 4. the continuation (`onSuccess` with IoReply, or `onError` with a code) is invoked; a
+ *    write with WriteFlags.FUA is followed by a (coalesced) device flush first.
+ * Every failure goes to onError; nothing a client sends can crash the adaptor.
+ */
+import { FractosError, errorCodeFromErrno, type ErrorCode } from '../libfractos/errors.js';
+import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
+import { Perm } from '../libfractos/protocol.js';
+import { shmOpen } from '../native/shm/index.js';
+import type { BlockBackend, IoCallback } from './backend.js';
+import {
+  DoneReply, IoReply, VolumeCreate, VolumeDelete, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
+} from './schema.js';
+import { UringBackend } from './uring-backend.js';
+import { VolumeTable, type Volume } from './volumes.js';
+
+/** Largest read/write one invocation may carry, bytes. */
+export const MAX_IO_BYTES = 2 << 20;
+/** Bounce slots (for Memory that cannot be mapped here), each MAX_IO_BYTES. */
+const BOUNCE_SLOTS = 8;
+/** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
+const MAX_MAPPINGS = 256;
+
+/** Options of `BlockdevService.start`. */
+export interface BlockdevOptions {
+  /** Block device or regular file, opened with O_DIRECT. */
+  device: string;
+  /** Controller address (`unix:PATH` / `tcp://HOST:PORT`). */
+  controller: string;
+  /** io_uring queue depth (default 64). */
+  queueDepth?: number;
+  /** Bootstrap prefix (default `blockdev`). */
+  name?: string;
+  /** Format the device if it has no volume table (an already formatted device is loaded). */
+  format?: boolean;
+  /** Zero a new volume before answering volume_create (default true: no data leaks between volume users). */
+  zeroOnCreate?: boolean;
+  /** Log sink. */
+  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+}
+
+interface VolumeCaps {
+  read: number;
+  write: number;
+  del: number;
+}
+
+const F_VOLUME = VolumeRead.fields.find((f) => f.name === 'volume')!.offset;
+const F_OFFSET = VolumeRead.fields.find((f) => f.name === 'offset')!.offset;
+const F_LENGTH = VolumeRead.fields.find((f) => f.name === 'length')!.offset;
+const F_FLAGS = VolumeWrite.fields.find((f) => f.name === 'flags')!.offset;
+const S_BUFFER = VolumeRead.slot('buffer');
+const S_OK = VolumeRead.slot('onSuccess');
+const S_ERR = VolumeRead.slot('onError');
+const IO_REPLY_OFF = IoReply.fields[0]!.offset;
+
+function u32At(b: Buffer, off: number): number {
+  return b.length >= off + 4 ? b.readUInt32LE(off) : 0;
+}
+function u64At(b: Buffer, off: number): number {
+  if (b.length < off + 8) return 0;
+  const hi = b.readUInt32LE(off + 4);
+  if (hi >= 0x200000) return -1;
+  return hi * 0x100000000 + b.readUInt32LE(off);
+}
+
+/** Coalesces device flushes: a flush started after a write completed covers it. */
+class Flusher {
+  #inflight = false;
+  #next: IoCallback[] = [];
+  constructor(private readonly backend: BlockBackend) {}
+  request(cb: IoCallback): void {
+    this.#next.push(cb);
+    if (!this.#inflight) this.#start();
+  }
+  #start(): void {
+    const list = this.#next;
+    this.#next = [];
+    this.#inflight = true;
+    this.backend.flush((res) => {
+      this.#inflight = false;
+      for (const cb of list) cb(res);
+      if (this.#next.length) this.#start();
+    });
+  }
+}
+
+export class BlockdevService {
+  readonly proc: Process;
+  readonly backend: BlockBackend;
+  readonly table: VolumeTable;
+  readonly name: string;
+  readonly formatted: boolean;
+  readonly #log: BlockdevOptions['log'];
+  readonly #zero: boolean;
+  readonly #caps = new Map<number, VolumeCaps>();
+  readonly #maps = new Map<string, Uint8Array>();
+  readonly #flusher: Flusher;
+  #bounce!: SharedRegion;
+  readonly #bounceCids: number[] = [];
+  readonly #bounceFree: number[] = [];
+  readonly #bounceWait: ((slot: number) => void)[] = [];
+  #closed = false;
+  /** Ops served through the direct path / the bounce path (for tests and stats). */
+  readonly counts = { direct: 0, bounce: 0, errors: 0 };
+
+  private constructor(proc: Process, backend: BlockBackend, table: VolumeTable, opts: BlockdevOptions, formatted: boolean) {
+    this.proc = proc;
+    this.backend = backend;
+    this.table = table;
+    this.name = opts.name ?? 'blockdev';
+    this.#log = opts.log;
+    this.#zero = opts.zeroOnCreate ?? true;
+    this.formatted = formatted;
+    this.#flusher = new Flusher(backend);
+  }
+
+  /**
+   * Open the device, load (or, with `format`, create) the volume table, connect, publish
+   * `${name}.volume_create` and `${name}.volume_open`. Errors: those of UringBackend.open,
+   * EIO 'format required' (unformatted device without `format`), connect's errors.
+   */
+  static async start(opts: BlockdevOptions): Promise<BlockdevService> {
+    const backend = await UringBackend.open(opts.device, { queueDepth: opts.queueDepth ?? 64 });
+    let table: VolumeTable;
+    let formatted = false;
+    try {
+      try {
+        table = await VolumeTable.load(backend);
+      } catch (err) {
+        if (!opts.format || !/format required/.test((err as Error).message)) throw err;
+        table = await VolumeTable.format(backend);
+        formatted = true;
+      }
+    } catch (err) {
+      await backend.close();
+      throw err;
+    }
+    const name = opts.name ?? 'blockdev';
+    let proc: Process;
+    try {
+      proc = await connect(opts.controller, { name });
+    } catch (err) {
+      await backend.close();
+      throw err;
+    }
+    const s = new BlockdevService(proc, backend, table, opts, formatted);
+    await s.#init();
+    return s;
+  }
+
+  async #init(): Promise<void> {
+    const p = this.proc;
+    // Bounce buffers: one shared region, registered with the device (fixed buffers) once.
+    this.#bounce = p.allocShared(BOUNCE_SLOTS * MAX_IO_BYTES);
+    try {
+      this.backend.registerBuffers?.([this.#bounce.bytes]);
+    } catch (err) {
+      this.#log?.warn({ err: (err as Error).message }, 'registerBuffers failed; bounce buffers not fixed');
+    }
+    for (let i = 0; i < BOUNCE_SLOTS; i++) {
+      this.#bounceCids.push(await p.memoryCreate(this.#bounce, Perm.RW, i * MAX_IO_BYTES, MAX_IO_BYTES));
+      this.#bounceFree.push(i);
+    }
+    p.onRequest(VolumeRead.tag, (inv) => this.#io(inv, false));
+    p.onRequest(VolumeWrite.tag, (inv) => this.#io(inv, true));
+    p.serve(VolumeCreate, ({ imms, caps }) => this.#create(imms.size, caps.onSuccess, caps.onError));
+    p.serve(VolumeOpen, ({ imms, caps }) => this.#open(imms.volume, caps.onSuccess, caps.onError));
+    p.serve(VolumeDelete, ({ imms, caps }) => this.#delete(imms.volume, caps.onSuccess, caps.onError));
+    p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
+    const create = await p.createRequest(VolumeCreate);
+    const open = await p.createRequest(VolumeOpen);
+    await p.kvPut(`${this.name}.volume_create`, create);
+    await p.kvPut(`${this.name}.volume_open`, open);
+  }
+
+  /** Stop serving: close the channel (the Controller revokes every Request), drain and close the device. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.proc.close();
+    await this.backend.close();
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Control Requests
+
+  async #capsOf(vol: Volume): Promise<VolumeCaps> {
+    let c = this.#caps.get(vol.id);
+    if (!c) {
+      const p = this.proc;
+      const [read, write, del] = await Promise.all([
+        p.createRequest(VolumeRead, { volume: vol.id }),
+        p.createRequest(VolumeWrite, { volume: vol.id }),
+        p.createRequest(VolumeDelete, { volume: vol.id }),
+      ]);
+      c = this.#caps.get(vol.id);
+      if (c) {
+        p.capRevoke(read).catch(() => {});
+        p.capRevoke(write).catch(() => {});
+        p.capRevoke(del).catch(() => {});
+      } else {
+        c = { read, write, del };
+        this.#caps.set(vol.id, c);
+      }
+    }
+    return c;
+  }
+
+  async #reply(vol: Volume, ok: number): Promise<void> {
+    const c = await this.#capsOf(vol);
+    await this.proc.invoke(ok, VolumeReply, { volume: vol.id, size: vol.length, blockSize: this.backend.blockSize }, { read: c.read, write: c.write, delete: c.del });
+  }
+
+  async #create(size: number, ok: number, fail: number): Promise<void> {
+    try {
+      const vol = await this.table.create(size);
+      if (this.#zero) await this.#zeroVolume(vol);
+      await this.#reply(vol, ok);
+    } catch (err) {
+      await this.#fail(fail, err);
+    }
+  }
+
+  async #open(id: number, ok: number, fail: number): Promise<void> {
+    try {
+      await this.#reply(this.table.get(id), ok);
+    } catch (err) {
+      await this.#fail(fail, err);
+    }
+  }
+
+  async #delete(id: number, ok: number, fail: number): Promise<void> {
+    try {
+      this.table.get(id);
+      // Revoke first: from now on, every holder of this volume's Requests (revtree children
+      // and derived Requests included) gets EREVOKED, whoever gets the extent next.
+      const c = this.#caps.get(id);
+      this.#caps.delete(id);
+      if (c) await Promise.all([this.proc.capRevoke(c.read), this.proc.capRevoke(c.write), this.proc.capRevoke(c.del)].map((x) => x.catch(() => {})));
+      await this.table.delete(id);
+      await this.proc.invoke(ok, DoneReply);
+    } catch (err) {
+      await this.#fail(fail, err);
+    }
+  }
+
+  async #zeroVolume(vol: Volume): Promise<void> {
+    const chunk = Math.min(MAX_IO_BYTES, vol.length);
+    const zero = this.backend.alloc(chunk);
+    let next = 0;
+    let error: number = 0;
+    const worker = async (): Promise<void> => {
+      while (next < vol.length && !error) {
+        const off = next;
+        const len = Math.min(chunk, vol.length - off);
+        next += len;
+        const r = await new Promise<number>((res) => this.backend.write(zero.subarray(0, len), vol.start + off, res));
+        if (r !== len) error = r < 0 ? r : -5;
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+    if (error) throw new FractosError(errorCodeFromErrno(error), `zeroing volume ${vol.id} failed`);
+    const f = await new Promise<number>((res) => this.#flusher.request(res));
+    if (f < 0) throw new FractosError(errorCodeFromErrno(f), 'flush failed');
+  }
+
+  async #fail(cid: number, err: unknown): Promise<void> {
+    this.counts.errors++;
+    const code: ErrorCode = err instanceof FractosError ? err.code : 'EIO';
+    await this.proc.replyError(cid, code, err instanceof Error ? err.message : String(err));
+  }
+
+  // -----------------------------------------------------------------------------------
+  // I/O path
+
+  #io(inv: { imms: Buffer; caps: readonly number[] }, write: boolean): Promise<void> | void {
+    const imms = inv.imms;
+    const caps = inv.caps;
+    const buffer = caps[S_BUFFER] ?? 0;
+    const ok = caps[S_OK] ?? 0;
+    const fail = caps[S_ERR] ?? 0;
+    const volId = u32At(imms, F_VOLUME);
+    const offset = u64At(imms, F_OFFSET);
+    const length = u32At(imms, F_LENGTH);
+    const flags = write ? u32At(imms, F_FLAGS) : 0;
+    let vol: Volume;
+    try {
+      vol = this.table.get(volId);
+    } catch {
+      return this.#fail(fail, new FractosError('ENOENT', `no volume ${volId}`));
+    }
+    const bs = this.backend.blockSize;
+    if (!buffer) return this.#fail(fail, new FractosError('EINVAL', 'no buffer cap'));
+    if (length === 0 || length > MAX_IO_BYTES) return this.#fail(fail, new FractosError('EINVAL', `length ${length} not in (0, ${MAX_IO_BYTES}]`));
+    if (offset < 0) return this.#fail(fail, new FractosError('ERANGE', 'offset beyond 2^53'));
+    if (offset % bs !== 0 || length % bs !== 0) return this.#fail(fail, new FractosError('EINVAL', `offset ${offset} / length ${length} not multiples of the block size ${bs}`));
+    if (offset + length > vol.length) return this.#fail(fail, new FractosError('ERANGE', `[${offset}, ${offset + length}) beyond volume ${volId} of ${vol.length} bytes`));
+    const devOff = vol.start + offset;
+    return new Promise<void>((resolve) => {
+      const done = (res: number): void => {
+        if (res === length) {
+          if (write && flags & WriteFlags.FUA) {
+            this.#flusher.request((f) => done2(f < 0 ? f : length));
+            return;
+          }
+          done2(res);
+        } else done2(res);
+      };
+      const done2 = (res: number): void => {
+        if (res === length) {
+          const b = Buffer.allocUnsafe(4);
+          b.writeUInt32LE(length, 0);
+          this.proc.requestInvoke(ok, { imms: [{ offset: IO_REPLY_OFF, bytes: b }] }).catch(() => {});
+          resolve();
+        } else {
+          const code: ErrorCode = res < 0 ? errorCodeFromErrno(res) : 'EIO';
+          this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: res ${res}`)).then(resolve, resolve);
+        }
+      };
+      this.proc.memoryStat(buffer).then(
+        (st) => {
+          if ((st.perms & (write ? Perm.READ : Perm.WRITE)) === 0) return this.#failCode(fail, 'EPERM', `buffer lacks ${write ? 'READ' : 'WRITE'} permission`, resolve);
+          if (st.size < length) return this.#failCode(fail, 'ERANGE', `buffer of ${st.size} bytes < length ${length}`, resolve);
+          const view = st.local && st.backing === 'shared' && st.region ? this.#mapView(st.region, st.regionOffset, length) : null;
+          if (view) {
+            this.counts.direct++;
+            if (write) this.backend.write(view, devOff, done);
+            else this.backend.read(view, devOff, done);
+            return;
+          }
+          this.counts.bounce++;
+          this.#bounceIo(write, buffer, st.size, devOff, length, done);
+        },
+        (err) => this.#fail(fail, err).then(resolve, resolve),
+      );
+    });
+  }
+
+  #failCode(cid: number, code: ErrorCode, msg: string, resolve: () => void): void {
+    this.#fail(cid, new FractosError(code, msg)).then(resolve, resolve);
+  }
+
+  /** A view of `length` bytes at `offset` of a client region, or null when it is not usable for O_DIRECT. */
+  #mapView(region: string, offset: number, length: number): Uint8Array | null {
+    const align = Math.max(this.backend.memAlign, 512);
+    if (offset % align !== 0) return null;
+    let m = this.#maps.get(region);
+    if (!m) {
+      try {
+        m = new Uint8Array(shmOpen(region));
+      } catch {
+        return null;
+      }
+      if (this.#maps.size >= MAX_MAPPINGS) this.#maps.delete(this.#maps.keys().next().value!);
+      this.#maps.set(region, m);
+    }
+    if (offset + length > m.length) {
+      // The region may have been re-created under the same name with another size: remap once.
+      this.#maps.delete(region);
+      return null;
+    }
+    return m.subarray(offset, offset + length);
+  }
+
+  #acquireBounce(cb: (slot: number) => void): void {
+    const s = this.#bounceFree.pop();
+    if (s !== undefined) cb(s);
+    else this.#bounceWait.push(cb);
+  }
+
+  #releaseBounce(slot: number): void {
+    const w = this.#bounceWait.shift();
+    if (w) w(slot);
+    else this.#bounceFree.push(slot);
+  }
+
+  /** Read/write through a bounce slot and memory_copy (Memory that cannot be mapped here). */
+  #bounceIo(write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback): void {
+    const p = this.proc;
+    this.#acquireBounce((slot) => {
+      const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
+      const slotCid = this.#bounceCids[slot]!;
+      const finish = (res: number): void => {
+        this.#releaseBounce(slot);
+        done(res);
+      };
+      const failed = (err: unknown): void => finish(-errnoOf(err));
+      if (write) {
+        const src = bufSize > length ? p.memoryDiminish(buffer, 0, length) : Promise.resolve(buffer);
+        src.then((s) => p.memoryCopy(s, slotCid).finally(() => { if (s !== buffer) p.capDrop(s).catch(() => {}); }))
+          .then(() => this.backend.write(bytes, devOff, finish), failed);
+      } else {
+        this.backend.read(bytes, devOff, (res) => {
+          if (res !== length) return finish(res);
+          const src = length < MAX_IO_BYTES ? p.memoryDiminish(slotCid, 0, length) : Promise.resolve(slotCid);
+          src.then((s) => p.memoryCopy(s, buffer).finally(() => { if (s !== slotCid) p.capDrop(s).catch(() => {}); }))
+            .then(() => finish(res), failed);
+        });
+      }
+    });
+  }
+}
+
+const CODE_ERRNO: Partial<Record<ErrorCode, number>> = { EPERM: 1, ERANGE: 34, EINVAL: 22, EBADCAP: 9, EREVOKED: 9, ETYPE: 22 };
+function errnoOf(err: unknown): number {
+  return (err instanceof FractosError && CODE_ERRNO[err.code]) || 5;
+}

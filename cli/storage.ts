@@ -1,0 +1,217 @@
+/** Subcommands `blockdev`, `fs` (the storage services) and `fio` (the fio-compatible runner). */
+import type { Command } from 'commander';
+import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { BlockdevService } from '../blockdev-adaptor/service.js';
+import { volumeCreate } from '../blockdev-adaptor/client.js';
+import { FsService } from '../fs-service/service.js';
+import { FsClient } from '../fs-service/client.js';
+import { OpenMode } from '../fs-service/schema.js';
+import { connect, FractosError, type Process } from '../libfractos/index.js';
+import {
+  DEFAULT_FIO_FILENAME, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
+  type FioJob, type FioReport, type IoTarget,
+} from '../bench/fio/index.js';
+import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
+import { spawnFractos, type Spawned } from '../test/helpers/spawn.js';
+import { DEFAULT_CONTROLLER } from './core.js';
+import { die, log } from './log.js';
+
+function onStop(stop: () => Promise<void>): void {
+  const run = (): void => {
+    stop().finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', run);
+  process.on('SIGINT', run);
+}
+
+const TARGETS = ['blockdev', 'fs', 'dax'] as const;
+type TargetKind = (typeof TARGETS)[number];
+
+/** A single-host stack started as child processes: Controller, blockdev, FS. */
+interface Stack {
+  controller: string;
+  stop(): Promise<void>;
+}
+
+async function startStack(device: string, queueDepth: number): Promise<Stack> {
+  const dir = mkdtempSync(join(tmpdir(), 'fractos-fio-stack-'));
+  const addr = `unix:${join(dir, 'c.sock')}`;
+  const procs: Spawned[] = [];
+  const stop = async (): Promise<void> => {
+    for (const p of procs.reverse()) await p.stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    procs.push(await spawnFractos(['controller', '--id', '1', '--state-dir', join(dir, 'state'), '--listen', addr], /^controller \d+ epoch/));
+    procs.push(await spawnFractos(['blockdev', '--device', device, '--controller', addr, '--format', '--queue-depth', String(queueDepth)], /^ready blockdev/, { timeoutMs: 60_000 }));
+    procs.push(await spawnFractos(['fs', '--controller', addr], /^ready fs/, { timeoutMs: 60_000 }));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { controller: addr, stop };
+}
+
+/** Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and wipe the volume table. */
+function prepareDevice(device: string, size: number): void {
+  const isNew = !existsSync(device);
+  const fd = openSync(device, isNew ? 'w+' : 'r+');
+  try {
+    const st = fstatSync(fd);
+    if (st.isFile() && st.size < size) ftruncateSync(fd, size);
+    // The runner owns the device: a fresh volume table every run (write profiles overwrite it anyway).
+    writeSync(fd, Buffer.alloc(8192), 0, 8192, 0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function targetFor(p: Process, kind: TargetKind, job: FioJob, region: number, fs: FsClient | null, cleanups: (() => Promise<void>)[]): Promise<IoTarget> {
+  const slots = job.iodepth * job.numjobs;
+  let extents: TargetExtent[];
+  if (kind === 'blockdev') {
+    const create = await p.kvWait('blockdev.volume_create', 30_000);
+    const v = await volumeCreate(p, create, region);
+    extents = [{ fileOffset: 0, length: v.size, read: v.read, write: v.write }];
+  } else {
+    const path = `/fio/${job.name}`;
+    await fs!.create(path).catch((e: FractosError) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await fs!.truncate(path, region);
+    const mode = job.rw.includes('write') || job.rw === 'rw' || job.rw === 'randrw' ? OpenMode.RW : OpenMode.READ;
+    const f = await fs!.open(path, { mode, dax: kind === 'dax' });
+    cleanups.push(() => fs!.close(f));
+    extents = kind === 'dax' ? f.extents : [{ fileOffset: 0, length: region, read: f.read, write: f.write }];
+  }
+  const t = await RequestTarget.create(p, extents, { slots, bs: job.bs });
+  cleanups.unshift(() => t.close());
+  return t;
+}
+
+interface FioOpts {
+  target: string;
+  device?: string;
+  controller?: string;
+  runtime?: string;
+  json?: boolean;
+  compare?: boolean;
+  fs: string;
+}
+
+async function runFio(profile: string, o: FioOpts): Promise<void> {
+  if (!TARGETS.includes(o.target as TargetKind)) throw new FractosError('EINVAL', `--target must be one of ${TARGETS.join(', ')}, got '${o.target}'`);
+  const kind = o.target as TargetKind;
+  const runtimeMs = o.runtime !== undefined ? Number(o.runtime) * 1000 : undefined;
+  if (runtimeMs !== undefined && !(runtimeMs > 0)) throw new FractosError('EINVAL', `--runtime must be > 0 seconds`);
+  const jobs = await loadJobFile(profile, { device: o.device, runtimeMs });
+  const device = o.device ?? jobs[0]?.filename ?? DEFAULT_FIO_FILENAME;
+  const region = Math.max(...jobs.map((j) => j.size ?? 256 << 20));
+  const depth = jobs.reduce((s, j) => s + j.iodepth * j.numjobs, 0);
+  let stack: Stack | null = null;
+  if (!o.controller) {
+    prepareDevice(device, 2 * region * jobs.length + (64 << 20));
+    process.stderr.write(`fio: starting controller + blockdev (${device}) + fs\n`);
+    stack = await startStack(device, Math.max(32, Math.min(1024, depth)));
+  }
+  const cleanups: (() => Promise<void>)[] = [];
+  let ours: FioReport;
+  let p: Process | null = null;
+  try {
+    p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
+    const fs = kind === 'blockdev' ? null : await FsClient.connect(p, o.fs);
+    const targets = new Map<FioJob, IoTarget>();
+    for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, cleanups));
+    process.stderr.write(`fio: running ${basename(profile)} on target ${kind}\n`);
+    ours = await runJobs(jobs, (j) => targets.get(j)!, {
+      runtimeMs,
+      onProgress: (pr) => process.stderr.write(`fio: ${pr.job} ${(pr.elapsedMs / 1000).toFixed(1)} s, ${Math.round(pr.intervalIops)} IOPS\n`),
+    });
+  } finally {
+    for (const c of cleanups) await c().catch(() => {});
+    await p?.close();
+    await stack?.stop();
+  }
+  if (!o.compare) {
+    process.stdout.write(o.json ? JSON.stringify(toFioJson(ours), null, 2) + '\n' : formatTextReport(ours));
+    return;
+  }
+  process.stderr.write(`fio: running real fio on ${device}\n`);
+  const real = await runRealFio(profile, { filename: device, runtimeMs: runtimeMs ?? jobs[0]?.runtimeMs });
+  const records = compareRecords(ours, real.report, { profile: basename(profile).replace(/\.fio$/, ''), target: kind });
+  if (o.json) {
+    process.stdout.write(JSON.stringify(records, null, 2) + '\n');
+    return;
+  }
+  process.stdout.write(`=== FractOS (${kind}) ===\n${formatTextReport(ours)}\n=== real fio ===\n${formatTextReport(real.report)}\n${formatCompareTable(records)}`);
+}
+
+export function register(program: Command): void {
+  program
+    .command('blockdev')
+    .description('run the block-device adaptor until killed (publishes NAME.volume_create, NAME.volume_open)')
+    .requiredOption('--device <path>', 'block device (/dev/loopN) or regular file, opened with O_DIRECT')
+    .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
+    .option('--queue-depth <n>', 'io_uring queue depth', '64')
+    .option('--name <name>', 'bootstrap prefix', 'blockdev')
+    .option('--format', 'format the device if it has no volume table')
+    .option('--no-zero', 'do not zero new volumes')
+    .action(async (o: { device: string; controller: string; queueDepth: string; name: string; format?: boolean; zero: boolean }) => {
+      try {
+        const s = await BlockdevService.start({
+          device: o.device, controller: o.controller, queueDepth: Number(o.queueDepth), name: o.name, format: !!o.format, zeroOnCreate: o.zero, log,
+        });
+        s.proc.on('close', () => {
+          log.warn('controller channel closed; exiting');
+          s.backend.close().finally(() => process.exit(1));
+        });
+        onStop(() => s.close());
+        process.stdout.write(`ready blockdev name=${s.name} device=${o.device} size=${s.backend.size} blockSize=${s.backend.blockSize} volumes=${s.table.list().length}${s.formatted ? ' formatted' : ''}\n`);
+      } catch (err) {
+        die(err);
+      }
+    });
+
+  program
+    .command('fs')
+    .description('run the FS service until killed (publishes NAME.create, .open, .stat, .list, .delete, .truncate)')
+    .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
+    .option('--blockdev <name>', 'bootstrap prefix of the blockdev', 'blockdev')
+    .option('--name <name>', 'bootstrap prefix', 'fs')
+    .option('--cache-blocks <n>', 'LRU block cache capacity, 4 KiB blocks', '16384')
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string }) => {
+      try {
+        const s = await FsService.start({ controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), log });
+        s.proc.on('close', () => {
+          log.warn('controller channel closed; exiting');
+          process.exit(1);
+        });
+        onStop(() => s.close());
+        process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);
+      } catch (err) {
+        die(err);
+      }
+    });
+
+  program
+    .command('fio')
+    .description('run a fio job file against FractOS (blockdev volume, FS mediated, or DAX)')
+    .argument('<profile>', 'fio job file (fio-profiles/*.fio)')
+    .option('--target <kind>', 'blockdev | fs | dax', 'dax')
+    .option('--device <path>', 'device or file (overrides the job filename)')
+    .option('--controller <addr>', 'use a running stack (default: start Controller + blockdev + fs here)')
+    .option('--fs <name>', 'FS bootstrap prefix', 'fs')
+    .option('--runtime <s>', 'override the runtime, seconds')
+    .option('--json', 'fio JSON (or, with --compare, DESIGN §6 records)')
+    .option('--compare', 'also run real fio on the same device and compare')
+    .action(async (profile: string, o: FioOpts) => {
+      try {
+        await runFio(profile, o);
+        process.exit(0);
+      } catch (err) {
+        die(err);
+      }
+    });
+}

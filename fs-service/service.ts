@@ -1,0 +1,686 @@
+/**
+ * The FS service (DESIGN.md §5, paper §5): an extent-based file system over blockdev volumes
+ * (one volume per extent), metadata on a metadata volume, mediated I/O through an LRU block
+ * cache (write-through) and DAX opens that hand out the blockdev's per-extent Requests on
+ * revocation trees. On-disk format and crash-safety argument: docs/storage.md.
+ *
+ * Metadata volume: the first volume ever created on the blockdev (volume id 1), created by
+ * the FS on first start. It holds two metadata slots of META_SLOT_BYTES; a metadata image of
+ * generation g goes to slot g % 2 with a crc32, written with FUA (durable when acknowledged);
+ * loading keeps the valid slot with the highest generation.
+ */
+import { LRUCache } from 'lru-cache';
+import { FractosError } from '../libfractos/errors.js';
+import type { MemoryStat } from '../libfractos/process.js';
+import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
+import { Perm } from '../libfractos/protocol.js';
+import { shmOpen } from '../native/shm/index.js';
+import { crc32 } from '../blockdev-adaptor/volumes.js';
+import { IoPort, volumeCreate, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
+import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
+import {
+  Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
+} from './schema.js';
+
+/** Cache block and alignment unit, bytes. */
+export const BLOCK = 4096;
+/** Largest mediated read/write, bytes. */
+export const MAX_MEDIATED = 1 << 20;
+/** Bytes of one metadata slot (two slots on the metadata volume). */
+export const META_SLOT_BYTES = 4 << 20;
+const META_MAGIC = 'FRFSMETA';
+const META_HEADER = 64;
+/** Smallest extent, bytes. */
+const MIN_EXTENT = 1 << 20;
+/** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
+const STAGE_SLOTS = 16;
+const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
+
+export interface FsOptions {
+  controller: string;
+  /** Bootstrap prefix of the blockdev (default `blockdev`). */
+  blockdev?: string;
+  /** Bootstrap prefix of this FS (default `fs`). */
+  name?: string;
+  /** LRU cache capacity in 4 KiB blocks (default 16384 = 64 MiB). */
+  cacheBlocks?: number;
+  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
+}
+
+interface Extent {
+  volume: number;
+  fileOffset: number;
+  length: number;
+}
+
+interface Inode {
+  id: number;
+  path: string;
+  size: number;
+  extents: Extent[];
+  /** Serializes extent allocation. */
+  alloc: Promise<unknown>;
+  /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
+  writing: number;
+  wgen: number;
+}
+
+interface Handle {
+  id: number;
+  ino: Inode;
+  mode: number;
+  dax: boolean;
+  /** Requests handed out for this open (mediated, close, DAX revtree children): revoked on close. */
+  cids: number[];
+  /** DAX revtree children per extent volume (revoked when that extent goes). */
+  daxByVolume: Map<number, number[]>;
+}
+
+function allocatedOf(ino: Inode): number {
+  const last = ino.extents[ino.extents.length - 1];
+  return last ? last.fileOffset + last.length : 0;
+}
+
+function errOf(err: unknown): FractosError {
+  return err instanceof FractosError ? err : new FractosError('EIO', err instanceof Error ? err.message : String(err));
+}
+
+function checkPath(path: string): void {
+  if (!path.startsWith('/') || path.length < 2 || path.endsWith('/') || path.includes('//') || path.includes('\0')) {
+    throw new FractosError('EINVAL', `bad path '${path}' (absolute, no trailing '/')`);
+  }
+}
+
+export class FsService {
+  readonly proc: Process;
+  readonly name: string;
+  readonly #opts: FsOptions;
+  #port!: IoPort;
+  #bdCreate = 0;
+  #bdOpen = 0;
+  #meta!: VolumeHandle;
+  #metaRegion!: SharedRegion;
+  #metaCid = 0;
+  #gen = 0;
+  #nextIno = 1;
+  readonly #files = new Map<string, Inode>();
+  readonly #vols = new Map<number, VolumeHandle>();
+  readonly #handles = new Map<number, Handle>();
+  readonly #byIno = new Map<number, Set<Handle>>();
+  #nextHandle = 1;
+  #stage!: SharedRegion;
+  readonly #stageCids: number[] = [];
+  readonly #stageFree: number[] = [];
+  readonly #stageWait: ((s: number) => void)[] = [];
+  readonly #maps = new Map<string, Uint8Array>();
+  readonly #cache: LRUCache<number, Buffer>;
+  readonly #spare: Buffer[] = [];
+  // Group commit of metadata.
+  #persisting = false;
+  #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Cache hits/misses in blocks, for tests and stats. */
+  readonly counts = { hits: 0, misses: 0 };
+
+  private constructor(proc: Process, opts: FsOptions) {
+    this.proc = proc;
+    this.name = opts.name ?? 'fs';
+    this.#opts = opts;
+    this.#cache = new LRUCache<number, Buffer>({
+      max: Math.max(16, opts.cacheBlocks ?? 16384),
+      dispose: (b) => {
+        if (this.#spare.length < 1024) this.#spare.push(b);
+      },
+    });
+  }
+
+  /** Connect, find the blockdev (kvWait), load or create the metadata, publish `${name}.*`. */
+  static async start(opts: FsOptions): Promise<FsService> {
+    const proc = await connect(opts.controller, { name: opts.name ?? 'fs' });
+    const s = new FsService(proc, opts);
+    try {
+      await s.#init();
+    } catch (err) {
+      await proc.close();
+      throw err;
+    }
+    return s;
+  }
+
+  get files(): number {
+    return this.#files.size;
+  }
+
+  async #init(): Promise<void> {
+    const p = this.proc;
+    const bd = this.#opts.blockdev ?? 'blockdev';
+    this.#bdCreate = await p.kvWait(`${bd}.volume_create`, 30_000);
+    this.#bdOpen = await p.kvWait(`${bd}.volume_open`, 30_000);
+    this.#port = new IoPort(p);
+    await this.#port.reserve(32);
+    this.#metaRegion = p.allocShared(META_SLOT_BYTES);
+    this.#metaCid = await p.memoryCreate(this.#metaRegion, Perm.RW);
+    this.#stage = p.allocShared(STAGE_SLOTS * STAGE_BYTES);
+    for (let i = 0; i < STAGE_SLOTS; i++) {
+      this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
+      this.#stageFree.push(i);
+    }
+    await this.#loadMeta();
+    p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
+    p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
+    p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
+    p.serve(Stat, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#stat(imms.path, caps.onSuccess)));
+    p.serve(List, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#list(imms.path, caps.buffer, caps.onSuccess)));
+    p.serve(Delete, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#delete(imms.path, caps.onSuccess)));
+    p.serve(Truncate, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#truncate(imms.path, imms.size, caps.onSuccess)));
+    p.serve(Read, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#read(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess)));
+    p.serve(Write, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#write(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess)));
+    p.on('handlerError', (err: Error) => this.#opts.log?.warn({ err: err.message }, 'handler error'));
+    for (const [op, schema] of [['create', Create], ['open', Open], ['stat', Stat], ['list', List], ['delete', Delete], ['truncate', Truncate]] as const) {
+      await p.kvPut(`${this.name}.${op}`, await p.requestCreate(schema.tag));
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.proc.close();
+  }
+
+  async #ctl(fail: number, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      const e = errOf(err);
+      await this.proc.replyError(fail, e.code, e.message);
+    }
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Metadata
+
+  async #loadMeta(): Promise<void> {
+    const p = this.proc;
+    let created = false;
+    try {
+      this.#meta = await volumeOpen(p, this.#bdOpen, 1);
+    } catch (err) {
+      if ((err as FractosError).code !== 'ENOENT') throw err;
+      this.#meta = await volumeCreate(p, this.#bdCreate, 2 * META_SLOT_BYTES);
+      created = true;
+      if (this.#meta.volume !== 1) {
+        throw new FractosError('EINVAL', `the metadata volume must be the first volume of the blockdev (got volume ${this.#meta.volume}); use a freshly formatted device`);
+      }
+    }
+    if (this.#meta.size < 2 * META_SLOT_BYTES) throw new FractosError('EINVAL', `volume 1 (${this.#meta.size} bytes) is not an FS metadata volume`);
+    if (created) return;
+    let best: { gen: number; json: string } | null = null;
+    for (let slot = 0; slot < 2; slot++) {
+      const r = await this.#readMetaSlot(slot);
+      if (r && (!best || r.gen > best.gen)) best = r;
+    }
+    if (!best) return; // Crashed before the first metadata write: empty FS.
+    const m = JSON.parse(best.json) as { nextIno: number; files: { id: number; path: string; size: number; extents: [number, number, number][] }[] };
+    this.#gen = best.gen;
+    this.#nextIno = m.nextIno;
+    for (const f of m.files) {
+      const ino: Inode = { id: f.id, path: f.path, size: f.size, extents: f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })), alloc: Promise.resolve(), writing: 0, wgen: 0 };
+      this.#files.set(f.path, ino);
+      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#bdOpen, x.volume));
+    }
+  }
+
+  async #readMetaSlot(slot: number): Promise<{ gen: number; json: string } | null> {
+    const bytes = this.#metaRegion.bytes;
+    await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, BLOCK, this.#metaCid);
+    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+    if (b.toString('latin1', 0, 8) !== META_MAGIC || b.readUInt32LE(8) !== 1) return null;
+    const len = b.readUInt32LE(12);
+    const gen = b.readUInt32LE(16) + b.readUInt32LE(20) * 0x100000000;
+    const crc = b.readUInt32LE(24);
+    if (len > META_SLOT_BYTES - META_HEADER) return null;
+    const total = Math.ceil((META_HEADER + len) / BLOCK) * BLOCK;
+    if (total > BLOCK) await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, total, this.#metaCid);
+    if (crc32(b.subarray(META_HEADER, META_HEADER + len)) !== crc) return null;
+    return { gen, json: b.toString('utf8', META_HEADER, META_HEADER + len) };
+  }
+
+  /** Make the current in-memory metadata durable (group commit: one write covers every caller waiting). */
+  #persist(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#persistWaiters.push({ resolve, reject });
+      if (!this.#persisting) void this.#persistLoop();
+    });
+  }
+
+  async #persistLoop(): Promise<void> {
+    this.#persisting = true;
+    while (this.#persistWaiters.length) {
+      const batch = this.#persistWaiters;
+      this.#persistWaiters = [];
+      try {
+        await this.#writeMeta();
+        for (const w of batch) w.resolve();
+      } catch (err) {
+        for (const w of batch) w.reject(err as Error);
+      }
+    }
+    this.#persisting = false;
+  }
+
+  async #writeMeta(): Promise<void> {
+    const files = [...this.#files.values()].map((f) => ({ id: f.id, path: f.path, size: f.size, extents: f.extents.map((x) => [x.volume, x.fileOffset, x.length]) }));
+    const json = Buffer.from(JSON.stringify({ nextIno: this.#nextIno, files }), 'utf8');
+    if (json.length > META_SLOT_BYTES - META_HEADER) throw new FractosError('ENOSPC', 'metadata does not fit the metadata volume');
+    const gen = this.#gen + 1;
+    const bytes = this.#metaRegion.bytes;
+    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+    const total = Math.ceil((META_HEADER + json.length) / BLOCK) * BLOCK;
+    b.fill(0, 0, META_HEADER);
+    b.write(META_MAGIC, 0, 'latin1');
+    b.writeUInt32LE(1, 8);
+    b.writeUInt32LE(json.length, 12);
+    b.writeUInt32LE(gen % 0x100000000, 16);
+    b.writeUInt32LE(Math.floor(gen / 0x100000000), 20);
+    b.writeUInt32LE(crc32(json), 24);
+    json.copy(b, META_HEADER);
+    b.fill(0, META_HEADER + json.length, total);
+    await this.#port.ioAsync(this.#meta.write, true, (gen % 2) * META_SLOT_BYTES, total, this.#metaCid, WriteFlags.FUA);
+    this.#gen = gen;
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Control operations
+
+  #lookup(path: string): Inode {
+    checkPath(path);
+    const ino = this.#files.get(path);
+    if (!ino) throw new FractosError('ENOENT', `no file '${path}'`);
+    return ino;
+  }
+
+  #newInode(path: string): Inode {
+    checkPath(path);
+    if (this.#files.has(path)) throw new FractosError('EEXIST', `'${path}' exists`);
+    const ino: Inode = { id: this.#nextIno++, path, size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
+    this.#files.set(path, ino);
+    return ino;
+  }
+
+  async #create(path: string, ok: number): Promise<void> {
+    this.#newInode(path);
+    await this.#persist();
+    await this.proc.invoke(ok, DoneReply);
+  }
+
+  async #open(path: string, mode: number, dax: boolean, create: boolean, ok: number): Promise<void> {
+    if (mode !== OpenMode.READ && mode !== OpenMode.WRITE && mode !== OpenMode.RW) throw new FractosError('EINVAL', `bad open mode ${mode}`);
+    checkPath(path);
+    let ino = this.#files.get(path);
+    if (!ino) {
+      if (!create) throw new FractosError('ENOENT', `no file '${path}'`);
+      ino = this.#newInode(path);
+      await this.#persist();
+    }
+    if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
+    const p = this.proc;
+    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map() };
+    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
+    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
+    const close = await p.createRequest(Close, { handle: h.id });
+    h.cids.push(...[read, write, close].filter(Boolean));
+    const caps: Record<string, number> = { read, write, close };
+    const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
+    if (dax) {
+      for (let i = 0; i < ino.extents.length; i++) {
+        const x = ino.extents[i]!;
+        const v = this.#vols.get(x.volume)!;
+        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
+        // closing or deleting revokes exactly these, whoever holds them.
+        const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
+        const xw = mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
+        const list = [xr, xw].filter(Boolean);
+        h.cids.push(...list);
+        h.daxByVolume.set(x.volume, list);
+        caps[`x${i}r`] = xr;
+        caps[`x${i}w`] = xw;
+        ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
+        ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
+        ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
+        ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
+      }
+    }
+    this.#handles.set(h.id, h);
+    let set = this.#byIno.get(ino.id);
+    if (!set) this.#byIno.set(ino.id, (set = new Set()));
+    set.add(h);
+    const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
+    await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
+    // The FS keeps its own entries (to revoke them later): the reply only delegated them.
+  }
+
+  async #revokeHandle(h: Handle): Promise<void> {
+    this.#handles.delete(h.id);
+    this.#byIno.get(h.ino.id)?.delete(h);
+    const cids = h.cids.splice(0);
+    await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));
+    this.proc.capDrop(...cids).catch(() => {});
+  }
+
+  async #close(handle: number, ok: number): Promise<void> {
+    const h = this.#handles.get(handle);
+    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
+    await this.#revokeHandle(h);
+    await this.proc.invoke(ok, DoneReply);
+  }
+
+  async #stat(path: string, ok: number): Promise<void> {
+    const ino = this.#lookup(path);
+    await this.proc.invoke(ok, StatReply, { size: ino.size, extents: ino.extents.length, allocated: allocatedOf(ino) });
+  }
+
+  async #list(prefix: string, buffer: number, ok: number): Promise<void> {
+    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
+    const names = [...this.#files.keys()].filter((n) => n.startsWith(prefix)).sort();
+    const data = Buffer.from(names.join('\n'), 'utf8');
+    if (data.length > MAX_MEDIATED) throw new FractosError('ERANGE', 'listing larger than 1 MiB');
+    if (data.length > 0) {
+      const st = await this.proc.memoryStat(buffer);
+      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
+      if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
+      const slot = await this.#acquireStage();
+      try {
+        this.#stageBytes(slot).set(data, 0);
+        await this.#toClient(slot, 0, data.length, buffer, st);
+      } finally {
+        this.#releaseStage(slot);
+      }
+    }
+    await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
+  }
+
+  async #freeExtents(ino: Inode, gone: Extent[]): Promise<void> {
+    // Called after the metadata without these extents is durable.
+    const vols = new Set(gone.map((x) => x.volume));
+    const revokes: Promise<unknown>[] = [];
+    for (const h of this.#byIno.get(ino.id) ?? []) {
+      for (const v of vols) {
+        for (const c of h.daxByVolume.get(v) ?? []) revokes.push(this.proc.capRevoke(c).catch(() => {}));
+        h.daxByVolume.delete(v);
+      }
+    }
+    await Promise.all(revokes);
+    for (const v of vols) {
+      const vh = this.#vols.get(v);
+      this.#vols.delete(v);
+      if (!vh) continue;
+      try {
+        await this.proc.rpc(vh.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
+      } catch (err) {
+        this.#opts.log?.warn({ volume: v, err: (err as Error).message }, 'volume delete failed (leaked)');
+      }
+      this.proc.capDrop(vh.read, vh.write, vh.delete).catch(() => {});
+    }
+  }
+
+  #invalidate(ino: Inode, fromBlock: number): void {
+    const base = ino.id * 0x100000000;
+    for (const k of [...this.#cache.keys()]) if (k >= base + fromBlock && k < base + 0x100000000) this.#cache.delete(k);
+  }
+
+  async #delete(path: string, ok: number): Promise<void> {
+    const ino = this.#lookup(path);
+    this.#files.delete(path);
+    await this.#persist();
+    for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
+    this.#byIno.delete(ino.id);
+    this.#invalidate(ino, 0);
+    await this.#freeExtents(ino, ino.extents);
+    await this.proc.invoke(ok, DoneReply);
+  }
+
+  async #truncate(path: string, size: number, ok: number): Promise<void> {
+    const ino = this.#lookup(path);
+    if (size >= ino.size) {
+      await this.#ensureAllocated(ino, size);
+      ino.size = size;
+      await this.#persist();
+    } else {
+      const keep = Math.ceil(size / BLOCK) * BLOCK;
+      const gone = ino.extents.filter((x) => x.fileOffset >= keep);
+      ino.extents = ino.extents.filter((x) => x.fileOffset < keep);
+      ino.size = size;
+      this.#invalidate(ino, Math.floor(size / BLOCK));
+      await this.#persist();
+      if (gone.length) await this.#freeExtents(ino, gone);
+    }
+    await this.proc.invoke(ok, DoneReply);
+  }
+
+  /** Grow the file's extents to cover `end` bytes (one new volume; doubling policy). Errors: ENOSPC. */
+  #ensureAllocated(ino: Inode, end: number): Promise<void> {
+    const run = async (): Promise<void> => {
+      const have = allocatedOf(ino);
+      if (end <= have) return;
+      const need = end - have;
+      const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
+      const v = await volumeCreate(this.proc, this.#bdCreate, len);
+      this.#vols.set(v.volume, v);
+      ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
+      // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
+      if (!this.#files.has(ino.path)) {
+        ino.extents.pop();
+        await this.#freeExtents(ino, [{ volume: v.volume, fileOffset: have, length: v.size }]);
+        throw new FractosError('ENOENT', `'${ino.path}' deleted`);
+      }
+      await this.#persist();
+    };
+    const next = ino.alloc.then(run, run);
+    ino.alloc = next.catch(() => {});
+    return next;
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Mediated I/O
+
+  #acquireStage(): Promise<number> {
+    const s = this.#stageFree.pop();
+    if (s !== undefined) return Promise.resolve(s);
+    return new Promise((r) => this.#stageWait.push(r));
+  }
+
+  #releaseStage(s: number): void {
+    const w = this.#stageWait.shift();
+    if (w) w(s);
+    else this.#stageFree.push(s);
+  }
+
+  #stageBytes(slot: number): Buffer {
+    const b = this.#stage.bytes;
+    return Buffer.from(b.buffer, b.byteOffset + slot * STAGE_BYTES, STAGE_BYTES);
+  }
+
+  /** A mapping of a client's shared Memory on this host, or null. */
+  #clientView(st: MemoryStat, length: number): Uint8Array | null {
+    if (!st.local || st.backing !== 'shared' || !st.region) return null;
+    let m = this.#maps.get(st.region);
+    if (!m) {
+      try {
+        m = new Uint8Array(shmOpen(st.region));
+      } catch {
+        return null;
+      }
+      if (this.#maps.size >= 256) this.#maps.delete(this.#maps.keys().next().value!);
+      this.#maps.set(st.region, m);
+    }
+    if (st.regionOffset + length > m.length) {
+      this.#maps.delete(st.region);
+      return null;
+    }
+    return m.subarray(st.regionOffset, st.regionOffset + length);
+  }
+
+  async #toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
+    const view = this.#clientView(st, n);
+    if (view) {
+      view.set(this.#stageBytes(slot).subarray(off, off + n));
+      return;
+    }
+    const src = await this.proc.memoryDiminish(this.#stageCids[slot]!, off, n);
+    try {
+      await this.proc.memoryCopy(src, buffer);
+    } finally {
+      this.proc.capDrop(src).catch(() => {});
+    }
+  }
+
+  async #fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
+    const view = this.#clientView(st, n);
+    if (view) {
+      this.#stageBytes(slot).set(view, off);
+      return;
+    }
+    const src = st.size > n ? await this.proc.memoryDiminish(buffer, 0, n) : buffer;
+    const dst = await this.proc.memoryDiminish(this.#stageCids[slot]!, off, n);
+    try {
+      await this.proc.memoryCopy(src, dst);
+    } finally {
+      this.proc.capDrop(...(src !== buffer ? [src, dst] : [dst])).catch(() => {});
+    }
+  }
+
+  /** Device I/O of file range [a, b) (block-aligned, allocated) to/from stage slot offset 0. */
+  async #devRange(ino: Inode, a: number, b: number, slot: number, write: boolean, stageOff = 0): Promise<void> {
+    const ios: Promise<unknown>[] = [];
+    const drops: number[] = [];
+    for (const x of ino.extents) {
+      const s = Math.max(a, x.fileOffset);
+      const e = Math.min(b, x.fileOffset + x.length);
+      if (s >= e) continue;
+      const v = this.#vols.get(x.volume);
+      if (!v) throw new FractosError('EIO', `volume ${x.volume} of '${ino.path}' not open`);
+      let buf = this.#stageCids[slot]!;
+      if (s - a + stageOff !== 0) {
+        buf = await this.proc.memoryDiminish(buf, s - a + stageOff, e - s);
+        drops.push(buf);
+      }
+      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, s - x.fileOffset, e - s, buf, write ? WriteFlags.FUA : 0));
+    }
+    try {
+      await Promise.all(ios);
+    } finally {
+      if (drops.length) this.proc.capDrop(...drops).catch(() => {});
+    }
+  }
+
+  #cacheKey(ino: Inode, blk: number): number {
+    return ino.id * 0x100000000 + blk;
+  }
+
+  #cachePut(ino: Inode, blk: number, src: Uint8Array): void {
+    const b = this.#spare.pop() ?? Buffer.allocUnsafe(BLOCK);
+    b.set(src);
+    this.#cache.set(this.#cacheKey(ino, blk), b);
+  }
+
+  /** Fill stage [0, b - a) with file range [a, b): from the cache when every block is there, else from the device. */
+  async #fill(ino: Inode, a: number, b: number, slot: number): Promise<void> {
+    const stage = this.#stageBytes(slot);
+    const nb = (b - a) / BLOCK;
+    const first = a / BLOCK;
+    let hits = 0;
+    for (let i = 0; i < nb; i++) {
+      const c = this.#cache.get(this.#cacheKey(ino, first + i));
+      if (!c) break;
+      stage.set(c, i * BLOCK);
+      hits++;
+    }
+    if (hits === nb) {
+      this.counts.hits += nb;
+      return;
+    }
+    this.counts.misses += nb;
+    const gen = ino.wgen;
+    const clean = ino.writing === 0;
+    await this.#devRange(ino, a, b, slot, false);
+    if (clean && ino.writing === 0 && ino.wgen === gen && this.#files.get(ino.path) === ino) {
+      for (let i = 0; i < nb; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+    }
+  }
+
+  #handleFor(handle: number, need: number): Handle {
+    const h = this.#handles.get(handle);
+    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
+    if (!(h.mode & need)) throw new FractosError('EPERM', `handle ${handle} not open for ${need & OpenMode.WRITE ? 'writing' : 'reading'}`);
+    return h;
+  }
+
+  async #read(handle: number, offset: number, length: number, buffer: number, ok: number): Promise<void> {
+    const ino = this.#handleFor(handle, OpenMode.READ).ino;
+    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
+    if (length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} > ${MAX_MEDIATED}`);
+    const n = Math.max(0, Math.min(length, ino.size - offset));
+    if (n > 0) {
+      const st = await this.proc.memoryStat(buffer);
+      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
+      if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
+      const a = Math.floor(offset / BLOCK) * BLOCK;
+      const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
+      const slot = await this.#acquireStage();
+      try {
+        await this.#fill(ino, a, b, slot);
+        await this.#toClient(slot, offset - a, n, buffer, st);
+      } finally {
+        this.#releaseStage(slot);
+      }
+    }
+    await this.proc.invoke(ok, IoReply, { bytes: n });
+  }
+
+  async #write(handle: number, offset: number, length: number, buffer: number, ok: number): Promise<void> {
+    const ino = this.#handleFor(handle, OpenMode.WRITE).ino;
+    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
+    if (length === 0 || length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} not in (0, ${MAX_MEDIATED}]`);
+    const st = await this.proc.memoryStat(buffer);
+    if (!(st.perms & Perm.READ)) throw new FractosError('EPERM', 'buffer not readable');
+    if (st.size < length) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${length}`);
+    const end = offset + length;
+    await this.#ensureAllocated(ino, end);
+    const a = Math.floor(offset / BLOCK) * BLOCK;
+    const b = Math.ceil(end / BLOCK) * BLOCK;
+    const slot = await this.#acquireStage();
+    ino.writing++;
+    ino.wgen++;
+    try {
+      const stage = this.#stageBytes(slot);
+      // Read-modify-write of partial head/tail blocks (inside the old size; zeros past it).
+      if (offset !== a) await this.#partial(ino, a, slot, 0);
+      if (end !== b && (b - BLOCK !== a || offset === a)) await this.#partial(ino, b - BLOCK, slot, b - BLOCK - a);
+      await this.#fromClient(slot, offset - a, length, buffer, st);
+      await this.#devRange(ino, a, b, slot, true);
+      const first = a / BLOCK;
+      for (let i = 0; i < (b - a) / BLOCK; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+      if (end > ino.size) {
+        ino.size = end;
+        await this.#persist();
+      }
+    } finally {
+      ino.writing--;
+      this.#releaseStage(slot);
+    }
+    await this.proc.invoke(ok, IoReply, { bytes: length });
+  }
+
+  /** Put file block at `blockOff` into stage at `at` (cache, device, or zeros beyond the size). */
+  async #partial(ino: Inode, blockOff: number, slot: number, at: number): Promise<void> {
+    const stage = this.#stageBytes(slot);
+    if (blockOff >= ino.size) {
+      stage.fill(0, at, at + BLOCK);
+      return;
+    }
+    const c = this.#cache.get(this.#cacheKey(ino, blockOff / BLOCK));
+    if (c) {
+      stage.set(c, at);
+      return;
+    }
+    await this.#devRange(ino, blockOff, blockOff + BLOCK, slot, false, at);
+  }
+}
+
