@@ -560,7 +560,7 @@ export class Controller {
       obj.delegMonitors = null;
       if (obj.remoteHolds) {
         const ref = this.#refOf(obj);
-        for (const peer of obj.remoteHolds.keys()) this.#sendRevoked(peer, ref);
+        for (const peer of obj.remoteHolds.keys()) this.#sendRevoked(peer, ref, reason);
         obj.remoteHolds = null;
       }
       if (obj.children) for (const c of obj.children) stack.push(c);
@@ -1032,11 +1032,14 @@ export class Controller {
     peer.link.send(f);
   }
 
-  #sendRevoked(peerId: number, ref: ObjectRef): void {
+  #sendRevoked(peerId: number, ref: ObjectRef, reason: number): void {
     const peer = this.#peers.get(peerId);
     if (!peer) return;
-    const f = allocFrame(Op.P_REVOKED, 0, REF_BYTES);
+    // P_REVOKED: ref, u16 reason, u16 0
+    const f = allocFrame(Op.P_REVOKED, 0, REF_BYTES + 4);
     writeRef(f, ref, 16);
+    f.writeUInt16LE(reason, 32);
+    f.writeUInt16LE(0, 34);
     peer.link.send(f);
   }
 
@@ -1179,7 +1182,7 @@ export class Controller {
           const delta = frame.readInt32LE(32);
           const obj = ref.epoch === this.epoch ? this.#objects.get(ref.id) : undefined;
           if (!obj || obj.revoked) {
-            if (delta > 0) this.#sendRevoked(peer.id, ref);
+            if (delta > 0) this.#sendRevoked(peer.id, ref, MonitorReason.REVOKED);
             return;
           }
           const holds = (obj.remoteHolds ??= new Map());
@@ -1192,9 +1195,9 @@ export class Controller {
           return;
         }
         case Op.P_REVOKED: {
-          need(frame, REF_BYTES);
+          need(frame, REF_BYTES + 4);
           const p = this.#proxies.get(refKey(readRef(frame, 16)));
-          if (p) this.#proxyRevoked(p, MonitorReason.REVOKED);
+          if (p) this.#proxyRevoked(p, frame.readUInt16LE(32));
           return;
         }
         case Op.P_KV_PUT: {

@@ -31,7 +31,13 @@ export interface Spawned {
  * Rejects if the process exits first or `timeoutMs` passes (with its output).
  */
 export function spawnFractos(args: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
-  const child = spawn(process.execPath, [FRACTOS_BIN, ...args], {
+  return spawnNode([FRACTOS_BIN, ...args], ready, opts);
+}
+
+/** Run `node ...argv` (a script and its arguments) and resolve once a stdout line matches `ready`. */
+export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
+  const args = argv.slice(1);
+  const child = spawn(process.execPath, argv, {
     cwd: REPO_ROOT,
     env: { FRACTOS_LOG: 'warn', ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
