@@ -1,11 +1,20 @@
 /** Subcommands `gpu` (the GPU adaptor service) and `facever enroll|serve|bench`. */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { ORL_DIR } from '../facever-app/accuracy.js';
+import { kernelOverhead, runBench, type BenchRecord } from '../facever-app/bench.js';
+import { LocalCluster, REPO_ROOT } from '../facever-app/cluster.js';
+import { writePlots } from '../facever-app/plots.js';
+import { serve, portOf } from '../facever-app/server.js';
+import { DEFAULT_PREFIX, enroll, readMeta } from '../facever-app/store.js';
+import { DESIGNS, Verifier, type Design } from '../facever-app/verifier.js';
+import { FsClient } from '../fs-service/client.js';
 import { openBackend, type BackendKind } from '../gpu-adaptor/backend.js';
 import { GpuService } from '../gpu-adaptor/service.js';
-import { connect, FractosError } from '../libfractos/index.js';
+import { connect, FractosError, type Process } from '../libfractos/index.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { die, log } from './log.js';
-import { registerFacever } from '../facever-app/cli.js';
 
 export function register(program: Command): void {
   program
@@ -37,4 +46,137 @@ export function register(program: Command): void {
       }
     });
   registerFacever(program);
+}
+
+/** Default dataset: ../shared/datasets/att-faces relative to the repository root, else ORL_DIR. */
+export function defaultDataset(): string {
+  const rel = resolve(REPO_ROOT, '..', 'shared', 'datasets', 'att-faces');
+  return existsSync(join(rel, 's1', '1.pgm')) ? rel : ORL_DIR;
+}
+
+function checkDesign(d: string): Design {
+  if (!(DESIGNS as readonly string[]).includes(d)) throw new FractosError('EINVAL', `--design must be one of ${DESIGNS.join(', ')}, got '${d}'`);
+  return d as Design;
+}
+
+const out = (s: string): boolean => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
+
+function registerFacever(program: Command): void {
+  const fv = program.command('facever').description('face verification over the FS and the GPU adaptor (enroll, serve, bench)');
+
+  fv.command('enroll')
+    .description('store photo 1 of each ORL subject as <prefix>/s<N>.raw in the FS, and the decision threshold in <prefix>/meta.json')
+    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
+    .option('--fs <name>', 'FS bootstrap prefix', 'fs')
+    .option('--prefix <path>', 'FS path prefix', DEFAULT_PREFIX)
+    .action(async (o: { dataset: string; controller: string; fs: string; prefix: string }) => {
+      let p: Process | undefined;
+      try {
+        p = await connect(o.controller, { name: 'facever-enroll' });
+        const fs = await FsClient.connect(p, o.fs);
+        const meta = await enroll(p, fs, o.dataset, { prefix: o.prefix, log: out });
+        out(`ids ${meta.ids.length} grid ${meta.gridX}x${meta.gridY} threshold ${meta.threshold.toFixed(2)} auc ${meta.auc.toFixed(4)} eer ${meta.eer.toFixed(4)}`);
+        await p.close();
+      } catch (err) {
+        await p?.close();
+        die(err);
+      }
+    });
+
+  fv.command('serve')
+    .description('answer POST /verify with scores and decisions (see facever-app/server.ts)')
+    .requiredOption('--port <n>', 'TCP port (0 picks one)')
+    .option('--host <addr>', 'listen address', '127.0.0.1')
+    .option('--design <d>', 'chain | fast-star | star', 'chain')
+    .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
+    .option('--gpu <name>', 'GPU adaptor bootstrap prefix', 'gpu')
+    .option('--fs <name>', 'FS bootstrap prefix', 'fs')
+    .option('--prefix <path>', 'FS path prefix of the enrolled files', DEFAULT_PREFIX)
+    .option('--slots <n>', 'pre-allocated GPU buffer sets (batches in flight)', '4')
+    .option('--max-batch <n>', 'most pairs per batch', '256')
+    .option('--max-queued <n>', 'batches waiting for a buffer set before 503', '16')
+    .option('--threshold <x>', 'decision threshold (default: the EER threshold from enrollment)')
+    .action(async (o: { port: string; host: string; design: string; controller: string; gpu: string; fs: string; prefix: string; slots: string; maxBatch: string; maxQueued: string; threshold?: string }) => {
+      try {
+        const design = checkDesign(o.design);
+        const p = await connect(o.controller, { name: `facever-${design}` });
+        const fs = await FsClient.connect(p, o.fs);
+        const meta = await readMeta(p, fs, o.prefix);
+        const v = await Verifier.open(p, {
+          design, ids: meta.ids, gridX: meta.gridX, gridY: meta.gridY, gpuName: o.gpu, fsName: o.fs, prefix: o.prefix,
+          slots: Number(o.slots), maxBatch: Number(o.maxBatch), maxQueued: Number(o.maxQueued),
+        });
+        v.on('gpu-lost', (ev: string) => process.stderr.write(`facever: GPU adaptor lost (${ev}); re-initialising\n`));
+        v.on('gpu-ready', (dev: string) => process.stderr.write(`facever: GPU adaptor back (${dev})\n`));
+        const threshold = o.threshold !== undefined ? Number(o.threshold) : meta.threshold;
+        const server = await serve(v, { port: Number(o.port), host: o.host, threshold });
+        out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}`);
+        p.on('close', () => {
+          process.stderr.write('facever: controller channel closed; exiting\n');
+          process.exit(1);
+        });
+        const stop = (): void => {
+          server.close();
+          v.close().finally(() => p.close().finally(() => process.exit(0)));
+        };
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
+      } catch (err) {
+        die(err);
+      }
+    });
+
+  fv.command('bench')
+    .description('accuracy, latency vs batch, throughput vs in flight, frames/bytes per link for chain, fast-star, star')
+    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--json', 'print DESIGN.md §6 records as one JSON array')
+    .option('--out <dir>', 'where the SVG plots go', 'bench-out')
+    .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster')
+    .option('--backend <kind>', 'GPU backend of the local cluster', 'auto')
+    .option('--designs <list>', 'comma-separated designs', DESIGNS.join(','))
+    .option('--batches <list>', 'latency batch sizes', '1,4,16,64,256')
+    .option('--inflight <list>', 'throughput: batches in flight', '1,2,4,8')
+    .option('--reps <n>', 'timed batches per latency point', '10')
+    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; backend: string; designs: string; batches: string; inflight: string; reps: string }) => {
+      let cluster: LocalCluster | undefined;
+      let p: Process | undefined;
+      const say = (s: string): void => {
+        process.stderr.write(`${s}\n`);
+      };
+      try {
+        const nums = (s: string): number[] => s.split(',').map(Number);
+        if (!o.controller) {
+          say('starting a local cluster (controller, blockdev on a sparse file, fs, gpu)');
+          cluster = await LocalCluster.start({ gpuBackend: o.backend as 'auto', log: say });
+        }
+        p = await connect(o.controller ?? cluster!.controller, { name: 'facever-bench' });
+        const fs = await FsClient.connect(p);
+        const meta = cluster ? await enroll(p, fs, o.dataset, { log: say }) : await readMeta(p, fs);
+        const { records, identical, table } = await runBench(p, {
+          dataset: o.dataset, meta, designs: o.designs.split(',').map(checkDesign), batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), log: say,
+        });
+        const kernel: BenchRecord[] = await kernelOverhead(p, o.dataset, meta.ids, meta.gridX, meta.gridY).catch((e: unknown) => {
+          say(`kernel overhead not measured: ${(e as Error).message}`);
+          return [];
+        });
+        const all = [...records, ...kernel];
+        const plots = await writePlots(all, o.out);
+        if (o.json) out(JSON.stringify(all, null, 2));
+        else {
+          out(table);
+          out(`scores identical across designs: ${identical ? 'yes' : 'NO'}`);
+          for (const k of kernel) out(`kernel on ${k.params.batch} pairs (${k.params.path}): ${(k.value / 1000).toFixed(2)} ms vs direct C++ ${(k.baseline! / 1000).toFixed(2)} ms = ${k.ratio!.toFixed(2)}x`);
+          if (kernel.length === 0) out('kernel vs direct: skipped (not the cpu backend)');
+          out(`plots: ${plots.join(', ')}`);
+        }
+        if (!identical) process.exitCode = 1;
+      } catch (err) {
+        say(`fractos: ${(err as Error).message}`);
+        process.exitCode = 1;
+      } finally {
+        await p?.close();
+        await cluster?.stop();
+      }
+    });
 }

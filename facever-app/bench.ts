@@ -1,0 +1,247 @@
+/**
+ * `fractos facever bench`: the three designs side by side on the same services (paper
+ * §6.5): accuracy (ROC AUC, EER) on the ORL protocol, end-to-end latency vs batch size,
+ * throughput vs batches in flight, frames and bytes on the Controller's links per batch,
+ * and (cpu backend) the kernel through FractOS vs the same C++ called directly.
+ * Records follow DESIGN.md §6: `{ bench, metric, value, unit, baseline, ratio, params }`;
+ * for frames, bytes and latency the baseline is star at the same parameters.
+ */
+import { IMAGE_BYTES, openBackend } from '../gpu-adaptor/backend.js';
+import { GpuContext } from '../gpu-adaptor/client.js';
+import { Invoke, InvokeReply } from '../gpu-adaptor/schema.js';
+import type { Process } from '../libfractos/process.js';
+import { equalErrorRate, orlPairs, rocAuc, type Pair } from './accuracy.js';
+import { chiSquare, lbpHistogram } from './lbp.js';
+import { loadOrl, type EnrollMeta } from './store.js';
+import { DESIGNS, Verifier, type Design } from './verifier.js';
+
+export interface BenchRecord {
+  bench: string;
+  metric: string;
+  value: number;
+  unit: string;
+  baseline: number | null;
+  ratio: number | null;
+  params: Record<string, string | number>;
+}
+
+export interface BenchOptions {
+  dataset: string;
+  meta: EnrollMeta;
+  designs?: readonly Design[];
+  batches?: readonly number[];
+  inflight?: readonly number[];
+  /** Batch size of the throughput runs (default 64). */
+  throughputBatch?: number;
+  /** Timed repetitions per latency point (default 10). */
+  reps?: number;
+  /** Batches per in-flight stream in the throughput runs (default 8). */
+  streamBatches?: number;
+  log?: (s: string) => void;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2 : NaN;
+};
+
+async function linkTotals(p: Process): Promise<{ frames: number; bytes: number }> {
+  const s = await p.stats();
+  let frames = 0;
+  let bytes = 0;
+  for (const l of s.links) {
+    frames += l.framesIn + l.framesOut;
+    bytes += l.bytesIn + l.bytesOut;
+  }
+  return { frames, bytes };
+}
+
+/** Scores of `pairs` through `v`, in batches of `v.maxBatch`. */
+export async function scorePairs(v: Verifier, dataset: string, pairs: readonly Pair[]): Promise<number[]> {
+  const scores: number[] = [];
+  for (let i = 0; i < pairs.length; i += v.maxBatch) {
+    const chunk = pairs.slice(i, i + v.maxBatch).map((pr) => ({ id: pr.enrolled, image: loadOrl(dataset, pr.probe, pr.photo) }));
+    scores.push(...(await v.verify(chunk)).scores);
+  }
+  return scores;
+}
+
+/** Run the benchmark on an app Process connected to a Controller that has the FS (enrolled) and the GPU adaptor. */
+export async function runBench(p: Process, o: BenchOptions): Promise<{ records: BenchRecord[]; identical: boolean; table: string }> {
+  const log = o.log ?? (() => {});
+  const designs = o.designs ?? DESIGNS;
+  const batches = o.batches ?? [1, 4, 16, 64, 256];
+  const inflight = o.inflight ?? [1, 2, 4, 8];
+  const reps = o.reps ?? 10;
+  const tb = o.throughputBatch ?? 64;
+  const pairs = orlPairs(o.meta.ids);
+  const images = new Map<string, Uint8Array>();
+  const img = (id: number, k: number): Uint8Array => {
+    const key = `${id}/${k}`;
+    let b = images.get(key);
+    if (!b) images.set(key, (b = loadOrl(o.dataset, id, k)));
+    return b;
+  };
+  const batchOf = (b: number, off: number): { id: number; image: Uint8Array }[] =>
+    Array.from({ length: b }, (_, i) => {
+      const pr = pairs[(off + i) % pairs.length]!;
+      return { id: pr.enrolled, image: img(pr.probe, pr.photo) };
+    });
+
+  const raw: { design: Design; metric: string; value: number; unit: string; params: Record<string, number | string> }[] = [];
+  const scoresBy = new Map<Design, number[]>();
+  const maxInflight = Math.max(...inflight);
+  for (const design of designs) {
+    log(`design ${design}: opening (pool of ${maxInflight} GPU buffer sets)`);
+    const v = await Verifier.open(p, { design, ids: o.meta.ids, slots: maxInflight, maxBatch: Math.max(...batches, tb), gridX: o.meta.gridX, gridY: o.meta.gridY, maxQueued: 64 });
+    try {
+      const scores = await scorePairs(v, o.dataset, pairs);
+      scoresBy.set(design, scores);
+      const g = scores.filter((_, i) => pairs[i]!.genuine);
+      const im = scores.filter((_, i) => !pairs[i]!.genuine);
+      raw.push({ design, metric: 'roc_auc', value: rocAuc(g, im), unit: '', params: { pairs: pairs.length } });
+      raw.push({ design, metric: 'eer', value: equalErrorRate(g, im).eer, unit: '', params: { pairs: pairs.length } });
+      for (const b of batches) {
+        for (let w = 0; w < 2; w++) await v.verify(batchOf(b, w * b));
+        const before = await linkTotals(p);
+        const lat: number[] = [];
+        for (let r = 0; r < reps; r++) lat.push((await v.verify(batchOf(b, r * b))).totalUs);
+        const after = await linkTotals(p);
+        const frames = (after.frames - before.frames - 2) / reps; // minus the stats call itself
+        const bytes = (after.bytes - before.bytes) / reps;
+        raw.push({ design, metric: 'latency_p50_us', value: median(lat), unit: 'us', params: { batch: b } });
+        raw.push({ design, metric: 'frames', value: frames, unit: 'frames/batch', params: { batch: b } });
+        raw.push({ design, metric: 'bytes', value: bytes, unit: 'bytes/batch', params: { batch: b } });
+        log(`  ${design} batch ${b}: p50 ${(median(lat) / 1000).toFixed(2)} ms, ${frames.toFixed(0)} frames, ${(bytes / 1024).toFixed(0)} KiB per batch`);
+      }
+      for (const k of inflight) {
+        const t0 = performance.now();
+        let done = 0;
+        await Promise.all(Array.from({ length: k }, async (_, s) => {
+          for (let i = 0; i < (o.streamBatches ?? 8); i++) {
+            await v.verify(batchOf(tb, (s * 31 + i) * tb));
+            done += tb;
+          }
+        }));
+        const pps = done / ((performance.now() - t0) / 1000);
+        raw.push({ design, metric: 'throughput_pairs_s', value: pps, unit: 'pairs/s', params: { batch: tb, inflight: k } });
+        log(`  ${design} in flight ${k}: ${pps.toFixed(0)} pairs/s`);
+      }
+    } finally {
+      await v.close();
+    }
+  }
+  // Identical scores across designs.
+  const ref = scoresBy.values().next().value as number[] | undefined;
+  let identical = true;
+  for (const s of scoresBy.values()) if (!ref || s.length !== ref.length || s.some((x, i) => x !== ref[i])) identical = false;
+
+  // TS reference accuracy as the accuracy baseline.
+  const hist = new Map<string, Uint32Array>();
+  const h = (id: number, k: number): Uint32Array => {
+    const key = `${id}/${k}`;
+    let x = hist.get(key);
+    if (!x) hist.set(key, (x = lbpHistogram(img(id, k), 92, 112, o.meta.gridX, o.meta.gridY)));
+    return x;
+  };
+  const tsScores = pairs.map((pr) => chiSquare(h(pr.probe, pr.photo), h(pr.enrolled, 1)));
+  const tg = tsScores.filter((_, i) => pairs[i]!.genuine);
+  const ti = tsScores.filter((_, i) => !pairs[i]!.genuine);
+  const refAcc: Record<string, number> = { roc_auc: rocAuc(tg, ti), eer: equalErrorRate(tg, ti).eer };
+
+  const records: BenchRecord[] = raw.map((r) => {
+    let baseline: number | null;
+    if (r.metric === 'roc_auc' || r.metric === 'eer') baseline = refAcc[r.metric]!;
+    else if (r.metric !== 'throughput_pairs_s') {
+      baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.batch === r.params.batch)?.value ?? null;
+    } else baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.inflight === r.params.inflight)?.value ?? null;
+    return {
+      bench: 'facever',
+      metric: r.metric,
+      value: r.value,
+      unit: r.unit,
+      baseline,
+      ratio: baseline ? r.value / baseline : null,
+      params: { design: r.design, ...r.params },
+    };
+  });
+  return { records, identical, table: formatTable(records, designs, batches, inflight) };
+}
+
+/**
+ * The kernel on `n` pairs: through FractOS (invoke Request to the GPU adaptor, reply
+ * received) vs the backend's launch called directly in this process, same data, medians of
+ * `reps`. Only meaningful with the cpu backend on both sides.
+ */
+export async function kernelOverhead(p: Process, dataset: string, ids: number[], gridX: number, gridY: number, n = 256, reps = 10): Promise<BenchRecord[]> {
+  const pairs = orlPairs(ids);
+  const probes = new Uint8Array(n * IMAGE_BYTES);
+  const enrolled = new Uint8Array(n * IMAGE_BYTES);
+  for (let i = 0; i < n; i++) {
+    const pr = pairs[i % pairs.length]!;
+    probes.set(loadOrl(dataset, pr.probe, pr.photo), i * IMAGE_BYTES);
+    enrolled.set(loadOrl(dataset, pr.enrolled, 1), i * IMAGE_BYTES);
+  }
+  // Direct.
+  const be = openBackend('cpu');
+  const direct: number[] = [];
+  try {
+    const [hp, he, hs] = [be.alloc(probes.length), be.alloc(enrolled.length), be.alloc(n * 8)];
+    await be.write(hp, 0, probes);
+    await be.write(he, 0, enrolled);
+    const k = be.loadKernel('lbp_chi2_batch');
+    for (let r = 0; r < reps + 2; r++) {
+      const t = performance.now();
+      await be.launch(k, { buffers: [{ handle: hp }, { handle: he }, { handle: hs }], scalars: { n, gridX, gridY } });
+      if (r >= 2) direct.push((performance.now() - t) * 1000);
+    }
+  } finally {
+    be.close();
+  }
+  // Through FractOS.
+  const ctx = await GpuContext.open(p);
+  const viaFractos: number[] = [];
+  const inAdaptor: number[] = [];
+  try {
+    if (ctx.backend !== 'cpu') return [];
+    const [gp, ge, gs] = await Promise.all([ctx.alloc(probes.length), ctx.alloc(enrolled.length), ctx.alloc(n * 8)]);
+    const { cid, region } = await p.memoryCreateShared(probes.length);
+    region.bytes.set(probes);
+    await p.memoryCopy(cid, gp);
+    region.bytes.set(enrolled);
+    await p.memoryCopy(cid, ge);
+    const inv = await ctx.load('lbp_chi2_batch');
+    for (let r = 0; r < reps + 2; r++) {
+      const t = performance.now();
+      const rep = InvokeReply.decode(await p.rpc(inv, Invoke, { n, gridX, gridY }, { probes: gp, enrolled: ge, scores: gs }, { timeoutMs: 30_000 })).imms;
+      if (r >= 2) {
+        viaFractos.push((performance.now() - t) * 1000);
+        inAdaptor.push(rep.kernelNs / 1000);
+      }
+    }
+    await p.capDrop(cid, gp, ge, gs, inv).catch(() => {});
+  } finally {
+    await ctx.cleanup().catch(() => {});
+  }
+  const d = median(direct);
+  const f = median(viaFractos);
+  return [
+    { bench: 'facever-kernel', metric: 'kernel_us', value: f, unit: 'us', baseline: d, ratio: f / d, params: { path: 'fractos-invoke', batch: n } },
+    { bench: 'facever-kernel', metric: 'kernel_us', value: median(inAdaptor), unit: 'us', baseline: d, ratio: median(inAdaptor) / d, params: { path: 'adaptor-launch', batch: n } },
+  ];
+}
+
+function formatTable(records: readonly BenchRecord[], designs: readonly Design[], batches: readonly number[], inflight: readonly number[]): string {
+  const get = (d: Design, m: string, k: string, v: number): BenchRecord | undefined => records.find((r) => r.params.design === d && r.metric === m && r.params[k] === v);
+  const w = 22;
+  let s = `${'metric'.padEnd(30)}${designs.map((d) => d.padStart(w)).join('')}\n`;
+  const acc = (m: string): string => `${m.padEnd(30)}${designs.map((d) => (records.find((r) => r.params.design === d && r.metric === m)?.value ?? NaN).toFixed(4).padStart(w)).join('')}\n`;
+  s += acc('roc_auc') + acc('eer');
+  const cell = (r: BenchRecord | undefined, f: (x: number) => string): string => (r ? `${f(r.value)}${r.ratio !== null && r.params.design !== 'star' ? ` (${r.ratio.toFixed(2)}x)` : ''}` : '-').padStart(w);
+  for (const b of batches) s += `${`latency p50 ms, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'latency_p50_us', 'batch', b), (x) => (x / 1000).toFixed(2))).join('')}\n`;
+  for (const b of batches) s += `${`frames/batch, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'frames', 'batch', b), (x) => x.toFixed(0))).join('')}\n`;
+  for (const b of batches) s += `${`KiB/batch, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'bytes', 'batch', b), (x) => (x / 1024).toFixed(0))).join('')}\n`;
+  for (const k of inflight) s += `${`pairs/s, ${k} in flight`.padEnd(30)}${designs.map((d) => cell(get(d, 'throughput_pairs_s', 'inflight', k), (x) => x.toFixed(0))).join('')}\n`;
+  s += '(ratios vs star in parentheses)\n';
+  return s;
+}
