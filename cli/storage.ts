@@ -83,7 +83,7 @@ async function targetFor(p: Process, kind: TargetKind, job: FioJob, region: numb
     await fs!.truncate(path, region);
     const mode = job.rw.includes('write') || job.rw === 'rw' || job.rw === 'randrw' ? OpenMode.RW : OpenMode.READ;
     const f = await fs!.open(path, { mode, dax: kind === 'dax' });
-    cleanups.push(() => fs!.close(f));
+    cleanups.push(() => fs!.close(f, true));
     extents = kind === 'dax' ? f.extents : [{ fileOffset: 0, length: region, read: f.read, write: f.write }];
   }
   const t = await RequestTarget.create(p, extents, { slots, bs: job.bs });

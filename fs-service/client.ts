@@ -66,11 +66,16 @@ export class FsClient {
     return { handle: imms.handle, size: imms.size, dax: imms.dax !== 0, blockSize: imms.blockSize, read: caps.read, write: caps.write, close: caps.close, extents };
   }
 
-  /** Close an open file (revokes its Requests, DAX ones included). */
-  async close(f: OpenFile): Promise<void> {
+  /**
+   * Close an open file: the FS revokes its Requests, DAX ones included. The caller's cids stay
+   * in its space (every use now fails with EREVOKED); `drop` removes them too.
+   */
+  async close(f: OpenFile, drop = false): Promise<void> {
     await this.proc.rpc(f.close, Close, {}, {}, { timeoutMs: T });
-    const mine = [f.read, f.write, f.close, ...f.extents.flatMap((x) => [x.read, x.write])].filter(Boolean);
-    this.proc.capDrop(...mine).catch(() => {});
+    if (drop) {
+      const mine = [f.read, f.write, f.close, ...f.extents.flatMap((x) => [x.read, x.write])].filter(Boolean);
+      this.proc.capDrop(...mine).catch(() => {});
+    }
   }
 
   async stat(path: string): Promise<{ size: number; extents: number; allocated: number }> {

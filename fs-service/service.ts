@@ -347,6 +347,8 @@ export class FsService {
         ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
       }
     }
+    // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
+    if (dax && mode & OpenMode.WRITE) this.#invalidate(ino, 0);
     this.#handles.set(h.id, h);
     let set = this.#byIno.get(ino.id);
     if (!set) this.#byIno.set(ino.id, (set = new Set()));
@@ -358,6 +360,7 @@ export class FsService {
 
   async #revokeHandle(h: Handle): Promise<void> {
     this.#handles.delete(h.id);
+    if (h.dax && h.mode & OpenMode.WRITE) this.#invalidate(h.ino, 0);
     this.#byIno.get(h.ino.id)?.delete(h);
     const cids = h.cids.splice(0);
     await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));

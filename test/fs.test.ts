@@ -1,0 +1,342 @@
+/**
+ * The FS service: mediated I/O integrity and the block cache, control operations and their
+ * errors, DAX opens, revocation on close/delete, the DAX use-after-free case, persistence
+ * across restarts and crash consistency (kill -9 of the FS process during a write storm).
+ */
+import test, { type ExecutionContext } from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Controller } from '../controller/index.js';
+import { connect, FractosError, type Process } from '../libfractos/index.js';
+import { BlockdevService } from '../blockdev-adaptor/service.js';
+import { IoPort } from '../blockdev-adaptor/client.js';
+import { FsService } from '../fs-service/service.js';
+import { FsClient, type OpenFile } from '../fs-service/client.js';
+import { OpenMode } from '../fs-service/schema.js';
+import { loadUring } from '../native/uring/index.js';
+import { UringBackend } from '../blockdev-adaptor/uring-backend.js';
+import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+
+let reason = '';
+let dir = '';
+try {
+  loadUring();
+  dir = mkdtempSync(join('/var/tmp', 'fractos-fst-'));
+  writeFileSync(join(dir, 'probe'), Buffer.alloc(8192));
+  await (await UringBackend.open(join(dir, 'probe'), { queueDepth: 1 })).close();
+} catch (e) {
+  reason = `no io_uring / O_DIRECT here: ${(e as Error).message}`;
+}
+const vtest = reason ? test.skip : test;
+if (reason) console.log(`fs.test: skipping: ${reason}`);
+test.after.always(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+let seq = 0;
+function devFile(size = 96 << 20): string {
+  const path = join(dir, `dev${seq++}.img`);
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, size);
+  closeSync(fd);
+  return path;
+}
+
+interface Env {
+  c: Controller;
+  addr: string;
+  bd: BlockdevService;
+  fs: FsService | null;
+  procs: Process[];
+}
+
+async function env(opts: { fs?: boolean; size?: number; cacheBlocks?: number } = {}): Promise<Env> {
+  const d = tempDir();
+  const addr = `unix:${join(d, 'c.sock')}`;
+  const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
+  const bd = await BlockdevService.start({ device: devFile(opts.size), controller: addr, format: true, queueDepth: 32 });
+  const fs = opts.fs === false ? null : await FsService.start({ controller: addr, cacheBlocks: opts.cacheBlocks });
+  return { c, addr, bd, fs, procs: [] };
+}
+
+async function client(e: Env): Promise<{ p: Process; fs: FsClient; port: IoPort }> {
+  const p = await connect(e.addr, { name: 'client' });
+  e.procs.push(p);
+  return { p, fs: await FsClient.connect(p), port: new IoPort(p) };
+}
+
+async function teardown(e: Env): Promise<void> {
+  for (const p of e.procs) await p.close();
+  await e.fs?.close();
+  await e.bd.close();
+  await e.c.close();
+}
+
+async function code(t: ExecutionContext, p: Promise<unknown>, expected: string): Promise<void> {
+  try {
+    await p;
+    t.is('no error', expected);
+  } catch (err) {
+    t.is((err as FractosError).code as string, expected, (err as Error).message);
+  }
+}
+
+function sha(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+vtest('mediated I/O: concurrent unaligned and aligned writes, reads through the cache', async (t) => {
+  const e = await env();
+  try {
+    const { p, fs, port } = await client(e);
+    const f = await fs.open('/a', { create: true });
+    const SLOTS = 16;
+    const SZ = 64 << 10;
+    const { cid, region } = await p.memoryCreateShared(SLOTS * SZ);
+    const bufs = await Promise.all(Array.from({ length: SLOTS }, (_, i) => p.memoryDiminish(cid, i * SZ, SZ)));
+    // Disjoint ranges per slot, odd offsets and lengths: exercises read-modify-write and growth.
+    const expect = Buffer.alloc(SLOTS * 3 * SZ);
+    await Promise.all(bufs.map(async (b, i) => {
+      for (let k = 0; k < 3; k++) {
+        const off = (i * 3 + k) * SZ + (k === 1 ? 777 : 0);
+        const len = k === 2 ? SZ : SZ - 1500;
+        const data = randomBytes(len);
+        region.bytes.set(data, i * SZ);
+        t.is(await port.ioAsync(f.write, true, off, len, b), len);
+        data.copy(expect, off);
+      }
+    }));
+    const st = await fs.stat('/a');
+    t.is(st.size, expect.length);
+    t.true(st.allocated >= st.size);
+    // Read back in 64 KiB pieces at an odd phase (twice: the second time from the cache).
+    for (let pass = 0; pass < 2; pass++) {
+      const got = Buffer.alloc(expect.length);
+      await Promise.all(bufs.map(async (b, i) => {
+        for (let off = i * 4096 + 123; off < expect.length; off += SLOTS * 4096) {
+          const n = await port.ioAsync(f.read, false, off, 4096, b);
+          got.set(region.bytes.subarray(i * SZ, i * SZ + n), off);
+        }
+      }));
+      let ok = true;
+      for (let off = 123; off < expect.length; off += 4096) {
+        const n = Math.min(4096, expect.length - off);
+        if (!got.subarray(off, off + n).equals(expect.subarray(off, off + n))) ok = false;
+      }
+      t.true(ok, `pass ${pass}`);
+    }
+    t.true(e.fs!.counts.hits > 0);
+    // Read at EOF answers fewer bytes.
+    t.is(await port.ioAsync(f.read, false, expect.length - 10, 4096, bufs[0]!), 10);
+    t.is(await port.ioAsync(f.read, false, expect.length + 4096, 4096, bufs[0]!), 0);
+    await fs.close(f);
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('control operations and their errors', async (t) => {
+  const e = await env({ size: 48 << 20 });
+  try {
+    const { p, fs, port } = await client(e);
+    await fs.create('/x/one');
+    await fs.create('/x/two');
+    await fs.create('/y');
+    await code(t, fs.create('/y'), 'EEXIST');
+    await code(t, fs.create('relative'), 'EINVAL');
+    await code(t, fs.open('/nope'), 'ENOENT');
+    await code(t, fs.stat('/nope'), 'ENOENT');
+    await code(t, fs.delete('/nope'), 'ENOENT');
+    await code(t, fs.open('/y', { mode: 7 }), 'EINVAL');
+    const { cid, region } = await p.memoryCreateShared(64 << 10);
+    t.deepEqual(await fs.list('/x/', cid, region.bytes), ['/x/one', '/x/two']);
+    // Read-only opens hand out no write Request (mediated or DAX).
+    await fs.truncate('/y', 3 << 20);
+    const ro = await fs.open('/y', { mode: OpenMode.READ });
+    t.is(ro.write, 0);
+    t.not(ro.read, 0);
+    const rod = await fs.open('/y', { mode: OpenMode.READ, dax: true });
+    t.true(rod.extents.length >= 1);
+    t.true(rod.extents.every((x) => x.write === 0 && x.read !== 0));
+    // A mediated Request of a read-only open can not be turned into a write: the FS checks the mode.
+    const wo = await fs.open('/y', { mode: OpenMode.WRITE });
+    t.is(wo.read, 0);
+    await code(t, port.ioAsync(ro.read, false, 0, 4096, cid).then(() => { throw new FractosError('EPERM', 'ok'); }), 'EPERM');
+    // A full device: ENOSPC, and nothing changes.
+    await code(t, fs.truncate('/y', 1 << 30), 'ENOSPC');
+    t.is((await fs.stat('/y')).size, 3 << 20);
+    // Truncate down frees extents; stat follows.
+    await fs.truncate('/y', 4096);
+    t.is((await fs.stat('/y')).size, 4096);
+    await fs.delete('/x/one');
+    t.deepEqual(await fs.list('/', cid, region.bytes), ['/x/two', '/y']);
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('DAX: extent Requests reach the device; close and delete revoke them; use-after-free fails with EREVOKED', async (t) => {
+  const e = await env();
+  try {
+    const { p, fs, port } = await client(e);
+    await fs.create('/d');
+    await fs.truncate('/d', 2 << 20);
+    const f: OpenFile = await fs.open('/d', { dax: true });
+    t.true(f.dax);
+    t.is(f.extents.length, 1);
+    const x = f.extents[0]!;
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    const data = randomBytes(1 << 20);
+    region.bytes.set(data);
+    await port.ioAsync(x.write, true, 1 << 20, 1 << 20, cid);
+    await fs.close(f);
+    // Revoked by close: DAX and mediated alike.
+    await code(t, port.ioAsync(x.read, false, 0, 4096, cid), 'EREVOKED');
+    await code(t, port.ioAsync(f.read, false, 0, 4096, cid), 'EREVOKED');
+    // The data is in the file (mediated read after the DAX write).
+    const g = await fs.open('/d', { mode: OpenMode.READ });
+    region.bytes.fill(0);
+    t.is(await port.ioAsync(g.read, false, 1 << 20, 1 << 20, cid), 1 << 20);
+    t.is(sha(region.bytes), sha(data));
+    // Use after free: a DAX Request of a deleted file, after its extent went to another file.
+    const h = await fs.open('/d', { dax: true });
+    const stale = h.extents[0]!;
+    await fs.delete('/d');
+    await fs.create('/e');
+    await fs.truncate('/e', 2 << 20);
+    const ee = await fs.open('/e', { dax: true });
+    region.bytes.fill(0x5a);
+    await port.ioAsync(ee.extents[0]!.write, true, 0, 4096, cid);
+    await code(t, port.ioAsync(stale.write, true, 0, 4096, cid), 'EREVOKED');
+    await code(t, port.ioAsync(stale.read, false, 0, 4096, cid), 'EREVOKED');
+    await code(t, port.ioAsync(g.read, false, 0, 4096, cid), 'EREVOKED');
+    region.bytes.fill(0);
+    await port.ioAsync(ee.extents[0]!.read, false, 0, 4096, cid);
+    t.true(region.bytes.subarray(0, 4096).every((b) => b === 0x5a));
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('crash consistency: kill -9 of the FS during a write storm, restart, every completed operation is there', async (t) => {
+  const e = await env({ fs: false });
+  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
+  let fsp = await spawnFs();
+  try {
+    const p = await connect(e.addr, { name: 'storm' });
+    let fs = await FsClient.connect(p);
+    const port = new IoPort(p);
+    const SLOTS = 16;
+    const BS = 8192;
+    const { cid, region } = await p.memoryCreateShared(SLOTS * BS);
+    const bufs = await Promise.all(Array.from({ length: SLOTS }, (_, i) => p.memoryDiminish(cid, i * BS, BS)));
+    const created = new Set<string>();
+    const deleted = new Set<string>();
+    const done: { path: string; off: number; sum: string }[] = [];
+    const files: OpenFile[] = [];
+    for (let i = 0; i < 4; i++) {
+      files.push(await fs.open(`/storm/${i}`, { create: true }));
+      created.add(`/storm/${i}`);
+    }
+    let stop = false;
+    const storm = Promise.all(bufs.map(async (b, s) => {
+      let k = 0;
+      while (!stop) {
+        k++;
+        try {
+          if (s === 0 && k % 4 === 0) {
+            const path = `/storm/c${k}`;
+            await fs.create(path);
+            created.add(path);
+            if (k % 8 === 0) {
+              await fs.delete(path);
+              deleted.add(path);
+            }
+            continue;
+          }
+          const fi = s % files.length;
+          const off = (Math.floor(k * SLOTS + s) * BS) % (6 << 20);
+          const mem = region.bytes.subarray(s * BS, (s + 1) * BS);
+          mem.set(randomBytes(BS));
+          const sum = sha(mem);
+          await port.ioAsync(files[fi]!.write, true, off + (s % 3) * 100, BS, b);
+          done.push({ path: `/storm/${fi}`, off: off + (s % 3) * 100, sum });
+        } catch {
+          return; // the FS died
+        }
+      }
+    }));
+    await new Promise((r) => setTimeout(r, 700));
+    await fsp.kill9();
+    stop = true;
+    // Ops in flight at the kill never complete (their continuations died with the FS).
+    await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
+    t.true(done.length > 20, `${done.length} writes completed before the kill`);
+    fsp = await spawnFs();
+    fs = await FsClient.connect(p);
+    // Later writes to the same place supersede earlier ones: keep the last completed per (path, off).
+    const last = new Map<string, { path: string; off: number; sum: string }>();
+    for (const d of done) last.set(`${d.path}:${d.off}`, d);
+    const overlaps = (a: { path: string; off: number }, b: { path: string; off: number }): boolean => a.path === b.path && Math.abs(a.off - b.off) < BS && a.off !== b.off;
+    const opened = new Map<string, OpenFile>();
+    let checked = 0;
+    const mem = region.bytes.subarray(0, BS);
+    for (const d of last.values()) {
+      const newer = done.slice(done.lastIndexOf(d) + 1).some((x) => overlaps(x, d));
+      if (newer) continue; // partially overwritten by a later completed write
+      let f = opened.get(d.path);
+      if (!f) opened.set(d.path, (f = await fs.open(d.path, { mode: OpenMode.READ })));
+      t.is(await port.ioAsync(f.read, false, d.off, BS, bufs[0]!), BS);
+      t.is(sha(mem), d.sum, `${d.path} @ ${d.off}`);
+      checked++;
+    }
+    t.true(checked > 0);
+    for (const c of created) {
+      if (deleted.has(c)) await code(t, fs.stat(c), 'ENOENT');
+      else t.true((await fs.stat(c)).size >= 0);
+    }
+    for (const d of done) t.true((await fs.stat(d.path)).size >= d.off + BS);
+    t.log(`${done.length} writes, ${created.size} creates, ${deleted.size} deletes completed before kill -9; ${checked} ranges verified`);
+    await p.close();
+  } finally {
+    await fsp.stop();
+    await teardown(e);
+  }
+});
+
+vtest('files persist across a clean restart of the FS and of the blockdev', async (t) => {
+  const e = await env({ fs: false });
+  const dev = e.bd.backend as UringBackend;
+  let fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+  try {
+    let p = await connect(e.addr, { name: 'c1' });
+    let fs = await FsClient.connect(p);
+    let port = new IoPort(p);
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    const data = randomBytes(1 << 20);
+    region.bytes.set(data);
+    const f = await fs.open('/keep', { create: true });
+    await port.ioAsync(f.write, true, 5000, 1 << 20, cid);
+    await fsp.stop();
+    await p.close();
+    // Restart the blockdev too (same device), then the FS.
+    await e.bd.close();
+    e.bd = await BlockdevService.start({ device: dev.path, controller: e.addr, format: true });
+    t.false(e.bd.formatted);
+    fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+    t.regex(fsp.line, /files=1/);
+    p = await connect(e.addr, { name: 'c2' });
+    fs = await FsClient.connect(p);
+    port = new IoPort(p);
+    t.is((await fs.stat('/keep')).size, 5000 + (1 << 20));
+    const g = await fs.open('/keep', { mode: OpenMode.READ });
+    const m = await p.memoryCreateShared(1 << 20);
+    t.is(await port.ioAsync(g.read, false, 5000, 1 << 20, m.cid), 1 << 20);
+    t.is(sha(m.region.bytes), sha(data));
+    await p.close();
+  } finally {
+    await fsp.stop();
+    await teardown(e);
+  }
+});
