@@ -7,7 +7,8 @@
  * `score` is the chi-square distance (smaller = more similar) and `match` = score <=
  * threshold. Errors are JSON `{ error, reason }`:
  * - 400 malformed JSON, not an array, bad item, bad base64, bad PGM, wrong image size;
- * - 413 body over `maxBodyBytes` or more pairs than the batch limit;
+ * - 413 body over `maxBodyBytes` (default max(1 MiB, 1.25 x maxBatch base64 PGMs)) or more
+ *   pairs than the batch limit;
  * - 422 unknown id (with the id);
  * - 404 other paths, 405 other methods on /verify (with `Allow: POST`);
  * - 503 back-pressure (every GPU buffer set busy and the queue full) or the GPU adaptor
@@ -92,7 +93,7 @@ function send(res: http.ServerResponse, status: number, body: unknown, headers: 
 
 /** Serve `verifier` over HTTP. Resolves with the server once listening. */
 export async function serve(verifier: Verifier, o: ServerOptions): Promise<http.Server> {
-  const maxBody = o.maxBodyBytes ?? verifier.maxBatch * Math.ceil(((IMAGE_BYTES + 64) * 4) / 3 + 64) + 4096;
+  const maxBody = o.maxBodyBytes ?? Math.max(1 << 20, Math.ceil(1.25 * verifier.maxBatch * (((IMAGE_BYTES + 64) * 4) / 3 + 64)));
   const ids = new Set(verifier.ids);
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];

@@ -338,9 +338,11 @@ export class Verifier extends EventEmitter {
   }
 
   #wait(s: Slot, kind: Waiter['kind'], left: number): Promise<Invocation | null> {
-    return new Promise((resolve, reject) => {
+    const w = new Promise<Invocation | null>((resolve, reject) => {
       s.waiter = { kind, left, resolve, reject };
     });
+    w.catch(() => {}); // may fail before it is awaited (the error also reaches the batch)
+    return w;
   }
 
   // ---------------------------------------------------------------------------------
