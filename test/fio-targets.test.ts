@@ -1,0 +1,113 @@
+/**
+ * fio targets over FractOS Requests (bench/fio/targets.ts): the workload engine drives a
+ * blockdev volume, a mediated FS file and a DAX open; data written through a target reads
+ * back; a revoked DAX target fails; and `fractos fio --target dax` runs a whole stack.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Controller } from '../controller/index.js';
+import { connect, FractosError, type Process } from '../libfractos/index.js';
+import { BlockdevService } from '../blockdev-adaptor/service.js';
+import { volumeCreate } from '../blockdev-adaptor/client.js';
+import { FsService } from '../fs-service/service.js';
+import { FsClient } from '../fs-service/client.js';
+import { parseJobFile, runJob } from '../bench/fio/index.js';
+import { RequestTarget } from '../bench/fio/targets.js';
+import { loadUring } from '../native/uring/index.js';
+import { UringBackend } from '../blockdev-adaptor/uring-backend.js';
+import { FRACTOS_BIN, REPO_ROOT, tempDir } from './helpers/spawn.js';
+
+let reason = '';
+let dir = '';
+try {
+  loadUring();
+  dir = mkdtempSync(join('/var/tmp', 'fractos-fiot-'));
+  writeFileSync(join(dir, 'probe'), Buffer.alloc(8192));
+  await (await UringBackend.open(join(dir, 'probe'), { queueDepth: 1 })).close();
+} catch (e) {
+  reason = `no io_uring / O_DIRECT here: ${(e as Error).message}`;
+}
+const vtest = reason ? test.skip : test;
+if (reason) console.log(`fio-targets.test: skipping: ${reason}`);
+test.after.always(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+function devFile(name: string, size = 64 << 20): string {
+  const path = join(dir, name);
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, size);
+  closeSync(fd);
+  return path;
+}
+
+const job = (rw: string, iodepth: number, bs = '4k'): string => `[global]\nsize=4m\nruntime=300ms\ntime_based\n[j]\nrw=${rw}\nbs=${bs}\niodepth=${iodepth}\n`;
+
+vtest('blockdev, fs and dax targets run fio jobs; written data reads back; revoked DAX fails', async (t) => {
+  const d = tempDir();
+  const addr = `unix:${join(d, 'c.sock')}`;
+  const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
+  const bd = await BlockdevService.start({ device: devFile('a.img'), controller: addr, format: true });
+  const fsv = await FsService.start({ controller: addr });
+  let p: Process | null = null;
+  try {
+    p = await connect(addr, { name: 'fio' });
+    const fs = await FsClient.connect(p);
+    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 4 << 20);
+    await fs.create('/f');
+    await fs.truncate('/f', 4 << 20);
+    const med = await fs.open('/f');
+    const dax = await fs.open('/f', { dax: true });
+    const targets = {
+      blockdev: await RequestTarget.create(p, [{ fileOffset: 0, length: v.size, read: v.read, write: v.write }], { slots: 8, bs: 4096 }),
+      fs: await RequestTarget.create(p, [{ fileOffset: 0, length: 4 << 20, read: med.read, write: med.write }], { slots: 8, bs: 4096 }),
+      dax: await RequestTarget.create(p, dax.extents, { slots: 8, bs: 4096 }),
+    };
+    for (const [name, tg] of Object.entries(targets)) {
+      t.is(tg.size, 4 << 20, name);
+      const s = await runJob(parseJobFile(job('randrw', 8))[0]!, tg);
+      t.true(s.read.totalIos > 10 && s.write.totalIos > 5, `${name}: ${s.read.totalIos} reads, ${s.write.totalIos} writes`);
+      t.true(s.read.clat.percentiles['50.000000']! > 0);
+    }
+    // Data path check through a target's own buffers: DAX write, mediated read.
+    const w = targets.dax;
+    w.bytes.fill(0x42); // whichever slot the write takes
+    await new Promise<void>((res, rej) => w.write(8192, 4096, (e) => (e ? rej(e) : res())));
+    await fs.close(dax);
+    const r = targets.fs;
+    await new Promise<void>((res, rej) => r.read(8192, 4096, (e) => (e ? rej(e) : res())));
+    const slotBytes = r.bytes;
+    t.true([...Array(8).keys()].some((i) => slotBytes.subarray(i * 4096, i * 4096 + 4096).every((b) => b === 0x42)));
+    // After close, the DAX target's Requests are revoked: the job fails with EREVOKED.
+    const err = await t.throwsAsync(runJob(parseJobFile(job('randread', 4))[0]!, targets.dax));
+    t.is((err as FractosError).code, 'EREVOKED');
+    for (const tg of Object.values(targets)) await tg.close();
+  } finally {
+    await p?.close();
+    await fsv.close();
+    await bd.close();
+    await c.close();
+  }
+});
+
+vtest('fractos fio --target dax starts a whole stack, prints fio text and JSON', async (t) => {
+  const profile = join(dir, 'p.fio');
+  writeFileSync(profile, job('randread', 4));
+  const device = devFile('fio.img');
+  const run = (args: string[]): Promise<{ out: string; err: string; code: number }> =>
+    new Promise((res) => execFile(process.execPath, [FRACTOS_BIN, 'fio', profile, ...args], { cwd: REPO_ROOT, env: { ...process.env, FRACTOS_LOG: 'warn' } }, (e, out, err) => res({ out, err, code: e ? Number((e as { code?: number }).code ?? 1) : 0 })));
+  const a = await run(['--target', 'dax', '--device', device]);
+  t.is(a.code, 0, a.err);
+  t.regex(a.out, /read: IOPS=/);
+  t.regex(a.out, /clat percentiles/);
+  const b = await run(['--target', 'fs', '--device', device, '--json']);
+  t.is(b.code, 0, b.err);
+  const j = JSON.parse(b.out) as { jobs: { read: { iops: number; clat_ns: { percentile: Record<string, number> } } }[] };
+  t.true(j.jobs[0]!.read.iops > 0);
+  t.true(j.jobs[0]!.read.clat_ns.percentile['50.000000']! > 0);
+  const bad = await run(['--target', 'nfs', '--device', device]);
+  t.not(bad.code, 0);
+  t.regex(bad.err, /--target must be one of/);
+});
