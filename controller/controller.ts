@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
 import { Link, dial, parseAddress, type Address } from '../libfractos/link.js';
 import {
-  Backing, COPY_CHUNK_BYTES, DEFAULT_LIMITS, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
+  Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
@@ -220,6 +220,12 @@ export class Controller {
           const n = frame.readUInt32LE(16);
           proc.outstanding = Math.max(0, proc.outstanding - n);
           this.#drain(proc);
+          return;
+        }
+        case Op.CAP_DROP_MANY: {
+          // n x u32 cid (one-way; unknown cids are ignored: they may have been dropped already)
+          if ((end - HEADER_BYTES) % 4 !== 0) throw new FractosError('EPROTO', 'CAP_DROP_MANY body is not n x u32');
+          for (let o = HEADER_BYTES; o < end; o += 4) this.#dropEntry(proc, frame.readUInt32LE(o));
           return;
         }
         case Op.NULL:
@@ -678,14 +684,14 @@ export class Controller {
       let inflight = 0;
       let failed = false;
       const pump = (): void => {
-        while (!failed && inflight < 4 && next < size) {
+        while (!failed && inflight < COPY_WINDOW && next < size) {
           const off = next;
           const len = Math.min(chunk, size - off);
           next += len;
           inflight++;
           this.#readChunk(src, off, len, (err, bytes) => {
             if (err || failed) return finish(err);
-            this.#writeChunk(dst, off, bytes!, finish);
+            this.#writeChunk(dst, off, size, bytes!, finish);
           });
         }
       };
@@ -701,12 +707,10 @@ export class Controller {
       };
       pump();
     };
-    if (dst.isProxy) {
-      this.#peerCallRef(dst, Op.P_STAT, 0, null, (err, f) => {
-        if (err) return done(err);
-        withDst(readU64(f!, 16), f!.readUInt8(24));
-      });
-    } else if (!dst.mem) done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
+    // A remote destination checks its rights and size on the first chunk (P_MEM_WRITE
+    // carries the total), which saves a round trip; a local one is checked here.
+    if (dst.isProxy) withDst(Number.MAX_SAFE_INTEGER, Perm.WRITE);
+    else if (!dst.mem) done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
     else withDst(dst.mem.size, dst.mem.perms);
   }
 
@@ -728,19 +732,24 @@ export class Controller {
     });
   }
 
-  /** Write bytes at `off` of a Memory target (copies `bytes` before returning). */
-  #writeChunk(t: Target, off: number, bytes: Uint8Array, cb: Done): void {
+  /**
+   * Write bytes at `off` of a Memory target, part of a copy of `total` bytes. A local
+   * write copies `bytes` before returning; a remote one sends them without copying (the
+   * source view stays valid: a mapping, or a received frame that is never reused).
+   */
+  #writeChunk(t: Target, off: number, total: number, bytes: Uint8Array, cb: Done): void {
     if (t.isProxy) {
-      // P_MEM_WRITE: ref, u64 offset, data
+      // P_MEM_WRITE: ref, u64 offset, u64 total, data
       const owner = this.#peers.get(t.ref.controller);
       if (!owner) return cb(new FractosError('EREVOKED', `controller ${t.ref.controller} is not connected`));
-      owner.call((seq) => {
-        const f = allocFrame(Op.P_MEM_WRITE, seq, REF_BYTES + 8 + bytes.length);
+      owner.callv((seq) => {
+        const f = allocFrame(Op.P_MEM_WRITE, seq, REF_BYTES + 16);
+        f.writeUInt32LE(HEADER_BYTES + REF_BYTES + 16 + bytes.length, 0);
         writeRef(f, t.ref, 16);
         writeU64(f, off, 32);
-        f.set(bytes, 40);
+        writeU64(f, total, 40);
         return f;
-      }, (err) => cb(err));
+      }, bytes, (err) => cb(err));
       return;
     }
     this.#writeLocal(t, off, bytes, cb);
@@ -1139,11 +1148,13 @@ export class Controller {
           return;
         }
         case Op.P_MEM_WRITE: {
-          need(frame, REF_BYTES + 8);
+          need(frame, REF_BYTES + 16);
           const obj = this.#localObj(readRef(frame, 16));
-          if (!obj.mem) throw new FractosError('ETYPE', 'not Memory');
-          if (!(obj.mem.perms & Perm.WRITE)) throw new FractosError('EPERM', 'memory is not writable');
-          this.#writeLocal(obj, readU64(frame, 32), frame.subarray(40), (err) => reply(err));
+          if (!obj.mem) throw new FractosError('ETYPE', 'memory_copy destination is not Memory');
+          if (!(obj.mem.perms & Perm.WRITE)) throw new FractosError('EPERM', 'memory_copy destination is not writable');
+          const total = readU64(frame, 40);
+          if (total > obj.mem.size) throw new FractosError('ERANGE', `memory_copy of ${total} bytes into ${obj.mem.size}`);
+          this.#writeLocal(obj, readU64(frame, 32), frame.subarray(48), (err) => reply(err));
           return;
         }
         case Op.P_STAT: {

@@ -15,6 +15,15 @@ export class PeerConn {
     readonly dialed: boolean,
   ) {}
 
+  /** Call the peer with a frame whose payload is sent without copying (Link.sendv). */
+  callv(headFor: (seq: number) => Buffer, payload: Uint8Array, cb: ReplyCb): void {
+    if (!this.alive) {
+      cb(new FractosError('EDISCONNECTED', `controller ${this.id} is not connected`), null);
+      return;
+    }
+    this.link.sendv(headFor(this.calls.add(cb)), payload);
+  }
+
   /** Call the peer; `cb` gets the REPLY frame, or EDISCONNECTED when the link is gone. */
   call(frameFor: (seq: number) => Buffer, cb: ReplyCb): void {
     if (!this.alive) {

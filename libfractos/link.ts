@@ -62,7 +62,7 @@ export class Link {
   readonly socket: net.Socket;
   #decoder: FrameDecoder;
   #closed = false;
-  #queue: Buffer[] = [];
+  #queue: Uint8Array[] = [];
   #flushScheduled = false;
   onFrame: (frame: Buffer) => void = () => {};
   onClose: (err?: Error) => void = () => {};
@@ -116,6 +116,22 @@ export class Link {
     for (const f of q) this.socket.write(f);
     this.socket.uncork();
   };
+
+  /**
+   * Queue a frame whose last `payload.length` bytes are sent from `payload` itself (no copy
+   * into the frame): `head` holds the header and fixed fields, its length field already
+   * counting the payload. `payload` must not change until written (like an RDMA send).
+   */
+  sendv(head: Buffer, payload: Uint8Array): void {
+    if (this.#closed) return;
+    this.counters.framesOut++;
+    this.counters.bytesOut += head.length + payload.length;
+    this.#queue.push(head, payload as Buffer);
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      process.nextTick(this.#flush);
+    }
+  }
 
   /** True while the socket's write buffer is below its high-water mark. */
   get writable(): boolean {

@@ -555,8 +555,7 @@ export class Process extends EventEmitter {
       retain: (cid) => (retained ??= new Set()).add(cid),
     };
     const dropAll = (): void => {
-      const drop = caps.filter((c) => c && !retained?.has(c));
-      if (drop.length && !this.#closed) this.capDrop(...drop).catch(() => {});
+      for (const c of caps) if (c && !retained?.has(c)) this.#dropLater(c);
     };
     if (tag & RPC_TAG_BIT) {
       const id = (tag & ~RPC_TAG_BIT) >>> 1;
@@ -593,6 +592,25 @@ export class Process extends EventEmitter {
         dropAll();
       });
     } else dropAll();
+  }
+
+  #drops: number[] = [];
+  #dropScheduled = false;
+
+  /** Drop a delivered cid: batched into one one-way CAP_DROP_MANY per tick. */
+  #dropLater(cid: number): void {
+    this.#drops.push(cid);
+    if (this.#dropScheduled) return;
+    this.#dropScheduled = true;
+    process.nextTick(() => {
+      this.#dropScheduled = false;
+      const d = this.#drops;
+      this.#drops = [];
+      if (this.#closed) return;
+      const f = allocFrame(Op.CAP_DROP_MANY, 0, 4 * d.length);
+      for (let i = 0; i < d.length; i++) f.writeUInt32LE(d[i]!, HEADER_BYTES + 4 * i);
+      this.#link.send(f);
+    });
   }
 
   /** Return delivery credits, one DELIVER_ACK per tick. */

@@ -37,6 +37,7 @@ export const Op = {
   KV_PUT: 0x50,
   KV_GET: 0x51,
   DELIVER_ACK: 0x60, // one-way: credits returned
+  CAP_DROP_MANY: 0x61, // one-way: drop a batch of the caller's cids
   // Controller -> Process
   DELIVER: 0x80, // one-way
   MONITOR_FIRE: 0x81, // one-way
@@ -106,7 +107,9 @@ export const DEFAULT_LIMITS: Limits = {
 };
 
 /** Data chunk of memory copies and served reads/writes (bytes). */
-export const COPY_CHUNK_BYTES = 1024 * 1024;
+export const COPY_CHUNK_BYTES = 256 * 1024;
+/** Chunks of one copy in flight at once. */
+export const COPY_WINDOW = 8;
 
 /** An object reference: the owner Controller, its epoch, the object id there (< 2^53). */
 export interface ObjectRef {
@@ -281,23 +284,29 @@ export class FrameDecoder {
     this.#maxFrameBytes = maxFrameBytes;
   }
 
+  /** Bytes the pending partial frame needs in all (0 while its length is not known yet). */
+  #need = 0;
+
   /** Feed a chunk; `onFrame` is called for every complete frame, in order. */
   push(chunk: Buffer, onFrame: (frame: Buffer) => void): void {
     let buf = chunk;
     if (this.#pendingBytes) {
       this.#pending.push(chunk);
       this.#pendingBytes += chunk.length;
-      if (this.#pendingBytes < 4) return;
+      // Reassemble only once the partial frame is complete (no quadratic re-copying).
+      if (this.#need === 0 && this.#pendingBytes >= 4) {
+        const head = this.#pending.length === 1 || this.#pending[0]!.length >= 4 ? this.#pending[0]! : Buffer.concat(this.#pending);
+        this.#need = this.#checkLength(head.readUInt32LE(0));
+      }
+      if (this.#need === 0 || this.#pendingBytes < this.#need) return;
       buf = Buffer.concat(this.#pending, this.#pendingBytes);
       this.#pending = [];
       this.#pendingBytes = 0;
+      this.#need = 0;
     }
     let off = 0;
     while (buf.length - off >= HEADER_BYTES) {
-      const len = buf.readUInt32LE(off);
-      if (len < HEADER_BYTES || len > this.#maxFrameBytes) {
-        throw new FractosError('EPROTO', `frame length ${len} outside [${HEADER_BYTES}, ${this.#maxFrameBytes}]`);
-      }
+      const len = this.#checkLength(buf.readUInt32LE(off));
       if (buf.readUInt16LE(off + 6) !== 0 || buf.readUInt16LE(off + 14) !== 0) {
         throw new FractosError('EPROTO', 'reserved header fields must be 0');
       }
@@ -306,16 +315,18 @@ export class FrameDecoder {
       off += len;
     }
     if (off < buf.length) {
-      if (buf.length - off >= 4) {
-        const len = buf.readUInt32LE(off);
-        if (len < HEADER_BYTES || len > this.#maxFrameBytes) {
-          throw new FractosError('EPROTO', `frame length ${len} outside [${HEADER_BYTES}, ${this.#maxFrameBytes}]`);
-        }
-      }
       const rest = buf.subarray(off);
+      this.#need = rest.length >= 4 ? this.#checkLength(rest.readUInt32LE(0)) : 0;
       this.#pending.push(rest);
       this.#pendingBytes = rest.length;
     }
+  }
+
+  #checkLength(len: number): number {
+    if (len < HEADER_BYTES || len > this.#maxFrameBytes) {
+      throw new FractosError('EPROTO', `frame length ${len} outside [${HEADER_BYTES}, ${this.#maxFrameBytes}]`);
+    }
+    return len;
   }
 }
 

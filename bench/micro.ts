@@ -1,0 +1,280 @@
+/**
+ * Microbenchmarks of the core (paper §6.1), each next to the raw transport measured in the
+ * same run: null operation, Request invoke round trip (same Controller, two Controllers;
+ * 0/64/4096 immediate bytes), cost per delegated cap (0..8 caps), revocation of N caps
+ * (one revtree per cap vs one shared revtree), memory_copy throughput (1 B .. 4 MiB, local
+ * and across Controllers). Controllers, providers and raw servers run as their own OS
+ * processes; timings use the `benchmark` package except revocation, whose per-trial setup
+ * (delegating N caps) must stay outside the timed region (hrtime, median of trials).
+ */
+import Benchmark from 'benchmark';
+import net from 'node:net';
+import { join } from 'node:path';
+import { connect, Perm, type Process } from '../libfractos/index.js';
+import { parseAddress } from '../libfractos/link.js';
+import { COPY_CHUNK_BYTES } from '../libfractos/protocol.js';
+import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../test/helpers/spawn.js';
+import { BenchEcho, BenchHold } from './micro-schema.js';
+
+/** A DESIGN.md §6 record. */
+export interface BenchRecord {
+  bench: string;
+  metric: string;
+  value: number;
+  unit: string;
+  baseline: number | null;
+  ratio: number | null;
+  params: Record<string, string | number>;
+}
+
+export interface MicroOptions {
+  /** Seconds per benchmark.js measurement (default 0.5). */
+  maxTime?: number;
+  /** Revocation trials per N (default 5). */
+  trials?: number;
+  /** Largest N of the revocation benchmark (default 1000). */
+  maxRevokeN?: number;
+  /** Progress lines (stderr). */
+  progress?: (line: string) => void;
+}
+
+const PEER = join(REPO_ROOT, 'dist', 'bench', 'micro-peer.js');
+
+/** Mean seconds per call of an async operation, with benchmark.js. */
+function measure(name: string, op: (done: () => void) => void, maxTime: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const bench = new Benchmark(name, {
+      defer: true,
+      maxTime,
+      minSamples: 5,
+      fn: (deferred: { resolve(): void }) => op(() => deferred.resolve()),
+      onComplete: () => resolve(bench.stats.mean),
+      onError: (e: { message?: string }) => reject(new Error(`${name}: ${e.message ?? 'benchmark error'}`)),
+    });
+    bench.run({ async: true });
+  });
+}
+
+/** A raw ping-pong / stream client over the same socket kind, no FractOS in between. */
+class RawClient {
+  #sock: net.Socket;
+  #want = 0;
+  #got = 0;
+  #cb: (() => void) | null = null;
+  #ping = Buffer.alloc(16);
+  private constructor(sock: net.Socket) {
+    this.#sock = sock;
+    sock.setNoDelay?.(true);
+    this.#ping.writeUInt32LE(16, 0);
+    this.#ping.writeUInt16LE(1, 4);
+    sock.on('data', (d: Buffer) => {
+      this.#got += d.length;
+      if (this.#got >= this.#want && this.#cb) {
+        const cb = this.#cb;
+        this.#cb = null;
+        this.#got -= this.#want;
+        cb();
+      }
+    });
+  }
+  static async open(addr: string): Promise<RawClient> {
+    const a = parseAddress(addr);
+    const sock = a.kind === 'unix' ? net.createConnection(a.path) : net.createConnection(a.port, a.host);
+    await new Promise((r, j) => sock.once('connect', r).once('error', j));
+    return new RawClient(sock);
+  }
+  /** One 16-byte round trip. */
+  ping(done: () => void): void {
+    this.#want = 16;
+    this.#cb = done;
+    this.#sock.write(this.#ping);
+  }
+  #chunk: Buffer | null = null;
+
+  /**
+   * Stream `size` bytes in frames of COPY_CHUNK_BYTES (what memory_copy uses; preallocated,
+   * so the baseline pays no allocation) and wait for every frame's 16-byte ack.
+   */
+  stream(size: number, done: () => void): void {
+    const chunk = (this.#chunk ??= Buffer.alloc(COPY_CHUNK_BYTES));
+    let frames = 0;
+    this.#sock.cork();
+    for (let off = 0; off < size; off += COPY_CHUNK_BYTES) {
+      const len = Math.max(16, Math.min(COPY_CHUNK_BYTES, size - off));
+      const f = chunk.subarray(0, len);
+      f.writeUInt32LE(len, 0);
+      f.writeUInt16LE(2, 4);
+      this.#sock.write(f);
+      frames++;
+    }
+    this.#sock.uncork();
+    this.#want = 16 * frames;
+    this.#cb = done;
+  }
+  close(): void {
+    this.#sock.destroy();
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Run the whole suite; returns DESIGN §6 records. */
+export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> {
+  const maxTime = opts.maxTime ?? 0.5;
+  const trials = opts.trials ?? 5;
+  const maxN = opts.maxRevokeN ?? 1000;
+  const say = opts.progress ?? (() => {});
+  const records: BenchRecord[] = [];
+  const rec = (metric: string, value: number, unit: string, baseline: number | null, params: BenchRecord['params']): void => {
+    records.push({ bench: 'micro', metric, value, unit, baseline, ratio: baseline ? value / baseline : null, params });
+  };
+  const children: Spawned[] = [];
+  const procs: Process[] = [];
+  const raws: RawClient[] = [];
+  try {
+    const dir = tempDir('fractos-micro-');
+    const specs = await clusterSpecs(2, dir);
+    for (const s of specs) children.push(await startController(s, specs));
+    const rawUnix = `unix:${join(dir, 'raw.sock')}`;
+    const rawTcp = `tcp://127.0.0.1:${await freePort()}`;
+    children.push(await spawnNode([PEER, 'raw-echo', rawUnix], /^ready/));
+    children.push(await spawnNode([PEER, 'raw-echo', rawTcp], /^ready/));
+    children.push(await spawnNode([PEER, 'provider', specs[0]!.unix, 'p1'], /^ready/));
+    children.push(await spawnNode([PEER, 'provider', specs[1]!.unix, 'p2'], /^ready/));
+    const client = await connect(specs[0]!.unix, { name: 'bench-client' });
+    procs.push(client);
+    const ru = await RawClient.open(rawUnix);
+    const rt = await RawClient.open(rawTcp);
+    raws.push(ru, rt);
+
+    // --- null operation and the raw round trips
+    say('null operation');
+    const rawUnixRtt = await measure('raw unix rtt', (d) => ru.ping(d), maxTime);
+    const rawTcpRtt = await measure('raw tcp rtt', (d) => rt.ping(d), maxTime);
+    const nullRtt = await measure('null op', (d) => void client.nullOp().then(d), maxTime);
+    rec('null_op_rtt', nullRtt * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', transport: 'unix' });
+
+    // --- invoke round trips: client -> provider -> continuation back to the client
+    let wake: (() => void) | null = null;
+    const CONT = 0x1234;
+    client.onRequest(CONT, () => {
+      const w = wake;
+      wake = null;
+      w?.();
+    });
+    const cont = await client.requestCreate(CONT);
+    const echo = { local: await client.kvWait('p1.echo'), remote: await client.kvWait('p2.echo') };
+    for (const placement of ['local', 'remote'] as const) {
+      for (const immBytes of [0, 64, 4096]) {
+        say(`invoke ${placement} ${immBytes} B`);
+        const args = BenchEcho.args(immBytes ? { pad: Buffer.alloc(immBytes, 1) } : {}, { onSuccess: cont });
+        if (immBytes && immBytes < 4096) args.imms[0]!.bytes = args.imms[0]!.bytes.subarray(0, immBytes);
+        const t = await measure(`invoke ${placement} ${immBytes}`, (d) => {
+          wake = d;
+          client.requestInvoke(echo[placement], args).catch(() => {});
+        }, maxTime);
+        rec('invoke_rtt', t * 1e6, 'us', (placement === 'local' ? rawUnixRtt : rawTcpRtt) * 1e6, { placement, imm_bytes: immBytes });
+      }
+    }
+
+    // --- delegation: invoke with 0..8 caps (each a new cid at the provider)
+    const someMem = (await client.memoryCreateShared(4096)).cid;
+    const capNames = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8'] as const;
+    const rtts: number[] = [];
+    for (let k = 0; k <= 8; k++) {
+      say(`delegate ${k} caps`);
+      const caps: Record<string, number> = { onSuccess: cont };
+      for (let i = 0; i < k; i++) caps[capNames[i]!] = someMem;
+      const args = BenchEcho.args({}, caps);
+      const t = await measure(`delegate ${k}`, (d) => {
+        wake = d;
+        client.requestInvoke(echo.local, args).catch(() => {});
+      }, maxTime);
+      rtts.push(t);
+    }
+    // Cost per cap: least-squares slope of the invoke round trip over k = 0..8 caps.
+    const mk = 4;
+    const mt = rtts.reduce((a, b) => a + b, 0) / rtts.length;
+    let num = 0;
+    let den = 0;
+    rtts.forEach((t, k) => {
+      num += (k - mk) * (t - mt);
+      den += (k - mk) ** 2;
+    });
+    const slope = num / den;
+    rtts.forEach((t, k) => rec('invoke_rtt', t * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', imm_bytes: 0, caps: k }));
+    rec('delegate_per_cap', slope * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', caps: '0..8' });
+
+    // --- revocation: N caps held by another Process, one revtree each vs one shared revtree
+    const hold = await client.kvWait('p1.hold');
+    const holdWait = (cap: number): Promise<void> =>
+      new Promise((r) => {
+        wake = r;
+        client.invoke(hold, BenchHold, {}, { onSuccess: cont, cap }).catch(() => {});
+      });
+    const base = await client.requestCreate(0x999);
+    for (let n = 1; n <= maxN; n *= 10) {
+      say(`revoke N=${n}`);
+      const per: number[] = [];
+      const shared: number[] = [];
+      for (let trial = 0; trial < trials; trial++) {
+        const kids: number[] = [];
+        for (let i = 0; i < n; i++) {
+          const c = await client.capCreateRevtree(base);
+          kids.push(c);
+          await holdWait(c);
+        }
+        let t0 = process.hrtime.bigint();
+        await Promise.all(kids.map((c) => client.capRevoke(c)));
+        per.push(Number(process.hrtime.bigint() - t0) / 1e3);
+        await client.capDrop(...kids);
+        const one = await client.capCreateRevtree(base);
+        for (let i = 0; i < n; i++) await holdWait(one);
+        t0 = process.hrtime.bigint();
+        await client.capRevoke(one);
+        shared.push(Number(process.hrtime.bigint() - t0) / 1e3);
+        await client.capDrop(one);
+      }
+      rec('revoke', median(per), 'us', nullRtt * 1e6, { revtree: 'per-cap', n });
+      rec('revoke', median(shared), 'us', nullRtt * 1e6, { revtree: 'shared', n });
+    }
+
+    // --- memory_copy throughput, local and across Controllers, vs raw streams
+    const src = await client.memoryCreateShared(4 << 20, Perm.RW);
+    src.region.bytes.fill(3);
+    const sinks = { local: await client.kvWait('p1.sink'), remote: await client.kvWait('p2.sink') };
+    const rawStream: Record<string, number> = {};
+    for (const [placement, raw] of [['local', ru], ['remote', rt]] as const) {
+      const t = await measure(`raw stream ${placement}`, (d) => raw.stream(4 << 20, d), maxTime);
+      rawStream[placement] = (4 << 20) / t;
+    }
+    for (const placement of ['local', 'remote'] as const) {
+      for (const size of [1, 64, 4096, 65536, 1 << 20, 4 << 20]) {
+        say(`memory_copy ${placement} ${size} B`);
+        const s = await client.memoryDiminish(src.cid, 0, size);
+        const d = await client.memoryDiminish(sinks[placement], 0, size);
+        const t = await measure(`copy ${placement} ${size}`, (done) => void client.memoryCopy(s, d).then(done), maxTime);
+        rec('memcpy_throughput', size / t, 'B/s', rawStream[placement]!, { placement, size, transport: placement === 'local' ? 'unix' : 'tcp' });
+      }
+    }
+    return records;
+  } finally {
+    for (const r of raws) r.close();
+    for (const p of procs) await p.close();
+    for (const c of children.reverse()) await c.stop();
+  }
+}
+
+/** A human table of the records. */
+export function formatMicro(records: BenchRecord[]): string {
+  const lines = ['metric               params                                   value          baseline       ratio'];
+  for (const r of records) {
+    const p = Object.entries(r.params).filter(([k]) => k !== 'invoke_us').map(([k, v]) => `${k}=${v}`).join(' ');
+    const fmt = (v: number | null): string => (v === null ? '-' : r.unit === 'B/s' ? `${(v / 2 ** 20).toFixed(1)} MiB/s` : `${v.toFixed(1)} ${r.unit}`);
+    lines.push(`${r.metric.padEnd(20)} ${p.padEnd(40)} ${fmt(r.value).padStart(14)} ${fmt(r.baseline).padStart(14)} ${r.ratio === null ? '-' : r.ratio.toFixed(2).padStart(8)}`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,29 @@
+/** `fractos bench micro`: the core microbenchmarks (bench/micro.ts). */
+import type { Command } from 'commander';
+import { formatMicro, runMicro } from '../bench/micro.js';
+import { die } from './log.js';
+
+export function register(program: Command): void {
+  const bench = program.command('bench').description('benchmarks');
+  bench
+    .command('micro')
+    .description('core microbenchmarks next to the raw transport, measured in the same run')
+    .option('--json', 'print DESIGN.md §6 records as one JSON array')
+    .option('--max-time <s>', 'seconds per measurement', '0.5')
+    .option('--trials <n>', 'revocation trials per N', '5')
+    .option('--max-revoke-n <n>', 'largest N for revocation', '1000')
+    .action(async (o: { json?: boolean; maxTime: string; trials: string; maxRevokeN: string }) => {
+      try {
+        const records = await runMicro({
+          maxTime: Number(o.maxTime),
+          trials: Number(o.trials),
+          maxRevokeN: Number(o.maxRevokeN),
+          progress: (l) => process.stderr.write(`bench: ${l}\n`),
+        });
+        if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');
+        else process.stdout.write(formatMicro(records) + '\n');
+      } catch (err) {
+        die(err);
+      }
+    });
+}
