@@ -17,6 +17,10 @@
  *   probes and photos to the GPU, invokes the kernel, copies the scores back; every step
  *   returns to the app.
  *
+ * In every design a batch reads each distinct enrolled photo once (a batch of 256 pairs
+ * names at most 40 ORL identities) into slot j, and the kernel invocation carries the
+ * pair -> slot map (`gather`), which the adaptor applies on the device.
+ *
  * Resources: a pool of `slots` pre-allocated GPU buffer sets (probes, enrolled, scores) and
  * host buffers, with their Memory views and continuation Requests made once and reused;
  * a batch takes a slot, or waits in a bounded queue (EBUSY past it: back-pressure).
@@ -32,7 +36,7 @@ import { Read as FsRead } from '../fs-service/schema.js';
 import { VolumeRead } from '../blockdev-adaptor/schema.js';
 import { GpuContext } from '../gpu-adaptor/client.js';
 import { IMAGE_BYTES } from '../gpu-adaptor/backend.js';
-import { Invoke, InvokeReply } from '../gpu-adaptor/schema.js';
+import { GATHER_MAX, Invoke, InvokeReply } from '../gpu-adaptor/schema.js';
 import { DEFAULT_GRID } from './accuracy.js';
 import { DEFAULT_PREFIX, closeAll, openEnrolled } from './store.js';
 
@@ -151,6 +155,9 @@ export class Verifier extends EventEmitter {
    */
   static async open(p: Process, o: VerifierOptions): Promise<Verifier> {
     if (!DESIGNS.includes(o.design)) throw new FractosError('EINVAL', `unknown design '${o.design}' (chain, fast-star, star)`);
+    if (o.maxBatch !== undefined && (!Number.isInteger(o.maxBatch) || o.maxBatch < 1 || o.maxBatch > GATHER_MAX)) {
+      throw new FractosError('EINVAL', `maxBatch must be in 1..${GATHER_MAX}`);
+    }
     const v = new Verifier(p, o);
     v.#fs = await FsClient.connect(p, o.fsName ?? 'fs');
     v.#files = await openEnrolled(v.#fs, o.ids, o.design !== 'star', o.prefix ?? DEFAULT_PREFIX);
@@ -391,6 +398,18 @@ export class Verifier extends EventEmitter {
     }
   }
 
+  /** Distinct enrolled ids of a batch (read once each) and each pair's index among them. */
+  #gather(pairs: readonly { id: number }[]): { ids: number[]; gather: Uint8Array } {
+    const at = new Map<number, number>();
+    const gather = new Uint8Array(pairs.length);
+    pairs.forEach((pr, i) => {
+      let j = at.get(pr.id);
+      if (j === undefined) at.set(pr.id, (j = at.size));
+      gather[i] = j;
+    });
+    return { ids: [...at.keys()], gather };
+  }
+
   #stageProbes(s: Slot, pairs: readonly { image: Uint8Array }[]): void {
     pairs.forEach((pr, i) => s.region.bytes.set(pr.image, i * IMAGE_BYTES));
   }
@@ -406,17 +425,18 @@ export class Verifier extends EventEmitter {
     ]);
     const gScoresN = s.gScoresN.get(n * 8)!;
     const batch = this.#batchSeq++;
+    const g = this.#gather(pairs);
     const inv = await this.p.requestDerive(this.#invoke, Invoke.args(
-      { n, gridX: this.gridX, gridY: this.gridY, batch, expect: n + 1, stride: this.#stride },
+      { n, gridX: this.gridX, gridY: this.gridY, batch, expect: g.ids.length + 1, stride: this.#stride, slots: g.ids.length, gather: g.gather },
       { probes: s.gProbes, enrolled: s.gEnrolled, scores: gScoresN, out: hOut, onSuccess: s.done, onError: s.failed },
     ));
     st.setup = (performance.now() - t) * 1000;
     const t1 = performance.now();
     const done = this.#wait(s, 'gpu', 1);
     try {
-      const reads = pairs.map((pr, i) => this.p.requestInvoke(this.#files.get(pr.id)!.extents[0]!.read, VolumeRead.args(
+      const reads = g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.extents[0]!.read, VolumeRead.args(
         { offset: 0, length: this.#readLen },
-        { buffer: s.gEnrolledSlot[i]!, onSuccess: inv, onError: s.failed },
+        { buffer: s.gEnrolledSlot[j]!, onSuccess: inv, onError: s.failed },
       )));
       const probes = this.p.memoryCopy(hProbes, s.gProbes).then(() => {
         st.probes = (performance.now() - t1) * 1000;
@@ -442,18 +462,19 @@ export class Verifier extends EventEmitter {
       this.#view(s.hOutN, s.host, 2 * this.maxBatch * IMAGE_BYTES, n * 8),
       this.#view(s.gScoresN, s.gScores, 0, n * 8),
     ]);
-    const reads = this.#wait(s, 'reads', n);
+    const g = this.#gather(pairs);
+    const reads = this.#wait(s, 'reads', g.ids.length);
     await Promise.all([
-      ...pairs.map((pr, i) => this.p.requestInvoke(this.#files.get(pr.id)!.extents[0]!.read, VolumeRead.args(
+      ...g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.extents[0]!.read, VolumeRead.args(
         { offset: 0, length: this.#readLen },
-        { buffer: s.gEnrolledSlot[i]!, onSuccess: s.readDone, onError: s.failed },
+        { buffer: s.gEnrolledSlot[j]!, onSuccess: s.readDone, onError: s.failed },
       ))),
       this.p.memoryCopy(hProbes, s.gProbes),
     ]);
     await reads;
     st.reads = (performance.now() - t) * 1000;
     t = performance.now();
-    await this.#kernel(s, n, this.#stride, gScoresN, st);
+    await this.#kernel(s, n, this.#stride, g, gScoresN, st);
     st.invoke = (performance.now() - t) * 1000;
     t = performance.now();
     await this.p.memoryCopy(gScoresN, hOut);
@@ -465,16 +486,18 @@ export class Verifier extends EventEmitter {
     let t = performance.now();
     this.#stageProbes(s, pairs);
     const m = this.maxBatch;
+    const g = this.#gather(pairs);
+    const k = g.ids.length;
     const [hProbes, hOut, gScoresN, hEnrolled] = await Promise.all([
       this.#view(s.hProbesN, s.host, 0, n * IMAGE_BYTES),
       this.#view(s.hOutN, s.host, 2 * m * IMAGE_BYTES, n * 8),
       this.#view(s.gScoresN, s.gScores, 0, n * 8),
-      this.#view(s.hEnrolledN, s.host, m * IMAGE_BYTES, n * IMAGE_BYTES),
+      this.#view(s.hEnrolledN, s.host, m * IMAGE_BYTES, k * IMAGE_BYTES),
     ]);
-    const reads = this.#wait(s, 'reads', n);
-    await Promise.all(pairs.map((pr, i) => this.p.requestInvoke(this.#files.get(pr.id)!.read, FsRead.args(
+    const reads = this.#wait(s, 'reads', k);
+    await Promise.all(g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.read, FsRead.args(
       { offset: 0, length: IMAGE_BYTES },
-      { buffer: s.hEnrolledSlot[i]!, onSuccess: s.readDone, onError: s.failed },
+      { buffer: s.hEnrolledSlot[j]!, onSuccess: s.readDone, onError: s.failed },
     ))));
     await reads;
     st.reads = (performance.now() - t) * 1000;
@@ -482,16 +505,16 @@ export class Verifier extends EventEmitter {
     await Promise.all([this.p.memoryCopy(hProbes, s.gProbes), this.p.memoryCopy(hEnrolled, s.gEnrolled)]);
     st.copyIn = (performance.now() - t) * 1000;
     t = performance.now();
-    await this.#kernel(s, n, IMAGE_BYTES, gScoresN, st);
+    await this.#kernel(s, n, IMAGE_BYTES, g, gScoresN, st);
     st.invoke = (performance.now() - t) * 1000;
     t = performance.now();
     await this.p.memoryCopy(gScoresN, hOut);
     st.copyOut = (performance.now() - t) * 1000;
   }
 
-  async #kernel(s: Slot, n: number, stride: number, scores: number, st: StageTimes): Promise<void> {
+  async #kernel(s: Slot, n: number, stride: number, g: { ids: number[]; gather: Uint8Array }, scores: number, st: StageTimes): Promise<void> {
     const done = this.#wait(s, 'gpu', 1);
-    await this.p.invoke(this.#invoke, Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride }, {
+    await this.p.invoke(this.#invoke, Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride, slots: g.ids.length, gather: g.gather }, {
       probes: s.gProbes, enrolled: s.gEnrolled, scores, onSuccess: s.done, onError: s.failed,
     });
     const r = InvokeReply.decode((await done)!).imms;

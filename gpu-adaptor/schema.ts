@@ -26,12 +26,17 @@ export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
  * `stride` (added): bytes between consecutive enrolled images in `enrolled` (0 = 10304,
  * packed); a larger stride lets block-aligned DAX reads land in per-image slots (the
  * adaptor packs them on the device before the launch).
- * Errors (onError): EINVAL (n, grid, stride), ERANGE (buffers too small), ETYPE/EPERM (not
+ * `slots` and `gather` (added): when `slots` > 0, `enrolled` holds `slots` distinct images
+ * (at `stride`) and pair i uses image `gather[i]` (u8; n <= 256): a batch reads each
+ * enrolled photo once however many pairs name it, and the adaptor gathers on the device.
+ * Errors (onError): EINVAL (n, grid, stride, gather), ERANGE (buffers too small), ETYPE/EPERM (not
  * device memory), ETIMEDOUT (barrier incomplete after the adaptor's barrier timeout).
  */
+/** Most pairs of a gathered invoke (`gather` holds one u8 slot index per pair). */
+export const GATHER_MAX = 256;
 export const Invoke = defineRequest(
   'gpu.invoke',
-  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32', stride: 'u32' },
+  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32', stride: 'u32', slots: 'u16', gather: { bytes: 256 } },
   ['probes', 'enrolled', 'scores', 'histograms', 'out', 'onSuccess', 'onError'] as const,
 );
 /** kernelNs: launch time; packNs: stride packing; copyNs: the `out` copy (ns). */

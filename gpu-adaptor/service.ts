@@ -22,7 +22,7 @@ import type { Process } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation } from '../libfractos/schema.js';
 import { IMAGE_BYTES, IMAGE_HEIGHT, IMAGE_WIDTH, histogramBytes, type BufferArg, type GpuBackend, type Kernel, type KernelName } from './backend.js';
-import { Alloc, AllocReply, Cleanup, DoneReply, Init, InitReply, Invoke, InvokeReply, Load, LoadReply } from './schema.js';
+import { Alloc, AllocReply, Cleanup, DoneReply, GATHER_MAX, Init, InitReply, Invoke, InvokeReply, Load, LoadReply } from './schema.js';
 
 /** Kernels in load order; the invoke Request carries the index. */
 const KERNEL_IDS: readonly KernelName[] = ['lbp_chi2_batch', 'lbp_hist_batch'];
@@ -354,17 +354,26 @@ export class GpuService {
           caps.histograms ? this.#view(caps.histograms, 'histograms', Perm.WRITE) : Promise.resolve(null),
         ]);
         check(probes, 'probes', n * IMAGE_BYTES);
-        check(enrolled, 'enrolled', (n - 1) * stride + IMAGE_BYTES);
+        const slots = imms.slots;
+        if (slots > 0) {
+          if (n > GATHER_MAX) throw new FractosError('EINVAL', `gather needs n <= ${GATHER_MAX}, got ${n}`);
+          for (let i = 0; i < n; i++) if ((imms.gather[i] ?? 0) >= slots) throw new FractosError('EINVAL', `gather[${i}] = ${imms.gather[i]} >= slots ${slots}`);
+        }
+        const images = slots > 0 ? slots : n;
+        check(enrolled, 'enrolled', (images - 1) * stride + IMAGE_BYTES);
         check(sc, 'scores', n * 8);
         if (hists) check(hists, 'histograms', 2 * n * hb);
         scores = sc;
         let enrolledArg = arg(enrolled);
-        if (stride !== IMAGE_BYTES) {
-          // Pack the strided slots into a scratch buffer (one device read, one write).
+        if (stride !== IMAGE_BYTES || slots > 0) {
+          // Pack (and gather) the slots into a scratch buffer: one device read, one write.
           const t0 = process.hrtime.bigint();
-          const raw = await this.#backend.read(enrolled.alloc.handle, enrolled.offset, (n - 1) * stride + IMAGE_BYTES);
+          const raw = await this.#backend.read(enrolled.alloc.handle, enrolled.offset, (images - 1) * stride + IMAGE_BYTES);
           const packed = new Uint8Array(n * IMAGE_BYTES);
-          for (let i = 0; i < n; i++) packed.set(raw.subarray(i * stride, i * stride + IMAGE_BYTES), i * IMAGE_BYTES);
+          for (let i = 0; i < n; i++) {
+            const j = slots > 0 ? imms.gather[i]! : i;
+            packed.set(raw.subarray(j * stride, j * stride + IMAGE_BYTES), i * IMAGE_BYTES);
+          }
           const h = this.#backend.alloc(packed.length);
           scratch.push(h);
           await this.#backend.write(h, 0, packed);
