@@ -153,6 +153,8 @@ t('bad inputs to every Request get error codes, never a crash', async (tt) => {
   tt.is(await code(run(app, invoke, { n: 2, gridX, gridY: 111 }, good)), 'EINVAL');
   tt.is(await code(run(app, invoke, { n: 2, gridX, gridY, stride: 100 }, good)), 'EINVAL');
   tt.is(await code(run(app, invoke, { n: 2, gridX, gridY }, { probes, enrolled })), 'EINVAL', 'missing scores');
+  tt.is(await code(run(app, invoke, { n: 2, gridX, gridY, slots: 1, gather: Uint8Array.of(0, 1) }, good)), 'EINVAL', 'gather index beyond slots');
+  tt.is(await code(run(app, invoke, { n: 2, gridX, gridY, slots: 1, gather: Uint8Array.of(0, 0) }, good)), 'OK', 'gather of one slot');
   tt.is(await code(run(app, invoke, { n: 2, gridX, gridY, stride: 20000 }, good)), 'ERANGE');
   tt.is(await code(run(app, invoke, { n: 2, gridX, gridY, batch: 1, expect: 2 }, good)), 'ETIMEDOUT', 'barrier never completes');
   // Preset arguments cannot be retargeted.
