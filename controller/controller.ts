@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
 import { Link, dial, parseAddress, type Address } from '../libfractos/link.js';
 import {
-  Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
+  Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, Feature, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
@@ -45,6 +45,7 @@ export interface LinkStats {
   bytesOut: number;
 }
 
+const EMPTY = Buffer.alloc(0);
 const DEAD = new RemoteProxy({ controller: 0, epoch: 0, id: 0 }, 'dead');
 DEAD.revoked = true;
 
@@ -180,13 +181,15 @@ export class Controller {
   }
 
   #helloProcess(link: Link, frame: Buffer): void {
-    if (frame.length < HEADER_BYTES + 4) {
+    // HELLO: u32 pid, u32 features, utf8 name
+    if (frame.length < HEADER_BYTES + 8) {
       link.close(new FractosError('EPROTO', 'short HELLO'));
       return;
     }
     const proc = new ProcConn(this.#nextProcId++, link);
     proc.pid = frame.readUInt32LE(HEADER_BYTES);
-    proc.name = frame.toString('utf8', HEADER_BYTES + 4).slice(0, 64);
+    proc.features = frame.readUInt32LE(HEADER_BYTES + 4);
+    proc.name = frame.toString('utf8', HEADER_BYTES + 8).slice(0, 64);
     proc.helloDone = true;
     this.#procs.set(proc.id, proc);
     link.onFrame = (f) => this.#onProcFrame(proc, f);
@@ -423,7 +426,7 @@ export class Controller {
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
-    for (let cid = 1; cid < proc.caps.length; cid++) if (proc.caps[cid]) this.#dropEntry(proc, cid);
+    for (const e of proc.caps) if (e) this.#dropEntry(proc, e.cid);
     const q = proc.queue as unknown as Delivery[];
     for (let i = proc.queueHead; i < q.length; i++) q[i]!.fail(new FractosError('EREVOKED', 'provider went away'));
     q.length = 0;
@@ -451,7 +454,28 @@ export class Controller {
     const obj = new Obj(this.#nextObjId++, kind, owner, parent, mem, req);
     this.#objects.set(obj.id, obj);
     if (parent) (parent.children ??= new Set()).add(obj);
+    // A cap in a Request's slots keeps its object alive like a cap entry does.
+    if (req) for (const t of req.caps) if (t) this.#pin(t);
     return obj;
+  }
+
+  #pin(t: Target): void {
+    if (t.isProxy && t.entries.size === 0 && t.pins === 0 && !t.revoked && t !== DEAD) {
+      if (this.#preheld.has(t)) this.#preheld.delete(t);
+      else this.#sendHold(t.ref, +1);
+    }
+    t.pins++;
+    if (!t.isProxy) this.#armDelegMonitors(t);
+  }
+
+  /** The object is gone: release what its cap slots pinned. */
+  #unpinArgs(obj: Obj): void {
+    if (!obj.req) return;
+    for (const t of obj.req.caps) {
+      if (!t) continue;
+      t.pins--;
+      this.#released(t);
+    }
   }
 
   /** Resolve a cid to a live target. Errors: EBADCAP, EREVOKED. */
@@ -465,7 +489,7 @@ export class Controller {
     const first = t.entries.size === 0;
     const e = proc.install(t, this.limits.maxCaps);
     if (t.isProxy) {
-      if (first && t.kvPins === 0 && !t.revoked && t !== DEAD) {
+      if (first && t.pins === 0 && !t.revoked && t !== DEAD) {
         if (this.#preheld.has(t)) this.#preheld.delete(t);
         else this.#sendHold(t.ref, +1);
       }
@@ -518,7 +542,7 @@ export class Controller {
   /** A reference to `t` went away: give back holds, collect derived objects, fire monitors. */
   #released(t: Target): void {
     if (t.isProxy) {
-      if (t === DEAD || t.entries.size > 0 || t.kvPins > 0) return;
+      if (t === DEAD || t.entries.size > 0 || t.pins > 0) return;
       this.#proxies.delete(t.key);
       this.#preheld.delete(t);
       if (!t.revoked) this.#sendHold(t.ref, -1);
@@ -532,7 +556,7 @@ export class Controller {
     let n = obj.children?.size ?? 0;
     for (const e of obj.entries) if (e.proc !== exclude) n++;
     if (obj.remoteHolds) for (const [peer, c] of obj.remoteHolds) n += peer === excludePeer ? Math.max(0, c - 1) : c;
-    return n + obj.kvPins;
+    return n + obj.pins;
   }
 
   #maybeCollect(obj: Obj): void {
@@ -542,6 +566,7 @@ export class Controller {
     if (this.#holders(obj, null) > 0) return;
     this.#objects.delete(obj.id);
     obj.revoked = true;
+    this.#unpinArgs(obj);
     const parent = obj.parent;
     parent.children?.delete(obj);
     this.#checkDelegMonitors(parent);
@@ -552,11 +577,13 @@ export class Controller {
   #revoke(root: Obj, reason: number): void {
     if (root.revoked) return;
     const stack: Obj[] = [root];
+    const gone: Obj[] = [];
     if (root.parent) root.parent.children?.delete(root);
     while (stack.length) {
       const obj = stack.pop()!;
       if (obj.revoked && obj !== root) continue;
       obj.revoked = true;
+      gone.push(obj);
       this.#objects.delete(obj.id);
       if (obj.parent === null) obj.owner.owned.delete(obj);
       if (obj.recvMonitors) {
@@ -572,6 +599,7 @@ export class Controller {
       if (obj.children) for (const c of obj.children) stack.push(c);
       obj.children = null;
     }
+    for (const obj of gone) this.#unpinArgs(obj);
     if (root.parent) {
       this.#checkDelegMonitors(root.parent);
       this.#maybeCollect(root.parent);
@@ -586,7 +614,7 @@ export class Controller {
       for (const m of p.recvMonitors) this.#fireMonitor(m, reason);
       p.recvMonitors = null;
     }
-    if (p.entries.size === 0 && p.kvPins === 0) this.#proxies.delete(p.key);
+    if (p.entries.size === 0 && p.pins === 0) this.#proxies.delete(p.key);
   }
 
   // -------------------------------------------------------------------------------------
@@ -836,7 +864,10 @@ export class Controller {
   }
 
   /**
-   * DELIVER: u32 tag, args (caps as cids freshly installed in the provider's space).
+   * DELIVER: u32 tag, args (caps as cids freshly installed in the provider's space), then,
+   * for a provider that asked for Feature.MEMORY_DESCRIPTORS: u16 n, n x descriptor of a
+   * local Memory cap argument (u16 slot, u8 perms, u8 backing, u8 flags, u8 nameLen,
+   * u16 0, u64 size, u64 regionOffset, u64 servedKey, name) — what memory_stat would say.
    * Every cap argument becomes a new cid in the provider's space (delegation).
    */
   #deliver(provider: ProcConn, info: RequestInfo): void {
@@ -855,9 +886,41 @@ export class Controller {
       throw err;
     }
     const args: RequestArgs<number> = { caps, imms: info.imms.length ? info.imms : undefined };
-    const f = allocFrame(Op.DELIVER, 0, 4 + argsBytes(args, 4));
+    let descs: { slot: number; m: MemoryInfo; self: boolean; name: Buffer }[] | null = null;
+    let descBytes = 0;
+    if (provider.features & Feature.MEMORY_DESCRIPTORS) {
+      descs = [];
+      descBytes = 2;
+      for (let slot = 0; slot < info.caps.length; slot++) {
+        const t = info.caps[slot];
+        if (!t || t.isProxy || t.revoked || !t.mem) continue;
+        const name = t.mem.backing === Backing.SHARED ? Buffer.from(t.mem.region, 'utf8') : EMPTY;
+        descs.push({ slot, m: t.mem, self: t.owner === provider, name });
+        descBytes += 32 + name.length;
+      }
+    }
+    const argEnd = 20 + argsBytes(args, 4);
+    const f = allocFrame(Op.DELIVER, 0, argEnd - HEADER_BYTES + descBytes);
     f.writeUInt32LE(info.tag, 16);
     writeArgs(f, 20, args, writeCid, 4);
+    if (descs) {
+      let o = argEnd;
+      f.writeUInt16LE(descs.length, o);
+      o += 2;
+      for (const d of descs) {
+        f.writeUInt16LE(d.slot, o);
+        f.writeUInt8(d.m.perms, o + 2);
+        f.writeUInt8(d.m.backing, o + 3);
+        f.writeUInt8(1 | (d.self ? 2 : 0), o + 4);
+        f.writeUInt8(d.name.length, o + 5);
+        f.writeUInt16LE(0, o + 6);
+        writeU64(f, d.m.size, o + 8);
+        writeU64(f, d.m.offset, o + 16);
+        writeU64(f, d.self ? d.m.servedKey : 0, o + 24);
+        d.name.copy(f, o + 32);
+        o += 32 + d.name.length;
+      }
+    }
     provider.outstanding++;
     provider.link.send(f);
   }
@@ -934,12 +997,12 @@ export class Controller {
     const old = this.#kv.get(name);
     if (old && (old.ts > ts || (old.ts === ts && old.origin > origin))) return;
     if (old?.pinned) {
-      old.pinned.kvPins--;
+      old.pinned.pins--;
       this.#released(old.pinned);
     }
     if (local) {
-      if (local.isProxy && local.entries.size === 0 && local.kvPins === 0) this.#sendHold(local.ref, +1);
-      local.kvPins++;
+      if (local.isProxy && local.entries.size === 0 && local.pins === 0) this.#sendHold(local.ref, +1);
+      local.pins++;
     }
     this.#kv.set(name, { ref, ts, origin, pinned: local });
     if (origin === this.id) for (const p of this.#peers.values()) this.#sendKv(p, name, this.#kv.get(name)!);

@@ -44,8 +44,8 @@ export class Obj {
   readonly entries = new Set<CapEntry>();
   /** Remote Controllers holding caps: peer id -> count of holds. */
   remoteHolds: Map<number, number> | null = null;
-  /** Pins from the bootstrap name map. */
-  kvPins = 0;
+  /** Pins: bootstrap names and cap slots of Request objects that name this object. */
+  pins = 0;
   recvMonitors: Monitor[] | null = null;
   delegMonitors: { m: Monitor; armed: boolean }[] | null = null;
   constructor(
@@ -67,7 +67,8 @@ export class RemoteProxy {
   revoked = false;
   readonly entries = new Set<CapEntry>();
   recvMonitors: Monitor[] | null = null;
-  kvPins = 0;
+  /** Pins: bootstrap names and cap slots of local Request objects that name it. */
+  pins = 0;
   constructor(
     readonly ref: ObjectRef,
     readonly key: string,

@@ -12,9 +12,18 @@ export interface QueuedDelivery {
   run: () => void;
 }
 
+/** Bits of a cid that index the capability space; the rest is a generation. */
+export const CID_INDEX_BITS = 20;
+const INDEX_MASK = (1 << CID_INDEX_BITS) - 1;
+
 export class ProcConn {
-  /** cid -> entry; cids are dense small integers, reused after cap_drop. */
-  readonly caps: (CapEntry | undefined)[] = [undefined]; // cid 0 is never used
+  /**
+   * index -> entry. A cid is `index | generation << 20`: an index is reused after
+   * cap_drop with the next generation, so a stale cid is EBADCAP instead of naming
+   * whatever cap took its slot (like Zircon handle values).
+   */
+  readonly caps: (CapEntry | undefined)[] = [undefined]; // index 0 is never used
+  readonly #gens: number[] = [0];
   readonly freeCids: number[] = [];
   capCount = 0;
   /** Base objects this Process registered (revoked when it goes away). */
@@ -25,6 +34,8 @@ export class ProcConn {
   name = '';
   pid = 0;
   helloDone = false;
+  /** HELLO feature bits (Feature). */
+  features = 0;
   alive = true;
   readonly calls = new PendingCalls();
 
@@ -35,14 +46,16 @@ export class ProcConn {
 
   /** Install a cap in this space. Errors: ENOSPC when the space is full. */
   install(target: Target, maxCaps: number): CapEntry {
-    let cid = this.freeCids.pop();
-    if (cid === undefined) {
-      if (this.caps.length > maxCaps) throw new FractosError('ENOSPC', `capability space full (${maxCaps} caps)`);
-      cid = this.caps.length;
+    let idx = this.freeCids.pop();
+    if (idx === undefined) {
+      if (this.caps.length > Math.min(maxCaps, INDEX_MASK)) throw new FractosError('ENOSPC', `capability space full (${maxCaps} caps)`);
+      idx = this.caps.length;
       this.caps.push(undefined);
+      this.#gens.push(0);
     }
+    const cid = (idx | (this.#gens[idx]! << CID_INDEX_BITS)) >>> 0;
     const e: CapEntry = { target, proc: this, cid };
-    this.caps[cid] = e;
+    this.caps[idx] = e;
     this.capCount++;
     target.entries.add(e);
     return e;
@@ -50,17 +63,19 @@ export class ProcConn {
 
   /** The entry for a cid. Errors: EBADCAP when the cid is not in this space. */
   lookup(cid: number): CapEntry {
-    const e = this.caps[cid];
-    if (e === undefined) throw new FractosError('EBADCAP', `cid ${cid} is not in the capability space of process ${this.id}`);
+    const e = this.caps[cid & INDEX_MASK];
+    if (e === undefined || e.cid !== cid) throw new FractosError('EBADCAP', `cid ${cid} is not in the capability space of process ${this.id}`);
     return e;
   }
 
   /** Remove an entry (no revocation). Returns it. */
   remove(cid: number): CapEntry | undefined {
-    const e = this.caps[cid];
-    if (!e) return undefined;
-    this.caps[cid] = undefined;
-    this.freeCids.push(cid);
+    const idx = cid & INDEX_MASK;
+    const e = this.caps[idx];
+    if (!e || e.cid !== cid) return undefined;
+    this.caps[idx] = undefined;
+    this.#gens[idx] = (this.#gens[idx]! + 1) & (0xffffffff >>> CID_INDEX_BITS);
+    this.freeCids.push(idx);
     this.capCount--;
     e.target.entries.delete(e);
     return e;

@@ -6,5 +6,5 @@ export type { ErrorCode } from './errors.js';
 export { Perm, DEFAULT_LIMITS } from './protocol.js';
 export type { Limits, ObjectRef, RequestArgs, ImmRange, CapArg } from './protocol.js';
 export { defineRequest, defineReply, RequestSchema, ErrorReply, tagOf, REPLY_IMM_BASE, REPLY_SLOT_BASE } from './schema.js';
-export type { Invocation, FieldType, ImmValues, CapValues } from './schema.js';
+export type { Invocation, FieldType, ImmValues, CapValues, MemoryDescriptor } from './schema.js';
 export { parseAddress, formatAddress } from './link.js';

@@ -8,11 +8,11 @@ import { PendingCalls } from './calls.js';
 import { FractosError, errorCodeFromWire, errorCodeToWire, type ErrorCode } from './errors.js';
 import { Link, dial, parseAddress } from './link.js';
 import {
-  Backing, DEFAULT_LIMITS, HEADER_BYTES, MonitorReason, Op, Perm,
+  Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
   type LinkCounters, type RequestArgs,
 } from './protocol.js';
-import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type RequestSchema } from './schema.js';
+import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { shmCreate, shmUnlink } from '../native/shm/index.js';
 
 /** Options of `connect`. */
@@ -21,6 +21,11 @@ export interface ConnectOptions {
   name?: string;
   /** Connect timeout (ms). */
   timeoutMs?: number;
+  /**
+   * Ask for Memory descriptors in deliveries (`inv.memory(slot)`): adaptors that check
+   * and map delegated buffers save a memory_stat round trip per invocation.
+   */
+  memoryDescriptors?: boolean;
 }
 
 /** A handler of delivered Requests. A returned Promise delays dropping the delivered cids until it settles. */
@@ -41,21 +46,8 @@ export interface SharedRegion {
   readonly bytes: Uint8Array;
 }
 
-/** What `memoryStat` tells about a Memory cap. */
-export interface MemoryStat {
-  size: number;
-  perms: number;
-  backing: 'shared' | 'served';
-  /** The object lives on the caller's Controller. */
-  local: boolean;
-  /** The caller owns it. */
-  self: boolean;
-  /** Shared backing on the caller's Controller: the region name and this view's offset in it. */
-  region: string;
-  regionOffset: number;
-  /** Served backing owned by the caller: the key given at creation. */
-  servedKey: number;
-}
+/** What `memoryStat` tells about a Memory cap (the same as a delivery's descriptor). */
+export type MemoryStat = MemoryDescriptor;
 
 /** Why a monitor fired. */
 export type MonitorEvent = 'revoked' | 'owner-failed' | 'delegates-gone';
@@ -76,7 +68,7 @@ export interface ControllerStats {
 export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
   const sock = await dial(parseAddress(address), opts.timeoutMs ?? 10_000);
   const p = new Process(new Link(sock, DEFAULT_LIMITS.maxFrameBytes), opts.name ?? `pid${process.pid}`);
-  await p.hello();
+  await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
   return p;
 }
 
@@ -103,6 +95,7 @@ export class Process extends EventEmitter {
   processId = 0;
   maxImmBytes = DEFAULT_LIMITS.maxImmBytes;
   maxCapSlots = DEFAULT_LIMITS.maxCapSlots;
+  #limits = DEFAULT_LIMITS;
 
   /** @internal use `connect()` */
   constructor(link: Link, name: string) {
@@ -114,17 +107,19 @@ export class Process extends EventEmitter {
   }
 
   /** @internal */
-  async hello(): Promise<void> {
+  async hello(features = 0): Promise<void> {
     const name = Buffer.from(this.name.slice(0, 64), 'utf8');
-    const r = await this.#call(Op.HELLO, 4 + name.length, (f) => {
+    const r = await this.#call(Op.HELLO, 8 + name.length, (f) => {
       f.writeUInt32LE(process.pid, 16);
-      name.copy(f, 20);
+      f.writeUInt32LE(features, 20);
+      name.copy(f, 24);
     });
     this.controllerId = r.readUInt32LE(16);
     this.epoch = r.readUInt32LE(20);
     this.processId = r.readUInt32LE(24);
     this.maxImmBytes = r.readUInt32LE(32);
     this.maxCapSlots = r.readUInt32LE(36);
+    this.#limits = { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots };
   }
 
   /** Frames and bytes on this Process's channel, both ways. */
@@ -260,7 +255,7 @@ export class Process extends EventEmitter {
     });
   }
 
-  /** Size, perms and backing of a Memory cap (region name when it can be mapped from here). */
+  /** memory_stat: size, perms and backing of a Memory cap (region name when it can be mapped from here). Errors: EBADCAP, EREVOKED, ETYPE. */
   async memoryStat(cid: number): Promise<MemoryStat> {
     const r = await this.#callCid(Op.MEMORY_STAT, cid);
     const flags = r.readUInt8(26);
@@ -533,8 +528,29 @@ export class Process extends EventEmitter {
 
   #onDeliver(f: Buffer): void {
     const tag = f.readUInt32LE(16);
-    const { args } = readArgs(f, 20, f.length, readCid, 4, { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots });
+    const { args, end } = readArgs(f, 20, f.length, readCid, 4, this.#limits);
     this.#ack();
+    let descs: MemoryDescriptor[] | null = null;
+    if (end + 2 <= f.length) {
+      const n = f.readUInt16LE(end);
+      let o = end + 2;
+      descs = [];
+      for (let i = 0; i < n; i++) {
+        const nameLen = f.readUInt8(o + 5);
+        const flags = f.readUInt8(o + 4);
+        descs[f.readUInt16LE(o)] = {
+          perms: f.readUInt8(o + 2),
+          backing: f.readUInt8(o + 3) === Backing.SHARED ? 'shared' : 'served',
+          local: (flags & 1) !== 0,
+          self: (flags & 2) !== 0,
+          size: readU64(f, o + 8),
+          regionOffset: readU64(f, o + 16),
+          servedKey: readU64(f, o + 24),
+          region: f.toString('utf8', o + 32, o + 32 + nameLen),
+        };
+        o += 32 + nameLen;
+      }
+    }
     let size = 0;
     const ranges: { offset: number; length: number }[] = [];
     if (args.imms) for (const r of args.imms) {
@@ -553,6 +569,7 @@ export class Process extends EventEmitter {
       ranges,
       caps,
       retain: (cid) => (retained ??= new Set()).add(cid),
+      memory: (slot) => descs?.[slot],
     };
     const dropAll = (): void => {
       for (const c of caps) if (c && !retained?.has(c)) this.#dropLater(c);

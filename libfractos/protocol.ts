@@ -69,6 +69,12 @@ export function opName(op: number): string {
   return OP_NAMES.get(op) ?? `0x${op.toString(16)}`;
 }
 
+/** HELLO feature bits. */
+export const Feature = {
+  /** DELIVER frames carry a descriptor of each local Memory cap argument (no memory_stat round trip). */
+  MEMORY_DESCRIPTORS: 1,
+} as const;
+
 /** Memory permissions: a bitmask. */
 export const Perm = { READ: 1, WRITE: 2, RW: 3 } as const;
 

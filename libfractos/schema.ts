@@ -26,6 +26,23 @@ export interface Invocation {
   readonly caps: readonly number[];
   /** Keep `cid` after the handler settles (by default every delivered cid is dropped then). */
   retain(cid: number): void;
+  /**
+   * What memory_stat would say of the Memory cap in `slot`, carried by the delivery when
+   * the Process connected with `memoryDescriptors` (local Memory only); else undefined.
+   */
+  memory(slot: number): MemoryDescriptor | undefined;
+}
+
+/** A Memory cap's description (see Process.memoryStat). */
+export interface MemoryDescriptor {
+  size: number;
+  perms: number;
+  backing: 'shared' | 'served';
+  local: boolean;
+  self: boolean;
+  region: string;
+  regionOffset: number;
+  servedKey: number;
 }
 
 function widthOf(t: FieldType): number {

@@ -288,8 +288,9 @@ test('a malformed or oversized frame closes only the offending channel (EPROTO)'
   ]) {
     const s = net.createConnection(path);
     await new Promise((r) => s.once('connect', r));
-    const hello = allocFrame(Op.HELLO, 1, 4);
+    const hello = allocFrame(Op.HELLO, 1, 8);
     hello.writeUInt32LE(process.pid, 16);
+    hello.writeUInt32LE(0, 20);
     s.write(hello);
     s.write(bad);
     s.resume();
@@ -299,8 +300,9 @@ test('a malformed or oversized frame closes only the offending channel (EPROTO)'
   // a truncated body of a known op after a valid HELLO: closed with EPROTO
   const s = net.createConnection(path);
   await new Promise((r) => s.once('connect', r));
-  const hello = allocFrame(Op.HELLO, 1, 4);
+  const hello = allocFrame(Op.HELLO, 1, 8);
   hello.writeUInt32LE(process.pid, 16);
+  hello.writeUInt32LE(0, 20);
   s.write(Buffer.concat([hello, allocFrame(Op.MEMORY_COPY, 77, 2)]));
   let answer = Buffer.alloc(0);
   s.on('data', (d: Buffer) => (answer = Buffer.concat([answer, d])));
@@ -376,5 +378,56 @@ test('objects do not leak: one-shot RPC continuations and dropped derived object
   await a.nullOp();
   await b.nullOp();
   t.is(e.c.objectCount, before);
+  await teardown(e);
+});
+
+test('a cap held only in a Request\'s slot keeps its object alive', async (t) => {
+  const e = await env();
+  const [a, b] = [await e.proc('a'), await e.proc('b')];
+  serveEcho(b);
+  const echo = await b.createRequest(Echo);
+  await b.kvPut('echo', echo);
+  const ea = await a.kvGet('echo');
+  // a derived continuation lives only inside another derived Request's slot
+  const { cid: mem } = await a.memoryCreateShared(8192);
+  const view = await a.memoryDiminish(mem, 0, 4096);
+  const d = await a.requestDerive(ea, Echo.args({ x: 9 }, { buf: view }));
+  await a.capDrop(view);
+  await a.nullOp();
+  const inv = await a.rpc(d, Echo);
+  t.deepEqual(EchoReply.decode(inv).imms.size, 4096, 'the view reached the provider alive');
+  await a.capDrop(d);
+  await teardown(e);
+});
+
+test('a dropped cid is not reused as-is: a stale cid is EBADCAP, never another cap', async (t) => {
+  const e = await env();
+  const a = await e.proc('a');
+  const r1 = await a.requestCreate(1);
+  const c1 = await a.capCreateRevtree(r1);
+  await a.capDrop(c1);
+  const c2 = await a.capCreateRevtree(r1);
+  t.not(c2, c1);
+  await code(t, a.requestInvoke(c1), 'EBADCAP');
+  await a.requestInvoke(c2);
+  await teardown(e);
+});
+
+test('deliveries carry Memory descriptors to a Process that asks for them', async (t) => {
+  const e = await env();
+  const a = await e.proc('a');
+  const dev = await connect(e.addr, { name: 'adaptor', memoryDescriptors: true });
+  e.procs.push(dev);
+  const seen = new Promise<unknown[]>((res) =>
+    dev.onRequest(Echo.tag, (inv) => res([inv.memory(Echo.slot('buf')), inv.memory(Echo.slot('onSuccess'))])),
+  );
+  await dev.kvPut('r', await dev.createRequest(Echo));
+  const region = a.allocShared(3 * 4096);
+  const mem = await a.memoryCreate(region, Perm.RW, 4096, 8192);
+  const ro = await a.memoryDiminish(mem, 4096, 4096, Perm.WRITE);
+  await a.invoke(await a.kvGet('r'), Echo, {}, { buf: ro, onSuccess: await a.requestCreate(3) });
+  const [d, none] = await seen;
+  t.deepEqual(d, { perms: Perm.READ, backing: 'shared', local: true, self: false, size: 4096, regionOffset: 8192, servedKey: 0, region: region.name });
+  t.is(none, undefined, 'a Request cap has no descriptor');
   await teardown(e);
 });
