@@ -19,6 +19,7 @@
 import { FractosError, errorCodeFromErrno, type ErrorCode } from '../libfractos/errors.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
+import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import {
@@ -152,7 +153,7 @@ export class BlockdevService {
     const name = opts.name ?? 'blockdev';
     let proc: Process;
     try {
-      proc = await connect(opts.controller, { name });
+      proc = await connect(opts.controller, { name, memoryDescriptors: true });
     } catch (err) {
       await backend.close();
       throw err;
@@ -287,7 +288,7 @@ export class BlockdevService {
   // -----------------------------------------------------------------------------------
   // I/O path
 
-  #io(inv: { imms: Buffer; caps: readonly number[] }, write: boolean): Promise<void> | void {
+  #io(inv: Invocation, write: boolean): Promise<void> | void {
     const imms = inv.imms;
     const caps = inv.caps;
     const buffer = caps[S_BUFFER] ?? 0;
@@ -331,8 +332,7 @@ export class BlockdevService {
           this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: res ${res}`)).then(resolve, resolve);
         }
       };
-      this.proc.memoryStat(buffer).then(
-        (st) => {
+      const withStat = (st: MemoryDescriptor): void => {
           if ((st.perms & (write ? Perm.READ : Perm.WRITE)) === 0) return this.#failCode(fail, 'EPERM', `buffer lacks ${write ? 'READ' : 'WRITE'} permission`, resolve);
           if (st.size < length) return this.#failCode(fail, 'ERANGE', `buffer of ${st.size} bytes < length ${length}`, resolve);
           const view = st.local && st.backing === 'shared' && st.region ? this.#mapView(st.region, st.regionOffset, length) : null;
@@ -344,9 +344,11 @@ export class BlockdevService {
           }
           this.counts.bounce++;
           this.#bounceIo(write, buffer, st.size, devOff, length, done);
-        },
-        (err) => this.#fail(fail, err).then(resolve, resolve),
-      );
+      };
+      // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
+      const desc = inv.memory(S_BUFFER);
+      if (desc) withStat(desc);
+      else this.proc.memoryStat(buffer).then(withStat, (err) => this.#fail(fail, err).then(resolve, resolve));
     });
   }
 

@@ -12,10 +12,11 @@
 import { LRUCache } from 'lru-cache';
 import { FractosError } from '../libfractos/errors.js';
 import type { MemoryStat } from '../libfractos/process.js';
+import type { MemoryDescriptor } from '../libfractos/schema.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
-import { crc32 } from '../blockdev-adaptor/volumes.js';
+import { crc32 } from 'node:zlib';
 import { IoPort, volumeCreate, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import {
@@ -135,7 +136,7 @@ export class FsService {
 
   /** Connect, find the blockdev (kvWait), load or create the metadata, publish `${name}.*`. */
   static async start(opts: FsOptions): Promise<FsService> {
-    const proc = await connect(opts.controller, { name: opts.name ?? 'fs' });
+    const proc = await connect(opts.controller, { name: opts.name ?? 'fs', memoryDescriptors: true });
     const s = new FsService(proc, opts);
     try {
       await s.#init();
@@ -172,8 +173,12 @@ export class FsService {
     p.serve(List, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#list(imms.path, caps.buffer, caps.onSuccess)));
     p.serve(Delete, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#delete(imms.path, caps.onSuccess)));
     p.serve(Truncate, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#truncate(imms.path, imms.size, caps.onSuccess)));
-    p.serve(Read, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#read(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess)));
-    p.serve(Write, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#write(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess)));
+    p.serve(Read, ({ imms, caps }, inv) =>
+      this.#ctl(caps.onError, () => this.#read(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Read.slot('buffer')))),
+    );
+    p.serve(Write, ({ imms, caps }, inv) =>
+      this.#ctl(caps.onError, () => this.#write(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Write.slot('buffer')))),
+    );
     p.on('handlerError', (err: Error) => this.#opts.log?.warn({ err: err.message }, 'handler error'));
     for (const [op, schema] of [['create', Create], ['open', Open], ['stat', Stat], ['list', List], ['delete', Delete], ['truncate', Truncate]] as const) {
       await p.kvPut(`${this.name}.${op}`, await p.requestCreate(schema.tag));
@@ -615,13 +620,14 @@ export class FsService {
     return h;
   }
 
-  async #read(handle: number, offset: number, length: number, buffer: number, ok: number): Promise<void> {
+  /** `desc`: the buffer's descriptor from the delivery (local Memory), else a memory_stat is made. */
+  async #read(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
     const ino = this.#handleFor(handle, OpenMode.READ).ino;
     if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
     if (length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} > ${MAX_MEDIATED}`);
     const n = Math.max(0, Math.min(length, ino.size - offset));
     if (n > 0) {
-      const st = await this.proc.memoryStat(buffer);
+      const st = desc ?? (await this.proc.memoryStat(buffer));
       if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
       if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
       const a = Math.floor(offset / BLOCK) * BLOCK;
@@ -637,11 +643,11 @@ export class FsService {
     await this.proc.invoke(ok, IoReply, { bytes: n });
   }
 
-  async #write(handle: number, offset: number, length: number, buffer: number, ok: number): Promise<void> {
+  async #write(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
     const ino = this.#handleFor(handle, OpenMode.WRITE).ino;
     if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
     if (length === 0 || length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} not in (0, ${MAX_MEDIATED}]`);
-    const st = await this.proc.memoryStat(buffer);
+    const st = desc ?? (await this.proc.memoryStat(buffer));
     if (!(st.perms & Perm.READ)) throw new FractosError('EPERM', 'buffer not readable');
     if (st.size < length) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${length}`);
     const end = offset + length;
