@@ -24,18 +24,19 @@ export function register(program: Command): void {
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--name <name>', 'bootstrap prefix', 'gpu')
     .option('--barrier-timeout <ms>', 'how long a barrier waits for its invocations', '10000')
-    .action(async (o: { backend: string; controller: string; name: string; barrierTimeout: string }) => {
+    .option('--served-memory', 'cpu backend: hand out device memory as served Memory (as cuda) instead of shared host memory')
+    .action(async (o: { backend: string; controller: string; name: string; barrierTimeout: string; servedMemory?: boolean }) => {
       try {
         if (!['cuda', 'cpu', 'auto'].includes(o.backend)) throw new FractosError('EINVAL', `--backend must be cuda, cpu or auto, got '${o.backend}'`);
         const backend = openBackend(o.backend as BackendKind | 'auto');
         const p = await connect(o.controller, { name: `${o.name}-adaptor` });
-        const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), log });
+        const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log });
         p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
         p.on('close', () => {
           log.warn('controller channel closed; exiting');
           process.exit(1);
         });
-        process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName}\n`);
+        process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName} memory=${svc.memoryKind}\n`);
         const stop = (): void => {
           svc.close().finally(() => p.close().finally(() => process.exit(0)));
         };

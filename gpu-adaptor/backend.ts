@@ -71,6 +71,17 @@ export interface GpuBackend {
   readonly deviceName: string;
   /** Allocate `size` bytes (1..2^40). @throws EINVAL, ENOSPC */
   alloc(size: number): BufferHandle;
+  /**
+   * Whether `allocExternal` works: the kernels run on host memory (cpu), so caller-owned
+   * host memory (a shared region the Controller maps) can be device memory with no copies.
+   */
+  readonly hostAddressable: boolean;
+  /**
+   * Use `size` bytes at `offset` of `ab` as a buffer (kept referenced until `free`; the
+   * memory itself is the caller's). @throws ENOTSUP (not hostAddressable), EINVAL (size,
+   * 64-byte alignment, detached), ERANGE (outside `ab`)
+   */
+  allocExternal(ab: ArrayBuffer, offset: number, size: number): BufferHandle;
   /** Free a buffer. @throws ENOENT (unknown), EBUSY (in use by a copy or launch in flight) */
   free(handle: BufferHandle): void;
   /** Copy `data` to `[offset, offset+data.length)`; `data` must not change until settled. Rejects ENOENT, ERANGE. */
@@ -118,6 +129,15 @@ class NativeBackend implements GpuBackend {
   }
   alloc(size: number): BufferHandle {
     return this.#gpu.alloc(checkInt(size, 'size', 1, 2 ** 40));
+  }
+  get hostAddressable(): boolean {
+    return this.#gpu.kind === 'cpu';
+  }
+  allocExternal(ab: ArrayBuffer, offset: number, size: number): BufferHandle {
+    if (!(ab instanceof ArrayBuffer)) throw new FractosError('EINVAL', 'ab must be an ArrayBuffer');
+    checkInt(offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    checkInt(size, 'size', 1, 2 ** 40);
+    return this.#gpu.allocExternal(ab, offset, size);
   }
   free(handle: BufferHandle): void {
     this.#gpu.free(checkInt(handle, 'handle', 0, 2 ** 32 - 1));

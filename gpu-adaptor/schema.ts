@@ -10,7 +10,10 @@ import { defineReply, defineRequest } from '../libfractos/schema.js';
 export const Init = defineRequest('gpu.init', {}, ['onSuccess', 'onError'] as const);
 /** backend: 0 = cpu, 1 = cuda. */
 export const InitReply = defineReply('gpu.inited', { context: 'u32', backend: 'u8', device: { str: 64 } }, ['alloc', 'load', 'cleanup'] as const);
-/** alloc(size bytes) (context preset) -> a served Memory cap on device memory. Errors: EINVAL, ENOSPC. */
+/**
+ * alloc(size bytes) (context preset) -> a Memory cap on device memory: served (cuda) or
+ * shared (cpu backend: a host shm region the Controller maps). Errors: EINVAL, ENOSPC.
+ */
 export const Alloc = defineRequest('gpu.alloc', { context: 'u32', size: 'u64' }, ['onSuccess', 'onError'] as const);
 export const AllocReply = defineReply('gpu.allocated', { size: 'u64' }, ['memory'] as const);
 /** load(kernel name) (context preset) -> an invoke Request for that kernel. Errors: ENOENT. */

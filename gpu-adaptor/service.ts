@@ -3,8 +3,12 @@
  * of a compute backend (`backend.ts`: cuda or cpu). Contract: `schema.ts`.
  *
  * - `init` -> a context with {alloc, load, cleanup} Requests (context preset).
- * - `alloc(size)` -> a *served* Memory cap on device memory: the Controller calls this
- *   Process for every copy touching it, and the backing calls backend.read/write.
+ * - `alloc(size)` -> a Memory cap on device memory. cuda: *served* Memory (the Controller
+ *   cannot map device memory: it calls this Process for every copy touching it, and the
+ *   backing calls backend.read/write). cpu: "device memory" is host memory, so it is a
+ *   POSIX shm region registered as *shared* Memory (allocShared + memoryCreate) and wrapped
+ *   by the backend (allocExternal): the Controller copies into it, and a same-host blockdev
+ *   reads O_DIRECT into it, with no frames to this Process.
  * - `load(kernel)` -> an invoke Request (context and kernel preset).
  * - invoke: Memory caps for the kernel buffers, which must be device memory of this adaptor
  *   (memory_stat: owned by us, served, a key in the allocation table; views are fine),
@@ -19,6 +23,7 @@
  */
 import { FractosError, type ErrorCode } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
+import { shmUnlink } from '../native/shm/index.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation } from '../libfractos/schema.js';
 import { IMAGE_BYTES, IMAGE_HEIGHT, IMAGE_WIDTH, histogramBytes, type BufferArg, type GpuBackend, type Kernel, type KernelName } from './backend.js';
@@ -38,6 +43,11 @@ export interface GpuServiceOptions {
   barrierTimeoutMs?: number;
   /** Most bytes one context may allocate. Default 4 GiB. */
   maxContextBytes?: number;
+  /**
+   * cpu backend: register device memory as shared Memory (default true when the backend is
+   * hostAddressable); false = served Memory as with cuda (comparisons, tests).
+   */
+  sharedMemory?: boolean;
   /** Logger (pino-like); optional. */
   log?: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
 }
@@ -47,7 +57,10 @@ interface Allocation {
   handle: number;
   size: number;
   cid: number;
-  key: number;
+  /** Table key: `s:<servedKey>` (served) or `r:<region name>` (shared). */
+  key: string;
+  /** Shared backing: the region (unlinked when freed). */
+  region: string | null;
   freed: boolean;
 }
 
@@ -94,8 +107,9 @@ export class GpuService {
   readonly #maxContextBytes: number;
   readonly #log: GpuServiceOptions['log'];
   readonly #contexts = new Map<number, Context>();
-  /** servedKey -> allocation. */
-  readonly #allocs = new Map<number, Allocation>();
+  /** `s:<servedKey>` / `r:<region name>` -> allocation. */
+  readonly #allocs = new Map<string, Allocation>();
+  readonly #shared: boolean;
   readonly #barriers = new Map<string, Barrier>();
   #nextContext = 1;
   #launches = 0;
@@ -108,6 +122,7 @@ export class GpuService {
     this.#barrierTimeoutMs = opts.barrierTimeoutMs ?? 10_000;
     this.#maxContextBytes = opts.maxContextBytes ?? 4 * 1024 ** 3;
     this.#log = opts.log;
+    this.#shared = (opts.sharedMemory ?? true) && backend.hostAddressable;
   }
 
   /**
@@ -128,6 +143,11 @@ export class GpuService {
 
   get backend(): GpuBackend {
     return this.#backend;
+  }
+
+  /** How device memory is handed out: 'shared' (cpu, host shm) or 'served'. */
+  get memoryKind(): 'shared' | 'served' {
+    return this.#shared ? 'shared' : 'served';
   }
 
   stats(): GpuServiceStats {
@@ -192,8 +212,18 @@ export class GpuService {
     const ctx = this.#context(context);
     if (!Number.isInteger(size) || size < 1 || size > 2 ** 40) throw new FractosError('EINVAL', `alloc size ${size} not in 1..2^40`);
     if (ctx.bytes + size > this.#maxContextBytes) throw new FractosError('ENOSPC', `context ${context} would exceed ${this.#maxContextBytes} bytes`);
+    const a = this.#shared ? await this.#allocShared(ctx, size) : await this.#allocServed(ctx, size);
+    ctx.allocs.add(a);
+    ctx.bytes += size;
+    this.#allocs.set(a.key, a);
+    await this.#watch(ctx, a.cid, () => this.#freeAlloc(a));
+    await this.#p.invoke(onSuccess, AllocReply, { size }, { memory: a.cid });
+  }
+
+  /** Served device memory (cuda, or cpu with sharedMemory false). */
+  async #allocServed(ctx: Context, size: number): Promise<Allocation> {
     const handle = this.#backend.alloc(size);
-    const a: Allocation = { ctx, handle, size, cid: 0, key: 0, freed: false };
+    const a: Allocation = { ctx, handle, size, cid: 0, key: '', region: null, freed: false };
     const backend = this.#backend;
     try {
       a.cid = await this.#p.memoryCreateServed(size, Perm.RW, {
@@ -206,16 +236,31 @@ export class GpuService {
           return backend.write(handle, offset, data);
         },
       });
-      a.key = (await this.#p.memoryStat(a.cid)).servedKey;
+      a.key = `s:${(await this.#p.memoryStat(a.cid)).servedKey}`;
     } catch (err) {
       backend.free(handle);
       throw err;
     }
-    ctx.allocs.add(a);
-    ctx.bytes += size;
-    this.#allocs.set(a.key, a);
-    await this.#watch(ctx, a.cid, () => this.#freeAlloc(a));
-    await this.#p.invoke(onSuccess, AllocReply, { size }, { memory: a.cid });
+    return a;
+  }
+
+  /**
+   * cpu: device memory = a page-aligned shm region (zero-filled) registered as shared
+   * Memory, wrapped by the backend in place. Rounded up to 4 KiB so that O_DIRECT reads
+   * into block-aligned views of it stay aligned; the Memory object is exactly `size`.
+   */
+  async #allocShared(ctx: Context, size: number): Promise<Allocation> {
+    const region = this.#p.allocShared(Math.ceil(size / 4096) * 4096);
+    let handle = 0;
+    try {
+      handle = this.#backend.allocExternal(region.bytes.buffer as ArrayBuffer, region.bytes.byteOffset, size);
+      const cid = await this.#p.memoryCreate(region, Perm.RW, 0, size);
+      return { ctx, handle, size, cid, key: `r:${region.name}`, region: region.name, freed: false };
+    } catch (err) {
+      if (handle) this.#backend.free(handle);
+      unlinkQuietly(region.name);
+      throw err;
+    }
   }
 
   async #load(context: number, kernel: string, onSuccess: number): Promise<void> {
@@ -256,7 +301,8 @@ export class GpuService {
     a.ctx.allocs.delete(a);
     a.ctx.bytes -= a.size;
     this.#allocs.delete(a.key);
-    this.#p.releaseServed(a.key);
+    if (a.region) unlinkQuietly(a.region); // the mapping lives on until the last reference goes
+    else this.#p.releaseServed(Number(a.key.slice(2)));
     const tryFree = (left: number): void => {
       try {
         this.#backend.free(a.handle);
@@ -279,7 +325,9 @@ export class GpuService {
       const e = asFractos(err);
       throw new FractosError(e.code, `${role}: ${e.message}`);
     }
-    const a = st.self && st.backing === 'served' ? this.#allocs.get(st.servedKey) : undefined;
+    // Ours: owned by this Process, and the served key or the region name is in our table
+    // (a region name is only trusted for an object we own: memoryStat's `self`).
+    const a = !st.self ? undefined : st.backing === 'served' ? this.#allocs.get(`s:${st.servedKey}`) : st.region ? this.#allocs.get(`r:${st.region}`) : undefined;
     if (!a) throw new FractosError('EPERM', `${role} is not device memory of this adaptor`);
     if (!(st.perms & need)) throw new FractosError('EPERM', `${role} lacks ${need & Perm.WRITE ? 'write' : 'read'} permission`);
     return { alloc: a, offset: st.regionOffset, size: st.size, perms: st.perms };
@@ -434,6 +482,14 @@ export class GpuService {
     }
     this.#barriers.clear();
     if (this.#initCid) await this.#p.capRevoke(this.#initCid).catch(() => {});
+  }
+}
+
+function unlinkQuietly(name: string): void {
+  try {
+    shmUnlink(name);
+  } catch {
+    // already gone (the Process unlinks its regions again when it closes)
   }
 }
 

@@ -6,6 +6,7 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
+import { shmCreate, shmUnlink } from '../native/shm/index.js';
 import { chiSquare, lbpHistogram, readPgm } from '../facever-app/lbp.js';
 import { DEFAULT_GRID, ORL_DIR, orlPairs } from '../facever-app/accuracy.js';
 import {
@@ -186,6 +187,74 @@ cpuOnly('cpu backend: alloc/write/read round trip and typed errors on bad input'
   for (const x of [h, img, out, sc]) b.free(x);
   t.is(code(t.throws(() => b.free(h))), 'ENOENT');
   t.is(code(t.throws(() => b.alloc(0))), 'EINVAL');
+});
+
+cpuTest('cpu backend on external memory (a shm region, as the adaptor uses it) == TS reference bit for bit', async (t) => {
+  const b = cpu.backend!;
+  t.true(b.hostAddressable);
+  const { gridX: gx, gridY: gy } = DEFAULT_GRID;
+  // One shm region, as GpuService allocates device memory for the cpu backend: probes,
+  // enrolled and scores at page-aligned offsets of the same mapping.
+  const name = `/fractos-test-ext-${process.pid}`;
+  const ab = shmCreate(name, 3 * 4096 * Math.ceil((N * IMAGE_BYTES) / 4096));
+  try {
+    const bytes = new Uint8Array(ab);
+    const seg = 4096 * Math.ceil((N * IMAGE_BYTES) / 4096);
+    bytes.set(batch!.probes, 0);
+    bytes.set(batch!.enrolled, seg);
+    const [pr, en, sc] = [b.allocExternal(ab, 0, N * IMAGE_BYTES), b.allocExternal(ab, seg, N * IMAGE_BYTES), b.allocExternal(ab, 2 * seg, N * 8)];
+    await b.launch(b.loadKernel('lbp_chi2_batch'), { buffers: [{ handle: pr }, { handle: en }, { handle: sc }], scalars: { n: N, gridX: gx, gridY: gy } });
+    // the kernel wrote in place: the scores are in the shared bytes, no read needed
+    const scores = new Float64Array(ab, 2 * seg, N);
+    let mismatch = 0;
+    for (let i = 0; i < N; i++) {
+      const ref = chiSquare(
+        lbpHistogram(batch!.probes.subarray(i * IMAGE_BYTES, (i + 1) * IMAGE_BYTES), 92, 112, gx, gy),
+        lbpHistogram(batch!.enrolled.subarray(i * IMAGE_BYTES, (i + 1) * IMAGE_BYTES), 92, 112, gx, gy),
+      );
+      if (scores[i] !== ref) mismatch++;
+    }
+    t.is(mismatch, 0);
+    // copies through the backend see and change the same bytes
+    await b.write(pr, 5, Uint8Array.from([7, 8]));
+    t.deepEqual([...bytes.subarray(5, 7)], [7, 8]);
+    t.deepEqual([...(await b.read(en, 0, 4))], [...batch!.enrolled.subarray(0, 4)]);
+    // free drops the handle only: the memory stays the caller's
+    for (const h of [pr, en, sc]) b.free(h);
+    t.is(code(t.throws(() => b.free(pr))), 'ENOENT');
+    t.deepEqual([...bytes.subarray(5, 7)], [7, 8]);
+  } finally {
+    shmUnlink(name);
+  }
+});
+
+cpuOnly('cpu backend allocExternal: bad inputs are typed errors', async (t) => {
+  const b = cpu.backend!;
+  const name = `/fractos-test-bad-${process.pid}`;
+  const ab = shmCreate(name, 4096); // page-aligned (a plain ArrayBuffer need not be 64-byte aligned)
+  shmUnlink(name);
+  // size 0, outside the buffer, offset past the end, not 64-byte aligned, not an ArrayBuffer
+  t.is(code(t.throws(() => b.allocExternal(ab, 0, 0))), 'EINVAL');
+  t.is(code(t.throws(() => b.allocExternal(ab, 0, 4097))), 'ERANGE');
+  t.is(code(t.throws(() => b.allocExternal(ab, 4096, 1))), 'ERANGE');
+  t.is(code(t.throws(() => b.allocExternal(ab, 8, 64))), 'EINVAL');
+  t.is(code(t.throws(() => b.allocExternal(ab, -1, 64))), 'EINVAL');
+  t.is(code(t.throws(() => b.allocExternal(new Uint8Array(ab) as never, 0, 64))), 'EINVAL');
+  t.is(code(t.throws(() => b.allocExternal(null as never, 0, 64))), 'EINVAL');
+  // a detached ArrayBuffer
+  const gone = new ArrayBuffer(128);
+  structuredClone(gone, { transfer: [gone] });
+  t.is(code(t.throws(() => b.allocExternal(gone, 0, 64))), 'EINVAL');
+  // a range check on a wrapped buffer, and launches on too-short external buffers
+  const h = b.allocExternal(ab, 0, 128);
+  t.is(code(await b.read(h, 100, 29).catch((e) => e)), 'ERANGE');
+  t.is(code(await b.launch(b.loadKernel('lbp_hist_batch'), { buffers: [{ handle: h }, { handle: h }], scalars: { n: 1, gridX: 1, gridY: 1 } }).catch((e) => e)), 'ERANGE');
+  b.free(h);
+});
+
+cudaTest('cuda backend cannot wrap host memory (ENOTSUP)', (t) => {
+  t.false(cuda.backend!.hostAddressable);
+  t.is(code(t.throws(() => cuda.backend!.allocExternal(new ArrayBuffer(4096), 0, 64))), 'ENOTSUP');
 });
 
 cpuOnly('openBackend: auto picks cuda when a device answers, else cpu; close is idempotent', (t) => {

@@ -22,6 +22,7 @@ interface RawBackend {
   readonly kind: string;
   readonly deviceName: string;
   alloc(size: number): number;
+  allocExternal(ab: ArrayBuffer, offset: number, size: number): number;
   free(handle: number): void;
   size(handle: number): number;
   write(handle: number, offset: number, data: Uint8Array): Promise<void>;
@@ -138,7 +139,19 @@ export class NativeGpu {
     return wrapSync(() => this.#raw.alloc(size));
   }
 
-  /** Free a buffer. @throws ENOENT (unknown handle), EBUSY (a copy or launch using it is in flight) */
+  /**
+   * Use `size` bytes at `offset` of `ab` (host memory, e.g. a POSIX shm region mapped by
+   * native/shm) as a buffer: cpu backend only, where "device memory" is host memory, so
+   * copies and launches work on those bytes in place. The addon keeps a reference to `ab`
+   * until `free`/`close` (which never release the memory itself); the bytes must start
+   * 64-byte aligned. @throws ENOTSUP (cuda), EINVAL (not an ArrayBuffer, size 0, misaligned,
+   * detached), ERANGE (outside `ab`)
+   */
+  allocExternal(ab: ArrayBuffer, offset: number, size: number): number {
+    return wrapSync(() => this.#raw.allocExternal(ab, offset, size));
+  }
+
+  /** Free a buffer (an external one: drop the reference only). @throws ENOENT (unknown handle), EBUSY (a copy or launch using it is in flight) */
   free(handle: number): void {
     wrapSync(() => this.#raw.free(handle));
   }

@@ -7,6 +7,7 @@
 #include <napi.h>
 
 #include <set>
+#include <unordered_map>
 
 #include "backend.h"
 
@@ -128,7 +129,8 @@ class BackendWrap : public Napi::ObjectWrap<BackendWrap> {
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "NativeGpuBackend",
                        {InstanceAccessor<&BackendWrap::kind>("kind"), InstanceAccessor<&BackendWrap::deviceName>("deviceName"),
-                        InstanceMethod<&BackendWrap::alloc>("alloc"), InstanceMethod<&BackendWrap::free>("free"),
+                        InstanceMethod<&BackendWrap::alloc>("alloc"), InstanceMethod<&BackendWrap::allocExternal>("allocExternal"),
+                        InstanceMethod<&BackendWrap::free>("free"),
                         InstanceMethod<&BackendWrap::size>("size"), InstanceMethod<&BackendWrap::write>("write"),
                         InstanceMethod<&BackendWrap::read>("read"), InstanceMethod<&BackendWrap::launch>("launch"),
                         InstanceMethod<&BackendWrap::close>("close")});
@@ -181,6 +183,28 @@ class BackendWrap : public Napi::ObjectWrap<BackendWrap> {
       throwJs(info.Env(), e);
     }
   }
+  // allocExternal(ab: ArrayBuffer, offset, size) -> handle: `size` bytes at `offset` of `ab`
+  // become a buffer (cpu backend only). A reference to `ab` is kept until free/close, so
+  // the memory outlives every copy and launch using it. Detached or short buffers: EINVAL/ERANGE.
+  Napi::Value allocExternal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArrayBuffer()) throw makeError(env, "EINVAL", "ab must be an ArrayBuffer");
+    auto ab = info[0].As<Napi::ArrayBuffer>();
+    uint64_t off = u64Arg(info, 1, "offset");
+    uint64_t size = u64Arg(info, 2, "size");
+    uint8_t* base = static_cast<uint8_t*>(ab.Data());
+    uint64_t len = ab.ByteLength();
+    if (!base || len == 0) throw makeError(env, "EINVAL", "ArrayBuffer is empty or detached");
+    if (off > len || size > len - off)
+      throw makeError(env, "ERANGE", "[" + std::to_string(off) + ", +" + std::to_string(size) + ") outside ArrayBuffer of " + std::to_string(len) + " bytes");
+    try {
+      uint32_t h = be(env).allocExternal(reinterpret_cast<uint64_t>(base + off), size);
+      refs_[h] = Napi::Persistent(ab);
+      return Napi::Number::New(env, h);
+    } catch (const GpuError& e) {
+      throwJs(env, e);
+    }
+  }
   // free(handle)
   Napi::Value free(const Napi::CallbackInfo& info) {
     uint32_t h = u32Arg(info, 0, "handle");
@@ -189,6 +213,7 @@ class BackendWrap : public Napi::ObjectWrap<BackendWrap> {
     } catch (const GpuError& e) {
       throwJs(info.Env(), e);
     }
+    refs_.erase(h);  // releases an allocExternal ArrayBuffer
     return info.Env().Undefined();
   }
   Napi::Value size(const Napi::CallbackInfo& info) {
@@ -277,10 +302,12 @@ class BackendWrap : public Napi::ObjectWrap<BackendWrap> {
     } catch (const GpuError& e) {
       throwJs(info.Env(), e);
     }
+    refs_.clear();
     return info.Env().Undefined();
   }
 
   std::shared_ptr<Backend> be_;
+  std::unordered_map<uint32_t, Napi::Reference<Napi::ArrayBuffer>> refs_;  // allocExternal
   AddonData* data_ = nullptr;
 };
 

@@ -30,20 +30,33 @@ uint32_t Backend::alloc(uint64_t size) {
   uint64_t addr = deviceAlloc(size);
   std::lock_guard<std::mutex> g(mu_);
   uint32_t h = next_++;
-  buffers_[h] = Buffer{addr, size, 0};
+  buffers_[h] = Buffer{addr, size, 0, false};
+  return h;
+}
+
+uint32_t Backend::allocExternal(uint64_t addr, uint64_t size) {
+  if (!hostAddressable()) fail("ENOTSUP", std::string(kind()) + " backend cannot use host memory as device memory");
+  if (size == 0 || size > kMaxAlloc) fail("EINVAL", "external size " + std::to_string(size) + " not in 1..2^40 bytes");
+  if (addr == 0 || addr % 64) fail("EINVAL", "external memory must be 64-byte aligned");
+  std::lock_guard<std::mutex> g(mu_);
+  if (closed_) fail("EINVAL", "backend closed");
+  uint32_t h = next_++;
+  buffers_[h] = Buffer{addr, size, 0, true};
   return h;
 }
 
 void Backend::free(uint32_t handle) {
   uint64_t addr;
+  bool external;
   {
     std::lock_guard<std::mutex> g(mu_);
     Buffer& b = lookup(handle);
     if (b.inflight) fail("EBUSY", "buffer " + std::to_string(handle) + " has operations in flight");
     addr = b.addr;
+    external = b.external;
     buffers_.erase(handle);
   }
-  deviceFree(addr);
+  if (!external) deviceFree(addr);
 }
 
 uint64_t Backend::size(uint32_t handle) {
@@ -132,7 +145,8 @@ void Backend::close() {
     if (closed_) return;
     for (auto& [h, b] : buffers_)
       if (b.inflight) fail("EBUSY", "operations in flight");
-    for (auto& [h, b] : buffers_) addrs.push_back(b.addr);
+    for (auto& [h, b] : buffers_)
+      if (!b.external) addrs.push_back(b.addr);
     buffers_.clear();
     closed_ = true;
   }

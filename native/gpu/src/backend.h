@@ -50,6 +50,11 @@ class Backend {
 
   // JS thread. Returns a handle (> 0). Throws EINVAL (size 0 or > 2^40), ENOSPC (out of memory).
   uint32_t alloc(uint64_t size);
+  // JS thread. Wrap `size` bytes of caller-owned host memory at `addr` as a buffer (cpu
+  // backend only: its "device memory" is host memory). The caller keeps the memory alive
+  // until free/close; free never releases it. Throws ENOTSUP (backend cannot address host
+  // memory), EINVAL (size 0 or > 2^40, addr null or not 64-byte aligned).
+  uint32_t allocExternal(uint64_t addr, uint64_t size);
   // JS thread. Throws ENOENT (unknown handle), EBUSY (operation in flight).
   void free(uint32_t handle);
   uint64_t size(uint32_t handle);
@@ -66,6 +71,9 @@ class Backend {
   bool closed() const { return closed_; }
   bool busy();
 
+  // Whether allocExternal works (the kernels run on host memory).
+  virtual bool hostAddressable() const { return false; }
+
   // Worker threads.
   virtual void copyIn(uint64_t addr, const void* src, size_t n) = 0;
   virtual void copyOut(void* dst, uint64_t addr, size_t n) = 0;
@@ -81,6 +89,7 @@ class Backend {
     uint64_t addr;
     uint64_t size;
     uint32_t inflight;
+    bool external;  // allocExternal: not ours to free
   };
   std::mutex mu_;
   std::unordered_map<uint32_t, Buffer> buffers_;

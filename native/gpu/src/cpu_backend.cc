@@ -1,4 +1,5 @@
-// cpu backend: "device memory" is 64-byte aligned host memory; the kernels are plain C++
+// cpu backend: "device memory" is 64-byte aligned host memory (ours, or the caller's through
+// allocExternal: e.g. a POSIX shm region the FractOS Controller also maps); the kernels are plain C++
 // (256-entry uniform lookup table, row-wise loops, the batch split over std::thread when
 // large). Results are bit-identical to facever-app/lbp.ts and to the cuda backend.
 #include <algorithm>
@@ -81,6 +82,7 @@ class CpuBackend final : public Backend {
   std::string deviceName() const override {
     return "host CPU (" + std::to_string(std::max(1u, std::thread::hardware_concurrency())) + " threads)";
   }
+  bool hostAddressable() const override { return true; }
   void copyIn(uint64_t addr, const void* src, size_t n) override { std::memcpy(reinterpret_cast<void*>(addr), src, n); }
   void copyOut(void* dst, uint64_t addr, size_t n) override { std::memcpy(dst, reinterpret_cast<const void*>(addr), n); }
 
