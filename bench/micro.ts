@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { parseAddress } from '../libfractos/link.js';
 import { COPY_CHUNK_BYTES } from '../libfractos/protocol.js';
-import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../test/helpers/spawn.js';
+import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../cli/spawn.js';
 import { BenchEcho, BenchHold } from './micro-schema.js';
 
 /** A DESIGN.md §6 record. */

@@ -14,7 +14,7 @@ import {
   type FioJob, type FioReport, type IoTarget,
 } from '../bench/fio/index.js';
 import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
-import { spawnFractos, type Spawned } from '../test/helpers/spawn.js';
+import { spawnFractos, type Spawned } from './spawn.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { die, log } from './log.js';
 

@@ -1,0 +1,135 @@
+/**
+ * Spawn `fractos` subcommands as real OS processes (Controllers, services) and wait for
+ * their ready line. Used by the CLI (fio, demo), the benchmarks and the tests.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Repository root: the nearest folder up from here with a package.json (from cli/ or dist/cli/). */
+export const REPO_ROOT = ((): string => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+})();
+export const FRACTOS_BIN = join(REPO_ROOT, 'bin', 'fractos.js');
+
+export interface Spawned {
+  child: ChildProcess;
+  /** The ready line that matched. */
+  line: string;
+  /** Everything printed so far (stdout + stderr). */
+  output(): string;
+  /** SIGKILL (kill -9) and wait for exit. */
+  kill9(): Promise<void>;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Run `node bin/fractos.js ...args` and resolve once a stdout line matches `ready`.
+ * Rejects if the process exits first or `timeoutMs` passes (with its output).
+ */
+export function spawnFractos(args: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
+  return spawnNode([FRACTOS_BIN, ...args], ready, opts);
+}
+
+/** Run `node ...argv` (a script and its arguments) and resolve once a stdout line matches `ready`. */
+export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
+  const args = argv.slice(1);
+  const child = spawn(process.execPath, argv, {
+    cwd: REPO_ROOT,
+    env: { FRACTOS_LOG: 'warn', ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const wait = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) await exited;
+  };
+  return new Promise((resolvePromise, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`fractos ${args.join(' ')}: no ready line in ${opts.timeoutMs ?? 20000} ms; output:\n${out}`));
+    }, opts.timeoutMs ?? 20000);
+    let buf = '';
+    let done = false;
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (!done && ready.test(line)) {
+          done = true;
+          clearTimeout(timer);
+          resolvePromise({
+            child,
+            line,
+            output: () => out,
+            kill9: async () => {
+              child.kill('SIGKILL');
+              await wait();
+            },
+            stop: async () => {
+              child.kill('SIGTERM');
+              await wait();
+            },
+          });
+        }
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('exit', (code, sig) => {
+      if (done) return;
+      clearTimeout(timer);
+      reject(new Error(`fractos ${args.join(' ')} exited (${code ?? sig}) before ready; output:\n${out}`));
+    });
+  });
+}
+
+/** A free TCP port on 127.0.0.1 (bound then released). */
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => res(p));
+    });
+  });
+}
+
+/** A fresh temporary directory. */
+export function tempDir(prefix = 'fractos-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export interface ControllerSpec {
+  id: number;
+  dir: string;
+  /** unix socket for Processes */
+  unix: string;
+  /** tcp address for peers */
+  tcp: string;
+}
+
+/** Specs for `n` Controllers (ids 1..n) that list each other as peers. */
+export async function clusterSpecs(n: number, dir = tempDir('fractos-cluster-')): Promise<ControllerSpec[]> {
+  const specs: ControllerSpec[] = [];
+  for (let i = 1; i <= n; i++) {
+    specs.push({ id: i, dir: join(dir, `c${i}`), unix: `unix:${join(dir, `c${i}.sock`)}`, tcp: `tcp://127.0.0.1:${await freePort()}` });
+  }
+  return specs;
+}
+
+/** Start (or restart) the Controller of `spec` as an OS process, peers = the other specs. */
+export function startController(spec: ControllerSpec, all: ControllerSpec[]): Promise<Spawned> {
+  const args = ['controller', '--id', String(spec.id), '--state-dir', spec.dir, '--listen', spec.unix, '--listen', spec.tcp];
+  for (const p of all) if (p.id !== spec.id) args.push('--peer', `${p.id}=${p.tcp}`);
+  return spawnFractos(args, /^controller \d+ epoch \d+ listening/);
+}
