@@ -4,44 +4,22 @@
  * kill -9). A loop device is used when root and losetup are available; otherwise a regular
  * O_DIRECT file (logged).
  */
-import test, { type ExecutionContext } from 'ava';
+import { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, closeSync, openSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { IoPort, volumeCreate, volumeOpen } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
-import { loadUring } from '../native/uring/index.js';
-import { UringBackend } from '../blockdev-adaptor/uring-backend.js';
+import { deviceDir } from './helpers/devices.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
 
-let reason = '';
-let dir = '';
-try {
-  loadUring();
-  dir = mkdtempSync(join('/var/tmp', 'fractos-bdt-'));
-  writeFileSync(join(dir, 'probe'), Buffer.alloc(8192));
-  await (await UringBackend.open(join(dir, 'probe'), { queueDepth: 1 })).close();
-} catch (e) {
-  reason = `no io_uring / O_DIRECT here: ${(e as Error).message}`;
-}
-const vtest = reason ? test.skip : test;
-if (reason) console.log(`blockdev.test: skipping: ${reason}`);
-test.after.always(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const devices = await deviceDir('fractos-bdt', 'blockdev.test');
+const { vtest } = devices;
 
-let seq = 0;
-function devFile(size = 64 << 20): string {
-  const path = join(dir, `dev${seq++}.img`);
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
+const devFile = (size = 64 << 20): string => devices.devFile(size);
 
 /** A loop device over a fresh file, or null (not root / no losetup). */
 function loopDevice(t: ExecutionContext, size: number): { dev: string; detach: () => void } | null {

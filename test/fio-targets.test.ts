@@ -3,9 +3,8 @@
  * blockdev volume, a mediated FS file and a DAX open; data written through a target reads
  * back; a revoked DAX target fails; and `fractos fio --target dax` runs a whole stack.
  */
-import test from 'ava';
 import { execFile } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
@@ -15,33 +14,13 @@ import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
 import { parseJobFile, runJob } from '../bench/fio/index.js';
 import { RequestTarget } from '../bench/fio/targets.js';
-import { loadUring } from '../native/uring/index.js';
-import { UringBackend } from '../blockdev-adaptor/uring-backend.js';
+import { deviceDir } from './helpers/devices.js';
 import { FRACTOS_BIN, REPO_ROOT, tempDir } from './helpers/spawn.js';
 
-let reason = '';
-let dir = '';
-try {
-  loadUring();
-  dir = mkdtempSync(join('/var/tmp', 'fractos-fiot-'));
-  writeFileSync(join(dir, 'probe'), Buffer.alloc(8192));
-  await (await UringBackend.open(join(dir, 'probe'), { queueDepth: 1 })).close();
-} catch (e) {
-  reason = `no io_uring / O_DIRECT here: ${(e as Error).message}`;
-}
-const vtest = reason ? test.skip : test;
-if (reason) console.log(`fio-targets.test: skipping: ${reason}`);
-test.after.always(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const devices = await deviceDir('fractos-fiot', 'fio-targets.test');
+const { dir, vtest } = devices;
 
-function devFile(name: string, size = 64 << 20): string {
-  const path = join(dir, name);
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
+const devFile = (name: string, size = 64 << 20): string => devices.devFile(size, name);
 
 const job = (rw: string, iodepth: number, bs = '4k'): string => `[global]\nsize=4m\nruntime=300ms\ntime_based\n[j]\nrw=${rw}\nbs=${bs}\niodepth=${iodepth}\n`;
 

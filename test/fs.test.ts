@@ -3,9 +3,8 @@
  * errors, DAX opens, revocation on close/delete, the DAX use-after-free case, persistence
  * across restarts and crash consistency (kill -9 of the FS process during a write storm).
  */
-import test, { type ExecutionContext } from 'ava';
+import { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
@@ -14,34 +13,14 @@ import { IoPort } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
-import { loadUring } from '../native/uring/index.js';
-import { UringBackend } from '../blockdev-adaptor/uring-backend.js';
+import { deviceDir } from './helpers/devices.js';
+import type { UringBackend } from '../blockdev-adaptor/uring-backend.js';
 import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
 
-let reason = '';
-let dir = '';
-try {
-  loadUring();
-  dir = mkdtempSync(join('/var/tmp', 'fractos-fst-'));
-  writeFileSync(join(dir, 'probe'), Buffer.alloc(8192));
-  await (await UringBackend.open(join(dir, 'probe'), { queueDepth: 1 })).close();
-} catch (e) {
-  reason = `no io_uring / O_DIRECT here: ${(e as Error).message}`;
-}
-const vtest = reason ? test.skip : test;
-if (reason) console.log(`fs.test: skipping: ${reason}`);
-test.after.always(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const devices = await deviceDir('fractos-fst', 'fs.test');
+const { vtest } = devices;
 
-let seq = 0;
-function devFile(size = 96 << 20): string {
-  const path = join(dir, `dev${seq++}.img`);
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, size);
-  closeSync(fd);
-  return path;
-}
+const devFile = (size = 96 << 20): string => devices.devFile(size);
 
 interface Env {
   c: Controller;
