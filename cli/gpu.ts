@@ -3,8 +3,8 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ORL_DIR } from '../facever-app/accuracy.js';
-import { kernelOverhead, runBench, type BenchRecord } from '../facever-app/bench.js';
-import { LocalCluster, REPO_ROOT } from '../facever-app/cluster.js';
+import { kernelOverhead, runBench, STATS_NAME, VARIANTS, type BenchRecord, type Variant } from '../facever-app/bench.js';
+import { LocalCluster, PLACEMENTS, REPO_ROOT, type Placement } from '../facever-app/cluster.js';
 import { writePlots } from '../facever-app/plots.js';
 import { serve, portOf } from '../facever-app/server.js';
 import { DEFAULT_PREFIX, enroll, readMeta } from '../facever-app/store.js';
@@ -29,7 +29,7 @@ export function register(program: Command): void {
       try {
         if (!['cuda', 'cpu', 'auto'].includes(o.backend)) throw new FractosError('EINVAL', `--backend must be cuda, cpu or auto, got '${o.backend}'`);
         const backend = openBackend(o.backend as BackendKind | 'auto');
-        const p = await connect(o.controller, { name: `${o.name}-adaptor` });
+        const p = await connect(o.controller, { name: `${o.name}-adaptor`, memoryDescriptors: true });
         const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log });
         p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
         p.on('close', () => {
@@ -129,55 +129,84 @@ function registerFacever(program: Command): void {
     });
 
   fv.command('bench')
-    .description('accuracy, latency vs batch, throughput vs in flight, frames/bytes per link for chain, fast-star, star')
+    .description('accuracy, latency vs batch, throughput vs in flight, frames/bytes over every Controller link for chain, fast-star, star (single host and three-node placement)')
     .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
     .option('--json', 'print DESIGN.md §6 records as one JSON array')
-    .option('--out <dir>', 'where the SVG plots go', 'bench-out')
-    .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster')
+    .option('--out <dir>', 'where the SVG plots go (one folder per placement)', 'bench-out')
+    .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster (placement single)')
+    .option('--placement <p>', 'single | disaggregated | both (single: one Controller; disaggregated: app, storage and GPU on three Controllers over TCP)', 'both')
     .option('--backend <kind>', 'GPU backend of the local cluster', 'auto')
-    .option('--designs <list>', 'comma-separated designs', DESIGNS.join(','))
+    .option('--served-memory', 'GPU adaptor: served device memory even on cpu (the pre-shared-memory path)')
+    .option('--fs-cache-blocks <n>', 'FS block cache of the runs (star reads reach the device; the FS keeps at least 16 blocks); star+cache runs with the FS default', '0')
+    .option('--designs <list>', `comma-separated designs (${VARIANTS.join(', ')})`, VARIANTS.join(','))
     .option('--batches <list>', 'latency batch sizes', '1,4,16,64,256')
     .option('--inflight <list>', 'throughput: batches in flight', '1,2,4,8')
     .option('--reps <n>', 'timed batches per latency point', '10')
-    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; backend: string; designs: string; batches: string; inflight: string; reps: string }) => {
-      let cluster: LocalCluster | undefined;
-      let p: Process | undefined;
+    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string }) => {
       const say = (s: string): void => {
         process.stderr.write(`${s}\n`);
       };
+      const all: BenchRecord[] = [];
+      const texts: string[] = [];
+      let identicalAll = true;
       try {
         const nums = (s: string): number[] => s.split(',').map(Number);
-        if (!o.controller) {
-          say('starting a local cluster (controller, blockdev on a sparse file, fs, gpu)');
-          cluster = await LocalCluster.start({ gpuBackend: o.backend as 'auto', log: say });
+        const designs = o.designs.split(',').map((d) => {
+          if (!(VARIANTS as readonly string[]).includes(d)) throw new FractosError('EINVAL', `--designs: one of ${VARIANTS.join(', ')}, got '${d}'`);
+          return d as Variant;
+        });
+        if (!['single', 'disaggregated', 'both'].includes(o.placement)) throw new FractosError('EINVAL', `--placement must be single, disaggregated or both, got '${o.placement}'`);
+        const placements: Placement[] = o.controller ? ['single'] : o.placement === 'both' ? [...PLACEMENTS] : [o.placement as Placement];
+        const cacheBlocks = Number(o.fsCacheBlocks);
+        for (const placement of placements) {
+          let cluster: LocalCluster | undefined;
+          let p: Process | undefined;
+          const stats: Process[] = [];
+          try {
+            if (!o.controller) {
+              say(`${placement}: starting a local cluster (${placement === 'single' ? 'one Controller' : 'three Controllers over TCP: app | blockdev+fs | gpu'})`);
+              cluster = await LocalCluster.start({ gpuBackend: o.backend as 'auto', placement, fsCacheBlocks: cacheBlocks, gpuServedMemory: o.servedMemory, log: say });
+              for (const a of cluster.controllers) stats.push(await connect(a, { name: STATS_NAME }));
+            }
+            p = await connect(o.controller ?? cluster!.nodes.app, { name: 'facever-bench' });
+            const fs = await FsClient.connect(p, 'fs', 20_000);
+            const meta = cluster ? await enroll(p, fs, o.dataset, { log: say }) : await readMeta(p, fs);
+            const c = cluster;
+            const { records, identical, table } = await runBench(p, {
+              dataset: o.dataset, meta, designs, batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), log: say,
+              placement,
+              stats: c ? stats : undefined,
+              setFsCache: c ? async (cached) => {
+                say(`${placement}: restarting the FS with ${cached ? 'its default block cache' : `--cache-blocks ${cacheBlocks}`}`);
+                await c.startFs(cached ? undefined : cacheBlocks);
+              } : undefined,
+              fsCacheNote: c ? `--cache-blocks ${cacheBlocks}` : 'as configured',
+            });
+            const kernel: BenchRecord[] = placement !== 'single' ? [] : await kernelOverhead(p, o.dataset, meta.ids, meta.gridX, meta.gridY).catch((e: unknown) => {
+              say(`kernel overhead not measured: ${(e as Error).message}`);
+              return [];
+            });
+            const recs = [...records, ...kernel.map((k) => ({ ...k, params: { ...k.params, placement } }))];
+            all.push(...recs);
+            const plots = await writePlots(recs, join(o.out, placement));
+            identicalAll &&= identical;
+            let t = `== placement ${placement}${cluster ? ` (gpu backend ${cluster.gpuBackend}${o.servedMemory ? ', served memory' : ''}; star reads: FS --cache-blocks ${cacheBlocks}; star+cache: FS default cache)` : ''}\n${table}`;
+            t += `scores identical across designs: ${identical ? 'yes' : 'NO'}\n`;
+            for (const k of kernel) t += `kernel on ${k.params.batch} pairs (${k.params.path}): ${(k.value / 1000).toFixed(2)} ms vs direct C++ ${(k.baseline! / 1000).toFixed(2)} ms = ${k.ratio!.toFixed(2)}x\n`;
+            t += `plots: ${plots.join(', ')}\n`;
+            texts.push(t);
+          } finally {
+            await p?.close();
+            for (const sp of stats) await sp.close();
+            await cluster?.stop();
+          }
         }
-        p = await connect(o.controller ?? cluster!.controller, { name: 'facever-bench' });
-        const fs = await FsClient.connect(p);
-        const meta = cluster ? await enroll(p, fs, o.dataset, { log: say }) : await readMeta(p, fs);
-        const { records, identical, table } = await runBench(p, {
-          dataset: o.dataset, meta, designs: o.designs.split(',').map(checkDesign), batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), log: say,
-        });
-        const kernel: BenchRecord[] = await kernelOverhead(p, o.dataset, meta.ids, meta.gridX, meta.gridY).catch((e: unknown) => {
-          say(`kernel overhead not measured: ${(e as Error).message}`);
-          return [];
-        });
-        const all = [...records, ...kernel];
-        const plots = await writePlots(all, o.out);
         if (o.json) out(JSON.stringify(all, null, 2));
-        else {
-          out(table);
-          out(`scores identical across designs: ${identical ? 'yes' : 'NO'}`);
-          for (const k of kernel) out(`kernel on ${k.params.batch} pairs (${k.params.path}): ${(k.value / 1000).toFixed(2)} ms vs direct C++ ${(k.baseline! / 1000).toFixed(2)} ms = ${k.ratio!.toFixed(2)}x`);
-          if (kernel.length === 0) out('kernel vs direct: skipped (not the cpu backend)');
-          out(`plots: ${plots.join(', ')}`);
-        }
-        if (!identical) process.exitCode = 1;
+        else out(texts.join('\n'));
+        if (!identicalAll) process.exitCode = 1;
       } catch (err) {
         say(`fractos: ${(err as Error).message}`);
         process.exitCode = 1;
-      } finally {
-        await p?.close();
-        await cluster?.stop();
       }
     });
 }

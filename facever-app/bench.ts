@@ -25,10 +25,30 @@ export interface BenchRecord {
   params: Record<string, string | number>;
 }
 
+/** A design as benched: `star+cache` is star with the FS block cache at its default size. */
+export type Variant = Design | 'star+cache';
+export const VARIANTS: readonly Variant[] = [...DESIGNS, 'star+cache'];
+const designOf = (v: Variant): Design => (v === 'star+cache' ? 'star' : v);
+
 export interface BenchOptions {
   dataset: string;
   meta: EnrollMeta;
-  designs?: readonly Design[];
+  designs?: readonly Variant[];
+  /** Placement label put in every record's params ('single', 'disaggregated'). */
+  placement?: string;
+  /**
+   * One Process per Controller of the deployment, connected with the name `STATS_NAME`
+   * (their own links are left out of the sums); default: `p` alone (its link included).
+   */
+  stats?: readonly Process[];
+  /**
+   * Set the FS block cache before a variant: `blocks` = undefined for the FS default
+   * (star+cache), else the size the run uses for reads to reach the device (chain and
+   * fast-star never use it: DAX). Absent: star+cache is skipped.
+   */
+  setFsCache?: (cached: boolean) => Promise<void>;
+  /** What the FS cache is in the non-cached runs (reported). */
+  fsCacheNote?: string;
   batches?: readonly number[];
   inflight?: readonly number[];
   /** Batch size of the throughput runs (default 64). */
@@ -45,15 +65,43 @@ const median = (xs: number[]): number => {
   return s.length ? (s[(s.length - 1) >> 1]! + s[s.length >> 1]!) / 2 : NaN;
 };
 
-async function linkTotals(p: Process): Promise<{ frames: number; bytes: number }> {
-  const s = await p.stats();
-  let frames = 0;
-  let bytes = 0;
-  for (const l of s.links) {
-    frames += l.framesIn + l.framesOut;
-    bytes += l.bytesIn + l.bytesOut;
+/** Name of the Processes that read Controller stats (their links are not counted). */
+export const STATS_NAME = 'facever-stats';
+
+export interface LinkTotals {
+  frames: number;
+  bytes: number;
+  /** Frames per link: `C<id>/<process name>` or `C<a>-C<b>` (peer link). */
+  byLink: Map<string, number>;
+  peerFrames: number;
+  peerBytes: number;
+}
+
+/**
+ * Frames and bytes over every link of every Controller: each Process link (it belongs to
+ * one Controller), and each peer link once, from the side with the lower Controller id
+ * (the other side counts the same frames). The stats Processes' own links are left out.
+ */
+export async function linkTotals(stats: readonly Process[], statsName = STATS_NAME): Promise<LinkTotals> {
+  const t: LinkTotals = { frames: 0, bytes: 0, byLink: new Map(), peerFrames: 0, peerBytes: 0 };
+  for (const sp of stats) {
+    const s = await sp.stats();
+    for (const l of s.links) {
+      if (l.kind === 'process' && l.name === statsName) continue;
+      if (l.kind === 'peer' && l.id < s.controller) continue;
+      const f = l.framesIn + l.framesOut;
+      const b = l.bytesIn + l.bytesOut;
+      t.frames += f;
+      t.bytes += b;
+      if (l.kind === 'peer') {
+        t.peerFrames += f;
+        t.peerBytes += b;
+      }
+      const key = l.kind === 'peer' ? `C${s.controller}-C${l.id}` : `C${s.controller}/${l.name}`;
+      t.byLink.set(key, (t.byLink.get(key) ?? 0) + f);
+    }
   }
-  return { frames, bytes };
+  return t;
 }
 
 /** Scores of `pairs` through `v`, in batches of `v.maxBatch`. */
@@ -69,7 +117,10 @@ export async function scorePairs(v: Verifier, dataset: string, pairs: readonly P
 /** Run the benchmark on an app Process connected to a Controller that has the FS (enrolled) and the GPU adaptor. */
 export async function runBench(p: Process, o: BenchOptions): Promise<{ records: BenchRecord[]; identical: boolean; table: string }> {
   const log = o.log ?? (() => {});
-  const designs = o.designs ?? DESIGNS;
+  const designs = (o.designs ?? VARIANTS).filter((d) => d !== 'star+cache' || o.setFsCache);
+  const placement = o.placement ?? 'single';
+  const statsPs = o.stats ?? [p];
+  const statsName = o.stats ? STATS_NAME : '\0';
   const batches = o.batches ?? [1, 4, 16, 64, 256];
   const inflight = o.inflight ?? [1, 2, 4, 8];
   const reps = o.reps ?? 10;
@@ -88,12 +139,18 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
       return { id: pr.enrolled, image: img(pr.probe, pr.photo) };
     });
 
-  const raw: { design: Design; metric: string; value: number; unit: string; params: Record<string, number | string> }[] = [];
-  const scoresBy = new Map<Design, number[]>();
+  const raw: { design: Variant; metric: string; value: number; unit: string; params: Record<string, number | string> }[] = [];
+  const scoresBy = new Map<Variant, number[]>();
+  let cached = false;
   const maxInflight = Math.max(...inflight);
   for (const design of designs) {
-    log(`design ${design}: opening (pool of ${maxInflight} GPU buffer sets)`);
-    const v = await Verifier.open(p, { design, ids: o.meta.ids, slots: maxInflight, maxBatch: Math.max(...batches, tb), gridX: o.meta.gridX, gridY: o.meta.gridY, maxQueued: 64 });
+    const wantCache = design === 'star+cache';
+    if (o.setFsCache && wantCache !== cached) {
+      await o.setFsCache(wantCache);
+      cached = wantCache;
+    }
+    log(`${placement}: design ${design}: opening (pool of ${maxInflight} GPU buffer sets)`);
+    const v = await Verifier.open(p, { design: designOf(design), ids: o.meta.ids, slots: maxInflight, maxBatch: Math.max(...batches, tb), gridX: o.meta.gridX, gridY: o.meta.gridY, maxQueued: 64 });
     try {
       const scores = await scorePairs(v, o.dataset, pairs);
       scoresBy.set(design, scores);
@@ -103,16 +160,31 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
       raw.push({ design, metric: 'eer', value: equalErrorRate(g, im).eer, unit: '', params: { pairs: pairs.length } });
       for (const b of batches) {
         for (let w = 0; w < 2; w++) await v.verify(batchOf(b, w * b));
-        const before = await linkTotals(p);
+        // Frames and bytes: a separate, untimed run of `reps` batches (the stats calls are
+        // not inside the latency loop).
+        const before = await linkTotals(statsPs, statsName);
+        for (let r = 0; r < reps; r++) await v.verify(batchOf(b, r * b));
+        const after = await linkTotals(statsPs, statsName);
         const lat: number[] = [];
         for (let r = 0; r < reps; r++) lat.push((await v.verify(batchOf(b, r * b))).totalUs);
-        const after = await linkTotals(p);
-        const frames = (after.frames - before.frames - 2) / reps; // minus the stats call itself
+        const self = o.stats ? 0 : 2; // p's own stats call, when p is the stats Process
+        const frames = (after.frames - before.frames - self) / reps;
         const bytes = (after.bytes - before.bytes) / reps;
         raw.push({ design, metric: 'latency_p50_us', value: median(lat), unit: 'us', params: { batch: b } });
         raw.push({ design, metric: 'frames', value: frames, unit: 'frames/batch', params: { batch: b } });
         raw.push({ design, metric: 'bytes', value: bytes, unit: 'bytes/batch', params: { batch: b } });
-        log(`  ${design} batch ${b}: p50 ${(median(lat) / 1000).toFixed(2)} ms, ${frames.toFixed(0)} frames, ${(bytes / 1024).toFixed(0)} KiB per batch`);
+        if (statsPs.length > 1) {
+          raw.push({ design, metric: 'peer_frames', value: (after.peerFrames - before.peerFrames) / reps, unit: 'frames/batch', params: { batch: b } });
+          raw.push({ design, metric: 'peer_bytes', value: (after.peerBytes - before.peerBytes) / reps, unit: 'bytes/batch', params: { batch: b } });
+        }
+        const per: string[] = [];
+        for (const [k, f] of after.byLink) {
+          const d = (f - (before.byLink.get(k) ?? 0)) / reps;
+          if (d <= 0) continue;
+          raw.push({ design, metric: 'link_frames', value: d, unit: 'frames/batch', params: { batch: b, link: k } });
+          per.push(`${k} ${d.toFixed(1)}`);
+        }
+        log(`  ${design} batch ${b}: p50 ${(median(lat) / 1000).toFixed(2)} ms, ${frames.toFixed(0)} frames, ${(bytes / 1024).toFixed(0)} KiB per batch [${per.join(', ')}]`);
       }
       for (const k of inflight) {
         const t0 = performance.now();
@@ -132,6 +204,7 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
     }
   }
   // Identical scores across designs.
+  if (o.setFsCache && cached) await o.setFsCache(false);
   const ref = scoresBy.values().next().value as number[] | undefined;
   let identical = true;
   for (const s of scoresBy.values()) if (!ref || s.length !== ref.length || s.some((x, i) => x !== ref[i])) identical = false;
@@ -153,7 +226,7 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
     let baseline: number | null;
     if (r.metric === 'roc_auc' || r.metric === 'eer') baseline = refAcc[r.metric]!;
     else if (r.metric !== 'throughput_pairs_s') {
-      baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.batch === r.params.batch)?.value ?? null;
+      baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.batch === r.params.batch && x.params.link === r.params.link)?.value ?? null;
     } else baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.inflight === r.params.inflight)?.value ?? null;
     return {
       bench: 'facever',
@@ -162,7 +235,7 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
       unit: r.unit,
       baseline,
       ratio: baseline ? r.value / baseline : null,
-      params: { design: r.design, ...r.params },
+      params: { design: r.design, placement, fsCache: r.design === 'star+cache' ? 'default' : r.design === 'star' ? (o.fsCacheNote ?? 'as configured') : 'unused (DAX)', ...r.params },
     };
   });
   return { records, identical, table: formatTable(records, designs, batches, inflight) };
@@ -231,8 +304,8 @@ export async function kernelOverhead(p: Process, dataset: string, ids: number[],
   ];
 }
 
-function formatTable(records: readonly BenchRecord[], designs: readonly Design[], batches: readonly number[], inflight: readonly number[]): string {
-  const get = (d: Design, m: string, k: string, v: number): BenchRecord | undefined => records.find((r) => r.params.design === d && r.metric === m && r.params[k] === v);
+function formatTable(records: readonly BenchRecord[], designs: readonly Variant[], batches: readonly number[], inflight: readonly number[]): string {
+  const get = (d: Variant, m: string, k: string, v: number): BenchRecord | undefined => records.find((r) => r.params.design === d && r.metric === m && r.params[k] === v);
   const w = 22;
   let s = `${'metric'.padEnd(30)}${designs.map((d) => d.padStart(w)).join('')}\n`;
   const acc = (m: string): string => `${m.padEnd(30)}${designs.map((d) => (records.find((r) => r.params.design === d && r.metric === m)?.value ?? NaN).toFixed(4).padStart(w)).join('')}\n`;
@@ -241,6 +314,10 @@ function formatTable(records: readonly BenchRecord[], designs: readonly Design[]
   for (const b of batches) s += `${`latency p50 ms, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'latency_p50_us', 'batch', b), (x) => (x / 1000).toFixed(2))).join('')}\n`;
   for (const b of batches) s += `${`frames/batch, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'frames', 'batch', b), (x) => x.toFixed(0))).join('')}\n`;
   for (const b of batches) s += `${`KiB/batch, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'bytes', 'batch', b), (x) => (x / 1024).toFixed(0))).join('')}\n`;
+  if (records.some((r) => r.metric === 'peer_frames')) {
+    for (const b of batches) s += `${`peer frames, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'peer_frames', 'batch', b), (x) => x.toFixed(0))).join('')}\n`;
+    for (const b of batches) s += `${`peer KiB, batch ${b}`.padEnd(30)}${designs.map((d) => cell(get(d, 'peer_bytes', 'batch', b), (x) => (x / 1024).toFixed(0))).join('')}\n`;
+  }
   for (const k of inflight) s += `${`pairs/s, ${k} in flight`.padEnd(30)}${designs.map((d) => cell(get(d, 'throughput_pairs_s', 'inflight', k), (x) => x.toFixed(0))).join('')}\n`;
   s += '(ratios vs star in parentheses)\n';
   return s;

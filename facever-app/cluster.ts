@@ -10,7 +10,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, ftruncateSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import net from 'node:net';
 import { FractosError } from '../libfractos/errors.js';
+import { connect } from '../libfractos/process.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** Repository root (from dist/facever-app or facever-app). */
@@ -85,17 +87,48 @@ export interface ClusterOptions {
   removeDir?: boolean;
   /** Progress lines. */
   log?: (line: string) => void;
+  /**
+   * `single` (default): one Controller for everything. `disaggregated` (paper §6.5): three
+   * Controllers on this host as separate nodes, peers over TCP: the app's on Controller 1,
+   * blockdev + FS on Controller 2, GPU adaptor on Controller 3.
+   */
+  placement?: Placement;
+  /** FS `--cache-blocks` (default: the FS's own default, 16384 blocks of 4 KiB). */
+  fsCacheBlocks?: number;
+  /** GPU adaptor hands out served Memory even on cpu (`--served-memory`). */
+  gpuServedMemory?: boolean;
+}
+
+export type Placement = 'single' | 'disaggregated';
+export const PLACEMENTS: readonly Placement[] = ['single', 'disaggregated'];
+
+/** A free TCP port on 127.0.0.1 (bound then released). */
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const srv = net.createServer();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => res(port));
+    });
+  });
 }
 
 /** A running single-host deployment. */
 export class LocalCluster {
   readonly children = new Map<string, Child>();
+  /** Controller address per node role (all equal to `controller` when single). */
+  readonly nodes = { app: '', storage: '', gpu: '' };
+  /** Every Controller's Process address (one for single, three for disaggregated). */
+  readonly controllers: string[] = [];
+  #opts: ClusterOptions = {};
   private constructor(
     readonly dir: string,
     readonly controller: string,
     readonly gpuBackend: string,
     readonly removeDir: boolean,
     readonly startMs: Record<string, number>,
+    readonly placement: Placement = 'single',
   ) {}
 
   /** Start controller, blockdev, fs, gpu (in that order). Errors: those of the children. */
@@ -106,24 +139,54 @@ export class LocalCluster {
       mkdirSync(join(REPO_ROOT, '.state'), { recursive: true });
       dir = mkdtempSync(join(REPO_ROOT, '.state', 'facever-'));
     } else mkdirSync(dir, { recursive: true });
-    const sock = join(dir, 'c.sock');
-    // Unix socket paths are limited to 107 bytes; fall back to /tmp for the socket only.
-    const controller = `unix:${sock.length < 100 ? sock : join(mkdtempSync('/tmp/fractos-'), 'c.sock')}`;
-    const c = new LocalCluster(dir, controller, o.gpuBackend ?? 'auto', o.removeDir ?? created, {});
+    const placement = o.placement ?? 'single';
+    // Unix socket paths are limited to 107 bytes; fall back to /tmp for the sockets only.
+    const sockDir = join(dir, 'c.sock').length < 100 ? dir : mkdtempSync('/tmp/fractos-');
+    const n = placement === 'single' ? 1 : 3;
+    const addrs = Array.from({ length: n }, (_, i) => `unix:${join(sockDir, n === 1 ? 'c.sock' : `c${i + 1}.sock`)}`);
+    const c = new LocalCluster(dir, addrs[0]!, o.gpuBackend ?? 'auto', o.removeDir ?? created, {}, placement);
+    c.#opts = o;
+    c.controllers.push(...addrs);
+    c.nodes.app = addrs[0]!;
+    c.nodes.storage = addrs[n === 1 ? 0 : 1]!;
+    c.nodes.gpu = addrs[n === 1 ? 0 : 2]!;
     const disk = join(dir, 'disk.img');
     const fd = openSync(disk, 'w');
     ftruncateSync(fd, o.diskBytes ?? 256 * 1024 * 1024);
     closeSync(fd);
     try {
-      await c.#start('controller', ['controller', '--id', '1', '--state-dir', join(dir, 'controller'), '--listen', controller], /^controller \d+ epoch \d+ listening/, o.log);
-      await c.#start('blockdev', ['blockdev', '--device', disk, '--format', '--controller', controller], /^ready blockdev /, o.log);
-      await c.#start('fs', ['fs', '--controller', controller], /^ready fs /, o.log);
+      if (n === 1) {
+        await c.#start('controller', ['controller', '--id', '1', '--state-dir', join(dir, 'controller'), '--listen', addrs[0]!], /^controller \d+ epoch \d+ listening/, o.log);
+      } else {
+        // Peers over TCP, as test/helpers/spawn.ts clusterSpecs/startController do.
+        const tcp = await Promise.all(addrs.map(async () => `tcp://127.0.0.1:${await freePort()}`));
+        await Promise.all(addrs.map((a, i) => {
+          const args = ['controller', '--id', String(i + 1), '--state-dir', join(dir, `controller${i + 1}`), '--listen', a, '--listen', tcp[i]!];
+          tcp.forEach((t, j) => j !== i && args.push('--peer', `${j + 1}=${t}`));
+          return c.#start(`controller${i + 1}`, args, /^controller \d+ epoch \d+ listening/, o.log);
+        }));
+        await waitPeered(addrs);
+      }
+      await c.#start('blockdev', ['blockdev', '--device', disk, '--format', '--controller', c.nodes.storage], /^ready blockdev /, o.log);
+      await c.startFs(o.fsCacheBlocks, o.log);
       await c.startGpu(o.log);
     } catch (err) {
       await c.stop();
       throw err;
     }
     return c;
+  }
+
+  /** (Re)start the FS service with `--cache-blocks` (undefined: the FS default). */
+  async startFs(cacheBlocks?: number, log?: (l: string) => void): Promise<Child> {
+    const old = this.children.get('fs');
+    if (old) {
+      await stopChild(old);
+      this.children.delete('fs');
+    }
+    const args = ['fs', '--controller', this.nodes.storage];
+    if (cacheBlocks !== undefined) args.push('--cache-blocks', String(cacheBlocks));
+    return this.#start('fs', args, /^ready fs /, log);
   }
 
   async #start(name: string, args: string[], ready: RegExp, log?: (l: string) => void): Promise<Child> {
@@ -137,7 +200,9 @@ export class LocalCluster {
 
   /** (Re)start the GPU adaptor. */
   async startGpu(log?: (l: string) => void): Promise<Child> {
-    return this.#start('gpu', ['gpu', '--backend', this.gpuBackend, '--controller', this.controller], /^ready gpu /, log);
+    const args = ['gpu', '--backend', this.gpuBackend, '--controller', this.nodes.gpu];
+    if (this.#opts.gpuServedMemory) args.push('--served-memory');
+    return this.#start('gpu', args, /^ready gpu /, log);
   }
 
   /** kill -9 one child (failure injection) and wait for it to exit. */
@@ -150,11 +215,29 @@ export class LocalCluster {
 
   /** Stop every child (gpu, fs, blockdev, controller) and remove the directory if ours. */
   async stop(): Promise<void> {
-    for (const name of ['gpu', 'fs', 'blockdev', 'controller']) {
+    for (const name of ['gpu', 'fs', 'blockdev', 'controller', 'controller1', 'controller2', 'controller3']) {
       const c = this.children.get(name);
       if (c) await stopChild(c);
       this.children.delete(name);
     }
     if (this.removeDir) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Wait until the Controllers at `addrs` see each other: a kv entry put on the last is visible on all. */
+async function waitPeered(addrs: readonly string[], timeoutMs = 20_000): Promise<void> {
+  const last = await connect(addrs[addrs.length - 1]!, { name: 'cluster-probe' });
+  try {
+    await last.kvPut(`cluster.probe.${process.pid}`, await last.requestCreate(1));
+    for (const a of addrs.slice(0, -1)) {
+      const p = await connect(a, { name: 'cluster-probe' });
+      try {
+        await p.kvWait(`cluster.probe.${process.pid}`, timeoutMs);
+      } finally {
+        await p.close();
+      }
+    }
+  } finally {
+    await last.close();
   }
 }

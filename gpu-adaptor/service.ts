@@ -25,9 +25,11 @@ import { FractosError, type ErrorCode } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import { shmUnlink } from '../native/shm/index.js';
 import { Perm } from '../libfractos/protocol.js';
-import type { Invocation } from '../libfractos/schema.js';
+import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { IMAGE_BYTES, IMAGE_HEIGHT, IMAGE_WIDTH, histogramBytes, type BufferArg, type GpuBackend, type Kernel, type KernelName } from './backend.js';
 import { Alloc, AllocReply, Cleanup, DoneReply, GATHER_MAX, Init, InitReply, Invoke, InvokeReply, Load, LoadReply } from './schema.js';
+
+type InvokeSlot = 'probes' | 'enrolled' | 'scores' | 'histograms';
 
 /** Kernels in load order; the invoke Request carries the index. */
 const KERNEL_IDS: readonly KernelName[] = ['lbp_chi2_batch', 'lbp_hist_batch'];
@@ -316,14 +318,17 @@ export class GpuService {
   }
 
   /** Resolve a delivered Memory cid to a view of one of our allocations. */
-  async #view(cid: number, role: string, need: number): Promise<DeviceView> {
+  async #view(cid: number, role: string, need: number, desc?: MemoryDescriptor): Promise<DeviceView> {
     if (!cid) throw new FractosError('EINVAL', `${role} buffer missing`);
-    let st;
-    try {
-      st = await this.#p.memoryStat(cid);
-    } catch (err) {
-      const e = asFractos(err);
-      throw new FractosError(e.code, `${role}: ${e.message}`);
+    // The delivery's descriptor when the Process asked for them (no round trip), else memory_stat.
+    let st = desc;
+    if (!st) {
+      try {
+        st = await this.#p.memoryStat(cid);
+      } catch (err) {
+        const e = asFractos(err);
+        throw new FractosError(e.code, `${role}: ${e.message}`);
+      }
     }
     // Ours: owned by this Process, and the served key or the region name is in our table
     // (a region name is only trusted for an object we own: memoryStat's `self`).
@@ -335,7 +340,8 @@ export class GpuService {
 
   #invoke(inv: Invocation): Promise<void> | void {
     const { imms, caps } = Invoke.decode(inv);
-    if (imms.expect <= 1) return this.#guard(caps.onError, () => this.#run(imms, caps));
+    const desc = (role: InvokeSlot): MemoryDescriptor | undefined => inv.memory?.(Invoke.slotBase + Invoke.capNames.indexOf(role));
+    if (imms.expect <= 1) return this.#guard(caps.onError, () => this.#run(imms, caps, desc));
     // Barrier: the first invocation of a batch runs the kernel once `expect` have arrived;
     // the others wait with it (their delivered cids are dropped when it settles).
     const key = `${imms.context}:${imms.kernel}:${imms.batch}`;
@@ -357,7 +363,7 @@ export class GpuService {
       first.arrived++;
       return this.#guard(caps.onError, async () => {
         if (first.arrived < first.expect) await first.done;
-        await this.#run(imms, caps);
+        await this.#run(imms, caps, desc);
       });
     }
     b.arrived++;
@@ -372,6 +378,7 @@ export class GpuService {
   async #run(
     imms: ReturnType<typeof Invoke.decode>['imms'],
     caps: ReturnType<typeof Invoke.decode>['caps'],
+    desc: (role: InvokeSlot) => MemoryDescriptor | undefined,
   ): Promise<void> {
     const ctx = this.#context(imms.context);
     const kname = KERNEL_IDS[imms.kernel];
@@ -396,10 +403,10 @@ export class GpuService {
     try {
       if (kernel.name === 'lbp_chi2_batch') {
         const [probes, enrolled, sc, hists] = await Promise.all([
-          this.#view(caps.probes, 'probes', Perm.READ),
-          this.#view(caps.enrolled, 'enrolled', Perm.READ),
-          this.#view(caps.scores, 'scores', Perm.WRITE),
-          caps.histograms ? this.#view(caps.histograms, 'histograms', Perm.WRITE) : Promise.resolve(null),
+          this.#view(caps.probes, 'probes', Perm.READ, desc('probes')),
+          this.#view(caps.enrolled, 'enrolled', Perm.READ, desc('enrolled')),
+          this.#view(caps.scores, 'scores', Perm.WRITE, desc('scores')),
+          caps.histograms ? this.#view(caps.histograms, 'histograms', Perm.WRITE, desc('histograms')) : Promise.resolve(null),
         ]);
         check(probes, 'probes', n * IMAGE_BYTES);
         const slots = imms.slots;
@@ -433,8 +440,8 @@ export class GpuService {
       } else {
         // lbp_hist_batch: images in `probes`, histograms out in `histograms`.
         const [images, hists] = await Promise.all([
-          this.#view(caps.probes, 'probes', Perm.READ),
-          this.#view(caps.histograms, 'histograms', Perm.WRITE),
+          this.#view(caps.probes, 'probes', Perm.READ, desc('probes')),
+          this.#view(caps.histograms, 'histograms', Perm.WRITE, desc('histograms')),
         ]);
         check(images, 'probes', n * IMAGE_BYTES);
         check(hists, 'histograms', n * hb);
