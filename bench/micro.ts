@@ -15,17 +15,9 @@ import { parseAddress } from '../libfractos/link.js';
 import { COPY_CHUNK_BYTES } from '../libfractos/protocol.js';
 import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../cli/spawn.js';
 import { BenchEcho, BenchHold } from './micro-schema.js';
+import { benchRecord, type BenchRecord } from './records.js';
 
-/** A DESIGN.md §6 record. */
-export interface BenchRecord {
-  bench: string;
-  metric: string;
-  value: number;
-  unit: string;
-  baseline: number | null;
-  ratio: number | null;
-  params: Record<string, string | number>;
-}
+export type { BenchRecord } from './records.js';
 
 export interface MicroOptions {
   /** Seconds per benchmark.js measurement (default 0.5). */
@@ -129,7 +121,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
   const say = opts.progress ?? (() => {});
   const records: BenchRecord[] = [];
   const rec = (metric: string, value: number, unit: string, baseline: number | null, params: BenchRecord['params']): void => {
-    records.push({ bench: 'micro', metric, value, unit, baseline, ratio: baseline ? value / baseline : null, params });
+    records.push(benchRecord('micro', metric, value, unit, baseline, params));
   };
   const children: Spawned[] = [];
   const procs: Process[] = [];

@@ -5,6 +5,7 @@
  * Overrides (filename, runtime, size) are applied by rewriting a temporary copy of the job
  * file, because fio lets a job file's `[global]` override command-line options.
  */
+import type { BenchRecord } from '../records.js';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -154,7 +155,8 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
 }
 
 /** A DESIGN.md §6 benchmark record. */
-export interface FioBenchRecord {
+/** A DESIGN §6 record (bench/records.ts) narrowed to the fio comparison. */
+export interface FioBenchRecord extends BenchRecord {
   bench: 'fio';
   metric: 'iops' | 'bw_bytes' | 'clat_p50_ns' | 'clat_p99_ns';
   /** Our figure. */
