@@ -166,7 +166,13 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
         for (let r = 0; r < reps; r++) await v.verify(batchOf(b, r * b));
         const after = await linkTotals(statsPs, statsName);
         const lat: number[] = [];
-        for (let r = 0; r < reps; r++) lat.push((await v.verify(batchOf(b, r * b))).totalUs);
+        const stageUs = new Map<string, number[]>();
+        for (let r = 0; r < reps; r++) {
+          const res = await v.verify(batchOf(b, r * b));
+          lat.push(res.totalUs);
+          for (const [k, us] of Object.entries(res.stages)) stageUs.set(k, [...(stageUs.get(k) ?? []), us]);
+        }
+        for (const [k, us] of stageUs) raw.push({ design, metric: 'stage_p50_us', value: median(us), unit: 'us', params: { batch: b, stage: k } });
         const self = o.stats ? 0 : 2; // p's own stats call, when p is the stats Process
         const frames = (after.frames - before.frames - self) / reps;
         const bytes = (after.bytes - before.bytes) / reps;
@@ -184,7 +190,8 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
           raw.push({ design, metric: 'link_frames', value: d, unit: 'frames/batch', params: { batch: b, link: k } });
           per.push(`${k} ${d.toFixed(1)}`);
         }
-        log(`  ${design} batch ${b}: p50 ${(median(lat) / 1000).toFixed(2)} ms, ${frames.toFixed(0)} frames, ${(bytes / 1024).toFixed(0)} KiB per batch [${per.join(', ')}]`);
+        const stg = [...stageUs].map(([k, us]) => `${k} ${(median(us) / 1000).toFixed(2)}`).join(', ');
+        log(`  ${design} batch ${b}: p50 ${(median(lat) / 1000).toFixed(2)} ms (${stg}), ${frames.toFixed(0)} frames, ${(bytes / 1024).toFixed(0)} KiB per batch [${per.join(', ')}]`);
       }
       for (const k of inflight) {
         const t0 = performance.now();
@@ -226,7 +233,7 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
     let baseline: number | null;
     if (r.metric === 'roc_auc' || r.metric === 'eer') baseline = refAcc[r.metric]!;
     else if (r.metric !== 'throughput_pairs_s') {
-      baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.batch === r.params.batch && x.params.link === r.params.link)?.value ?? null;
+      baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.batch === r.params.batch && x.params.link === r.params.link && x.params.stage === r.params.stage)?.value ?? null;
     } else baseline = raw.find((x) => x.design === 'star' && x.metric === r.metric && x.params.inflight === r.params.inflight)?.value ?? null;
     return {
       bench: 'facever',

@@ -7,9 +7,11 @@
  *
  * - `chain` (the FractOS way): the app copies the probes to the GPU and, at the same time,
  *   invokes one DAX read per enrolled photo whose `buffer` is a view of the pooled GPU
- *   buffer at slot i and whose continuation is the derived kernel invoke Request (barrier:
- *   `expect` = reads + 1, one `batch`); the kernel's continuation copies the scores into the
- *   app's Memory (`out`) and invokes the app's done Request. The app sees one completion.
+ *   buffer at slot i and whose continuation is the kernel invoke Request derived once per
+ *   pool slot as a bare barrier arrival (`arrive`, the slot's barrier key); after the probes
+ *   copy the app invokes the kernel with the arguments (`expect` = reads + 1); the kernel's
+ *   continuation copies the scores into the app's Memory (`out`) and invokes the app's done
+ *   Request. The app sees one completion.
  * - `fast-star`: control through the app, data direct: DAX reads into GPU memory, each
  *   completion returns to the app; then the app invokes the kernel, waits, and copies the
  *   scores back.
@@ -97,6 +99,8 @@ interface Slot {
   done: number;
   readDone: number;
   failed: number;
+  /** chain: the GPU invoke Request derived with {batch: barrier key, arrive: 1}: the DAX reads' continuation. */
+  arrive: number;
   // GPU memory (served by the adaptor) and views
   gProbes: number;
   gEnrolled: number;
@@ -129,7 +133,6 @@ export class Verifier extends EventEmitter {
   #pool: Slot[] = [];
   #queue: { resolve: (s: Slot) => void; reject: (e: Error) => void }[] = [];
   #state: 'ready' | 'recovering' | 'closed' = 'ready';
-  #batchSeq = 1;
   /** Bytes between enrolled images in GPU memory (block-aligned for DAX reads). */
   #stride = IMAGE_BYTES;
   /** DAX read length (IMAGE_BYTES rounded up to the block size). */
@@ -253,6 +256,7 @@ export class Verifier extends EventEmitter {
         done: 0,
         readDone: 0,
         failed: 0,
+        arrive: 0,
         gProbes,
         gEnrolled,
         gScores,
@@ -287,12 +291,27 @@ export class Verifier extends EventEmitter {
       await Promise.all(old.map((c) => this.p.capRevoke(c).catch(() => {})));
       await this.p.capDrop(...old).catch(() => {});
     }
+    // A derived Request of the adaptor's: revoking is the adaptor's business; drop ours.
+    if (s.arrive) this.p.capDrop(s.arrive).catch(() => {});
+    s.arrive = 0;
     const a = { slot: s.index, gen: s.gen };
     [s.done, s.readDone, s.failed] = await Promise.all([
       this.p.createRequest(GpuDone, a),
       this.p.createRequest(ReadDone, a),
       this.p.createRequest(Failed, a),
     ]);
+    if (this.design === 'chain' && this.#invoke) {
+      s.arrive = await this.p.requestDerive(this.#invoke, Invoke.args({ batch: this.#barrierKey(s), arrive: 1 }));
+    }
+  }
+
+  /**
+   * chain: the barrier key of a slot's batches. Batches on a slot run one at a time and a
+   * failed one bumps the generation (new continuations, new key), so no arrival of an
+   * earlier batch can count towards a later one.
+   */
+  #barrierKey(s: Slot): number {
+    return ((s.index + 1) * 0x10000 + (s.gen & 0xffff)) >>> 0;
   }
 
   async #acquire(): Promise<Slot> {
@@ -415,42 +434,37 @@ export class Verifier extends EventEmitter {
   }
 
   async #chain(s: Slot, pairs: readonly { id: number; image: Uint8Array }[], st: StageTimes): Promise<void> {
+    // Per batch: k DAX reads whose continuation is the slot's bare arrival Request (made
+    // once per slot: no request_derive, no caps in those deliveries), and one kernel
+    // invocation from the app carrying the arguments (expect = k + 1) after the probes copy.
     const n = pairs.length;
     const t = performance.now();
     this.#stageProbes(s, pairs);
-    const [hProbes, hOut] = await Promise.all([
+    const [hProbes, hOut, gScoresN] = await Promise.all([
       this.#view(s.hProbesN, s.host, 0, n * IMAGE_BYTES),
       this.#view(s.hOutN, s.host, 2 * this.maxBatch * IMAGE_BYTES, n * 8),
       this.#view(s.gScoresN, s.gScores, 0, n * 8),
     ]);
-    const gScoresN = s.gScoresN.get(n * 8)!;
-    const batch = this.#batchSeq++;
     const g = this.#gather(pairs);
-    const inv = await this.p.requestDerive(this.#invoke, Invoke.args(
-      { n, gridX: this.gridX, gridY: this.gridY, batch, expect: g.ids.length + 1, stride: this.#stride, slots: g.ids.length, gather: g.gather },
-      { probes: s.gProbes, enrolled: s.gEnrolled, scores: gScoresN, out: hOut, onSuccess: s.done, onError: s.failed },
-    ));
     st.setup = (performance.now() - t) * 1000;
     const t1 = performance.now();
     const done = this.#wait(s, 'gpu', 1);
-    try {
-      const reads = g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.extents[0]!.read, VolumeRead.args(
-        { offset: 0, length: this.#readLen },
-        { buffer: s.gEnrolledSlot[j]!, onSuccess: inv, onError: s.failed },
-      )));
-      const probes = this.p.memoryCopy(hProbes, s.gProbes).then(() => {
-        st.probes = (performance.now() - t1) * 1000;
-        return this.p.requestInvoke(inv);
-      });
-      await Promise.all([...reads, probes]);
-      const r = InvokeReply.decode((await done)!).imms;
-      st['reads+kernel+copy'] = (performance.now() - t1) * 1000;
-      st.kernel = r.kernelNs / 1000;
-      st.pack = r.packNs / 1000;
-      st.copyOut = r.copyNs / 1000;
-    } finally {
-      this.p.capDrop(inv).catch(() => {});
-    }
+    const reads = g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.extents[0]!.read, VolumeRead.args(
+      { offset: 0, length: this.#readLen },
+      { buffer: s.gEnrolledSlot[j]!, onSuccess: s.arrive, onError: s.failed },
+    )));
+    const probes = this.p.memoryCopy(hProbes, s.gProbes).then(() => {
+      st.probes = (performance.now() - t1) * 1000;
+      return this.p.invoke(this.#invoke, Invoke, {
+        n, gridX: this.gridX, gridY: this.gridY, batch: this.#barrierKey(s), expect: g.ids.length + 1, stride: this.#stride, slots: g.ids.length, gather: g.gather,
+      }, { probes: s.gProbes, enrolled: s.gEnrolled, scores: gScoresN, out: hOut, onSuccess: s.done, onError: s.failed });
+    });
+    await Promise.all([...reads, probes]);
+    const r = InvokeReply.decode((await done)!).imms;
+    st['reads+kernel+copy'] = (performance.now() - t1) * 1000;
+    st.kernel = r.kernelNs / 1000;
+    st.pack = r.packNs / 1000;
+    st.copyOut = r.copyNs / 1000;
   }
 
   async #fastStar(s: Slot, pairs: readonly { id: number; image: Uint8Array }[], st: StageTimes): Promise<void> {
@@ -547,6 +561,10 @@ export class Verifier extends EventEmitter {
       try {
         // Drop what pointed at the dead adaptor (the host side is kept).
         const dead: number[] = [this.#invoke];
+        for (const s of this.#pool) {
+          dead.push(s.arrive);
+          s.arrive = 0;
+        }
         for (const s of this.#pool) dead.push(s.gProbes, s.gEnrolled, s.gScores, ...s.gEnrolledSlot, ...s.gScoresN.values());
         this.p.capDrop(...dead.filter(Boolean)).catch(() => {});
         this.#invoke = 0;
@@ -587,6 +605,7 @@ export class Verifier extends EventEmitter {
     if (this.#gpu && wasReady) await this.#gpu.cleanup().catch(() => {});
     const mine: number[] = [];
     for (const s of this.#pool) {
+      if (s.arrive) this.p.capDrop(s.arrive).catch(() => {});
       mine.push(s.done, s.readDone, s.failed, s.host, ...s.hProbesN.values(), ...s.hEnrolledN.values(), ...s.hOutN.values(), ...s.hEnrolledSlot);
     }
     await Promise.all(mine.filter(Boolean).map((c) => this.p.capRevoke(c).catch(() => {})));

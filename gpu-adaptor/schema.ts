@@ -24,7 +24,7 @@ export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
  * be this adaptor's device memory (alloc). Scalars: n pairs, grid cells gridX x gridY.
  * `expect` > 1 makes a barrier: the kernel runs when `expect` invocations carrying the
  * same `batch` have arrived (e.g. one per DAX read completion), with the arguments of the
- * first. If `out` is set, the `scores` buffer (n x f64) is copied into it before
+ * first one that carries arguments (not `arrive`). If `out` is set, the `scores` buffer (n x f64) is copied into it before
  * onSuccess is invoked (the chain design's "copy scores to the app").
  * `stride` (added): bytes between consecutive enrolled images in `enrolled` (0 = 10304,
  * packed); a larger stride lets block-aligned DAX reads land in per-image slots (the
@@ -32,6 +32,10 @@ export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
  * `slots` and `gather` (added): when `slots` > 0, `enrolled` holds `slots` distinct images
  * (at `stride`) and pair i uses image `gather[i]` (u8; n <= 256): a batch reads each
  * enrolled photo once however many pairs name it, and the adaptor gathers on the device.
+ * `arrive` (added): 1 = a bare barrier arrival for `batch`: it only counts towards the
+ * `expect` of the invocation of that batch that carries the arguments (whichever comes
+ * first), so continuations that just signal "my part is done" (the chain's DAX reads) need
+ * no caps: a Request derived once with {batch, arrive: 1} and nothing else.
  * Errors (onError): EINVAL (n, grid, stride, gather), ERANGE (buffers too small), ETYPE/EPERM (not
  * device memory), ETIMEDOUT (barrier incomplete after the adaptor's barrier timeout).
  */
@@ -39,7 +43,7 @@ export const LoadReply = defineReply('gpu.loaded', {}, ['invoke'] as const);
 export const GATHER_MAX = 256;
 export const Invoke = defineRequest(
   'gpu.invoke',
-  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32', stride: 'u32', slots: 'u16', gather: { bytes: 256 } },
+  { context: 'u32', kernel: 'u32', n: 'u32', gridX: 'u16', gridY: 'u16', batch: 'u32', expect: 'u32', stride: 'u32', slots: 'u16', gather: { bytes: 256 }, arrive: 'u8' },
   ['probes', 'enrolled', 'scores', 'histograms', 'out', 'onSuccess', 'onError'] as const,
 );
 /** kernelNs: launch time; packNs: stride packing; copyNs: the `out` copy (ns). */

@@ -79,7 +79,10 @@ interface Context {
 
 interface Barrier {
   arrived: number;
+  /** From the first invocation carrying arguments (0 until one arrived). */
   expect: number;
+  /** Whether an invocation carrying arguments arrived (it runs the kernel). */
+  carrier: boolean;
   timer: NodeJS.Timeout;
   settle: (err: FractosError | null) => void;
   done: Promise<void>;
@@ -341,9 +344,13 @@ export class GpuService {
   #invoke(inv: Invocation): Promise<void> | void {
     const { imms, caps } = Invoke.decode(inv);
     const desc = (role: InvokeSlot): MemoryDescriptor | undefined => inv.memory?.(Invoke.slotBase + Invoke.capNames.indexOf(role));
-    if (imms.expect <= 1) return this.#guard(caps.onError, () => this.#run(imms, caps, desc));
-    // Barrier: the first invocation of a batch runs the kernel once `expect` have arrived;
-    // the others wait with it (their delivered cids are dropped when it settles).
+    const bare = imms.arrive === 1;
+    if (!bare && imms.expect <= 1) return this.#guard(caps.onError, () => this.#run(imms, caps, desc));
+    // Barrier of `batch`: `expect` invocations (counted from the first one carrying
+    // arguments, which runs the kernel once all have arrived; later carriers only count).
+    // A bare arrival (`arrive` = 1) only counts: the chain's read continuations, with no
+    // caps to deliver, stat or drop. The others wait with the runner (their delivered cids
+    // are dropped when it settles).
     const key = `${imms.context}:${imms.kernel}:${imms.batch}`;
     let b = this.#barriers.get(key);
     if (!b) {
@@ -354,25 +361,30 @@ export class GpuService {
       done.catch(() => {});
       const timer = setTimeout(() => {
         this.#barriers.delete(key);
-        settle(new FractosError('ETIMEDOUT', `batch ${imms.batch}: ${b!.arrived} of ${imms.expect} invocations after ${this.#barrierTimeoutMs} ms`));
+        settle(new FractosError('ETIMEDOUT', `batch ${imms.batch}: ${nb.arrived} of ${nb.expect || '?'} invocations after ${this.#barrierTimeoutMs} ms`));
       }, this.#barrierTimeoutMs);
       timer.unref();
-      b = { arrived: 0, expect: imms.expect, timer, settle, done };
+      const nb: Barrier = { arrived: 0, expect: 0, carrier: false, timer, settle, done };
+      b = nb;
       this.#barriers.set(key, b);
-      const first = b;
-      first.arrived++;
-      return this.#guard(caps.onError, async () => {
-        if (first.arrived < first.expect) await first.done;
-        await this.#run(imms, caps, desc);
-      });
     }
-    b.arrived++;
-    if (b.arrived >= b.expect) {
-      clearTimeout(b.timer);
+    const barrier = b;
+    barrier.arrived++;
+    const runs = !bare && !barrier.carrier;
+    if (runs) {
+      barrier.carrier = true;
+      barrier.expect = Math.max(1, imms.expect);
+    }
+    if (barrier.carrier && barrier.arrived >= barrier.expect && this.#barriers.get(key) === barrier) {
+      clearTimeout(barrier.timer);
       this.#barriers.delete(key);
-      b.settle(null);
+      barrier.settle(null);
     }
-    return b.done.catch(() => {});
+    if (!runs) return barrier.done.catch(() => {});
+    return this.#guard(caps.onError, async () => {
+      await barrier.done;
+      await this.#run(imms, caps, desc);
+    });
   }
 
   async #run(

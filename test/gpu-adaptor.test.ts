@@ -115,6 +115,26 @@ t('alloc/load/invoke/cleanup: scores equal the TS reference, barrier and out cop
   tt.is(calls, 1);
   tt.deepEqual([...new Float64Array(out.region.bytes.buffer, 0, n)], expected);
 
+  // Bare arrivals (`arrive` = 1, no caps: the chain's read continuations) count towards the
+  // expect of the invocation carrying the arguments, before or after it.
+  out.region.bytes.fill(0);
+  const bare = await app.requestDerive(invoke, Invoke.args({ batch: 8, arrive: 1 }));
+  await app.requestInvoke(bare);
+  const arrived2 = new Promise<void>((res) => (notified = res));
+  await app.invoke(invoke, Invoke, { n, gridX, gridY, stride, batch: 8, expect: 3 }, { probes, enrolled, scores, out: outView, onSuccess: notify });
+  await app.requestInvoke(bare);
+  await arrived2;
+  tt.is(calls, 2);
+  tt.deepEqual([...new Float64Array(out.region.bytes.buffer, 0, n)], expected);
+  // Too few arrivals: ETIMEDOUT on onError of the carrier (barrier timeout 500 ms here).
+  tt.is(await code(run(app, invoke, { n, gridX, gridY, stride, batch: 9, expect: 2 }, { probes, enrolled, scores })), 'ETIMEDOUT');
+  await app.capDrop(bare);
+
+  // cpu backend: device memory is shared Memory (a host region the Controller maps).
+  const st = await app.memoryStat(probes);
+  tt.is(st.backing, svc.memoryKind);
+  tt.is(svc.memoryKind, 'shared');
+
   // Views of device memory are device memory too.
   const sv = await app.memoryDiminish(scores, 0, n * 8);
   await run(app, invoke, { n, gridX, gridY, stride }, { probes, enrolled, scores: sv });
@@ -127,6 +147,39 @@ t('alloc/load/invoke/cleanup: scores equal the TS reference, barrier and out cop
   tt.is(await code(run(app, invoke, { n, gridX, gridY, stride }, { probes, enrolled, scores })), 'EREVOKED');
   tt.is(svc.stats().contexts, 0);
   await app.capDrop(probes, enrolled, scores, invoke, host, hp, outView, out.cid, derived, sv, notify).catch(() => {});
+});
+
+t('served device memory (sharedMemory: false, as with cuda): same scores; the other kind is refused', async (tt) => {
+  const sp = await connect(address, { name: 'gpu-served' });
+  const served = await GpuService.start(sp, openBackend('cpu'), { name: 'gpus', sharedMemory: false });
+  try {
+    tt.is(served.memoryKind, 'served');
+    const ctx = await GpuContext.open(app, 'gpus');
+    const n = 2;
+    const [probes, enrolled, scores] = await Promise.all([ctx.alloc(n * IMAGE_BYTES), ctx.alloc(n * IMAGE_BYTES), ctx.alloc(n * 8)]);
+    tt.is((await app.memoryStat(probes)).backing, 'served');
+    const { cid: host, region } = await app.memoryCreateShared(n * IMAGE_BYTES);
+    region.bytes.set(photo(1, 2), 0);
+    region.bytes.set(photo(3, 4), IMAGE_BYTES);
+    await app.memoryCopy(host, probes);
+    region.bytes.set(photo(1, 1), 0);
+    region.bytes.set(photo(3, 1), IMAGE_BYTES);
+    await app.memoryCopy(host, enrolled);
+    const invoke = await ctx.load('lbp_chi2_batch');
+    await run(app, invoke, { n, gridX, gridY }, { probes, enrolled, scores });
+    await app.memoryCopy(scores, await app.memoryDiminish(host, 0, n * 8));
+    const expected = [[1, 2], [3, 4]].map(([id, k]) => chiSquare(lbpHistogram(photo(id!, k!), 92, 112, gridX, gridY), lbpHistogram(photo(id!, 1), 92, 112, gridX, gridY)));
+    tt.deepEqual([...new Float64Array(region.bytes.buffer, 0, n)], expected);
+    // A shared-memory buffer of the other adaptor is not this adaptor's device memory.
+    const other = await GpuContext.open(app);
+    const foreign = await other.alloc(n * 8);
+    tt.is(await code(run(app, invoke, { n, gridX, gridY }, { probes, enrolled, scores: foreign })), 'EPERM');
+    await other.cleanup();
+    await ctx.cleanup();
+  } finally {
+    await served.close();
+    await sp.close();
+  }
 });
 
 t('bad inputs to every Request get error codes, never a crash', async (tt) => {
