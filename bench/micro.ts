@@ -28,6 +28,8 @@ export interface MicroOptions {
   maxRevokeN?: number;
   /** Progress lines (stderr). */
   progress?: (line: string) => void;
+  /** Run only these groups: null, invoke, delegate, revoke, memcpy (default all). */
+  only?: string[];
 }
 
 const PEER = join(REPO_ROOT, 'dist', 'bench', 'micro-peer.js');
@@ -119,6 +121,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
   const trials = opts.trials ?? 5;
   const maxN = opts.maxRevokeN ?? 1000;
   const say = opts.progress ?? (() => {});
+  const want = (group: string): boolean => !opts.only?.length || opts.only.includes(group);
   const records: BenchRecord[] = [];
   const rec = (metric: string, value: number, unit: string, baseline: number | null, params: BenchRecord['params']): void => {
     records.push(benchRecord('micro', metric, value, unit, baseline, params));
@@ -159,7 +162,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     });
     const cont = await client.requestCreate(CONT);
     const echo = { local: await client.kvWait('p1.echo'), remote: await client.kvWait('p2.echo') };
-    for (const placement of ['local', 'remote'] as const) {
+    for (const placement of want('invoke') ? (['local', 'remote'] as const) : []) {
       for (const immBytes of [0, 64, 4096]) {
         say(`invoke ${placement} ${immBytes} B`);
         const args = BenchEcho.args(immBytes ? { pad: Buffer.alloc(immBytes, 1) } : {}, { onSuccess: cont });
@@ -176,7 +179,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     const someMem = (await client.memoryCreateShared(4096)).cid;
     const capNames = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8'] as const;
     const rtts: number[] = [];
-    for (let k = 0; k <= 8; k++) {
+    for (let k = 0; want('delegate') && k <= 8; k++) {
       say(`delegate ${k} caps`);
       const caps: Record<string, number> = { onSuccess: cont };
       for (let i = 0; i < k; i++) caps[capNames[i]!] = someMem;
@@ -188,6 +191,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
       rtts.push(t);
     }
     // Cost per cap: least-squares slope of the invoke round trip over k = 0..8 caps.
+    if (rtts.length) {
     const mk = 4;
     const mt = rtts.reduce((a, b) => a + b, 0) / rtts.length;
     let num = 0;
@@ -199,6 +203,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     const slope = num / den;
     rtts.forEach((t, k) => rec('invoke_rtt', t * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', imm_bytes: 0, caps: k }));
     rec('delegate_per_cap', slope * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', caps: '0..8' });
+    }
 
     // --- revocation: N caps held by another Process, one revtree each vs one shared revtree
     const hold = await client.kvWait('p1.hold');
@@ -208,7 +213,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
         client.invoke(hold, BenchHold, {}, { onSuccess: cont, cap }).catch(() => {});
       });
     const base = await client.requestCreate(0x999);
-    for (let n = 1; n <= maxN; n *= 10) {
+    for (let n = 1; want('revoke') && n <= maxN; n *= 10) {
       say(`revoke N=${n}`);
       const per: number[] = [];
       const shared: number[] = [];
@@ -239,11 +244,11 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     src.region.bytes.fill(3);
     const sinks = { local: await client.kvWait('p1.sink'), remote: await client.kvWait('p2.sink') };
     const rawStream: Record<string, number> = {};
-    for (const [placement, raw] of [['local', ru], ['remote', rt]] as const) {
+    for (const [placement, raw] of want('memcpy') ? ([['local', ru], ['remote', rt]] as const) : []) {
       const t = await measure(`raw stream ${placement}`, (d) => raw.stream(4 << 20, d), maxTime);
       rawStream[placement] = (4 << 20) / t;
     }
-    for (const placement of ['local', 'remote'] as const) {
+    for (const placement of want('memcpy') ? (['local', 'remote'] as const) : []) {
       for (const size of [1, 64, 4096, 65536, 1 << 20, 4 << 20]) {
         say(`memory_copy ${placement} ${size} B`);
         const s = await client.memoryDiminish(src.cid, 0, size);

@@ -155,18 +155,17 @@ export class IoPort {
   }
 
   #complete(inv: Invocation, failed: boolean): void {
-    const imms = inv.imms;
-    const id = imms.length >= 4 ? imms.readUInt32LE(0) : 0;
+    const id = inv.view(0, 4).readUInt32LE(0);
     const pair = this.#pairs[id - 1];
     if (!pair || !pair.done) return;
     const done = pair.done;
     pair.done = null;
     this.#free.push(pair);
     if (failed) {
-      const code = imms.length >= CODE_OFF + 2 ? imms.readUInt16LE(CODE_OFF) : 0;
+      const code = inv.view(CODE_OFF, 2).readUInt16LE(0);
       const e = ErrorReply.decode(inv).imms;
       done(new FractosError(errorCodeFromWire(code), e.message), 0);
-    } else done(null, imms.length >= BYTES_OFF + 4 ? imms.readUInt32LE(BYTES_OFF) : 0);
+    } else done(null, inv.view(BYTES_OFF, 4).readUInt32LE(0));
   }
 
   /** Promise form of `io`, for control paths. */

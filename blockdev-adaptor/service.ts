@@ -68,14 +68,16 @@ const S_OK = VolumeRead.slot('onSuccess');
 const S_ERR = VolumeRead.slot('onError');
 const IO_REPLY_OFF = IoReply.fields[0]!.offset;
 
-function u32At(b: Buffer, off: number): number {
-  return b.length >= off + 4 ? b.readUInt32LE(off) : 0;
+/** u32 immediate at `off` (0 where unset). */
+function u32At(inv: Invocation, off: number): number {
+  return inv.view(off, 4).readUInt32LE(0);
 }
-function u64At(b: Buffer, off: number): number {
-  if (b.length < off + 8) return 0;
-  const hi = b.readUInt32LE(off + 4);
+/** u64 immediate at `off` (0 where unset; -1 beyond 2^53). */
+function u64At(inv: Invocation, off: number): number {
+  const b = inv.view(off, 8);
+  const hi = b.readUInt32LE(4);
   if (hi >= 0x200000) return -1;
-  return hi * 0x100000000 + b.readUInt32LE(off);
+  return hi * 0x100000000 + b.readUInt32LE(0);
 }
 
 /** Coalesces device flushes: a flush started after a write completed covers it. */
@@ -289,15 +291,14 @@ export class BlockdevService {
   // I/O path
 
   #io(inv: Invocation, write: boolean): Promise<void> | void {
-    const imms = inv.imms;
     const caps = inv.caps;
     const buffer = caps[S_BUFFER] ?? 0;
     const ok = caps[S_OK] ?? 0;
     const fail = caps[S_ERR] ?? 0;
-    const volId = u32At(imms, F_VOLUME);
-    const offset = u64At(imms, F_OFFSET);
-    const length = u32At(imms, F_LENGTH);
-    const flags = write ? u32At(imms, F_FLAGS) : 0;
+    const volId = u32At(inv, F_VOLUME);
+    const offset = u64At(inv, F_OFFSET);
+    const length = u32At(inv, F_LENGTH);
+    const flags = write ? u32At(inv, F_FLAGS) : 0;
     let vol: Volume;
     try {
       vol = this.table.get(volId);

@@ -12,12 +12,14 @@ export function register(program: Command): void {
     .option('--max-time <s>', 'seconds per measurement', '0.5')
     .option('--trials <n>', 'revocation trials per N', '5')
     .option('--max-revoke-n <n>', 'largest N for revocation', '1000')
-    .action(async (o: { json?: boolean; maxTime: string; trials: string; maxRevokeN: string }) => {
+    .option('--only <groups>', 'comma-separated: null,invoke,delegate,revoke,memcpy')
+    .action(async (o: { json?: boolean; maxTime: string; trials: string; maxRevokeN: string; only?: string }) => {
       try {
         const records = await runMicro({
           maxTime: Number(o.maxTime),
           trials: Number(o.trials),
           maxRevokeN: Number(o.maxRevokeN),
+          only: o.only?.split(',').map((x) => x.trim()),
           progress: (l) => process.stderr.write(`bench: ${l}\n`),
         });
         if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');

@@ -37,10 +37,15 @@ export function spawnFractos(args: string[], ready: RegExp, opts: { timeoutMs?: 
   return spawnNode([FRACTOS_BIN, ...args], ready, opts);
 }
 
-/** Run `node ...argv` (a script and its arguments) and resolve once a stdout line matches `ready`. */
+/**
+ * Run `node ...argv` (a script and its arguments) and resolve once a stdout line matches
+ * `ready`. `FRACTOS_NODE_ARGS` (space-separated) adds Node flags to every child, e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile a whole stack.
+ */
 export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
   const args = argv.slice(1);
-  const child = spawn(process.execPath, argv, {
+  const nodeArgs = (process.env.FRACTOS_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, ...argv], {
     cwd: REPO_ROOT,
     env: { FRACTOS_LOG: 'warn', ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],

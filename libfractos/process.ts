@@ -10,7 +10,7 @@ import { Link, dial, parseAddress } from './link.js';
 import {
   Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
-  type LinkCounters, type RequestArgs,
+  type ImmRange, type LinkCounters, type RequestArgs,
 } from './protocol.js';
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { shmCreate, shmUnlink } from '../native/shm/index.js';
@@ -551,21 +551,25 @@ export class Process extends EventEmitter {
         o += 32 + nameLen;
       }
     }
-    let size = 0;
-    const ranges: { offset: number; length: number }[] = [];
-    if (args.imms) for (const r of args.imms) {
-      size = Math.max(size, r.offset + r.bytes.length);
-      ranges.push({ offset: r.offset, length: r.bytes.length });
-    }
-    const imms = Buffer.alloc(size);
-    if (args.imms) for (const r of args.imms) imms.set(r.bytes, r.offset);
+    const segs = args.imms ?? NO_IMMS;
+    const ranges: { offset: number; length: number }[] = segs.map((r) => ({ offset: r.offset, length: r.bytes.length }));
+    let whole: Buffer | null = null;
     const caps: number[] = [];
     if (args.caps) for (const c of args.caps) caps[c.slot] = c.cap;
     for (let i = 0; i < caps.length; i++) caps[i] ??= 0;
     let retained: Set<number> | null = null;
     const inv: Invocation = {
       tag,
-      imms,
+      get imms(): Buffer {
+        if (!whole) {
+          let size = 0;
+          for (const r of segs) size = Math.max(size, r.offset + r.bytes.length);
+          whole = Buffer.alloc(size);
+          for (const r of segs) whole.set(r.bytes, r.offset);
+        }
+        return whole;
+      },
+      view: (offset, length) => immView(segs, offset, length),
       ranges,
       caps,
       retain: (cid) => (retained ??= new Set()).add(cid),
@@ -698,6 +702,25 @@ export class Process extends EventEmitter {
   get paused(): boolean {
     return this.#paused;
   }
+}
+
+const NO_IMMS: ImmRange[] = [];
+
+/** Bytes [offset, offset+length) of an immediate area given as ranges: a view when one range covers it, else assembled (zeros where unset). */
+function immView(segs: readonly ImmRange[], offset: number, length: number): Buffer {
+  for (const r of segs) {
+    if (r.offset <= offset && offset + length <= r.offset + r.bytes.length) {
+      const b = r.bytes as Buffer;
+      return b.subarray(offset - r.offset, offset - r.offset + length);
+    }
+  }
+  const out = Buffer.alloc(length);
+  for (const r of segs) {
+    const lo = Math.max(offset, r.offset);
+    const hi = Math.min(offset + length, r.offset + r.bytes.length);
+    if (lo < hi) out.set(r.bytes.subarray(lo - r.offset, hi - r.offset), lo - offset);
+  }
+  return out;
 }
 
 function checkCid(cid: number): void {

@@ -18,8 +18,13 @@ export type CapValues<C extends readonly string[]> = { [K in C[number]]: number 
 /** What a handler receives: the immediate area, the delivered cids by slot (0 = unset). */
 export interface Invocation {
   readonly tag: number;
-  /** Immediate area: every set range copied at its offset, zeros elsewhere. */
+  /**
+   * Immediate area: every set range copied at its offset, zeros elsewhere. Built on first
+   * access (reply fields sit at 32 KiB and up): prefer `view()` or a schema's `decode()`.
+   */
   readonly imms: Buffer;
+  /** `length` bytes of the immediate area at `offset` (zeros where unset), without building it whole. */
+  view(offset: number, length: number): Buffer;
   /** Set immediate ranges, as delivered. */
   readonly ranges: readonly { offset: number; length: number }[];
   /** cid per cap slot in the receiver's space; 0 where the slot is unset. */
@@ -140,7 +145,7 @@ export class RequestSchema<I extends Record<string, FieldType>, C extends readon
   /** Decode an invocation: every field (zero where unset) and the cid of every slot (0 = unset). */
   decode(inv: Invocation): { imms: ImmValues<I>; caps: CapValues<C> } {
     const imms: Record<string, unknown> = {};
-    for (const f of this.fields) imms[f.name] = decodeField(this.name, f, inv.imms);
+    for (const f of this.fields) imms[f.name] = decodeField(this.name, { ...f, offset: 0 }, inv.view(f.offset, f.width));
     const caps: Record<string, number> = {};
     this.capNames.forEach((n, i) => (caps[n] = inv.caps[this.slotBase + i] ?? 0));
     return { imms: imms as ImmValues<I>, caps: caps as CapValues<C> };
