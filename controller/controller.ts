@@ -15,7 +15,7 @@ import {
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
 import { shmOpen, shmUnlink } from '../native/shm/index.js';
-import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RequestInfo, type Target } from './objects.js';
+import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
 import { ProcConn } from './process-conn.js';
 
@@ -245,11 +245,12 @@ export class Controller {
           const off = readU64(frame, 24);
           const size = readU64(frame, 32);
           if (t.isProxy) {
+            const mem = t.mem && { size, perms: t.mem.perms & ~drop & Perm.RW, backing: t.mem.backing };
             this.#peerCallRef(t, Op.P_DIMINISH, 17, (f, o) => {
               f.writeUInt8(drop, o);
               writeU64(f, off, o + 1);
               writeU64(f, size, o + 9);
-            }, this.#replyNewProxy(proc, seq));
+            }, this.#replyNewProxy(proc, seq, mem));
           } else this.#replyCid(proc, seq, this.#install(proc, this.#diminish(t, drop, off, size)));
           return;
         }
@@ -300,7 +301,7 @@ export class Controller {
         case Op.CAP_REVTREE: {
           need(frame, 4);
           const t = this.#target(proc, readCid(frame, 16));
-          if (t.isProxy) this.#peerCallRef(t, Op.P_REVTREE, 0, null, this.#replyNewProxy(proc, seq));
+          if (t.isProxy) this.#peerCallRef(t, Op.P_REVTREE, 0, null, this.#replyNewProxy(proc, seq, t.mem));
           else this.#replyCid(proc, seq, this.#install(proc, this.#revtree(t)));
           return;
         }
@@ -396,8 +397,8 @@ export class Controller {
     };
   }
 
-  /** Callback for a peer reply carrying a new ObjectRef: install a (pre-held) proxy. */
-  #replyNewProxy(proc: ProcConn, seq: number): (err: FractosError | null, f: Buffer | null) => void {
+  /** Callback for a peer reply carrying a new ObjectRef: install a (pre-held) proxy, with its Memory info when known. */
+  #replyNewProxy(proc: ProcConn, seq: number, mem: RemoteMemory | null = null): (err: FractosError | null, f: Buffer | null) => void {
     return (err, f) => {
       if (!proc.alive) {
         if (!err && f) this.#sendHold(readRef(f, HEADER_BYTES), -1);
@@ -409,6 +410,7 @@ export class Controller {
       }
       const ref = readRef(f!, HEADER_BYTES);
       const t = this.#proxyFor(ref, true);
+      t.mem ??= mem;
       try {
         this.#replyCid(proc, seq, this.#install(proc, t));
       } catch (e) {
@@ -675,9 +677,11 @@ export class Controller {
       proc.link.send(r);
     };
     if (t.isProxy) {
+      if (t.mem) return send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
       this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
-        if (err) this.#replyDone(proc, seq)(err);
-        else send(readU64(f!, 16), f!.readUInt8(24), f!.readUInt8(25), 0, 0, 0, '');
+        if (err) return this.#replyDone(proc, seq)(err);
+        t.mem ??= { size: readU64(f!, 16), perms: f!.readUInt8(24), backing: f!.readUInt8(25) === 1 ? 1 : 0 };
+        send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
       });
       return;
     }
@@ -886,17 +890,23 @@ export class Controller {
       throw err;
     }
     const args: RequestArgs<number> = { caps, imms: info.imms.length ? info.imms : undefined };
-    let descs: { slot: number; m: MemoryInfo; self: boolean; name: Buffer }[] | null = null;
+    let descs: { slot: number; m: MemoryInfo | RemoteMemory; local: boolean; self: boolean; name: Buffer }[] | null = null;
     let descBytes = 0;
     if (provider.features & Feature.MEMORY_DESCRIPTORS) {
       descs = [];
       descBytes = 2;
       for (let slot = 0; slot < info.caps.length; slot++) {
         const t = info.caps[slot];
-        if (!t || t.isProxy || t.revoked || !t.mem) continue;
-        const name = t.mem.backing === Backing.SHARED ? Buffer.from(t.mem.region, 'utf8') : EMPTY;
-        descs.push({ slot, m: t.mem, self: t.owner === provider, name });
-        descBytes += 32 + name.length;
+        if (!t || t.revoked) continue;
+        if (t.isProxy) {
+          if (t.mem) descs.push({ slot, m: t.mem, local: false, self: false, name: EMPTY });
+          else continue;
+        } else {
+          if (!t.mem) continue;
+          const name = t.mem.backing === Backing.SHARED ? Buffer.from(t.mem.region, 'utf8') : EMPTY;
+          descs.push({ slot, m: t.mem, local: true, self: t.owner === provider, name });
+        }
+        descBytes += 32 + descs[descs.length - 1]!.name.length;
       }
     }
     const argEnd = 20 + argsBytes(args, 4);
@@ -911,12 +921,12 @@ export class Controller {
         f.writeUInt16LE(d.slot, o);
         f.writeUInt8(d.m.perms, o + 2);
         f.writeUInt8(d.m.backing, o + 3);
-        f.writeUInt8(1 | (d.self ? 2 : 0), o + 4);
+        f.writeUInt8((d.local ? 1 : 0) | (d.self ? 2 : 0), o + 4);
         f.writeUInt8(d.name.length, o + 5);
         f.writeUInt16LE(0, o + 6);
         writeU64(f, d.m.size, o + 8);
-        writeU64(f, d.m.offset, o + 16);
-        writeU64(f, d.self ? d.m.servedKey : 0, o + 24);
+        writeU64(f, 'offset' in d.m ? d.m.offset : 0, o + 16);
+        writeU64(f, d.self && 'servedKey' in d.m ? d.m.servedKey : 0, o + 24);
         d.name.copy(f, o + 32);
         o += 32 + d.name.length;
       }
@@ -1140,14 +1150,46 @@ export class Controller {
     return { imms: args.imms, caps: args.caps?.map((c) => ({ slot: c.slot, cap: this.#refOf(c.cap) })) };
   }
 
-  #peerInvoke(t: RemoteProxy, args: RequestArgs<Target>, done: Done): void {
+  /** What this Controller knows of a Memory target (to tell a peer), or null. */
+  #memOf(t: Target): RemoteMemory | null {
+    if (t.isProxy) return t.mem;
+    return t.mem && { size: t.mem.size, perms: t.mem.perms, backing: t.mem.backing };
+  }
+
+  /**
+   * P_INVOKE / P_DERIVE body: ref, args, then u16 n and n x Memory descriptor of a cap
+   * argument (u16 slot, u8 perms, u8 backing, u32 0, u64 size), so the provider's
+   * Controller can describe remote buffers in its DELIVER without asking their owner.
+   */
+  #peerArgsCall(t: RemoteProxy, op: number, args: RequestArgs<Target>, cb: (err: FractosError | null, f: Buffer | null) => void): void {
     const pargs = this.#peerArgs(args);
-    this.#peerCallRef(t, Op.P_INVOKE, argsBytes(pargs, REF_BYTES), (f, o) => writeArgs(f, o, pargs, writeRef, REF_BYTES), (err) => done(err));
+    const descs: { slot: number; m: RemoteMemory }[] = [];
+    if (args.caps) for (const c of args.caps) {
+      const m = this.#memOf(c.cap);
+      if (m) descs.push({ slot: c.slot, m });
+    }
+    const ab = argsBytes(pargs, REF_BYTES);
+    this.#peerCallRef(t, op, ab + 2 + 16 * descs.length, (f, o) => {
+      o = writeArgs(f, o, pargs, writeRef, REF_BYTES);
+      f.writeUInt16LE(descs.length, o);
+      o += 2;
+      for (const d of descs) {
+        f.writeUInt16LE(d.slot, o);
+        f.writeUInt8(d.m.perms, o + 2);
+        f.writeUInt8(d.m.backing, o + 3);
+        f.writeUInt32LE(0, o + 4);
+        writeU64(f, d.m.size, o + 8);
+        o += 16;
+      }
+    }, cb);
+  }
+
+  #peerInvoke(t: RemoteProxy, args: RequestArgs<Target>, done: Done): void {
+    this.#peerArgsCall(t, Op.P_INVOKE, args, (err) => done(err));
   }
 
   #peerDerive(t: RemoteProxy, args: RequestArgs<Target>, cb: (err: FractosError | null, f: Buffer | null) => void): void {
-    const pargs = this.#peerArgs(args);
-    this.#peerCallRef(t, Op.P_DERIVE, argsBytes(pargs, REF_BYTES), (f, o) => writeArgs(f, o, pargs, writeRef, REF_BYTES), cb);
+    this.#peerArgsCall(t, Op.P_DERIVE, args, cb);
   }
 
   #onPeerFrame(peer: PeerConn, frame: Buffer): void {
@@ -1178,11 +1220,20 @@ export class Controller {
         case Op.P_DERIVE: {
           need(frame, REF_BYTES);
           const obj = this.#localObj(readRef(frame, 16));
-          const { args } = readArgs(frame, 32, frame.length, readRef, REF_BYTES, this.limits);
+          const { args, end } = readArgs(frame, 32, frame.length, readRef, REF_BYTES, this.limits);
           const targs: RequestArgs<Target> = {
             imms: args.imms,
             caps: args.caps?.map((c) => ({ slot: c.slot, cap: this.#targetFromRef(c.cap) })),
           };
+          if (end + 2 <= frame.length && targs.caps) {
+            const n = frame.readUInt16LE(end);
+            if (end + 2 + 16 * n > frame.length) throw new FractosError('EPROTO', 'truncated Memory descriptors');
+            for (let i = 0, o = end + 2; i < n; i++, o += 16) {
+              const slot = frame.readUInt16LE(o);
+              const t = targs.caps.find((c) => c.slot === slot)?.cap;
+              if (t?.isProxy && t !== DEAD && !t.mem) t.mem = { size: readU64(frame, o + 8), perms: frame.readUInt8(o + 2) & Perm.RW, backing: frame.readUInt8(o + 3) === 1 ? 1 : 0 };
+            }
+          }
           if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, (err) => reply(err));
           else replyRef(this.#derive(obj, targs));
           return;

@@ -69,6 +69,8 @@ export class RemoteProxy {
   recvMonitors: Monitor[] | null = null;
   /** Pins: bootstrap names and cap slots of local Request objects that name it. */
   pins = 0;
+  /** What a peer told of this Memory object (size, perms and backing never change), or null. */
+  mem: RemoteMemory | null = null;
   constructor(
     readonly ref: ObjectRef,
     readonly key: string,
@@ -79,6 +81,13 @@ export class RemoteProxy {
 }
 
 export type Target = Obj | RemoteProxy;
+
+/** Size (bytes), perms and backing of a remote Memory object, as carried on peer links. */
+export interface RemoteMemory {
+  size: number;
+  perms: number;
+  backing: 0 | 1;
+}
 
 /** One slot of a Process's capability space. */
 export interface CapEntry {

@@ -177,3 +177,20 @@ test('revocation through a shared revtree reaches holders on every Controller; s
     await c.stop();
   }
 });
+
+test('deliveries describe Memory caps owned by another Controller (no memory_stat across)', async (t) => {
+  const c = await cluster(2);
+  try {
+    const app = await connect(c.specs[0]!.unix, { name: 'app' });
+    const dev = await connect(c.specs[1]!.unix, { name: 'adaptor', memoryDescriptors: true });
+    c.procs.push(app, dev);
+    const seen = new Promise<unknown>((res) => dev.onRequest(Echo.tag, (inv) => res(inv.memory(Echo.slot('buf')))));
+    await dev.kvPut('dev', await dev.createRequest(Echo));
+    const { cid } = await app.memoryCreateShared(16384);
+    const view = await app.memoryDiminish(cid, 4096, 8192, Perm.WRITE);
+    await app.invoke(await app.kvWait('dev'), Echo, { x: 1 }, { buf: view });
+    t.deepEqual(await seen, { perms: Perm.READ, backing: 'shared', local: false, self: false, size: 8192, regionOffset: 0, servedKey: 0, region: '' });
+  } finally {
+    await c.stop();
+  }
+});
