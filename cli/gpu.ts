@@ -142,7 +142,8 @@ function registerFacever(program: Command): void {
     .option('--batches <list>', 'latency batch sizes', '1,4,16,64,256')
     .option('--inflight <list>', 'throughput: batches in flight', '1,2,4,8')
     .option('--reps <n>', 'timed batches per latency point', '10')
-    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string }) => {
+    .option('--warmup-ms <ms>', 'untimed batches per design before its latency points (the first design would otherwise run on a cold cluster)', '1000')
+    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string; warmupMs: string }) => {
       const say = (s: string): void => {
         process.stderr.write(`${s}\n`);
       };
@@ -173,7 +174,7 @@ function registerFacever(program: Command): void {
             const meta = cluster ? await enroll(p, fs, o.dataset, { log: say }) : await readMeta(p, fs);
             const c = cluster;
             const { records, identical, table } = await runBench(p, {
-              dataset: o.dataset, meta, designs, batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), log: say,
+              dataset: o.dataset, meta, designs, batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), warmupMs: Number(o.warmupMs), log: say,
               placement,
               stats: c ? stats : undefined,
               setFsCache: c ? async (cached) => {

@@ -55,6 +55,12 @@ export interface BenchOptions {
   throughputBatch?: number;
   /** Timed repetitions per latency point (default 10). */
   reps?: number;
+  /**
+   * Warm-up of each design before its latency points (ms, default 1000): batches of the
+   * latency sizes in turn, untimed. Without it the first design's first point ran on a
+   * cold cluster (V8 still optimising the paths of every Process on it).
+   */
+  warmupMs?: number;
   /** Batches per in-flight stream in the throughput runs (default 8). */
   streamBatches?: number;
   log?: (s: string) => void;
@@ -124,6 +130,7 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
   const batches = o.batches ?? [1, 4, 16, 64, 256];
   const inflight = o.inflight ?? [1, 2, 4, 8];
   const reps = o.reps ?? 10;
+  const warmupMs = o.warmupMs ?? 1000;
   const tb = o.throughputBatch ?? 64;
   const pairs = orlPairs(o.meta.ids);
   const images = new Map<string, Uint8Array>();
@@ -158,6 +165,13 @@ export async function runBench(p: Process, o: BenchOptions): Promise<{ records: 
       const im = scores.filter((_, i) => !pairs[i]!.genuine);
       raw.push({ design, metric: 'roc_auc', value: rocAuc(g, im), unit: '', params: { pairs: pairs.length } });
       raw.push({ design, metric: 'eer', value: equalErrorRate(g, im).eer, unit: '', params: { pairs: pairs.length } });
+      const w0 = performance.now();
+      let warm = 0;
+      for (; performance.now() - w0 < warmupMs; warm++) {
+        const b = batches[warm % batches.length]!;
+        await v.verify(batchOf(b, warm * b));
+      }
+      log(`  ${design}: warm-up, ${warm} batches in ${(performance.now() - w0).toFixed(0)} ms`);
       for (const b of batches) {
         for (let w = 0; w < 2; w++) await v.verify(batchOf(b, w * b));
         // Frames and bytes: a separate, untimed run of `reps` batches (the stats calls are
