@@ -88,7 +88,11 @@ export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: num
         }
       }
     });
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => {
+      out += d.toString();
+      // Long-running services log for hours: keep the last 512 KiB.
+      if (out.length > 1 << 20) out = out.slice(-(1 << 19));
+    });
     child.once('exit', (code, sig) => {
       if (done) return;
       clearTimeout(timer);

@@ -15,15 +15,8 @@ import { chiSquare, lbpHistogram } from './lbp.js';
 import { loadOrl, type EnrollMeta } from './store.js';
 import { DESIGNS, Verifier, type Design } from './verifier.js';
 
-export interface BenchRecord {
-  bench: string;
-  metric: string;
-  value: number;
-  unit: string;
-  baseline: number | null;
-  ratio: number | null;
-  params: Record<string, string | number>;
-}
+export type { BenchRecord } from '../bench/records.js';
+import type { BenchRecord } from '../bench/records.js';
 
 /** A design as benched: `star+cache` is star with the FS block cache at its default size. */
 export type Variant = Design | 'star+cache';

@@ -6,18 +6,14 @@
  * the tests. Every child is `node bin/fractos.js <subcommand>`; each is ready when it
  * prints its ready line on stdout.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, ftruncateSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import net from 'node:net';
+import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
 import { connect } from '../libfractos/process.js';
+import { REPO_ROOT, freePort, spawnFractos } from '../cli/spawn.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-/** Repository root (from dist/facever-app or facever-app). */
-export const REPO_ROOT = resolve(here, here.includes('/dist/') ? '../..' : '..');
-const BIN = join(REPO_ROOT, 'bin', 'fractos.js');
+export { REPO_ROOT };
 
 export interface Child {
   name: string;
@@ -26,45 +22,14 @@ export interface Child {
   output(): string;
 }
 
-/** Run `fractos ...args` and wait for a stdout line matching `ready`. Errors: EIO (exited first), ETIMEDOUT. */
-export function spawnChild(name: string, args: string[], ready: RegExp, timeoutMs = 30_000): Promise<Child> {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: REPO_ROOT,
-    env: { FRACTOS_LOG: 'warn', ...process.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  return new Promise((res, rej) => {
-    let done = false;
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      rej(new FractosError('ETIMEDOUT', `${name}: no ready line in ${timeoutMs} ms; output:\n${out}`));
-    }, timeoutMs);
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (!done && ready.test(line)) {
-          done = true;
-          clearTimeout(timer);
-          res({ name, child, line, output: () => out });
-        }
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.length > 1 << 20) out = out.slice(-(1 << 19));
-    });
-    child.once('exit', (code, sig) => {
-      if (done) return;
-      clearTimeout(timer);
-      rej(new FractosError('EIO', `${name} exited (${code ?? sig}) before ready; output:\n${out}`));
-    });
-  });
+/** Run `fractos ...args` and wait for a stdout line matching `ready` (cli/spawn.ts). Errors: EIO (exited first or no ready line in time). */
+export async function spawnChild(name: string, args: string[], ready: RegExp, timeoutMs = 30_000): Promise<Child> {
+  try {
+    const s = await spawnFractos(args, ready, { timeoutMs });
+    return { name, child: s.child, line: s.line, output: s.output };
+  } catch (err) {
+    throw new FractosError('EIO', `${name}: ${(err as Error).message}`);
+  }
 }
 
 async function stopChild(c: Child, signal: NodeJS.Signals = 'SIGTERM', graceMs = 3000): Promise<void> {
@@ -102,17 +67,7 @@ export interface ClusterOptions {
 export type Placement = 'single' | 'disaggregated';
 export const PLACEMENTS: readonly Placement[] = ['single', 'disaggregated'];
 
-/** A free TCP port on 127.0.0.1 (bound then released). */
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = net.createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => res(port));
-    });
-  });
-}
+
 
 /** A running single-host deployment. */
 export class LocalCluster {
