@@ -46,6 +46,12 @@ export interface LinkStats {
 }
 
 const EMPTY = Buffer.alloc(0);
+/**
+ * Split frames of these ops are reassembled in one reused buffer per link (no garbage per
+ * 256 KiB copy chunk): P_MEM_WRITE's handler writes the bytes into a mapping, or into a new
+ * MEM_WRITE frame, before returning.
+ */
+const SCRATCH_OPS: ReadonlySet<number> = new Set([Op.P_MEM_WRITE]);
 const DEAD = new RemoteProxy({ controller: 0, epoch: 0, id: 0 }, 'dead');
 DEAD.revoked = true;
 
@@ -170,7 +176,7 @@ export class Controller {
   }
 
   #accept(sock: net.Socket): void {
-    const link = new Link(sock, this.limits.maxFrameBytes);
+    const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
     link.onFrame = (frame) => {
       const op = frameOp(frame);
       if (op === Op.HELLO) this.#helloProcess(link, frame);
@@ -1037,7 +1043,7 @@ export class Controller {
     if (this.#closing || this.#peers.has(id)) return;
     dial(addr, 5000).then((sock) => {
       if (this.#closing) return sock.destroy();
-      const link = new Link(sock, this.limits.maxFrameBytes);
+      const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
       const f = allocFrame(Op.PEER_HELLO, 0, 8);
       f.writeUInt32LE(this.id, 16);
       f.writeUInt32LE(this.epoch, 20);

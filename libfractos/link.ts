@@ -67,9 +67,10 @@ export class Link {
   onFrame: (frame: Buffer) => void = () => {};
   onClose: (err?: Error) => void = () => {};
 
-  constructor(socket: net.Socket, maxFrameBytes: number) {
+  /** `scratchOps`: see FrameDecoder (frames of these ops are valid only during onFrame). */
+  constructor(socket: net.Socket, maxFrameBytes: number, scratchOps: ReadonlySet<number> | null = null) {
     this.socket = socket;
-    this.#decoder = new FrameDecoder(maxFrameBytes);
+    this.#decoder = new FrameDecoder(maxFrameBytes, scratchOps);
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.#closed) return;

@@ -286,8 +286,21 @@ export class FrameDecoder {
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   readonly #maxFrameBytes: number;
-  constructor(maxFrameBytes: number) {
+  /** Ops whose split frames are reassembled in one reused buffer (see the constructor). */
+  readonly #scratchOps: ReadonlySet<number> | null;
+  #scratch: Buffer | null = null;
+  #scratchFill = 0;
+  #scratchMode = false;
+
+  /**
+   * `scratchOps`: ops whose frames, when split across chunks, are reassembled into one
+   * buffer reused for every such frame (no allocation, no garbage per frame). Such a frame
+   * is valid only during its `onFrame` call: use only for ops whose handler consumes the
+   * bytes synchronously (P_MEM_WRITE writes them into a mapping or a new frame at once).
+   */
+  constructor(maxFrameBytes: number, scratchOps: ReadonlySet<number> | null = null) {
     this.#maxFrameBytes = maxFrameBytes;
+    this.#scratchOps = scratchOps;
   }
 
   /** Bytes the pending partial frame needs in all (0 while its length is not known yet). */
@@ -296,7 +309,19 @@ export class FrameDecoder {
   /** Feed a chunk; `onFrame` is called for every complete frame, in order. */
   push(chunk: Buffer, onFrame: (frame: Buffer) => void): void {
     let buf = chunk;
-    if (this.#pendingBytes) {
+    if (this.#scratchMode) {
+      const scratch = this.#scratch!;
+      const n = Math.min(this.#need - this.#scratchFill, chunk.length);
+      chunk.copy(scratch, this.#scratchFill, 0, n);
+      this.#scratchFill += n;
+      if (this.#scratchFill < this.#need) return;
+      const len = this.#need;
+      this.#scratchMode = false;
+      this.#need = 0;
+      onFrame(scratch.subarray(0, len));
+      if (n === chunk.length) return;
+      buf = chunk.subarray(n);
+    } else if (this.#pendingBytes) {
       this.#pending.push(chunk);
       this.#pendingBytes += chunk.length;
       // Reassemble only once the partial frame is complete (no quadratic re-copying).
@@ -323,6 +348,13 @@ export class FrameDecoder {
     if (off < buf.length) {
       const rest = buf.subarray(off);
       this.#need = rest.length >= 4 ? this.#checkLength(rest.readUInt32LE(0)) : 0;
+      if (this.#scratchOps && rest.length >= HEADER_BYTES && this.#scratchOps.has(rest.readUInt16LE(4))) {
+        if (!this.#scratch || this.#scratch.length < this.#need) this.#scratch = Buffer.allocUnsafe(this.#need);
+        rest.copy(this.#scratch, 0);
+        this.#scratchFill = rest.length;
+        this.#scratchMode = true;
+        return;
+      }
       this.#pending.push(rest);
       this.#pendingBytes = rest.length;
     }

@@ -116,3 +116,26 @@ test('schemas: fixed offsets, tags, partial args, reply base', (t) => {
   t.is(ErrorReply.fields[0]!.offset, 0x8000);
   t.is(ErrorReply.slotBase, 32);
 });
+
+test('decoder: split frames of scratch ops are reassembled in one reused buffer, others as before', (t) => {
+  const big = (seq: number, fill: number): Buffer => {
+    const f = allocFrame(Op.P_MEM_WRITE, seq, 3000);
+    f.fill(fill, 16);
+    return f;
+  };
+  const all = Buffer.concat([big(1, 0xa1), allocFrame(Op.NULL, 2, 4), big(3, 0xa3), big(4, 0xa4)]);
+  for (const step of [7, 16, 100, 1024, 2999]) {
+    const d = new FrameDecoder(1 << 16, new Set([Op.P_MEM_WRITE]));
+    const seen: string[] = [];
+    const frames: Buffer[] = [];
+    for (let off = 0; off < all.length; off += step) {
+      d.push(all.subarray(off, off + step), (f) => {
+        // content is checked during the callback: scratch frames are not kept
+        const body = f.subarray(16);
+        seen.push(`${frameSeq(f)}:${f.length}:${body.every((b) => b === body[0]) ? body[0] : 'mixed'}`);
+        frames.push(f);
+      });
+    }
+    t.deepEqual(seen, ['1:3016:161', '2:20:' + seen[1]!.split(':')[2], '3:3016:163', '4:3016:164'], `step ${step}`);
+  }
+});
