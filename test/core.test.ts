@@ -52,6 +52,18 @@ function serveEcho(p: Process): void {
   });
 }
 
+/**
+ * Processes `a` (client) and `b` (provider serving Echo, preset with `preset`), and the
+ * Echo Request: `echo` in b's space, `ea` in a's (handed over by a bootstrap name).
+ */
+async function echoPair(e: Env, preset: { tag?: string } = {}): Promise<{ a: Process; b: Process; echo: number; ea: number }> {
+  const [a, b] = [await e.proc('a'), await e.proc('b')];
+  serveEcho(b);
+  const echo = await b.createRequest(Echo, preset);
+  await b.kvPut('echo', echo);
+  return { a, b, echo, ea: await a.kvGet('echo') };
+}
+
 async function code(t: { is: (a: unknown, b: unknown, m?: string) => void }, p: Promise<unknown>, expected: string): Promise<void> {
   try {
     await p;
@@ -63,11 +75,7 @@ async function code(t: { is: (a: unknown, b: unknown, m?: string) => void }, p: 
 
 test('invoke delivers immediates and delegated caps; sync RPC returns the continuation', async (t) => {
   const e = await env();
-  const [a, b] = [await e.proc('a'), await e.proc('b')];
-  serveEcho(b);
-  const echo = await b.createRequest(Echo, { tag: 'svc' });
-  await b.kvPut('echo', echo);
-  const ea = await a.kvGet('echo');
+  const { a, ea } = await echoPair(e, { tag: 'svc' });
   const { cid: buf } = await a.memoryCreateShared(12288);
   const inv = await a.rpc(ea, Echo, { x: 21 }, { buf });
   t.deepEqual(EchoReply.decode(inv).imms, { y: 42, tag: 'svc', size: 12288 });
@@ -77,11 +85,7 @@ test('invoke delivers immediates and delegated caps; sync RPC returns the contin
 
 test('derived Requests can add arguments but never overwrite them (EARGSET)', async (t) => {
   const e = await env();
-  const [a, b] = [await e.proc('a'), await e.proc('b')];
-  serveEcho(b);
-  const echo = await b.createRequest(Echo, { tag: 'fixed' });
-  await b.kvPut('echo', echo);
-  const ea = await a.kvGet('echo');
+  const { a, ea } = await echoPair(e, { tag: 'fixed' });
   await code(t, a.requestDerive(ea, Echo.args({ tag: 'evil' })), 'EARGSET');
   await code(t, a.requestInvoke(ea, Echo.args({ tag: 'evil' })), 'EARGSET');
   // partial overlap of a set range is EARGSET too
@@ -270,11 +274,7 @@ test('epochs: each start increments the persisted epoch', async (t) => {
 
 test('a malformed or oversized frame closes only the offending channel (EPROTO)', async (t) => {
   const e = await env({ maxFrameBytes: 1 << 16 });
-  const [a, b] = [await e.proc('a'), await e.proc('b')];
-  serveEcho(b);
-  const echo = await b.createRequest(Echo);
-  await b.kvPut('echo', echo);
-  const ea = await a.kvGet('echo');
+  const { a, ea } = await echoPair(e);
   const path = e.addr.slice(5);
   for (const bad of [
     // garbage length
@@ -365,11 +365,7 @@ test('back-pressure: a provider that stops reading holds its invokers; nothing i
 
 test('objects do not leak: one-shot RPC continuations and dropped derived objects are collected', async (t) => {
   const e = await env();
-  const [a, b] = [await e.proc('a'), await e.proc('b')];
-  serveEcho(b);
-  const echo = await b.createRequest(Echo);
-  await b.kvPut('echo', echo);
-  const ea = await a.kvGet('echo');
+  const { a, b, ea } = await echoPair(e);
   await a.rpc(ea, Echo, { x: 1 });
   await a.nullOp();
   const before = e.c.objectCount;
@@ -383,11 +379,7 @@ test('objects do not leak: one-shot RPC continuations and dropped derived object
 
 test('a cap held only in a Request\'s slot keeps its object alive', async (t) => {
   const e = await env();
-  const [a, b] = [await e.proc('a'), await e.proc('b')];
-  serveEcho(b);
-  const echo = await b.createRequest(Echo);
-  await b.kvPut('echo', echo);
-  const ea = await a.kvGet('echo');
+  const { a, ea } = await echoPair(e);
   // a derived continuation lives only inside another derived Request's slot
   const { cid: mem } = await a.memoryCreateShared(8192);
   const view = await a.memoryDiminish(mem, 0, 4096);
