@@ -75,6 +75,12 @@ interface Handle {
   cids: number[];
   /** DAX revtree children per extent volume (revoked when that extent goes). */
   daxByVolume: Map<number, number[]>;
+  /**
+   * Handed-out Requests whose delegated caps may still exist: a monitor_delegate on each
+   * removes it when the last cap delegated from it is gone; when none is left the client
+   * can no longer use the open and the FS closes it (client closed its channel or died).
+   */
+  live: Set<number>;
 }
 
 function allocatedOf(ino: Inode): number {
@@ -119,8 +125,8 @@ export class FsService {
   // Group commit of metadata.
   #persisting = false;
   #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
-  /** Cache hits/misses in blocks, for tests and stats. */
-  readonly counts = { hits: 0, misses: 0 };
+  /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
+  readonly counts = { hits: 0, misses: 0, orphanedCloses: 0 };
 
   private constructor(proc: Process, opts: FsOptions) {
     this.proc = proc;
@@ -149,6 +155,22 @@ export class FsService {
 
   get files(): number {
     return this.#files.size;
+  }
+
+  /** Open handles (mediated and DAX), for tests and stats. */
+  get openHandles(): number {
+    return this.#handles.size;
+  }
+
+  /**
+   * For tests and diagnostics: the FS's own cids of an open's Requests (mediated read/write
+   * and close in `requests`, DAX revtree children in `dax`), or null when it is not open.
+   */
+  handleCaps(handle: number): { requests: number[]; dax: number[] } | null {
+    const h = this.#handles.get(handle);
+    if (!h) return null;
+    const dax = [...h.daxByVolume.values()].flat();
+    return { requests: h.cids.filter((c) => !dax.includes(c)), dax };
   }
 
   async #init(): Promise<void> {
@@ -326,7 +348,7 @@ export class FsService {
     }
     if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
     const p = this.proc;
-    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map() };
+    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
     const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
     const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
     const close = await p.createRequest(Close, { handle: h.id });
@@ -358,15 +380,38 @@ export class FsService {
     let set = this.#byIno.get(ino.id);
     if (!set) this.#byIno.set(ino.id, (set = new Set()));
     set.add(h);
+    // Close the open when every cap delegated from its Requests is gone (the client dropped
+    // them, closed its channel or died): monitor_delegate on each Request handed out. The
+    // monitors arm when the reply installs the caps in the client's space; a revoked Request's
+    // monitor never fires (close/delete/truncate revoke them), so `live` forgets revoked ones.
+    // (The callbacks capture ids only: libfractos keeps a monitor's callback until it fires.)
+    const hid = h.id;
+    for (const c of h.cids) h.live.add(c);
     const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
-    await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
+    try {
+      await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
+      await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
+    } catch (err) {
+      await this.#revokeHandle(h); // Not armed or not delivered: nobody can use this open.
+      throw err;
+    }
     // The FS keeps its own entries (to revoke them later): the reply only delegated them.
+  }
+
+  /** monitor_delegate of one of `h`'s Requests fired: close the open once none is held outside the FS. */
+  #delegatesGone(handle: number, cid: number): void {
+    const h = this.#handles.get(handle);
+    if (!h || !h.live.delete(cid) || h.live.size > 0) return;
+    this.counts.orphanedCloses++;
+    this.#opts.log?.info({ handle: h.id, path: h.ino.path }, 'client gone: open closed');
+    this.#revokeHandle(h).catch(() => {});
   }
 
   async #revokeHandle(h: Handle): Promise<void> {
     this.#handles.delete(h.id);
     if (h.dax && h.mode & OpenMode.WRITE) this.#invalidate(h.ino, 0);
     this.#byIno.get(h.ino.id)?.delete(h);
+    h.live.clear();
     const cids = h.cids.splice(0);
     await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));
     this.proc.capDrop(...cids).catch(() => {});
@@ -410,7 +455,10 @@ export class FsService {
     const revokes: Promise<unknown>[] = [];
     for (const h of this.#byIno.get(ino.id) ?? []) {
       for (const v of vols) {
-        for (const c of h.daxByVolume.get(v) ?? []) revokes.push(this.proc.capRevoke(c).catch(() => {}));
+        for (const c of h.daxByVolume.get(v) ?? []) {
+          h.live.delete(c); // its monitor will not fire: revoked
+          revokes.push(this.proc.capRevoke(c).catch(() => {}));
+        }
         h.daxByVolume.delete(v);
       }
     }

@@ -319,3 +319,59 @@ vtest('files persist across a clean restart of the FS and of the blockdev', asyn
     await teardown(e);
   }
 });
+
+/** Poll `cond` every 10 ms until it holds (or `ms` pass). */
+async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return true;
+}
+
+vtest('a client that goes away without close: the FS closes its opens and revokes their DAX Requests', async (t) => {
+  const e = await env();
+  try {
+    const fsSvc = e.fs!;
+    const { p, fs, port } = await client(e);
+    await fs.create('/dax');
+    await fs.truncate('/dax', 2 << 20);
+    const m = await fs.open('/med', { create: true });
+    const d = await fs.open('/dax', { dax: true });
+    const ro = await fs.open('/dax', { mode: OpenMode.READ });
+    t.is(fsSvc.openHandles, 3);
+    const { cid } = await p.memoryCreateShared(4096);
+    await port.ioAsync(d.extents[0]!.write, true, 0, 4096, cid);
+    // Watch the FS's own DAX revtree children: revoked when the FS closes the open.
+    const daxCids = fsSvc.handleCaps(d.handle)!.dax;
+    t.is(daxCids.length, 2);
+    const events: string[] = [];
+    for (const c of daxCids) await fsSvc.proc.monitorReceive(c, (ev) => events.push(ev));
+    // Dropping some of an open's caps is not enough: the read-only open still has its read Request.
+    await p.capDrop(ro.close);
+    await new Promise((r) => setTimeout(r, 100));
+    t.is(fsSvc.openHandles, 3);
+    // Dropping all of them closes it.
+    await p.capDrop(ro.read);
+    t.true(await until(() => fsSvc.openHandles === 2), `${fsSvc.openHandles} opens left after the drop`);
+    // The client closes its channel without closing its opens.
+    await p.close();
+    e.procs.splice(e.procs.indexOf(p), 1);
+    t.true(await until(() => fsSvc.openHandles === 0), `${fsSvc.openHandles} opens left after the client went away`);
+    t.is(fsSvc.counts.orphanedCloses, 3);
+    t.true(await until(() => events.length === 2));
+    t.deepEqual(events, ['revoked', 'revoked']);
+    t.is(fsSvc.handleCaps(m.handle), null);
+    // The files are intact and usable by the next client.
+    const c2 = await client(e);
+    const g = await c2.fs.open('/dax', { dax: true });
+    const buf = await c2.p.memoryCreateShared(4096);
+    await c2.port.ioAsync(g.extents[0]!.read, false, 0, 4096, buf.cid);
+    t.is((await c2.fs.stat('/med')).size, 0);
+    await c2.fs.close(g);
+    t.is(fsSvc.openHandles, 0);
+  } finally {
+    await teardown(e);
+  }
+});
