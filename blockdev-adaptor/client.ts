@@ -13,7 +13,7 @@ import { FractosError, errorCodeFromWire } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import type { RequestArgs } from '../libfractos/protocol.js';
 import { ErrorReply, tagOf, type Invocation } from '../libfractos/schema.js';
-import { IoReply, VolumeCreate, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite } from './schema.js';
+import { IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite } from './schema.js';
 
 /** A volume as seen by a client: its id, size and per-volume Requests (cids owned by the caller). */
 export interface VolumeHandle {
@@ -38,6 +38,13 @@ export async function volumeCreate(p: Process, createCid: number, size: number):
 /** volume_open of an existing volume. Errors: ENOENT. */
 export async function volumeOpen(p: Process, openCid: number, volume: number): Promise<VolumeHandle> {
   return volumeOf(await p.rpc(openCid, VolumeOpen, { volume }, {}, { timeoutMs: 30_000 }));
+}
+
+/** volume_list through the published root Request `listCid`: every volume id of the device, ascending. */
+export async function volumeList(p: Process, listCid: number): Promise<number[]> {
+  const { count, ids } = VolumeListReply.decode(await p.rpc(listCid, VolumeList, {}, {}, { timeoutMs: 30_000 })).imms;
+  const b = Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength);
+  return Array.from({ length: Math.min(count, MAX_LISTED_VOLUMES) }, (_, i) => b.readUInt32LE(4 * i));
 }
 
 /** Completion of an IoPort op: null and the bytes transferred, or the error. */

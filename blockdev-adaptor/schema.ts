@@ -3,8 +3,9 @@
  * its clients (the FS service, the fio runner, DAX clients). Schema-only: importing this
  * file imports no service code.
  *
- * Bootstrap: the adaptor publishes its root Requests under `blockdev.volume_create` and
- * `blockdev.volume_open` (prefixed by `--name`, default `blockdev`: `${name}.volume_create`).
+ * Bootstrap: the adaptor publishes its root Requests under `blockdev.volume_create`,
+ * `blockdev.volume_open` and `blockdev.volume_list` (prefixed by `--name`, default
+ * `blockdev`: `${name}.volume_create`).
  */
 import { defineReply, defineRequest } from '../libfractos/schema.js';
 
@@ -12,6 +13,15 @@ import { defineReply, defineRequest } from '../libfractos/schema.js';
 export const VolumeCreate = defineRequest('blockdev.volume_create', { size: 'u64' }, ['onSuccess', 'onError'] as const);
 /** volume_open(volume id) -> VolumeReply (the Requests of an existing volume). Errors: ENOENT. */
 export const VolumeOpen = defineRequest('blockdev.volume_open', { volume: 'u32' }, ['onSuccess', 'onError'] as const);
+/** Most volumes a device holds (the volume table's limit, volumes.ts MAX_VOLUMES). */
+export const MAX_LISTED_VOLUMES = 126;
+/** volume_list() -> VolumeListReply: the ids of every volume of the device. No errors. */
+export const VolumeList = defineRequest('blockdev.volume_list', {}, ['onSuccess', 'onError'] as const);
+/**
+ * What volume_list answers, in the reply's immediates (126 ids fit: no buffer needed):
+ * `count` volumes, their ids as u32 little-endian in `ids[0 .. 4 * count)`, ascending.
+ */
+export const VolumeListReply = defineReply('blockdev.volumes', { count: 'u32', ids: { bytes: 4 * MAX_LISTED_VOLUMES } }, [] as const);
 /** What volume_create/volume_open answer: the volume and its per-volume Requests. */
 export const VolumeReply = defineReply('blockdev.volume', { volume: 'u32', size: 'u64', blockSize: 'u32' }, ['read', 'write', 'delete'] as const);
 

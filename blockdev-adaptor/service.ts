@@ -23,7 +23,7 @@ import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import {
-  DoneReply, IoReply, VolumeCreate, VolumeDelete, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
+  DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
 import { UringBackend } from './uring-backend.js';
 import { VolumeTable, type Volume } from './volumes.js';
@@ -133,7 +133,7 @@ export class BlockdevService {
 
   /**
    * Open the device, load (or, with `format`, create) the volume table, connect, publish
-   * `${name}.volume_create` and `${name}.volume_open`. Errors: those of UringBackend.open,
+   * `${name}.volume_list`, `${name}.volume_create` and `${name}.volume_open`. Errors: those of UringBackend.open,
    * EIO 'format required' (unformatted device without `format`), connect's errors.
    */
   static async start(opts: BlockdevOptions): Promise<BlockdevService> {
@@ -183,9 +183,12 @@ export class BlockdevService {
     p.serve(VolumeCreate, ({ imms, caps }) => this.#create(imms.size, caps.onSuccess, caps.onError));
     p.serve(VolumeOpen, ({ imms, caps }) => this.#open(imms.volume, caps.onSuccess, caps.onError));
     p.serve(VolumeDelete, ({ imms, caps }) => this.#delete(imms.volume, caps.onSuccess, caps.onError));
+    p.serve(VolumeList, ({ caps }) => this.#list(caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
     const create = await p.createRequest(VolumeCreate);
     const open = await p.createRequest(VolumeOpen);
+    const list = await p.createRequest(VolumeList);
+    await p.kvPut(`${this.name}.volume_list`, list);
     await p.kvPut(`${this.name}.volume_create`, create);
     await p.kvPut(`${this.name}.volume_open`, open);
   }
@@ -241,6 +244,19 @@ export class BlockdevService {
   async #open(id: number, ok: number, fail: number): Promise<void> {
     try {
       await this.#reply(this.table.get(id), ok);
+    } catch (err) {
+      await this.#fail(fail, err);
+    }
+  }
+
+  /** volume_list: every committed volume's id, in the reply's immediates (VolumeListReply). */
+  async #list(ok: number, fail: number): Promise<void> {
+    try {
+      const vols = this.table.list();
+      if (vols.length > MAX_LISTED_VOLUMES) throw new FractosError('ERANGE', `${vols.length} volumes > ${MAX_LISTED_VOLUMES}`);
+      const ids = Buffer.alloc(4 * MAX_LISTED_VOLUMES);
+      vols.forEach((v, i) => ids.writeUInt32LE(v.id, 4 * i));
+      await this.proc.invoke(ok, VolumeListReply, { count: vols.length, ids });
     } catch (err) {
       await this.#fail(fail, err);
     }

@@ -17,7 +17,7 @@ import { connect, type Process, type SharedRegion } from '../libfractos/process.
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
 import { crc32 } from 'node:zlib';
-import { IoPort, volumeCreate, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
+import { IoPort, volumeCreate, volumeList, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
@@ -45,6 +45,12 @@ export interface FsOptions {
   name?: string;
   /** LRU cache capacity in 4 KiB blocks (default 16384 = 64 MiB). */
   cacheBlocks?: number;
+  /**
+   * Delete, at start-up, every blockdev volume that is neither the metadata volume nor an
+   * extent of a file (volumes leaked by a crash; default true). The FS owns its blockdev:
+   * volumes other clients created on it are deleted too.
+   */
+  reclaim?: boolean;
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
 
@@ -126,7 +132,7 @@ export class FsService {
   #persisting = false;
   #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
-  readonly counts = { hits: 0, misses: 0, orphanedCloses: 0 };
+  readonly counts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
 
   private constructor(proc: Process, opts: FsOptions) {
     this.proc = proc;
@@ -188,6 +194,7 @@ export class FsService {
       this.#stageFree.push(i);
     }
     await this.#loadMeta();
+    if (this.#opts.reclaim !== false) await this.#reclaim(await p.kvWait(`${bd}.volume_list`, 30_000));
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
     p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
@@ -252,6 +259,29 @@ export class FsService {
       this.#files.set(f.path, ino);
       for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#bdOpen, x.volume));
     }
+  }
+
+  /**
+   * Delete the volumes no file names (leaked by a crash between a volume's creation and the
+   * metadata naming it, or between the metadata dropping extents and their deletion). Runs
+   * before the FS serves anything, so no allocation is in flight.
+   */
+  async #reclaim(listCid: number): Promise<void> {
+    const p = this.proc;
+    const ids = await volumeList(p, listCid);
+    p.capDrop(listCid).catch(() => {});
+    const orphans = ids.filter((id) => id !== this.#meta.volume && !this.#vols.has(id));
+    for (const id of orphans) {
+      try {
+        const v = await volumeOpen(p, this.#bdOpen, id);
+        await p.rpc(v.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
+        p.capDrop(v.read, v.write, v.delete).catch(() => {});
+        this.counts.reclaimedVolumes++;
+      } catch (err) {
+        this.#opts.log?.warn({ volume: id, err: (err as Error).message }, 'reclaiming a leaked volume failed');
+      }
+    }
+    this.#opts.log?.info({ volumes: ids.length, reclaimed: this.counts.reclaimedVolumes }, `reclaimed ${this.counts.reclaimedVolumes} leaked volume(s)`);
   }
 
   async #readMetaSlot(slot: number): Promise<{ gen: number; json: string } | null> {

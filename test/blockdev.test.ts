@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { IoPort, volumeCreate, volumeOpen } from '../blockdev-adaptor/client.js';
+import { IoPort, volumeCreate, volumeList, volumeOpen } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import { deviceDir } from './helpers/devices.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
@@ -187,9 +187,14 @@ vtest('bad inputs go to onError with a code', async (t) => {
     t.not(w.volume, v.volume);
     await code(t, port.ioAsync(v.read, false, 0, 4096, cid), 'EREVOKED');
     await code(t, port.ioAsync(v.write, true, 0, 4096, cid), 'EREVOKED');
+    // volume_list: every volume id, ascending; deleted ones are gone.
+    const list = await p.kvWait('blockdev.volume_list');
+    const x = await volumeCreate(p, create, 1 << 20);
+    t.deepEqual(await volumeList(p, list), [w.volume, x.volume]);
     const child = await p.capCreateRevtree(w.read);
     await p.rpc(w.delete, VolumeDelete);
     await code(t, port.ioAsync(child, false, 0, 4096, cid), 'EREVOKED');
+    t.deepEqual(await volumeList(p, list), [x.volume]);
     t.is(e.c.constructor.name, 'Controller');
   } finally {
     await teardown(e);
