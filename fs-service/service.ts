@@ -529,15 +529,40 @@ export class FsService {
       ino.size = size;
       await this.#persist();
     } else {
+      const old = ino.size;
       const keep = Math.ceil(size / BLOCK) * BLOCK;
       const gone = ino.extents.filter((x) => x.fileOffset >= keep);
       ino.extents = ino.extents.filter((x) => x.fileOffset < keep);
       ino.size = size;
       this.#invalidate(ino, Math.floor(size / BLOCK));
+      // Bytes past the size are zero on the device (new volumes are zeroed; a shrink zeroes
+      // what it cuts off the kept extents), so a later grow exposes zeros, never old data.
+      // Durable (FUA) before the metadata: a crash never leaves old bytes past a persisted size.
+      await this.#zeroTail(ino, size, Math.min(Math.ceil(old / BLOCK) * BLOCK, allocatedOf(ino)));
       await this.#persist();
       if (gone.length) await this.#freeExtents(ino, gone);
     }
     await this.proc.invoke(ok, DoneReply);
+  }
+
+  /** Zero file range [from, end) on the device (FUA), keeping the bytes before `from` in its block. */
+  async #zeroTail(ino: Inode, from: number, end: number): Promise<void> {
+    let a = Math.floor(from / BLOCK) * BLOCK;
+    if (a >= end) return;
+    const slot = await this.#acquireStage();
+    try {
+      const stage = this.#stageBytes(slot);
+      if (from !== a) await this.#devRange(ino, a, a + BLOCK, slot, false); // head block's kept bytes
+      stage.fill(0, from - a, MAX_MEDIATED);
+      while (a < end) {
+        const b = Math.min(end, a + MAX_MEDIATED);
+        await this.#devRange(ino, a, b, slot, true);
+        if (a === Math.floor(from / BLOCK) * BLOCK) stage.fill(0, 0, BLOCK);
+        a = b;
+      }
+    } finally {
+      this.#releaseStage(slot);
+    }
   }
 
   /** Grow the file's extents to cover `end` bytes (one new volume; doubling policy). Errors: ENOSPC. */

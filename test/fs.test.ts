@@ -414,3 +414,46 @@ vtest('volumes leaked by a crash are reclaimed at start-up; files are intact', a
     await teardown(e);
   }
 });
+
+vtest('a shrinking truncate zeroes the cut-off tail: growing again exposes zeros, not the old bytes', async (t) => {
+  const e = await env();
+  try {
+    const { p, fs, port } = await client(e);
+    const MB = 1 << 20;
+    const { cid, region } = await p.memoryCreateShared(MB);
+    const f = await fs.open('/t', { create: true });
+    // A pattern over three extents ([0,1M), [1M,2M), [2M,4M)), unaligned end.
+    const pattern = Buffer.alloc(3 * MB + 123);
+    for (let i = 0; i < pattern.length; i++) pattern[i] = (i % 251) + 1;
+    for (let off = 0; off < pattern.length; off += MB) {
+      const n = Math.min(MB, pattern.length - off);
+      region.bytes.set(pattern.subarray(off, off + n));
+      await port.ioAsync(f.write, true, off, n, cid);
+    }
+    t.is((await fs.stat('/t')).extents, 3);
+    // Shrink to an unaligned size inside the second extent (the third goes), then grow back.
+    const cut = MB + MB / 2 + 77;
+    await fs.truncate('/t', cut);
+    t.is((await fs.stat('/t')).extents, 2);
+    await fs.truncate('/t', pattern.length);
+    const got = Buffer.alloc(pattern.length);
+    for (let off = 0; off < pattern.length; off += MB) {
+      const n = Math.min(MB, pattern.length - off);
+      t.is(await port.ioAsync(f.read, false, off, n, cid), n);
+      got.set(region.bytes.subarray(0, n), off);
+    }
+    t.true(got.subarray(0, cut).equals(pattern.subarray(0, cut)), 'the kept bytes are intact');
+    const stale = got.subarray(cut).findIndex((b) => b !== 0);
+    t.is(stale, -1, `old byte at file offset ${cut + stale}`);
+    // On the device too (not only through the FS's cache): the second extent's tail, raw.
+    const d = await fs.open('/t', { dax: true, mode: OpenMode.READ });
+    await port.ioAsync(d.extents[1]!.read, false, 0, MB, cid);
+    const vol = Buffer.from(region.bytes);
+    t.true(vol.subarray(0, cut - MB).equals(pattern.subarray(MB, cut)));
+    t.true(vol.subarray(cut - MB).every((b) => b === 0));
+    await fs.close(d);
+    await fs.close(f);
+  } finally {
+    await teardown(e);
+  }
+});
