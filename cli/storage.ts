@@ -151,7 +151,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
 export function register(program: Command): void {
   program
     .command('blockdev')
-    .description('run the block-device adaptor until killed (publishes NAME.volume_create, NAME.volume_open)')
+    .description('run the block-device adaptor until killed (publishes NAME.volume_create, NAME.volume_open, NAME.volume_list)')
     .requiredOption('--device <path>', 'block device (/dev/loopN) or regular file, opened with O_DIRECT')
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--queue-depth <n>', 'io_uring queue depth', '64')
@@ -181,9 +181,10 @@ export function register(program: Command): void {
     .option('--blockdev <name>', 'bootstrap prefix of the blockdev', 'blockdev')
     .option('--name <name>', 'bootstrap prefix', 'fs')
     .option('--cache-blocks <n>', 'LRU block cache capacity, 4 KiB blocks', '16384')
-    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string }) => {
+    .option('--no-reclaim', 'at start, keep volumes that no file uses (default: delete them: the FS owns its blockdev)')
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean }) => {
       try {
-        const s = await FsService.start({ controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), log });
+        const s = await FsService.start({ controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, log });
         s.proc.on('close', () => {
           log.warn('controller channel closed; exiting');
           process.exit(1);
