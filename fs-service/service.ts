@@ -70,6 +70,12 @@ interface Inode {
   /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
   writing: number;
   wgen: number;
+  /**
+   * Block ranges [a, b) (bytes) of mediated writes between their read-modify-write and
+   * their write-back: a write waits for every overlapping one, so two writes sharing a
+   * partial block never write back a stale copy of each other's bytes (lost update).
+   */
+  busy?: { a: number; b: number; done: Promise<void> }[];
 }
 
 interface Handle {
@@ -757,7 +763,20 @@ export class FsService {
     await this.#ensureAllocated(ino, end);
     const a = Math.floor(offset / BLOCK) * BLOCK;
     const b = Math.ceil(end / BLOCK) * BLOCK;
-    const slot = await this.#acquireStage();
+    // Block-range lock: wait for overlapping writes, then hold [a, b) until written back.
+    const busy = (ino.busy ??= []);
+    for (let o = busy.find((x) => x.a < b && a < x.b); o; o = busy.find((x) => x.a < b && a < x.b)) await o.done;
+    let unlock!: () => void;
+    const lock = { a, b, done: new Promise<void>((r) => (unlock = r)) };
+    busy.push(lock);
+    let slot: number;
+    try {
+      slot = await this.#acquireStage();
+    } catch (err) {
+      busy.splice(busy.indexOf(lock), 1);
+      unlock();
+      throw err;
+    }
     ino.writing++;
     ino.wgen++;
     try {
@@ -776,6 +795,8 @@ export class FsService {
     } finally {
       ino.writing--;
       this.#releaseStage(slot);
+      busy.splice(busy.indexOf(lock), 1);
+      unlock();
     }
     await this.proc.invoke(ok, IoReply, { bytes: length });
   }
