@@ -260,12 +260,13 @@ test('workload: sequential writes on a FileTarget advance by bs and wrap (time_b
   const ft = await FileTarget.open(join(dir, 'f.img'), { size: 1 << 20 });
   try {
     const probe = new Probe(ft);
-    const st = await runJob(job('[w]\nrw=write\nbs=64k\nsize=256k\niodepth=1\nruntime=150ms\ntime_based\n'), probe);
-    t.true(st.write.totalIos > 8, `ios ${st.write.totalIos}`);
+    const st = await runJob(job('[w]\nrw=write\nbs=64k\nsize=256k\niodepth=1\nruntime=400ms\ntime_based\n'), probe);
+    // more than 4 I/Os of 64 KiB over 256 KiB: the offsets must have wrapped at least once
+    t.true(st.write.totalIos > 4, `ios ${st.write.totalIos}`);
     t.is(st.read.totalIos, 0);
     t.is(probe.maxInflight, 1);
     probe.offsets.forEach((o, i) => t.is(o, (i % 4) * 65536));
-    t.true(st.write.runtimeMs >= 140 && st.write.runtimeMs < 5000, `runtime ${st.write.runtimeMs}`);
+    t.true(st.write.runtimeMs >= 390 && st.write.runtimeMs < 5000, `runtime ${st.write.runtimeMs}`);
   } finally {
     await ft.close();
     await rm(dir, { recursive: true, force: true });
