@@ -433,19 +433,29 @@ export class Verifier extends EventEmitter {
     pairs.forEach((pr, i) => s.region.bytes.set(pr.image, i * IMAGE_BYTES));
   }
 
-  async #chain(s: Slot, pairs: readonly { id: number; image: Uint8Array }[], st: StageTimes): Promise<void> {
-    // Per batch: k DAX reads whose continuation is the slot's bare arrival Request (made
-    // once per slot: no request_derive, no caps in those deliveries), and one kernel
-    // invocation from the app carrying the arguments (expect = k + 1) after the probes copy.
+  /**
+   * Common start of chain and fast-star: stage the probes in the slot's host memory, views
+   * of the probes (n x 10304 B), of the app's score area and of the GPU scores (n x f64),
+   * and the distinct enrolled ids of the batch with the pair -> slot map.
+   */
+  async #prologue(s: Slot, pairs: readonly { id: number; image: Uint8Array }[]): Promise<{ hProbes: number; hOut: number; gScoresN: number; g: { ids: number[]; gather: Uint8Array } }> {
     const n = pairs.length;
-    const t = performance.now();
     this.#stageProbes(s, pairs);
     const [hProbes, hOut, gScoresN] = await Promise.all([
       this.#view(s.hProbesN, s.host, 0, n * IMAGE_BYTES),
       this.#view(s.hOutN, s.host, 2 * this.maxBatch * IMAGE_BYTES, n * 8),
       this.#view(s.gScoresN, s.gScores, 0, n * 8),
     ]);
-    const g = this.#gather(pairs);
+    return { hProbes, hOut, gScoresN, g: this.#gather(pairs) };
+  }
+
+  async #chain(s: Slot, pairs: readonly { id: number; image: Uint8Array }[], st: StageTimes): Promise<void> {
+    // Per batch: k DAX reads whose continuation is the slot's bare arrival Request (made
+    // once per slot: no request_derive, no caps in those deliveries), and one kernel
+    // invocation from the app carrying the arguments (expect = k + 1) after the probes copy.
+    const n = pairs.length;
+    const t = performance.now();
+    const { hProbes, hOut, gScoresN, g } = await this.#prologue(s, pairs);
     st.setup = (performance.now() - t) * 1000;
     const t1 = performance.now();
     const done = this.#wait(s, 'gpu', 1);
@@ -470,13 +480,7 @@ export class Verifier extends EventEmitter {
   async #fastStar(s: Slot, pairs: readonly { id: number; image: Uint8Array }[], st: StageTimes): Promise<void> {
     const n = pairs.length;
     let t = performance.now();
-    this.#stageProbes(s, pairs);
-    const [hProbes, hOut, gScoresN] = await Promise.all([
-      this.#view(s.hProbesN, s.host, 0, n * IMAGE_BYTES),
-      this.#view(s.hOutN, s.host, 2 * this.maxBatch * IMAGE_BYTES, n * 8),
-      this.#view(s.gScoresN, s.gScores, 0, n * 8),
-    ]);
-    const g = this.#gather(pairs);
+    const { hProbes, hOut, gScoresN, g } = await this.#prologue(s, pairs);
     const reads = this.#wait(s, 'reads', g.ids.length);
     await Promise.all([
       ...g.ids.map((id, j) => this.p.requestInvoke(this.#files.get(id)!.extents[0]!.read, VolumeRead.args(
