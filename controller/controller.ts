@@ -17,7 +17,7 @@ import {
 import { shmOpen, shmUnlink } from '../native/shm/index.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
-import { ProcConn } from './process-conn.js';
+import { ProcConn, type Delivery } from './process-conn.js';
 
 /** Options of `Controller.start`. */
 export interface ControllerOptions {
@@ -60,11 +60,6 @@ interface KvEntry {
   ts: number;
   origin: number;
   pinned: Target | null;
-}
-
-interface Delivery {
-  run: () => void;
-  fail: (err: FractosError) => void;
 }
 
 type Done = (err: FractosError | null) => void;
@@ -196,7 +191,6 @@ export class Controller {
     proc.pid = frame.readUInt32LE(HEADER_BYTES);
     proc.features = frame.readUInt32LE(HEADER_BYTES + 4);
     proc.name = frame.toString('utf8', HEADER_BYTES + 8).slice(0, 64);
-    proc.helloDone = true;
     this.#procs.set(proc.id, proc);
     link.onFrame = (f) => this.#onProcFrame(proc, f);
     link.onClose = (err) => this.#procGone(proc, err);
@@ -435,7 +429,7 @@ export class Controller {
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
     for (const e of proc.caps) if (e) this.#dropEntry(proc, e.cid);
-    const q = proc.queue as unknown as Delivery[];
+    const q = proc.queue;
     for (let i = proc.queueHead; i < q.length; i++) q[i]!.fail(new FractosError('EREVOKED', 'provider went away'));
     q.length = 0;
     // Its shared regions: drop our mappings and the names it can no longer unlink (kill -9).
@@ -467,11 +461,19 @@ export class Controller {
     return obj;
   }
 
+  /** Whether a new reference to `t` is this Controller's first (so its owner must be told). */
+  #firstRef(t: Target): t is RemoteProxy {
+    return t.isProxy && t.entries.size === 0 && t.pins === 0 && !t.revoked && t !== DEAD;
+  }
+
+  /** Hold a remote object at its owner, unless the owner counted the hold already (pre-held). */
+  #hold(t: RemoteProxy): void {
+    if (this.#preheld.has(t)) this.#preheld.delete(t);
+    else this.#sendHold(t.ref, +1);
+  }
+
   #pin(t: Target): void {
-    if (t.isProxy && t.entries.size === 0 && t.pins === 0 && !t.revoked && t !== DEAD) {
-      if (this.#preheld.has(t)) this.#preheld.delete(t);
-      else this.#sendHold(t.ref, +1);
-    }
+    if (this.#firstRef(t)) this.#hold(t);
     t.pins++;
     if (!t.isProxy) this.#armDelegMonitors(t);
   }
@@ -494,14 +496,10 @@ export class Controller {
   }
 
   #install(proc: ProcConn, t: Target): CapEntry {
-    const first = t.entries.size === 0;
-    const e = proc.install(t, this.limits.maxCaps);
-    if (t.isProxy) {
-      if (first && t.pins === 0 && !t.revoked && t !== DEAD) {
-        if (this.#preheld.has(t)) this.#preheld.delete(t);
-        else this.#sendHold(t.ref, +1);
-      }
-    } else this.#armDelegMonitors(t);
+    const first = this.#firstRef(t);
+    const e = proc.install(t, this.limits.maxCaps); // ENOSPC: nothing held, nothing installed
+    if (first) this.#hold(t);
+    else if (!t.isProxy) this.#armDelegMonitors(t);
     return e;
   }
 
@@ -861,10 +859,10 @@ export class Controller {
   }
 
   #drain(proc: ProcConn): void {
-    const q = proc.queue as unknown as Delivery[];
+    const q = proc.queue;
     while (proc.queueHead < q.length && proc.outstanding < this.limits.maxOutstandingDeliveries) {
       const d = q[proc.queueHead]!;
-      q[proc.queueHead++] = undefined as unknown as Delivery;
+      q[proc.queueHead++] = undefined;
       d.run();
     }
     if (proc.queueHead === q.length) {
@@ -1017,7 +1015,7 @@ export class Controller {
       this.#released(old.pinned);
     }
     if (local) {
-      if (local.isProxy && local.entries.size === 0 && local.pins === 0) this.#sendHold(local.ref, +1);
+      if (this.#firstRef(local)) this.#hold(local);
       local.pins++;
     }
     this.#kv.set(name, { ref, ts, origin, pinned: local });

@@ -7,9 +7,10 @@ import type { Link } from '../libfractos/link.js';
 import { PendingCalls, type ReplyCb } from '../libfractos/calls.js';
 import type { CapEntry, Obj, Target } from './objects.js';
 
-/** A delivery waiting for credits: the frame builder runs when credits allow. */
-export interface QueuedDelivery {
+/** A delivery waiting for credits: `run` delivers it when credits allow, `fail` answers its invoker. */
+export interface Delivery {
   run: () => void;
+  fail: (err: FractosError) => void;
 }
 
 /** Bits of a cid that index the capability space; the rest is a generation. */
@@ -29,11 +30,11 @@ export class ProcConn {
   /** Base objects this Process registered (revoked when it goes away). */
   readonly owned = new Set<Obj>();
   outstanding = 0;
-  readonly queue: QueuedDelivery[] = [];
+  /** Deliveries waiting for credits, from `queueHead` on (slots before it are consumed). */
+  readonly queue: (Delivery | undefined)[] = [];
   queueHead = 0;
   name = '';
   pid = 0;
-  helloDone = false;
   /** HELLO feature bits (Feature). */
   features = 0;
   alive = true;

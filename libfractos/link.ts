@@ -145,7 +145,6 @@ export class Link {
     if (this.#queue.length) this.#flush();
     this.#closed = true;
     this.socket.end();
-    this.socket.destroySoon?.();
     setTimeout(() => this.socket.destroy(), 1000).unref();
     this.onClose(err);
   }
