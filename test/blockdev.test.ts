@@ -9,12 +9,13 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
-import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
+import { connect, Perm, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { IoPort, volumeCreate, volumeList, volumeOpen } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import { deviceDir } from './helpers/devices.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
+import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-bdt', 'blockdev.test');
 const { vtest } = devices;
@@ -59,14 +60,6 @@ async function teardown(e: Env): Promise<void> {
   await e.c.close();
 }
 
-async function code(t: ExecutionContext, p: Promise<unknown>, expected: string): Promise<void> {
-  try {
-    await p;
-    t.is('no error', expected);
-  } catch (err) {
-    t.is((err as FractosError).code as string, expected, (err as Error).message);
-  }
-}
 
 function pattern(seed: number, block: number, out: Uint8Array): void {
   const h = createHash('sha256').update(`${seed}:${block}`).digest();

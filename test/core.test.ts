@@ -9,6 +9,7 @@ import { Controller } from '../controller/index.js';
 import { connect, defineReply, defineRequest, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { allocFrame, Op } from '../libfractos/protocol.js';
 import { tempDir } from './helpers/spawn.js';
+import { expectCode as code } from './helpers/errors.js';
 
 interface Env {
   c: Controller;
@@ -64,14 +65,6 @@ async function echoPair(e: Env, preset: { tag?: string } = {}): Promise<{ a: Pro
   return { a, b, echo, ea: await a.kvGet('echo') };
 }
 
-async function code(t: { is: (a: unknown, b: unknown, m?: string) => void }, p: Promise<unknown>, expected: string): Promise<void> {
-  try {
-    await p;
-    t.is('no error', expected);
-  } catch (err) {
-    t.is((err as FractosError).code, expected, (err as Error).message);
-  }
-}
 
 test('invoke delivers immediates and delegated caps; sync RPC returns the continuation', async (t) => {
   const e = await env();

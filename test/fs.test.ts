@@ -3,7 +3,6 @@
  * errors, DAX opens, revocation on close/delete, the DAX use-after-free case, persistence
  * across restarts and crash consistency (kill -9 of the FS process during a write storm).
  */
-import { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
@@ -16,6 +15,7 @@ import { OpenMode } from '../fs-service/schema.js';
 import { deviceDir } from './helpers/devices.js';
 import type { UringBackend } from '../blockdev-adaptor/uring-backend.js';
 import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fst', 'fs.test');
 const { vtest } = devices;
@@ -52,14 +52,6 @@ async function teardown(e: Env): Promise<void> {
   await e.c.close();
 }
 
-async function code(t: ExecutionContext, p: Promise<unknown>, expected: string): Promise<void> {
-  try {
-    await p;
-    t.is('no error', expected);
-  } catch (err) {
-    t.is((err as FractosError).code as string, expected, (err as Error).message);
-  }
-}
 
 function sha(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');

@@ -13,8 +13,9 @@ import { IMAGE_BYTES, openBackend, type GpuBackend } from '../gpu-adaptor/backen
 import { GpuContext } from '../gpu-adaptor/client.js';
 import { Alloc, Cleanup, Invoke, InvokeReply, Load } from '../gpu-adaptor/schema.js';
 import { GpuService } from '../gpu-adaptor/service.js';
-import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
+import { connect, Perm, type Process } from '../libfractos/index.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
+import { codeOf as code } from './helpers/errors.js';
 
 let backend: GpuBackend | undefined;
 let skip = '';
@@ -58,15 +59,6 @@ async function run(p: Process, invoke: number, imms: Parameters<typeof Invoke.ar
   return InvokeReply.decode(await p.rpc(invoke, Invoke, imms, caps, { timeoutMs: 5000 })).imms;
 }
 
-async function code(pr: Promise<unknown>): Promise<string> {
-  try {
-    await pr;
-    return 'OK';
-  } catch (e) {
-    if (e instanceof FractosError) return e.code;
-    throw e;
-  }
-}
 
 const PAIRS: [number, number, number][] = [[1, 2, 1], [1, 3, 2], [5, 7, 5], [9, 10, 30]];
 

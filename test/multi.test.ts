@@ -5,9 +5,10 @@
  */
 import test from 'ava';
 import { join } from 'node:path';
-import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
+import { connect, Perm, type Process } from '../libfractos/index.js';
 import { Echo, EchoReply } from './fixtures/provider.js';
 import { REPO_ROOT, clusterSpecs, spawnNode, startController, type ControllerSpec, type Spawned } from './helpers/spawn.js';
+import { codeOf as code } from './helpers/errors.js';
 
 const PROVIDER = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'provider.js');
 
@@ -35,14 +36,6 @@ async function cluster(n: number): Promise<{ specs: ControllerSpec[]; ctl: Spawn
   };
 }
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'no error';
-  } catch (err) {
-    return (err as FractosError).code;
-  }
-}
 
 async function until(cond: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
