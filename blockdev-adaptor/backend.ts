@@ -6,7 +6,9 @@
  *
  * Hot-path methods take callbacks, not promises: `res` is the number of bytes transferred
  * (>= 0, may be short at the end of the device) or a negative errno (`-22` = -EINVAL, ...);
- * map it with `errorCodeFromErrno` from libfractos/errors.ts.
+ * map it with `errorCodeFromErrno` from libfractos/errors.ts. A layer above the device that
+ * completes an op with a FractOS code that is not a Linux errno (EREVOKED, EBADCAP, ...)
+ * passes `-errnoFromCode(code)`, in the internal range above 4095: the code survives.
  *
  * Alignment (O_DIRECT, and NVMe DMA alike): `offset` and `buf.byteLength` must be multiples
  * of `blockSize`, and the buffer's address a multiple of `memAlign`; otherwise the device

@@ -16,7 +16,7 @@
  *    write with WriteFlags.FUA is followed by a (coalesced) device flush first.
  * Every failure goes to onError; nothing a client sends can crash the adaptor.
  */
-import { FractosError, errorCodeFromErrno, type ErrorCode } from '../libfractos/errors.js';
+import { FractosError, errnoFromCode, errnoFromError, errorCodeFromErrno, type ErrorCode } from '../libfractos/errors.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
@@ -288,7 +288,7 @@ export class BlockdevService {
         const len = Math.min(chunk, vol.length - off);
         next += len;
         const r = await new Promise<number>((res) => this.backend.write(zero.subarray(0, len), vol.start + off, res));
-        if (r !== len) error = r < 0 ? r : -5;
+        if (r !== len) error = r < 0 ? r : -errnoFromCode('EIO');
       }
     };
     await Promise.all([worker(), worker(), worker(), worker()]);
@@ -417,7 +417,8 @@ export class BlockdevService {
         this.#releaseBounce(slot);
         done(res);
       };
-      const failed = (err: unknown): void => finish(-errnoOf(err));
+      // The copy's FractosError code survives the -errno completion (EREVOKED stays EREVOKED).
+      const failed = (err: unknown): void => finish(-errnoFromError(err));
       if (write) {
         const src = bufSize > length ? p.memoryDiminish(buffer, 0, length) : Promise.resolve(buffer);
         src.then((s) => p.memoryCopy(s, slotCid).finally(() => { if (s !== buffer) p.capDrop(s).catch(() => {}); }))
@@ -432,9 +433,4 @@ export class BlockdevService {
       }
     });
   }
-}
-
-const CODE_ERRNO: Partial<Record<ErrorCode, number>> = { EPERM: 1, ERANGE: 34, EINVAL: 22, EBADCAP: 9, EREVOKED: 9, ETYPE: 22 };
-function errnoOf(err: unknown): number {
-  return (err instanceof FractosError && CODE_ERRNO[err.code]) || 5;
 }

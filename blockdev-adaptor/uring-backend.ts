@@ -25,6 +25,8 @@ export interface UringBackendOptions {
 const OP_READ = 0;
 const OP_WRITE = 1;
 const OP_FLUSH = 2;
+// Linux errno numbers of the kernel's results that the ring compares against or completes
+// with itself; codes come only from errorCodeFromErrno (libfractos/errors.ts).
 const EINVAL = 22;
 const EBADF = 9;
 const EAGAIN = 11;

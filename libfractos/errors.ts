@@ -56,52 +56,87 @@ export function errorCodeFromWire(n: number): ErrorCode {
   return ERROR_CODES[n] ?? 'EPROTO';
 }
 
-/** Map a negative errno (as returned by io_uring, liburing) or a Node errno string to a code. */
+// ---------------------------------------------------------------------------------------
+// errno <-> code: the one mapping (native addons, io_uring results, Node fs errors, the
+// blockdev's completions). Codes that are Linux errnos (same name, same meaning) map to their
+// number; the others (EBADCAP, EREVOKED, ETYPE, ...) map to FRACTOS_ERRNO_BASE + their wire
+// index, a range no kernel errno reaches (Linux MAX_ERRNO is 4095). So every code survives a
+// round trip through a completion's `-errno`: errorCodeFromErrno(-errnoFromCode(c)) === c.
+
+/** First errno of the internal range of codes that are not Linux errnos (above MAX_ERRNO 4095). */
+export const FRACTOS_ERRNO_BASE = 4096;
+
+/** Codes that are Linux errnos of the same meaning, with their numbers (ENOTSUP = EOPNOTSUPP = 95 on Linux). */
+const CODE_ERRNO: ReadonlyMap<ErrorCode, number> = new Map<ErrorCode, number>([
+  ['EPERM', 1], ['ENOENT', 2], ['EIO', 5], ['EAGAIN', 11], ['EBUSY', 16], ['EEXIST', 17], ['ENODEV', 19], ['ENOTDIR', 20],
+  ['EISDIR', 21], ['EINVAL', 22], ['ENOSPC', 28], ['ERANGE', 34], ['ENOTEMPTY', 39], ['ENOTSUP', 95], ['ETIMEDOUT', 110],
+]);
+
+/** Other errnos (name, Linux number) and the code of the closest meaning: many errnos, one code, one way only. */
+const ERRNO_ALIASES: readonly (readonly [string, number, ErrorCode])[] = [
+  ['EOPNOTSUPP', 95, 'ENOTSUP'], ['EWOULDBLOCK', 11, 'EAGAIN'], ['ENOSYS', 38, 'ENOTSUP'], ['EACCES', 13, 'EPERM'],
+  ['EROFS', 30, 'EPERM'], ['EFBIG', 27, 'ERANGE'], ['EOVERFLOW', 75, 'ERANGE'], ['ENXIO', 6, 'ENODEV'], ['ENOMEM', 12, 'ENOSPC'],
+];
+
+const NUMBER_CODE: ReadonlyMap<number, ErrorCode> = new Map([
+  ...[...CODE_ERRNO].map(([code, n]) => [n, code] as const),
+  ...ERRNO_ALIASES.map(([, n, code]) => [n, code] as const),
+]);
+const NAME_CODE: ReadonlyMap<string, ErrorCode> = new Map([
+  ...[...CODE_ERRNO.keys()].map((code) => [code as string, code] as const),
+  ...ERRNO_ALIASES.map(([name, , code]) => [name, code] as const),
+]);
+
+/**
+ * The code of an errno: a negative or positive number (io_uring results and addon errors
+ * are negative; `FRACTOS_ERRNO_BASE + i` is the internal range of `errnoFromCode`), or a
+ * Node errno name (`err.code` of fs errors, e.g. 'ENOENT'). Aliases: EACCES/EROFS -> EPERM,
+ * EFBIG/EOVERFLOW -> ERANGE, ENOSYS/EOPNOTSUPP -> ENOTSUP, ENXIO -> ENODEV, ENOMEM -> ENOSPC;
+ * any other errno (and 0) -> EIO.
+ */
 export function errorCodeFromErrno(errno: number | string): ErrorCode {
-  const name = typeof errno === 'string' ? errno : ERRNO_NAMES[-errno] ?? 'EIO';
-  switch (name) {
-    case 'ENOENT':
-    case 'ENOSPC':
-    case 'EEXIST':
-    case 'EINVAL':
-    case 'EIO':
-    case 'ENODEV':
-    case 'EPERM':
-    case 'EAGAIN':
-    case 'EBUSY':
-    case 'ETIMEDOUT':
-    case 'EISDIR':
-    case 'ENOTDIR':
-    case 'ENOTEMPTY':
-    case 'ERANGE':
-      return name;
-    case 'EACCES':
-    case 'EROFS':
-      return 'EPERM';
-    case 'EFBIG':
-    case 'EOVERFLOW':
-      return 'ERANGE';
-    case 'EOPNOTSUPP':
-    case 'ENOSYS':
-      return 'ENOTSUP';
-    case 'ENXIO':
-      return 'ENODEV';
-    default:
-      return 'EIO';
+  if (typeof errno === 'string') return NAME_CODE.get(errno) ?? 'EIO';
+  const n = Math.abs(errno);
+  if (n >= FRACTOS_ERRNO_BASE) {
+    const code = ERROR_CODES[n - FRACTOS_ERRNO_BASE];
+    return code && code !== 'OK' ? code : 'EIO';
   }
+  return NUMBER_CODE.get(n) ?? 'EIO';
 }
 
-/** Linux errno numbers to names, for the codes above. */
-const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 6: 'ENXIO', 11: 'EAGAIN', 13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY',
-  17: 'EEXIST', 19: 'ENODEV', 20: 'ENOTDIR', 21: 'EISDIR', 22: 'EINVAL', 27: 'EFBIG', 28: 'ENOSPC', 30: 'EROFS',
-  34: 'ERANGE', 38: 'ENOSYS', 39: 'ENOTEMPTY', 75: 'EOVERFLOW', 95: 'EOPNOTSUPP', 110: 'ETIMEDOUT',
-};
+/**
+ * The errno (positive) standing for a code: its Linux errno (EIO -> 5, ENOTSUP -> 95, ...)
+ * where it has one of the same meaning, else `FRACTOS_ERRNO_BASE` + its wire index
+ * (EREVOKED -> 4098). 'OK' -> 0. Inverse of `errorCodeFromErrno` on every code.
+ */
+export function errnoFromCode(code: ErrorCode): number {
+  if (code === 'OK') return 0;
+  return CODE_ERRNO.get(code) ?? FRACTOS_ERRNO_BASE + errorCodeToWire(code);
+}
 
-/** Thrown by native loaders when an addon is not built or cannot load; tests skip on it. */
+/**
+ * The errno (positive) of an error, for a `-errno` completion: a FractosError's code
+ * (`errnoFromCode`), else a Node errno name in `err.code`, else EIO (5).
+ */
+export function errnoFromError(err: unknown): number {
+  if (err instanceof FractosError) return errnoFromCode(err.code);
+  const name = (err as { code?: unknown } | null)?.code;
+  return errnoFromCode(typeof name === 'string' ? errorCodeFromErrno(name) : 'EIO');
+}
+
+/**
+ * Thrown by the native addon loader (native/loader.ts) when an addon is not built or cannot
+ * be loaded; code ENODEV. `addon` is its short name ('shm', 'uring', 'gpu'), `tried` the paths
+ * looked at, in order. Tests skip on it: `err instanceof NativeUnavailableError && err.addon === 'uring'`.
+ */
 export class NativeUnavailableError extends FractosError {
-  constructor(addon: string, cause?: unknown) {
-    super('ENODEV', `native addon '${addon}' unavailable${cause instanceof Error ? `: ${cause.message}` : ''}`);
+  readonly addon: string;
+  readonly tried: readonly string[];
+  constructor(addon: string, cause?: unknown, tried: readonly string[] = []) {
+    const why = cause instanceof Error ? `: ${cause.message}` : '';
+    super('ENODEV', `native addon '${addon}' unavailable${why}${tried.length ? ` (tried ${tried.join(', ')})` : ''}`);
     this.name = 'NativeUnavailableError';
+    this.addon = addon;
+    this.tried = tried;
   }
 }

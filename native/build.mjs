@@ -3,6 +3,8 @@
 // An addon whose build fails is reported; the others still build. Exit status is non-zero
 // only for addons marked required (all three: shm for the core, uring for the blockdev,
 // gpu for the GPU adaptor; the gpu addon builds without CUDA and reports ENODEV then).
+// Compiler flags shared by all (C++20, -Wall -Wextra, NAPI_VERSION, -O2): native/common.gypi;
+// warnings still print under --silent. Addons are loaded by native/loader.ts.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';

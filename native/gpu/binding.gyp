@@ -2,19 +2,20 @@
 # run time; cuda.h (types, versioned symbol names) is used when the toolkit is found
 # (scripts/cuda-config.mjs: $CUDA_HOME, $CUDA_PATH, nvcc on PATH, /usr/local/cuda).
 # The action compiles kernels/lbp.cu to build/Release/lbp.ptx (empty when nvcc is absent).
+# Shared flags (C++20, hidden visibility, -Wall -Wextra, NAPI_VERSION, -O2): ../common.gypi;
+# this addon adds -O3 (its cpu backend is the LBP kernel) and -ffp-contract=off (results
+# bit-identical to facever-app/lbp.ts).
 {
+  'includes': ['../common.gypi'],
   'targets': [
     {
       'target_name': 'fractos_gpu',
       'sources': ['src/addon.cc', 'src/backend.cc', 'src/cpu_backend.cc', 'src/cuda_backend.cc', 'src/gpu_error.cc'],
-      'include_dirs': [
-        "<!(node -p \"require('node-addon-api').include_dir\")",
-        '<!@(node scripts/cuda-config.mjs include)',
-      ],
-      'defines': ['NAPI_VERSION=8', 'NAPI_CPP_EXCEPTIONS', '<!@(node scripts/cuda-config.mjs defines)'],
+      'include_dirs': ['<!@(node scripts/cuda-config.mjs include)'],
+      'defines': ['NAPI_CPP_EXCEPTIONS', '<!@(node scripts/cuda-config.mjs defines)'],
       'cflags!': ['-fno-exceptions'],
-      'cflags_cc!': ['-fno-exceptions', '-std=gnu++17', '-std=gnu++20'],
-      'cflags_cc': ['-std=c++20', '-fvisibility=hidden', '-fexceptions', '-O3', '-ffp-contract=off', '-Wall', '-Wextra', '-Wno-unused-parameter', '-Wno-restrict'],
+      'cflags_cc!': ['-fno-exceptions'],
+      'cflags_cc': ['-fexceptions', '-O3', '-ffp-contract=off'],
       'libraries': ['-ldl', '-pthread'],
       'actions': [
         {

@@ -4,15 +4,13 @@
  * dlopen'ed at run time; kernels/lbp.cu as PTX). Kernel semantics: facever-app/lbp.ts and
  * docs/facever-kernel.md. The service-level interface is gpu-adaptor/backend.ts.
  *
- * Load order: `$FRACTOS_NATIVE_DIR/fractos_gpu.node` when the variable is set (then only
- * there), else the node-gyp output native/gpu/build/Release/fractos_gpu.node. The PTX is read
- * from `lbp.ptx` in the same directory as the addon.
+ * Loaded by native/loader.ts (`$FRACTOS_NATIVE_DIR/fractos_gpu.node`, then the node-gyp
+ * output native/gpu/build/Release/fractos_gpu.node). The PTX is read from `lbp.ptx` in the
+ * same directory as the addon.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { ERROR_CODES, FractosError, NativeUnavailableError, type ErrorCode } from '../../libfractos/errors.js';
+import { FractosError } from '../../libfractos/errors.js';
+import { loadNative, nativeError } from '../loader.js';
 
 /** Kernels exported by the addon (ids are the addon's `KERNELS` table). */
 export type NativeKernelName = 'lbp_hist_batch' | 'lbp_chi2_batch';
@@ -39,59 +37,21 @@ interface RawAddon {
   NUM_BINS: number;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-
-/** Candidate addon paths, in load order (source tree and compiled dist/ layouts). */
-function candidates(): string[] {
-  const env = process.env.FRACTOS_NATIVE_DIR;
-  if (env) return [join(env, 'fractos_gpu.node')];
-  return [
-    join(here, 'build', 'Release', 'fractos_gpu.node'), // running from native/gpu/
-    join(here, '..', '..', '..', 'native', 'gpu', 'build', 'Release', 'fractos_gpu.node'), // from dist/native/gpu/
-  ];
-}
-
-let cached: { addon: RawAddon; dir: string } | undefined;
-
 /**
- * Load the addon once per process.
+ * Load the addon once per process (native/loader.ts).
  * @returns the raw addon and the directory it was loaded from (where lbp.ptx lies).
- * @throws NativeUnavailableError (code ENODEV) when it is not built or fails to load.
+ * @throws NativeUnavailableError (code ENODEV, `addon` 'gpu') when it is not built or fails to load.
  */
 export function loadGpuAddon(): { addon: RawAddon; dir: string } {
-  if (cached) return cached;
-  const require = createRequire(import.meta.url);
-  const paths = candidates();
-  let cause: unknown = new Error(`not built: none of ${paths.join(', ')} exists (run: node native/build.mjs gpu)`);
-  for (const p of paths) {
-    if (!existsSync(p)) continue;
-    try {
-      cached = { addon: require(p) as RawAddon, dir: dirname(p) };
-      return cached;
-    } catch (e) {
-      cause = e;
-      break;
-    }
-  }
-  throw new NativeUnavailableError('gpu', cause);
-}
-
-/** Convert an addon error (plain Error with `code`) to a FractosError; other errors pass. */
-export function toFractosError(e: unknown): unknown {
-  if (e instanceof FractosError) return e;
-  const code = e instanceof Error ? (e as Error & { code?: unknown }).code : undefined;
-  if (e instanceof Error && typeof code === 'string') {
-    const known = (ERROR_CODES as readonly string[]).includes(code) ? (code as ErrorCode) : 'EIO';
-    return new FractosError(known, e.message);
-  }
-  return e;
+  const { binding, path } = loadNative<RawAddon>('gpu');
+  return { addon: binding, dir: dirname(path) };
 }
 
 function wrapSync<T>(f: () => T): T {
   try {
     return f();
   } catch (e) {
-    throw toFractosError(e);
+    throw nativeError(e);
   }
 }
 
@@ -99,7 +59,7 @@ async function wrapAsync<T>(f: () => Promise<T>): Promise<T> {
   try {
     return await f();
   } catch (e) {
-    throw toFractosError(e);
+    throw nativeError(e);
   }
 }
 

@@ -3,10 +3,8 @@
  * `fractos_shm` addon. The owner of a Memory object creates a region; its Controller
  * opens the same name, so both see the same bytes.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { FractosError, NativeUnavailableError, errorCodeFromErrno } from '../../libfractos/errors.js';
+import { FractosError } from '../../libfractos/errors.js';
+import { loadNative, nativeError } from '../loader.js';
 
 interface ShmBinding {
   create(name: string, size: number): ArrayBuffer;
@@ -15,33 +13,9 @@ interface ShmBinding {
   address(ab: ArrayBuffer): number;
 }
 
-let binding: ShmBinding | undefined;
-let loadError: unknown;
-
-function sourceDir(): string {
-  // dist/native/shm -> native/shm, and native/shm when run from source.
-  const here = dirname(fileURLToPath(import.meta.url));
-  return here.includes(`${'/dist/'}`) ? join(here, '..', '..', '..', 'native', 'shm') : here;
-}
-
-/** Load the addon: $FRACTOS_NATIVE_DIR/fractos_shm.node first, then the build output. Throws NativeUnavailableError. */
+/** Load the addon (native/loader.ts order). Throws NativeUnavailableError('shm') (ENODEV). */
 export function loadShm(): ShmBinding {
-  if (binding) return binding;
-  if (loadError) throw new NativeUnavailableError('shm', loadError);
-  const require = createRequire(import.meta.url);
-  const candidates = [
-    process.env.FRACTOS_NATIVE_DIR ? join(process.env.FRACTOS_NATIVE_DIR, 'fractos_shm.node') : '',
-    join(sourceDir(), 'build', 'Release', 'fractos_shm.node'),
-  ].filter(Boolean);
-  for (const path of candidates) {
-    try {
-      binding = require(path) as ShmBinding;
-      return binding;
-    } catch (err) {
-      loadError = err;
-    }
-  }
-  throw new NativeUnavailableError('shm', loadError);
+  return loadNative<ShmBinding>('shm').binding;
 }
 
 const NAME_RE = /^\/[A-Za-z0-9._-]{1,200}$/;
@@ -51,9 +25,7 @@ function check(name: string): void {
 }
 
 function wrap(err: unknown): never {
-  const e = err as { errno?: number; message?: string };
-  if (typeof e.errno === 'number') throw new FractosError(errorCodeFromErrno(e.errno), e.message);
-  throw err;
+  throw nativeError(err);
 }
 
 /** Create and map a new region of `size` bytes (zero-filled). Errors: EEXIST, EINVAL, ENOSPC, EPERM. */

@@ -1,20 +1,17 @@
 /**
  * Loader and thin typed wrapper of the `fractos_uring` addon (liburing).
  *
- * Load order (fixed): `$FRACTOS_NATIVE_DIR/fractos_uring.node` when that variable is set
- * and the file exists there, then the node-gyp build output
- * `native/uring/build/Release/fractos_uring.node`. When neither loads, `loadUring()`
- * throws `NativeUnavailableError('uring', cause)` (code ENODEV), on which tests skip.
+ * Loaded by native/loader.ts (`$FRACTOS_NATIVE_DIR/fractos_uring.node`, then the node-gyp
+ * build output `native/uring/build/Release/fractos_uring.node`); when neither loads,
+ * `loadUring()` throws `NativeUnavailableError` (code ENODEV, `addon` 'uring'), on which
+ * tests skip.
  *
  * Verbs mirror liburing: `prepRead`, `prepWrite`, `prepReadFixed`, `prepWriteFixed`,
  * `prepFsync`, `submit`, `registerBuffers`. Results of I/O are bytes (>= 0) or a negative
  * errno, delivered in batches through one callback (see `UringRing.open`).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { FractosError, NativeUnavailableError, errorCodeFromErrno } from '../../libfractos/errors.js';
+import { FractosError } from '../../libfractos/errors.js';
+import { loadNative, nativeError } from '../loader.js';
 
 /** The raw ring object of the addon. Offsets and lengths are bytes; results are 0/count or -errno. */
 export interface NativeRing {
@@ -69,37 +66,9 @@ export interface UringBinding {
   allocAligned(size: number, align: number): Buffer;
 }
 
-const ADDON = 'fractos_uring.node';
-let cached: UringBinding | undefined;
-
-/** Candidate paths, in load order. */
-export function uringCandidates(): string[] {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const out: string[] = [];
-  const dir = process.env.FRACTOS_NATIVE_DIR;
-  if (dir && existsSync(join(dir, ADDON))) out.push(join(dir, ADDON));
-  // Compiled: dist/native/uring/index.js -> <root>/native/uring/build; from source: native/uring/build.
-  out.push(join(here, '..', '..', '..', 'native', 'uring', 'build', 'Release', ADDON));
-  out.push(join(here, 'build', 'Release', ADDON));
-  return out;
-}
-
-/** Loads the addon once. Throws NativeUnavailableError('uring') (ENODEV) when it cannot be loaded. */
+/** Loads the addon once (native/loader.ts). Throws NativeUnavailableError('uring') (ENODEV) when it cannot be loaded. */
 export function loadUring(): UringBinding {
-  if (cached) return cached;
-  const require = createRequire(import.meta.url);
-  let cause: unknown = new Error(`${ADDON} not built (run: node native/build.mjs uring)`);
-  for (const p of uringCandidates()) {
-    if (!existsSync(p)) continue;
-    try {
-      cached = require(p) as UringBinding;
-      return cached;
-    } catch (e) {
-      cause = e;
-      break; // the first existing candidate decides (fixed order)
-    }
-  }
-  throw new NativeUnavailableError('uring', cause);
+  return loadNative<UringBinding>('uring').binding;
 }
 
 /** Options of `UringRing.open`. */
@@ -193,12 +162,4 @@ export function allocAligned(size: number, align = 4096): Buffer {
   } catch (e) {
     throw nativeError(e, 'allocAligned');
   }
-}
-
-/** Converts an error thrown by the addon (with a negative `errno`) into a FractosError. */
-function nativeError(e: unknown, what: string): Error {
-  if (e instanceof FractosError) return e;
-  const errno = (e as { errno?: unknown }).errno;
-  if (typeof errno === 'number') return new FractosError(errorCodeFromErrno(errno), `${what}: ${(e as Error).message}`);
-  return e instanceof Error ? e : new Error(String(e));
 }

@@ -3,7 +3,6 @@
 // (256-entry uniform lookup table, row-wise loops, the batch split over std::thread when
 // large). Results are bit-identical to facever-app/lbp.ts and to the cuda backend.
 #include <algorithm>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -110,7 +109,7 @@ class CpuBackend final : public Backend {
     void* ptr = nullptr;
     const size_t rounded = (size + 63) & ~uint64_t(63);
     ptr = std::aligned_alloc(64, rounded);
-    if (!ptr) fail(codeFromErrno(ENOMEM), "aligned_alloc of " + std::to_string(size) + " bytes failed");
+    if (!ptr) fail("ENOSPC", "aligned_alloc of " + std::to_string(size) + " bytes failed");
     std::memset(ptr, 0, rounded);
     return reinterpret_cast<uint64_t>(ptr);
   }

@@ -1,7 +1,5 @@
 #include "gpu_error.h"
 
-#include <cerrno>
-
 namespace fractos_gpu {
 
 namespace {
@@ -39,26 +37,11 @@ constexpr CuCode kCuCodes[] = {
     {804, "ENODEV"},     // CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE
 };
 
-struct ErrnoCode {
-  int err;
-  const char* code;
-};
-// The one errno table (host allocations and files of the cpu backend and the loader).
-constexpr ErrnoCode kErrnoCodes[] = {
-    {ENOMEM, "ENOSPC"}, {EINVAL, "EINVAL"},   {ERANGE, "ERANGE"}, {ENODEV, "ENODEV"}, {ENOENT, "ENOENT"},
-    {EBUSY, "EBUSY"},   {ENOTSUP, "ENOTSUP"}, {EIO, "EIO"},       {EACCES, "EPERM"},  {EPERM, "EPERM"},
-};
 }  // namespace
 
 const char* codeFromCuResult(int result) {
   for (const auto& c : kCuCodes)
     if (c.result == result) return c.code;
-  return "EIO";
-}
-
-const char* codeFromErrno(int err) {
-  for (const auto& c : kErrnoCodes)
-    if (c.err == err) return c.code;
   return "EIO";
 }
 

@@ -1,5 +1,7 @@
 // Typed errors of the fractos_gpu addon: a code string from libfractos/errors.ts
-// (ERROR_CODES) and a message. One table each maps CUresult and errno to codes.
+// (ERROR_CODES) and a message. One table maps CUresult to codes; host failures name their
+// code directly (ENOSPC for an allocation). errno numbers are mapped in one place only:
+// libfractos/errors.ts (errorCodeFromErrno / errnoFromCode).
 #pragma once
 
 #include <stdexcept>
@@ -18,8 +20,6 @@ class GpuError : public std::runtime_error {
 
 // CUresult (numeric, so it compiles without cuda.h) -> code. Unknown results -> "EIO".
 const char* codeFromCuResult(int result);
-// errno (positive) -> code. Unknown -> "EIO".
-const char* codeFromErrno(int err);
 
 [[noreturn]] inline void fail(const char* code, const std::string& msg) { throw GpuError(code, msg); }
 
