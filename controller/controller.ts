@@ -759,11 +759,9 @@ export class Controller {
       proc.link.send(r);
     };
     if (t.isProxy) {
-      if (t.mem) return send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
-      this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
+      this.#learnMem(t, (err, m) => {
         if (err) return this.#replyDone(proc, seq)(err);
-        t.mem ??= { size: readU64(f!, 16), perms: f!.readUInt8(24), backing: f!.readUInt8(25) === 1 ? 1 : 0 };
-        send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
+        send(m!.size, m!.perms, m!.backing, 0, 0, 0, '');
       });
       return;
     }
@@ -772,6 +770,16 @@ export class Controller {
     const self = t.owner === proc;
     // Region name and offset are told only on this Controller, or to the owner (served key).
     send(m.size, m.perms, m.backing, 1 | (self ? 2 : 0), m.offset, self ? m.servedKey : 0, m.backing === Backing.SHARED ? m.region : '');
+  }
+
+  /** The description of a remote Memory: cached, or asked of its owner (P_STAT). Errors: ETYPE, EREVOKED. */
+  #learnMem(t: RemoteProxy, cb: (err: FractosError | null, m: RemoteMemory | null) => void): void {
+    if (t.mem) return cb(null, t.mem);
+    this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
+      if (err) return cb(err, null);
+      t.mem ??= { size: readU64(f!, 16), perms: f!.readUInt8(24), backing: f!.readUInt8(25) === 1 ? 1 : 0 };
+      cb(null, t.mem);
+    });
   }
 
   /**
@@ -786,7 +794,11 @@ export class Controller {
     const sm = src.mem;
     if (!sm) return done(new FractosError('ETYPE', 'memory_copy source is not Memory'));
     if (!dst.isProxy && !dst.mem) return done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
-    if (!(sm.perms & Perm.READ)) return done(new FractosError('EPERM', 'memory_copy source is not readable'));
+    if (!(sm.perms & Perm.READ)) {
+      // A remote destination's type comes first (ETYPE before EPERM): learn it on this error path.
+      if (dst.isProxy && !dst.mem) return this.#learnMem(dst, (err) => (err ? done(err) : this.#execCopy(src, dst, done)));
+      return done(new FractosError('EPERM', 'memory_copy source is not readable'));
+    }
     const known = dst.mem; // local, or the cached description of a remote Memory
     if (known) {
       if (!(known.perms & Perm.WRITE)) return done(new FractosError('EPERM', 'memory_copy destination is not writable'));
