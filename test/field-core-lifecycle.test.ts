@@ -162,3 +162,10 @@ test('a peer that never answers is logged at warn with its address and the retry
     await c.close();
   }
 });
+
+test('fractos controller --served-timeout-ms: a bad value is refused (EINVAL)', async (t) => {
+  const dir = tempDir();
+  const out = await spawnFails(['--id', '1', '--listen', `unix:${join(dir, 'c.sock')}`, '--state-dir', join(dir, 'st'), '--served-timeout-ms', 'soon']);
+  t.regex(out, /EINVAL: servedTimeoutMs must be an integer/);
+  t.false(existsSync(join(dir, 'st', 'epoch')));
+});
