@@ -403,8 +403,10 @@ export class Controller {
           if (!e) throw new FractosError('ENOENT', `no cap published as '${name}'`);
           const t = this.#targetFromRef(e.ref);
           if (t.revoked) this.#replyCid(proc, seq, this.#install(proc, t));
-          else if (!t.isProxy) this.#replyCid(proc, seq, this.#install(proc, this.#revtree(t)));
-          else {
+          else if (!t.isProxy) {
+            this.#replyCid(proc, seq, this.#install(proc, this.#revtree(t)));
+            this.#armDelegMonitors(t); // the getter's child is a delegated copy of the published object
+          } else {
             this.#peerCallRef(t, Op.P_REVTREE, 0, null, (err, f) => {
               this.#forgetUnused(t);
               this.#replyNewProxy(proc, seq, t.mem)(err, f);
@@ -510,10 +512,7 @@ export class Controller {
   #newObj(kind: 1 | 2, owner: ProcConn, parent: Obj | null, mem: MemoryInfo | null, req: RequestInfo | null): Obj {
     const obj = new Obj(this.#nextObjId++, kind, owner, parent, mem, req);
     this.#objects.set(obj.id, obj);
-    if (parent) {
-      (parent.children ??= new Set()).add(obj);
-      this.#armDelegMonitors(parent); // a child holds its parent (kv_get gives one per getter)
-    }
+    if (parent) (parent.children ??= new Set()).add(obj);
     // A cap in a Request's slots keeps its object alive like a cap entry does.
     if (req) for (const t of req.caps) if (t) this.#pin(t);
     return obj;
@@ -1354,10 +1353,13 @@ export class Controller {
           else replyRef(this.#derive(obj, targs));
           return;
         }
-        case Op.P_REVTREE:
+        case Op.P_REVTREE: {
           need(frame, REF_BYTES);
-          replyRef(this.#revtree(this.#localObj(readRef(frame, 16))));
+          const obj = this.#localObj(readRef(frame, 16));
+          replyRef(this.#revtree(obj));
+          this.#armDelegMonitors(obj); // held by the peer now (a remote kv_get holds nothing else)
           return;
+        }
         case Op.P_DIMINISH: {
           need(frame, REF_BYTES + 17);
           const obj = this.#localObj(readRef(frame, 16));

@@ -347,3 +347,26 @@ test('a type mismatch is ETYPE before a range error, locally and across Controll
     await c.stop();
   }
 });
+
+for (const placement of ['local', 'remote'] as const) {
+  test(`kv_get (${placement}): monitor_delegate still fires once every getter's cap is gone`, async (t) => {
+    const c = await cluster(placement === 'local' ? 1 : 2);
+    try {
+      const svc = await c.proc(0, 'svc');
+      const req = await svc.requestCreate(9);
+      let fired = 0;
+      await svc.monitorDelegate(req, () => fired++);
+      await svc.kvPut('r', req);
+      const g = await c.proc(placement === 'local' ? 0 : 1, 'getter');
+      const x = await g.kvWait('r');
+      await svc.kvPut('r', await svc.requestCreate(10)); // unpin the name
+      await svc.nullOp();
+      t.is(fired, 0, 'the getter still holds its child');
+      await g.capDrop(x);
+      await until(() => fired === 1);
+      t.is(fired, 1);
+    } finally {
+      await c.stop();
+    }
+  });
+}
