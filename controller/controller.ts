@@ -404,7 +404,15 @@ export class Controller {
           const t = this.#targetFromRef(e.ref);
           if (t.revoked) this.#replyCid(proc, seq, this.#install(proc, t));
           else if (!t.isProxy) {
-            this.#replyCid(proc, seq, this.#install(proc, this.#revtree(t)));
+            const child = this.#revtree(t);
+            let entry: CapEntry;
+            try {
+              entry = this.#install(proc, child);
+            } catch (err) {
+              this.#maybeCollect(child); // ENOSPC: the child has no holder
+              throw err;
+            }
+            this.#replyCid(proc, seq, entry);
             this.#armDelegMonitors(t); // the getter's child is a delegated copy of the published object
           } else {
             this.#peerCallRef(t, Op.P_REVTREE, 0, null, (err, f) => {
