@@ -1,6 +1,6 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
-import { Controller } from '../controller/index.js';
+import { Controller, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { die, log } from './log.js';
 
@@ -27,13 +27,15 @@ export function register(program: Command): void {
     .option('--id <n>', 'controller id (1..2^32-1)', '1')
     .option('--state-dir <dir>', 'where the epoch is persisted', '.state/controller-1')
     .option('--peer <id=addr>', 'static peer: ID=tcp://HOST:PORT (repeatable)', collectPeer, new Map<number, string>())
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string> }) => {
+    .option('--served-timeout-ms <ms>', 'bound on one served-memory read/write during a copy (ETIMEDOUT beyond)', String(DEFAULT_SERVED_TIMEOUT_MS))
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; servedTimeoutMs: string }) => {
       try {
         const c = await Controller.start({
           id: Number(o.id),
           listen: o.listen.length ? o.listen : [DEFAULT_CONTROLLER],
           stateDir: o.stateDir,
           peers: o.peer,
+          servedTimeoutMs: Number(o.servedTimeoutMs),
           log,
         });
         // One line on stdout that scripts and tests wait for.

@@ -3,11 +3,11 @@
  * Processes register, every Process's capability space, routes invocations and memory
  * copies, and talks to peer Controllers over TCP. See docs/protocol.md for the frames.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
-import { Link, dial, parseAddress, type Address } from '../libfractos/link.js';
+import { Link, dial, formatAddress, parseAddress, type Address } from '../libfractos/link.js';
 import {
   Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, Feature, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
@@ -30,6 +30,12 @@ export interface ControllerOptions {
   /** Static peer list: id -> `tcp://HOST:PORT`. The higher id dials the lower. */
   peers?: Map<number, string>;
   limits?: Partial<Limits>;
+  /**
+   * Bound (ms) on one served-memory access: a MEM_READ/MEM_WRITE the Controller sends to
+   * the owner of a served Memory during memory_copy that gets no REPLY within it fails the
+   * copy with ETIMEDOUT (default DEFAULT_SERVED_TIMEOUT_MS).
+   */
+  servedTimeoutMs?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -66,13 +72,24 @@ type Done = (err: FractosError | null) => void;
 
 const noopLog = { info: () => {}, warn: () => {} };
 
+/** Default bound on one served-memory access (ms), see ControllerOptions.servedTimeoutMs. */
+export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
+
+/** Dial attempts after which an unreachable peer is logged again (first failure, then these, then every 30th). */
+function logDialFailure(attempt: number): boolean {
+  if (attempt < 1) return false; // redial right after a link closed (logged as 'peer disconnected')
+  return attempt <= 32 ? (attempt & (attempt - 1)) === 0 : attempt % 30 === 0;
+}
+
 export class Controller {
   readonly id: number;
   readonly epoch: number;
   readonly limits: Limits;
+  readonly servedTimeoutMs: number;
   readonly #log: NonNullable<ControllerOptions['log']>;
-  readonly #servers: net.Server[] = [];
-  readonly #addresses: string[] = [];
+  readonly #servers: net.Server[];
+  readonly #lock: StateDirLock;
+  readonly #addresses: string[];
   readonly #objects = new Map<number, Obj>();
   #nextObjId = 1;
   #nextProcId = 1;
@@ -92,25 +109,67 @@ export class Controller {
   /** Counters of links that closed, so `stats` covers the whole run. */
   readonly #closedStats: LinkStats[] = [];
 
-  private constructor(opts: ControllerOptions, epoch: number) {
+  private constructor(opts: ControllerOptions, epoch: number, lock: StateDirLock, servers: net.Server[], addresses: string[]) {
     this.id = opts.id;
     this.epoch = epoch;
+    this.#lock = lock;
+    this.#servers = servers;
+    this.#addresses = addresses;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
   }
 
   /**
-   * Start a Controller: bump and persist the epoch in `stateDir`, listen, dial peers with
-   * lower ids. Errors: EINVAL (bad address or id), EIO (state dir), EADDRINUSE from the OS.
+   * Start a Controller: lock `stateDir` for its whole life, listen, then bump and persist
+   * the epoch, dial peers with lower ids. Nothing is taken over: the epoch is bumped only
+   * once the lock is held and every address is bound. A unix socket path is unlinked
+   * only when it is stale (nothing answers a connect).
+   * Errors: EINVAL (bad address, id or servedTimeoutMs), EBUSY (`stateDir` is locked by a
+   * live Controller: the message names the dir and its pid), EADDRINUSE (a Controller
+   * answers on a unix path, or a tcp port is taken), EEXIST (a unix path that is not a
+   * socket), EIO (state dir).
    */
   static async start(opts: ControllerOptions): Promise<Controller> {
     if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
       throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
     }
-    const epoch = bumpEpoch(opts.stateDir);
-    const c = new Controller(opts, epoch);
-    for (const a of opts.listen) await c.#listen(parseAddress(a));
+    const st = opts.servedTimeoutMs;
+    if (st !== undefined && (!Number.isInteger(st) || st < 1 || st > 2 ** 31 - 1)) {
+      throw new FractosError('EINVAL', `servedTimeoutMs must be an integer 1..2^31-1 ms, got ${st}`);
+    }
+    const addrs = opts.listen.map(parseAddress);
+    const lock = lockStateDir(opts.stateDir);
+    const servers: net.Server[] = [];
+    const addresses: string[] = [];
+    // Connections accepted before the Controller exists wait here (a few ticks at most).
+    let c: Controller | null = null;
+    const early: net.Socket[] = [];
+    const onConn = (sock: net.Socket): void => {
+      if (c) c.#accept(sock);
+      else early.push(sock);
+    };
+    let epoch: number;
+    try {
+      for (const a of addrs) if (a.kind === 'unix') await claimUnixPath(a.path);
+      for (const a of addrs) {
+        const server = net.createServer(onConn);
+        addresses.push(await listenOn(server, a));
+        servers.push(server);
+      }
+      epoch = bumpEpoch(opts.stateDir);
+    } catch (err) {
+      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+      for (const a of addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
+      for (const s of early) s.destroy();
+      lock.release();
+      throw err;
+    }
+    c = new Controller(opts, epoch, lock, servers, addresses);
+    const log = c.#log;
+    for (const s of servers) s.on('error', (err) => log.warn({ err: err.message }, 'listener error'));
+    for (const s of early) c.#accept(s);
     for (const [pid, addr] of c.#peerAddrs) if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
     c.#log.info({ id: c.id, epoch, listen: c.#addresses }, 'controller started');
     return c;
@@ -139,36 +198,20 @@ export class Controller {
     return out;
   }
 
-  /** Close every link and listener. */
+  /** Close every link and listener, and unlock the state dir. */
   async close(): Promise<void> {
+    if (this.#closing) return;
     this.#closing = true;
     for (const t of this.#dialTimers) clearTimeout(t);
     for (const p of [...this.#procs.values()]) p.link.close();
     for (const p of [...this.#peers.values()]) p.link.close();
     await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    for (const a of this.#addresses) if (a.startsWith('unix:')) try { unlinkSync(a.slice(5)); } catch { /* gone */ }
+    for (const a of this.#addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
+    this.#lock.release();
   }
 
   // -------------------------------------------------------------------------------------
   // Listening and accepting
-
-  async #listen(addr: Address): Promise<void> {
-    const server = net.createServer((sock) => this.#accept(sock));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if (addr.kind === 'unix') {
-        if (existsSync(addr.path)) unlinkSync(addr.path);
-        server.listen(addr.path, () => resolve());
-      } else server.listen(addr.port, addr.host, () => resolve());
-    });
-    server.on('error', (err) => this.#log.warn({ err: err.message }, 'listener error'));
-    this.#servers.push(server);
-    if (addr.kind === 'unix') this.#addresses.push(`unix:${addr.path}`);
-    else {
-      const a = server.address() as net.AddressInfo;
-      this.#addresses.push(`tcp://${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${a.port}`);
-    }
-  }
 
   #accept(sock: net.Socket): void {
     const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
@@ -274,7 +317,7 @@ export class Controller {
           // u32 tag, args
           need(frame, 4);
           const tag = frame.readUInt32LE(16);
-          const { args } = readArgs(frame, 20, end, readCid, 4, this.limits);
+          const { args } = readArgs(frame, 20, end, readCid, 4, null);
           const info = mergeArgs(null, tag, this.#capTargets(proc, args), this.limits);
           const obj = this.#newObj(Kind.REQUEST, proc, null, null, info);
           proc.owned.add(obj);
@@ -284,9 +327,11 @@ export class Controller {
         case Op.REQUEST_DERIVE:
         case Op.REQUEST_INVOKE: {
           // u32 cid, args
+          // The whole body is parsed (EPROTO) before any cid is looked up (EBADCAP, EREVOKED);
+          // the limits are checked when the args are merged, after the target's type.
           need(frame, 4);
+          const { args } = readArgs(frame, 20, end, readCid, 4, null);
           const t = this.#target(proc, readCid(frame, 16));
-          const { args } = readArgs(frame, 20, end, readCid, 4, this.limits);
           const targs = this.#capTargets(proc, args);
           if (op === Op.REQUEST_DERIVE) {
             if (t.isProxy) this.#peerDerive(t, targs, this.#replyNewProxy(proc, seq));
@@ -350,11 +395,31 @@ export class Controller {
           return;
         }
         case Op.KV_GET: {
+          // Each getter gets its own revocation-tree child of the published object, so a
+          // getter's cap_revoke cuts off only itself; the publisher keeps the root.
           need(frame, 1);
           const name = frame.toString('utf8', 16);
           const e = this.#kv.get(name);
           if (!e) throw new FractosError('ENOENT', `no cap published as '${name}'`);
-          this.#replyCid(proc, seq, this.#install(proc, this.#targetFromRef(e.ref)));
+          const t = this.#targetFromRef(e.ref);
+          if (t.revoked) this.#replyCid(proc, seq, this.#install(proc, t));
+          else if (!t.isProxy) {
+            const child = this.#revtree(t);
+            let entry: CapEntry;
+            try {
+              entry = this.#install(proc, child);
+            } catch (err) {
+              this.#maybeCollect(child); // ENOSPC: the child has no holder
+              throw err;
+            }
+            this.#replyCid(proc, seq, entry);
+            this.#armDelegMonitors(t); // the getter's child is a delegated copy of the published object
+          } else {
+            this.#peerCallRef(t, Op.P_REVTREE, 0, null, (err, f) => {
+              this.#forgetUnused(t);
+              this.#replyNewProxy(proc, seq, t.mem)(err, f);
+            });
+          }
           return;
         }
         case Op.STATS:
@@ -478,14 +543,29 @@ export class Controller {
     if (!t.isProxy) this.#armDelegMonitors(t);
   }
 
+  #unpin(t: Target): void {
+    t.pins--;
+    this.#released(t);
+  }
+
   /** The object is gone: release what its cap slots pinned. */
   #unpinArgs(obj: Obj): void {
     if (!obj.req) return;
-    for (const t of obj.req.caps) {
-      if (!t) continue;
-      t.pins--;
-      this.#released(t);
-    }
+    for (const t of obj.req.caps) if (t) this.#unpin(t);
+  }
+
+  /**
+   * Pin the cap arguments of an invocation that is not delivered at once (waiting for
+   * credits, or in flight to a peer): the invoker may drop its entries meanwhile, and the
+   * provider must still get live caps. Returns the release function (call it once).
+   */
+  #pinArgs(args: RequestArgs<Target>): () => void {
+    const ts = args.caps?.map((c) => c.cap);
+    if (!ts?.length) return () => {};
+    for (const t of ts) this.#pin(t);
+    return () => {
+      for (const t of ts) this.#unpin(t);
+    };
   }
 
   /** Resolve a cid to a live target. Errors: EBADCAP, EREVOKED. */
@@ -516,6 +596,11 @@ export class Controller {
     } else if (preheld) this.#sendHold(ref, -1); // we already hold it: give back the extra count
     if (!this.#peers.has(ref.controller) && !this.#peerAddrs.has(ref.controller)) p.revoked = true;
     return p;
+  }
+
+  /** Forget a proxy made only to name a ref in a call (nothing holds or pins it). */
+  #forgetUnused(t: RemoteProxy): void {
+    if (t.entries.size === 0 && t.pins === 0 && !this.#preheld.has(t) && this.#proxies.get(t.key) === t) this.#proxies.delete(t.key);
   }
 
   /** The target a ref names, as seen from this Controller (DEAD if gone). */
@@ -681,11 +766,9 @@ export class Controller {
       proc.link.send(r);
     };
     if (t.isProxy) {
-      if (t.mem) return send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
-      this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
+      this.#learnMem(t, (err, m) => {
         if (err) return this.#replyDone(proc, seq)(err);
-        t.mem ??= { size: readU64(f!, 16), perms: f!.readUInt8(24), backing: f!.readUInt8(25) === 1 ? 1 : 0 };
-        send(t.mem.size, t.mem.perms, t.mem.backing, 0, 0, 0, '');
+        send(m!.size, m!.perms, m!.backing, 0, 0, 0, '');
       });
       return;
     }
@@ -696,58 +779,73 @@ export class Controller {
     send(m.size, m.perms, m.backing, 1 | (self ? 2 : 0), m.offset, self ? m.servedKey : 0, m.backing === Backing.SHARED ? m.region : '');
   }
 
+  /** The description of a remote Memory: cached, or asked of its owner (P_STAT). Errors: ETYPE, EREVOKED. */
+  #learnMem(t: RemoteProxy, cb: (err: FractosError | null, m: RemoteMemory | null) => void): void {
+    if (t.mem) return cb(null, t.mem);
+    this.#peerCallRef(t, Op.P_STAT, 0, null, (err, f) => {
+      if (err) return cb(err, null);
+      t.mem ??= { size: readU64(f!, 16), perms: f!.readUInt8(24), backing: f!.readUInt8(25) === 1 ? 1 : 0 };
+      cb(null, t.mem);
+    });
+  }
+
   /**
-   * Copy all bytes of `src` (a local Memory object) into `dst`, chunked and pipelined:
-   * up to 4 chunks of up to 1 MiB in flight (double buffering past 16 KiB).
-   * Errors: ETYPE, EPERM (src not readable / dst not writable), ERANGE (src larger than dst).
+   * Copy all bytes of `src` (a local Memory object) into `dst`, chunked and pipelined
+   * (COPY_CHUNK_BYTES chunks, COPY_WINDOW in flight; one chunk up to 16 KiB).
+   * Errors, in this order for both operands: ETYPE, EPERM (src not readable / dst not
+   * writable), ERANGE (src larger than dst); a remote destination whose description is
+   * not cached checks them at its owner (P_MEM_WRITE), for a 0-byte copy too. ETIMEDOUT
+   * or EFAULT when a served owner does not answer in time or fails.
    */
   #execCopy(src: Obj, dst: Target, done: Done): void {
     const sm = src.mem;
     if (!sm) return done(new FractosError('ETYPE', 'memory_copy source is not Memory'));
-    if (!(sm.perms & Perm.READ)) return done(new FractosError('EPERM', 'memory_copy source is not readable'));
-    const withDst = (dsize: number, dperms: number): void => {
-      if (!(dperms & Perm.WRITE)) return done(new FractosError('EPERM', 'memory_copy destination is not writable'));
-      if (sm.size > dsize) return done(new FractosError('ERANGE', `memory_copy of ${sm.size} bytes into ${dsize}`));
-      const size = sm.size;
-      if (size === 0) return done(null);
-      const dm = dst.isProxy ? null : dst.mem!;
-      if (sm.map && dm?.map) {
-        dm.map.set(sm.map.subarray(sm.offset, sm.offset + size), dm.offset);
-        return done(null);
+    if (!dst.isProxy && !dst.mem) return done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
+    if (!(sm.perms & Perm.READ)) {
+      // A remote destination's type comes first (ETYPE before EPERM): learn it on this error path.
+      if (dst.isProxy && !dst.mem) return this.#learnMem(dst, (err) => (err ? done(err) : this.#execCopy(src, dst, done)));
+      return done(new FractosError('EPERM', 'memory_copy source is not readable'));
+    }
+    const known = dst.mem; // local, or the cached description of a remote Memory
+    if (known) {
+      if (!(known.perms & Perm.WRITE)) return done(new FractosError('EPERM', 'memory_copy destination is not writable'));
+      if (sm.size > known.size) return done(new FractosError('ERANGE', `memory_copy of ${sm.size} bytes into ${known.size}`));
+    }
+    const size = sm.size;
+    // Nothing to move; a remote destination still checks its type, rights and size.
+    if (size === 0) return dst.isProxy ? this.#writeChunk(dst, 0, 0, EMPTY, done) : done(null);
+    const dm = dst.isProxy ? null : dst.mem!;
+    if (sm.map && dm?.map) {
+      dm.map.set(sm.map.subarray(sm.offset, sm.offset + size), dm.offset);
+      return done(null);
+    }
+    const chunk = size <= 16384 ? size : Math.min(COPY_CHUNK_BYTES, Math.max(16384, Math.ceil(size / 4)));
+    let next = 0;
+    let inflight = 0;
+    let failed = false;
+    const pump = (): void => {
+      while (!failed && inflight < COPY_WINDOW && next < size) {
+        const off = next;
+        const len = Math.min(chunk, size - off);
+        next += len;
+        inflight++;
+        this.#readChunk(src, off, len, (err, bytes) => {
+          if (err || failed) return finish(err);
+          this.#writeChunk(dst, off, size, bytes!, finish);
+        });
       }
-      const chunk = size <= 16384 ? size : Math.min(COPY_CHUNK_BYTES, Math.max(16384, Math.ceil(size / 4)));
-      let next = 0;
-      let inflight = 0;
-      let failed = false;
-      const pump = (): void => {
-        while (!failed && inflight < COPY_WINDOW && next < size) {
-          const off = next;
-          const len = Math.min(chunk, size - off);
-          next += len;
-          inflight++;
-          this.#readChunk(src, off, len, (err, bytes) => {
-            if (err || failed) return finish(err);
-            this.#writeChunk(dst, off, size, bytes!, finish);
-          });
-        }
-      };
-      const finish = (err: FractosError | null): void => {
-        inflight--;
-        if (failed) return;
-        if (err) {
-          failed = true;
-          return done(err);
-        }
-        if (next >= size && inflight === 0) return done(null);
-        pump();
-      };
+    };
+    const finish = (err: FractosError | null): void => {
+      inflight--;
+      if (failed) return;
+      if (err) {
+        failed = true;
+        return done(err);
+      }
+      if (next >= size && inflight === 0) return done(null);
       pump();
     };
-    // A remote destination checks its rights and size on the first chunk (P_MEM_WRITE
-    // carries the total), which saves a round trip; a local one is checked here.
-    if (dst.isProxy) withDst(Number.MAX_SAFE_INTEGER, Perm.WRITE);
-    else if (!dst.mem) done(new FractosError('ETYPE', 'memory_copy destination is not Memory'));
-    else withDst(dst.mem.size, dst.mem.perms);
+    pump();
   }
 
   /** Read `len` bytes at `off` of a local Memory object; the bytes are valid during `cb`. */
@@ -761,7 +859,7 @@ export class Controller {
       writeU64(f, m.offset + off, 24);
       f.writeUInt32LE(len, 32);
       return f;
-    }, (err, f) => {
+    }, this.servedTimeoutMs, `served read of ${len} bytes`, (err, f) => {
       if (err) return cb(err, null);
       if (f!.length - HEADER_BYTES !== len) return cb(new FractosError('EFAULT', `served read returned ${f!.length - HEADER_BYTES} of ${len} bytes`), null);
       cb(null, f!.subarray(HEADER_BYTES));
@@ -794,6 +892,7 @@ export class Controller {
   #writeLocal(obj: Obj, off: number, bytes: Uint8Array, cb: Done): void {
     const m = obj.mem!;
     if (off + bytes.length > m.size) return cb(new FractosError('ERANGE', `write ${off}+${bytes.length} beyond ${m.size}`));
+    if (bytes.length === 0) return cb(null);
     if (m.map) {
       m.map.set(bytes, m.offset + off);
       return cb(null);
@@ -805,7 +904,7 @@ export class Controller {
       writeU64(f, m.offset + off, 24);
       f.set(bytes, 32);
       return f;
-    }, (err) => cb(err));
+    }, this.servedTimeoutMs, `served write of ${bytes.length} bytes`, (err) => cb(err));
   }
 
   // -------------------------------------------------------------------------------------
@@ -855,7 +954,17 @@ export class Controller {
     if (provider.queue.length - provider.queueHead >= this.limits.maxQueuedDeliveries) {
       return done(new FractosError('EAGAIN', `process ${provider.id} has ${this.limits.maxQueuedDeliveries} deliveries queued`));
     }
-    provider.queue.push(d);
+    const unpin = this.#pinArgs(args);
+    provider.queue.push({
+      run: () => {
+        d.run(); // installs the arguments in the provider's space first
+        unpin();
+      },
+      fail: (err) => {
+        unpin();
+        done(err);
+      },
+    });
   }
 
   #drain(proc: ProcConn): void {
@@ -1010,14 +1119,8 @@ export class Controller {
     if (!name || name.length > 256) throw new FractosError('EINVAL', 'name must be 1..256 characters');
     const old = this.#kv.get(name);
     if (old && (old.ts > ts || (old.ts === ts && old.origin > origin))) return;
-    if (old?.pinned) {
-      old.pinned.pins--;
-      this.#released(old.pinned);
-    }
-    if (local) {
-      if (this.#firstRef(local)) this.#hold(local);
-      local.pins++;
-    }
+    if (old?.pinned) this.#unpin(old.pinned);
+    if (local) this.#pin(local);
     this.#kv.set(name, { ref, ts, origin, pinned: local });
     if (origin === this.id) for (const p of this.#peers.values()) this.#sendKv(p, name, this.#kv.get(name)!);
   }
@@ -1049,17 +1152,26 @@ export class Controller {
         if (frameOp(frame) === Op.PEER_HELLO) this.#helloPeer(link, frame, true, addr);
         else link.close(new FractosError('EPROTO', 'peer must answer PEER_HELLO'));
       };
-      link.onClose = () => this.#retryDial(id, addr, attempt + 1);
+      link.onClose = (err) => this.#retryDial(id, addr, attempt + 1, err ?? new Error('closed before PEER_HELLO'));
       link.send(f);
-    }, () => this.#retryDial(id, addr, attempt + 1));
+    }, (err: Error) => this.#retryDial(id, addr, attempt + 1, err));
   }
 
-  #retryDial(id: number, addr: Address, attempt: number): void {
+  /**
+   * Dial a peer again after a backoff (50 ms doubling, at most 2 s). `attempt` counts the
+   * failures in a row; the first one, then the 2nd, 4th, ... 32nd and every 30th after
+   * that are logged at warn with the address, the error and the retry delay.
+   */
+  #retryDial(id: number, addr: Address, attempt: number, err: Error): void {
     if (this.#closing || this.#peers.has(id)) return;
+    const retryMs = Math.min(2000, 50 * 2 ** Math.min(attempt, 6));
+    if (logDialFailure(attempt)) {
+      this.#log.warn({ peer: id, addr: formatAddress(addr), attempt, retryMs, err: err.message }, `peer ${id} unreachable at ${formatAddress(addr)}; retrying in ${retryMs} ms`);
+    }
     const t = setTimeout(() => {
       this.#dialTimers.delete(t);
       this.#dialPeer(id, addr, attempt);
-    }, Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
+    }, retryMs);
     this.#dialTimers.add(t);
   }
 
@@ -1078,14 +1190,14 @@ export class Controller {
       f.writeUInt32LE(this.epoch, 20);
       link.send(f);
     }
-    const peer = new PeerConn(id, epoch, link, dialed);
+    const peer = new PeerConn(id, link);
     this.#peers.set(id, peer);
     // Proxies of an older epoch of this peer are stale now.
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === id && p.ref.epoch !== epoch) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
     link.onFrame = (f) => this.#onPeerFrame(peer, f);
-    link.onClose = () => {
+    link.onClose = (err) => {
       this.#peerGone(peer);
-      if (dialed && addr) this.#retryDial(id, addr, 0);
+      if (dialed && addr) this.#retryDial(id, addr, 0, err ?? new Error('link closed'));
     };
     for (const [name, e] of this.#kv) if (e.origin === this.id || e.pinned) this.#sendKv(peer, name, e);
     this.#log.info({ peer: id, epoch }, 'peer connected');
@@ -1173,6 +1285,13 @@ export class Controller {
       if (m) descs.push({ slot: c.slot, m });
     }
     const ab = argsBytes(pargs, REF_BYTES);
+    // Pinned until the peer answers: it holds the arguments (P_HOLD, sent before its REPLY) by then.
+    const unpin = this.#pinArgs(args);
+    const reply = cb;
+    cb = (err, f) => {
+      unpin();
+      reply(err, f);
+    };
     this.#peerCallRef(t, op, ab + 2 + 16 * descs.length, (f, o) => {
       o = writeArgs(f, o, pargs, writeRef, REF_BYTES);
       f.writeUInt16LE(descs.length, o);
@@ -1223,8 +1342,8 @@ export class Controller {
         case Op.P_INVOKE:
         case Op.P_DERIVE: {
           need(frame, REF_BYTES);
+          const { args, end } = readArgs(frame, 32, frame.length, readRef, REF_BYTES, null);
           const obj = this.#localObj(readRef(frame, 16));
-          const { args, end } = readArgs(frame, 32, frame.length, readRef, REF_BYTES, this.limits);
           const targs: RequestArgs<Target> = {
             imms: args.imms,
             caps: args.caps?.map((c) => ({ slot: c.slot, cap: this.#targetFromRef(c.cap) })),
@@ -1242,10 +1361,13 @@ export class Controller {
           else replyRef(this.#derive(obj, targs));
           return;
         }
-        case Op.P_REVTREE:
+        case Op.P_REVTREE: {
           need(frame, REF_BYTES);
-          replyRef(this.#revtree(this.#localObj(readRef(frame, 16))));
+          const obj = this.#localObj(readRef(frame, 16));
+          replyRef(this.#revtree(obj));
+          this.#armDelegMonitors(obj); // held by the peer now (a remote kv_get holds nothing else)
           return;
+        }
         case Op.P_DIMINISH: {
           need(frame, REF_BYTES + 17);
           const obj = this.#localObj(readRef(frame, 16));
@@ -1435,5 +1557,130 @@ export function bumpEpoch(dir: string): number {
   } catch (err) {
     if (err instanceof FractosError) throw err;
     throw new FractosError('EIO', `state dir ${dir}: ${(err as Error).message}`);
+  }
+}
+
+/** A held lock on a Controller's state dir (`STATE_DIR/lock`, holding the holder's pid). */
+export interface StateDirLock {
+  readonly path: string;
+  release(): void;
+}
+
+/** Whether a process with this pid exists (signal 0; EPERM means it exists as another user). */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Lock a state dir for one Controller: create `dir/lock` exclusively with this pid in it.
+ * A lock file whose pid is no longer alive is stale (a Controller killed with -9) and is
+ * taken over. Errors: EBUSY (a live Controller holds it: the message names the dir and
+ * its pid; in the same OS process too), EIO (the dir cannot be created or written).
+ */
+export function lockStateDir(dir: string): StateDirLock {
+  const path = join(dir, 'lock');
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw new FractosError('EIO', `state dir ${dir}: ${(err as Error).message}`);
+  }
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(path, 'wx', 0o644);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
+      let holder = NaN;
+      try {
+        holder = Number(readFileSync(path, 'utf8').trim());
+      } catch {
+        // removed meanwhile: try again
+      }
+      if (Number.isInteger(holder) && holder > 0 && pidAlive(holder)) {
+        throw new FractosError('EBUSY', `state dir ${dir} is in use by controller pid ${holder} (lock file ${path})`);
+      }
+      // Stale (its holder is gone) or half-written: remove and retry. A half-written file is
+      // at most a few microseconds old, so re-check its age before taking it over.
+      if (!Number.isInteger(holder) || holder <= 0) {
+        try {
+          if (Date.now() - lstatSync(path).mtimeMs < 1000) throw new FractosError('EBUSY', `state dir ${dir} is being locked by another controller (lock file ${path})`);
+        } catch (e) {
+          if (e instanceof FractosError) throw e;
+        }
+      }
+      tryUnlink(path);
+      continue;
+    }
+    try {
+      writeFileSync(fd, `${process.pid}\n`);
+    } finally {
+      closeSync(fd);
+    }
+    let held = true;
+    return {
+      path,
+      release: () => {
+        if (!held) return;
+        held = false;
+        tryUnlink(path);
+      },
+    };
+  }
+  throw new FractosError('EBUSY', `state dir ${dir}: could not take the lock ${path}`);
+}
+
+/**
+ * Make a unix socket path free for listening: nothing there, or a stale socket (a connect
+ * is refused) which is unlinked. Errors: EADDRINUSE (something answers a connect there),
+ * EEXIST (the path is not a socket).
+ */
+async function claimUnixPath(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return; // nothing there
+  }
+  if (!isSocket) throw new FractosError('EEXIST', `unix:${path} exists and is not a socket; not removing it`);
+  const answers = await new Promise<boolean>((resolve) => {
+    const sock = net.createConnection(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+  });
+  if (answers) throw new FractosError('EADDRINUSE', `unix:${path} answers connections: another controller is listening there`);
+  tryUnlink(path);
+}
+
+/** Listen on an address; returns it as listened on (tcp port 0 resolved). Errors: EADDRINUSE, EINVAL. */
+function listenOn(server: net.Server, addr: Address): Promise<string> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const where = formatAddress(addr);
+      if (err.code === 'EADDRINUSE') reject(new FractosError('EADDRINUSE', `${where} is in use`));
+      else reject(new FractosError('EINVAL', `cannot listen on ${where}: ${err.message}`));
+    });
+    const done = (): void => {
+      server.removeAllListeners('error');
+      if (addr.kind === 'unix') return resolve(formatAddress(addr));
+      resolve(formatAddress({ ...addr, port: (server.address() as net.AddressInfo).port }));
+    };
+    if (addr.kind === 'unix') server.listen(addr.path, done);
+    else server.listen(addr.port, addr.host, done);
+  });
+}
+
+function tryUnlink(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone
   }
 }

@@ -1,5 +1,5 @@
 /**
- * A link to another Controller: its id and epoch, the calls in flight to it.
+ * A link to another Controller: its id, the calls in flight to it.
  */
 import { PendingCalls, type ReplyCb } from '../libfractos/calls.js';
 import { FractosError } from '../libfractos/errors.js';
@@ -10,9 +10,7 @@ export class PeerConn {
   alive = true;
   constructor(
     readonly id: number,
-    readonly epoch: number,
     readonly link: Link,
-    readonly dialed: boolean,
   ) {}
 
   /** Call the peer with a frame whose payload is sent without copying (Link.sendv). */

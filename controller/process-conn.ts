@@ -26,7 +26,6 @@ export class ProcConn {
   readonly caps: (CapEntry | undefined)[] = [undefined]; // index 0 is never used
   readonly #gens: number[] = [0];
   readonly freeCids: number[] = [];
-  capCount = 0;
   /** Base objects this Process registered (revoked when it goes away). */
   readonly owned = new Set<Obj>();
   outstanding = 0;
@@ -57,7 +56,6 @@ export class ProcConn {
     const cid = (idx | (this.#gens[idx]! << CID_INDEX_BITS)) >>> 0;
     const e: CapEntry = { target, proc: this, cid };
     this.caps[idx] = e;
-    this.capCount++;
     target.entries.add(e);
     return e;
   }
@@ -77,17 +75,20 @@ export class ProcConn {
     this.caps[idx] = undefined;
     this.#gens[idx] = (this.#gens[idx]! + 1) & (0xffffffff >>> CID_INDEX_BITS);
     this.freeCids.push(idx);
-    this.capCount--;
     e.target.entries.delete(e);
     return e;
   }
 
-  /** Call the Process (served memory read/write); `cb` gets the REPLY frame. */
-  call(frameFor: (seq: number) => Buffer, cb: ReplyCb): void {
+  /**
+   * Call the Process (served memory read/write); `cb` gets the REPLY frame, EFAULT when
+   * the Process is gone, or ETIMEDOUT when no REPLY came within `timeoutMs` (ms; a late
+   * REPLY is then ignored).
+   */
+  call(frameFor: (seq: number) => Buffer, timeoutMs: number, what: string, cb: ReplyCb): void {
     if (!this.alive) {
       cb(new FractosError('EFAULT', `process ${this.id} is gone`), null);
       return;
     }
-    this.link.send(frameFor(this.calls.add(cb)));
+    this.link.send(frameFor(this.calls.addWithDeadline(cb, timeoutMs, `${what} by process ${this.id} (${this.name})`)));
   }
 }

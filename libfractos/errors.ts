@@ -30,6 +30,7 @@ export const ERROR_CODES = [
   'EISDIR', // directory where a file was expected
   'ENOTDIR',
   'ENOTEMPTY',
+  'EADDRINUSE', // a listen address is taken (a live socket answers there)
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -134,11 +134,6 @@ export class Link {
     }
   }
 
-  /** True while the socket's write buffer is below its high-water mark. */
-  get writable(): boolean {
-    return !this.socket.writableNeedDrain;
-  }
-
   /** Close the link; `err` is passed to onClose (EPROTO for a malformed stream). */
   close(err?: Error): void {
     if (this.#closed) return;

@@ -308,12 +308,33 @@ export class Process extends EventEmitter {
     this.#handlers.set(tag >>> 0, handler);
   }
 
-  /** Register a typed handler for a schema. */
+  /**
+   * Register a typed handler for a schema. A delivery whose immediates do not decode (a
+   * string length prefix beyond the field or the set bytes, a u64 of 2^53 or more) never
+   * reaches `handler`: its `onError` continuation (when the schema has that slot and the
+   * delivery set it) gets the decode error (EINVAL, or EPROTO for anything untyped);
+   * without one the delivery is dropped and a 'handlerError' event (or, with no listener,
+   * a line on stderr) tells why.
+   */
   serve<I extends Record<string, FieldType>, C extends readonly string[]>(
     schema: RequestSchema<I, C>,
     handler: (args: { imms: ImmValues<I>; caps: CapValues<C> }, inv: Invocation) => void | Promise<unknown>,
   ): void {
-    this.onRequest(schema.tag, (inv) => handler(schema.decode(inv), inv));
+    const onError = (schema.capNames as readonly string[]).includes('onError') ? schema.slot('onError' as C[number]) : -1;
+    this.onRequest(schema.tag, (inv) => {
+      let args: { imms: ImmValues<I>; caps: CapValues<C> };
+      try {
+        args = schema.decode(inv);
+      } catch (err) {
+        const e = err instanceof FractosError ? err : new FractosError('EPROTO', `${schema.name}: ${String(err)}`);
+        const cont = onError >= 0 ? inv.caps[onError] ?? 0 : 0;
+        if (cont) return this.replyError(cont, e.code, e.message);
+        if (this.listenerCount('handlerError') > 0) this.emit('handlerError', e, inv);
+        else process.stderr.write(`fractos: ${this.name}: dropped a ${schema.name} delivery with no onError: ${e.message}\n`);
+        return;
+      }
+      return handler(args, inv);
+    });
   }
 
   /** Create a Request of `schema` served here, with some arguments preset. */
@@ -583,7 +604,12 @@ export class Process extends EventEmitter {
       const w = this.#rpcs.get(id);
       if (w) {
         if (tag & 1) {
-          const e = ErrorReply.decode(inv).imms;
+          let e: { code: number; message: string };
+          try {
+            e = ErrorReply.decode(inv).imms;
+          } catch (err) {
+            e = { code: errorCodeToWire('EPROTO'), message: `malformed error reply: ${(err as Error).message}` };
+          }
           w.reject(new FractosError(errorCodeFromWire(e.code), e.message));
           dropAll();
         } else {

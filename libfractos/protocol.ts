@@ -52,7 +52,6 @@ export const Op = {
   P_REVOKE: 0xa5,
   P_DIMINISH: 0xa6,
   P_COPY: 0xa7,
-  P_MEM_READ: 0xa8,
   P_MEM_WRITE: 0xa9,
   P_STAT: 0xaa,
   P_MONITOR_DELEGATE: 0xab,
@@ -227,7 +226,9 @@ export const writeCid = (buf: Buffer, cid: number, off: number): void => {
 
 /**
  * Decode args written by `writeArgs`, checking every count and range against the frame
- * and the limits (EPROTO on a malformed encoding, ERANGE on limits). Immediate bytes are
+ * (EPROTO on a malformed encoding) and, unless `limits` is null, against the limits
+ * (ERANGE). The Controller passes null: it checks the limits when it merges the args
+ * (`mergeArgs`), after the target's type (ETYPE before ERANGE). Immediate bytes are
  * views into `buf` (no copy).
  */
 export function readArgs<C>(
@@ -236,7 +237,7 @@ export function readArgs<C>(
   end: number,
   readCap: (buf: Buffer, off: number) => C,
   capBytes: number,
-  limits: Limits,
+  limits: Limits | null,
 ): { args: RequestArgs<C>; end: number } {
   if (off + 4 > end) throw new FractosError('EPROTO', 'truncated args');
   const nCaps = buf.readUInt16LE(off);
@@ -246,7 +247,7 @@ export function readArgs<C>(
   const caps: CapArg<C>[] = new Array(nCaps);
   for (let i = 0; i < nCaps; i++) {
     const slot = buf.readUInt16LE(off);
-    if (slot >= limits.maxCapSlots) throw new FractosError('ERANGE', `cap slot ${slot} >= ${limits.maxCapSlots}`);
+    if (limits && slot >= limits.maxCapSlots) throw new FractosError('ERANGE', `cap slot ${slot} >= ${limits.maxCapSlots}`);
     caps[i] = { slot, cap: readCap(buf, off + 4) };
     off += 4 + capBytes;
   }
@@ -257,7 +258,7 @@ export function readArgs<C>(
     const len = buf.readUInt32LE(off + 4);
     off += 8;
     if (off + len > end) throw new FractosError('EPROTO', 'truncated immediate bytes');
-    if (o + len > limits.maxImmBytes) throw new FractosError('ERANGE', `immediate range ${o}+${len} > ${limits.maxImmBytes}`);
+    if (limits && o + len > limits.maxImmBytes) throw new FractosError('ERANGE', `immediate range ${o}+${len} > ${limits.maxImmBytes}`);
     imms[i] = { offset: o, bytes: buf.subarray(off, off + len) };
     off += len;
   }

@@ -142,7 +142,10 @@ export class RequestSchema<I extends Record<string, FieldType>, C extends readon
     return { imms: this.imms(imms), caps: this.caps(caps) };
   }
 
-  /** Decode an invocation: every field (zero where unset) and the cid of every slot (0 = unset). */
+  /**
+   * Decode an invocation: every field (zero where unset) and the cid of every slot (0 = unset).
+   * Errors: EINVAL (a string's length prefix beyond the field or the set bytes, a u64 of 2^53 or more).
+   */
   decode(inv: Invocation): { imms: ImmValues<I>; caps: CapValues<C> } {
     const imms: Record<string, unknown> = {};
     for (const f of this.fields) imms[f.name] = decodeField(this.name, { ...f, offset: 0 }, inv.view(f.offset, f.width));
@@ -216,7 +219,7 @@ function decodeField(schema: string, f: FieldLayout, imms: Buffer): unknown {
         return imms.readDoubleLE(f.offset);
       case 'u64': {
         const hi = imms.readUInt32LE(f.offset + 4);
-        if (hi >= 0x200000) throw new FractosError('ERANGE', `${schema}.${f.name}: u64 beyond 2^53`);
+        if (hi >= 0x200000) throw new FractosError('EINVAL', `${schema}.${f.name}: u64 of 2^53 or more`);
         return hi * 0x100000000 + imms.readUInt32LE(f.offset);
       }
     }

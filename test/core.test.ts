@@ -195,9 +195,11 @@ test('revocation trees: revoking a child leaves the parent; revoking the parent 
   t.is(EchoReply.decode(await a.rpc(a2, Echo, { x: 1 })).imms.y, 2);
   await a.nullOp();
   t.deepEqual(fired.sort(), ['c11:revoked', 'c1:revoked']);
-  // any holder may revoke what its cap names: a revokes c2, b's parent is intact
+  // any holder may revoke what its cap names: a's kv_get of c2 names a's own child of c2,
+  // so a cuts off only itself; b's c2 and its parent are intact
   await a.capRevoke(a2);
-  await code(t, b.requestInvoke(c2), 'EREVOKED');
+  await code(t, a.requestInvoke(a2), 'EREVOKED');
+  t.is(EchoReply.decode(await b.rpc(c2, Echo, { x: 3 })).imms.y, 6);
   t.is(EchoReply.decode(await b.rpc(echo, Echo, { x: 2 })).imms.y, 4);
   // derived Requests die with their parent
   const d = await a.requestDerive(await (async () => {
