@@ -17,7 +17,7 @@ import { connect, type Process, type SharedRegion } from '../libfractos/process.
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
 import { crc32 } from 'node:zlib';
-import { IoPort, volumeCreate, volumeList, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
+import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
@@ -47,8 +47,8 @@ export interface FsOptions {
   cacheBlocks?: number;
   /**
    * Delete, at start-up, every blockdev volume that is neither the metadata volume nor an
-   * extent of a file (volumes leaked by a crash; default true). The FS owns its blockdev:
-   * volumes other clients created on it are deleted too.
+   * extent of a file (volumes leaked by a crash; default true). The FS owns its blockdev (it
+   * holds the volume-administration claim): volumes a previous claim holder created are deleted too.
    */
   reclaim?: boolean;
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
@@ -115,8 +115,8 @@ export class FsService {
   readonly name: string;
   readonly #opts: FsOptions;
   #port!: IoPort;
-  #bdCreate = 0;
-  #bdOpen = 0;
+  /** The blockdev's volume administration, claimed at start (this FS is its only owner). */
+  #admin!: VolumeAdmin;
   #meta!: VolumeHandle;
   #metaRegion!: SharedRegion;
   #metaCid = 0;
@@ -152,7 +152,11 @@ export class FsService {
     });
   }
 
-  /** Connect, find the blockdev (kvWait), load or create the metadata, publish `${name}.*`. */
+  /**
+   * Connect, claim the blockdev's volume administration (`adminClaim`, retried for 30 s while
+   * a previous holder's release is in flight), load or create the metadata, publish `${name}.*`.
+   * Errors: EBUSY (another Process holds the blockdev's administration), ENOENT (no blockdev), ...
+   */
   static async start(opts: FsOptions): Promise<FsService> {
     const proc = await connect(opts.controller, { name: opts.name ?? 'fs', memoryDescriptors: true });
     const s = new FsService(proc, opts);
@@ -188,8 +192,7 @@ export class FsService {
   async #init(): Promise<void> {
     const p = this.proc;
     const bd = this.#opts.blockdev ?? 'blockdev';
-    this.#bdCreate = await p.kvWait(`${bd}.volume_create`, 30_000);
-    this.#bdOpen = await p.kvWait(`${bd}.volume_open`, 30_000);
+    this.#admin = await adminClaim(p, bd, 30_000);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
     this.#metaRegion = p.allocShared(META_SLOT_BYTES);
@@ -200,7 +203,7 @@ export class FsService {
       this.#stageFree.push(i);
     }
     await this.#loadMeta();
-    if (this.#opts.reclaim !== false) await this.#reclaim(await p.kvWait(`${bd}.volume_list`, 30_000));
+    if (this.#opts.reclaim !== false) await this.#reclaim();
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
     p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
@@ -240,10 +243,10 @@ export class FsService {
     const p = this.proc;
     let created = false;
     try {
-      this.#meta = await volumeOpen(p, this.#bdOpen, 1);
+      this.#meta = await volumeOpen(p, this.#admin.open, 1);
     } catch (err) {
       if ((err as FractosError).code !== 'ENOENT') throw err;
-      this.#meta = await volumeCreate(p, this.#bdCreate, 2 * META_SLOT_BYTES);
+      this.#meta = await volumeCreate(p, this.#admin.create, 2 * META_SLOT_BYTES);
       created = true;
       if (this.#meta.volume !== 1) {
         throw new FractosError('EINVAL', `the metadata volume must be the first volume of the blockdev (got volume ${this.#meta.volume}); use a freshly formatted device`);
@@ -263,7 +266,7 @@ export class FsService {
     for (const f of m.files) {
       const ino: Inode = { id: f.id, path: f.path, size: f.size, extents: f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })), alloc: Promise.resolve(), writing: 0, wgen: 0 };
       this.#files.set(f.path, ino);
-      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#bdOpen, x.volume));
+      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#admin.open, x.volume));
     }
   }
 
@@ -272,14 +275,13 @@ export class FsService {
    * metadata naming it, or between the metadata dropping extents and their deletion). Runs
    * before the FS serves anything, so no allocation is in flight.
    */
-  async #reclaim(listCid: number): Promise<void> {
+  async #reclaim(): Promise<void> {
     const p = this.proc;
-    const ids = await volumeList(p, listCid);
-    p.capDrop(listCid).catch(() => {});
+    const ids = await volumeList(p, this.#admin.list);
     const orphans = ids.filter((id) => id !== this.#meta.volume && !this.#vols.has(id));
     for (const id of orphans) {
       try {
-        const v = await volumeOpen(p, this.#bdOpen, id);
+        const v = await volumeOpen(p, this.#admin.open, id);
         await p.rpc(v.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
         p.capDrop(v.read, v.write, v.delete).catch(() => {});
         this.counts.reclaimedVolumes++;
@@ -578,7 +580,7 @@ export class FsService {
       if (end <= have) return;
       const need = end - have;
       const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
-      const v = await volumeCreate(this.proc, this.#bdCreate, len);
+      const v = await volumeCreate(this.proc, this.#admin.create, len);
       this.#vols.set(v.volume, v);
       ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
       // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
