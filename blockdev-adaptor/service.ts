@@ -22,6 +22,7 @@ import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
+import { claimDevice, type DeviceClaim } from './device-claim.js';
 import {
   AdminClaim, AdminReply, DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
@@ -37,7 +38,7 @@ const MAX_MAPPINGS = 256;
 
 /** Options of `BlockdevService.start`. */
 export interface BlockdevOptions {
-  /** Block device or regular file, opened with O_DIRECT. */
+  /** Block device or regular file, opened with O_DIRECT and claimed exclusively (device-claim.ts) for the service's life. */
   device: string;
   /** Controller address (`unix:PATH` / `tcp://HOST:PORT`). */
   controller: string;
@@ -134,6 +135,7 @@ export class BlockdevService {
   readonly #bounceFree: number[] = [];
   readonly #bounceWait: ((slot: number) => void)[] = [];
   #closed = false;
+  #device: DeviceClaim | null = null;
   /** Ops served through the direct path / the bounce path (for tests and stats). */
   readonly counts = { direct: 0, bounce: 0, errors: 0 };
 
@@ -150,10 +152,26 @@ export class BlockdevService {
 
   /**
    * Open the device, load (or, with `format`, create) the volume table, connect, publish
-   * `${name}.admin_claim` (volume administration for one owner, see AdminClaim). Errors: those of UringBackend.open,
+   * `${name}.admin_claim` (volume administration for one owner, see AdminClaim). The device is
+   * claimed first (before anything reads or formats it) and released by `close()`.
+   * Errors: EBUSY `DEVICE is in use by blockdev pid N` (claimed by another blockdev or the fio
+   * runner, or a mounted block device), those of claimDevice and UringBackend.open,
    * EIO 'format required' (unformatted device without `format`), connect's errors.
    */
   static async start(opts: BlockdevOptions): Promise<BlockdevService> {
+    const claim = claimDevice(opts.device);
+    let s: BlockdevService;
+    try {
+      s = await BlockdevService.#startClaimed(opts);
+    } catch (err) {
+      claim.release();
+      throw err;
+    }
+    s.#device = claim;
+    return s;
+  }
+
+  static async #startClaimed(opts: BlockdevOptions): Promise<BlockdevService> {
     const backend = await UringBackend.open(opts.device, { queueDepth: opts.queueDepth ?? 64 });
     let table: VolumeTable;
     let formatted = false;
@@ -178,7 +196,12 @@ export class BlockdevService {
       throw err;
     }
     const s = new BlockdevService(proc, backend, table, opts, formatted);
-    await s.#init();
+    try {
+      await s.#init();
+    } catch (err) {
+      await s.close();
+      throw err;
+    }
     return s;
   }
 
@@ -270,8 +293,12 @@ export class BlockdevService {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.proc.close();
-    await this.backend.close();
+    try {
+      await this.proc.close();
+      await this.backend.close();
+    } finally {
+      this.#device?.release();
+    }
   }
 
   // -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync,
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
+import { assertDeviceFree, claimDevice } from '../blockdev-adaptor/device-claim.js';
 import { adminClaim, adminRelease, volumeCreate, type VolumeAdmin } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
@@ -55,17 +56,26 @@ async function startStack(device: string, queueDepth: number, withFs: boolean): 
   return { controller: addr, stop };
 }
 
-/** Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and wipe the volume table. */
+/**
+ * Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and
+ * wipe the volume table, under the device's claim. Errors: EBUSY `DEVICE is in use by
+ * blockdev pid N` (a running blockdev uses it: nothing is written), claimDevice's.
+ */
 function prepareDevice(device: string, size: number): void {
-  const isNew = !existsSync(device);
-  const fd = openSync(device, isNew ? 'w+' : 'r+');
+  if (!existsSync(device)) closeSync(openSync(device, 'wx'));
+  const claim = claimDevice(device);
   try {
-    const st = fstatSync(fd);
-    if (st.isFile() && st.size < size) ftruncateSync(fd, size);
-    // The runner owns the device: a fresh volume table every run (write profiles overwrite it anyway).
-    writeSync(fd, Buffer.alloc(8192), 0, 8192, 0);
+    const fd = openSync(device, 'r+');
+    try {
+      const st = fstatSync(fd);
+      if (st.isFile() && st.size < size) ftruncateSync(fd, size);
+      // The runner owns the device: a fresh volume table every run (write profiles overwrite it anyway).
+      writeSync(fd, Buffer.alloc(8192), 0, 8192, 0);
+    } finally {
+      closeSync(fd);
+    }
   } finally {
-    closeSync(fd);
+    claim.release();
   }
 }
 
@@ -130,6 +140,8 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   const region = Math.max(...jobs.map((j) => j.size ?? 256 << 20));
   const depth = jobs.reduce((s, j) => s + j.iodepth * j.numjobs, 0);
   let stack: Stack | null = null;
+  // Real fio must never run on a device a blockdev uses: refuse before running anything.
+  if (o.controller && o.compare) assertDeviceFree(device);
   if (!o.controller) {
     prepareDevice(device, 2 * region * jobs.length + (64 << 20));
     process.stderr.write(`fio: starting controller + blockdev (${device})${kind !== 'blockdev' ? ' + fs' : ''}\n`);
