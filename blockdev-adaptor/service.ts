@@ -23,6 +23,7 @@ import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import { claimDevice, type DeviceClaim } from './device-claim.js';
+import { FairSlots } from './fair-slots.js';
 import {
   AdminClaim, AdminReply, DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
@@ -33,6 +34,11 @@ import { VolumeTable, type Volume } from './volumes.js';
 export const MAX_IO_BYTES = 2 << 20;
 /** Bounce slots (for Memory that cannot be mapped here), each MAX_IO_BYTES. */
 const BOUNCE_SLOTS = 8;
+/**
+ * Most bounce slots one volume's I/O holds at once (FairSlots): a client whose Memory never
+ * answers a memory_copy stalls at most this many, the other volumes keep the rest.
+ */
+export const BOUNCE_PER_VOLUME = 2;
 /** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
 const MAX_MAPPINGS = 256;
 
@@ -132,8 +138,8 @@ export class BlockdevService {
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
-  readonly #bounceFree: number[] = [];
-  readonly #bounceWait: ((slot: number) => void)[] = [];
+  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each at most). */
+  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME);
   #closed = false;
   #device: DeviceClaim | null = null;
   /** Ops served through the direct path / the bounce path (for tests and stats). */
@@ -216,7 +222,6 @@ export class BlockdevService {
     }
     for (let i = 0; i < BOUNCE_SLOTS; i++) {
       this.#bounceCids.push(await p.memoryCreate(this.#bounce, Perm.RW, i * MAX_IO_BYTES, MAX_IO_BYTES));
-      this.#bounceFree.push(i);
     }
     p.onRequest(VolumeRead.tag, (inv) => this.#io(inv, false));
     p.onRequest(VolumeWrite.tag, (inv) => this.#io(inv, true));
@@ -458,15 +463,17 @@ export class BlockdevService {
           done2(res);
         } else done2(res);
       };
-      const done2 = (res: number): void => {
+      // `err`: the FractosError of a failed memory_copy (its code reaches onError as is).
+      const done2 = (res: number, err?: unknown): void => {
         if (res === length) {
           const b = Buffer.allocUnsafe(4);
           b.writeUInt32LE(length, 0);
           this.proc.requestInvoke(ok, { imms: [{ offset: IO_REPLY_OFF, bytes: b }] }).catch(() => {});
           resolve();
         } else {
-          const code: ErrorCode = res < 0 ? errorCodeFromErrno(res) : 'EIO';
-          this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: res ${res}`)).then(resolve, resolve);
+          const code: ErrorCode = err instanceof FractosError ? err.code : res < 0 ? errorCodeFromErrno(res) : 'EIO';
+          const why = err instanceof Error ? `memory_copy failed: ${err.message}` : `res ${res}`;
+          this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: ${why}`)).then(resolve, resolve);
         }
       };
       const withStat = (st: MemoryDescriptor): void => {
@@ -480,7 +487,7 @@ export class BlockdevService {
             return;
           }
           this.counts.bounce++;
-          this.#bounceIo(write, buffer, st.size, devOff, length, done);
+          this.#bounceIo(volId, write, buffer, st.size, devOff, length, done, done2);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -515,29 +522,25 @@ export class BlockdevService {
     return m.subarray(offset, offset + length);
   }
 
-  #acquireBounce(cb: (slot: number) => void): void {
-    const s = this.#bounceFree.pop();
-    if (s !== undefined) cb(s);
-    else this.#bounceWait.push(cb);
-  }
-
-  #releaseBounce(slot: number): void {
-    const w = this.#bounceWait.shift();
-    if (w) w(slot);
-    else this.#bounceFree.push(slot);
-  }
-
-  /** Read/write through a bounce slot and memory_copy (Memory that cannot be mapped here). */
-  #bounceIo(write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback): void {
+  /**
+   * Read/write through a bounce slot of volume `volId`'s fair share and memory_copy (Memory
+   * that cannot be mapped here). `done(res)` after device I/O; `failed(res, err)` when a
+   * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...): the
+   * slot is released first in both cases.
+   */
+  #bounceIo(volId: number, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
     const p = this.proc;
-    this.#acquireBounce((slot) => {
+    this.bounceSlots.acquire(volId, (slot) => {
       const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
       const slotCid = this.#bounceCids[slot]!;
       const finish = (res: number): void => {
-        this.#releaseBounce(slot);
+        this.bounceSlots.release(volId, slot);
         done(res);
       };
-      const failed = (err: unknown): void => finish(-errnoOf(err));
+      const failed = (err: unknown): void => {
+        this.bounceSlots.release(volId, slot);
+        fail(-errnoOf(err), err);
+      };
       if (write) {
         const src = bufSize > length ? p.memoryDiminish(buffer, 0, length) : Promise.resolve(buffer);
         src.then((s) => p.memoryCopy(s, slotCid).finally(() => { if (s !== buffer) p.capDrop(s).catch(() => {}); }))

@@ -19,6 +19,7 @@ import { shmOpen } from '../native/shm/index.js';
 import { crc32 } from 'node:zlib';
 import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
+import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
 } from './schema.js';
@@ -35,6 +36,15 @@ const META_HEADER = 64;
 const MIN_EXTENT = 1 << 20;
 /** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
 const STAGE_SLOTS = 16;
+/**
+ * Most staging slots one open handle's mediated I/O holds at once (FairSlots; `list` and
+ * truncate's zeroing have a key each): a client whose Memory never answers a memory_copy
+ * stalls at most this many, the other opens keep the rest.
+ */
+export const STAGE_PER_HANDLE = 4;
+/** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
+const STAGE_LIST = -1;
+const STAGE_ZERO = -2;
 const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
 
 export interface FsOptions {
@@ -129,8 +139,8 @@ export class FsService {
   #nextHandle = 1;
   #stage!: SharedRegion;
   readonly #stageCids: number[] = [];
-  readonly #stageFree: number[] = [];
-  readonly #stageWait: ((s: number) => void)[] = [];
+  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
+  readonly stageSlots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
   readonly #maps = new Map<string, Uint8Array>();
   readonly #cache: LRUCache<number, Buffer>;
   readonly #spare: Buffer[] = [];
@@ -200,7 +210,6 @@ export class FsService {
     this.#stage = p.allocShared(STAGE_SLOTS * STAGE_BYTES);
     for (let i = 0; i < STAGE_SLOTS; i++) {
       this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
-      this.#stageFree.push(i);
     }
     await this.#loadMeta();
     if (this.#opts.reclaim !== false) await this.#reclaim();
@@ -476,12 +485,12 @@ export class FsService {
       const st = await this.proc.memoryStat(buffer);
       if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
       if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
-      const slot = await this.#acquireStage();
+      const slot = await this.stageSlots.acquireAsync(STAGE_LIST);
       try {
         this.#stageBytes(slot).set(data, 0);
         await this.#toClient(slot, 0, data.length, buffer, st);
       } finally {
-        this.#releaseStage(slot);
+        this.stageSlots.release(STAGE_LIST, slot);
       }
     }
     await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
@@ -557,7 +566,7 @@ export class FsService {
   async #zeroTail(ino: Inode, from: number, end: number): Promise<void> {
     let a = Math.floor(from / BLOCK) * BLOCK;
     if (a >= end) return;
-    const slot = await this.#acquireStage();
+    const slot = await this.stageSlots.acquireAsync(STAGE_ZERO);
     try {
       const stage = this.#stageBytes(slot);
       if (from !== a) await this.#devRange(ino, a, a + BLOCK, slot, false); // head block's kept bytes
@@ -569,7 +578,7 @@ export class FsService {
         a = b;
       }
     } finally {
-      this.#releaseStage(slot);
+      this.stageSlots.release(STAGE_ZERO, slot);
     }
   }
 
@@ -599,17 +608,6 @@ export class FsService {
   // -----------------------------------------------------------------------------------
   // Mediated I/O
 
-  #acquireStage(): Promise<number> {
-    const s = this.#stageFree.pop();
-    if (s !== undefined) return Promise.resolve(s);
-    return new Promise((r) => this.#stageWait.push(r));
-  }
-
-  #releaseStage(s: number): void {
-    const w = this.#stageWait.shift();
-    if (w) w(s);
-    else this.#stageFree.push(s);
-  }
 
   #stageBytes(slot: number): Buffer {
     const b = this.#stage.bytes;
@@ -743,12 +741,12 @@ export class FsService {
       if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
       const a = Math.floor(offset / BLOCK) * BLOCK;
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
-      const slot = await this.#acquireStage();
+      const slot = await this.stageSlots.acquireAsync(handle);
       try {
         await this.#fill(ino, a, b, slot);
         await this.#toClient(slot, offset - a, n, buffer, st);
       } finally {
-        this.#releaseStage(slot);
+        this.stageSlots.release(handle, slot);
       }
     }
     await this.proc.invoke(ok, IoReply, { bytes: n });
@@ -773,7 +771,7 @@ export class FsService {
     busy.push(lock);
     let slot: number;
     try {
-      slot = await this.#acquireStage();
+      slot = await this.stageSlots.acquireAsync(handle);
     } catch (err) {
       busy.splice(busy.indexOf(lock), 1);
       unlock();
@@ -796,7 +794,7 @@ export class FsService {
       }
     } finally {
       ino.writing--;
-      this.#releaseStage(slot);
+      this.stageSlots.release(handle, slot);
       busy.splice(busy.indexOf(lock), 1);
       unlock();
     }
