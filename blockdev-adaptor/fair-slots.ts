@@ -7,23 +7,32 @@
  * - one key holds at most `perKey` slots at once: a stalled client cannot hold them all, and
  *   the others keep `size - perKey` (or more) between them;
  * - waiters are served round-robin across keys, FIFO within a key: a key with many queued
- *   operations does not delay another key's next one by more than one slot turn per key.
+ *   operations does not delay another key's next one by more than one slot turn per key;
+ * - one key queues at most `maxQueued` waiters (EAGAIN beyond): the queue is bounded too.
  */
+import { FractosError } from '../libfractos/errors.js';
+
 export class FairSlots<K> {
   readonly size: number;
   readonly perKey: number;
+  readonly maxQueued: number;
   readonly #free: number[] = [];
   readonly #held = new Map<K, number>();
   readonly #waiting = new Map<K, ((slot: number) => void)[]>();
   /** Keys with waiters, in round-robin order. */
   #order: K[] = [];
 
-  /** `size` slots numbered 0 .. size - 1; a key holds at most `perKey` (1 .. size) at once. */
-  constructor(size: number, perKey: number) {
+  /**
+   * `size` slots numbered 0 .. size - 1; a key holds at most `perKey` (1 .. size) at once and
+   * queues at most `maxQueued` (>= 0) more. Errors (RangeError): arguments out of range.
+   */
+  constructor(size: number, perKey: number, maxQueued = 1024) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`FairSlots size must be a positive integer, got ${size}`);
     if (!Number.isInteger(perKey) || perKey < 1 || perKey > size) throw new RangeError(`FairSlots perKey must be in [1, ${size}], got ${perKey}`);
     this.size = size;
+    if (!Number.isInteger(maxQueued) || maxQueued < 0) throw new RangeError(`FairSlots maxQueued must be an integer >= 0, got ${maxQueued}`);
     this.perKey = perKey;
+    this.maxQueued = maxQueued;
     for (let i = size - 1; i >= 0; i--) this.#free.push(i);
   }
 
@@ -44,13 +53,18 @@ export class FairSlots<K> {
     return n;
   }
 
-  /** `cb(slot)` once `key` may hold one more slot and one is free (at once when possible). Pair with `release`. */
+  /**
+   * `cb(slot)` once `key` may hold one more slot and one is free (at once when possible).
+   * Pair with `release`. Errors (thrown, cb not called): EAGAIN when `key` already has
+   * `maxQueued` waiters.
+   */
   acquire(key: K, cb: (slot: number) => void): void {
     if (this.#free.length > 0 && this.heldBy(key) < this.perKey && !this.#waiting.has(key)) {
       this.#give(key, cb);
       return;
     }
     const q = this.#waiting.get(key);
+    if ((q?.length ?? 0) >= this.maxQueued) throw new FractosError('EAGAIN', `more than ${this.maxQueued} operations of one client wait for a slot`);
     if (q) q.push(cb);
     else {
       this.#waiting.set(key, [cb]);
@@ -58,7 +72,7 @@ export class FairSlots<K> {
     }
   }
 
-  /** Promise form of `acquire`. */
+  /** Promise form of `acquire` (rejects with its EAGAIN). */
   acquireAsync(key: K): Promise<number> {
     return new Promise((resolve) => this.acquire(key, resolve));
   }

@@ -524,13 +524,13 @@ export class BlockdevService {
 
   /**
    * Read/write through a bounce slot of volume `volId`'s fair share and memory_copy (Memory
-   * that cannot be mapped here). `done(res)` after device I/O; `failed(res, err)` when a
-   * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...): the
-   * slot is released first in both cases.
+   * that cannot be mapped here). `done(res)` after device I/O; `fail(-errno, err)` when a
+   * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...), the
+   * slot released first, or when the volume already has FairSlots.maxQueued ops waiting (EAGAIN).
    */
   #bounceIo(volId: number, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
     const p = this.proc;
-    this.bounceSlots.acquire(volId, (slot) => {
+    const start = (slot: number): void => {
       const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
       const slotCid = this.#bounceCids[slot]!;
       const finish = (res: number): void => {
@@ -553,7 +553,12 @@ export class BlockdevService {
             .then(() => finish(res), failed);
         });
       }
-    });
+    };
+    try {
+      this.bounceSlots.acquire(volId, start);
+    } catch (err) {
+      fail(-11, err); // EAGAIN: this volume's queue is full
+    }
   }
 }
 

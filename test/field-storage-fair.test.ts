@@ -74,6 +74,13 @@ test('FairSlots: a key holds at most perKey; waiters are served round-robin acro
   rel('b');
   t.deepEqual(got.slice(4), ['b', 'c', 'a']);
   t.throws(() => new FairSlots(4, 5), { instanceOf: RangeError });
+  // A key's queue is bounded: EAGAIN beyond maxQueued, other keys unaffected.
+  const q = new FairSlots<string>(1, 1, 2);
+  q.acquire('x', () => {});
+  q.acquire('x', () => {});
+  q.acquire('x', () => {});
+  t.throws(() => q.acquire('x', () => {}), { message: /^EAGAIN/ });
+  t.notThrows(() => q.acquire('y', () => {}));
 });
 
 vtest('FS: 20 mediated writes from a served buffer that never answers leave slots for another client\'s read', async (t) => {
