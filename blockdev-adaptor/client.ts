@@ -13,7 +13,9 @@ import { FractosError, errorCodeFromWire } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import type { RequestArgs } from '../libfractos/protocol.js';
 import { ErrorReply, tagOf, type Invocation } from '../libfractos/schema.js';
-import { IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite } from './schema.js';
+import {
+  AdminClaim, AdminReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite,
+} from './schema.js';
 
 /** A volume as seen by a client: its id, size and per-volume Requests (cids owned by the caller). */
 export interface VolumeHandle {
@@ -30,7 +32,48 @@ function volumeOf(inv: Invocation): VolumeHandle {
   return { volume: imms.volume, size: imms.size, blockSize: imms.blockSize, read: caps.read, write: caps.write, delete: caps.delete };
 }
 
-/** volume_create through the published root Request `createCid`. Errors: the adaptor's (ENOSPC, EINVAL). */
+/** The volume-administration Requests of a blockdev, held by the claim's owner (cids in its space). */
+export interface VolumeAdmin {
+  list: number;
+  create: number;
+  open: number;
+}
+
+/**
+ * Claim the volume administration of blockdev `name` (bootstrap `${name}.admin_claim`): the
+ * caller becomes its only owner until it drops the returned caps (`adminRelease`), closes its
+ * channel or dies. While another Process holds it the blockdev answers EBUSY; this retries
+ * until `timeoutMs` (ms; 0: one try) has passed, since a previous holder's release reaches
+ * the blockdev asynchronously. Errors: EBUSY (still held), ENOENT (no such blockdev within
+ * `timeoutMs`), ETIMEDOUT, request_invoke's.
+ */
+export async function adminClaim(p: Process, name = 'blockdev', timeoutMs = 0): Promise<VolumeAdmin> {
+  const deadline = Date.now() + timeoutMs;
+  const claim = await p.kvWait(`${name}.admin_claim`, Math.max(1, timeoutMs));
+  try {
+    for (let delay = 20; ; delay = Math.min(500, delay * 2)) {
+      try {
+        const { caps } = AdminReply.decode(await p.rpc(claim, AdminClaim, {}, {}, { timeoutMs: 30_000 }));
+        return { list: caps.list, create: caps.create, open: caps.open };
+      } catch (err) {
+        if (!(err instanceof FractosError) || err.code !== 'EBUSY' || Date.now() + delay > deadline) throw err;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  } finally {
+    p.capDrop(claim).catch(() => {});
+  }
+}
+
+/**
+ * Give the claim back: drop the caller's admin caps. The blockdev then revokes them and every
+ * per-volume Request handed out under the claim, and reopens it (asynchronously).
+ */
+export async function adminRelease(p: Process, admin: VolumeAdmin): Promise<void> {
+  await p.capDrop(admin.list, admin.create, admin.open);
+}
+
+/** volume_create through the admin Request `createCid`. Errors: the adaptor's (ENOSPC, EINVAL). */
 export async function volumeCreate(p: Process, createCid: number, size: number): Promise<VolumeHandle> {
   return volumeOf(await p.rpc(createCid, VolumeCreate, { size }, {}, { timeoutMs: 120_000 }));
 }
@@ -40,7 +83,7 @@ export async function volumeOpen(p: Process, openCid: number, volume: number): P
   return volumeOf(await p.rpc(openCid, VolumeOpen, { volume }, {}, { timeoutMs: 30_000 }));
 }
 
-/** volume_list through the published root Request `listCid`: every volume id of the device, ascending. */
+/** volume_list through the admin Request `listCid`: every volume id of the device, ascending. */
 export async function volumeList(p: Process, listCid: number): Promise<number[]> {
   const { count, ids } = VolumeListReply.decode(await p.rpc(listCid, VolumeList, {}, {}, { timeoutMs: 30_000 })).imms;
   const b = Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength);

@@ -3,26 +3,42 @@
  * its clients (the FS service, the fio runner, DAX clients). Schema-only: importing this
  * file imports no service code.
  *
- * Bootstrap: the adaptor publishes its root Requests under `blockdev.volume_create`,
- * `blockdev.volume_open` and `blockdev.volume_list` (prefixed by `--name`, default
- * `blockdev`: `${name}.volume_create`).
+ * Bootstrap: the adaptor publishes one Request, `blockdev.admin_claim` (prefixed by
+ * `--name`, default `blockdev`: `${name}.admin_claim`). Volume administration
+ * (volume_list / volume_create / volume_open) belongs to one owner at a time, the FS: the
+ * first Process to claim gets the admin Requests, every later claim is EBUSY until the
+ * holder has dropped them all (or died); then they are revoked, with every per-volume
+ * Request handed out under that claim, and the claim reopens (docs/storage.md).
  */
 import { defineReply, defineRequest } from '../libfractos/schema.js';
 
-/** volume_create(size bytes) -> VolumeReply. Errors (onError): EINVAL, ENOSPC. */
-export const VolumeCreate = defineRequest('blockdev.volume_create', { size: 'u64' }, ['onSuccess', 'onError'] as const);
-/** volume_open(volume id) -> VolumeReply (the Requests of an existing volume). Errors: ENOENT. */
-export const VolumeOpen = defineRequest('blockdev.volume_open', { volume: 'u32' }, ['onSuccess', 'onError'] as const);
+/**
+ * admin_claim() -> AdminReply: the admin Requests of this blockdev, for the caller alone.
+ * Errors (onError): EBUSY (another Process holds the claim).
+ */
+export const AdminClaim = defineRequest('blockdev.admin_claim', {}, ['onSuccess', 'onError'] as const);
+/** What admin_claim answers: the holder's volume_list, volume_create and volume_open Requests. */
+export const AdminReply = defineReply('blockdev.admin', {}, ['list', 'create', 'open'] as const);
+/**
+ * volume_create(size bytes) -> VolumeReply. `claim` is preset by the adaptor (the claim the
+ * Request belongs to). Errors (onError): EINVAL, ENOSPC, EREVOKED (the claim was released).
+ */
+export const VolumeCreate = defineRequest('blockdev.volume_create', { size: 'u64', claim: 'u32' }, ['onSuccess', 'onError'] as const);
+/** volume_open(volume id) -> VolumeReply (the Requests of an existing volume). Errors: ENOENT, EREVOKED. */
+export const VolumeOpen = defineRequest('blockdev.volume_open', { volume: 'u32', claim: 'u32' }, ['onSuccess', 'onError'] as const);
 /** Most volumes a device holds (the volume table's limit, volumes.ts MAX_VOLUMES). */
 export const MAX_LISTED_VOLUMES = 126;
-/** volume_list() -> VolumeListReply: the ids of every volume of the device. No errors. */
-export const VolumeList = defineRequest('blockdev.volume_list', {}, ['onSuccess', 'onError'] as const);
+/** volume_list() -> VolumeListReply: the ids of every volume of the device. Errors: EREVOKED. */
+export const VolumeList = defineRequest('blockdev.volume_list', { claim: 'u32' }, ['onSuccess', 'onError'] as const);
 /**
  * What volume_list answers, in the reply's immediates (126 ids fit: no buffer needed):
  * `count` volumes, their ids as u32 little-endian in `ids[0 .. 4 * count)`, ascending.
  */
 export const VolumeListReply = defineReply('blockdev.volumes', { count: 'u32', ids: { bytes: 4 * MAX_LISTED_VOLUMES } }, [] as const);
-/** What volume_create/volume_open answer: the volume and its per-volume Requests. */
+/**
+ * What volume_create/volume_open answer: the volume and its per-volume Requests (revocation-tree
+ * children, one set per volume and claim: revoked when the claim is released or the volume deleted).
+ */
 export const VolumeReply = defineReply('blockdev.volume', { volume: 'u32', size: 'u64', blockSize: 'u32' }, ['read', 'write', 'delete'] as const);
 
 /**

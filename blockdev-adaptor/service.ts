@@ -22,8 +22,10 @@ import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
+import { claimDevice, type DeviceClaim } from './device-claim.js';
+import { FairSlots } from './fair-slots.js';
 import {
-  DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
+  AdminClaim, AdminReply, DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
 import { UringBackend } from './uring-backend.js';
 import { VolumeTable, type Volume } from './volumes.js';
@@ -32,12 +34,17 @@ import { VolumeTable, type Volume } from './volumes.js';
 export const MAX_IO_BYTES = 2 << 20;
 /** Bounce slots (for Memory that cannot be mapped here), each MAX_IO_BYTES. */
 const BOUNCE_SLOTS = 8;
+/**
+ * Most bounce slots one volume's I/O holds at once (FairSlots): a client whose Memory never
+ * answers a memory_copy stalls at most this many, the other volumes keep the rest.
+ */
+export const BOUNCE_PER_VOLUME = 2;
 /** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
 const MAX_MAPPINGS = 256;
 
 /** Options of `BlockdevService.start`. */
 export interface BlockdevOptions {
-  /** Block device or regular file, opened with O_DIRECT. */
+  /** Block device or regular file, opened with O_DIRECT and claimed exclusively (device-claim.ts) for the service's life. */
   device: string;
   /** Controller address (`unix:PATH` / `tcp://HOST:PORT`). */
   controller: string;
@@ -57,6 +64,20 @@ interface VolumeCaps {
   read: number;
   write: number;
   del: number;
+}
+
+/**
+ * The volume-administration claim (one holder at a time). `gen` is preset in the holder's
+ * admin Requests, so an invocation that raced the release is refused (EREVOKED).
+ */
+interface Claim {
+  gen: number;
+  /** The holder's admin Requests (list, create, open), created for this claim. */
+  admin: number[];
+  /** Admin Requests with delegated caps still held: the claim is released when none is left. */
+  live: Set<number>;
+  /** Revocation-tree children of per-volume Requests handed out under this claim, by volume. */
+  vols: Map<number, VolumeCaps>;
 }
 
 const F_VOLUME = VolumeRead.fields.find((f) => f.name === 'volume')!.offset;
@@ -110,13 +131,17 @@ export class BlockdevService {
   readonly #log: BlockdevOptions['log'];
   readonly #zero: boolean;
   readonly #caps = new Map<number, VolumeCaps>();
+  #claim: Claim | null = null;
+  #claiming = false;
+  #claimGen = 0;
   readonly #maps = new Map<string, Uint8Array>();
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
-  readonly #bounceFree: number[] = [];
-  readonly #bounceWait: ((slot: number) => void)[] = [];
+  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each at most). */
+  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME);
   #closed = false;
+  #device: DeviceClaim | null = null;
   /** Ops served through the direct path / the bounce path (for tests and stats). */
   readonly counts = { direct: 0, bounce: 0, errors: 0 };
 
@@ -133,10 +158,26 @@ export class BlockdevService {
 
   /**
    * Open the device, load (or, with `format`, create) the volume table, connect, publish
-   * `${name}.volume_list`, `${name}.volume_create` and `${name}.volume_open`. Errors: those of UringBackend.open,
+   * `${name}.admin_claim` (volume administration for one owner, see AdminClaim). The device is
+   * claimed first (before anything reads or formats it) and released by `close()`.
+   * Errors: EBUSY `DEVICE is in use by blockdev pid N` (claimed by another blockdev or the fio
+   * runner, or a mounted block device), those of claimDevice and UringBackend.open,
    * EIO 'format required' (unformatted device without `format`), connect's errors.
    */
   static async start(opts: BlockdevOptions): Promise<BlockdevService> {
+    const claim = claimDevice(opts.device);
+    let s: BlockdevService;
+    try {
+      s = await BlockdevService.#startClaimed(opts);
+    } catch (err) {
+      claim.release();
+      throw err;
+    }
+    s.#device = claim;
+    return s;
+  }
+
+  static async #startClaimed(opts: BlockdevOptions): Promise<BlockdevService> {
     const backend = await UringBackend.open(opts.device, { queueDepth: opts.queueDepth ?? 64 });
     let table: VolumeTable;
     let formatted = false;
@@ -161,7 +202,12 @@ export class BlockdevService {
       throw err;
     }
     const s = new BlockdevService(proc, backend, table, opts, formatted);
-    await s.#init();
+    try {
+      await s.#init();
+    } catch (err) {
+      await s.close();
+      throw err;
+    }
     return s;
   }
 
@@ -176,29 +222,88 @@ export class BlockdevService {
     }
     for (let i = 0; i < BOUNCE_SLOTS; i++) {
       this.#bounceCids.push(await p.memoryCreate(this.#bounce, Perm.RW, i * MAX_IO_BYTES, MAX_IO_BYTES));
-      this.#bounceFree.push(i);
     }
     p.onRequest(VolumeRead.tag, (inv) => this.#io(inv, false));
     p.onRequest(VolumeWrite.tag, (inv) => this.#io(inv, true));
-    p.serve(VolumeCreate, ({ imms, caps }) => this.#create(imms.size, caps.onSuccess, caps.onError));
-    p.serve(VolumeOpen, ({ imms, caps }) => this.#open(imms.volume, caps.onSuccess, caps.onError));
+    p.serve(VolumeCreate, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, (c) => this.#create(c, imms.size, caps.onSuccess, caps.onError)));
+    p.serve(VolumeOpen, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, (c) => this.#open(c, imms.volume, caps.onSuccess, caps.onError)));
     p.serve(VolumeDelete, ({ imms, caps }) => this.#delete(imms.volume, caps.onSuccess, caps.onError));
-    p.serve(VolumeList, ({ caps }) => this.#list(caps.onSuccess, caps.onError));
+    p.serve(VolumeList, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, () => this.#list(caps.onSuccess, caps.onError)));
+    p.serve(AdminClaim, ({ caps }) => this.#claimAdmin(caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
-    const create = await p.createRequest(VolumeCreate);
-    const open = await p.createRequest(VolumeOpen);
-    const list = await p.createRequest(VolumeList);
-    await p.kvPut(`${this.name}.volume_list`, list);
-    await p.kvPut(`${this.name}.volume_create`, create);
-    await p.kvPut(`${this.name}.volume_open`, open);
+    await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim));
+  }
+
+  /** True while a Process holds the volume-administration claim (for tests and stats). */
+  get adminHeld(): boolean {
+    return this.#claim !== null;
+  }
+
+  /**
+   * admin_claim: hand the caller fresh volume_list/create/open Requests (preset with a new
+   * claim generation), or EBUSY while another holder has them. The claim is released when
+   * every cap delegated from them is gone (the holder dropped them, closed its channel or
+   * died): monitor_delegate on each, as the FS does for its opens.
+   */
+  async #claimAdmin(ok: number, fail: number): Promise<void> {
+    if (this.#claim || this.#claiming) {
+      return this.#fail(fail, new FractosError('EBUSY', `volume administration of '${this.name}' is held by another Process (one owner: the FS)`));
+    }
+    this.#claiming = true;
+    const p = this.proc;
+    const gen = ++this.#claimGen;
+    const claim: Claim = { gen, admin: [], live: new Set(), vols: new Map() };
+    try {
+      claim.admin = await Promise.all([p.createRequest(VolumeList, { claim: gen }), p.createRequest(VolumeCreate, { claim: gen }), p.createRequest(VolumeOpen, { claim: gen })]);
+      for (const c of claim.admin) claim.live.add(c);
+      this.#claim = claim;
+      await Promise.all(claim.admin.map((c) => p.monitorDelegate(c, () => this.#adminGone(claim, c))));
+      const [list, create, open] = claim.admin;
+      await p.invoke(ok, AdminReply, {}, { list, create, open });
+      this.#log?.info({ claim: gen }, 'volume administration claimed');
+    } catch (err) {
+      await this.#release(claim); // Not armed or not delivered: nobody holds it.
+      await this.#fail(fail, err);
+    } finally {
+      this.#claiming = false;
+    }
+  }
+
+  /** monitor_delegate of one admin Request fired: release the claim once none is held outside. */
+  #adminGone(claim: Claim, cid: number): void {
+    if (!claim.live.delete(cid) || claim.live.size > 0 || this.#claim !== claim) return;
+    this.#log?.info({ claim: claim.gen }, 'volume administration released (holder gone)');
+    this.#release(claim).catch(() => {});
+  }
+
+  /** Revoke a claim's admin Requests and every per-volume Request handed out under it; reopen the claim. */
+  async #release(claim: Claim): Promise<void> {
+    if (this.#claim === claim) this.#claim = null;
+    claim.live.clear();
+    const cids = [...claim.admin, ...[...claim.vols.values()].flatMap((v) => [v.read, v.write, v.del])];
+    claim.admin = [];
+    claim.vols.clear();
+    await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));
+    if (cids.length) this.proc.capDrop(...cids).catch(() => {});
+  }
+
+  /** Run an admin operation of claim generation `gen`, or EREVOKED when that claim is no longer held. */
+  #admin(gen: number, fail: number, fn: (claim: Claim) => Promise<void>): Promise<void> {
+    const c = this.#claim;
+    if (!c || c.gen !== gen) return this.#fail(fail, new FractosError('EREVOKED', 'volume administration claim released'));
+    return fn(c);
   }
 
   /** Stop serving: close the channel (the Controller revokes every Request), drain and close the device. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.proc.close();
-    await this.backend.close();
+    try {
+      await this.proc.close();
+      await this.backend.close();
+    } finally {
+      this.#device?.release();
+    }
   }
 
   // -----------------------------------------------------------------------------------
@@ -226,24 +331,41 @@ export class BlockdevService {
     return c;
   }
 
-  async #reply(vol: Volume, ok: number): Promise<void> {
-    const c = await this.#capsOf(vol);
-    await this.proc.invoke(ok, VolumeReply, { volume: vol.id, size: vol.length, blockSize: this.backend.blockSize }, { read: c.read, write: c.write, delete: c.del });
+  /**
+   * Answer VolumeReply with `claim`'s revocation-tree children of the volume's Requests (made
+   * once per volume and claim): releasing the claim revokes exactly these, whoever holds them.
+   */
+  async #reply(claim: Claim, vol: Volume, ok: number): Promise<void> {
+    let k = claim.vols.get(vol.id);
+    if (!k) {
+      const c = await this.#capsOf(vol);
+      const p = this.proc;
+      const [read, write, del] = await Promise.all([p.capCreateRevtree(c.read), p.capCreateRevtree(c.write), p.capCreateRevtree(c.del)]);
+      k = claim.vols.get(vol.id);
+      if (k || this.#claim !== claim) {
+        for (const x of [read, write, del]) p.capRevoke(x).catch(() => {});
+        if (!k) throw new FractosError('EREVOKED', 'volume administration claim released');
+      } else {
+        k = { read, write, del };
+        claim.vols.set(vol.id, k);
+      }
+    }
+    await this.proc.invoke(ok, VolumeReply, { volume: vol.id, size: vol.length, blockSize: this.backend.blockSize }, { read: k.read, write: k.write, delete: k.del });
   }
 
-  async #create(size: number, ok: number, fail: number): Promise<void> {
+  async #create(claim: Claim, size: number, ok: number, fail: number): Promise<void> {
     try {
       const vol = await this.table.create(size);
       if (this.#zero) await this.#zeroVolume(vol);
-      await this.#reply(vol, ok);
+      await this.#reply(claim, vol, ok);
     } catch (err) {
       await this.#fail(fail, err);
     }
   }
 
-  async #open(id: number, ok: number, fail: number): Promise<void> {
+  async #open(claim: Claim, id: number, ok: number, fail: number): Promise<void> {
     try {
-      await this.#reply(this.table.get(id), ok);
+      await this.#reply(claim, this.table.get(id), ok);
     } catch (err) {
       await this.#fail(fail, err);
     }
@@ -269,6 +391,9 @@ export class BlockdevService {
       // and derived Requests included) gets EREVOKED, whoever gets the extent next.
       const c = this.#caps.get(id);
       this.#caps.delete(id);
+      const kids = this.#claim?.vols.get(id); // children of the Requests revoked below
+      this.#claim?.vols.delete(id);
+      if (kids) this.proc.capDrop(kids.read, kids.write, kids.del).catch(() => {});
       if (c) await Promise.all([this.proc.capRevoke(c.read), this.proc.capRevoke(c.write), this.proc.capRevoke(c.del)].map((x) => x.catch(() => {})));
       await this.table.delete(id);
       await this.proc.invoke(ok, DoneReply);
@@ -338,15 +463,17 @@ export class BlockdevService {
           done2(res);
         } else done2(res);
       };
-      const done2 = (res: number): void => {
+      // `err`: the FractosError of a failed memory_copy (its code reaches onError as is).
+      const done2 = (res: number, err?: unknown): void => {
         if (res === length) {
           const b = Buffer.allocUnsafe(4);
           b.writeUInt32LE(length, 0);
           this.proc.requestInvoke(ok, { imms: [{ offset: IO_REPLY_OFF, bytes: b }] }).catch(() => {});
           resolve();
         } else {
-          const code: ErrorCode = res < 0 ? errorCodeFromErrno(res) : 'EIO';
-          this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: res ${res}`)).then(resolve, resolve);
+          const code: ErrorCode = err instanceof FractosError ? err.code : res < 0 ? errorCodeFromErrno(res) : 'EIO';
+          const why = err instanceof Error ? `memory_copy failed: ${err.message}` : `res ${res}`;
+          this.#fail(fail, new FractosError(code, `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: ${why}`)).then(resolve, resolve);
         }
       };
       const withStat = (st: MemoryDescriptor): void => {
@@ -360,7 +487,7 @@ export class BlockdevService {
             return;
           }
           this.counts.bounce++;
-          this.#bounceIo(write, buffer, st.size, devOff, length, done);
+          this.#bounceIo(volId, write, buffer, st.size, devOff, length, done, done2);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -395,30 +522,26 @@ export class BlockdevService {
     return m.subarray(offset, offset + length);
   }
 
-  #acquireBounce(cb: (slot: number) => void): void {
-    const s = this.#bounceFree.pop();
-    if (s !== undefined) cb(s);
-    else this.#bounceWait.push(cb);
-  }
-
-  #releaseBounce(slot: number): void {
-    const w = this.#bounceWait.shift();
-    if (w) w(slot);
-    else this.#bounceFree.push(slot);
-  }
-
-  /** Read/write through a bounce slot and memory_copy (Memory that cannot be mapped here). */
-  #bounceIo(write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback): void {
+  /**
+   * Read/write through a bounce slot of volume `volId`'s fair share and memory_copy (Memory
+   * that cannot be mapped here). `done(res)` after device I/O; `fail(-errno, err)` when a
+   * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...), the
+   * slot released first, or when the volume already has FairSlots.maxQueued ops waiting (EAGAIN).
+   */
+  #bounceIo(volId: number, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
     const p = this.proc;
-    this.#acquireBounce((slot) => {
+    const start = (slot: number): void => {
       const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
       const slotCid = this.#bounceCids[slot]!;
       const finish = (res: number): void => {
-        this.#releaseBounce(slot);
+        this.bounceSlots.release(volId, slot);
         done(res);
       };
       // The copy's FractosError code survives the -errno completion (EREVOKED stays EREVOKED).
-      const failed = (err: unknown): void => finish(-errnoFromError(err));
+      const failed = (err: unknown): void => {
+        this.bounceSlots.release(volId, slot);
+        fail(-errnoFromError(err), err);
+      };
       if (write) {
         const src = bufSize > length ? p.memoryDiminish(buffer, 0, length) : Promise.resolve(buffer);
         src.then((s) => p.memoryCopy(s, slotCid).finally(() => { if (s !== buffer) p.capDrop(s).catch(() => {}); }))
@@ -431,6 +554,11 @@ export class BlockdevService {
             .then(() => finish(res), failed);
         });
       }
-    });
+    };
+    try {
+      this.bounceSlots.acquire(volId, start);
+    } catch (err) {
+      fail(-11, err); // EAGAIN: this volume's queue is full
+    }
   }
 }

@@ -4,7 +4,8 @@ import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync,
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { volumeCreate } from '../blockdev-adaptor/client.js';
+import { assertDeviceFree, claimDevice } from '../blockdev-adaptor/device-claim.js';
+import { adminClaim, adminRelease, volumeCreate, type VolumeAdmin } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
@@ -35,7 +36,8 @@ interface Stack {
   stop(): Promise<void>;
 }
 
-async function startStack(device: string, queueDepth: number): Promise<Stack> {
+/** `withFs` false: Controller + blockdev only (the blockdev target claims the volume administration itself). */
+async function startStack(device: string, queueDepth: number, withFs: boolean): Promise<Stack> {
   const dir = mkdtempSync(join(tmpdir(), 'fractos-fio-stack-'));
   const addr = `unix:${join(dir, 'c.sock')}`;
   const procs: Spawned[] = [];
@@ -46,7 +48,7 @@ async function startStack(device: string, queueDepth: number): Promise<Stack> {
   try {
     procs.push(await spawnFractos(['controller', '--id', '1', '--state-dir', join(dir, 'state'), '--listen', addr], /^controller \d+ epoch/));
     procs.push(await spawnFractos(['blockdev', '--device', device, '--controller', addr, '--format', '--queue-depth', String(queueDepth)], /^ready blockdev/, { timeoutMs: 60_000 }));
-    procs.push(await spawnFractos(['fs', '--controller', addr], /^ready fs/, { timeoutMs: 60_000 }));
+    if (withFs) procs.push(await spawnFractos(['fs', '--controller', addr], /^ready fs/, { timeoutMs: 60_000 }));
   } catch (err) {
     await stop();
     throw err;
@@ -54,26 +56,53 @@ async function startStack(device: string, queueDepth: number): Promise<Stack> {
   return { controller: addr, stop };
 }
 
-/** Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and wipe the volume table. */
+/**
+ * Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and
+ * wipe the volume table, under the device's claim. Errors: EBUSY `DEVICE is in use by
+ * blockdev pid N` (a running blockdev uses it: nothing is written), claimDevice's.
+ */
 function prepareDevice(device: string, size: number): void {
-  const isNew = !existsSync(device);
-  const fd = openSync(device, isNew ? 'w+' : 'r+');
+  if (!existsSync(device)) closeSync(openSync(device, 'wx'));
+  const claim = claimDevice(device);
   try {
-    const st = fstatSync(fd);
-    if (st.isFile() && st.size < size) ftruncateSync(fd, size);
-    // The runner owns the device: a fresh volume table every run (write profiles overwrite it anyway).
-    writeSync(fd, Buffer.alloc(8192), 0, 8192, 0);
+    const fd = openSync(device, 'r+');
+    try {
+      const st = fstatSync(fd);
+      if (st.isFile() && st.size < size) ftruncateSync(fd, size);
+      // The runner owns the device: a fresh volume table every run (write profiles overwrite it anyway).
+      writeSync(fd, Buffer.alloc(8192), 0, 8192, 0);
+    } finally {
+      closeSync(fd);
+    }
   } finally {
-    closeSync(fd);
+    claim.release();
   }
 }
 
-async function targetFor(p: Process, kind: TargetKind, job: FioJob, region: number, fs: FsClient | null, cleanups: (() => Promise<void>)[]): Promise<IoTarget> {
+/**
+ * The blockdev's volume administration for the blockdev target, claimed once per run and
+ * given back at cleanup. Raw volumes need it: it is free only on a stack without an FS.
+ */
+function adminFor(p: Process, cleanups: (() => Promise<void>)[]): () => Promise<VolumeAdmin> {
+  let admin: Promise<VolumeAdmin> | null = null;
+  return () =>
+    (admin ??= adminClaim(p, 'blockdev', 5_000).then(
+      (a) => {
+        cleanups.push(() => adminRelease(p, a));
+        return a;
+      },
+      (e: FractosError) => {
+        if (e.code !== 'EBUSY') throw e;
+        throw new FractosError('EBUSY', `--target blockdev needs the blockdev's volume administration, which another Process (the FS) holds: use --target fs or dax on this stack, or let the runner start its own (no --controller)`);
+      },
+    ));
+}
+
+async function targetFor(p: Process, kind: TargetKind, job: FioJob, region: number, fs: FsClient | null, admin: () => Promise<VolumeAdmin>, cleanups: (() => Promise<void>)[]): Promise<IoTarget> {
   const slots = job.iodepth * job.numjobs;
   let extents: TargetExtent[];
   if (kind === 'blockdev') {
-    const create = await p.kvWait('blockdev.volume_create', 30_000);
-    const v = await volumeCreate(p, create, region);
+    const v = await volumeCreate(p, (await admin()).create, region);
     extents = [{ fileOffset: 0, length: v.size, read: v.read, write: v.write }];
   } else {
     const path = `/fio/${job.name}`;
@@ -111,10 +140,12 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   const region = Math.max(...jobs.map((j) => j.size ?? 256 << 20));
   const depth = jobs.reduce((s, j) => s + j.iodepth * j.numjobs, 0);
   let stack: Stack | null = null;
+  // Real fio must never run on a device a blockdev uses: refuse before running anything.
+  if (o.controller && o.compare) assertDeviceFree(device);
   if (!o.controller) {
     prepareDevice(device, 2 * region * jobs.length + (64 << 20));
-    process.stderr.write(`fio: starting controller + blockdev (${device}) + fs\n`);
-    stack = await startStack(device, Math.max(32, Math.min(1024, depth)));
+    process.stderr.write(`fio: starting controller + blockdev (${device})${kind !== 'blockdev' ? ' + fs' : ''}\n`);
+    stack = await startStack(device, Math.max(32, Math.min(1024, depth)), kind !== 'blockdev');
   }
   const cleanups: (() => Promise<void>)[] = [];
   let ours: FioReport;
@@ -123,7 +154,8 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
     p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
     const fs = kind === 'blockdev' ? null : await FsClient.connect(p, o.fs);
     const targets = new Map<FioJob, IoTarget>();
-    for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, cleanups));
+    const admin = adminFor(p, cleanups);
+    for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, admin, cleanups));
     process.stderr.write(`fio: running ${basename(profile)} on target ${kind}\n`);
     ours = await runJobs(jobs, (j) => targets.get(j)!, {
       runtimeMs,
@@ -151,7 +183,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
 export function register(program: Command): void {
   program
     .command('blockdev')
-    .description('run the block-device adaptor until killed (publishes NAME.volume_create, NAME.volume_open, NAME.volume_list)')
+    .description('run the block-device adaptor until killed (publishes NAME.admin_claim: volume administration for one owner, the FS)')
     .requiredOption('--device <path>', 'block device (/dev/loopN) or regular file, opened with O_DIRECT')
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--queue-depth <n>', 'io_uring queue depth', '64')

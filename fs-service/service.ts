@@ -17,8 +17,9 @@ import { connect, type Process, type SharedRegion } from '../libfractos/process.
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
 import { crc32 } from 'node:zlib';
-import { IoPort, volumeCreate, volumeList, volumeOpen, type VolumeHandle } from '../blockdev-adaptor/client.js';
+import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
+import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
 } from './schema.js';
@@ -35,6 +36,15 @@ const META_HEADER = 64;
 const MIN_EXTENT = 1 << 20;
 /** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
 const STAGE_SLOTS = 16;
+/**
+ * Most staging slots one open handle's mediated I/O holds at once (FairSlots; `list` and
+ * truncate's zeroing have a key each): a client whose Memory never answers a memory_copy
+ * stalls at most this many, the other opens keep the rest.
+ */
+export const STAGE_PER_HANDLE = 4;
+/** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
+const STAGE_LIST = -1;
+const STAGE_ZERO = -2;
 const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
 
 export interface FsOptions {
@@ -47,8 +57,8 @@ export interface FsOptions {
   cacheBlocks?: number;
   /**
    * Delete, at start-up, every blockdev volume that is neither the metadata volume nor an
-   * extent of a file (volumes leaked by a crash; default true). The FS owns its blockdev:
-   * volumes other clients created on it are deleted too.
+   * extent of a file (volumes leaked by a crash; default true). The FS owns its blockdev (it
+   * holds the volume-administration claim): volumes a previous claim holder created are deleted too.
    */
   reclaim?: boolean;
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
@@ -115,8 +125,8 @@ export class FsService {
   readonly name: string;
   readonly #opts: FsOptions;
   #port!: IoPort;
-  #bdCreate = 0;
-  #bdOpen = 0;
+  /** The blockdev's volume administration, claimed at start (this FS is its only owner). */
+  #admin!: VolumeAdmin;
   #meta!: VolumeHandle;
   #metaRegion!: SharedRegion;
   #metaCid = 0;
@@ -129,8 +139,8 @@ export class FsService {
   #nextHandle = 1;
   #stage!: SharedRegion;
   readonly #stageCids: number[] = [];
-  readonly #stageFree: number[] = [];
-  readonly #stageWait: ((s: number) => void)[] = [];
+  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
+  readonly stageSlots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
   readonly #maps = new Map<string, Uint8Array>();
   readonly #cache: LRUCache<number, Buffer>;
   readonly #spare: Buffer[] = [];
@@ -152,7 +162,11 @@ export class FsService {
     });
   }
 
-  /** Connect, find the blockdev (kvWait), load or create the metadata, publish `${name}.*`. */
+  /**
+   * Connect, claim the blockdev's volume administration (`adminClaim`, retried for 30 s while
+   * a previous holder's release is in flight), load or create the metadata, publish `${name}.*`.
+   * Errors: EBUSY (another Process holds the blockdev's administration), ENOENT (no blockdev), ...
+   */
   static async start(opts: FsOptions): Promise<FsService> {
     const proc = await connect(opts.controller, { name: opts.name ?? 'fs', memoryDescriptors: true });
     const s = new FsService(proc, opts);
@@ -188,8 +202,7 @@ export class FsService {
   async #init(): Promise<void> {
     const p = this.proc;
     const bd = this.#opts.blockdev ?? 'blockdev';
-    this.#bdCreate = await p.kvWait(`${bd}.volume_create`, 30_000);
-    this.#bdOpen = await p.kvWait(`${bd}.volume_open`, 30_000);
+    this.#admin = await adminClaim(p, bd, 30_000);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
     this.#metaRegion = p.allocShared(META_SLOT_BYTES);
@@ -197,10 +210,9 @@ export class FsService {
     this.#stage = p.allocShared(STAGE_SLOTS * STAGE_BYTES);
     for (let i = 0; i < STAGE_SLOTS; i++) {
       this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
-      this.#stageFree.push(i);
     }
     await this.#loadMeta();
-    if (this.#opts.reclaim !== false) await this.#reclaim(await p.kvWait(`${bd}.volume_list`, 30_000));
+    if (this.#opts.reclaim !== false) await this.#reclaim();
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
     p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
@@ -240,10 +252,10 @@ export class FsService {
     const p = this.proc;
     let created = false;
     try {
-      this.#meta = await volumeOpen(p, this.#bdOpen, 1);
+      this.#meta = await volumeOpen(p, this.#admin.open, 1);
     } catch (err) {
       if ((err as FractosError).code !== 'ENOENT') throw err;
-      this.#meta = await volumeCreate(p, this.#bdCreate, 2 * META_SLOT_BYTES);
+      this.#meta = await volumeCreate(p, this.#admin.create, 2 * META_SLOT_BYTES);
       created = true;
       if (this.#meta.volume !== 1) {
         throw new FractosError('EINVAL', `the metadata volume must be the first volume of the blockdev (got volume ${this.#meta.volume}); use a freshly formatted device`);
@@ -263,7 +275,7 @@ export class FsService {
     for (const f of m.files) {
       const ino: Inode = { id: f.id, path: f.path, size: f.size, extents: f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })), alloc: Promise.resolve(), writing: 0, wgen: 0 };
       this.#files.set(f.path, ino);
-      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#bdOpen, x.volume));
+      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#admin.open, x.volume));
     }
   }
 
@@ -272,14 +284,13 @@ export class FsService {
    * metadata naming it, or between the metadata dropping extents and their deletion). Runs
    * before the FS serves anything, so no allocation is in flight.
    */
-  async #reclaim(listCid: number): Promise<void> {
+  async #reclaim(): Promise<void> {
     const p = this.proc;
-    const ids = await volumeList(p, listCid);
-    p.capDrop(listCid).catch(() => {});
+    const ids = await volumeList(p, this.#admin.list);
     const orphans = ids.filter((id) => id !== this.#meta.volume && !this.#vols.has(id));
     for (const id of orphans) {
       try {
-        const v = await volumeOpen(p, this.#bdOpen, id);
+        const v = await volumeOpen(p, this.#admin.open, id);
         await p.rpc(v.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
         p.capDrop(v.read, v.write, v.delete).catch(() => {});
         this.counts.reclaimedVolumes++;
@@ -474,12 +485,12 @@ export class FsService {
       const st = await this.proc.memoryStat(buffer);
       if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
       if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
-      const slot = await this.#acquireStage();
+      const slot = await this.stageSlots.acquireAsync(STAGE_LIST);
       try {
         this.#stageBytes(slot).set(data, 0);
         await this.#toClient(slot, 0, data.length, buffer, st);
       } finally {
-        this.#releaseStage(slot);
+        this.stageSlots.release(STAGE_LIST, slot);
       }
     }
     await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
@@ -555,7 +566,7 @@ export class FsService {
   async #zeroTail(ino: Inode, from: number, end: number): Promise<void> {
     let a = Math.floor(from / BLOCK) * BLOCK;
     if (a >= end) return;
-    const slot = await this.#acquireStage();
+    const slot = await this.stageSlots.acquireAsync(STAGE_ZERO);
     try {
       const stage = this.#stageBytes(slot);
       if (from !== a) await this.#devRange(ino, a, a + BLOCK, slot, false); // head block's kept bytes
@@ -567,7 +578,7 @@ export class FsService {
         a = b;
       }
     } finally {
-      this.#releaseStage(slot);
+      this.stageSlots.release(STAGE_ZERO, slot);
     }
   }
 
@@ -578,7 +589,7 @@ export class FsService {
       if (end <= have) return;
       const need = end - have;
       const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
-      const v = await volumeCreate(this.proc, this.#bdCreate, len);
+      const v = await volumeCreate(this.proc, this.#admin.create, len);
       this.#vols.set(v.volume, v);
       ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
       // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
@@ -597,17 +608,6 @@ export class FsService {
   // -----------------------------------------------------------------------------------
   // Mediated I/O
 
-  #acquireStage(): Promise<number> {
-    const s = this.#stageFree.pop();
-    if (s !== undefined) return Promise.resolve(s);
-    return new Promise((r) => this.#stageWait.push(r));
-  }
-
-  #releaseStage(s: number): void {
-    const w = this.#stageWait.shift();
-    if (w) w(s);
-    else this.#stageFree.push(s);
-  }
 
   #stageBytes(slot: number): Buffer {
     const b = this.#stage.bytes;
@@ -741,12 +741,12 @@ export class FsService {
       if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
       const a = Math.floor(offset / BLOCK) * BLOCK;
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
-      const slot = await this.#acquireStage();
+      const slot = await this.stageSlots.acquireAsync(handle);
       try {
         await this.#fill(ino, a, b, slot);
         await this.#toClient(slot, offset - a, n, buffer, st);
       } finally {
-        this.#releaseStage(slot);
+        this.stageSlots.release(handle, slot);
       }
     }
     await this.proc.invoke(ok, IoReply, { bytes: n });
@@ -771,7 +771,7 @@ export class FsService {
     busy.push(lock);
     let slot: number;
     try {
-      slot = await this.#acquireStage();
+      slot = await this.stageSlots.acquireAsync(handle);
     } catch (err) {
       busy.splice(busy.indexOf(lock), 1);
       unlock();
@@ -794,7 +794,7 @@ export class FsService {
       }
     } finally {
       ino.writing--;
-      this.#releaseStage(slot);
+      this.stageSlots.release(handle, slot);
       busy.splice(busy.indexOf(lock), 1);
       unlock();
     }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { IoPort, volumeCreate, volumeList, volumeOpen } from '../blockdev-adaptor/client.js';
+import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import { deviceDir } from './helpers/devices.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
@@ -71,7 +71,7 @@ async function integrity(t: ExecutionContext, device: string): Promise<void> {
   const e = await env(device);
   try {
     const p = await client(e);
-    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 8 << 20);
+    const v = await volumeCreate(p, (await adminClaim(p, 'blockdev', 5000)).create, 8 << 20);
     t.is(v.blockSize % 512, 0);
     const port = new IoPort(p);
     const QD = 32;
@@ -130,7 +130,7 @@ vtest('unaligned Memory goes through bounce buffers + memory_copy, large I/O too
   const e = await env(devFile());
   try {
     const p = await client(e);
-    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 4 << 20);
+    const v = await volumeCreate(p, (await adminClaim(p, 'blockdev', 5000)).create, 4 << 20);
     const port = new IoPort(p);
     const { cid, region } = await p.memoryCreateShared(3 << 20);
     const odd = await p.memoryDiminish(cid, 100, (2 << 20) + 4096); // offset 100: not usable for O_DIRECT
@@ -155,8 +155,7 @@ vtest('bad inputs go to onError with a code', async (t) => {
   const e = await env(devFile(16 << 20));
   try {
     const p = await client(e);
-    const create = await p.kvWait('blockdev.volume_create');
-    const open = await p.kvWait('blockdev.volume_open');
+    const { create, open, list } = await adminClaim(p, 'blockdev', 5000);
     const v = await volumeCreate(p, create, 1 << 20);
     const port = new IoPort(p);
     const { cid } = await p.memoryCreateShared(64 << 10);
@@ -181,7 +180,6 @@ vtest('bad inputs go to onError with a code', async (t) => {
     await code(t, port.ioAsync(v.read, false, 0, 4096, cid), 'EREVOKED');
     await code(t, port.ioAsync(v.write, true, 0, 4096, cid), 'EREVOKED');
     // volume_list: every volume id, ascending; deleted ones are gone.
-    const list = await p.kvWait('blockdev.volume_list');
     const x = await volumeCreate(p, create, 1 << 20);
     t.deepEqual(await volumeList(p, list), [w.volume, x.volume]);
     const child = await p.capCreateRevtree(w.read);
@@ -202,7 +200,7 @@ vtest('volumes and data persist across kill -9 and restart of the blockdev proce
   try {
     t.regex(bd.line, /formatted/);
     let p = await client(e);
-    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 2 << 20);
+    const v = await volumeCreate(p, (await adminClaim(p, 'blockdev', 5000)).create, 2 << 20);
     const port = new IoPort(p);
     const { cid, region } = await p.memoryCreateShared(1 << 20);
     const data = randomBytes(1 << 20);
@@ -215,7 +213,7 @@ vtest('volumes and data persist across kill -9 and restart of the blockdev proce
     t.regex(bd.line, /volumes=1/);
     p = await client(e);
     const port2 = new IoPort(p);
-    const w = await volumeOpen(p, await p.kvWait('blockdev.volume_open'), v.volume);
+    const w = await volumeOpen(p, (await adminClaim(p, 'blockdev', 5000)).open, v.volume);
     t.is(w.size, 2 << 20);
     const m = await p.memoryCreateShared(1 << 20);
     await port2.ioAsync(w.read, false, 1 << 20, 1 << 20, m.cid);

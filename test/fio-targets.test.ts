@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { volumeCreate } from '../blockdev-adaptor/client.js';
+import { adminClaim, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
 import { parseJobFile, runJob } from '../bench/fio/index.js';
@@ -30,11 +30,13 @@ vtest('blockdev, fs and dax targets run fio jobs; written data reads back; revok
   const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
   const bd = await BlockdevService.start({ device: devFile('a.img'), controller: addr, format: true });
   const fsv = await FsService.start({ controller: addr });
+  // The FS owns the volume administration of `blockdev`: raw volumes come from a second blockdev.
+  const raw = await BlockdevService.start({ device: devFile('b.img'), controller: addr, format: true, name: 'raw' });
   let p: Process | null = null;
   try {
     p = await connect(addr, { name: 'fio' });
     const fs = await FsClient.connect(p);
-    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 4 << 20);
+    const v = await volumeCreate(p, (await adminClaim(p, 'raw', 5000)).create, 4 << 20);
     await fs.create('/f');
     await fs.truncate('/f', 4 << 20);
     const med = await fs.open('/f');
@@ -66,6 +68,7 @@ vtest('blockdev, fs and dax targets run fio jobs; written data reads back; revok
   } finally {
     await p?.close();
     await fsv.close();
+    await raw.close();
     await bd.close();
     await c.close();
   }

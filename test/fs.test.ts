@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { IoPort, volumeCreate, volumeOpen } from '../blockdev-adaptor/client.js';
+import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
@@ -419,14 +419,16 @@ vtest('volumes leaked by a crash are reclaimed at start-up; files are intact', a
     const before = e.bd.table.list().map((v) => v.id);
     await e.fs!.close();
     // The crash window: a volume created for a new extent that no metadata names.
-    const orphan = await volumeCreate(p, await p.kvWait('blockdev.volume_create', 5000), 1 << 20);
-    const orphan2 = await volumeCreate(p, await p.kvWait('blockdev.volume_create', 5000), 2 << 20);
+    // (The volume administration is free once the FS is gone: a stand-in for the crashed FS.)
+    const admin = await adminClaim(p, 'blockdev', 5000);
+    const orphan = await volumeCreate(p, admin.create, 1 << 20);
+    const orphan2 = await volumeCreate(p, admin.create, 2 << 20);
     t.deepEqual(e.bd.table.list().map((v) => v.id), [...before, orphan.volume, orphan2.volume]);
+    await adminRelease(p, admin);
     e.fs = await FsService.start({ controller: e.addr });
     t.is(e.fs.counts.reclaimedVolumes, 2);
     t.deepEqual(e.bd.table.list().map((v) => v.id), before);
-    await code(t, volumeOpen(p, await p.kvWait('blockdev.volume_open', 5000), orphan.volume), 'ENOENT');
-    // Deleting revoked the orphan's Requests too.
+    // Releasing the claim (and deleting) revoked the orphan's Requests.
     await code(t, port.ioAsync(orphan.read, false, 0, 4096, cid), 'EREVOKED');
     const fs2 = await FsClient.connect(p);
     t.is((await fs2.stat('/kept')).size, 3000 + (1 << 20));

@@ -7,16 +7,22 @@
  */
 import type { BenchRecord } from '../records.js';
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FractosError } from '../../libfractos/errors.js';
+import { assertDeviceFree, claimDevice, type DeviceClaim } from '../../blockdev-adaptor/device-claim.js';
 import { parseFioJson } from './report.js';
 import { percentileOf, type DirStats, type FioReport, type JobStats } from './stats.js';
 
 /** Options of `runRealFio`. */
 export interface RealFioOptions {
-  /** Replace every job's filename. */
+  /**
+   * Replace every job's filename. An existing file or device is claimed (device-claim.ts)
+   * while fio runs: one a blockdev holds is refused with EBUSY, and no blockdev can start on
+   * it meanwhile.
+   */
   filename?: string;
   /** Replace every job's runtime, ms (written as `runtime=<n>ms`). */
   runtimeMs?: number;
@@ -116,7 +122,8 @@ export function overrideJobText(text: string, overrides: { filename?: string; ru
  * Run real fio on a job file and parse its JSON output.
  * @param jobFile path of the fio job file
  * @param opts filename / runtime (ms) / size (bytes) overrides, fio binary, timeout
- * @throws FractosError ENODEV (fio absent), ENOENT (job file), EIO (fio failed: exit status and
+ * @throws FractosError ENODEV (fio absent), ENOENT (job file), EBUSY (`opts.filename` is in use
+ *         by a blockdev: `PATH is in use by blockdev pid N`), EIO (fio failed: exit status and
  *         stderr tail), ETIMEDOUT, EPROTO (unparsable output)
  */
 export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Promise<RealFioResult> {
@@ -133,7 +140,11 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     runtime: opts.runtimeMs !== undefined ? `${Math.max(1, Math.round(opts.runtimeMs))}ms` : undefined,
     size: opts.size !== undefined ? String(opts.size) : undefined,
   });
-  const dir = await mkdtemp(join(tmpdir(), 'fractos-fio-'));
+  const claim = opts.filename !== undefined ? claimIfExists(opts.filename) : null;
+  const dir = await mkdtemp(join(tmpdir(), 'fractos-fio-')).catch((e: unknown) => {
+    claim?.release();
+    throw e;
+  });
   try {
     const tmpJob = join(dir, 'job.fio');
     await writeFile(tmpJob, jobText);
@@ -150,7 +161,20 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     const raw: unknown = start >= 0 ? JSON.parse(r.stdout.slice(start)) : undefined;
     return { report: parseFioJson(r.stdout), raw, jobText, argv: [bin, ...args] };
   } finally {
+    claim?.release();
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Claim `path` when it exists (null when it does not: fio creates it). Without the uring addon, only checks that no blockdev holds it. */
+function claimIfExists(path: string): DeviceClaim | null {
+  if (!existsSync(path)) return null;
+  try {
+    return claimDevice(path);
+  } catch (e) {
+    if (!(e instanceof FractosError) || e.code !== 'ENODEV') throw e;
+    assertDeviceFree(path);
+    return null;
   }
 }
 
