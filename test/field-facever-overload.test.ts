@@ -8,8 +8,13 @@
 import test from 'ava';
 import type http from 'node:http';
 import net from 'node:net';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { IMAGE_BYTES } from '../gpu-adaptor/backend.js';
-import { portOf, serve, type ServerOptions, type VerifyService } from '../facever-app/server.js';
+import { ORL_DIR } from '../facever-app/accuracy.js';
+import { autocannonBin, cpuSeconds, requestBody } from '../facever-app/loadtest.js';
+import { parseBatch, portOf, serve, type ServerOptions, type VerifyService } from '../facever-app/server.js';
+import { FractosError } from '../libfractos/errors.js';
 
 /** A Verifier stand-in: `verify` counts its calls and resolves when `finish()` is called. */
 function fakeVerifier(o: { slots?: number; maxQueued?: number } = {}): VerifyService & { calls: number; finish(): void } {
@@ -347,4 +352,19 @@ test('malformed bodies get 400 with reasons', async (t) => {
     t.is(v.calls, 0);
     c.close();
   });
+});
+
+test('loadtest: its request body is a valid batch; autocannon is found by module resolution or named as missing', async (t) => {
+  if (!existsSync(join(ORL_DIR, 's1', '1.pgm'))) return t.pass(`no ORL dataset at ${ORL_DIR}`);
+  const ids = Array.from({ length: 12 }, (_, i) => i + 1);
+  const body = requestBody(ORL_DIR, ids, 8);
+  const pairs = parseBatch(Buffer.from(body), (id) => ids.includes(id), 8);
+  t.is(pairs.length, 8);
+  for (const p of pairs) t.is(p.image.length, IMAGE_BYTES);
+  t.true(cpuSeconds('self') > 0);
+  try {
+    t.regex(autocannonBin(), /autocannon[/\\]autocannon\.js$/);
+  } catch (e) {
+    t.true(e instanceof FractosError && e.code === 'ENOENT' && /autocannon/.test(e.message), String(e));
+  }
 });
