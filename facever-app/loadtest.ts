@@ -100,13 +100,14 @@ export function autocannonBin(): string {
 
 /**
  * Run autocannon as a child process: `connections` connections for `durationS` seconds, each
- * POSTing the JSON body in `bodyFile` to `url` back to back. Resolves with its JSON result.
+ * POSTing the JSON body in `bodyFile` to `url` back to back. Resolves with its JSON result;
+ * `signal` kills it.
  * @throws FractosError EIO when autocannon fails or prints no result.
  */
-export function runAutocannon(url: string, bodyFile: string, connections: number, durationS: number, timeoutS: number): Promise<AutocannonResult> {
+export function runAutocannon(url: string, bodyFile: string, connections: number, durationS: number, timeoutS: number, signal?: AbortSignal): Promise<AutocannonResult> {
   const args = [autocannonBin(), '--json', '-c', String(connections), '-d', String(durationS), '-t', String(timeoutS), '-m', 'POST', '-H', 'content-type=application/json', '-i', bodyFile, url];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], signal });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -179,6 +180,21 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
   const tmp = mkdtempSync(join(tmpdir(), 'fractos-loadtest-'));
   let cluster: LocalCluster | undefined;
   let server: Child | undefined;
+  const abort = new AbortController();
+  let cleaning: Promise<void> | undefined;
+  // Everything started here goes on return, error, SIGINT (Ctrl-C) and SIGTERM.
+  const cleanup = (): Promise<void> => (cleaning ??= (async () => {
+    abort.abort();
+    if (server) await stopChild(server);
+    await cluster?.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  })());
+  const onSignal = (sig: NodeJS.Signals): void => {
+    log(`${sig}: load test interrupted; stopping the server and the stack`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     if (!o.controller) {
       log('starting a local cluster (one Controller, blockdev, FS, GPU adaptor)');
@@ -203,7 +219,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
     const timeoutS = o.timeoutS ?? 30;
     if ((o.warmupS ?? 3) > 0) {
       log(`warm-up: ${slots} connections for ${o.warmupS ?? 3} s`);
-      await runAutocannon(url, bodyFile, slots, o.warmupS ?? 3, timeoutS);
+      await runAutocannon(url, bodyFile, slots, o.warmupS ?? 3, timeoutS, abort.signal);
     }
     const levels: LoadLevel[] = [];
     for (const f of factors) {
@@ -211,7 +227,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
       const stackPids = cluster ? [...cluster.children.values()].map((ch) => ch.child.pid!) : [];
       const cpu = (): number[] => [cpuSeconds(server!.child.pid!), cpuSeconds('self', true), stackPids.reduce((a, pid) => a + cpuSeconds(pid), 0)];
       const before = cpu();
-      const r = await runAutocannon(url, bodyFile, c, o.durationS ?? 10, timeoutS);
+      const r = await runAutocannon(url, bodyFile, c, o.durationS ?? 10, timeoutS, abort.signal);
       const after = cpu();
       const lv = levelOf(f, c, batch, r, { cpuServerS: after[0]! - before[0]!, cpuLoadgenS: after[1]! - before[1]!, cpuStackS: after[2]! - before[2]! });
       levels.push(lv);
@@ -220,9 +236,9 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
     const params = { design, slots, batch, backend: cluster?.gpuBackend ?? 'running services' };
     return { levels, records: recordsOf(levels, params), table: tableOf(levels, params) };
   } finally {
-    if (server) await stopChild(server);
-    await cluster?.stop();
-    rmSync(tmp, { recursive: true, force: true });
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanup();
   }
 }
 
