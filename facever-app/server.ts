@@ -230,7 +230,8 @@ export async function serve(verifier: VerifyService, o: ServerOptions): Promise<
           if (e instanceof HttpError) return send(res, e.status, { error: e.error, reason: e.reason });
           const fe = e instanceof FractosError ? e : new FractosError('EIO', String(e));
           const status = httpStatusOf(fe.code);
-          send(res, status, { error: fe.code, reason: fe.message }, status === 503 ? { 'retry-after': '1' } : {});
+          if (status === 503) return refuse(fe.code, fe.message); // the verifier's EBUSY / EAGAIN
+          send(res, status, { error: fe.code, reason: fe.message });
         }
       })();
     });

@@ -17,7 +17,7 @@ import { parseBatch, portOf, serve, type ServerOptions, type VerifyService } fro
 import { FractosError } from '../libfractos/errors.js';
 
 /** A Verifier stand-in: `verify` counts its calls and resolves when `finish()` is called. */
-function fakeVerifier(o: { slots?: number; maxQueued?: number } = {}): VerifyService & { calls: number; finish(): void } {
+function fakeVerifier(o: { slots?: number; maxQueued?: number; fail?: FractosError } = {}): VerifyService & { calls: number; finish(): void } {
   let gates: (() => void)[] = [];
   const v = {
     ids: [1, 2, 3],
@@ -30,6 +30,7 @@ function fakeVerifier(o: { slots?: number; maxQueued?: number } = {}): VerifySer
     calls: 0,
     async verify(pairs: readonly { id: number; image: Uint8Array }[]) {
       v.calls++;
+      if (o.fail) throw o.fail;
       await new Promise<void>((r) => gates.push(r));
       return { scores: Float64Array.from(pairs, (_, i) => 100 + i), totalUs: 1, stages: {} };
     },
@@ -366,5 +367,19 @@ test('loadtest: its request body is a valid batch; autocannon is found by module
     t.regex(autocannonBin(), /autocannon[/\\]autocannon\.js$/);
   } catch (e) {
     t.true(e instanceof FractosError && e.code === 'ENOENT' && /autocannon/.test(e.message), String(e));
+  }
+});
+
+test('the verifier\'s own EBUSY / EAGAIN after admission: 503 with Retry-After; other service errors 5xx', async (t) => {
+  for (const [fail, status] of [[new FractosError('EAGAIN', 'GPU adaptor unavailable'), 503], [new FractosError('EBUSY', 'pool full'), 503], [new FractosError('ETIMEDOUT', 'slow'), 504]] as const) {
+    await withServer(fakeVerifier({ fail }), {}, async (port) => {
+      const c = await RawConn.open(port);
+      c.write(head(goodBody.length) + goodBody);
+      const a = await c.next();
+      t.is(a.status, status);
+      t.is(a.json.error, fail.code);
+      t.is(a.headers['retry-after'] ?? 'none', status === 503 ? '1' : 'none');
+      c.close();
+    });
   }
 });
