@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { ORL_DIR } from '../facever-app/accuracy.js';
 import { kernelOverhead, runBench, STATS_NAME, VARIANTS, type BenchRecord, type Variant } from '../facever-app/bench.js';
 import { LocalCluster, PLACEMENTS, REPO_ROOT, type Placement } from '../facever-app/cluster.js';
+import { runLoadtest } from '../facever-app/loadtest.js';
 import { writePlots } from '../facever-app/plots.js';
 import { serve, portOf } from '../facever-app/server.js';
 import { DEFAULT_PREFIX, enroll, readMeta } from '../facever-app/store.js';
@@ -123,6 +124,29 @@ function registerFacever(program: Command): void {
         };
         process.on('SIGTERM', stop);
         process.on('SIGINT', stop);
+      } catch (err) {
+        die(err);
+      }
+    });
+
+  fv.command('loadtest')
+    .description('goodput of facever serve under overload: autocannon (a separate process) at 1x, 8x, 32x the buffer sets in connections, retrying at once on 503 (facever-app/loadtest.ts)')
+    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster')
+    .option('--backend <kind>', 'GPU backend of the local cluster', 'cpu')
+    .option('--design <d>', 'chain | fast-star | star', 'chain')
+    .option('--slots <n>', 'the server\'s GPU buffer sets = connections at 1x', '8')
+    .option('--batch <n>', 'pairs per request', '8')
+    .option('--factors <list>', 'overload factors (connections = factor x slots)', '1,8,32')
+    .option('--duration <s>', 'seconds of load per level', '10')
+    .option('--json', 'print DESIGN.md §6 records as one JSON array')
+    .action(async (o: { dataset: string; controller?: string; backend: string; design: string; slots: string; batch: string; factors: string; duration: string; json?: boolean }) => {
+      try {
+        const r = await runLoadtest({
+          dataset: o.dataset, controller: o.controller, backend: o.backend as 'cpu', design: checkDesign(o.design), slots: Number(o.slots), batch: Number(o.batch),
+          factors: o.factors.split(',').map(Number), durationS: Number(o.duration), log: (s) => process.stderr.write(`${s}\n`),
+        });
+        out(o.json ? JSON.stringify(r.records, null, 2) : r.table);
       } catch (err) {
         die(err);
       }

@@ -32,7 +32,8 @@ export async function spawnChild(name: string, args: string[], ready: RegExp, ti
   }
 }
 
-async function stopChild(c: Child, signal: NodeJS.Signals = 'SIGTERM', graceMs = 3000): Promise<void> {
+/** SIGTERM (then SIGKILL after `graceMs`) and wait for the child to exit. */
+export async function stopChild(c: Child, signal: NodeJS.Signals = 'SIGTERM', graceMs = 3000): Promise<void> {
   if (c.child.exitCode !== null || c.child.signalCode !== null) return;
   const exited = new Promise<void>((r) => c.child.once('exit', () => r()));
   c.child.kill(signal);

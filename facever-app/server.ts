@@ -7,12 +7,14 @@
  * `score` is the chi-square distance (smaller = more similar) and `match` = score <=
  * threshold. Errors are JSON `{ error, reason }`:
  * - 400 malformed JSON, not an array, bad item, bad base64, bad PGM, wrong image size;
- * - 413 body over `maxBodyBytes` (default max(1 MiB, 1.25 x maxBatch base64 PGMs)) or more
- *   pairs than the batch limit;
+ * - 408 `body_timeout`: an admitted body not complete within `bodyTimeoutMs`;
+ * - 413 body over `maxBodyBytes` (default max(1 MiB, 1.25 x maxBatch base64 PGMs); refused
+ *   on its Content-Length before the body is read) or more pairs than the batch limit;
  * - 422 unknown id (with the id);
  * - 404 other paths, 405 other methods on /verify (with `Allow: POST`);
- * - 503 back-pressure (every GPU buffer set busy and the queue full) or the GPU adaptor
- *   re-initialising, with `Retry-After: 1`; 502/504 for service failures and time-outs.
+ * - 503 `EBUSY` back-pressure (the admission bounds reached: see `serve`; refused on the
+ *   headers, before the body is read) or `EAGAIN` (the GPU adaptor re-initialising), with
+ *   `Retry-After: 1`; 502/504 for service failures and time-outs.
  * `GET /health` answers `{ ready, design, ids, gpu }`.
  */
 import http from 'node:http';
@@ -29,6 +31,17 @@ export interface ServerOptions {
   threshold: number;
   /** Largest request body (bytes); default enough for maxBatch PGMs in base64. */
   maxBodyBytes?: number;
+  /**
+   * Requests admitted at once: body being read, parsed, waiting for a GPU buffer set or in
+   * flight (default the verifier's `slots + maxQueued`). Past it: 503 before the body is read.
+   */
+  maxAdmitted?: number;
+  /** Declared body bytes admitted at once (default 64 MiB, at least `maxBodyBytes`). */
+  maxAdmittedBytes?: number;
+  /** How long an admitted request may take to deliver its body (ms, default 10000): 408. */
+  bodyTimeoutMs?: number;
+  /** `Retry-After` of a 503, seconds, enforced on keep-alive connections (default `RETRY_AFTER_S`). */
+  retryAfterS?: number;
 }
 
 class HttpError extends Error {
@@ -86,16 +99,54 @@ export function parseBatch(body: Buffer, known: (id: number) => boolean, maxBatc
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  if (res.headersSent) return; // answered already (413, 408)
   const s = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s), ...headers });
   res.end(s);
 }
 
-/** Serve `verifier` over HTTP. Resolves with the server once listening. */
-export async function serve(verifier: Verifier, o: ServerOptions): Promise<http.Server> {
+/** What the server needs of a Verifier (facever-app/verifier.ts). */
+export type VerifyService = Pick<Verifier, 'verify' | 'ids' | 'maxBatch' | 'slots' | 'maxQueued' | 'ready' | 'design' | 'gpuInfo'>;
+
+/** The default `Retry-After` of a 503 (seconds), enforced on keep-alive connections (see `serve`). */
+export const RETRY_AFTER_S = 1;
+
+/** Default bound on the declared bytes of the bodies admitted at once. */
+export const DEFAULT_MAX_ADMITTED_BYTES = 64 << 20;
+
+/**
+ * Serve `verifier` over HTTP. Resolves with the server once listening.
+ *
+ * Admission (issue #7 item 18): a `POST /verify` is admitted or refused when its headers
+ * arrive, before any byte of its body is read. Admitted requests (body being read, parsed,
+ * queued for a buffer set or in flight) are bounded in count (`maxAdmitted`) and in declared
+ * body bytes (`maxAdmittedBytes`; a body without Content-Length counts as `maxBodyBytes`).
+ * Refused early, without reading, parsing or decoding the body:
+ * - 413 `body_too_large`: Content-Length over `maxBodyBytes` (connection closed);
+ * - 503 `EBUSY` + `Retry-After: 1`: the admission bounds are reached; 503 `EAGAIN` +
+ *   `Retry-After: 1`: the GPU adaptor is re-initialising. The connection is kept when the
+ *   body has a Content-Length (Node discards the body as it arrives: no buffering, no
+ *   parsing) and closed otherwise, or when the client waits on `Expect: 100-continue` (then
+ *   the body is never sent).
+ * A keep-alive connection that sends its next request before the `Retry-After` of its last
+ * 503 has passed is not answered before it has (a client that retries at once gets at most
+ * one 503 per second per connection; its body stays unread in the socket meanwhile); the
+ * request then goes through admission like any other. Clients that honour `Retry-After` never
+ * wait here.
+ * An admitted request whose body has not fully arrived after `bodyTimeoutMs` gets 408
+ * `body_timeout` (connection closed) and gives its admission back.
+ */
+export async function serve(verifier: VerifyService, o: ServerOptions): Promise<http.Server> {
   const maxBody = o.maxBodyBytes ?? Math.max(1 << 20, Math.ceil(1.25 * verifier.maxBatch * (((IMAGE_BYTES + 64) * 4) / 3 + 64)));
+  const maxAdmitted = o.maxAdmitted ?? verifier.slots + verifier.maxQueued;
+  const maxAdmittedBytes = Math.max(o.maxAdmittedBytes ?? DEFAULT_MAX_ADMITTED_BYTES, maxBody);
+  const bodyTimeoutMs = o.bodyTimeoutMs ?? 10_000;
+  const retryAfterS = o.retryAfterS ?? RETRY_AFTER_S;
   const ids = new Set(verifier.ids);
-  const server = http.createServer((req, res) => {
+  const admission = { count: 0, bytes: 0 };
+  /** When each keep-alive connection last got a 503 (performance.now() ms). */
+  const refusedAt = new WeakMap<object, number>();
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void => {
     const url = (req.url ?? '/').split('?')[0];
     if (url === '/health') {
       if (req.method !== 'GET') return send(res, 405, { error: 'method_not_allowed', reason: 'use GET /health' }, { allow: 'GET' });
@@ -103,25 +154,70 @@ export async function serve(verifier: Verifier, o: ServerOptions): Promise<http.
     }
     if (url !== '/verify') return send(res, 404, { error: 'not_found', reason: `no route ${url}; use POST /verify` });
     if (req.method !== 'POST') return send(res, 405, { error: 'method_not_allowed', reason: 'use POST /verify' }, { allow: 'POST' });
+    // Admission, on the headers alone. Node has already rejected a malformed Content-Length.
+    const declared = req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) : undefined;
+    if (declared !== undefined && declared > maxBody) {
+      return send(res, 413, { error: 'body_too_large', reason: `Content-Length ${declared} exceeds ${maxBody} bytes` }, { connection: 'close' });
+    }
+    // A connection that comes back sooner than the Retry-After of its last 503 waits for it
+    // here, its body unread (Node stops reading the socket), then goes through admission.
+    const wait = (refusedAt.get(req.socket) ?? -Infinity) + retryAfterS * 1000 - performance.now();
+    if (wait > 0) {
+      const timer = setTimeout(() => admit(req, res, expectsContinue, declared), wait);
+      res.once('close', () => clearTimeout(timer));
+      return;
+    }
+    admit(req, res, expectsContinue, declared);
+  };
+  const admit = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean, declared: number | undefined): void => {
+    if (res.destroyed) return;
+    const cost = declared ?? maxBody;
+    const refuse = (error: string, reason: string): void => {
+      const close = declared === undefined || expectsContinue;
+      if (!close) refusedAt.set(req.socket, performance.now());
+      send(res, 503, { error, reason }, { 'retry-after': String(retryAfterS), ...(close ? { connection: 'close' } : {}) });
+    };
+    if (!verifier.ready) return refuse('EAGAIN', 'GPU adaptor unavailable (re-initialising)');
+    if (admission.count >= maxAdmitted || admission.bytes + cost > maxAdmittedBytes) {
+      return refuse('EBUSY', `server busy: ${admission.count} requests (${admission.bytes} body bytes) admitted, limits ${maxAdmitted} requests and ${maxAdmittedBytes} bytes`);
+    }
+    admission.count++;
+    admission.bytes += cost;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      admission.count--;
+      admission.bytes -= cost;
+    };
+    res.once('close', release);
+    res.once('finish', release);
+    if (expectsContinue) res.writeContinue();
     const chunks: Buffer[] = [];
     let size = 0;
-    let tooBig = false;
+    let answered = false;
+    const fail = (status: number, error: string, reason: string): void => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(bodyTimer);
+      chunks.length = 0;
+      send(res, status, { error, reason }, { connection: 'close' });
+    };
+    const bodyTimer: NodeJS.Timeout = setTimeout(() => fail(408, 'body_timeout', `body not received within ${bodyTimeoutMs} ms`), bodyTimeoutMs);
     req.on('data', (d: Buffer) => {
+      if (answered) return;
       size += d.length;
-      if (size > maxBody) {
-        tooBig = true;
-        return;
-      }
+      if (size > maxBody) return fail(413, 'body_too_large', `body exceeds ${maxBody} bytes`);
       chunks.push(d);
     });
+    req.once('close', () => clearTimeout(bodyTimer));
     req.on('end', () => {
-      if (tooBig) {
-        send(res, 413, { error: 'body_too_large', reason: `body of ${size} bytes exceeds ${maxBody}` }, { connection: 'close' });
-        return;
-      }
+      clearTimeout(bodyTimer);
+      if (answered) return;
       void (async () => {
         try {
           const pairs = parseBatch(Buffer.concat(chunks), (id) => ids.has(id), verifier.maxBatch);
+          chunks.length = 0;
           const r = await verifier.verify(pairs);
           send(res, 200, {
             design: verifier.design,
@@ -134,11 +230,17 @@ export async function serve(verifier: Verifier, o: ServerOptions): Promise<http.
           if (e instanceof HttpError) return send(res, e.status, { error: e.error, reason: e.reason });
           const fe = e instanceof FractosError ? e : new FractosError('EIO', String(e));
           const status = httpStatusOf(fe.code);
-          send(res, status, { error: fe.code, reason: fe.message }, status === 503 ? { 'retry-after': '1' } : {});
+          if (status === 503) return refuse(fe.code, fe.message); // the verifier's EBUSY / EAGAIN
+          send(res, status, { error: fe.code, reason: fe.message });
         }
       })();
     });
-  });
+  };
+  // A refused request's body is discarded as it arrives; a client that never finishes it
+  // loses the connection after requestTimeout (Node answers 408).
+  const requestTimeout = bodyTimeoutMs + 5000;
+  const server = http.createServer({ requestTimeout, headersTimeout: Math.min(60_000, requestTimeout) }, (req, res) => handler(req, res, false));
+  server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => handler(req, res, true));
   await new Promise<void>((res, rej) => {
     server.once('error', rej);
     server.listen(o.port, o.host ?? '127.0.0.1', () => res());

@@ -123,6 +123,8 @@ export class Verifier extends EventEmitter {
   readonly design: Design;
   readonly slots: number;
   readonly maxBatch: number;
+  /** Batches allowed to wait for a buffer set before EBUSY. */
+  readonly maxQueued: number;
   readonly gridX: number;
   readonly gridY: number;
   readonly #o: VerifierOptions;
@@ -147,6 +149,7 @@ export class Verifier extends EventEmitter {
     this.design = o.design;
     this.slots = o.slots ?? 4;
     this.maxBatch = o.maxBatch ?? 256;
+    this.maxQueued = o.maxQueued ?? 16;
     this.gridX = o.gridX ?? DEFAULT_GRID.gridX;
     this.gridY = o.gridY ?? DEFAULT_GRID.gridY;
   }
@@ -321,7 +324,7 @@ export class Verifier extends EventEmitter {
       s.busy = true;
       return s;
     }
-    if (this.#queue.length >= (this.#o.maxQueued ?? 16)) {
+    if (this.#queue.length >= this.maxQueued) {
       throw new FractosError('EBUSY', `all ${this.slots} GPU buffer sets busy and ${this.#queue.length} batches queued`);
     }
     return new Promise((resolve, reject) => this.#queue.push({ resolve, reject }));
