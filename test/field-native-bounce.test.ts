@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, type Process } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
-import { IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
+import { adminClaim, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { deviceDir } from './helpers/devices.js';
 import { expectCode } from './helpers/errors.js';
 
@@ -38,7 +38,7 @@ devices.vtest('a buffer revoked before the bounce copy fails the write and the r
   try {
     svc = await BlockdevService.start({ device: devices.devFile(16 << 20), controller: addr, format: true, queueDepth: 8 });
     p = await connect(addr, { name: 'client' });
-    const v = await volumeCreate(p, await p.kvWait('blockdev.volume_create'), 1 << 20);
+    const v = await volumeCreate(p, (await adminClaim(p, 'blockdev', 5000)).create, 1 << 20);
     const port = new IoPort(p);
     const { cid } = await p.memoryCreateShared(64 << 10);
     // Views at byte offset 100: not usable for O_DIRECT, so the blockdev bounces them.
