@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { parseAddress } from '../libfractos/link.js';
 import { COPY_CHUNK_BYTES } from '../libfractos/protocol.js';
-import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../cli/spawn.js';
+import { REPO_ROOT, clusterSpecs, freePort, removeTempDir, spawnNode, startController, tempDir, type Spawned } from '../testbed/spawn.js';
 import { BenchEcho, BenchHold } from './micro-schema.js';
 import { benchRecord, type BenchRecord } from './records.js';
 
@@ -155,8 +155,8 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
   const children: Spawned[] = [];
   const procs: Process[] = [];
   const raws: RawClient[] = [];
+  const dir = tempDir('fractos-micro-');
   try {
-    const dir = tempDir('fractos-micro-');
     const specs = await clusterSpecs(2, dir);
     for (const s of specs) children.push(await startController(s, specs));
     const rawUnix = `unix:${join(dir, 'raw.sock')}`;
@@ -294,6 +294,7 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     for (const r of raws) r.close();
     for (const p of procs) await p.close();
     for (const c of children.reverse()) await c.stop();
+    removeTempDir(dir);
   }
 }
 

@@ -1,6 +1,7 @@
 /** `fractos bench micro`: the core microbenchmarks (bench/micro.ts). */
 import type { Command } from 'commander';
 import { formatMicro, runMicro } from '../bench/micro.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
 import { die } from './log.js';
 
 export function register(program: Command): void {
@@ -14,6 +15,7 @@ export function register(program: Command): void {
     .option('--max-revoke-n <n>', 'largest N for revocation', '1000')
     .option('--only <groups>', 'comma-separated: null,invoke,delegate,revoke,memcpy')
     .action(async (o: { json?: boolean; maxTime: string; trials: string; maxRevokeN: string; only?: string }) => {
+      cleanupOnSignals('fractos bench micro');
       try {
         const records = await runMicro({
           maxTime: Number(o.maxTime),

@@ -7,10 +7,10 @@
  */
 import type { BenchRecord } from '../records.js';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FractosError } from '../../libfractos/errors.js';
+import { removeTempDir, tempDir } from '../../testbed/scratch.js';
 import { parseFioJson } from './report.js';
 import { percentileOf, type DirStats, type FioReport, type JobStats } from './stats.js';
 
@@ -133,7 +133,7 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     runtime: opts.runtimeMs !== undefined ? `${Math.max(1, Math.round(opts.runtimeMs))}ms` : undefined,
     size: opts.size !== undefined ? String(opts.size) : undefined,
   });
-  const dir = await mkdtemp(join(tmpdir(), 'fractos-fio-'));
+  const dir = tempDir('fractos-fio-');
   try {
     const tmpJob = join(dir, 'job.fio');
     await writeFile(tmpJob, jobText);
@@ -150,7 +150,7 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     const raw: unknown = start >= 0 ? JSON.parse(r.stdout.slice(start)) : undefined;
     return { report: parseFioJson(r.stdout), raw, jobText, argv: [bin, ...args] };
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    removeTempDir(dir);
   }
 }
 

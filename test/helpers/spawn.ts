@@ -1,2 +1,2 @@
-/** Test-side name of the process-spawning helpers (they live in cli/spawn.ts). */
-export * from '../../cli/spawn.js';
+/** Test-side name of the process-spawning helpers (they live in testbed/spawn.ts). */
+export * from '../../testbed/spawn.js';
