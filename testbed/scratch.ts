@@ -96,6 +96,20 @@ export function trackChild(child: ChildProcess): void {
 let signalHook = false;
 
 /**
+ * For test workers: on SIGTERM / SIGINT (ava stops a worker whose event loop is still held,
+ * e.g. by a child left running, with SIGTERM) exit 128 + signal number, so that the `exit`
+ * sweep still kills the tracked children and removes the tempDirs. No effect once
+ * `cleanupOnSignals` is installed.
+ */
+export function sweepOnTermination(): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      if (!signalHook) process.exit(128 + constants.signals[signal]);
+    });
+  }
+}
+
+/**
  * On SIGINT / SIGTERM: stop every tracked child (SIGTERM, SIGKILL after `graceMs`), remove
  * every tempDir, print `NAME: interrupted by SIGNAL; scratch removed` on stderr and exit
  * 128 + signal number. For commands that start child processes (demo, fio, bench); a
