@@ -1,14 +1,17 @@
 /**
  * Issue #7 item 3: how the `fractos` services end. A requested stop (SIGINT, SIGTERM) exits 0
- * with one line `NAME: stopped on SIGNAL` and no "controller channel closed" warning; only a
+ * with one line `NAME: stopped on SIGNAL` and no "controller channel closed" warning (controller,
+ * blockdev, fs, gpu, facever serve); only a
  * real loss of the Controller exits 1 with that warning. Real `node bin/fractos.js`
  * processes against a real Controller process.
  */
 import type { ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { datasetForTests, isOrlDir } from '../facever-app/dataset.js';
+import { run } from './helpers/cli.js';
 import { deviceDir } from './helpers/devices.js';
-import { removeTempDir, spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+import { FRACTOS_BIN, removeTempDir, spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
 
 const devices = await deviceDir('fractos-life', 'field-cli-lifecycle.test');
 
@@ -38,7 +41,7 @@ async function controller(dir: string): Promise<{ c: Spawned; addr: string }> {
 type Services = Record<'blockdev' | 'fs' | 'gpu', Spawned>;
 
 /** A Controller, blockdev, fs and gpu (cpu) as processes; all killed and their folder removed after the test. */
-async function stack(t: ExecutionContext): Promise<{ c: Spawned; s: Services }> {
+async function stack(t: ExecutionContext): Promise<{ c: Spawned; s: Services; addr: string }> {
   const dir = tempDir('fractos-life-');
   t.teardown(() => removeTempDir(dir));
   const { c, addr } = await controller(dir);
@@ -46,7 +49,7 @@ async function stack(t: ExecutionContext): Promise<{ c: Spawned; s: Services }> 
   t.teardown(async () => {
     for (const x of [s.gpu, s.fs, s.blockdev, c]) await x.kill9();
   });
-  return { c, s };
+  return { c, s, addr };
 }
 
 async function services(addr: string): Promise<Services> {
@@ -56,18 +59,28 @@ async function services(addr: string): Promise<Services> {
   return { blockdev, fs, gpu };
 }
 
-devices.vtest('SIGINT / SIGTERM: each service exits 0 with one "stopped on" line, no controller-loss warning', async (t) => {
-  const { c, s } = await stack(t);
-  const plan: [keyof typeof s, NodeJS.Signals][] = [['gpu', 'SIGINT'], ['fs', 'SIGTERM'], ['blockdev', 'SIGINT']];
-  for (const [name, sig] of plan) {
-    const e = ended(s[name].child);
-    s[name].child.kill(sig);
+devices.vtest('SIGINT / SIGTERM: each service (facever serve too) exits 0 with one "stopped on" line, no controller-loss warning', async (t) => {
+  const { c, s, addr } = await stack(t);
+  const requested = async (name: string, x: Spawned, sig: NodeJS.Signals): Promise<void> => {
+    const e = ended(x.child);
+    x.child.kill(sig);
     const r = await e;
-    const out = s[name].output();
+    const out = x.output();
     t.deepEqual(r, { code: 0, signal: null }, `${name} on ${sig}:\n${out}`);
     t.regex(out, new RegExp(`^${name}: stopped on ${sig}$`, 'm'), out);
     t.notRegex(out, /controller channel closed/, out);
-  }
+  };
+  // facever serve needs the enrolled faces
+  const dataset = datasetForTests();
+  if (isOrlDir(dataset)) {
+    const enroll = run([FRACTOS_BIN, 'facever', 'enroll', '--dataset', dataset, '--controller', addr]);
+    t.is((await enroll.exit).code, 0, enroll.out());
+    const serve = await spawnFractos(['facever', 'serve', '--port', '0', '--design', 'chain', '--controller', addr], /^ready facever/, { timeoutMs: 60_000 });
+    t.teardown(() => serve.kill9());
+    await requested('facever', serve, 'SIGINT');
+  } else t.log(`facever serve not checked: no ORL faces at ${dataset}`);
+  const plan: [keyof typeof s, NodeJS.Signals][] = [['gpu', 'SIGINT'], ['fs', 'SIGTERM'], ['blockdev', 'SIGINT']];
+  for (const [name, sig] of plan) await requested(name, s[name], sig);
   const e = ended(c.child);
   c.child.kill('SIGINT');
   t.deepEqual(await e, { code: 0, signal: null }, c.output());
