@@ -1,9 +1,8 @@
 /**
- * Issue #7 item 3: how the `fractos` services end. A requested stop (SIGINT, SIGTERM) exits 0
- * with one line `NAME: stopped on SIGNAL` and no "controller channel closed" warning (controller,
- * blockdev, fs, gpu, facever serve); only a
- * real loss of the Controller exits 1 with that warning. Real `node bin/fractos.js`
- * processes against a real Controller process.
+ * Issue #7 item 3: how the `fractos` services end. A requested stop (SIGINT, SIGTERM) exits
+ * 0 with one line `NAME: stopped on SIGNAL` and no "controller channel closed" warning
+ * (controller, blockdev, fs, gpu, facever serve); only a real loss of the Controller exits 1
+ * with that warning. Real `node bin/fractos.js` processes against a real Controller process.
  */
 import type { ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
