@@ -1,9 +1,9 @@
 /**
  * `fractos demo` (`npm start`): the product's main job on one machine. Starts the
  * single-host default as child processes (a Controller, a blockdev on a sparse file in a
- * fresh folder under os.tmpdir(), the FS, the GPU adaptor with `auto`), enrolls the ORL faces in the FS, verifies a
- * batch of real pairs through the chain design (DAX read -> GPU kernel -> scores to the
- * app), prints the scores, the accuracy (ROC AUC, EER) on every ORL pair and where the time
+ * fresh folder under os.tmpdir(), the FS, the GPU adaptor with `auto`), enrolls the ORL
+ * faces in the FS, verifies a batch of real pairs through the chain design (DAX read -> GPU
+ * kernel -> scores to the app), prints the scores, the accuracy (ROC AUC, EER) on every ORL pair and where the time
  * went, then tears everything down. Exit 0 on success, 1 on any failure; on Ctrl-C or
  * SIGTERM the children are stopped and the scratch folder removed (exit 130 / 143).
  */
@@ -15,8 +15,8 @@ import { enroll, loadOrl } from '../facever-app/store.js';
 import { DESIGNS, Verifier, type Design } from '../facever-app/verifier.js';
 import { FsClient } from '../fs-service/client.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
-import { cleanupOnSignals } from '../testbed/scratch.js';
 import { resolveDataset } from '../facever-app/dataset.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
 import { DATASET_HELP } from './gpu.js';
 
 const say = (s = ''): void => {
