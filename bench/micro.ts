@@ -11,12 +11,13 @@
 import Benchmark from 'benchmark';
 import net from 'node:net';
 import { join } from 'node:path';
-import { connect, Perm, type Process } from '../libfractos/index.js';
+import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { parseAddress } from '../libfractos/link.js';
 import { COPY_CHUNK_BYTES } from '../libfractos/protocol.js';
-import { REPO_ROOT, clusterSpecs, freePort, spawnNode, startController, tempDir, type Spawned } from '../cli/spawn.js';
+import { REPO_ROOT, clusterSpecs, freePort, removeTempDir, spawnNode, startController, tempDir, type Spawned } from '../testbed/spawn.js';
 import { BenchEcho, BenchHold } from './micro-schema.js';
 import { benchRecord, type BenchRecord } from './records.js';
+import { fitSlope, slopeFigure, type SlopeFit } from './slope.js';
 
 export type { BenchRecord } from './records.js';
 
@@ -25,6 +26,8 @@ export interface MicroOptions {
   maxTime?: number;
   /** Revocation trials per N (default 5). */
   trials?: number;
+  /** Passes over 0..8 delegated caps for the per-cap slope (default 3: 27 points). */
+  rounds?: number;
   /** Largest N of the revocation benchmark (default 1000). */
   maxRevokeN?: number;
   /** Progress lines (stderr). */
@@ -145,6 +148,8 @@ function median(xs: number[]): number {
 export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> {
   const maxTime = opts.maxTime ?? 0.5;
   const trials = opts.trials ?? 5;
+  const rounds = opts.rounds ?? 3;
+  if (!(Number.isInteger(rounds) && rounds >= 1)) throw new FractosError('EINVAL', `rounds must be an integer >= 1, got ${rounds}`);
   const maxN = opts.maxRevokeN ?? 1000;
   const say = opts.progress ?? (() => {});
   const want = (group: string): boolean => !opts.only?.length || opts.only.includes(group);
@@ -155,8 +160,8 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
   const children: Spawned[] = [];
   const procs: Process[] = [];
   const raws: RawClient[] = [];
+  const dir = tempDir('fractos-micro-');
   try {
-    const dir = tempDir('fractos-micro-');
     const specs = await clusterSpecs(2, dir);
     for (const s of specs) children.push(await startController(s, specs));
     const rawUnix = `unix:${join(dir, 'raw.sock')}`;
@@ -204,31 +209,30 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     // --- delegation: invoke with 0..8 caps (each a new cid at the provider)
     const someMem = (await client.memoryCreateShared(4096)).cid;
     const capNames = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8'] as const;
-    const rtts: number[] = [];
-    for (let k = 0; want('delegate') && k <= 8; k++) {
-      say(`delegate ${k} caps`);
-      const caps: Record<string, number> = { onSuccess: cont };
-      for (let i = 0; i < k; i++) caps[capNames[i]!] = someMem;
-      const args = BenchEcho.args({}, caps);
-      const t = await measure(`delegate ${k}`, (d) => {
-        wake = d;
-        client.requestInvoke(echo.local, args).catch(() => {});
-      }, maxTime);
-      rtts.push(t);
+    // `rounds` passes over k = 0..8 (interleaved, so drift spreads over every k); the slope
+    // is fitted on every point and reported only where significant (bench/slope.ts).
+    const xs: number[] = [];
+    const ys: number[] = [];
+    for (let round = 0; want('delegate') && round < rounds; round++) {
+      for (let k = 0; k <= 8; k++) {
+        say(`delegate ${k} caps (round ${round + 1}/${rounds})`);
+        const caps: Record<string, number> = { onSuccess: cont };
+        for (let i = 0; i < k; i++) caps[capNames[i]!] = someMem;
+        const args = BenchEcho.args({}, caps);
+        const t = await measure(`delegate ${k}`, (d) => {
+          wake = d;
+          client.requestInvoke(echo.local, args).catch(() => {});
+        }, maxTime);
+        xs.push(k);
+        ys.push(t * 1e6);
+      }
     }
-    // Cost per cap: least-squares slope of the invoke round trip over k = 0..8 caps.
-    if (rtts.length) {
-    const mk = 4;
-    const mt = rtts.reduce((a, b) => a + b, 0) / rtts.length;
-    let num = 0;
-    let den = 0;
-    rtts.forEach((t, k) => {
-      num += (k - mk) * (t - mt);
-      den += (k - mk) ** 2;
-    });
-    const slope = num / den;
-    rtts.forEach((t, k) => rec('invoke_rtt', t * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', imm_bytes: 0, caps: k }));
-    rec('delegate_per_cap', slope * 1e6, 'us', rawUnixRtt * 1e6, { placement: 'local', caps: '0..8' });
+    if (xs.length) {
+      for (let k = 0; k <= 8; k++) {
+        const at = ys.filter((_, i) => xs[i] === k);
+        rec('invoke_rtt', at.reduce((a, b) => a + b, 0) / at.length, 'us', rawUnixRtt * 1e6, { placement: 'local', imm_bytes: 0, caps: k, rounds });
+      }
+      records.push(slopeRecord('delegate_per_cap', fitSlope(xs, ys), 'us', rawUnixRtt * 1e6, { placement: 'local', caps: '0..8', rounds }));
     }
 
     // --- revocation: N caps held by another Process, one revtree each vs one shared revtree
@@ -294,16 +298,32 @@ export async function runMicro(opts: MicroOptions = {}): Promise<BenchRecord[]> 
     for (const r of raws) r.close();
     for (const p of procs) await p.close();
     for (const c of children.reverse()) await c.stop();
+    removeTempDir(dir);
   }
 }
 
-/** A human table of the records. */
+/**
+ * The record of a fitted slope: value = the slope where `slopeFigure` calls it a figure,
+ * else NaN (null in JSON) with ratio null; params add `ci95` (95% half-width, same unit),
+ * `r2`, `points` and `significant` (yes | no).
+ */
+export function slopeRecord(metric: string, fit: SlopeFit, unit: string, baseline: number | null, params: BenchRecord['params']): BenchRecord {
+  const f = slopeFigure(fit, unit);
+  const r = benchRecord('micro', metric, f.value ?? NaN, unit, baseline, {
+    ...params, ci95: Number(fit.ci95.toPrecision(3)), r2: Number(fit.r2.toFixed(3)), points: fit.points, significant: f.value === null ? 'no' : 'yes',
+  });
+  if (f.value === null) r.ratio = null;
+  return r;
+}
+
+/** A human table of the records (a slope that is not a figure reads `not significant (±X us)`). */
 export function formatMicro(records: BenchRecord[]): string {
   const lines = ['metric               params                                   value          baseline       ratio'];
   for (const r of records) {
     const p = Object.entries(r.params).filter(([k]) => k !== 'invoke_us').map(([k, v]) => `${k}=${v}`).join(' ');
     const fmt = (v: number | null): string => (v === null ? '-' : r.unit === 'B/s' ? `${(v / 2 ** 20).toFixed(1)} MiB/s` : `${v.toFixed(1)} ${r.unit}`);
-    lines.push(`${r.metric.padEnd(20)} ${p.padEnd(40)} ${fmt(r.value).padStart(14)} ${fmt(r.baseline).padStart(14)} ${r.ratio === null ? '-' : r.ratio.toFixed(2).padStart(8)}`);
+    const value = r.params.significant === 'no' ? `not significant (±${r.params.ci95} ${r.unit})` : fmt(r.value);
+    lines.push(`${r.metric.padEnd(20)} ${p.padEnd(40)} ${value.padStart(14)} ${fmt(r.baseline).padStart(14)} ${r.ratio === null ? '-' : r.ratio.toFixed(2).padStart(8)}`);
   }
   return lines.join('\n');
 }

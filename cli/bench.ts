@@ -1,6 +1,7 @@
 /** `fractos bench micro`: the core microbenchmarks (bench/micro.ts). */
 import type { Command } from 'commander';
 import { formatMicro, runMicro } from '../bench/micro.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
 import { die } from './log.js';
 
 export function register(program: Command): void {
@@ -11,13 +12,16 @@ export function register(program: Command): void {
     .option('--json', 'print DESIGN.md §6 records as one JSON array')
     .option('--max-time <s>', 'seconds per measurement', '0.5')
     .option('--trials <n>', 'revocation trials per N', '5')
+    .option('--rounds <n>', 'passes over 0..8 delegated caps for the per-cap slope (reported only where significant)', '3')
     .option('--max-revoke-n <n>', 'largest N for revocation', '1000')
     .option('--only <groups>', 'comma-separated: null,invoke,delegate,revoke,memcpy')
-    .action(async (o: { json?: boolean; maxTime: string; trials: string; maxRevokeN: string; only?: string }) => {
+    .action(async (o: { json?: boolean; maxTime: string; trials: string; rounds: string; maxRevokeN: string; only?: string }) => {
+      cleanupOnSignals('fractos bench micro');
       try {
         const records = await runMicro({
           maxTime: Number(o.maxTime),
           trials: Number(o.trials),
+          rounds: Number(o.rounds),
           maxRevokeN: Number(o.maxRevokeN),
           only: o.only?.split(',').map((x) => x.trim()),
           progress: (l) => process.stderr.write(`bench: ${l}\n`),

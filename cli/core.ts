@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { Controller, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
+import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
 
 function collectPeer(v: string, acc: Map<number, string>): Map<number, string> {
@@ -40,11 +41,7 @@ export function register(program: Command): void {
         });
         // One line on stdout that scripts and tests wait for.
         process.stdout.write(`controller ${c.id} epoch ${c.epoch} listening ${c.addresses.join(' ')}\n`);
-        const stop = (): void => {
-          c.close().finally(() => process.exit(0));
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
+        superviseService({ name: 'controller', close: () => c.close() });
       } catch (err) {
         die(err);
       }

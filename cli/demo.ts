@@ -1,14 +1,13 @@
 /**
  * `fractos demo` (`npm start`): the product's main job on one machine. Starts the
- * single-host default as child processes (a Controller, a blockdev on a sparse file under
- * .state/, the FS, the GPU adaptor with `auto`), enrolls the ORL faces in the FS, verifies a
- * batch of real pairs through the chain design (DAX read -> GPU kernel -> scores to the
- * app), prints the scores, the accuracy (ROC AUC, EER) on every ORL pair and where the time
- * went, then tears everything down. Exit 0 on success, 1 on any failure.
+ * single-host default as child processes (a Controller, a blockdev on a sparse file in a
+ * fresh folder under os.tmpdir(), the FS, the GPU adaptor with `auto`), enrolls the ORL
+ * faces in the FS, verifies a batch of real pairs through the chain design (DAX read -> GPU
+ * kernel -> scores to the app), prints the scores, the accuracy (ROC AUC, EER) on every ORL pair and where the time
+ * went, then tears everything down. Exit 0 on success, 1 on any failure; on Ctrl-C or
+ * SIGTERM the children are stopped and the scratch folder removed (exit 130 / 143).
  */
 import type { Command } from 'commander';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { equalErrorRate, orlPairs, rocAuc } from '../facever-app/accuracy.js';
 import { scorePairs } from '../facever-app/bench.js';
 import { LocalCluster } from '../facever-app/cluster.js';
@@ -16,7 +15,9 @@ import { enroll, loadOrl } from '../facever-app/store.js';
 import { DESIGNS, Verifier, type Design } from '../facever-app/verifier.js';
 import { FsClient } from '../fs-service/client.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
-import { defaultDataset } from './gpu.js';
+import { resolveDataset } from '../facever-app/dataset.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
+import { DATASET_HELP } from './gpu.js';
 
 const say = (s = ''): void => {
   process.stdout.write(`${s}\n`);
@@ -33,10 +34,10 @@ async function linkTotals(p: Process): Promise<{ frames: number; bytes: number }
   return { frames, bytes };
 }
 
-async function demo(o: { dataset: string; backend: string; design: string; batch: string }): Promise<void> {
-  const design = o.design as Design;
+async function demo(opts: { dataset?: string; backend: string; design: string; batch: string }): Promise<void> {
+  const design = opts.design as Design;
   if (!DESIGNS.includes(design)) throw new FractosError('EINVAL', `--design must be one of ${DESIGNS.join(', ')}`);
-  if (!existsSync(join(o.dataset, 's1', '1.pgm'))) throw new FractosError('ENOENT', `no ORL faces at ${o.dataset} (s1/1.pgm ...); pass --dataset DIR`);
+  const o = { ...opts, dataset: resolveDataset(opts.dataset) };
   const times: [string, number][] = [];
   const timed = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
     const t = performance.now();
@@ -49,6 +50,7 @@ async function demo(o: { dataset: string; backend: string; design: string; batch
   say();
   say('starting services:');
   const cluster = await timed('start services (4 processes)', () => LocalCluster.start({ gpuBackend: o.backend as 'auto', log: say }));
+  say(`scratch ${cluster.dir} (removed on exit)`);
   let p: Process | undefined;
   let v: Verifier | undefined;
   try {
@@ -111,11 +113,12 @@ export function register(program: Command): void {
   program
     .command('demo')
     .description('start the single-host stack, enroll the ORL faces, verify real pairs, print scores, accuracy and timings, tear down')
-    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--dataset <dir>', DATASET_HELP)
     .option('--backend <kind>', 'GPU backend: auto | cpu | cuda', 'auto')
     .option('--design <d>', 'chain | fast-star | star', 'chain')
     .option('--batch <n>', 'pairs in the demo batch', '16')
-    .action(async (o: { dataset: string; backend: string; design: string; batch: string }) => {
+    .action(async (o: { dataset?: string; backend: string; design: string; batch: string }) => {
+      cleanupOnSignals('fractos demo');
       try {
         await demo(o);
         process.exit(0);

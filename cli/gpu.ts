@@ -1,10 +1,9 @@
 /** Subcommands `gpu` (the GPU adaptor service) and `facever enroll|serve|bench`. */
-import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { ORL_DIR } from '../facever-app/accuracy.js';
 import { kernelOverhead, runBench, STATS_NAME, VARIANTS, type BenchRecord, type Variant } from '../facever-app/bench.js';
-import { LocalCluster, PLACEMENTS, REPO_ROOT, type Placement } from '../facever-app/cluster.js';
+import { LocalCluster, PLACEMENTS, type Placement } from '../facever-app/cluster.js';
+import { DATASET_ENV, resolveDataset } from '../facever-app/dataset.js';
 import { runLoadtest } from '../facever-app/loadtest.js';
 import { writePlots } from '../facever-app/plots.js';
 import { serve, portOf } from '../facever-app/server.js';
@@ -15,6 +14,8 @@ import { openBackend, type BackendKind } from '../gpu-adaptor/backend.js';
 import { GpuService } from '../gpu-adaptor/service.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import { DEFAULT_CONTROLLER } from './core.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
+import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
 
 export function register(program: Command): void {
@@ -33,16 +34,8 @@ export function register(program: Command): void {
         const p = await connect(o.controller, { name: `${o.name}-adaptor`, memoryDescriptors: true });
         const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log });
         p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
-        p.on('close', () => {
-          log.warn('controller channel closed; exiting');
-          process.exit(1);
-        });
+        superviseService({ name: 'gpu', proc: p, close: () => svc.close().finally(() => p.close()) });
         process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName} memory=${svc.memoryKind}\n`);
-        const stop = (): void => {
-          svc.close().finally(() => p.close().finally(() => process.exit(0)));
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
       } catch (err) {
         die(err);
       }
@@ -50,11 +43,8 @@ export function register(program: Command): void {
   registerFacever(program);
 }
 
-/** Default dataset: ../shared/datasets/att-faces relative to the repository root, else ORL_DIR. */
-export function defaultDataset(): string {
-  const rel = resolve(REPO_ROOT, '..', 'shared', 'datasets', 'att-faces');
-  return existsSync(join(rel, 's1', '1.pgm')) ? rel : ORL_DIR;
-}
+/** Help text of every `--dataset` option. */
+export const DATASET_HELP = `ORL faces, s<N>/<k>.pgm; relative to the working directory (default: $${DATASET_ENV}, else shared/datasets/att-faces next to the checkout)`;
 
 function checkDesign(d: string): Design {
   if (!(DESIGNS as readonly string[]).includes(d)) throw new FractosError('EINVAL', `--design must be one of ${DESIGNS.join(', ')}, got '${d}'`);
@@ -68,16 +58,17 @@ function registerFacever(program: Command): void {
 
   fv.command('enroll')
     .description('store photo 1 of each ORL subject as <prefix>/s<N>.raw in the FS, and the decision threshold in <prefix>/meta.json')
-    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--dataset <dir>', DATASET_HELP)
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--fs <name>', 'FS bootstrap prefix', 'fs')
     .option('--prefix <path>', 'FS path prefix', DEFAULT_PREFIX)
-    .action(async (o: { dataset: string; controller: string; fs: string; prefix: string }) => {
+    .action(async (o: { dataset?: string; controller: string; fs: string; prefix: string }) => {
       let p: Process | undefined;
       try {
+        const dataset = resolveDataset(o.dataset);
         p = await connect(o.controller, { name: 'facever-enroll' });
         const fs = await FsClient.connect(p, o.fs);
-        const meta = await enroll(p, fs, o.dataset, { prefix: o.prefix, log: out });
+        const meta = await enroll(p, fs, dataset, { prefix: o.prefix, log: out });
         out(`ids ${meta.ids.length} grid ${meta.gridX}x${meta.gridY} threshold ${meta.threshold.toFixed(2)} auc ${meta.auc.toFixed(4)} eer ${meta.eer.toFixed(4)}`);
         await p.close();
       } catch (err) {
@@ -114,16 +105,14 @@ function registerFacever(program: Command): void {
         const threshold = o.threshold !== undefined ? Number(o.threshold) : meta.threshold;
         const server = await serve(v, { port: Number(o.port), host: o.host, threshold });
         out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}`);
-        p.on('close', () => {
-          process.stderr.write('facever: controller channel closed; exiting\n');
-          process.exit(1);
+        superviseService({
+          name: 'facever',
+          proc: p,
+          close: () => {
+            server.close();
+            return v.close().finally(() => p.close());
+          },
         });
-        const stop = (): void => {
-          server.close();
-          v.close().finally(() => p.close().finally(() => process.exit(0)));
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
       } catch (err) {
         die(err);
       }
@@ -131,7 +120,7 @@ function registerFacever(program: Command): void {
 
   fv.command('loadtest')
     .description('goodput of facever serve under overload: autocannon (a separate process) at 1x, 8x, 32x the buffer sets in connections, retrying at once on 503 (facever-app/loadtest.ts)')
-    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--dataset <dir>', DATASET_HELP)
     .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster')
     .option('--backend <kind>', 'GPU backend of the local cluster', 'cpu')
     .option('--design <d>', 'chain | fast-star | star', 'chain')
@@ -140,10 +129,10 @@ function registerFacever(program: Command): void {
     .option('--factors <list>', 'overload factors (connections = factor x slots)', '1,8,32')
     .option('--duration <s>', 'seconds of load per level', '10')
     .option('--json', 'print DESIGN.md §6 records as one JSON array')
-    .action(async (o: { dataset: string; controller?: string; backend: string; design: string; slots: string; batch: string; factors: string; duration: string; json?: boolean }) => {
+    .action(async (o: { dataset?: string; controller?: string; backend: string; design: string; slots: string; batch: string; factors: string; duration: string; json?: boolean }) => {
       try {
         const r = await runLoadtest({
-          dataset: o.dataset, controller: o.controller, backend: o.backend as 'cpu', design: checkDesign(o.design), slots: Number(o.slots), batch: Number(o.batch),
+          dataset: resolveDataset(o.dataset), controller: o.controller, backend: o.backend as 'cpu', design: checkDesign(o.design), slots: Number(o.slots), batch: Number(o.batch),
           factors: o.factors.split(',').map(Number), durationS: Number(o.duration), log: (s) => process.stderr.write(`${s}\n`),
         });
         out(o.json ? JSON.stringify(r.records, null, 2) : r.table);
@@ -154,9 +143,9 @@ function registerFacever(program: Command): void {
 
   fv.command('bench')
     .description('accuracy, latency vs batch, throughput vs in flight, frames/bytes over every Controller link for chain, fast-star, star (single host and three-node placement)')
-    .option('--dataset <dir>', 'ORL layout: s<N>/<k>.pgm', defaultDataset())
+    .option('--dataset <dir>', DATASET_HELP)
     .option('--json', 'print DESIGN.md §6 records as one JSON array')
-    .option('--out <dir>', 'where the SVG plots go (one folder per placement)', 'bench-out')
+    .option('--out <dir>', 'write the SVG plots under DIR/<placement>/ (relative to the working directory; without --out no files are written)')
     .option('--controller <addr>', 'use running services (enrolled) instead of starting a local cluster (placement single)')
     .option('--placement <p>', 'single | disaggregated | both (single: one Controller; disaggregated: app, storage and GPU on three Controllers over TCP)', 'both')
     .option('--backend <kind>', 'GPU backend of the local cluster', 'auto')
@@ -167,7 +156,8 @@ function registerFacever(program: Command): void {
     .option('--inflight <list>', 'throughput: batches in flight', '1,2,4,8')
     .option('--reps <n>', 'timed batches per latency point', '10')
     .option('--warmup-ms <ms>', 'untimed batches per design before its latency points (the first design would otherwise run on a cold cluster)', '1000')
-    .action(async (o: { dataset: string; json?: boolean; out: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string; warmupMs: string }) => {
+    .action(async (o: { dataset?: string; json?: boolean; out?: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string; warmupMs: string }) => {
+      cleanupOnSignals('facever bench');
       const say = (s: string): void => {
         process.stderr.write(`${s}\n`);
       };
@@ -175,6 +165,8 @@ function registerFacever(program: Command): void {
       const texts: string[] = [];
       let identicalAll = true;
       try {
+        const dataset = resolveDataset(o.dataset);
+        const outDir = o.out === undefined ? undefined : resolve(o.out);
         const nums = (s: string): number[] => s.split(',').map(Number);
         const designs = o.designs.split(',').map((d) => {
           if (!(VARIANTS as readonly string[]).includes(d)) throw new FractosError('EINVAL', `--designs: one of ${VARIANTS.join(', ')}, got '${d}'`);
@@ -195,10 +187,10 @@ function registerFacever(program: Command): void {
             }
             p = await connect(o.controller ?? cluster!.nodes.app, { name: 'facever-bench' });
             const fs = await FsClient.connect(p, 'fs', 20_000);
-            const meta = cluster ? await enroll(p, fs, o.dataset, { log: say }) : await readMeta(p, fs);
+            const meta = cluster ? await enroll(p, fs, dataset, { log: say }) : await readMeta(p, fs);
             const c = cluster;
             const { records, identical, table } = await runBench(p, {
-              dataset: o.dataset, meta, designs, batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), warmupMs: Number(o.warmupMs), log: say,
+              dataset, meta, designs, batches: nums(o.batches), inflight: nums(o.inflight), reps: Number(o.reps), warmupMs: Number(o.warmupMs), log: say,
               placement,
               stats: c ? stats : undefined,
               setFsCache: c ? async (cached) => {
@@ -207,18 +199,18 @@ function registerFacever(program: Command): void {
               } : undefined,
               fsCacheNote: c ? `--cache-blocks ${cacheBlocks}` : 'as configured',
             });
-            const kernel: BenchRecord[] = placement !== 'single' ? [] : await kernelOverhead(p, o.dataset, meta.ids, meta.gridX, meta.gridY).catch((e: unknown) => {
+            const kernel: BenchRecord[] = placement !== 'single' ? [] : await kernelOverhead(p, dataset, meta.ids, meta.gridX, meta.gridY).catch((e: unknown) => {
               say(`kernel overhead not measured: ${(e as Error).message}`);
               return [];
             });
             const recs = [...records, ...kernel.map((k) => ({ ...k, params: { ...k.params, placement } }))];
             all.push(...recs);
-            const plots = await writePlots(recs, join(o.out, placement));
+            const plots = outDir === undefined ? [] : await writePlots(recs, join(outDir, placement));
             identicalAll &&= identical;
             let t = `== placement ${placement}${cluster ? ` (gpu backend ${cluster.gpuBackend}${o.servedMemory ? ', served memory' : ''}; star reads: FS --cache-blocks ${cacheBlocks}; star+cache: FS default cache)` : ''}\n${table}`;
             t += `scores identical across designs: ${identical ? 'yes' : 'NO'}\n`;
             for (const k of kernel) t += `kernel on ${k.params.batch} pairs (${k.params.path}): ${(k.value / 1000).toFixed(2)} ms vs direct C++ ${(k.baseline! / 1000).toFixed(2)} ms = ${k.ratio!.toFixed(2)}x\n`;
-            t += `plots: ${plots.join(', ')}\n`;
+            if (plots.length) t += `plots: ${plots.join(', ')}\n`;
             texts.push(t);
           } finally {
             await p?.close();

@@ -1,19 +1,11 @@
-/**
- * `fractos` command line. Each component registers its subcommands from its own file
- * (cli/<component>.ts exporting `register(program)`).
- */
-import { Command } from 'commander';
-import { register as registerCore } from './core.js';
+/** `fractos` entry (bin/fractos.js imports the compiled file): build the command tree, run it. */
+import { buildProgram } from './commands.js';
+import { die } from './log.js';
 
-const program = new Command();
-program.name('fractos').description('FractOS-TS: capability-based userspace storage and accelerator stack').showHelpAfterError();
-registerCore(program);
-for (const mod of ['./bench.js', './storage.js', './gpu.js', './demo.js']) {
-  try {
-    const m = (await import(mod)) as { register: (p: Command) => void };
-    m.register(program);
-  } catch (err) {
-    if ((err as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw err;
-  }
+let program;
+try {
+  program = await buildProgram();
+} catch (err) {
+  die(err);
 }
 await program.parseAsync(process.argv);

@@ -1,7 +1,6 @@
 /** Subcommands `blockdev`, `fs` (the storage services) and `fio` (the fio-compatible runner). */
 import type { Command } from 'commander';
-import { closeSync, existsSync, fstatSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, existsSync, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { assertDeviceFree, claimDevice } from '../blockdev-adaptor/device-claim.js';
@@ -15,17 +14,11 @@ import {
   type FioJob, type FioReport, type IoTarget,
 } from '../bench/fio/index.js';
 import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
-import { spawnFractos, type Spawned } from './spawn.js';
+import { spawnFractos, type Spawned } from '../testbed/spawn.js';
+import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testbed/scratch.js';
 import { DEFAULT_CONTROLLER } from './core.js';
+import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
-
-function onStop(stop: () => Promise<void>): void {
-  const run = (): void => {
-    stop().finally(() => process.exit(0));
-  };
-  process.on('SIGTERM', run);
-  process.on('SIGINT', run);
-}
 
 const TARGETS = ['blockdev', 'fs', 'dax'] as const;
 type TargetKind = (typeof TARGETS)[number];
@@ -38,12 +31,12 @@ interface Stack {
 
 /** `withFs` false: Controller + blockdev only (the blockdev target claims the volume administration itself). */
 async function startStack(device: string, queueDepth: number, withFs: boolean): Promise<Stack> {
-  const dir = mkdtempSync(join(tmpdir(), 'fractos-fio-stack-'));
+  const dir = tempDir('fractos-fio-stack-');
   const addr = `unix:${join(dir, 'c.sock')}`;
   const procs: Spawned[] = [];
   const stop = async (): Promise<void> => {
     for (const p of procs.reverse()) await p.stop().catch(() => {});
-    rmSync(dir, { recursive: true, force: true });
+    removeTempDir(dir);
   };
   try {
     procs.push(await spawnFractos(['controller', '--id', '1', '--state-dir', join(dir, 'state'), '--listen', addr], /^controller \d+ epoch/));
@@ -58,11 +51,15 @@ async function startStack(device: string, queueDepth: number, withFs: boolean): 
 
 /**
  * Make `device` usable by a fresh stack: create a regular file of `size` bytes if needed, and
- * wipe the volume table, under the device's claim. Errors: EBUSY `DEVICE is in use by
- * blockdev pid N` (a running blockdev uses it: nothing is written), claimDevice's.
+ * wipe the volume table, under the device's claim. A file created here for the job file's
+ * default name (no --device) is scratch: removed when the runner exits. Errors: EBUSY `DEVICE
+ * is in use by blockdev pid N` (a running blockdev uses it: nothing is written), claimDevice's.
  */
-function prepareDevice(device: string, size: number): void {
-  if (!existsSync(device)) closeSync(openSync(device, 'wx'));
+function prepareDevice(device: string, size: number, userGiven: boolean): void {
+  if (!existsSync(device)) {
+    closeSync(openSync(device, 'wx'));
+    if (!userGiven) removeOnExit(device);
+  }
   const claim = claimDevice(device);
   try {
     const fd = openSync(device, 'r+');
@@ -143,7 +140,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   // Real fio must never run on a device a blockdev uses: refuse before running anything.
   if (o.controller && o.compare) assertDeviceFree(device);
   if (!o.controller) {
-    prepareDevice(device, 2 * region * jobs.length + (64 << 20));
+    prepareDevice(device, 2 * region * jobs.length + (64 << 20), o.device !== undefined);
     process.stderr.write(`fio: starting controller + blockdev (${device})${kind !== 'blockdev' ? ' + fs' : ''}\n`);
     stack = await startStack(device, Math.max(32, Math.min(1024, depth)), kind !== 'blockdev');
   }
@@ -195,11 +192,7 @@ export function register(program: Command): void {
         const s = await BlockdevService.start({
           device: o.device, controller: o.controller, queueDepth: Number(o.queueDepth), name: o.name, format: !!o.format, zeroOnCreate: o.zero, log,
         });
-        s.proc.on('close', () => {
-          log.warn('controller channel closed; exiting');
-          s.backend.close().finally(() => process.exit(1));
-        });
-        onStop(() => s.close());
+        superviseService({ name: 'blockdev', proc: s.proc, close: () => s.close(), onLost: () => s.backend.close() });
         process.stdout.write(`ready blockdev name=${s.name} device=${o.device} size=${s.backend.size} blockSize=${s.backend.blockSize} volumes=${s.table.list().length}${s.formatted ? ' formatted' : ''}\n`);
       } catch (err) {
         die(err);
@@ -217,11 +210,7 @@ export function register(program: Command): void {
     .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean }) => {
       try {
         const s = await FsService.start({ controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, log });
-        s.proc.on('close', () => {
-          log.warn('controller channel closed; exiting');
-          process.exit(1);
-        });
-        onStop(() => s.close());
+        superviseService({ name: 'fs', proc: s.proc, close: () => s.close() });
         process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);
       } catch (err) {
         die(err);
@@ -240,6 +229,7 @@ export function register(program: Command): void {
     .option('--json', 'fio JSON (or, with --compare, DESIGN §6 records)')
     .option('--compare', 'also run real fio on the same device and compare')
     .action(async (profile: string, o: FioOpts) => {
+      cleanupOnSignals('fractos fio');
       try {
         await runFio(profile, o);
         process.exit(0);

@@ -5,19 +5,18 @@
  * Sign convention: scores are chi-square distances, SMALLER = MORE SIMILAR. A pair is
  * accepted as genuine when score <= threshold.
  *
- * Run `node dist/facever-app/accuracy.js [datasetDir]` to print the table.
+ * Run `node dist/facever-app/accuracy.js [datasetDir]` to print the table (datasetDir as
+ * `--dataset`: facever-app/dataset.ts).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FractosError } from '../libfractos/errors.js';
+import { resolveDataset } from './dataset.js';
 import { chiSquare, lbpHistogram, readPgm } from './lbp.js';
 
 /** Grid (cells across x cells down) used by facever-app; chosen on ORL subjects 1-20 (see docs/facever-kernel.md). */
 export const DEFAULT_GRID: Readonly<{ gridX: number; gridY: number }> = Object.freeze({ gridX: 3, gridY: 4 });
-
-/** Default location of the ORL (AT&T) face database: s1..s40/1..10.pgm. */
-export const ORL_DIR = '/work/shared/datasets/att-faces';
 
 function checkScores(genuine: readonly number[], impostor: readonly number[]): void {
   if (genuine.length === 0 || impostor.length === 0) throw new FractosError('EINVAL', 'need at least one genuine and one impostor score');
@@ -179,4 +178,4 @@ function main(dir: string): void {
   console.log(`\nchosen on 1-20: ${best.a.gridX}x${best.a.gridY}; pairs: ${sel.length} / ${held.length} / ${all.length}`);
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) main(process.argv[2] ?? ORL_DIR);
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) main(resolveDataset(process.argv[2]));

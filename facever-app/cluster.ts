@@ -1,17 +1,19 @@
 /**
  * The single-host default deployment (DESIGN.md §1) as child processes of the caller:
  * a Controller on a Unix socket, a blockdev adaptor on a sparse file (O_DIRECT, so the
- * file lives on a disk file system: `.state/` under the repository by default, never
- * tmpfs), the FS service and the GPU adaptor. Used by `fractos demo`, `facever bench` and
+ * file lives on a disk file system: a fresh folder under `os.tmpdir()`, or /var/tmp where
+ * that is tmpfs; removed on stop and, at the latest, when the caller exits), the FS service
+ * and the GPU adaptor. Used by `fractos demo`, `facever bench` and
  * the tests. Every child is `node bin/fractos.js <subcommand>`; each is ready when it
  * prints its ready line on stdout.
  */
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, ftruncateSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
 import { connect } from '../libfractos/process.js';
-import { REPO_ROOT, freePort, spawnFractos } from '../cli/spawn.js';
+import { REPO_ROOT, freePort, spawnFractos } from '../testbed/spawn.js';
+import { removeTempDir, tempDir, tempDirDirect } from '../testbed/scratch.js';
 
 export { REPO_ROOT };
 
@@ -22,7 +24,7 @@ export interface Child {
   output(): string;
 }
 
-/** Run `fractos ...args` and wait for a stdout line matching `ready` (cli/spawn.ts). Errors: EIO (exited first or no ready line in time). */
+/** Run `fractos ...args` and wait for a stdout line matching `ready` (testbed/spawn.ts). Errors: EIO (exited first or no ready line in time). */
 export async function spawnChild(name: string, args: string[], ready: RegExp, timeoutMs = 30_000): Promise<Child> {
   try {
     const s = await spawnFractos(args, ready, { timeoutMs });
@@ -43,7 +45,7 @@ export async function stopChild(c: Child, signal: NodeJS.Signals = 'SIGTERM', gr
 }
 
 export interface ClusterOptions {
-  /** Working directory (created); default a fresh `.state/facever-XXXX` under the repository. */
+  /** Working directory (created, kept unless `removeDir`); default a fresh scratch folder (testbed/scratch.ts `tempDirDirect`), removed on stop. */
   dir?: string;
   /** Size of the sparse disk file (bytes, default 256 MiB). */
   diskBytes?: number;
@@ -78,6 +80,8 @@ export class LocalCluster {
   /** Every Controller's Process address (one for single, three for disaggregated). */
   readonly controllers: string[] = [];
   #opts: ClusterOptions = {};
+  /** A separate socket folder (long `dir`), always ours. */
+  #sockDir: string | undefined;
   private constructor(
     readonly dir: string,
     readonly controller: string,
@@ -91,17 +95,16 @@ export class LocalCluster {
   static async start(o: ClusterOptions = {}): Promise<LocalCluster> {
     const created = !o.dir;
     let dir = o.dir;
-    if (!dir) {
-      mkdirSync(join(REPO_ROOT, '.state'), { recursive: true });
-      dir = mkdtempSync(join(REPO_ROOT, '.state', 'facever-'));
-    } else mkdirSync(dir, { recursive: true });
+    if (!dir) dir = tempDirDirect('fractos-facever-');
+    else mkdirSync(dir, { recursive: true });
     const placement = o.placement ?? 'single';
-    // Unix socket paths are limited to 107 bytes; fall back to /tmp for the sockets only.
-    const sockDir = join(dir, 'c.sock').length < 100 ? dir : mkdtempSync('/tmp/fractos-');
+    // Unix socket paths are limited to 107 bytes; fall back to a temp folder for the sockets only.
+    const sockDir = join(dir, 'c.sock').length < 100 ? dir : tempDir('fractos-sock-');
     const n = placement === 'single' ? 1 : 3;
     const addrs = Array.from({ length: n }, (_, i) => `unix:${join(sockDir, n === 1 ? 'c.sock' : `c${i + 1}.sock`)}`);
     const c = new LocalCluster(dir, addrs[0]!, o.gpuBackend ?? 'auto', o.removeDir ?? created, {}, placement);
     c.#opts = o;
+    if (sockDir !== dir) c.#sockDir = sockDir;
     c.controllers.push(...addrs);
     c.nodes.app = addrs[0]!;
     c.nodes.storage = addrs[n === 1 ? 0 : 1]!;
@@ -169,14 +172,15 @@ export class LocalCluster {
     this.children.delete(name);
   }
 
-  /** Stop every child (gpu, fs, blockdev, controller) and remove the directory if ours. */
+  /** Stop every child (gpu, fs, blockdev, controller) and remove the directory if ours (and the socket folder). */
   async stop(): Promise<void> {
     for (const name of ['gpu', 'fs', 'blockdev', 'controller', 'controller1', 'controller2', 'controller3']) {
       const c = this.children.get(name);
       if (c) await stopChild(c);
       this.children.delete(name);
     }
-    if (this.removeDir) rmSync(this.dir, { recursive: true, force: true });
+    if (this.#sockDir) removeTempDir(this.#sockDir);
+    if (this.removeDir) removeTempDir(this.dir);
   }
 }
 

@@ -191,7 +191,7 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
   })());
   const onSignal = (sig: NodeJS.Signals): void => {
     log(`${sig}: load test interrupted; stopping the server and the stack`);
-    void cleanup().finally(() => process.exit(130));
+    void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

@@ -139,7 +139,6 @@ export class Verifier extends EventEmitter {
   #stride = IMAGE_BYTES;
   /** DAX read length (IMAGE_BYTES rounded up to the block size). */
   #readLen = IMAGE_BYTES;
-  readonly #ownTags: number[] = [];
   #recovering: Promise<void> | null = null;
 
   private constructor(p: Process, o: VerifierOptions) {
@@ -226,7 +225,6 @@ export class Verifier extends EventEmitter {
       s.waiter = null;
       w.reject(new FractosError(errorCodeFromWire(e.code), e.message));
     });
-    this.#ownTags.push(GpuDone.tag, ReadDone.tag, Failed.tag);
   }
 
   // ---------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import type http from 'node:http';
 import { join } from 'node:path';
-import { DEFAULT_GRID, ORL_DIR, orlPairs } from '../facever-app/accuracy.js';
+import { DEFAULT_GRID, orlPairs } from '../facever-app/accuracy.js';
+import { datasetForTests } from '../facever-app/dataset.js';
 import { LocalCluster, REPO_ROOT } from '../facever-app/cluster.js';
 import { chiSquare, lbpHistogram } from '../facever-app/lbp.js';
 import { portOf, serve } from '../facever-app/server.js';
@@ -17,6 +18,8 @@ import { DESIGNS, Verifier } from '../facever-app/verifier.js';
 import { FsClient } from '../fs-service/client.js';
 import { openBackend } from '../gpu-adaptor/backend.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
+
+const ORL_DIR = datasetForTests();
 
 let skip = '';
 if (!existsSync(join(ORL_DIR, 's1', '1.pgm'))) skip = `no ORL dataset at ${ORL_DIR}`;

@@ -7,7 +7,8 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
-import { DEFAULT_GRID, ORL_DIR } from '../facever-app/accuracy.js';
+import { DEFAULT_GRID } from '../facever-app/accuracy.js';
+import { datasetForTests } from '../facever-app/dataset.js';
 import { chiSquare, lbpHistogram, readPgm } from '../facever-app/lbp.js';
 import { IMAGE_BYTES, openBackend, type GpuBackend } from '../gpu-adaptor/backend.js';
 import { GpuContext } from '../gpu-adaptor/client.js';
@@ -16,6 +17,8 @@ import { GpuService } from '../gpu-adaptor/service.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
 import { codeOf as code } from './helpers/errors.js';
+
+const ORL_DIR = datasetForTests();
 
 let backend: GpuBackend | undefined;
 let skip = '';

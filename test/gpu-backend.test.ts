@@ -8,10 +8,13 @@ import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
 import { shmCreate, shmUnlink } from '../native/shm/index.js';
 import { chiSquare, lbpHistogram, readPgm } from '../facever-app/lbp.js';
-import { DEFAULT_GRID, ORL_DIR, orlPairs } from '../facever-app/accuracy.js';
+import { DEFAULT_GRID, orlPairs } from '../facever-app/accuracy.js';
+import { datasetForTests } from '../facever-app/dataset.js';
 import {
   histogramBytes, histogramLength, IMAGE_BYTES, openBackend, type GpuBackend,
 } from '../gpu-adaptor/backend.js';
+
+const ORL_DIR = datasetForTests();
 
 function tryOpen(kind: 'cpu' | 'cuda'): { backend?: GpuBackend; reason?: string } {
   try {

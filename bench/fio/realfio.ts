@@ -8,11 +8,11 @@
 import type { BenchRecord } from '../records.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FractosError } from '../../libfractos/errors.js';
 import { assertDeviceFree, claimDevice, type DeviceClaim } from '../../blockdev-adaptor/device-claim.js';
+import { removeTempDir, tempDir } from '../../testbed/scratch.js';
 import { parseFioJson } from './report.js';
 import { percentileOf, type DirStats, type FioReport, type JobStats } from './stats.js';
 
@@ -141,10 +141,13 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     size: opts.size !== undefined ? String(opts.size) : undefined,
   });
   const claim = opts.filename !== undefined ? claimIfExists(opts.filename) : null;
-  const dir = await mkdtemp(join(tmpdir(), 'fractos-fio-')).catch((e: unknown) => {
+  let dir: string;
+  try {
+    dir = tempDir('fractos-fio-');
+  } catch (e) {
     claim?.release();
     throw e;
-  });
+  }
   try {
     const tmpJob = join(dir, 'job.fio');
     await writeFile(tmpJob, jobText);
@@ -162,7 +165,7 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     return { report: parseFioJson(r.stdout), raw, jobText, argv: [bin, ...args] };
   } finally {
     claim?.release();
-    await rm(dir, { recursive: true, force: true });
+    removeTempDir(dir);
   }
 }
 

@@ -1,21 +1,18 @@
 /**
  * Spawn `fractos` subcommands as real OS processes (Controllers, services) and wait for
- * their ready line. Used by the CLI (fio, demo), the benchmarks and the tests.
+ * their ready line. Used by the CLI (fio, demo), facever-app's LocalCluster, the benchmarks
+ * and the tests. This test bed depends on neither cli/ nor facever-app/ (import graph:
+ * cli -> facever-app -> testbed, cli -> testbed). Every child is tracked by
+ * testbed/scratch.ts: killed if still alive when the parent exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { FRACTOS_BIN, REPO_ROOT } from './paths.js';
+import { tempDir, trackChild } from './scratch.js';
 
-/** Repository root: the nearest folder up from here with a package.json (from cli/ or dist/cli/). */
-export const REPO_ROOT = ((): string => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-})();
-export const FRACTOS_BIN = join(REPO_ROOT, 'bin', 'fractos.js');
+export { FRACTOS_BIN, REPO_ROOT } from './paths.js';
+export { removeTempDir, tempDir } from './scratch.js';
 
 export interface Spawned {
   child: ChildProcess;
@@ -50,6 +47,7 @@ export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: num
     env: { FRACTOS_LOG: 'warn', ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  trackChild(child);
   let out = '';
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const wait = async (): Promise<void> => {
@@ -113,11 +111,6 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A fresh temporary directory. */
-export function tempDir(prefix = 'fractos-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
-
 export interface ControllerSpec {
   id: number;
   dir: string;
@@ -127,7 +120,7 @@ export interface ControllerSpec {
   tcp: string;
 }
 
-/** Specs for `n` Controllers (ids 1..n) that list each other as peers. */
+/** Specs for `n` Controllers (ids 1..n) that list each other as peers; `dir` default: a tempDir (removed at exit). */
 export async function clusterSpecs(n: number, dir = tempDir('fractos-cluster-')): Promise<ControllerSpec[]> {
   const specs: ControllerSpec[] = [];
   for (let i = 1; i <= n; i++) {
