@@ -39,9 +39,9 @@ export function register(program: Command): void {
           servedTimeoutMs: Number(o.servedTimeoutMs),
           log,
         });
-        // One line on stdout that scripts and tests wait for.
-        process.stdout.write(`controller ${c.id} epoch ${c.epoch} listening ${c.addresses.join(' ')}\n`);
         superviseService({ name: 'controller', close: () => c.close() });
+        // One line on stdout that scripts and tests wait for (a stop is handled from here on).
+        process.stdout.write(`controller ${c.id} epoch ${c.epoch} listening ${c.addresses.join(' ')}\n`);
       } catch (err) {
         die(err);
       }

@@ -104,7 +104,6 @@ function registerFacever(program: Command): void {
         v.on('gpu-ready', (dev: string) => process.stderr.write(`facever: GPU adaptor back (${dev})\n`));
         const threshold = o.threshold !== undefined ? Number(o.threshold) : meta.threshold;
         const server = await serve(v, { port: Number(o.port), host: o.host, threshold });
-        out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}`);
         superviseService({
           name: 'facever',
           proc: p,
@@ -113,6 +112,8 @@ function registerFacever(program: Command): void {
             return v.close().finally(() => p.close());
           },
         });
+        // Ready only once a stop is handled: a SIGINT right after this line exits 0.
+        out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}`);
       } catch (err) {
         die(err);
       }
