@@ -105,6 +105,8 @@ export class Controller {
   readonly #peers = new Map<number, PeerConn>();
   readonly #peerAddrs: Map<number, string>;
   readonly #secret: Buffer | null;
+  /** Peer links whose handshake is not done yet (closed by `close`). */
+  readonly #handshaking = new Set<Link>();
   readonly #proxies = new Map<string, RemoteProxy>();
   readonly #kv = new Map<string, KvEntry>();
   #kvClock = 0;
@@ -220,6 +222,7 @@ export class Controller {
     for (const t of this.#dialTimers) clearTimeout(t);
     for (const p of [...this.#procs.values()]) p.link.close();
     for (const p of [...this.#peers.values()]) p.link.close();
+    for (const l of [...this.#handshaking]) l.close();
     await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const a of this.#addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
     this.#lock.release();
@@ -1169,7 +1172,9 @@ export class Controller {
     dial(addr, 5000).then((sock) => {
       if (this.#closing) return sock.destroy();
       const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
+      this.#handshaking.add(link);
       dialHandshake(link, this.#handshakeSelf(), id, (err, peer) => {
+        this.#handshaking.delete(link);
         if (err || !peer) {
           link.close();
           this.#retryDial(id, addr, attempt + 1, err ?? new Error('closed during the peer handshake'));
@@ -1218,9 +1223,11 @@ export class Controller {
       this.#log.warn({ remote, peer: claimed, err: err.message }, `peer link from ${remote} claiming controller ${claimed ?? '?'} refused: ${err.message}`);
       link.close(err);
     };
+    this.#handshaking.add(link);
     acceptHandshake(link, hello, this.#handshakeSelf(), admit, (err, peer) => {
-      if (err || !peer) return refuse(err ?? new FractosError('EPROTO', 'no peer'), peer?.id ?? null);
+      this.#handshaking.delete(link);
       if (this.#closing) return link.close();
+      if (err || !peer) return refuse(err ?? new FractosError('EPROTO', 'no peer'), peer?.id ?? null);
       this.#peerUp(link, peer.id, peer.epoch, null, (why) => refuse(new FractosError('EPERM', why), peer.id));
     });
   }
@@ -1235,7 +1242,10 @@ export class Controller {
     const policy = linkPolicy(old ? old.epoch : null, epoch);
     if (policy === 'refuse') {
       if (refuse) refuse(`epoch ${epoch} is older than the live link's ${old!.epoch}`);
-      else link.close();
+      else {
+        link.close();
+        if (addr) this.#retryDial(id, addr, 1, new Error(`a link to controller ${id} is live`));
+      }
       return;
     }
     if (old) {
