@@ -1,7 +1,6 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
-import { Controller, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
-import { CLUSTER_SECRET_ENV, readClusterSecretFile } from '../controller/peer-auth.js';
+import { CLUSTER_SECRET_ENV, Controller, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { die, log } from './log.js';
 

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureClusterSecretFile } from '../controller/peer-auth.js';
+import { ensureClusterSecretFile } from '../controller/index.js';
 
 /** Repository root: the nearest folder up from here with a package.json (from cli/ or dist/cli/). */
 export const REPO_ROOT = ((): string => {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
 import { connect } from '../libfractos/process.js';
 import { REPO_ROOT, freePort, spawnFractos } from '../cli/spawn.js';
-import { ensureClusterSecretFile } from '../controller/peer-auth.js';
+import { ensureClusterSecretFile } from '../controller/index.js';
 
 export { REPO_ROOT };
 
