@@ -1,6 +1,6 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
-import { Controller, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
+import { CLUSTER_SECRET_ENV, Controller, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
@@ -28,10 +28,13 @@ export function register(program: Command): void {
     .option('--id <n>', 'controller id (1..2^32-1)', '1')
     .option('--state-dir <dir>', 'where the epoch is persisted', '.state/controller-1')
     .option('--peer <id=addr>', 'static peer: ID=tcp://HOST:PORT (repeatable)', collectPeer, new Map<number, string>())
+    .option('--cluster-secret-file <file>', `the cluster's shared secret (16..4096 bytes), required with --peer; default $${CLUSTER_SECRET_ENV}`, process.env[CLUSTER_SECRET_ENV])
     .option('--served-timeout-ms <ms>', 'bound on one served-memory read/write during a copy (ETIMEDOUT beyond)', String(DEFAULT_SERVED_TIMEOUT_MS))
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; servedTimeoutMs: string }) => {
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string }) => {
       try {
+        const clusterSecret = o.clusterSecretFile ? readClusterSecretFile(o.clusterSecretFile, (m) => log.warn(m)) : undefined;
         const c = await Controller.start({
+          clusterSecret,
           id: Number(o.id),
           listen: o.listen.length ? o.listen : [DEFAULT_CONTROLLER],
           stateDir: o.stateDir,

@@ -17,6 +17,8 @@ import {
 import { shmOpen, shmUnlink } from '../native/shm/index.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
+import { channelIdentity } from './proc-identity.js';
+import { acceptHandshake, checkClusterSecret, dialHandshake, linkPolicy, type HandshakeSelf } from './peer-auth.js';
 import { ProcConn, type Delivery } from './process-conn.js';
 
 /** Options of `Controller.start`. */
@@ -29,6 +31,12 @@ export interface ControllerOptions {
   stateDir: string;
   /** Static peer list: id -> `tcp://HOST:PORT`. The higher id dials the lower. */
   peers?: Map<number, string>;
+  /**
+   * The cluster secret (16..4096 bytes) that peer links prove they hold before anything
+   * else (controller/peer-auth.ts); the same on every Controller of the cluster. Required
+   * when `peers` is not empty.
+   */
+  clusterSecret?: Uint8Array | string;
   limits?: Partial<Limits>;
   /**
    * Bound (ms) on one served-memory access: a MEM_READ/MEM_WRITE the Controller sends to
@@ -96,6 +104,9 @@ export class Controller {
   readonly #procs = new Map<number, ProcConn>();
   readonly #peers = new Map<number, PeerConn>();
   readonly #peerAddrs: Map<number, string>;
+  readonly #secret: Buffer | null;
+  /** Peer links whose handshake is not done yet (closed by `close`). */
+  readonly #handshaking = new Set<Link>();
   readonly #proxies = new Map<string, RemoteProxy>();
   readonly #kv = new Map<string, KvEntry>();
   #kvClock = 0;
@@ -119,6 +130,7 @@ export class Controller {
     this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
+    this.#secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);
   }
 
   /**
@@ -126,7 +138,8 @@ export class Controller {
    * the epoch, dial peers with lower ids. Nothing is taken over: the epoch is bumped only
    * once the lock is held and every address is bound. A unix socket path is unlinked
    * only when it is stale (nothing answers a connect).
-   * Errors: EINVAL (bad address, id or servedTimeoutMs), EBUSY (`stateDir` is locked by a
+   * Errors: EINVAL (bad address, id, servedTimeoutMs or cluster secret; peers without a
+   * cluster secret), EBUSY (`stateDir` is locked by a
    * live Controller: the message names the dir and its pid), EADDRINUSE (a Controller
    * answers on a unix path, or a tcp port is taken), EEXIST (a unix path that is not a
    * socket), EIO (state dir).
@@ -138,6 +151,10 @@ export class Controller {
     const st = opts.servedTimeoutMs;
     if (st !== undefined && (!Number.isInteger(st) || st < 1 || st > 2 ** 31 - 1)) {
       throw new FractosError('EINVAL', `servedTimeoutMs must be an integer 1..2^31-1 ms, got ${st}`);
+    }
+    if (opts.clusterSecret !== undefined) checkClusterSecret(opts.clusterSecret);
+    else if (opts.peers?.size) {
+      throw new FractosError('EINVAL', 'peer links need a cluster secret (clusterSecret, fractos controller --cluster-secret-file FILE)');
     }
     const addrs = opts.listen.map(parseAddress);
     const lock = lockStateDir(opts.stateDir);
@@ -205,6 +222,7 @@ export class Controller {
     for (const t of this.#dialTimers) clearTimeout(t);
     for (const p of [...this.#procs.values()]) p.link.close();
     for (const p of [...this.#peers.values()]) p.link.close();
+    for (const l of [...this.#handshaking]) l.close();
     await Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const a of this.#addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
     this.#lock.release();
@@ -218,7 +236,7 @@ export class Controller {
     link.onFrame = (frame) => {
       const op = frameOp(frame);
       if (op === Op.HELLO) this.#helloProcess(link, frame);
-      else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
+      else if (op === Op.PEER_HELLO) this.#acceptPeer(link, frame);
       else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
     };
     link.onClose = () => {};
@@ -231,9 +249,14 @@ export class Controller {
       return;
     }
     const proc = new ProcConn(this.#nextProcId++, link);
-    proc.pid = frame.readUInt32LE(HEADER_BYTES);
+    // Identity from the kernel (SO_PEERCRED; 0 over tcp): the HELLO's pid is only a claim.
+    const claimedPid = frame.readUInt32LE(HEADER_BYTES);
+    proc.pid = channelIdentity(link.socket).pid;
     proc.features = frame.readUInt32LE(HEADER_BYTES + 4);
     proc.name = frame.toString('utf8', HEADER_BYTES + 8).slice(0, 64);
+    if (proc.pid !== 0 && claimedPid !== proc.pid) {
+      this.#log.info({ proc: proc.id, name: proc.name, pid: proc.pid, claimedPid }, `process ${proc.id} says pid ${claimedPid} in its HELLO; the kernel says ${proc.pid} (used)`);
+    }
     this.#procs.set(proc.id, proc);
     link.onFrame = (f) => this.#onProcFrame(proc, f);
     link.onClose = (err) => this.#procGone(proc, err);
@@ -722,7 +745,11 @@ export class Controller {
     let info: MemoryInfo;
     if (backing === Backing.SHARED) {
       const region = frame.toString('utf8', 48);
-      // A Process may register only regions it created: names carry its OS pid.
+      // A Process may register only regions it created: names carry its OS pid, as the
+      // kernel told it (proc-identity.ts); a tcp channel has none, so no region by name.
+      if (proc.pid === 0) {
+        throw new FractosError('EPERM', `shared Memory by region name needs a unix-socket channel (the Controller knows no pid for process ${proc.id}); use served Memory`);
+      }
       if (!region.startsWith(`/fractos-${proc.pid}-`)) {
         throw new FractosError('EPERM', `region '${region}' does not belong to pid ${proc.pid}`);
       }
@@ -1145,15 +1172,14 @@ export class Controller {
     dial(addr, 5000).then((sock) => {
       if (this.#closing) return sock.destroy();
       const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
-      const f = allocFrame(Op.PEER_HELLO, 0, 8);
-      f.writeUInt32LE(this.id, 16);
-      f.writeUInt32LE(this.epoch, 20);
-      link.onFrame = (frame) => {
-        if (frameOp(frame) === Op.PEER_HELLO) this.#helloPeer(link, frame, true, addr);
-        else link.close(new FractosError('EPROTO', 'peer must answer PEER_HELLO'));
-      };
-      link.onClose = (err) => this.#retryDial(id, addr, attempt + 1, err ?? new Error('closed before PEER_HELLO'));
-      link.send(f);
+      this.#handshaking.add(link);
+      dialHandshake(link, this.#handshakeSelf(), id, (err, peer) => {
+        this.#handshaking.delete(link);
+        if (err || !peer) {
+          link.close();
+          this.#retryDial(id, addr, attempt + 1, err ?? new Error('closed during the peer handshake'));
+        } else this.#peerUp(link, peer.id, peer.epoch, addr);
+      });
     }, (err: Error) => this.#retryDial(id, addr, attempt + 1, err));
   }
 
@@ -1166,7 +1192,8 @@ export class Controller {
     if (this.#closing || this.#peers.has(id)) return;
     const retryMs = Math.min(2000, 50 * 2 ** Math.min(attempt, 6));
     if (logDialFailure(attempt)) {
-      this.#log.warn({ peer: id, addr: formatAddress(addr), attempt, retryMs, err: err.message }, `peer ${id} unreachable at ${formatAddress(addr)}; retrying in ${retryMs} ms`);
+      const what = err instanceof FractosError && err.code === 'EPERM' ? 'refused (authentication)' : 'unreachable';
+      this.#log.warn({ peer: id, addr: formatAddress(addr), attempt, retryMs, err: err.message }, `peer ${id} ${what} at ${formatAddress(addr)}; retrying in ${retryMs} ms`);
     }
     const t = setTimeout(() => {
       this.#dialTimers.delete(t);
@@ -1175,29 +1202,64 @@ export class Controller {
     this.#dialTimers.add(t);
   }
 
-  #helloPeer(link: Link, frame: Buffer, dialed: boolean, addr?: Address): void {
-    if (frame.length < HEADER_BYTES + 8) return link.close(new FractosError('EPROTO', 'short PEER_HELLO'));
-    const id = frame.readUInt32LE(16);
-    const epoch = frame.readUInt32LE(20);
-    if (!this.#peerAddrs.has(id) || id === this.id) {
-      return link.close(new FractosError('EPERM', `controller ${id} is not in the peer list`));
-    }
+  #handshakeSelf(): HandshakeSelf {
+    return { secret: this.#secret!, id: this.id, epoch: this.epoch };
+  }
+
+  /**
+   * A connection whose first frame is PEER_HELLO: only a listed peer with a higher id (the
+   * higher id dials) that proves it holds the cluster secret gets a link; anything else is
+   * closed with a warn line naming the remote address and the claimed id.
+   */
+  #acceptPeer(link: Link, hello: Buffer): void {
+    const s = link.socket;
+    const remote = s.remoteAddress === undefined ? 'unix' : `${s.remoteAddress}:${s.remotePort}`;
+    const admit = (id: number): FractosError | null => {
+      if (!this.#secret || !this.#peerAddrs.has(id) || id === this.id) return new FractosError('EPERM', `controller ${id} is not in the peer list`);
+      if (id < this.id) return new FractosError('EPERM', `controller ${id} has a lower id: controller ${this.id} dials it`);
+      return null;
+    };
+    const refuse = (err: FractosError, claimed: number | null): void => {
+      this.#log.warn({ remote, peer: claimed, err: err.message }, `peer link from ${remote} claiming controller ${claimed ?? '?'} refused: ${err.message}`);
+      link.close(err);
+    };
+    this.#handshaking.add(link);
+    acceptHandshake(link, hello, this.#handshakeSelf(), admit, (err, peer) => {
+      this.#handshaking.delete(link);
+      if (this.#closing) return link.close();
+      if (err || !peer) return refuse(err ?? new FractosError('EPROTO', 'no peer'), peer?.id ?? null);
+      this.#peerUp(link, peer.id, peer.epoch, null, (why) => refuse(new FractosError('EPERM', why), peer.id));
+    });
+  }
+
+  /**
+   * A proven peer link (its handshake done): a live link of the same id is replaced only by
+   * a newer or equal epoch (linkPolicy); `refuse` is told why otherwise (acceptor only).
+   * `addr`: the dialer's address of the peer, to redial when the link closes.
+   */
+  #peerUp(link: Link, id: number, epoch: number, addr: Address | null, refuse?: (why: string) => void): void {
     const old = this.#peers.get(id);
-    if (old) old.link.close();
-    if (!dialed) {
-      const f = allocFrame(Op.PEER_HELLO, 0, 8);
-      f.writeUInt32LE(this.id, 16);
-      f.writeUInt32LE(this.epoch, 20);
-      link.send(f);
+    const policy = linkPolicy(old ? old.epoch : null, epoch);
+    if (policy === 'refuse') {
+      if (refuse) refuse(`epoch ${epoch} is older than the live link's ${old!.epoch}`);
+      else {
+        link.close();
+        if (addr) this.#retryDial(id, addr, 1, new Error(`a link to controller ${id} is live`));
+      }
+      return;
     }
-    const peer = new PeerConn(id, link);
+    if (old) {
+      this.#log.warn({ peer: id, epoch, oldEpoch: old.epoch }, `peer ${id} reconnected (epoch ${old.epoch} -> ${epoch}); the old link is closed`);
+      old.link.close();
+    }
+    const peer = new PeerConn(id, link, epoch);
     this.#peers.set(id, peer);
     // Proxies of an older epoch of this peer are stale now.
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === id && p.ref.epoch !== epoch) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
     link.onFrame = (f) => this.#onPeerFrame(peer, f);
     link.onClose = (err) => {
       this.#peerGone(peer);
-      if (dialed && addr) this.#retryDial(id, addr, 0, err ?? new Error('link closed'));
+      if (addr) this.#retryDial(id, addr, 0, err ?? new Error('link closed'));
     };
     for (const [name, e] of this.#kv) if (e.origin === this.id || e.pinned) this.#sendKv(peer, name, e);
     this.#log.info({ peer: id, epoch }, 'peer connected');

@@ -1,5 +1,5 @@
 /**
- * A link to another Controller: its id, the calls in flight to it.
+ * A link to another Controller: its id and epoch, the calls in flight to it.
  */
 import { PendingCalls, type ReplyCb } from '../libfractos/calls.js';
 import { FractosError } from '../libfractos/errors.js';
@@ -11,6 +11,8 @@ export class PeerConn {
   constructor(
     readonly id: number,
     readonly link: Link,
+    /** The peer's epoch, proven in the handshake (a newer one replaces this link). */
+    readonly epoch: number,
   ) {}
 
   /** Call the peer with a frame whose payload is sent without copying (Link.sendv). */

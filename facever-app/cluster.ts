@@ -14,6 +14,7 @@ import { FractosError } from '../libfractos/errors.js';
 import { connect } from '../libfractos/process.js';
 import { REPO_ROOT, freePort, spawnFractos } from '../testbed/spawn.js';
 import { removeTempDir, tempDir, tempDirDirect } from '../testbed/scratch.js';
+import { ensureClusterSecretFile } from '../controller/index.js';
 
 export { REPO_ROOT };
 
@@ -119,8 +120,10 @@ export class LocalCluster {
       } else {
         // Peers over TCP, as test/helpers/spawn.ts clusterSpecs/startController do.
         const tcp = await Promise.all(addrs.map(async () => `tcp://127.0.0.1:${await freePort()}`));
+        const secret = join(dir, 'cluster.secret');
+        ensureClusterSecretFile(secret);
         await Promise.all(addrs.map((a, i) => {
-          const args = ['controller', '--id', String(i + 1), '--state-dir', join(dir, `controller${i + 1}`), '--listen', a, '--listen', tcp[i]!];
+          const args = ['controller', '--id', String(i + 1), '--state-dir', join(dir, `controller${i + 1}`), '--listen', a, '--listen', tcp[i]!, '--cluster-secret-file', secret];
           tcp.forEach((t, j) => j !== i && args.push('--peer', `${j + 1}=${t}`));
           return c.#start(`controller${i + 1}`, args, /^controller \d+ epoch \d+ listening/, o.log);
         }));

@@ -59,6 +59,7 @@ export const Op = {
   P_HOLD: 0xad, // one-way
   P_REVOKED: 0xae, // one-way
   P_KV_PUT: 0xaf, // one-way
+  PEER_AUTH: 0xb0, // handshake: the dialer's proof (controller/peer-auth.ts)
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 

@@ -29,10 +29,10 @@ interface Cluster {
 async function cluster(n: 1 | 2, opts: Partial<ControllerOptions> = {}): Promise<Cluster> {
   const dir = tempDir();
   const addr = [1, 2].slice(0, n).map((i) => `unix:${join(dir, `c${i}.sock`)}`);
-  const c1 = await Controller.start({ ...opts, id: 1, listen: [addr[0]!, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]) });
+  const c1 = await Controller.start({ ...opts, id: 1, listen: [addr[0]!, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]), clusterSecret: 'field-core-caps secret' });
   const ctl = [c1];
   if (n === 2) {
-    ctl.push(await Controller.start({ ...opts, id: 2, listen: [addr[1]!], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]) }));
+    ctl.push(await Controller.start({ ...opts, id: 2, listen: [addr[1]!], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]), clusterSecret: 'field-core-caps secret' }));
     for (let i = 0; i < 500 && !(c1.connectedPeers.includes(2) && ctl[1]!.connectedPeers.includes(1)); i++) await new Promise((r) => setTimeout(r, 10));
   }
   const procs: Process[] = [];

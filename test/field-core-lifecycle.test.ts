@@ -146,7 +146,7 @@ test('a peer that never answers is logged at warn with its address and the retry
   const dir = tempDir();
   const port = await freePort(); // nothing listens there
   const peerAddr = `tcp://127.0.0.1:${port}`;
-  const c = await Controller.start({ id: 2, listen: [`unix:${join(dir, 'c.sock')}`], stateDir: join(dir, 'st'), peers: new Map([[1, peerAddr]]), log });
+  const c = await Controller.start({ id: 2, listen: [`unix:${join(dir, 'c.sock')}`], stateDir: join(dir, 'st'), peers: new Map([[1, peerAddr]]), clusterSecret: 'field-core-lifecycle secret', log });
   try {
     const warns = (): typeof lines => lines.filter((l) => l.level === 40 && l.peer === 1);
     for (let i = 0; i < 300 && warns().length < 3; i++) await new Promise((r) => setTimeout(r, 10));

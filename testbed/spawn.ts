@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { join } from 'node:path';
+import { ensureClusterSecretFile } from '../controller/index.js';
 import { FRACTOS_BIN, REPO_ROOT } from './paths.js';
 import { tempDir, trackChild } from './scratch.js';
 
@@ -118,20 +119,24 @@ export interface ControllerSpec {
   unix: string;
   /** tcp address for peers */
   tcp: string;
+  /** the cluster secret file, one for all specs */
+  secretFile: string;
 }
 
 /** Specs for `n` Controllers (ids 1..n) that list each other as peers; `dir` default: a tempDir (removed at exit). */
 export async function clusterSpecs(n: number, dir = tempDir('fractos-cluster-')): Promise<ControllerSpec[]> {
   const specs: ControllerSpec[] = [];
+  const secretFile = join(dir, 'cluster.secret');
+  ensureClusterSecretFile(secretFile);
   for (let i = 1; i <= n; i++) {
-    specs.push({ id: i, dir: join(dir, `c${i}`), unix: `unix:${join(dir, `c${i}.sock`)}`, tcp: `tcp://127.0.0.1:${await freePort()}` });
+    specs.push({ id: i, dir: join(dir, `c${i}`), unix: `unix:${join(dir, `c${i}.sock`)}`, tcp: `tcp://127.0.0.1:${await freePort()}`, secretFile });
   }
   return specs;
 }
 
 /** Start (or restart) the Controller of `spec` as an OS process, peers = the other specs. */
 export function startController(spec: ControllerSpec, all: ControllerSpec[]): Promise<Spawned> {
-  const args = ['controller', '--id', String(spec.id), '--state-dir', spec.dir, '--listen', spec.unix, '--listen', spec.tcp];
+  const args = ['controller', '--id', String(spec.id), '--state-dir', spec.dir, '--listen', spec.unix, '--listen', spec.tcp, '--cluster-secret-file', spec.secretFile];
   for (const p of all) if (p.id !== spec.id) args.push('--peer', `${p.id}=${p.tcp}`);
   return spawnFractos(args, /^controller \d+ epoch \d+ listening/);
 }

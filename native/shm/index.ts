@@ -1,7 +1,8 @@
 /**
  * Shared-memory regions (POSIX shm, `/dev/shm`) mapped as ArrayBuffers, through the
  * `fractos_shm` addon. The owner of a Memory object creates a region; its Controller
- * opens the same name, so both see the same bytes.
+ * opens the same name, so both see the same bytes. Also `peerCred`: who is at the other
+ * end of a unix socket, from the kernel (SO_PEERCRED).
  */
 import { FractosError } from '../../libfractos/errors.js';
 import { loadNative, nativeError } from '../loader.js';
@@ -11,6 +12,15 @@ interface ShmBinding {
   open(name: string): ArrayBuffer;
   unlink(name: string): void;
   address(ab: ArrayBuffer): number;
+  peerCred(fd: number): PeerCred;
+}
+
+/** Credentials of a unix-socket peer as the kernel recorded them when it connected. */
+export interface PeerCred {
+  /** OS process id (0: the kernel knows none, e.g. not a unix socket or another pid namespace). */
+  pid: number;
+  uid: number;
+  gid: number;
 }
 
 /** Load the addon (native/loader.ts order). Throws NativeUnavailableError('shm') (ENODEV). */
@@ -62,4 +72,20 @@ export function shmUnlink(name: string): void {
 /** Address of a mapping (mod 2^53), for O_DIRECT alignment checks. */
 export function shmAddress(ab: ArrayBuffer): number {
   return loadShm().address(ab);
+}
+
+/**
+ * The kernel's credentials of the peer of connected socket `fd` (getsockopt SO_PEERCRED):
+ * pid, uid and gid of the process that connected, as seen from this pid namespace. For a
+ * unix socket only; Linux answers pid 0 for other sockets.
+ * Errors: EINVAL (fd not an integer >= 0), EIO (getsockopt failed: EBADF, ENOTSOCK),
+ * ENODEV (addon not built).
+ */
+export function peerCred(fd: number): PeerCred {
+  if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw new FractosError('EINVAL', `bad socket fd ${fd}`);
+  try {
+    return loadShm().peerCred(fd);
+  } catch (err) {
+    return wrap(err);
+  }
 }

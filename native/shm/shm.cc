@@ -1,6 +1,8 @@
 // fractos_shm: POSIX shared memory regions mapped as ArrayBuffers.
 // The owner Process creates a region, its Controller opens the same name and maps it,
 // so the Controller reads and writes registered Memory without waking the owner.
+// Also the kernel's credentials of a unix-socket peer (SO_PEERCRED): the Controller takes a
+// Process's pid from the kernel, never from its HELLO, and region names carry that pid.
 // Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
 #include <napi.h>
 #include <cerrno>
@@ -8,6 +10,7 @@
 #include <fcntl.h>
 #include <string>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,11 +83,29 @@ Napi::Value Address(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(ab.Data()) & ((1ULL << 53) - 1)));
 }
 
+// peerCred(fd: number) -> {pid, uid, gid}: the credentials the kernel recorded for the peer
+// of a connected unix socket when it connected (getsockopt SO_PEERCRED). On a socket that is
+// not a unix socket Linux answers pid 0.
+Napi::Value PeerCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  std::memset(&cred, 0, sizeof cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return ErrnoError(env, "getsockopt(SO_PEERCRED)", errno);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, static_cast<double>(cred.pid)));
+  out.Set("uid", Napi::Number::New(env, static_cast<double>(cred.uid)));
+  out.Set("gid", Napi::Number::New(env, static_cast<double>(cred.gid)));
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("create", Napi::Function::New(env, Create));
   exports.Set("open", Napi::Function::New(env, Open));
   exports.Set("unlink", Napi::Function::New(env, Unlink));
   exports.Set("address", Napi::Function::New(env, Address));
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   return exports;
 }
 
