@@ -1,6 +1,6 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
-import { Controller, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
+import { Controller, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_SERVED_TIMEOUT_MS } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { die, log } from './log.js';
 
@@ -28,7 +28,8 @@ export function register(program: Command): void {
     .option('--state-dir <dir>', 'where the epoch is persisted', '.state/controller-1')
     .option('--peer <id=addr>', 'static peer: ID=tcp://HOST:PORT (repeatable)', collectPeer, new Map<number, string>())
     .option('--served-timeout-ms <ms>', 'bound on one served-memory read/write during a copy (ETIMEDOUT beyond)', String(DEFAULT_SERVED_TIMEOUT_MS))
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; servedTimeoutMs: string }) => {
+    .option('--hello-timeout-ms <ms>', 'bound on the wait for a new connection\'s HELLO or PEER_HELLO (closed beyond)', String(DEFAULT_HELLO_TIMEOUT_MS))
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; servedTimeoutMs: string; helloTimeoutMs: string }) => {
       try {
         const c = await Controller.start({
           id: Number(o.id),
@@ -36,6 +37,7 @@ export function register(program: Command): void {
           stateDir: o.stateDir,
           peers: o.peer,
           servedTimeoutMs: Number(o.servedTimeoutMs),
+          helloTimeoutMs: Number(o.helloTimeoutMs),
           log,
         });
         // One line on stdout that scripts and tests wait for.

@@ -10,7 +10,7 @@ import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
 import { Link, dial, formatAddress, parseAddress, type Address } from '../libfractos/link.js';
 import {
   Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, Feature, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
-  allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
+  allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, queuedDeliveryBytes, readArgs, readCid, readRef, readU64,
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
@@ -36,6 +36,11 @@ export interface ControllerOptions {
    * copy with ETIMEDOUT (default DEFAULT_SERVED_TIMEOUT_MS).
    */
   servedTimeoutMs?: number;
+  /**
+   * Bound (ms) on the wait for a connection's first frame (HELLO or PEER_HELLO): a Process
+   * or peer connection that says nothing within it is closed (default DEFAULT_HELLO_TIMEOUT_MS).
+   */
+  helloTimeoutMs?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -49,6 +54,10 @@ export interface LinkStats {
   framesOut: number;
   bytesIn: number;
   bytesOut: number;
+  /** Bytes queued for this link and not yet taken by the kernel (Link.backlogBytes). */
+  backlogBytes: number;
+  /** Times the Controller stopped reading this link because its backlog passed `maxOutboundBytes`. */
+  readPauses: number;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -75,6 +84,9 @@ const noopLog = { info: () => {}, warn: () => {} };
 /** Default bound on one served-memory access (ms), see ControllerOptions.servedTimeoutMs. */
 export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
 
+/** Default bound on the wait for a connection's first frame (ms), see ControllerOptions.helloTimeoutMs. */
+export const DEFAULT_HELLO_TIMEOUT_MS = 5000;
+
 /** Dial attempts after which an unreachable peer is logged again (first failure, then these, then every 30th). */
 function logDialFailure(attempt: number): boolean {
   if (attempt < 1) return false; // redial right after a link closed (logged as 'peer disconnected')
@@ -86,6 +98,7 @@ export class Controller {
   readonly epoch: number;
   readonly limits: Limits;
   readonly servedTimeoutMs: number;
+  readonly helloTimeoutMs: number;
   readonly #log: NonNullable<ControllerOptions['log']>;
   readonly #servers: net.Server[];
   readonly #lock: StateDirLock;
@@ -117,6 +130,7 @@ export class Controller {
     this.#addresses = addresses;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
   }
@@ -135,9 +149,10 @@ export class Controller {
     if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
       throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
     }
-    const st = opts.servedTimeoutMs;
-    if (st !== undefined && (!Number.isInteger(st) || st < 1 || st > 2 ** 31 - 1)) {
-      throw new FractosError('EINVAL', `servedTimeoutMs must be an integer 1..2^31-1 ms, got ${st}`);
+    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs]] as const) {
+      if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) {
+        throw new FractosError('EINVAL', `${k} must be an integer 1..2^31-1 ms, got ${v}`);
+      }
     }
     const addrs = opts.listen.map(parseAddress);
     const lock = lockStateDir(opts.stateDir);
@@ -193,8 +208,8 @@ export class Controller {
   /** Per-link counters, live links and closed ones. */
   stats(): LinkStats[] {
     const out: LinkStats[] = [...this.#closedStats];
-    for (const p of this.#procs.values()) out.push({ kind: 'process', id: p.id, name: p.name, ...p.link.counters });
-    for (const p of this.#peers.values()) out.push({ kind: 'peer', id: p.id, name: `controller-${p.id}`, ...p.link.counters });
+    for (const p of this.#procs.values()) out.push({ kind: 'process', id: p.id, name: p.name, ...linkStats(p.link) });
+    for (const p of this.#peers.values()) out.push({ kind: 'peer', id: p.id, name: `controller-${p.id}`, ...linkStats(p.link) });
     return out;
   }
 
@@ -215,13 +230,23 @@ export class Controller {
 
   #accept(sock: net.Socket): void {
     const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
+    // A connection that never says hello is not held: it is closed after helloTimeoutMs.
+    const helloTimer = setTimeout(() => {
+      this.#log.info({ remote: sock.remoteAddress ?? 'unix', ms: this.helloTimeoutMs }, 'no hello: connection closed');
+      link.close(new FractosError('ETIMEDOUT', `no HELLO or PEER_HELLO within ${this.helloTimeoutMs} ms`));
+    }, this.helloTimeoutMs);
+    helloTimer.unref();
     link.onFrame = (frame) => {
+      clearTimeout(helloTimer);
       const op = frameOp(frame);
-      if (op === Op.HELLO) this.#helloProcess(link, frame);
-      else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
+      if (op === Op.HELLO) {
+        // A Process's calls make our frames to it: stop reading it while it does not read them.
+        link.limitBacklog(this.limits.maxOutboundBytes);
+        this.#helloProcess(link, frame);
+      } else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
       else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
     };
-    link.onClose = () => {};
+    link.onClose = () => clearTimeout(helloTimer);
   }
 
   #helloProcess(link: Link, frame: Buffer): void {
@@ -261,10 +286,12 @@ export class Controller {
           proc.calls.complete(frame);
           return;
         case Op.DELIVER_ACK: {
-          // u32 n: deliveries the Process has taken in
+          // u32 n: deliveries the Process has taken in. The Controller counts what it
+          // delivered: returning more credits than DELIVERs outstanding is EPROTO.
           need(frame, 4);
           const n = frame.readUInt32LE(16);
-          proc.outstanding = Math.max(0, proc.outstanding - n);
+          if (n > proc.outstanding) throw new FractosError('EPROTO', `DELIVER_ACK of ${n} with ${proc.outstanding} deliveries outstanding`);
+          proc.outstanding -= n;
           this.#drain(proc);
           return;
         }
@@ -339,7 +366,7 @@ export class Controller {
           } else {
             const done = this.#replyDone(proc, seq);
             if (t.isProxy) this.#peerInvoke(t, targs, done);
-            else this.#invokeLocal(t, targs, done);
+            else this.#invokeLocal(t, targs, proc, done);
           }
           return;
         }
@@ -488,12 +515,12 @@ export class Controller {
     if (!proc.alive) return;
     proc.alive = false;
     this.#procs.delete(proc.id);
-    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...proc.link.counters });
+    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...linkStats(proc.link), backlogBytes: 0 });
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
-    for (const e of proc.caps) if (e) this.#dropEntry(proc, e.cid);
+    for (const e of [...proc.caps]) this.#dropEntry(proc, e.cid);
     const q = proc.queue;
     for (let i = proc.queueHead; i < q.length; i++) q[i]!.fail(new FractosError('EREVOKED', 'provider went away'));
     q.length = 0;
@@ -924,8 +951,14 @@ export class Controller {
     return this.#newObj(obj.kind, obj.owner, obj, obj.mem, obj.req);
   }
 
-  /** Deliver an invocation of a local Request to its provider, waiting for credits. */
-  #invokeLocal(obj: Obj, args: RequestArgs<Target>, done: Done): void {
+  /**
+   * Deliver an invocation of a local Request to its provider, waiting for credits. Beyond
+   * the credits it queues, bounded per provider in count (maxQueuedDeliveries) and bytes
+   * (maxQueuedDeliveryBytes), and per `invoker` (the local Process, or the peer Controller
+   * a P_INVOKE came from) in bytes (maxQueuedBytesPerInvoker); beyond any bound `done`
+   * gets EAGAIN at once (nothing queued).
+   */
+  #invokeLocal(obj: Obj, args: RequestArgs<Target>, invoker: ProcConn | PeerConn, done: Done): void {
     if (!obj.req) return done(new FractosError('ETYPE', 'request_invoke needs a Request cap'));
     let info: RequestInfo;
     try {
@@ -954,17 +987,47 @@ export class Controller {
     if (provider.queue.length - provider.queueHead >= this.limits.maxQueuedDeliveries) {
       return done(new FractosError('EAGAIN', `process ${provider.id} has ${this.limits.maxQueuedDeliveries} deliveries queued`));
     }
+    const bytes = queuedDeliveryBytes(args);
+    if (provider.queuedBytes + bytes > this.limits.maxQueuedDeliveryBytes) {
+      return done(new FractosError('EAGAIN', `process ${provider.id} has ${provider.queuedBytes} bytes of deliveries queued (limit ${this.limits.maxQueuedDeliveryBytes})`));
+    }
+    const mine = this.#queuedByInvoker.get(invoker) ?? 0;
+    if (mine + bytes > this.limits.maxQueuedBytesPerInvoker) {
+      return done(new FractosError('EAGAIN', `the invoker has ${mine} bytes of invocations queued (limit ${this.limits.maxQueuedBytesPerInvoker})`));
+    }
+    provider.queuedBytes += bytes;
+    this.#queuedByInvoker.set(invoker, mine + bytes);
     const unpin = this.#pinArgs(args);
+    const dequeued = (): void => {
+      unpin();
+      provider.queuedBytes -= bytes;
+      const left = this.#queuedByInvoker.get(invoker)! - bytes;
+      if (left === 0) this.#queuedByInvoker.delete(invoker);
+      else this.#queuedByInvoker.set(invoker, left);
+    };
     provider.queue.push({
       run: () => {
         d.run(); // installs the arguments in the provider's space first
-        unpin();
+        dequeued();
       },
       fail: (err) => {
-        unpin();
+        dequeued();
         done(err);
       },
     });
+  }
+
+  /** Bytes of invocations queued for credits by an invoker (a local Process or a peer), over all providers. */
+  readonly #queuedByInvoker = new Map<ProcConn | PeerConn, number>();
+
+  /**
+   * Bytes of invocations waiting for credits at this Controller (queuedDeliveryBytes of
+   * each): `provider` = process id of the provider; `invoker` = process id of a local invoker.
+   * Both 0 when unknown. For tests and stats.
+   */
+  queuedDeliveryBytes(proc: number): { provider: number; invoker: number } {
+    const p = this.#procs.get(proc);
+    return { provider: p?.queuedBytes ?? 0, invoker: (p && this.#queuedByInvoker.get(p)) ?? 0 };
   }
 
   #drain(proc: ProcConn): void {
@@ -1207,7 +1270,7 @@ export class Controller {
     if (!peer.alive) return;
     peer.alive = false;
     if (this.#peers.get(peer.id) === peer) this.#peers.delete(peer.id);
-    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...peer.link.counters });
+    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
     for (const obj of this.#objects.values()) {
@@ -1357,7 +1420,7 @@ export class Controller {
               if (t?.isProxy && t !== DEAD && !t.mem) t.mem = { size: readU64(frame, o + 8), perms: frame.readUInt8(o + 2) & Perm.RW, backing: frame.readUInt8(o + 3) === 1 ? 1 : 0 };
             }
           }
-          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, (err) => reply(err));
+          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, peer, (err) => reply(err));
           else replyRef(this.#derive(obj, targs));
           return;
         }
@@ -1533,6 +1596,11 @@ export function mergeArgs(base: RequestInfo | null, tag: number, args: RequestAr
     }
   }
   return { tag, imms, caps };
+}
+
+/** Counters and backlog of a link, for `Controller.stats`. */
+function linkStats(link: Link): Omit<LinkStats, 'kind' | 'id' | 'name'> {
+  return { ...link.counters, backlogBytes: link.backlogBytes, readPauses: link.readPauses };
 }
 
 /** Read, increment and durably store the epoch in `dir/epoch`. Errors: EIO. */
