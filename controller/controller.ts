@@ -924,6 +924,12 @@ export class Controller {
       m.map.set(bytes, m.offset + off);
       return cb(null);
     }
+    // An owner that does not read what it is sent is not sent more: its backlog stays
+    // within maxOutboundBytes plus one chunk, however many copies target it.
+    const backlog = obj.owner.link.backlogBytes;
+    if (backlog > this.limits.maxOutboundBytes) {
+      return cb(new FractosError('EAGAIN', `the owner of a served Memory has ${backlog} bytes unread (limit ${this.limits.maxOutboundBytes})`));
+    }
     // MEM_WRITE: u64 servedKey, u64 offset, data -> REPLY
     obj.owner.call((seq) => {
       const f = allocFrame(Op.MEM_WRITE, seq, 16 + bytes.length);

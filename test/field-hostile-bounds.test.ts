@@ -13,8 +13,8 @@ import { Controller, type ControllerOptions } from '../controller/index.js';
 import { ProcConn } from '../controller/process-conn.js';
 import type { Target } from '../controller/objects.js';
 import type { Link } from '../libfractos/link.js';
-import { connect, FractosError, type Process } from '../libfractos/index.js';
-import { allocFrame, HEADER_BYTES, Op, QUEUED_DELIVERY_OVERHEAD_BYTES } from '../libfractos/protocol.js';
+import { connect, FractosError, Perm, type Process } from '../libfractos/index.js';
+import { allocFrame, COPY_CHUNK_BYTES, HEADER_BYTES, Op, QUEUED_DELIVERY_OVERHEAD_BYTES } from '../libfractos/protocol.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
 import { codeOf } from './helpers/errors.js';
 
@@ -159,6 +159,35 @@ test('a Process that never reads its replies: the Controller stops reading it, i
     t.true(raw.frames.every((f) => f.readUInt16LE(4) === Op.REPLY && f.readUInt16LE(12) === 0));
     raw.s.destroy();
   } finally {
+    await c.close();
+  }
+});
+
+test('a served-Memory owner that never reads is sent at most maxOutboundBytes (plus one chunk) of MEM_WRITEs; further copies fail with EAGAIN', async (t) => {
+  const HIGH = 1024 * 1024;
+  const { c, addr } = await startOne({ limits: { maxOutboundBytes: HIGH }, servedTimeoutMs: 300 });
+  const owner = await connect(addr, { name: 'owner' });
+  const client = await connect(addr, { name: 'client' });
+  try {
+    const SIZE = 2 * COPY_CHUNK_BYTES; // two copies fit in HIGH, a third does not
+    const served = await owner.memoryCreateServed(SIZE, Perm.RW, { read: (_o, n) => new Uint8Array(n), write: () => {} });
+    await owner.kvPut('served', served);
+    const dst = await client.kvGet('served');
+    const { cid: src } = await client.memoryCreateShared(SIZE);
+    owner.pause(); // never reads again
+    const codes = await Promise.all(Array.from({ length: 10 }, () => codeOf(client.memoryCopy(src, dst))));
+    const st = procStats(c, owner.processId);
+    t.log(`codes ${codes.join(',')}; owner backlog ${st.backlogBytes} bytes`);
+    t.true(st.backlogBytes <= HIGH + COPY_CHUNK_BYTES + 4096, `backlog ${st.backlogBytes} bytes`);
+    t.true(codes.every((x) => x === 'ETIMEDOUT' || x === 'EAGAIN'), codes.join(','));
+    t.true(codes.includes('EAGAIN'));
+    // Once the owner reads again, copies into it work.
+    owner.resume();
+    await until(() => procStats(c, owner.processId).backlogBytes === 0, 'the owner to drain');
+    t.is(await codeOf(client.memoryCopy(src, dst)), 'OK');
+  } finally {
+    await client.close();
+    await owner.close();
     await c.close();
   }
 });
