@@ -136,7 +136,7 @@ test('a Process that never reads its replies: the Controller stops reading it, i
       if (st.bytesIn === last) still++;
       else still = 0;
       last = st.bytesIn;
-      return st.bytesIn >= 44 + TOTAL || still >= 30; // 300 ms without a byte read
+      return st.bytesIn >= 44 + TOTAL || (still >= 30 && st.readPauses >= 1); // paused, and 300 ms without a byte read
     }, 'the flood to be read or refused', 60_000);
     const st = procStats(c, raw.procId);
     t.log(`read ${st.bytesIn} of ${TOTAL} bytes; backlog ${st.backlogBytes} bytes; ${st.readPauses} pauses`);
@@ -411,7 +411,7 @@ test('cids wrap at 2^32 without 0 and without taking a cid in use; a full space 
 // Hello timeout
 
 test('a connection that never says hello is closed after helloTimeoutMs (Process and peer listeners)', async (t) => {
-  const { c, addr, tcp } = await startOne({ helloTimeoutMs: 300 });
+  const { c, addr, tcp } = await startOne({ helloTimeoutMs: 1000 });
   try {
     const closedWithin = async (s: net.Socket, ms: number): Promise<boolean> => {
       s.on('error', () => {});
@@ -434,11 +434,40 @@ test('a connection that never says hello is closed after helloTimeoutMs (Process
     const [uc, pc] = await Promise.all([closedWithin(u, 10_000), closedWithin(p, 10_000)]);
     t.true(uc, 'silent unix connection closed');
     t.true(pc, 'partial hello on tcp closed');
-    await sleep(400);
+    await sleep(1100);
     await ok.nullOp();
     await ok.close();
     t.is((await codeOf(Controller.start({ id: 9, listen: [`unix:${join(tempDir(), 'x.sock')}`], stateDir: join(tempDir(), 's'), helloTimeoutMs: 0 }))), 'EINVAL');
   } finally {
     await c.close();
+  }
+});
+
+test('fractos controller --hello-timeout-ms: the flag reaches the Controller, a bad value is refused (EINVAL)', async (t) => {
+  const dir = tempDir();
+  const args = ['controller', '--listen', `unix:${join(dir, 'c.sock')}`, '--state-dir', join(dir, 'st')];
+  const err = await spawnFractos([...args, '--hello-timeout-ms', 'soon'], /listening/).then(
+    async (s) => {
+      await s.stop();
+      return '';
+    },
+    (e: Error) => e.message,
+  );
+  t.regex(err, /EINVAL: helloTimeoutMs must be an integer/);
+  const ctl = await spawnFractos([...args, '--hello-timeout-ms', '200'], /listening/);
+  try {
+    const s = net.createConnection(join(dir, 'c.sock'));
+    s.on('error', () => {});
+    // closed long before the 5 s default would close it
+    const closed = await new Promise<boolean>((r) => {
+      const timer = setTimeout(() => r(false), 3000);
+      s.once('close', () => {
+        clearTimeout(timer);
+        r(true);
+      });
+    });
+    t.true(closed, 'a silent connection is closed after --hello-timeout-ms');
+  } finally {
+    await ctl.stop();
   }
 });
