@@ -361,6 +361,50 @@ test('credits are counted by the Controller: a DELIVER_ACK returning more than w
   }
 });
 
+test('a provider that acknowledges deliveries it never reads gets no more than its backlog bound and its credits', async (t) => {
+  const HIGH = 256 * 1024;
+  const CREDITS = 16;
+  const { c, addr } = await startOne({ limits: { maxOutboundBytes: HIGH, maxOutstandingDeliveries: CREDITS } });
+  const inv = await connect(addr, { name: 'colluder' });
+  try {
+    const raw = await rawProvider(addr, 5, 'svc');
+    raw.s.pause(); // reads nothing from here on, yet acknowledges every delivery the invoker sees succeed
+    const cid = await inv.kvGet('svc');
+    const imm = { imms: [{ offset: 0, bytes: Buffer.alloc(4096, 7) }] };
+    const N = 2000;
+    let ok = 0;
+    let issued = 0;
+    let lastOk = Date.now();
+    const pending = new Set<Promise<void>>();
+    while (issued < N && Date.now() - lastOk < 1000) {
+      while (pending.size < 32 && issued < N) {
+        issued++;
+        const p: Promise<void> = inv.requestInvoke(cid, imm).then(
+          () => {
+            ok++;
+            lastOk = Date.now();
+            if (!raw.closed()) raw.s.write(ack(1));
+          },
+          () => {},
+        );
+        pending.add(p);
+        void p.finally(() => pending.delete(p));
+      }
+      await Promise.race([...pending, sleep(100)]);
+    }
+    const st = procStats(c, raw.procId);
+    t.log(`${ok} of ${issued} invocations delivered; provider backlog ${st.backlogBytes} bytes, ${st.readPauses} pauses`);
+    t.true(ok < N / 2, `${ok} deliveries to a provider that reads nothing`);
+    t.true(st.backlogBytes <= HIGH + CREDITS * 4400 + 64 * 1024, `backlog ${st.backlogBytes} bytes`);
+    t.false(raw.closed(), 'exact acknowledgements are not a protocol error');
+    raw.s.destroy();
+    await until(() => pending.size === 0, 'the queued invocations to fail');
+  } finally {
+    await inv.close();
+    await c.close();
+  }
+});
+
 // ------------------------------------------------------------------------------------------
 // Stale cids
 
