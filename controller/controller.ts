@@ -239,11 +239,11 @@ export class Controller {
     link.onFrame = (frame) => {
       clearTimeout(helloTimer);
       const op = frameOp(frame);
-      if (op === Op.HELLO) {
-        // A Process's calls make our frames to it: stop reading it while it does not read them.
-        link.limitBacklog(this.limits.maxOutboundBytes);
-        this.#helloProcess(link, frame);
-      } else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
+      // A Process's calls make our frames to it: stop reading it while it does not read
+      // them (never a peer link: two Controllers that both stop reading would deadlock).
+      if (op === Op.HELLO) link.limitBacklog(this.limits.maxOutboundBytes);
+      if (op === Op.HELLO) this.#helloProcess(link, frame);
+      else if (op === Op.PEER_HELLO) this.#helloPeer(link, frame, false);
       else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
     };
     link.onClose = () => clearTimeout(helloTimer);

@@ -171,11 +171,6 @@ export class Link {
     return this.#queueBytes + this.socket.writableLength;
   }
 
-  /** Whether reading is paused because the backlog passed its high-water mark. */
-  get readPaused(): boolean {
-    return this.#readPaused;
-  }
-
   /**
    * Bound the outbound backlog of a link whose other side's frames cause ours (a Process's
    * calls and their REPLYs): once more than `highBytes` (bytes, >= the socket's 16 KiB write
