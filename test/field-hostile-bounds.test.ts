@@ -291,6 +291,57 @@ test('invocations queued for credits are bounded in bytes per provider and per i
   }
 });
 
+test('invocations from another Controller count against one per-invoker budget (the peer), and are refused with EAGAIN beyond it', async (t) => {
+  const IMM = 60 * 1024;
+  const COST = QUEUED_DELIVERY_OVERHEAD_BYTES + 8 + IMM;
+  const limits = { maxOutstandingDeliveries: 2, maxQueuedBytesPerInvoker: 4 * COST };
+  const dir = tempDir();
+  const a1 = `unix:${join(dir, 'c1.sock')}`;
+  const a2 = `unix:${join(dir, 'c2.sock')}`;
+  const c1 = await Controller.start({ id: 1, listen: [a1, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]), limits });
+  const c2 = await Controller.start({ id: 2, listen: [a2], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]), limits });
+  const procs: Process[] = [];
+  try {
+    await until(() => c1.connectedPeers.includes(2) && c2.connectedPeers.includes(1), 'the peer link');
+    const provider = await connect(a1, { name: 'provider' });
+    procs.push(provider);
+    await provider.kvPut('svc', await provider.requestCreate(9));
+    provider.pause();
+    const remote: Process[] = [];
+    for (const n of ['r1', 'r2']) {
+      const p = await connect(a2, { name: n });
+      procs.push(p);
+      remote.push(p);
+    }
+    const cids = await Promise.all(remote.map((p) => p.kvWait('svc')));
+    const call = (i: number): { p: Promise<string>; settled: () => boolean } => {
+      let settled = false;
+      const pr = codeOf(remote[i]!.requestInvoke(cids[i]!, { imms: [{ offset: 0, bytes: Buffer.alloc(IMM, 2) }] })).finally(() => (settled = true));
+      return { p: pr, settled: () => settled };
+    };
+    // r1: 2 delivered on credits, 4 queued (the peer's whole budget)
+    const first = Array.from({ length: 6 }, () => call(0));
+    await until(() => first.filter((x) => x.settled()).length >= 2, 'the deliveries on credits');
+    await sleep(100);
+    t.is(first.filter((x) => x.settled()).length, 2);
+    // r2 is another Process, but on the same peer: refused
+    t.is(await call(1).p, 'EAGAIN');
+    // a local invoker has its own budget
+    const local = await connect(a1, { name: 'local' });
+    procs.push(local);
+    const lcid = await local.kvGet('svc');
+    const l = codeOf(local.requestInvoke(lcid, { imms: [{ offset: 0, bytes: Buffer.alloc(IMM, 3) }] }));
+    provider.resume();
+    t.deepEqual(await Promise.all(first.map((x) => x.p)), Array(6).fill('OK'));
+    t.is(await l, 'OK');
+    t.is(await call(1).p, 'OK');
+  } finally {
+    for (const p of procs) await p.close();
+    await c2.close();
+    await c1.close();
+  }
+});
+
 // ------------------------------------------------------------------------------------------
 // Credits are counted by the Controller
 
