@@ -289,9 +289,7 @@ export class Controller {
           // u32 n: deliveries the Process has taken in. The Controller counts what it
           // delivered: returning more credits than DELIVERs outstanding is EPROTO.
           need(frame, 4);
-          const n = frame.readUInt32LE(16);
-          if (n > proc.outstanding) throw new FractosError('EPROTO', `DELIVER_ACK of ${n} with ${proc.outstanding} deliveries outstanding`);
-          proc.outstanding -= n;
+          proc.acked(frame.readUInt32LE(16));
           this.#drain(proc);
           return;
         }
@@ -986,7 +984,7 @@ export class Controller {
       },
       fail: done,
     };
-    if (provider.outstanding < this.limits.maxOutstandingDeliveries && provider.queueHead === provider.queue.length) {
+    if (this.#hasCredit(provider) && provider.queueHead === provider.queue.length) {
       d.run();
       return;
     }
@@ -1036,9 +1034,18 @@ export class Controller {
     return { provider: p?.queuedBytes ?? 0, invoker: (p && this.#queuedByInvoker.get(p)) ?? 0 };
   }
 
+  /**
+   * Whether a DELIVER may be sent to `proc` now: fewer than maxOutstandingDeliveries and
+   * fewer than maxOutstandingDeliveryBytes bytes of DELIVERs unacknowledged (so the bytes
+   * outstanding stay below that bound plus one DELIVER).
+   */
+  #hasCredit(proc: ProcConn): boolean {
+    return proc.outstanding < this.limits.maxOutstandingDeliveries && proc.outstandingBytes < this.limits.maxOutstandingDeliveryBytes;
+  }
+
   #drain(proc: ProcConn): void {
     const q = proc.queue;
-    while (proc.queueHead < q.length && proc.outstanding < this.limits.maxOutstandingDeliveries) {
+    while (proc.queueHead < q.length && this.#hasCredit(proc)) {
       const d = q[proc.queueHead]!;
       q[proc.queueHead++] = undefined;
       d.run();
@@ -1113,7 +1120,7 @@ export class Controller {
         o += 32 + d.name.length;
       }
     }
-    provider.outstanding++;
+    provider.delivered(f.length);
     provider.link.send(f);
   }
 

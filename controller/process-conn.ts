@@ -27,6 +27,11 @@ export class ProcConn {
   readonly owned = new Set<Obj>();
   /** DELIVERs sent and not yet acknowledged by a DELIVER_ACK (credits in use). */
   outstanding = 0;
+  /** Bytes of the `outstanding` DELIVER frames. */
+  outstandingBytes = 0;
+  /** Sizes (bytes) of the outstanding DELIVERs, oldest first from `#sizesHead`. */
+  #sizes: number[] = [];
+  #sizesHead = 0;
   /** Deliveries waiting for credits, from `queueHead` on (slots before it are consumed). */
   readonly queue: (Delivery | undefined)[] = [];
   queueHead = 0;
@@ -75,6 +80,30 @@ export class ProcConn {
     this.#caps.delete(cid);
     e.target.entries.delete(e);
     return e;
+  }
+
+  /** Count a DELIVER of `bytes` bytes sent to this Process. */
+  delivered(bytes: number): void {
+    this.outstanding++;
+    this.outstandingBytes += bytes;
+    this.#sizes.push(bytes);
+  }
+
+  /**
+   * A DELIVER_ACK of `n`: the oldest `n` outstanding DELIVERs were taken in (a channel
+   * delivers in order). Errors: EPROTO when fewer than `n` are outstanding.
+   */
+  acked(n: number): void {
+    if (n > this.outstanding) throw new FractosError('EPROTO', `DELIVER_ACK of ${n} with ${this.outstanding} deliveries outstanding`);
+    this.outstanding -= n;
+    for (let i = 0; i < n; i++) this.outstandingBytes -= this.#sizes[this.#sizesHead++]!;
+    if (this.#sizesHead === this.#sizes.length) {
+      this.#sizes = [];
+      this.#sizesHead = 0;
+    } else if (this.#sizesHead > 1024 && this.#sizesHead * 2 > this.#sizes.length) {
+      this.#sizes = this.#sizes.slice(this.#sizesHead);
+      this.#sizesHead = 0;
+    }
   }
 
   /** Test hook: the next cid this space issues (1..2^32-1), to exercise the wrap. */

@@ -98,6 +98,11 @@ export interface Limits {
   maxCaps: number;
   /** Most deliveries to one Process not yet acknowledged (credits). */
   maxOutstandingDeliveries: number;
+  /**
+   * Bytes of DELIVER frames to one Process not yet acknowledged above which no further
+   * DELIVER is sent until an acknowledgement (credits in bytes; one DELIVER may pass it).
+   */
+  maxOutstandingDeliveryBytes: number;
   /** Most invocations queued at a Controller for one Process beyond its credits; more get EAGAIN. */
   maxQueuedDeliveries: number;
   /**
@@ -124,6 +129,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxCapSlots: 64,
   maxCaps: 1 << 20,
   maxOutstandingDeliveries: 256,
+  maxOutstandingDeliveryBytes: 8 * 1024 * 1024,
   maxQueuedDeliveries: 1 << 16,
   maxQueuedDeliveryBytes: 32 * 1024 * 1024,
   maxQueuedBytesPerInvoker: 8 * 1024 * 1024,

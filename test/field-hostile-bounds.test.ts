@@ -412,6 +412,40 @@ test('credits are counted by the Controller: a DELIVER_ACK returning more than w
   }
 });
 
+test('credits are in bytes too: DELIVERs not yet acknowledged stop at maxOutstandingDeliveryBytes (plus one)', async (t) => {
+  const IMM = 60 * 1024;
+  const LIMIT = 256 * 1024;
+  const { c, addr } = await startOne({ limits: { maxOutstandingDeliveryBytes: LIMIT } }); // 256 credits
+  const procs: Process[] = [];
+  try {
+    const provider = await connect(addr, { name: 'provider' });
+    procs.push(provider);
+    let got = 0;
+    provider.onRequest(4, () => {
+      got++;
+    });
+    await provider.kvPut('svc', await provider.requestCreate(4));
+    provider.pause();
+    const inv = await connect(addr, { name: 'invoker' });
+    procs.push(inv);
+    const cid = await inv.kvGet('svc');
+    let settled = 0;
+    const calls = Array.from({ length: 20 }, () => codeOf(inv.requestInvoke(cid, { imms: [{ offset: 0, bytes: Buffer.alloc(IMM, 5) }] })).finally(() => settled++));
+    const expect = Math.ceil(LIMIT / (IMM + 36)); // each DELIVER is the immediate plus 36 bytes
+    await until(() => settled >= expect, 'the deliveries within the byte credits');
+    await sleep(150);
+    t.is(settled, expect, `${settled} of 20 delivered to a provider that acknowledges nothing`);
+    const backlog = procStats(c, provider.processId).backlogBytes;
+    t.true(backlog <= LIMIT + IMM + 64 * 1024, `backlog ${backlog} bytes`);
+    provider.resume();
+    t.deepEqual(await Promise.all(calls), Array(20).fill('OK'));
+    await until(() => got === 20, 'every delivery at the provider');
+  } finally {
+    for (const p of procs) await p.close();
+    await c.close();
+  }
+});
+
 test('a provider that acknowledges deliveries it never reads gets no more than its backlog bound and its credits', async (t) => {
   const HIGH = 256 * 1024;
   const CREDITS = 16;
