@@ -228,6 +228,29 @@ test('a Controller process flooded with 16-byte calls it cannot answer keeps its
 // ------------------------------------------------------------------------------------------
 // Invocations queued for credits: bounded in bytes per provider and per invoker
 
+/**
+ * A provider (pushed on `procs`) that publishes a Request of `tag` as 'svc', counts what is
+ * delivered to it, and stops reading: no credit comes back until `provider.resume()`.
+ */
+async function pausedProvider(addr: string, tag: number, procs: Process[]): Promise<{ provider: Process; delivered: () => number }> {
+  const provider = await connect(addr, { name: 'provider' });
+  procs.push(provider);
+  let delivered = 0;
+  provider.onRequest(tag, () => {
+    delivered++;
+  });
+  await provider.kvPut('svc', await provider.requestCreate(tag));
+  provider.pause();
+  return { provider, delivered: () => delivered };
+}
+
+/** An invocation of `cid` by `p` with `imm` bytes of immediates: its code once settled, and whether it has. */
+function invokeTracked(p: Process, cid: number, imm: number): { p: Promise<string>; settled: () => boolean } {
+  let settled = false;
+  const pr = codeOf(p.requestInvoke(cid, { imms: [{ offset: 0, bytes: Buffer.alloc(imm, 1) }] })).finally(() => (settled = true));
+  return { p: pr, settled: () => settled };
+}
+
 test('invocations queued for credits are bounded in bytes per provider and per invoker (EAGAIN), and the queue drains', async (t) => {
   const IMM = 60 * 1024;
   const COST = QUEUED_DELIVERY_OVERHEAD_BYTES + 8 + IMM;
@@ -235,19 +258,8 @@ test('invocations queued for credits are bounded in bytes per provider and per i
   const { c, addr } = await startOne({ limits });
   const procs: Process[] = [];
   try {
-    const provider = await connect(addr, { name: 'provider' });
-    procs.push(provider);
-    let delivered = 0;
-    provider.onRequest(9, () => {
-      delivered++;
-    });
-    await provider.kvPut('svc', await provider.requestCreate(9));
-    provider.pause(); // takes no delivery: no credit comes back
-    const invoke = (p: Process, cid: number): { p: Promise<string>; settled: () => boolean } => {
-      let settled = false;
-      const pr = codeOf(p.requestInvoke(cid, { imms: [{ offset: 0, bytes: Buffer.alloc(IMM, 1) }] })).finally(() => (settled = true));
-      return { p: pr, settled: () => settled };
-    };
+    const { provider, delivered } = await pausedProvider(addr, 9, procs);
+    const invoke = (p: Process, cid: number): ReturnType<typeof invokeTracked> => invokeTracked(p, cid, IMM);
     const inv: Process[] = [];
     const cids: number[] = [];
     for (const n of ['a', 'b', 'c']) {
@@ -280,7 +292,7 @@ test('invocations queued for credits are bounded in bytes per provider and per i
     t.deepEqual(await Promise.all(a.slice(4, 4 + perInvoker).map((x) => x.p)), Array(perInvoker).fill('OK'));
     t.deepEqual(await Promise.all(b.slice(0, -1).map((x) => x.p)), Array(b.length - 1).fill('OK'));
     t.is(await small, 'OK');
-    await until(() => delivered === 4 + perInvoker + (b.length - 1) + 1, 'every delivery at the provider');
+    await until(() => delivered() === 4 + perInvoker + (b.length - 1) + 1, 'every delivery at the provider');
     t.deepEqual(c.queuedDeliveryBytes(provider.processId), { provider: 0, invoker: 0 });
     t.is(c.queuedDeliveryBytes(inv[0]!.processId).invoker, 0);
     // and c can queue again
@@ -303,10 +315,7 @@ test('invocations from another Controller count against one per-invoker budget (
   const procs: Process[] = [];
   try {
     await until(() => c1.connectedPeers.includes(2) && c2.connectedPeers.includes(1), 'the peer link');
-    const provider = await connect(a1, { name: 'provider' });
-    procs.push(provider);
-    await provider.kvPut('svc', await provider.requestCreate(9));
-    provider.pause();
+    const { provider } = await pausedProvider(a1, 9, procs);
     const remote: Process[] = [];
     for (const n of ['r1', 'r2']) {
       const p = await connect(a2, { name: n });
@@ -314,11 +323,7 @@ test('invocations from another Controller count against one per-invoker budget (
       remote.push(p);
     }
     const cids = await Promise.all(remote.map((p) => p.kvWait('svc')));
-    const call = (i: number): { p: Promise<string>; settled: () => boolean } => {
-      let settled = false;
-      const pr = codeOf(remote[i]!.requestInvoke(cids[i]!, { imms: [{ offset: 0, bytes: Buffer.alloc(IMM, 2) }] })).finally(() => (settled = true));
-      return { p: pr, settled: () => settled };
-    };
+    const call = (i: number): ReturnType<typeof invokeTracked> => invokeTracked(remote[i]!, cids[i]!, IMM);
     // r1: 2 delivered on credits, 4 queued (the peer's whole budget)
     const first = Array.from({ length: 6 }, () => call(0));
     await until(() => first.filter((x) => x.settled()).length >= 2, 'the deliveries on credits');
@@ -418,14 +423,7 @@ test('credits are in bytes too: DELIVERs not yet acknowledged stop at maxOutstan
   const { c, addr } = await startOne({ limits: { maxOutstandingDeliveryBytes: LIMIT } }); // 256 credits
   const procs: Process[] = [];
   try {
-    const provider = await connect(addr, { name: 'provider' });
-    procs.push(provider);
-    let got = 0;
-    provider.onRequest(4, () => {
-      got++;
-    });
-    await provider.kvPut('svc', await provider.requestCreate(4));
-    provider.pause();
+    const { provider, delivered } = await pausedProvider(addr, 4, procs);
     const inv = await connect(addr, { name: 'invoker' });
     procs.push(inv);
     const cid = await inv.kvGet('svc');
@@ -439,7 +437,7 @@ test('credits are in bytes too: DELIVERs not yet acknowledged stop at maxOutstan
     t.true(backlog <= LIMIT + IMM + 64 * 1024, `backlog ${backlog} bytes`);
     provider.resume();
     t.deepEqual(await Promise.all(calls), Array(20).fill('OK'));
-    await until(() => got === 20, 'every delivery at the provider');
+    await until(() => delivered() === 20, 'every delivery at the provider');
   } finally {
     for (const p of procs) await p.close();
     await c.close();
