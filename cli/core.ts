@@ -1,6 +1,6 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
-import { CLUSTER_SECRET_ENV, Controller, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
+import { CLUSTER_SECRET_ENV, Controller, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
@@ -30,7 +30,8 @@ export function register(program: Command): void {
     .option('--peer <id=addr>', 'static peer: ID=tcp://HOST:PORT (repeatable)', collectPeer, new Map<number, string>())
     .option('--cluster-secret-file <file>', `the cluster's shared secret (16..4096 bytes), required with --peer; default $${CLUSTER_SECRET_ENV}`, process.env[CLUSTER_SECRET_ENV])
     .option('--served-timeout-ms <ms>', 'bound on one served-memory read/write during a copy (ETIMEDOUT beyond)', String(DEFAULT_SERVED_TIMEOUT_MS))
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string }) => {
+    .option('--hello-timeout-ms <ms>', 'bound on the wait for a new connection\'s HELLO or PEER_HELLO (closed beyond)', String(DEFAULT_HELLO_TIMEOUT_MS))
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string }) => {
       try {
         const clusterSecret = o.clusterSecretFile ? readClusterSecretFile(o.clusterSecretFile, (m) => log.warn(m)) : undefined;
         const c = await Controller.start({
@@ -40,6 +41,7 @@ export function register(program: Command): void {
           stateDir: o.stateDir,
           peers: o.peer,
           servedTimeoutMs: Number(o.servedTimeoutMs),
+          helloTimeoutMs: Number(o.helloTimeoutMs),
           log,
         });
         superviseService({ name: 'controller', close: () => c.close() });

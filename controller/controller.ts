@@ -10,7 +10,7 @@ import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
 import { Link, dial, formatAddress, parseAddress, type Address } from '../libfractos/link.js';
 import {
   Backing, COPY_CHUNK_BYTES, COPY_WINDOW, DEFAULT_LIMITS, Feature, HEADER_BYTES, Kind, MonitorReason, Op, Perm, REF_BYTES,
-  allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, readArgs, readCid, readRef, readU64,
+  allocFrame, argsBytes, errorReply, frameOp, frameSeq, opName, queuedDeliveryBytes, readArgs, readCid, readRef, readU64,
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
@@ -44,6 +44,11 @@ export interface ControllerOptions {
    * copy with ETIMEDOUT (default DEFAULT_SERVED_TIMEOUT_MS).
    */
   servedTimeoutMs?: number;
+  /**
+   * Bound (ms) on the wait for a connection's first frame (HELLO or PEER_HELLO): a Process
+   * or peer connection that says nothing within it is closed (default DEFAULT_HELLO_TIMEOUT_MS).
+   */
+  helloTimeoutMs?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -57,6 +62,10 @@ export interface LinkStats {
   framesOut: number;
   bytesIn: number;
   bytesOut: number;
+  /** Bytes queued for this link and not yet taken by the kernel (Link.backlogBytes). */
+  backlogBytes: number;
+  /** Times the Controller stopped reading this link because its backlog passed `maxOutboundBytes`. */
+  readPauses: number;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -83,6 +92,9 @@ const noopLog = { info: () => {}, warn: () => {} };
 /** Default bound on one served-memory access (ms), see ControllerOptions.servedTimeoutMs. */
 export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
 
+/** Default bound on the wait for a connection's first frame (ms), see ControllerOptions.helloTimeoutMs. */
+export const DEFAULT_HELLO_TIMEOUT_MS = 5000;
+
 /** Dial attempts after which an unreachable peer is logged again (first failure, then these, then every 30th). */
 function logDialFailure(attempt: number): boolean {
   if (attempt < 1) return false; // redial right after a link closed (logged as 'peer disconnected')
@@ -94,6 +106,7 @@ export class Controller {
   readonly epoch: number;
   readonly limits: Limits;
   readonly servedTimeoutMs: number;
+  readonly helloTimeoutMs: number;
   readonly #log: NonNullable<ControllerOptions['log']>;
   readonly #servers: net.Server[];
   readonly #lock: StateDirLock;
@@ -128,6 +141,7 @@ export class Controller {
     this.#addresses = addresses;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
     this.#secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);
@@ -148,9 +162,10 @@ export class Controller {
     if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
       throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
     }
-    const st = opts.servedTimeoutMs;
-    if (st !== undefined && (!Number.isInteger(st) || st < 1 || st > 2 ** 31 - 1)) {
-      throw new FractosError('EINVAL', `servedTimeoutMs must be an integer 1..2^31-1 ms, got ${st}`);
+    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs]] as const) {
+      if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) {
+        throw new FractosError('EINVAL', `${k} must be an integer 1..2^31-1 ms, got ${v}`);
+      }
     }
     if (opts.clusterSecret !== undefined) checkClusterSecret(opts.clusterSecret);
     else if (opts.peers?.size) {
@@ -210,8 +225,8 @@ export class Controller {
   /** Per-link counters, live links and closed ones. */
   stats(): LinkStats[] {
     const out: LinkStats[] = [...this.#closedStats];
-    for (const p of this.#procs.values()) out.push({ kind: 'process', id: p.id, name: p.name, ...p.link.counters });
-    for (const p of this.#peers.values()) out.push({ kind: 'peer', id: p.id, name: `controller-${p.id}`, ...p.link.counters });
+    for (const p of this.#procs.values()) out.push({ kind: 'process', id: p.id, name: p.name, ...linkStats(p.link) });
+    for (const p of this.#peers.values()) out.push({ kind: 'peer', id: p.id, name: `controller-${p.id}`, ...linkStats(p.link) });
     return out;
   }
 
@@ -233,13 +248,23 @@ export class Controller {
 
   #accept(sock: net.Socket): void {
     const link = new Link(sock, this.limits.maxFrameBytes, SCRATCH_OPS);
+    // A connection that never says hello is not held: it is closed after helloTimeoutMs.
+    const helloTimer = setTimeout(() => {
+      this.#log.info({ remote: sock.remoteAddress ?? 'unix', ms: this.helloTimeoutMs }, 'no hello: connection closed');
+      link.close(new FractosError('ETIMEDOUT', `no HELLO or PEER_HELLO within ${this.helloTimeoutMs} ms`));
+    }, this.helloTimeoutMs);
+    helloTimer.unref();
     link.onFrame = (frame) => {
+      clearTimeout(helloTimer);
       const op = frameOp(frame);
+      // A Process's calls make our frames to it: stop reading it while it does not read
+      // them (never a peer link: two Controllers that both stop reading would deadlock).
+      if (op === Op.HELLO) link.limitBacklog(this.limits.maxOutboundBytes);
       if (op === Op.HELLO) this.#helloProcess(link, frame);
       else if (op === Op.PEER_HELLO) this.#acceptPeer(link, frame);
       else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
     };
-    link.onClose = () => {};
+    link.onClose = () => clearTimeout(helloTimer);
   }
 
   #helloProcess(link: Link, frame: Buffer): void {
@@ -284,10 +309,10 @@ export class Controller {
           proc.calls.complete(frame);
           return;
         case Op.DELIVER_ACK: {
-          // u32 n: deliveries the Process has taken in
+          // u32 n: deliveries the Process has taken in. The Controller counts what it
+          // delivered: returning more credits than DELIVERs outstanding is EPROTO.
           need(frame, 4);
-          const n = frame.readUInt32LE(16);
-          proc.outstanding = Math.max(0, proc.outstanding - n);
+          proc.acked(frame.readUInt32LE(16));
           this.#drain(proc);
           return;
         }
@@ -362,7 +387,7 @@ export class Controller {
           } else {
             const done = this.#replyDone(proc, seq);
             if (t.isProxy) this.#peerInvoke(t, targs, done);
-            else this.#invokeLocal(t, targs, done);
+            else this.#invokeLocal(t, targs, proc, done);
           }
           return;
         }
@@ -511,12 +536,12 @@ export class Controller {
     if (!proc.alive) return;
     proc.alive = false;
     this.#procs.delete(proc.id);
-    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...proc.link.counters });
+    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...linkStats(proc.link), backlogBytes: 0 });
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
-    for (const e of proc.caps) if (e) this.#dropEntry(proc, e.cid);
+    for (const e of [...proc.caps]) this.#dropEntry(proc, e.cid);
     const q = proc.queue;
     for (let i = proc.queueHead; i < q.length; i++) q[i]!.fail(new FractosError('EREVOKED', 'provider went away'));
     q.length = 0;
@@ -924,6 +949,12 @@ export class Controller {
       m.map.set(bytes, m.offset + off);
       return cb(null);
     }
+    // An owner that does not read what it is sent is not sent more: its backlog stays
+    // within maxOutboundBytes plus one chunk, however many copies target it.
+    const backlog = obj.owner.link.backlogBytes;
+    if (backlog > this.limits.maxOutboundBytes) {
+      return cb(new FractosError('EAGAIN', `the owner of a served Memory has ${backlog} bytes unread (limit ${this.limits.maxOutboundBytes})`));
+    }
     // MEM_WRITE: u64 servedKey, u64 offset, data -> REPLY
     obj.owner.call((seq) => {
       const f = allocFrame(Op.MEM_WRITE, seq, 16 + bytes.length);
@@ -951,8 +982,14 @@ export class Controller {
     return this.#newObj(obj.kind, obj.owner, obj, obj.mem, obj.req);
   }
 
-  /** Deliver an invocation of a local Request to its provider, waiting for credits. */
-  #invokeLocal(obj: Obj, args: RequestArgs<Target>, done: Done): void {
+  /**
+   * Deliver an invocation of a local Request to its provider, waiting for credits. Beyond
+   * the credits it queues, bounded per provider in count (maxQueuedDeliveries) and bytes
+   * (maxQueuedDeliveryBytes), and per `invoker` (the local Process, or the peer Controller
+   * a P_INVOKE came from) in bytes (maxQueuedBytesPerInvoker); beyond any bound `done`
+   * gets EAGAIN at once (nothing queued).
+   */
+  #invokeLocal(obj: Obj, args: RequestArgs<Target>, invoker: ProcConn | PeerConn, done: Done): void {
     if (!obj.req) return done(new FractosError('ETYPE', 'request_invoke needs a Request cap'));
     let info: RequestInfo;
     try {
@@ -974,29 +1011,68 @@ export class Controller {
       },
       fail: done,
     };
-    if (provider.outstanding < this.limits.maxOutstandingDeliveries && provider.queueHead === provider.queue.length) {
+    if (this.#hasCredit(provider) && provider.queueHead === provider.queue.length) {
       d.run();
       return;
     }
     if (provider.queue.length - provider.queueHead >= this.limits.maxQueuedDeliveries) {
       return done(new FractosError('EAGAIN', `process ${provider.id} has ${this.limits.maxQueuedDeliveries} deliveries queued`));
     }
+    const bytes = queuedDeliveryBytes(args);
+    if (provider.queuedBytes + bytes > this.limits.maxQueuedDeliveryBytes) {
+      return done(new FractosError('EAGAIN', `process ${provider.id} has ${provider.queuedBytes} bytes of deliveries queued (limit ${this.limits.maxQueuedDeliveryBytes})`));
+    }
+    const mine = this.#queuedByInvoker.get(invoker) ?? 0;
+    if (mine + bytes > this.limits.maxQueuedBytesPerInvoker) {
+      return done(new FractosError('EAGAIN', `the invoker has ${mine} bytes of invocations queued (limit ${this.limits.maxQueuedBytesPerInvoker})`));
+    }
+    provider.queuedBytes += bytes;
+    this.#queuedByInvoker.set(invoker, mine + bytes);
     const unpin = this.#pinArgs(args);
+    const dequeued = (): void => {
+      unpin();
+      provider.queuedBytes -= bytes;
+      const left = this.#queuedByInvoker.get(invoker)! - bytes;
+      if (left === 0) this.#queuedByInvoker.delete(invoker);
+      else this.#queuedByInvoker.set(invoker, left);
+    };
     provider.queue.push({
       run: () => {
         d.run(); // installs the arguments in the provider's space first
-        unpin();
+        dequeued();
       },
       fail: (err) => {
-        unpin();
+        dequeued();
         done(err);
       },
     });
   }
 
+  /** Bytes of invocations queued for credits by an invoker (a local Process or a peer), over all providers. */
+  readonly #queuedByInvoker = new Map<ProcConn | PeerConn, number>();
+
+  /**
+   * Bytes of invocations waiting for credits at this Controller (queuedDeliveryBytes of
+   * each): `provider` = process id of the provider; `invoker` = process id of a local invoker.
+   * Both 0 when unknown. For tests and stats.
+   */
+  queuedDeliveryBytes(proc: number): { provider: number; invoker: number } {
+    const p = this.#procs.get(proc);
+    return { provider: p?.queuedBytes ?? 0, invoker: (p && this.#queuedByInvoker.get(p)) ?? 0 };
+  }
+
+  /**
+   * Whether a DELIVER may be sent to `proc` now: fewer than maxOutstandingDeliveries and
+   * fewer than maxOutstandingDeliveryBytes bytes of DELIVERs unacknowledged (so the bytes
+   * outstanding stay below that bound plus one DELIVER).
+   */
+  #hasCredit(proc: ProcConn): boolean {
+    return proc.outstanding < this.limits.maxOutstandingDeliveries && proc.outstandingBytes < this.limits.maxOutstandingDeliveryBytes;
+  }
+
   #drain(proc: ProcConn): void {
     const q = proc.queue;
-    while (proc.queueHead < q.length && proc.outstanding < this.limits.maxOutstandingDeliveries) {
+    while (proc.queueHead < q.length && this.#hasCredit(proc)) {
       const d = q[proc.queueHead]!;
       q[proc.queueHead++] = undefined;
       d.run();
@@ -1071,7 +1147,7 @@ export class Controller {
         o += 32 + d.name.length;
       }
     }
-    provider.outstanding++;
+    provider.delivered(f.length);
     provider.link.send(f);
   }
 
@@ -1269,7 +1345,7 @@ export class Controller {
     if (!peer.alive) return;
     peer.alive = false;
     if (this.#peers.get(peer.id) === peer) this.#peers.delete(peer.id);
-    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...peer.link.counters });
+    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
     for (const obj of this.#objects.values()) {
@@ -1419,7 +1495,7 @@ export class Controller {
               if (t?.isProxy && t !== DEAD && !t.mem) t.mem = { size: readU64(frame, o + 8), perms: frame.readUInt8(o + 2) & Perm.RW, backing: frame.readUInt8(o + 3) === 1 ? 1 : 0 };
             }
           }
-          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, (err) => reply(err));
+          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, peer, (err) => reply(err));
           else replyRef(this.#derive(obj, targs));
           return;
         }
@@ -1595,6 +1671,11 @@ export function mergeArgs(base: RequestInfo | null, tag: number, args: RequestAr
     }
   }
   return { tag, imms, caps };
+}
+
+/** Counters and backlog of a link, for `Controller.stats`. */
+function linkStats(link: Link): Omit<LinkStats, 'kind' | 'id' | 'name'> {
+  return { ...link.counters, backlogBytes: link.backlogBytes, readPauses: link.readPauses };
 }
 
 /** Read, increment and durably store the epoch in `dir/epoch`. Errors: EIO. */

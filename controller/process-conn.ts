@@ -13,25 +13,30 @@ export interface Delivery {
   fail: (err: FractosError) => void;
 }
 
-/** Bits of a cid that index the capability space; the rest is a generation. */
-export const CID_INDEX_BITS = 20;
-const INDEX_MASK = (1 << CID_INDEX_BITS) - 1;
-
 export class ProcConn {
   /**
-   * index -> entry. A cid is `index | generation << 20`: an index is reused after
-   * cap_drop with the next generation, so a stale cid is EBADCAP instead of naming
-   * whatever cap took its slot (like Zircon handle values).
+   * cid -> entry. Cids are issued in order from a per-space u32 counter (1, 2, ..., 2^32-1,
+   * then 1 again, skipping cids in use), so a cid value comes back only after 2^32-2 other
+   * cids were issued in this space: a stale cid is EBADCAP instead of naming whatever cap
+   * came later (a slot index plus a 12-bit generation came back after 4096 reuses of a slot).
    */
-  readonly caps: (CapEntry | undefined)[] = [undefined]; // index 0 is never used
-  readonly #gens: number[] = [0];
-  readonly freeCids: number[] = [];
+  readonly #caps = new Map<number, CapEntry>();
+  /** The next cid to issue (1..2^32-1). */
+  #nextCid = 1;
   /** Base objects this Process registered (revoked when it goes away). */
   readonly owned = new Set<Obj>();
+  /** DELIVERs sent and not yet acknowledged by a DELIVER_ACK (credits in use). */
   outstanding = 0;
+  /** Bytes of the `outstanding` DELIVER frames. */
+  outstandingBytes = 0;
+  /** Sizes (bytes) of the outstanding DELIVERs, oldest first from `#sizesHead`. */
+  #sizes: number[] = [];
+  #sizesHead = 0;
   /** Deliveries waiting for credits, from `queueHead` on (slots before it are consumed). */
   readonly queue: (Delivery | undefined)[] = [];
   queueHead = 0;
+  /** Bytes of the deliveries in `queue` (queuedDeliveryBytes of each). */
+  queuedBytes = 0;
   name = '';
   pid = 0;
   /** HELLO feature bits (Feature). */
@@ -44,39 +49,67 @@ export class ProcConn {
     readonly link: Link,
   ) {}
 
-  /** Install a cap in this space. Errors: ENOSPC when the space is full. */
+  /** Entries of this space (a live view; copy it before removing entries while iterating). */
+  get caps(): IterableIterator<CapEntry> {
+    return this.#caps.values();
+  }
+
+  /** Install a cap in this space. Errors: ENOSPC when the space holds `maxCaps` entries. */
   install(target: Target, maxCaps: number): CapEntry {
-    let idx = this.freeCids.pop();
-    if (idx === undefined) {
-      if (this.caps.length > Math.min(maxCaps, INDEX_MASK)) throw new FractosError('ENOSPC', `capability space full (${maxCaps} caps)`);
-      idx = this.caps.length;
-      this.caps.push(undefined);
-      this.#gens.push(0);
-    }
-    const cid = (idx | (this.#gens[idx]! << CID_INDEX_BITS)) >>> 0;
+    if (this.#caps.size >= maxCaps) throw new FractosError('ENOSPC', `capability space full (${maxCaps} caps)`);
+    let cid = this.#nextCid;
+    while (this.#caps.has(cid)) cid = cid === 0xffffffff ? 1 : cid + 1; // only after a wrap
+    this.#nextCid = cid === 0xffffffff ? 1 : cid + 1;
     const e: CapEntry = { target, proc: this, cid };
-    this.caps[idx] = e;
+    this.#caps.set(cid, e);
     target.entries.add(e);
     return e;
   }
 
   /** The entry for a cid. Errors: EBADCAP when the cid is not in this space. */
   lookup(cid: number): CapEntry {
-    const e = this.caps[cid & INDEX_MASK];
-    if (e === undefined || e.cid !== cid) throw new FractosError('EBADCAP', `cid ${cid} is not in the capability space of process ${this.id}`);
+    const e = this.#caps.get(cid);
+    if (e === undefined) throw new FractosError('EBADCAP', `cid ${cid} is not in the capability space of process ${this.id}`);
     return e;
   }
 
   /** Remove an entry (no revocation). Returns it. */
   remove(cid: number): CapEntry | undefined {
-    const idx = cid & INDEX_MASK;
-    const e = this.caps[idx];
-    if (!e || e.cid !== cid) return undefined;
-    this.caps[idx] = undefined;
-    this.#gens[idx] = (this.#gens[idx]! + 1) & (0xffffffff >>> CID_INDEX_BITS);
-    this.freeCids.push(idx);
+    const e = this.#caps.get(cid);
+    if (!e) return undefined;
+    this.#caps.delete(cid);
     e.target.entries.delete(e);
     return e;
+  }
+
+  /** Count a DELIVER of `bytes` bytes sent to this Process. */
+  delivered(bytes: number): void {
+    this.outstanding++;
+    this.outstandingBytes += bytes;
+    this.#sizes.push(bytes);
+  }
+
+  /**
+   * A DELIVER_ACK of `n`: the oldest `n` outstanding DELIVERs were taken in (a channel
+   * delivers in order). Errors: EPROTO when fewer than `n` are outstanding.
+   */
+  acked(n: number): void {
+    if (n > this.outstanding) throw new FractosError('EPROTO', `DELIVER_ACK of ${n} with ${this.outstanding} deliveries outstanding`);
+    this.outstanding -= n;
+    for (let i = 0; i < n; i++) this.outstandingBytes -= this.#sizes[this.#sizesHead++]!;
+    if (this.#sizesHead === this.#sizes.length) {
+      this.#sizes = [];
+      this.#sizesHead = 0;
+    } else if (this.#sizesHead > 1024 && this.#sizesHead * 2 > this.#sizes.length) {
+      this.#sizes = this.#sizes.slice(this.#sizesHead);
+      this.#sizesHead = 0;
+    }
+  }
+
+  /** Test hook: the next cid this space issues (1..2^32-1), to exercise the wrap. */
+  setNextCidForTest(cid: number): void {
+    if (!Number.isInteger(cid) || cid < 1 || cid > 0xffffffff) throw new FractosError('EINVAL', `cid ${cid} outside 1..2^32-1`);
+    this.#nextCid = cid;
   }
 
   /**

@@ -6,6 +6,9 @@ import net from 'node:net';
 import { FractosError } from './errors.js';
 import { FrameDecoder, type LinkCounters } from './protocol.js';
 
+/** Frames below this size (bytes) are copied into one buffer per run when a link flushes. */
+const COALESCE_BYTES = 4096;
+
 /** A parsed transport address. */
 export type Address = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
 
@@ -63,7 +66,14 @@ export class Link {
   #decoder: FrameDecoder;
   #closed = false;
   #queue: Uint8Array[] = [];
+  /** Bytes in `#queue` (frames waiting for the next flush). */
+  #queueBytes = 0;
   #flushScheduled = false;
+  /** Outbound backlog (bytes) above which reading stops (see `limitBacklog`); 0 = never. */
+  #backlogHigh = 0;
+  #readPaused = false;
+  /** Times reading was paused because the backlog passed its high-water mark. */
+  readPauses = 0;
   onFrame: (frame: Buffer) => void = () => {};
   onClose: (err?: Error) => void = () => {};
 
@@ -97,6 +107,7 @@ export class Link {
     if (this.#closed) return;
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
+    this.#queueBytes += frame.length;
     this.#queue.push(frame);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -109,14 +120,68 @@ export class Link {
     const q = this.#queue;
     if (this.#closed || q.length === 0) return;
     this.#queue = [];
-    if (q.length === 1) {
-      this.socket.write(q[0]!);
-      return;
+    this.#queueBytes = 0;
+    if (q.length === 1) this.socket.write(q[0]!);
+    else {
+      // Runs of small frames go out as one buffer: a write buffered in the socket costs
+      // about 100 bytes of bookkeeping, more than a 16-byte REPLY, so the backlog's bytes
+      // are its memory. Large frames and sendv payloads are written as they are (no copy).
+      this.socket.cork();
+      let from = 0;
+      let runBytes = 0;
+      const endRun = (to: number): void => {
+        if (to - from === 1) this.socket.write(q[from]!);
+        else if (to > from) this.socket.write(Buffer.concat(q.slice(from, to), runBytes));
+      };
+      for (let i = 0; i < q.length; i++) {
+        const f = q[i]!;
+        if (f.length < COALESCE_BYTES) {
+          if (runBytes === 0) from = i;
+          runBytes += f.length;
+          continue;
+        }
+        if (runBytes) endRun(i);
+        runBytes = 0;
+        this.socket.write(f);
+      }
+      if (runBytes) endRun(q.length);
+      this.socket.uncork();
     }
-    this.socket.cork();
-    for (const f of q) this.socket.write(f);
-    this.socket.uncork();
+    // The kernel does not take our frames as fast as we make them: stop reading the other
+    // side until it has (its calls are what make most of our frames). 'drain' comes once
+    // the socket's write buffer is empty, which needs writableNeedDrain (a write refused).
+    if (this.#backlogHigh && !this.#readPaused && this.socket.writableLength > this.#backlogHigh && this.socket.writableNeedDrain) {
+      this.#readPaused = true;
+      this.readPauses++;
+      this.socket.pause();
+      this.socket.once('drain', this.#resume);
+    }
   };
+
+  #resume = (): void => {
+    this.#readPaused = false;
+    if (!this.#closed) this.socket.resume();
+  };
+
+  /**
+   * Bytes queued for the other side and not yet taken by the kernel: frames waiting for
+   * the next flush plus the socket's write buffer.
+   */
+  get backlogBytes(): number {
+    return this.#queueBytes + this.socket.writableLength;
+  }
+
+  /**
+   * Bound the outbound backlog of a link whose other side's frames cause ours (a Process's
+   * calls and their REPLYs): once more than `highBytes` (bytes, >= the socket's 16 KiB write
+   * high-water mark to take effect) wait in the socket's write buffer, the link stops
+   * reading until the buffer has drained into the kernel (low-water mark 0). Only for links
+   * where the other side never waits for us to read before it reads (a Process): two sides
+   * that both stop reading deadlock, so peer links never use it.
+   */
+  limitBacklog(highBytes: number): void {
+    this.#backlogHigh = highBytes;
+  }
 
   /**
    * Queue a frame whose last `payload.length` bytes are sent from `payload` itself (no copy
@@ -127,6 +192,7 @@ export class Link {
     if (this.#closed) return;
     this.counters.framesOut++;
     this.counters.bytesOut += head.length + payload.length;
+    this.#queueBytes += head.length + payload.length;
     this.#queue.push(head, payload as Buffer);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -139,6 +205,7 @@ export class Link {
     if (this.#closed) return;
     if (this.#queue.length) this.#flush();
     this.#closed = true;
+    this.#queueBytes = 0;
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
     this.onClose(err);

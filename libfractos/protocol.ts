@@ -99,8 +99,29 @@ export interface Limits {
   maxCaps: number;
   /** Most deliveries to one Process not yet acknowledged (credits). */
   maxOutstandingDeliveries: number;
+  /**
+   * Bytes of DELIVER frames to one Process not yet acknowledged above which no further
+   * DELIVER is sent until an acknowledgement (credits in bytes; one DELIVER may pass it).
+   */
+  maxOutstandingDeliveryBytes: number;
   /** Most invocations queued at a Controller for one Process beyond its credits; more get EAGAIN. */
   maxQueuedDeliveries: number;
+  /**
+   * Most bytes of invocations queued at a Controller for one provider beyond its credits
+   * (`queuedDeliveryBytes` of each); more get EAGAIN.
+   */
+  maxQueuedDeliveryBytes: number;
+  /**
+   * Most bytes of invocations one invoker (a local Process, or a peer Controller for all
+   * of its Processes) has queued at a Controller, over all providers; more get EAGAIN.
+   */
+  maxQueuedBytesPerInvoker: number;
+  /**
+   * Outbound backlog of one Process's channel (bytes the Controller has queued for it and
+   * the kernel has not taken: REPLYs, DELIVERs, ...) above which the Controller stops
+   * reading that Process until the backlog has drained.
+   */
+  maxOutboundBytes: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -109,8 +130,27 @@ export const DEFAULT_LIMITS: Limits = {
   maxCapSlots: 64,
   maxCaps: 1 << 20,
   maxOutstandingDeliveries: 256,
+  maxOutstandingDeliveryBytes: 8 * 1024 * 1024,
   maxQueuedDeliveries: 1 << 16,
+  maxQueuedDeliveryBytes: 32 * 1024 * 1024,
+  maxQueuedBytesPerInvoker: 8 * 1024 * 1024,
+  maxOutboundBytes: 4 * 1024 * 1024,
 };
+
+/** What a queued invocation counts against the queued-bytes limits: a fixed cost plus its arguments. */
+export const QUEUED_DELIVERY_OVERHEAD_BYTES = 256;
+
+/**
+ * Bytes an invocation waiting for credits counts against `maxQueuedDeliveryBytes` and
+ * `maxQueuedBytesPerInvoker`: QUEUED_DELIVERY_OVERHEAD_BYTES, plus 8 + length per immediate
+ * range and 16 per cap argument it carries (the Request's own arguments are shared, not
+ * counted).
+ */
+export function queuedDeliveryBytes(args: RequestArgs<unknown>): number {
+  let n = QUEUED_DELIVERY_OVERHEAD_BYTES + 16 * (args.caps?.length ?? 0);
+  if (args.imms) for (const r of args.imms) n += 8 + r.bytes.length;
+  return n;
+}
 
 /** Data chunk of memory copies and served reads/writes (bytes). */
 export const COPY_CHUNK_BYTES = 256 * 1024;
