@@ -19,6 +19,8 @@ import { spawnFractos, tempDir } from './helpers/spawn.js';
 import { codeOf } from './helpers/errors.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** The cluster secret of the two-Controller tests (peer links need one). */
+const SECRET = 'field-hostile-bounds secret';
 
 async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
@@ -310,8 +312,8 @@ test('invocations from another Controller count against one per-invoker budget (
   const dir = tempDir();
   const a1 = `unix:${join(dir, 'c1.sock')}`;
   const a2 = `unix:${join(dir, 'c2.sock')}`;
-  const c1 = await Controller.start({ id: 1, listen: [a1, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]), limits });
-  const c2 = await Controller.start({ id: 2, listen: [a2], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]), limits });
+  const c1 = await Controller.start({ id: 1, listen: [a1, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]), limits, clusterSecret: SECRET });
+  const c2 = await Controller.start({ id: 2, listen: [a2], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]), limits, clusterSecret: SECRET });
   const procs: Process[] = [];
   try {
     await until(() => c1.connectedPeers.includes(2) && c2.connectedPeers.includes(1), 'the peer link');
