@@ -9,7 +9,6 @@
  * generation g goes to slot g % 2 with a crc32, written with FUA (durable when acknowledged);
  * loading keeps the valid slot with the highest generation.
  */
-import { LRUCache } from 'lru-cache';
 import { FractosError } from '../libfractos/errors.js';
 import type { MemoryStat } from '../libfractos/process.js';
 import type { MemoryDescriptor } from '../libfractos/schema.js';
@@ -23,11 +22,11 @@ import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
 } from './schema.js';
+import { allocatedOf, BLOCK, MAX_MEDIATED, newInode, type Extent, type FsCounts, type FsLog, type Inode } from './inode.js';
+import { BlockCache } from './cache.js';
 
-/** Cache block and alignment unit, bytes. */
-export const BLOCK = 4096;
-/** Largest mediated read/write, bytes. */
-export const MAX_MEDIATED = 1 << 20;
+export { BLOCK, MAX_MEDIATED } from './inode.js';
+
 /** Bytes of one metadata slot (two slots on the metadata volume). */
 export const META_SLOT_BYTES = 4 << 20;
 const META_MAGIC = 'FRFSMETA';
@@ -61,31 +60,7 @@ export interface FsOptions {
    * holds the volume-administration claim): volumes a previous claim holder created are deleted too.
    */
   reclaim?: boolean;
-  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
-}
-
-interface Extent {
-  volume: number;
-  fileOffset: number;
-  length: number;
-}
-
-interface Inode {
-  id: number;
-  path: string;
-  size: number;
-  extents: Extent[];
-  /** Serializes extent allocation. */
-  alloc: Promise<unknown>;
-  /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
-  writing: number;
-  wgen: number;
-  /**
-   * Block ranges [a, b) (bytes) of mediated writes between their read-modify-write and
-   * their write-back: a write waits for every overlapping one, so two writes sharing a
-   * partial block never write back a stale copy of each other's bytes (lost update).
-   */
-  busy?: { a: number; b: number; done: Promise<void> }[];
+  log?: FsLog;
 }
 
 interface Handle {
@@ -103,11 +78,6 @@ interface Handle {
    * can no longer use the open and the FS closes it (client closed its channel or died).
    */
   live: Set<number>;
-}
-
-function allocatedOf(ino: Inode): number {
-  const last = ino.extents[ino.extents.length - 1];
-  return last ? last.fileOffset + last.length : 0;
 }
 
 function errOf(err: unknown): FractosError {
@@ -142,24 +112,18 @@ export class FsService {
   /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
   readonly stageSlots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
   readonly #maps = new Map<string, Uint8Array>();
-  readonly #cache: LRUCache<number, Buffer>;
-  readonly #spare: Buffer[] = [];
+  readonly #cache: BlockCache;
   // Group commit of metadata.
   #persisting = false;
   #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
-  readonly counts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
+  readonly counts: FsCounts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
 
   private constructor(proc: Process, opts: FsOptions) {
     this.proc = proc;
     this.name = opts.name ?? 'fs';
     this.#opts = opts;
-    this.#cache = new LRUCache<number, Buffer>({
-      max: Math.max(16, opts.cacheBlocks ?? 16384),
-      dispose: (b) => {
-        if (this.#spare.length < 1024) this.#spare.push(b);
-      },
-    });
+    this.#cache = new BlockCache(opts.cacheBlocks ?? 16384, this.counts);
   }
 
   /**
@@ -273,7 +237,7 @@ export class FsService {
     this.#gen = best.gen;
     this.#nextIno = m.nextIno;
     for (const f of m.files) {
-      const ino: Inode = { id: f.id, path: f.path, size: f.size, extents: f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })), alloc: Promise.resolve(), writing: 0, wgen: 0 };
+      const ino = newInode(f.id, f.path, f.size, f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })));
       this.#files.set(f.path, ino);
       for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#admin.open, x.volume));
     }
@@ -373,7 +337,7 @@ export class FsService {
   #newInode(path: string): Inode {
     checkPath(path);
     if (this.#files.has(path)) throw new FractosError('EEXIST', `'${path}' exists`);
-    const ino: Inode = { id: this.#nextIno++, path, size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
+    const ino = newInode(this.#nextIno++, path);
     this.#files.set(path, ino);
     return ino;
   }
@@ -422,7 +386,7 @@ export class FsService {
       }
     }
     // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
-    if (dax && mode & OpenMode.WRITE) this.#invalidate(ino, 0);
+    if (dax && mode & OpenMode.WRITE) this.#cache.invalidate(ino.id, 0);
     this.#handles.set(h.id, h);
     let set = this.#byIno.get(ino.id);
     if (!set) this.#byIno.set(ino.id, (set = new Set()));
@@ -456,7 +420,7 @@ export class FsService {
 
   async #revokeHandle(h: Handle): Promise<void> {
     this.#handles.delete(h.id);
-    if (h.dax && h.mode & OpenMode.WRITE) this.#invalidate(h.ino, 0);
+    if (h.dax && h.mode & OpenMode.WRITE) this.#cache.invalidate(h.ino.id, 0);
     this.#byIno.get(h.ino.id)?.delete(h);
     h.live.clear();
     const cids = h.cids.splice(0);
@@ -523,18 +487,13 @@ export class FsService {
     }
   }
 
-  #invalidate(ino: Inode, fromBlock: number): void {
-    const base = ino.id * 0x100000000;
-    for (const k of [...this.#cache.keys()]) if (k >= base + fromBlock && k < base + 0x100000000) this.#cache.delete(k);
-  }
-
   async #delete(path: string, ok: number): Promise<void> {
     const ino = this.#lookup(path);
     this.#files.delete(path);
     await this.#persist();
     for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
     this.#byIno.delete(ino.id);
-    this.#invalidate(ino, 0);
+    this.#cache.invalidate(ino.id, 0);
     await this.#freeExtents(ino, ino.extents);
     await this.proc.invoke(ok, DoneReply);
   }
@@ -551,7 +510,7 @@ export class FsService {
       const gone = ino.extents.filter((x) => x.fileOffset >= keep);
       ino.extents = ino.extents.filter((x) => x.fileOffset < keep);
       ino.size = size;
-      this.#invalidate(ino, Math.floor(size / BLOCK));
+      this.#cache.invalidate(ino.id, Math.floor(size / BLOCK));
       // Bytes past the size are zero on the device (new volumes are zeroed; a shrink zeroes
       // what it cuts off the kept extents), so a later grow exposes zeros, never old data.
       // Durable (FUA) before the metadata: a crash never leaves old bytes past a persisted size.
@@ -687,38 +646,17 @@ export class FsService {
     }
   }
 
-  #cacheKey(ino: Inode, blk: number): number {
-    return ino.id * 0x100000000 + blk;
-  }
-
-  #cachePut(ino: Inode, blk: number, src: Uint8Array): void {
-    const b = this.#spare.pop() ?? Buffer.allocUnsafe(BLOCK);
-    b.set(src);
-    this.#cache.set(this.#cacheKey(ino, blk), b);
-  }
-
   /** Fill stage [0, b - a) with file range [a, b): from the cache when every block is there, else from the device. */
   async #fill(ino: Inode, a: number, b: number, slot: number): Promise<void> {
     const stage = this.#stageBytes(slot);
     const nb = (b - a) / BLOCK;
     const first = a / BLOCK;
-    let hits = 0;
-    for (let i = 0; i < nb; i++) {
-      const c = this.#cache.get(this.#cacheKey(ino, first + i));
-      if (!c) break;
-      stage.set(c, i * BLOCK);
-      hits++;
-    }
-    if (hits === nb) {
-      this.counts.hits += nb;
-      return;
-    }
-    this.counts.misses += nb;
+    if (this.#cache.readRun(ino.id, first, nb, stage)) return;
     const gen = ino.wgen;
     const clean = ino.writing === 0;
     await this.#devRange(ino, a, b, slot, false);
     if (clean && ino.writing === 0 && ino.wgen === gen && this.#files.get(ino.path) === ino) {
-      for (let i = 0; i < nb; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+      for (let i = 0; i < nb; i++) this.#cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
     }
   }
 
@@ -787,7 +725,7 @@ export class FsService {
       await this.#fromClient(slot, offset - a, length, buffer, st);
       await this.#devRange(ino, a, b, slot, true);
       const first = a / BLOCK;
-      for (let i = 0; i < (b - a) / BLOCK; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+      for (let i = 0; i < (b - a) / BLOCK; i++) this.#cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
       if (end > ino.size) {
         ino.size = end;
         await this.#persist();
@@ -808,7 +746,7 @@ export class FsService {
       stage.fill(0, at, at + BLOCK);
       return;
     }
-    const c = this.#cache.get(this.#cacheKey(ino, blockOff / BLOCK));
+    const c = this.#cache.get(ino.id, blockOff / BLOCK);
     if (c) {
       stage.set(c, at);
       return;
