@@ -15,7 +15,6 @@ import type { MemoryDescriptor } from '../libfractos/schema.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
-import { crc32 } from 'node:zlib';
 import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
 import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
@@ -24,13 +23,11 @@ import {
 } from './schema.js';
 import { allocatedOf, BLOCK, MAX_MEDIATED, newInode, type Extent, type FsCounts, type FsLog, type Inode } from './inode.js';
 import { BlockCache } from './cache.js';
+import { MetadataStore, type MetaImage } from './metadata.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
+export { META_SLOT_BYTES } from './metadata.js';
 
-/** Bytes of one metadata slot (two slots on the metadata volume). */
-export const META_SLOT_BYTES = 4 << 20;
-const META_MAGIC = 'FRFSMETA';
-const META_HEADER = 64;
 /** Smallest extent, bytes. */
 const MIN_EXTENT = 1 << 20;
 /** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
@@ -97,10 +94,7 @@ export class FsService {
   #port!: IoPort;
   /** The blockdev's volume administration, claimed at start (this FS is its only owner). */
   #admin!: VolumeAdmin;
-  #meta!: VolumeHandle;
-  #metaRegion!: SharedRegion;
-  #metaCid = 0;
-  #gen = 0;
+  #meta!: MetadataStore;
   #nextIno = 1;
   readonly #files = new Map<string, Inode>();
   readonly #vols = new Map<number, VolumeHandle>();
@@ -113,9 +107,6 @@ export class FsService {
   readonly stageSlots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
   readonly #maps = new Map<string, Uint8Array>();
   readonly #cache: BlockCache;
-  // Group commit of metadata.
-  #persisting = false;
-  #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
   readonly counts: FsCounts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
 
@@ -169,8 +160,7 @@ export class FsService {
     this.#admin = await adminClaim(p, bd, 30_000);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
-    this.#metaRegion = p.allocShared(META_SLOT_BYTES);
-    this.#metaCid = await p.memoryCreate(this.#metaRegion, Perm.RW);
+    this.#meta = await MetadataStore.create(p, this.#port, () => this.#image());
     this.#stage = p.allocShared(STAGE_SLOTS * STAGE_BYTES);
     for (let i = 0; i < STAGE_SLOTS; i++) {
       this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
@@ -213,34 +203,20 @@ export class FsService {
   // Metadata
 
   async #loadMeta(): Promise<void> {
-    const p = this.proc;
-    let created = false;
-    try {
-      this.#meta = await volumeOpen(p, this.#admin.open, 1);
-    } catch (err) {
-      if ((err as FractosError).code !== 'ENOENT') throw err;
-      this.#meta = await volumeCreate(p, this.#admin.create, 2 * META_SLOT_BYTES);
-      created = true;
-      if (this.#meta.volume !== 1) {
-        throw new FractosError('EINVAL', `the metadata volume must be the first volume of the blockdev (got volume ${this.#meta.volume}); use a freshly formatted device`);
-      }
-    }
-    if (this.#meta.size < 2 * META_SLOT_BYTES) throw new FractosError('EINVAL', `volume 1 (${this.#meta.size} bytes) is not an FS metadata volume`);
-    if (created) return;
-    let best: { gen: number; json: string } | null = null;
-    for (let slot = 0; slot < 2; slot++) {
-      const r = await this.#readMetaSlot(slot);
-      if (r && (!best || r.gen > best.gen)) best = r;
-    }
-    if (!best) return; // Crashed before the first metadata write: empty FS.
-    const m = JSON.parse(best.json) as { nextIno: number; files: { id: number; path: string; size: number; extents: [number, number, number][] }[] };
-    this.#gen = best.gen;
+    const m = await this.#meta.load(this.#admin);
+    if (!m) return;
     this.#nextIno = m.nextIno;
     for (const f of m.files) {
       const ino = newInode(f.id, f.path, f.size, f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })));
       this.#files.set(f.path, ino);
-      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#admin.open, x.volume));
+      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(this.proc, this.#admin.open, x.volume));
     }
+  }
+
+  /** The namespace as the metadata image persists it. */
+  #image(): MetaImage {
+    const files = [...this.#files.values()].map((f) => ({ id: f.id, path: f.path, size: f.size, extents: f.extents.map((x): [number, number, number] => [x.volume, x.fileOffset, x.length]) }));
+    return { nextIno: this.#nextIno, files };
   }
 
   /**
@@ -265,65 +241,6 @@ export class FsService {
     this.#opts.log?.info({ volumes: ids.length, reclaimed: this.counts.reclaimedVolumes }, `reclaimed ${this.counts.reclaimedVolumes} leaked volume(s)`);
   }
 
-  async #readMetaSlot(slot: number): Promise<{ gen: number; json: string } | null> {
-    const bytes = this.#metaRegion.bytes;
-    await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, BLOCK, this.#metaCid);
-    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-    if (b.toString('latin1', 0, 8) !== META_MAGIC || b.readUInt32LE(8) !== 1) return null;
-    const len = b.readUInt32LE(12);
-    const gen = b.readUInt32LE(16) + b.readUInt32LE(20) * 0x100000000;
-    const crc = b.readUInt32LE(24);
-    if (len > META_SLOT_BYTES - META_HEADER) return null;
-    const total = Math.ceil((META_HEADER + len) / BLOCK) * BLOCK;
-    if (total > BLOCK) await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, total, this.#metaCid);
-    if (crc32(b.subarray(META_HEADER, META_HEADER + len)) !== crc) return null;
-    return { gen, json: b.toString('utf8', META_HEADER, META_HEADER + len) };
-  }
-
-  /** Make the current in-memory metadata durable (group commit: one write covers every caller waiting). */
-  #persist(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.#persistWaiters.push({ resolve, reject });
-      if (!this.#persisting) void this.#persistLoop();
-    });
-  }
-
-  async #persistLoop(): Promise<void> {
-    this.#persisting = true;
-    while (this.#persistWaiters.length) {
-      const batch = this.#persistWaiters;
-      this.#persistWaiters = [];
-      try {
-        await this.#writeMeta();
-        for (const w of batch) w.resolve();
-      } catch (err) {
-        for (const w of batch) w.reject(err as Error);
-      }
-    }
-    this.#persisting = false;
-  }
-
-  async #writeMeta(): Promise<void> {
-    const files = [...this.#files.values()].map((f) => ({ id: f.id, path: f.path, size: f.size, extents: f.extents.map((x) => [x.volume, x.fileOffset, x.length]) }));
-    const json = Buffer.from(JSON.stringify({ nextIno: this.#nextIno, files }), 'utf8');
-    if (json.length > META_SLOT_BYTES - META_HEADER) throw new FractosError('ENOSPC', 'metadata does not fit the metadata volume');
-    const gen = this.#gen + 1;
-    const bytes = this.#metaRegion.bytes;
-    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-    const total = Math.ceil((META_HEADER + json.length) / BLOCK) * BLOCK;
-    b.fill(0, 0, META_HEADER);
-    b.write(META_MAGIC, 0, 'latin1');
-    b.writeUInt32LE(1, 8);
-    b.writeUInt32LE(json.length, 12);
-    b.writeUInt32LE(gen % 0x100000000, 16);
-    b.writeUInt32LE(Math.floor(gen / 0x100000000), 20);
-    b.writeUInt32LE(crc32(json), 24);
-    json.copy(b, META_HEADER);
-    b.fill(0, META_HEADER + json.length, total);
-    await this.#port.ioAsync(this.#meta.write, true, (gen % 2) * META_SLOT_BYTES, total, this.#metaCid, WriteFlags.FUA);
-    this.#gen = gen;
-  }
-
   // -----------------------------------------------------------------------------------
   // Control operations
 
@@ -344,7 +261,7 @@ export class FsService {
 
   async #create(path: string, ok: number): Promise<void> {
     this.#newInode(path);
-    await this.#persist();
+    await this.#meta.persist();
     await this.proc.invoke(ok, DoneReply);
   }
 
@@ -355,7 +272,7 @@ export class FsService {
     if (!ino) {
       if (!create) throw new FractosError('ENOENT', `no file '${path}'`);
       ino = this.#newInode(path);
-      await this.#persist();
+      await this.#meta.persist();
     }
     if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
     const p = this.proc;
@@ -490,7 +407,7 @@ export class FsService {
   async #delete(path: string, ok: number): Promise<void> {
     const ino = this.#lookup(path);
     this.#files.delete(path);
-    await this.#persist();
+    await this.#meta.persist();
     for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
     this.#byIno.delete(ino.id);
     this.#cache.invalidate(ino.id, 0);
@@ -503,7 +420,7 @@ export class FsService {
     if (size >= ino.size) {
       await this.#ensureAllocated(ino, size);
       ino.size = size;
-      await this.#persist();
+      await this.#meta.persist();
     } else {
       const old = ino.size;
       const keep = Math.ceil(size / BLOCK) * BLOCK;
@@ -515,7 +432,7 @@ export class FsService {
       // what it cuts off the kept extents), so a later grow exposes zeros, never old data.
       // Durable (FUA) before the metadata: a crash never leaves old bytes past a persisted size.
       await this.#zeroTail(ino, size, Math.min(Math.ceil(old / BLOCK) * BLOCK, allocatedOf(ino)));
-      await this.#persist();
+      await this.#meta.persist();
       if (gone.length) await this.#freeExtents(ino, gone);
     }
     await this.proc.invoke(ok, DoneReply);
@@ -557,7 +474,7 @@ export class FsService {
         await this.#freeExtents(ino, [{ volume: v.volume, fileOffset: have, length: v.size }]);
         throw new FractosError('ENOENT', `'${ino.path}' deleted`);
       }
-      await this.#persist();
+      await this.#meta.persist();
     };
     const next = ino.alloc.then(run, run);
     ino.alloc = next.catch(() => {});
@@ -728,7 +645,7 @@ export class FsService {
       for (let i = 0; i < (b - a) / BLOCK; i++) this.#cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
       if (end > ino.size) {
         ino.size = end;
-        await this.#persist();
+        await this.#meta.persist();
       }
     } finally {
       ino.writing--;
