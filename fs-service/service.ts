@@ -15,21 +15,20 @@ import type { MemoryDescriptor } from '../libfractos/schema.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
-import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
-import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
+import { adminClaim, IoPort, type VolumeAdmin } from '../blockdev-adaptor/client.js';
+import { WriteFlags } from '../blockdev-adaptor/schema.js';
 import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import {
   Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
 } from './schema.js';
-import { allocatedOf, BLOCK, MAX_MEDIATED, newInode, type Extent, type FsCounts, type FsLog, type Inode } from './inode.js';
+import { allocatedOf, BLOCK, MAX_MEDIATED, newInode, type FsCounts, type FsLog, type Inode } from './inode.js';
 import { BlockCache } from './cache.js';
 import { MetadataStore, type MetaImage } from './metadata.js';
+import { Extents } from './extents.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
 export { META_SLOT_BYTES } from './metadata.js';
 
-/** Smallest extent, bytes. */
-const MIN_EXTENT = 1 << 20;
 /** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
 const STAGE_SLOTS = 16;
 /**
@@ -97,7 +96,7 @@ export class FsService {
   #meta!: MetadataStore;
   #nextIno = 1;
   readonly #files = new Map<string, Inode>();
-  readonly #vols = new Map<number, VolumeHandle>();
+  #extents!: Extents;
   readonly #handles = new Map<number, Handle>();
   readonly #byIno = new Map<number, Set<Handle>>();
   #nextHandle = 1;
@@ -165,8 +164,13 @@ export class FsService {
     for (let i = 0; i < STAGE_SLOTS; i++) {
       this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
     }
+    this.#extents = new Extents(p, this.#admin, this.counts, this.#opts.log, {
+      persist: () => this.#meta.persist(),
+      pathExists: (path) => this.#files.has(path),
+      revokeDax: (ino, volumes) => this.#revokeDax(ino, volumes),
+    });
     await this.#loadMeta();
-    if (this.#opts.reclaim !== false) await this.#reclaim();
+    if (this.#opts.reclaim !== false) await this.#extents.reclaim(this.#meta.volume);
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
     p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
@@ -209,7 +213,7 @@ export class FsService {
     for (const f of m.files) {
       const ino = newInode(f.id, f.path, f.size, f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })));
       this.#files.set(f.path, ino);
-      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(this.proc, this.#admin.open, x.volume));
+      await this.#extents.adopt(ino);
     }
   }
 
@@ -217,28 +221,6 @@ export class FsService {
   #image(): MetaImage {
     const files = [...this.#files.values()].map((f) => ({ id: f.id, path: f.path, size: f.size, extents: f.extents.map((x): [number, number, number] => [x.volume, x.fileOffset, x.length]) }));
     return { nextIno: this.#nextIno, files };
-  }
-
-  /**
-   * Delete the volumes no file names (leaked by a crash between a volume's creation and the
-   * metadata naming it, or between the metadata dropping extents and their deletion). Runs
-   * before the FS serves anything, so no allocation is in flight.
-   */
-  async #reclaim(): Promise<void> {
-    const p = this.proc;
-    const ids = await volumeList(p, this.#admin.list);
-    const orphans = ids.filter((id) => id !== this.#meta.volume && !this.#vols.has(id));
-    for (const id of orphans) {
-      try {
-        const v = await volumeOpen(p, this.#admin.open, id);
-        await p.rpc(v.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
-        p.capDrop(v.read, v.write, v.delete).catch(() => {});
-        this.counts.reclaimedVolumes++;
-      } catch (err) {
-        this.#opts.log?.warn({ volume: id, err: (err as Error).message }, 'reclaiming a leaked volume failed');
-      }
-    }
-    this.#opts.log?.info({ volumes: ids.length, reclaimed: this.counts.reclaimedVolumes }, `reclaimed ${this.counts.reclaimedVolumes} leaked volume(s)`);
   }
 
   // -----------------------------------------------------------------------------------
@@ -286,7 +268,7 @@ export class FsService {
     if (dax) {
       for (let i = 0; i < ino.extents.length; i++) {
         const x = ino.extents[i]!;
-        const v = this.#vols.get(x.volume)!;
+        const v = this.#extents.volume(x.volume)!;
         // Revocation tree children of the blockdev's per-volume Requests (volume preset):
         // closing or deleting revokes exactly these, whoever holds them.
         const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
@@ -377,9 +359,8 @@ export class FsService {
     await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
   }
 
-  async #freeExtents(ino: Inode, gone: Extent[]): Promise<void> {
-    // Called after the metadata without these extents is durable.
-    const vols = new Set(gone.map((x) => x.volume));
+  /** Revoke the DAX Requests every open of `ino` holds on `vols` (their extents are being freed). */
+  async #revokeDax(ino: Inode, vols: Set<number>): Promise<void> {
     const revokes: Promise<unknown>[] = [];
     for (const h of this.#byIno.get(ino.id) ?? []) {
       for (const v of vols) {
@@ -391,17 +372,6 @@ export class FsService {
       }
     }
     await Promise.all(revokes);
-    for (const v of vols) {
-      const vh = this.#vols.get(v);
-      this.#vols.delete(v);
-      if (!vh) continue;
-      try {
-        await this.proc.rpc(vh.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
-      } catch (err) {
-        this.#opts.log?.warn({ volume: v, err: (err as Error).message }, 'volume delete failed (leaked)');
-      }
-      this.proc.capDrop(vh.read, vh.write, vh.delete).catch(() => {});
-    }
   }
 
   async #delete(path: string, ok: number): Promise<void> {
@@ -411,14 +381,14 @@ export class FsService {
     for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
     this.#byIno.delete(ino.id);
     this.#cache.invalidate(ino.id, 0);
-    await this.#freeExtents(ino, ino.extents);
+    await this.#extents.free(ino, ino.extents);
     await this.proc.invoke(ok, DoneReply);
   }
 
   async #truncate(path: string, size: number, ok: number): Promise<void> {
     const ino = this.#lookup(path);
     if (size >= ino.size) {
-      await this.#ensureAllocated(ino, size);
+      await this.#extents.ensureAllocated(ino, size);
       ino.size = size;
       await this.#meta.persist();
     } else {
@@ -433,7 +403,7 @@ export class FsService {
       // Durable (FUA) before the metadata: a crash never leaves old bytes past a persisted size.
       await this.#zeroTail(ino, size, Math.min(Math.ceil(old / BLOCK) * BLOCK, allocatedOf(ino)));
       await this.#meta.persist();
-      if (gone.length) await this.#freeExtents(ino, gone);
+      if (gone.length) await this.#extents.free(ino, gone);
     }
     await this.proc.invoke(ok, DoneReply);
   }
@@ -456,29 +426,6 @@ export class FsService {
     } finally {
       this.stageSlots.release(STAGE_ZERO, slot);
     }
-  }
-
-  /** Grow the file's extents to cover `end` bytes (one new volume; doubling policy). Errors: ENOSPC. */
-  #ensureAllocated(ino: Inode, end: number): Promise<void> {
-    const run = async (): Promise<void> => {
-      const have = allocatedOf(ino);
-      if (end <= have) return;
-      const need = end - have;
-      const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
-      const v = await volumeCreate(this.proc, this.#admin.create, len);
-      this.#vols.set(v.volume, v);
-      ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
-      // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
-      if (!this.#files.has(ino.path)) {
-        ino.extents.pop();
-        await this.#freeExtents(ino, [{ volume: v.volume, fileOffset: have, length: v.size }]);
-        throw new FractosError('ENOENT', `'${ino.path}' deleted`);
-      }
-      await this.#meta.persist();
-    };
-    const next = ino.alloc.then(run, run);
-    ino.alloc = next.catch(() => {});
-    return next;
   }
 
   // -----------------------------------------------------------------------------------
@@ -547,7 +494,7 @@ export class FsService {
       const s = Math.max(a, x.fileOffset);
       const e = Math.min(b, x.fileOffset + x.length);
       if (s >= e) continue;
-      const v = this.#vols.get(x.volume);
+      const v = this.#extents.volume(x.volume);
       if (!v) throw new FractosError('EIO', `volume ${x.volume} of '${ino.path}' not open`);
       let buf = this.#stageCids[slot]!;
       if (s - a + stageOff !== 0) {
@@ -615,7 +562,7 @@ export class FsService {
     if (!(st.perms & Perm.READ)) throw new FractosError('EPERM', 'buffer not readable');
     if (st.size < length) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${length}`);
     const end = offset + length;
-    await this.#ensureAllocated(ino, end);
+    await this.#extents.ensureAllocated(ino, end);
     const a = Math.floor(offset / BLOCK) * BLOCK;
     const b = Math.ceil(end / BLOCK) * BLOCK;
     // Block-range lock: wait for overlapping writes, then hold [a, b) until written back.
