@@ -19,12 +19,13 @@ import { adminClaim, IoPort, type VolumeAdmin } from '../blockdev-adaptor/client
 import { WriteFlags } from '../blockdev-adaptor/schema.js';
 import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import {
-  Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
+  Close, Create, Delete, DoneReply, IoReply, List, ListReply, Open, OpenMode, Read, Stat, StatReply, Truncate, Write,
 } from './schema.js';
 import { allocatedOf, BLOCK, MAX_MEDIATED, newInode, type FsCounts, type FsLog, type Inode } from './inode.js';
 import { BlockCache } from './cache.js';
 import { MetadataStore, type MetaImage } from './metadata.js';
 import { Extents } from './extents.js';
+import { checkOpenMode, Opens } from './opens.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
 export { META_SLOT_BYTES } from './metadata.js';
@@ -59,23 +60,6 @@ export interface FsOptions {
   log?: FsLog;
 }
 
-interface Handle {
-  id: number;
-  ino: Inode;
-  mode: number;
-  dax: boolean;
-  /** Requests handed out for this open (mediated, close, DAX revtree children): revoked on close. */
-  cids: number[];
-  /** DAX revtree children per extent volume (revoked when that extent goes). */
-  daxByVolume: Map<number, number[]>;
-  /**
-   * Handed-out Requests whose delegated caps may still exist: a monitor_delegate on each
-   * removes it when the last cap delegated from it is gone; when none is left the client
-   * can no longer use the open and the FS closes it (client closed its channel or died).
-   */
-  live: Set<number>;
-}
-
 function errOf(err: unknown): FractosError {
   return err instanceof FractosError ? err : new FractosError('EIO', err instanceof Error ? err.message : String(err));
 }
@@ -97,9 +81,7 @@ export class FsService {
   #nextIno = 1;
   readonly #files = new Map<string, Inode>();
   #extents!: Extents;
-  readonly #handles = new Map<number, Handle>();
-  readonly #byIno = new Map<number, Set<Handle>>();
-  #nextHandle = 1;
+  #opens!: Opens;
   #stage!: SharedRegion;
   readonly #stageCids: number[] = [];
   /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
@@ -139,7 +121,7 @@ export class FsService {
 
   /** Open handles (mediated and DAX), for tests and stats. */
   get openHandles(): number {
-    return this.#handles.size;
+    return this.#opens.size;
   }
 
   /**
@@ -147,10 +129,7 @@ export class FsService {
    * and close in `requests`, DAX revtree children in `dax`), or null when it is not open.
    */
   handleCaps(handle: number): { requests: number[]; dax: number[] } | null {
-    const h = this.#handles.get(handle);
-    if (!h) return null;
-    const dax = [...h.daxByVolume.values()].flat();
-    return { requests: h.cids.filter((c) => !dax.includes(c)), dax };
+    return this.#opens.caps(handle);
   }
 
   async #init(): Promise<void> {
@@ -167,13 +146,17 @@ export class FsService {
     this.#extents = new Extents(p, this.#admin, this.counts, this.#opts.log, {
       persist: () => this.#meta.persist(),
       pathExists: (path) => this.#files.has(path),
-      revokeDax: (ino, volumes) => this.#revokeDax(ino, volumes),
+      revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
+    });
+    this.#opens = new Opens(p, this.counts, this.#opts.log, {
+      volume: (id) => this.#extents.volume(id),
+      invalidate: (ino) => this.#cache.invalidate(ino.id, 0),
     });
     await this.#loadMeta();
     if (this.#opts.reclaim !== false) await this.#extents.reclaim(this.#meta.volume);
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
-    p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
+    p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#opens.close(imms.handle, caps.onSuccess)));
     p.serve(Stat, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#stat(imms.path, caps.onSuccess)));
     p.serve(List, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#list(imms.path, caps.buffer, caps.onSuccess)));
     p.serve(Delete, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#delete(imms.path, caps.onSuccess)));
@@ -248,7 +231,7 @@ export class FsService {
   }
 
   async #open(path: string, mode: number, dax: boolean, create: boolean, ok: number): Promise<void> {
-    if (mode !== OpenMode.READ && mode !== OpenMode.WRITE && mode !== OpenMode.RW) throw new FractosError('EINVAL', `bad open mode ${mode}`);
+    checkOpenMode(mode);
     checkPath(path);
     let ino = this.#files.get(path);
     if (!ino) {
@@ -256,82 +239,7 @@ export class FsService {
       ino = this.#newInode(path);
       await this.#meta.persist();
     }
-    if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
-    const p = this.proc;
-    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
-    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
-    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
-    const close = await p.createRequest(Close, { handle: h.id });
-    h.cids.push(...[read, write, close].filter(Boolean));
-    const caps: Record<string, number> = { read, write, close };
-    const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
-    if (dax) {
-      for (let i = 0; i < ino.extents.length; i++) {
-        const x = ino.extents[i]!;
-        const v = this.#extents.volume(x.volume)!;
-        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
-        // closing or deleting revokes exactly these, whoever holds them.
-        const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
-        const xw = mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
-        const list = [xr, xw].filter(Boolean);
-        h.cids.push(...list);
-        h.daxByVolume.set(x.volume, list);
-        caps[`x${i}r`] = xr;
-        caps[`x${i}w`] = xw;
-        ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
-        ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
-        ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
-        ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
-      }
-    }
-    // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
-    if (dax && mode & OpenMode.WRITE) this.#cache.invalidate(ino.id, 0);
-    this.#handles.set(h.id, h);
-    let set = this.#byIno.get(ino.id);
-    if (!set) this.#byIno.set(ino.id, (set = new Set()));
-    set.add(h);
-    // Close the open when every cap delegated from its Requests is gone (the client dropped
-    // them, closed its channel or died): monitor_delegate on each Request handed out. The
-    // monitors arm when the reply installs the caps in the client's space; a revoked Request's
-    // monitor never fires (close/delete/truncate revoke them), so `live` forgets revoked ones.
-    // (The callbacks capture ids only: libfractos keeps a monitor's callback until it fires.)
-    const hid = h.id;
-    for (const c of h.cids) h.live.add(c);
-    const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
-    try {
-      await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
-      await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
-    } catch (err) {
-      await this.#revokeHandle(h); // Not armed or not delivered: nobody can use this open.
-      throw err;
-    }
-    // The FS keeps its own entries (to revoke them later): the reply only delegated them.
-  }
-
-  /** monitor_delegate of one of `h`'s Requests fired: close the open once none is held outside the FS. */
-  #delegatesGone(handle: number, cid: number): void {
-    const h = this.#handles.get(handle);
-    if (!h || !h.live.delete(cid) || h.live.size > 0) return;
-    this.counts.orphanedCloses++;
-    this.#opts.log?.info({ handle: h.id, path: h.ino.path }, 'client gone: open closed');
-    this.#revokeHandle(h).catch(() => {});
-  }
-
-  async #revokeHandle(h: Handle): Promise<void> {
-    this.#handles.delete(h.id);
-    if (h.dax && h.mode & OpenMode.WRITE) this.#cache.invalidate(h.ino.id, 0);
-    this.#byIno.get(h.ino.id)?.delete(h);
-    h.live.clear();
-    const cids = h.cids.splice(0);
-    await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));
-    this.proc.capDrop(...cids).catch(() => {});
-  }
-
-  async #close(handle: number, ok: number): Promise<void> {
-    const h = this.#handles.get(handle);
-    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
-    await this.#revokeHandle(h);
-    await this.proc.invoke(ok, DoneReply);
+    await this.#opens.open(ino, mode, dax, ok);
   }
 
   async #stat(path: string, ok: number): Promise<void> {
@@ -359,27 +267,11 @@ export class FsService {
     await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
   }
 
-  /** Revoke the DAX Requests every open of `ino` holds on `vols` (their extents are being freed). */
-  async #revokeDax(ino: Inode, vols: Set<number>): Promise<void> {
-    const revokes: Promise<unknown>[] = [];
-    for (const h of this.#byIno.get(ino.id) ?? []) {
-      for (const v of vols) {
-        for (const c of h.daxByVolume.get(v) ?? []) {
-          h.live.delete(c); // its monitor will not fire: revoked
-          revokes.push(this.proc.capRevoke(c).catch(() => {}));
-        }
-        h.daxByVolume.delete(v);
-      }
-    }
-    await Promise.all(revokes);
-  }
-
   async #delete(path: string, ok: number): Promise<void> {
     const ino = this.#lookup(path);
     this.#files.delete(path);
     await this.#meta.persist();
-    for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
-    this.#byIno.delete(ino.id);
+    await this.#opens.closeAll(ino);
     this.#cache.invalidate(ino.id, 0);
     await this.#extents.free(ino, ino.extents);
     await this.proc.invoke(ok, DoneReply);
@@ -524,16 +416,9 @@ export class FsService {
     }
   }
 
-  #handleFor(handle: number, need: number): Handle {
-    const h = this.#handles.get(handle);
-    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
-    if (!(h.mode & need)) throw new FractosError('EPERM', `handle ${handle} not open for ${need & OpenMode.WRITE ? 'writing' : 'reading'}`);
-    return h;
-  }
-
   /** `desc`: the buffer's descriptor from the delivery (local Memory), else a memory_stat is made. */
   async #read(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
-    const ino = this.#handleFor(handle, OpenMode.READ).ino;
+    const ino = this.#opens.get(handle, OpenMode.READ).ino;
     if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
     if (length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} > ${MAX_MEDIATED}`);
     const n = Math.max(0, Math.min(length, ino.size - offset));
@@ -555,7 +440,7 @@ export class FsService {
   }
 
   async #write(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
-    const ino = this.#handleFor(handle, OpenMode.WRITE).ino;
+    const ino = this.#opens.get(handle, OpenMode.WRITE).ino;
     if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
     if (length === 0 || length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} not in (0, ${MAX_MEDIATED}]`);
     const st = desc ?? (await this.proc.memoryStat(buffer));
