@@ -6,11 +6,11 @@
  * - Every volume a file's extents name is open here (`volume(id)` answers its read/write/
  *   delete Requests) from load until the extent is freed; no other volume is, except the
  *   metadata volume (metadata.ts holds that one).
- * - Allocation is serialized per file (`ino.alloc`): one volume at a time, of what is missing
- *   rounded up to MIN_EXTENT and at least the file's allocation so far (doubling) up to 1 GiB. A new extent is durable
- *   only with the next metadata image; a crash before it leaks the volume, which `reclaim`
- *   deletes at the next start. A file whose path left the namespace while its volume was being created
- *   gets the volume freed again and ENOENT.
+ * - Allocation is serialized per file (`ino.alloc`): one volume at a time, of what is
+ *   missing rounded up to MIN_EXTENT, and at least the file's allocation so far (doubling)
+ *   up to 1 GiB. A new extent is durable only with the next metadata image; a crash before
+ *   it leaks the volume, which `reclaim` deletes at the next start. A file whose path left
+ *   the namespace while its volume was being created gets the volume freed again and ENOENT.
  * - `free` runs only after an image without the extents is durable: it first revokes every
  *   open's DAX Requests on their volumes (through `revokeDax`), then deletes the volumes; a
  *   failed delete leaks the volume (logged; reclaimed at a later start).
