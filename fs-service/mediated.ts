@@ -1,13 +1,11 @@
 /**
  * Mediated I/O: reads and writes of open files through the FS (the Read/Write Requests of an
- * open), staged in the FS's own shared Memory and cached in the block cache; also the FS's
- * other copies through staging (a listing to a client, truncate's zeroing of a cut-off tail).
+ * open), through a staging slot (staging.ts) and the block cache (cache.ts); also truncate's
+ * zeroing of a cut-off tail on the device.
  *
  * Invariants:
- * - Staging: STAGE_SLOTS slots of STAGE_BYTES (MAX_MEDIATED plus a head and a tail block),
- *   each its own Memory. An operation holds one slot from before its first copy until its
- *   last; FairSlots keys are open handles (at most STAGE_PER_HANDLE slots each, so a client
- *   whose Memory never answers stalls only its own share) and the FS's own negative keys.
+ * - An operation holds one staging slot, keyed by its open handle (StageKey.ZERO for
+ *   zeroing), from before its first copy until its device I/O is done.
  * - Device I/O is block-aligned, of allocated ranges only; writes are FUA, so a write is
  *   durable when its IoReply goes out (with the metadata too when it grew the file).
  * - Block-range lock: a mediated write holds the blocks [a, b) it covers (`ino.busy`) from
@@ -17,34 +15,18 @@
  *   back; a read puts what it read only when no write of the file started or ran meanwhile
  *   (`ino.writing`, `ino.wgen`) and the file is still the one at its path.
  * - Bytes past `ino.size` read as zeros in a partial block (never stale device bytes).
- * - Client Memory on this host in shared memory is copied directly through a mapping (at
- *   most 256 regions mapped, oldest dropped first); anything else through memory_copy.
  */
 import { FractosError } from '../libfractos/errors.js';
-import type { MemoryStat, Process, SharedRegion } from '../libfractos/process.js';
+import type { Process } from '../libfractos/process.js';
 import type { MemoryDescriptor } from '../libfractos/schema.js';
 import { Perm } from '../libfractos/protocol.js';
-import { shmOpen } from '../native/shm/index.js';
 import type { IoPort, VolumeHandle } from '../blockdev-adaptor/client.js';
 import { WriteFlags } from '../blockdev-adaptor/schema.js';
-import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import { IoReply } from './schema.js';
 import { BLOCK, MAX_MEDIATED, type Inode } from './inode.js';
 import type { BlockCache } from './cache.js';
 import type { OpenHandle } from './opens.js';
-
-/** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
-const STAGE_SLOTS = 16;
-/**
- * Most staging slots one open handle's mediated I/O holds at once (FairSlots; `list` and
- * truncate's zeroing have a key each): a client whose Memory never answers a memory_copy
- * stalls at most this many, the other opens keep the rest.
- */
-export const STAGE_PER_HANDLE = 4;
-/** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
-const STAGE_LIST = -1;
-const STAGE_ZERO = -2;
-const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
+import { StageKey, type Staging } from './staging.js';
 
 /** What mediated I/O needs from the rest of the FS. */
 export interface MediatedDeps {
@@ -61,57 +43,26 @@ export interface MediatedDeps {
 }
 
 export class Mediated {
-  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
-  readonly slots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
   readonly #proc: Process;
   readonly #port: IoPort;
+  readonly #staging: Staging;
   readonly #deps: MediatedDeps;
-  readonly #stage: SharedRegion;
-  readonly #stageCids: number[];
-  readonly #maps = new Map<string, Uint8Array>();
 
-  private constructor(proc: Process, port: IoPort, deps: MediatedDeps, stage: SharedRegion, stageCids: number[]) {
+  /** `port`: the FS's blockdev I/O port; `staging`: the slots every mediated copy goes through. */
+  constructor(proc: Process, port: IoPort, staging: Staging, deps: MediatedDeps) {
     this.#proc = proc;
     this.#port = port;
+    this.#staging = staging;
     this.#deps = deps;
-    this.#stage = stage;
-    this.#stageCids = stageCids;
-  }
-
-  /** Allocate the staging slots (shared Memory, one Memory object a slot). */
-  static async create(proc: Process, port: IoPort, deps: MediatedDeps): Promise<Mediated> {
-    const stage = proc.allocShared(STAGE_SLOTS * STAGE_BYTES);
-    const cids: number[] = [];
-    for (let i = 0; i < STAGE_SLOTS; i++) cids.push(await proc.memoryCreate(stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
-    return new Mediated(proc, port, deps, stage, cids);
-  }
-
-  /**
-   * Copy the FS's own bytes (a listing, at most MAX_MEDIATED) into a client's Memory `buffer`
-   * through a staging slot. Errors: EPERM (not writable), ERANGE (too small), EAGAIN, EIO.
-   */
-  async sendListing(data: Buffer, buffer: number): Promise<void> {
-    if (data.length > 0) {
-      const st = await this.#proc.memoryStat(buffer);
-      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
-      if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
-      const slot = await this.slots.acquireAsync(STAGE_LIST);
-      try {
-        this.#stageBytes(slot).set(data, 0);
-        await this.#toClient(slot, 0, data.length, buffer, st);
-      } finally {
-        this.slots.release(STAGE_LIST, slot);
-      }
-    }
   }
 
   /** Zero file range [from, end) on the device (FUA), keeping the bytes before `from` in its block. */
   async zeroRange(ino: Inode, from: number, end: number): Promise<void> {
     let a = Math.floor(from / BLOCK) * BLOCK;
     if (a >= end) return;
-    const slot = await this.slots.acquireAsync(STAGE_ZERO);
+    const slot = await this.#staging.slots.acquireAsync(StageKey.ZERO);
     try {
-      const stage = this.#stageBytes(slot);
+      const stage = this.#staging.bytes(slot);
       if (from !== a) await this.#devRange(ino, a, a + BLOCK, slot, false); // head block's kept bytes
       stage.fill(0, from - a, MAX_MEDIATED);
       while (a < end) {
@@ -121,61 +72,7 @@ export class Mediated {
         a = b;
       }
     } finally {
-      this.slots.release(STAGE_ZERO, slot);
-    }
-  }
-
-  #stageBytes(slot: number): Buffer {
-    const b = this.#stage.bytes;
-    return Buffer.from(b.buffer, b.byteOffset + slot * STAGE_BYTES, STAGE_BYTES);
-  }
-
-  /** A mapping of a client's shared Memory on this host, or null. */
-  #clientView(st: MemoryStat, length: number): Uint8Array | null {
-    if (!st.local || st.backing !== 'shared' || !st.region) return null;
-    let m = this.#maps.get(st.region);
-    if (!m) {
-      try {
-        m = new Uint8Array(shmOpen(st.region));
-      } catch {
-        return null;
-      }
-      if (this.#maps.size >= 256) this.#maps.delete(this.#maps.keys().next().value!);
-      this.#maps.set(st.region, m);
-    }
-    if (st.regionOffset + length > m.length) {
-      this.#maps.delete(st.region);
-      return null;
-    }
-    return m.subarray(st.regionOffset, st.regionOffset + length);
-  }
-
-  async #toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
-    if (view) {
-      view.set(this.#stageBytes(slot).subarray(off, off + n));
-      return;
-    }
-    const src = await this.#proc.memoryDiminish(this.#stageCids[slot]!, off, n);
-    try {
-      await this.#proc.memoryCopy(src, buffer);
-    } finally {
-      this.#proc.capDrop(src).catch(() => {});
-    }
-  }
-
-  async #fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
-    if (view) {
-      this.#stageBytes(slot).set(view, off);
-      return;
-    }
-    const src = st.size > n ? await this.#proc.memoryDiminish(buffer, 0, n) : buffer;
-    const dst = await this.#proc.memoryDiminish(this.#stageCids[slot]!, off, n);
-    try {
-      await this.#proc.memoryCopy(src, dst);
-    } finally {
-      this.#proc.capDrop(...(src !== buffer ? [src, dst] : [dst])).catch(() => {});
+      this.#staging.slots.release(StageKey.ZERO, slot);
     }
   }
 
@@ -189,7 +86,7 @@ export class Mediated {
       if (s >= e) continue;
       const v = this.#deps.volume(x.volume);
       if (!v) throw new FractosError('EIO', `volume ${x.volume} of '${ino.path}' not open`);
-      let buf = this.#stageCids[slot]!;
+      let buf = this.#staging.cid(slot);
       if (s - a + stageOff !== 0) {
         buf = await this.#proc.memoryDiminish(buf, s - a + stageOff, e - s);
         drops.push(buf);
@@ -205,7 +102,7 @@ export class Mediated {
 
   /** Fill stage [0, b - a) with file range [a, b): from the cache when every block is there, else from the device. */
   async #fill(ino: Inode, a: number, b: number, slot: number): Promise<void> {
-    const stage = this.#stageBytes(slot);
+    const stage = this.#staging.bytes(slot);
     const nb = (b - a) / BLOCK;
     const first = a / BLOCK;
     if (this.#deps.cache.readRun(ino.id, first, nb, stage)) return;
@@ -234,12 +131,12 @@ export class Mediated {
       if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
       const a = Math.floor(offset / BLOCK) * BLOCK;
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
-      const slot = await this.slots.acquireAsync(handle);
+      const slot = await this.#staging.slots.acquireAsync(handle);
       try {
         await this.#fill(ino, a, b, slot);
-        await this.#toClient(slot, offset - a, n, buffer, st);
+        await this.#staging.toClient(slot, offset - a, n, buffer, st);
       } finally {
-        this.slots.release(handle, slot);
+        this.#staging.slots.release(handle, slot);
       }
     }
     await this.#proc.invoke(ok, IoReply, { bytes: n });
@@ -269,7 +166,7 @@ export class Mediated {
     busy.push(lock);
     let slot: number;
     try {
-      slot = await this.slots.acquireAsync(handle);
+      slot = await this.#staging.slots.acquireAsync(handle);
     } catch (err) {
       busy.splice(busy.indexOf(lock), 1);
       unlock();
@@ -278,11 +175,11 @@ export class Mediated {
     ino.writing++;
     ino.wgen++;
     try {
-      const stage = this.#stageBytes(slot);
+      const stage = this.#staging.bytes(slot);
       // Read-modify-write of partial head/tail blocks (inside the old size; zeros past it).
       if (offset !== a) await this.#partial(ino, a, slot, 0);
       if (end !== b && (b - BLOCK !== a || offset === a)) await this.#partial(ino, b - BLOCK, slot, b - BLOCK - a);
-      await this.#fromClient(slot, offset - a, length, buffer, st);
+      await this.#staging.fromClient(slot, offset - a, length, buffer, st);
       await this.#devRange(ino, a, b, slot, true);
       const first = a / BLOCK;
       for (let i = 0; i < (b - a) / BLOCK; i++) this.#deps.cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
@@ -292,7 +189,7 @@ export class Mediated {
       }
     } finally {
       ino.writing--;
-      this.slots.release(handle, slot);
+      this.#staging.slots.release(handle, slot);
       busy.splice(busy.indexOf(lock), 1);
       unlock();
     }
@@ -301,7 +198,7 @@ export class Mediated {
 
   /** Put file block at `blockOff` into stage at `at` (cache, device, or zeros beyond the size). */
   async #partial(ino: Inode, blockOff: number, slot: number, at: number): Promise<void> {
-    const stage = this.#stageBytes(slot);
+    const stage = this.#staging.bytes(slot);
     if (blockOff >= ino.size) {
       stage.fill(0, at, at + BLOCK);
       return;

@@ -33,7 +33,7 @@ export interface NamespaceDeps {
   free(ino: Inode, gone: Extent[]): Promise<void>;
   /** Zero file range [from, end) on the device, FUA (mediated.ts). */
   zeroRange(ino: Inode, from: number, end: number): Promise<void>;
-  /** Copy a listing into a client's Memory (mediated.ts). */
+  /** Copy a listing into a client's Memory (staging.ts). */
   sendListing(data: Buffer, buffer: number): Promise<void>;
 }
 

@@ -11,7 +11,8 @@
  *   metadata.ts   two-slot copy-on-write metadata image, encoding, group commit
  *   extents.ts    volumes behind extents: allocation, freeing, reclaim of leaked ones
  *   opens.ts      open handles, DAX grants on revocation trees, client-gone monitors
- *   mediated.ts   mediated read/write: staging slots, block-range lock, client copies
+ *   mediated.ts   mediated read/write: block-range lock, cache fill, device I/O
+ *   staging.ts    staging slots (fair per open) and copies to/from client Memory
  *   cache.ts      LRU block cache
  *   inode.ts      the file record they share
  *
@@ -31,10 +32,11 @@ import { Namespace } from './namespace.js';
 import { Extents } from './extents.js';
 import { checkOpenMode, Opens } from './opens.js';
 import { Mediated } from './mediated.js';
+import { Staging } from './staging.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
 export { META_SLOT_BYTES } from './metadata.js';
-export { STAGE_PER_HANDLE } from './mediated.js';
+export { STAGE_PER_HANDLE } from './staging.js';
 
 export interface FsOptions {
   controller: string;
@@ -68,6 +70,7 @@ export class FsService {
   #ns!: Namespace;
   #extents!: Extents;
   #opens!: Opens;
+  #staging!: Staging;
   #mediated!: Mediated;
   readonly #cache: BlockCache;
   /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
@@ -103,7 +106,7 @@ export class FsService {
 
   /** Staging slots of mediated I/O, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
   get stageSlots(): FairSlots<number> {
-    return this.#mediated.slots;
+    return this.#staging.slots;
   }
 
   /** Open handles (mediated and DAX), for tests and stats. */
@@ -126,7 +129,8 @@ export class FsService {
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
     this.#meta = await MetadataStore.create(p, this.#port, () => this.#ns.image());
-    this.#mediated = await Mediated.create(p, this.#port, {
+    this.#staging = await Staging.create(p);
+    this.#mediated = new Mediated(p, this.#port, this.#staging, {
       volume: (id) => this.#extents.volume(id),
       cache: this.#cache,
       ensureAllocated: (ino, end) => this.#extents.ensureAllocated(ino, end),
@@ -149,7 +153,7 @@ export class FsService {
       ensureAllocated: (ino, end) => this.#extents.ensureAllocated(ino, end),
       free: (ino, gone) => this.#extents.free(ino, gone),
       zeroRange: (ino, from, end) => this.#mediated.zeroRange(ino, from, end),
-      sendListing: (data, buffer) => this.#mediated.sendListing(data, buffer),
+      sendListing: (data, buffer) => this.#staging.sendListing(data, buffer),
     });
     const image = await this.#meta.load(this.#admin);
     if (image) for (const ino of this.#ns.restore(image)) await this.#extents.adopt(ino);
