@@ -101,7 +101,7 @@ export class Namespace {
   }
 
   /** The file at `path`. Errors: EINVAL (bad path), ENOENT. */
-  lookup(path: string): Inode {
+  #lookup(path: string): Inode {
     checkPath(path);
     const ino = this.#files.get(path);
     if (!ino) throw new FractosError('ENOENT', `no file '${path}'`);
@@ -125,7 +125,7 @@ export class Namespace {
 
   /** stat(path): StatReply (size, extents, allocated bytes) on `ok`. Errors: EINVAL, ENOENT. */
   async stat(path: string, ok: number): Promise<void> {
-    const ino = this.lookup(path);
+    const ino = this.#lookup(path);
     await this.#proc.invoke(ok, StatReply, { size: ino.size, extents: ino.extents.length, allocated: allocatedOf(ino) });
   }
 
@@ -149,7 +149,7 @@ export class Namespace {
    * Errors: EINVAL, ENOENT.
    */
   async delete(path: string, ok: number): Promise<void> {
-    const ino = this.lookup(path);
+    const ino = this.#lookup(path);
     this.#files.delete(path);
     await this.#deps.persist();
     await this.#deps.closeAll(ino);
@@ -164,7 +164,7 @@ export class Namespace {
    * frees the extents past it. DoneReply on `ok`. Errors: EINVAL, ENOENT, ENOSPC.
    */
   async truncate(path: string, size: number, ok: number): Promise<void> {
-    const ino = this.lookup(path);
+    const ino = this.#lookup(path);
     if (size >= ino.size) {
       await this.#deps.ensureAllocated(ino, size);
       ino.size = size;
