@@ -4,48 +4,39 @@
  * cache (write-through) and DAX opens that hand out the blockdev's per-extent Requests on
  * revocation trees. On-disk format and crash-safety argument: docs/storage.md.
  *
- * Metadata volume: the first volume ever created on the blockdev (volume id 1), created by
- * the FS on first start. It holds two metadata slots of META_SLOT_BYTES; a metadata image of
- * generation g goes to slot g % 2 with a crc32, written with FUA (durable when acknowledged);
- * loading keeps the valid slot with the highest generation.
+ * This file is start-up, the Request table and dispatch only; each concern has its module,
+ * with its invariants in its header, and reaches the others only through the narrow
+ * interface it declares (`*Deps`), wired here:
+ *   namespace.ts  path table; create/stat/list/delete/truncate, open's path resolution
+ *   metadata.ts   two-slot copy-on-write metadata image, encoding, group commit
+ *   extents.ts    volumes behind extents: allocation, freeing, reclaim of leaked ones
+ *   opens.ts      open handles, DAX grants on revocation trees, client-gone monitors
+ *   mediated.ts   mediated read/write: block-range lock, cache fill, device I/O
+ *   staging.ts    staging slots (fair per open) and copies to/from client Memory
+ *   cache.ts      LRU block cache
+ *   inode.ts      the file record they share
+ *
+ * Request table (schema.ts): fs.create/open/stat/list/delete/truncate are published under
+ * `${name}.*`; fs.read/fs.write/fs.close are created per open (handle preset). A handler's
+ * error is answered on its `onError` cap with the FractosError's code (EIO for others).
  */
-import { LRUCache } from 'lru-cache';
 import { FractosError } from '../libfractos/errors.js';
-import type { MemoryStat } from '../libfractos/process.js';
-import type { MemoryDescriptor } from '../libfractos/schema.js';
-import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
-import { Perm } from '../libfractos/protocol.js';
-import { shmOpen } from '../native/shm/index.js';
-import { crc32 } from 'node:zlib';
-import { adminClaim, IoPort, volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
-import { VolumeDelete, WriteFlags } from '../blockdev-adaptor/schema.js';
-import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
-import {
-  Close, Create, Delete, DoneReply, IoReply, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Read, Stat, StatReply, Truncate, Write,
-} from './schema.js';
+import { connect, type Process } from '../libfractos/process.js';
+import { adminClaim, IoPort, type VolumeAdmin } from '../blockdev-adaptor/client.js';
+import type { FairSlots } from '../blockdev-adaptor/fair-slots.js';
+import { Close, Create, Delete, List, Open, OpenMode, Read, Stat, Truncate, Write } from './schema.js';
+import type { FsCounts, FsLog } from './inode.js';
+import { BlockCache } from './cache.js';
+import { MetadataStore } from './metadata.js';
+import { Namespace } from './namespace.js';
+import { Extents } from './extents.js';
+import { checkOpenMode, Opens } from './opens.js';
+import { Mediated } from './mediated.js';
+import { Staging } from './staging.js';
 
-/** Cache block and alignment unit, bytes. */
-export const BLOCK = 4096;
-/** Largest mediated read/write, bytes. */
-export const MAX_MEDIATED = 1 << 20;
-/** Bytes of one metadata slot (two slots on the metadata volume). */
-export const META_SLOT_BYTES = 4 << 20;
-const META_MAGIC = 'FRFSMETA';
-const META_HEADER = 64;
-/** Smallest extent, bytes. */
-const MIN_EXTENT = 1 << 20;
-/** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
-const STAGE_SLOTS = 16;
-/**
- * Most staging slots one open handle's mediated I/O holds at once (FairSlots; `list` and
- * truncate's zeroing have a key each): a client whose Memory never answers a memory_copy
- * stalls at most this many, the other opens keep the rest.
- */
-export const STAGE_PER_HANDLE = 4;
-/** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
-const STAGE_LIST = -1;
-const STAGE_ZERO = -2;
-const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
+export { BLOCK, MAX_MEDIATED } from './inode.js';
+export { META_SLOT_BYTES } from './metadata.js';
+export { STAGE_PER_HANDLE } from './staging.js';
 
 export interface FsOptions {
   controller: string;
@@ -61,63 +52,11 @@ export interface FsOptions {
    * holds the volume-administration claim): volumes a previous claim holder created are deleted too.
    */
   reclaim?: boolean;
-  log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
-}
-
-interface Extent {
-  volume: number;
-  fileOffset: number;
-  length: number;
-}
-
-interface Inode {
-  id: number;
-  path: string;
-  size: number;
-  extents: Extent[];
-  /** Serializes extent allocation. */
-  alloc: Promise<unknown>;
-  /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
-  writing: number;
-  wgen: number;
-  /**
-   * Block ranges [a, b) (bytes) of mediated writes between their read-modify-write and
-   * their write-back: a write waits for every overlapping one, so two writes sharing a
-   * partial block never write back a stale copy of each other's bytes (lost update).
-   */
-  busy?: { a: number; b: number; done: Promise<void> }[];
-}
-
-interface Handle {
-  id: number;
-  ino: Inode;
-  mode: number;
-  dax: boolean;
-  /** Requests handed out for this open (mediated, close, DAX revtree children): revoked on close. */
-  cids: number[];
-  /** DAX revtree children per extent volume (revoked when that extent goes). */
-  daxByVolume: Map<number, number[]>;
-  /**
-   * Handed-out Requests whose delegated caps may still exist: a monitor_delegate on each
-   * removes it when the last cap delegated from it is gone; when none is left the client
-   * can no longer use the open and the FS closes it (client closed its channel or died).
-   */
-  live: Set<number>;
-}
-
-function allocatedOf(ino: Inode): number {
-  const last = ino.extents[ino.extents.length - 1];
-  return last ? last.fileOffset + last.length : 0;
+  log?: FsLog;
 }
 
 function errOf(err: unknown): FractosError {
   return err instanceof FractosError ? err : new FractosError('EIO', err instanceof Error ? err.message : String(err));
-}
-
-function checkPath(path: string): void {
-  if (!path.startsWith('/') || path.length < 2 || path.endsWith('/') || path.includes('//') || path.includes('\0')) {
-    throw new FractosError('EINVAL', `bad path '${path}' (absolute, no trailing '/')`);
-  }
 }
 
 export class FsService {
@@ -127,39 +66,21 @@ export class FsService {
   #port!: IoPort;
   /** The blockdev's volume administration, claimed at start (this FS is its only owner). */
   #admin!: VolumeAdmin;
-  #meta!: VolumeHandle;
-  #metaRegion!: SharedRegion;
-  #metaCid = 0;
-  #gen = 0;
-  #nextIno = 1;
-  readonly #files = new Map<string, Inode>();
-  readonly #vols = new Map<number, VolumeHandle>();
-  readonly #handles = new Map<number, Handle>();
-  readonly #byIno = new Map<number, Set<Handle>>();
-  #nextHandle = 1;
-  #stage!: SharedRegion;
-  readonly #stageCids: number[] = [];
-  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
-  readonly stageSlots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
-  readonly #maps = new Map<string, Uint8Array>();
-  readonly #cache: LRUCache<number, Buffer>;
-  readonly #spare: Buffer[] = [];
-  // Group commit of metadata.
-  #persisting = false;
-  #persistWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  #meta!: MetadataStore;
+  #ns!: Namespace;
+  #extents!: Extents;
+  #opens!: Opens;
+  #staging!: Staging;
+  #mediated!: Mediated;
+  readonly #cache: BlockCache;
   /** Cache hits/misses in blocks; opens closed because their client's caps were all gone. */
-  readonly counts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
+  readonly counts: FsCounts = { hits: 0, misses: 0, orphanedCloses: 0, reclaimedVolumes: 0 };
 
   private constructor(proc: Process, opts: FsOptions) {
     this.proc = proc;
     this.name = opts.name ?? 'fs';
     this.#opts = opts;
-    this.#cache = new LRUCache<number, Buffer>({
-      max: Math.max(16, opts.cacheBlocks ?? 16384),
-      dispose: (b) => {
-        if (this.#spare.length < 1024) this.#spare.push(b);
-      },
-    });
+    this.#cache = new BlockCache(opts.cacheBlocks ?? 16384, this.counts);
   }
 
   /**
@@ -180,12 +101,17 @@ export class FsService {
   }
 
   get files(): number {
-    return this.#files.size;
+    return this.#ns.size;
+  }
+
+  /** Staging slots of mediated I/O, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
+  get stageSlots(): FairSlots<number> {
+    return this.#staging.slots;
   }
 
   /** Open handles (mediated and DAX), for tests and stats. */
   get openHandles(): number {
-    return this.#handles.size;
+    return this.#opens.size;
   }
 
   /**
@@ -193,10 +119,7 @@ export class FsService {
    * and close in `requests`, DAX revtree children in `dax`), or null when it is not open.
    */
   handleCaps(handle: number): { requests: number[]; dax: number[] } | null {
-    const h = this.#handles.get(handle);
-    if (!h) return null;
-    const dax = [...h.daxByVolume.values()].flat();
-    return { requests: h.cids.filter((c) => !dax.includes(c)), dax };
+    return this.#opens.caps(handle);
   }
 
   async #init(): Promise<void> {
@@ -205,26 +128,54 @@ export class FsService {
     this.#admin = await adminClaim(p, bd, 30_000);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
-    this.#metaRegion = p.allocShared(META_SLOT_BYTES);
-    this.#metaCid = await p.memoryCreate(this.#metaRegion, Perm.RW);
-    this.#stage = p.allocShared(STAGE_SLOTS * STAGE_BYTES);
-    for (let i = 0; i < STAGE_SLOTS; i++) {
-      this.#stageCids.push(await p.memoryCreate(this.#stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
-    }
-    await this.#loadMeta();
-    if (this.#opts.reclaim !== false) await this.#reclaim();
-    p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#create(imms.path, caps.onSuccess)));
-    p.serve(Open, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#open(imms.path, imms.mode, imms.dax !== 0, imms.create !== 0, caps.onSuccess)));
-    p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#close(imms.handle, caps.onSuccess)));
-    p.serve(Stat, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#stat(imms.path, caps.onSuccess)));
-    p.serve(List, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#list(imms.path, caps.buffer, caps.onSuccess)));
-    p.serve(Delete, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#delete(imms.path, caps.onSuccess)));
-    p.serve(Truncate, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#truncate(imms.path, imms.size, caps.onSuccess)));
+    this.#meta = await MetadataStore.create(p, this.#port, () => this.#ns.image());
+    this.#staging = await Staging.create(p);
+    this.#mediated = new Mediated(p, this.#port, this.#staging, {
+      volume: (id) => this.#extents.volume(id),
+      cache: this.#cache,
+      ensureAllocated: (ino, end) => this.#extents.ensureAllocated(ino, end),
+      persist: () => this.#meta.persist(),
+      isCurrent: (ino) => this.#ns.isCurrent(ino),
+    });
+    this.#extents = new Extents(p, this.#admin, this.counts, this.#opts.log, {
+      persist: () => this.#meta.persist(),
+      pathExists: (path) => this.#ns.has(path),
+      revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
+    });
+    this.#opens = new Opens(p, this.counts, this.#opts.log, {
+      volume: (id) => this.#extents.volume(id),
+      invalidate: (ino) => this.#cache.invalidate(ino.id, 0),
+    });
+    this.#ns = new Namespace(p, {
+      persist: () => this.#meta.persist(),
+      closeAll: (ino) => this.#opens.closeAll(ino),
+      invalidate: (ino, fromBlock) => this.#cache.invalidate(ino.id, fromBlock),
+      ensureAllocated: (ino, end) => this.#extents.ensureAllocated(ino, end),
+      free: (ino, gone) => this.#extents.free(ino, gone),
+      zeroRange: (ino, from, end) => this.#mediated.zeroRange(ino, from, end),
+      sendListing: (data, buffer) => this.#staging.sendListing(data, buffer),
+    });
+    const image = await this.#meta.load(this.#admin);
+    if (image) for (const ino of this.#ns.restore(image)) await this.#extents.adopt(ino);
+    if (this.#opts.reclaim !== false) await this.#extents.reclaim(this.#meta.volume);
+    p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#ns.create(imms.path, caps.onSuccess)));
+    p.serve(Open, ({ imms, caps }) =>
+      this.#ctl(caps.onError, async () => {
+        checkOpenMode(imms.mode);
+        const ino = await this.#ns.resolve(imms.path, imms.create !== 0);
+        await this.#opens.open(ino, imms.mode, imms.dax !== 0, caps.onSuccess);
+      }),
+    );
+    p.serve(Close, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#opens.close(imms.handle, caps.onSuccess)));
+    p.serve(Stat, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#ns.stat(imms.path, caps.onSuccess)));
+    p.serve(List, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#ns.list(imms.path, caps.buffer, caps.onSuccess)));
+    p.serve(Delete, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#ns.delete(imms.path, caps.onSuccess)));
+    p.serve(Truncate, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#ns.truncate(imms.path, imms.size, caps.onSuccess)));
     p.serve(Read, ({ imms, caps }, inv) =>
-      this.#ctl(caps.onError, () => this.#read(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Read.slot('buffer')))),
+      this.#ctl(caps.onError, () => this.#mediated.read(this.#opens.get(imms.handle, OpenMode.READ), imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Read.slot('buffer')))),
     );
     p.serve(Write, ({ imms, caps }, inv) =>
-      this.#ctl(caps.onError, () => this.#write(imms.handle, imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Write.slot('buffer')))),
+      this.#ctl(caps.onError, () => this.#mediated.write(this.#opens.get(imms.handle, OpenMode.WRITE), imms.offset, imms.length, caps.buffer, caps.onSuccess, inv.memory(Write.slot('buffer')))),
     );
     p.on('handlerError', (err: Error) => this.#opts.log?.warn({ err: err.message }, 'handler error'));
     for (const [op, schema] of [['create', Create], ['open', Open], ['stat', Stat], ['list', List], ['delete', Delete], ['truncate', Truncate]] as const) {
@@ -243,577 +194,6 @@ export class FsService {
       const e = errOf(err);
       await this.proc.replyError(fail, e.code, e.message);
     }
-  }
-
-  // -----------------------------------------------------------------------------------
-  // Metadata
-
-  async #loadMeta(): Promise<void> {
-    const p = this.proc;
-    let created = false;
-    try {
-      this.#meta = await volumeOpen(p, this.#admin.open, 1);
-    } catch (err) {
-      if ((err as FractosError).code !== 'ENOENT') throw err;
-      this.#meta = await volumeCreate(p, this.#admin.create, 2 * META_SLOT_BYTES);
-      created = true;
-      if (this.#meta.volume !== 1) {
-        throw new FractosError('EINVAL', `the metadata volume must be the first volume of the blockdev (got volume ${this.#meta.volume}); use a freshly formatted device`);
-      }
-    }
-    if (this.#meta.size < 2 * META_SLOT_BYTES) throw new FractosError('EINVAL', `volume 1 (${this.#meta.size} bytes) is not an FS metadata volume`);
-    if (created) return;
-    let best: { gen: number; json: string } | null = null;
-    for (let slot = 0; slot < 2; slot++) {
-      const r = await this.#readMetaSlot(slot);
-      if (r && (!best || r.gen > best.gen)) best = r;
-    }
-    if (!best) return; // Crashed before the first metadata write: empty FS.
-    const m = JSON.parse(best.json) as { nextIno: number; files: { id: number; path: string; size: number; extents: [number, number, number][] }[] };
-    this.#gen = best.gen;
-    this.#nextIno = m.nextIno;
-    for (const f of m.files) {
-      const ino: Inode = { id: f.id, path: f.path, size: f.size, extents: f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length })), alloc: Promise.resolve(), writing: 0, wgen: 0 };
-      this.#files.set(f.path, ino);
-      for (const x of ino.extents) this.#vols.set(x.volume, await volumeOpen(p, this.#admin.open, x.volume));
-    }
-  }
-
-  /**
-   * Delete the volumes no file names (leaked by a crash between a volume's creation and the
-   * metadata naming it, or between the metadata dropping extents and their deletion). Runs
-   * before the FS serves anything, so no allocation is in flight.
-   */
-  async #reclaim(): Promise<void> {
-    const p = this.proc;
-    const ids = await volumeList(p, this.#admin.list);
-    const orphans = ids.filter((id) => id !== this.#meta.volume && !this.#vols.has(id));
-    for (const id of orphans) {
-      try {
-        const v = await volumeOpen(p, this.#admin.open, id);
-        await p.rpc(v.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
-        p.capDrop(v.read, v.write, v.delete).catch(() => {});
-        this.counts.reclaimedVolumes++;
-      } catch (err) {
-        this.#opts.log?.warn({ volume: id, err: (err as Error).message }, 'reclaiming a leaked volume failed');
-      }
-    }
-    this.#opts.log?.info({ volumes: ids.length, reclaimed: this.counts.reclaimedVolumes }, `reclaimed ${this.counts.reclaimedVolumes} leaked volume(s)`);
-  }
-
-  async #readMetaSlot(slot: number): Promise<{ gen: number; json: string } | null> {
-    const bytes = this.#metaRegion.bytes;
-    await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, BLOCK, this.#metaCid);
-    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-    if (b.toString('latin1', 0, 8) !== META_MAGIC || b.readUInt32LE(8) !== 1) return null;
-    const len = b.readUInt32LE(12);
-    const gen = b.readUInt32LE(16) + b.readUInt32LE(20) * 0x100000000;
-    const crc = b.readUInt32LE(24);
-    if (len > META_SLOT_BYTES - META_HEADER) return null;
-    const total = Math.ceil((META_HEADER + len) / BLOCK) * BLOCK;
-    if (total > BLOCK) await this.#port.ioAsync(this.#meta.read, false, slot * META_SLOT_BYTES, total, this.#metaCid);
-    if (crc32(b.subarray(META_HEADER, META_HEADER + len)) !== crc) return null;
-    return { gen, json: b.toString('utf8', META_HEADER, META_HEADER + len) };
-  }
-
-  /** Make the current in-memory metadata durable (group commit: one write covers every caller waiting). */
-  #persist(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.#persistWaiters.push({ resolve, reject });
-      if (!this.#persisting) void this.#persistLoop();
-    });
-  }
-
-  async #persistLoop(): Promise<void> {
-    this.#persisting = true;
-    while (this.#persistWaiters.length) {
-      const batch = this.#persistWaiters;
-      this.#persistWaiters = [];
-      try {
-        await this.#writeMeta();
-        for (const w of batch) w.resolve();
-      } catch (err) {
-        for (const w of batch) w.reject(err as Error);
-      }
-    }
-    this.#persisting = false;
-  }
-
-  async #writeMeta(): Promise<void> {
-    const files = [...this.#files.values()].map((f) => ({ id: f.id, path: f.path, size: f.size, extents: f.extents.map((x) => [x.volume, x.fileOffset, x.length]) }));
-    const json = Buffer.from(JSON.stringify({ nextIno: this.#nextIno, files }), 'utf8');
-    if (json.length > META_SLOT_BYTES - META_HEADER) throw new FractosError('ENOSPC', 'metadata does not fit the metadata volume');
-    const gen = this.#gen + 1;
-    const bytes = this.#metaRegion.bytes;
-    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-    const total = Math.ceil((META_HEADER + json.length) / BLOCK) * BLOCK;
-    b.fill(0, 0, META_HEADER);
-    b.write(META_MAGIC, 0, 'latin1');
-    b.writeUInt32LE(1, 8);
-    b.writeUInt32LE(json.length, 12);
-    b.writeUInt32LE(gen % 0x100000000, 16);
-    b.writeUInt32LE(Math.floor(gen / 0x100000000), 20);
-    b.writeUInt32LE(crc32(json), 24);
-    json.copy(b, META_HEADER);
-    b.fill(0, META_HEADER + json.length, total);
-    await this.#port.ioAsync(this.#meta.write, true, (gen % 2) * META_SLOT_BYTES, total, this.#metaCid, WriteFlags.FUA);
-    this.#gen = gen;
-  }
-
-  // -----------------------------------------------------------------------------------
-  // Control operations
-
-  #lookup(path: string): Inode {
-    checkPath(path);
-    const ino = this.#files.get(path);
-    if (!ino) throw new FractosError('ENOENT', `no file '${path}'`);
-    return ino;
-  }
-
-  #newInode(path: string): Inode {
-    checkPath(path);
-    if (this.#files.has(path)) throw new FractosError('EEXIST', `'${path}' exists`);
-    const ino: Inode = { id: this.#nextIno++, path, size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
-    this.#files.set(path, ino);
-    return ino;
-  }
-
-  async #create(path: string, ok: number): Promise<void> {
-    this.#newInode(path);
-    await this.#persist();
-    await this.proc.invoke(ok, DoneReply);
-  }
-
-  async #open(path: string, mode: number, dax: boolean, create: boolean, ok: number): Promise<void> {
-    if (mode !== OpenMode.READ && mode !== OpenMode.WRITE && mode !== OpenMode.RW) throw new FractosError('EINVAL', `bad open mode ${mode}`);
-    checkPath(path);
-    let ino = this.#files.get(path);
-    if (!ino) {
-      if (!create) throw new FractosError('ENOENT', `no file '${path}'`);
-      ino = this.#newInode(path);
-      await this.#persist();
-    }
-    if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
-    const p = this.proc;
-    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
-    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
-    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
-    const close = await p.createRequest(Close, { handle: h.id });
-    h.cids.push(...[read, write, close].filter(Boolean));
-    const caps: Record<string, number> = { read, write, close };
-    const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
-    if (dax) {
-      for (let i = 0; i < ino.extents.length; i++) {
-        const x = ino.extents[i]!;
-        const v = this.#vols.get(x.volume)!;
-        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
-        // closing or deleting revokes exactly these, whoever holds them.
-        const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
-        const xw = mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
-        const list = [xr, xw].filter(Boolean);
-        h.cids.push(...list);
-        h.daxByVolume.set(x.volume, list);
-        caps[`x${i}r`] = xr;
-        caps[`x${i}w`] = xw;
-        ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
-        ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
-        ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
-        ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
-      }
-    }
-    // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
-    if (dax && mode & OpenMode.WRITE) this.#invalidate(ino, 0);
-    this.#handles.set(h.id, h);
-    let set = this.#byIno.get(ino.id);
-    if (!set) this.#byIno.set(ino.id, (set = new Set()));
-    set.add(h);
-    // Close the open when every cap delegated from its Requests is gone (the client dropped
-    // them, closed its channel or died): monitor_delegate on each Request handed out. The
-    // monitors arm when the reply installs the caps in the client's space; a revoked Request's
-    // monitor never fires (close/delete/truncate revoke them), so `live` forgets revoked ones.
-    // (The callbacks capture ids only: libfractos keeps a monitor's callback until it fires.)
-    const hid = h.id;
-    for (const c of h.cids) h.live.add(c);
-    const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
-    try {
-      await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
-      await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
-    } catch (err) {
-      await this.#revokeHandle(h); // Not armed or not delivered: nobody can use this open.
-      throw err;
-    }
-    // The FS keeps its own entries (to revoke them later): the reply only delegated them.
-  }
-
-  /** monitor_delegate of one of `h`'s Requests fired: close the open once none is held outside the FS. */
-  #delegatesGone(handle: number, cid: number): void {
-    const h = this.#handles.get(handle);
-    if (!h || !h.live.delete(cid) || h.live.size > 0) return;
-    this.counts.orphanedCloses++;
-    this.#opts.log?.info({ handle: h.id, path: h.ino.path }, 'client gone: open closed');
-    this.#revokeHandle(h).catch(() => {});
-  }
-
-  async #revokeHandle(h: Handle): Promise<void> {
-    this.#handles.delete(h.id);
-    if (h.dax && h.mode & OpenMode.WRITE) this.#invalidate(h.ino, 0);
-    this.#byIno.get(h.ino.id)?.delete(h);
-    h.live.clear();
-    const cids = h.cids.splice(0);
-    await Promise.all(cids.map((c) => this.proc.capRevoke(c).catch(() => {})));
-    this.proc.capDrop(...cids).catch(() => {});
-  }
-
-  async #close(handle: number, ok: number): Promise<void> {
-    const h = this.#handles.get(handle);
-    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
-    await this.#revokeHandle(h);
-    await this.proc.invoke(ok, DoneReply);
-  }
-
-  async #stat(path: string, ok: number): Promise<void> {
-    const ino = this.#lookup(path);
-    await this.proc.invoke(ok, StatReply, { size: ino.size, extents: ino.extents.length, allocated: allocatedOf(ino) });
-  }
-
-  async #list(prefix: string, buffer: number, ok: number): Promise<void> {
-    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
-    const names = [...this.#files.keys()].filter((n) => n.startsWith(prefix)).sort();
-    const data = Buffer.from(names.join('\n'), 'utf8');
-    if (data.length > MAX_MEDIATED) throw new FractosError('ERANGE', 'listing larger than 1 MiB');
-    if (data.length > 0) {
-      const st = await this.proc.memoryStat(buffer);
-      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
-      if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
-      const slot = await this.stageSlots.acquireAsync(STAGE_LIST);
-      try {
-        this.#stageBytes(slot).set(data, 0);
-        await this.#toClient(slot, 0, data.length, buffer, st);
-      } finally {
-        this.stageSlots.release(STAGE_LIST, slot);
-      }
-    }
-    await this.proc.invoke(ok, ListReply, { bytes: data.length, count: names.length });
-  }
-
-  async #freeExtents(ino: Inode, gone: Extent[]): Promise<void> {
-    // Called after the metadata without these extents is durable.
-    const vols = new Set(gone.map((x) => x.volume));
-    const revokes: Promise<unknown>[] = [];
-    for (const h of this.#byIno.get(ino.id) ?? []) {
-      for (const v of vols) {
-        for (const c of h.daxByVolume.get(v) ?? []) {
-          h.live.delete(c); // its monitor will not fire: revoked
-          revokes.push(this.proc.capRevoke(c).catch(() => {}));
-        }
-        h.daxByVolume.delete(v);
-      }
-    }
-    await Promise.all(revokes);
-    for (const v of vols) {
-      const vh = this.#vols.get(v);
-      this.#vols.delete(v);
-      if (!vh) continue;
-      try {
-        await this.proc.rpc(vh.delete, VolumeDelete, {}, {}, { timeoutMs: 30_000 });
-      } catch (err) {
-        this.#opts.log?.warn({ volume: v, err: (err as Error).message }, 'volume delete failed (leaked)');
-      }
-      this.proc.capDrop(vh.read, vh.write, vh.delete).catch(() => {});
-    }
-  }
-
-  #invalidate(ino: Inode, fromBlock: number): void {
-    const base = ino.id * 0x100000000;
-    for (const k of [...this.#cache.keys()]) if (k >= base + fromBlock && k < base + 0x100000000) this.#cache.delete(k);
-  }
-
-  async #delete(path: string, ok: number): Promise<void> {
-    const ino = this.#lookup(path);
-    this.#files.delete(path);
-    await this.#persist();
-    for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revokeHandle(h);
-    this.#byIno.delete(ino.id);
-    this.#invalidate(ino, 0);
-    await this.#freeExtents(ino, ino.extents);
-    await this.proc.invoke(ok, DoneReply);
-  }
-
-  async #truncate(path: string, size: number, ok: number): Promise<void> {
-    const ino = this.#lookup(path);
-    if (size >= ino.size) {
-      await this.#ensureAllocated(ino, size);
-      ino.size = size;
-      await this.#persist();
-    } else {
-      const old = ino.size;
-      const keep = Math.ceil(size / BLOCK) * BLOCK;
-      const gone = ino.extents.filter((x) => x.fileOffset >= keep);
-      ino.extents = ino.extents.filter((x) => x.fileOffset < keep);
-      ino.size = size;
-      this.#invalidate(ino, Math.floor(size / BLOCK));
-      // Bytes past the size are zero on the device (new volumes are zeroed; a shrink zeroes
-      // what it cuts off the kept extents), so a later grow exposes zeros, never old data.
-      // Durable (FUA) before the metadata: a crash never leaves old bytes past a persisted size.
-      await this.#zeroTail(ino, size, Math.min(Math.ceil(old / BLOCK) * BLOCK, allocatedOf(ino)));
-      await this.#persist();
-      if (gone.length) await this.#freeExtents(ino, gone);
-    }
-    await this.proc.invoke(ok, DoneReply);
-  }
-
-  /** Zero file range [from, end) on the device (FUA), keeping the bytes before `from` in its block. */
-  async #zeroTail(ino: Inode, from: number, end: number): Promise<void> {
-    let a = Math.floor(from / BLOCK) * BLOCK;
-    if (a >= end) return;
-    const slot = await this.stageSlots.acquireAsync(STAGE_ZERO);
-    try {
-      const stage = this.#stageBytes(slot);
-      if (from !== a) await this.#devRange(ino, a, a + BLOCK, slot, false); // head block's kept bytes
-      stage.fill(0, from - a, MAX_MEDIATED);
-      while (a < end) {
-        const b = Math.min(end, a + MAX_MEDIATED);
-        await this.#devRange(ino, a, b, slot, true);
-        if (a === Math.floor(from / BLOCK) * BLOCK) stage.fill(0, 0, BLOCK);
-        a = b;
-      }
-    } finally {
-      this.stageSlots.release(STAGE_ZERO, slot);
-    }
-  }
-
-  /** Grow the file's extents to cover `end` bytes (one new volume; doubling policy). Errors: ENOSPC. */
-  #ensureAllocated(ino: Inode, end: number): Promise<void> {
-    const run = async (): Promise<void> => {
-      const have = allocatedOf(ino);
-      if (end <= have) return;
-      const need = end - have;
-      const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
-      const v = await volumeCreate(this.proc, this.#admin.create, len);
-      this.#vols.set(v.volume, v);
-      ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
-      // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
-      if (!this.#files.has(ino.path)) {
-        ino.extents.pop();
-        await this.#freeExtents(ino, [{ volume: v.volume, fileOffset: have, length: v.size }]);
-        throw new FractosError('ENOENT', `'${ino.path}' deleted`);
-      }
-      await this.#persist();
-    };
-    const next = ino.alloc.then(run, run);
-    ino.alloc = next.catch(() => {});
-    return next;
-  }
-
-  // -----------------------------------------------------------------------------------
-  // Mediated I/O
-
-
-  #stageBytes(slot: number): Buffer {
-    const b = this.#stage.bytes;
-    return Buffer.from(b.buffer, b.byteOffset + slot * STAGE_BYTES, STAGE_BYTES);
-  }
-
-  /** A mapping of a client's shared Memory on this host, or null. */
-  #clientView(st: MemoryStat, length: number): Uint8Array | null {
-    if (!st.local || st.backing !== 'shared' || !st.region) return null;
-    let m = this.#maps.get(st.region);
-    if (!m) {
-      try {
-        m = new Uint8Array(shmOpen(st.region));
-      } catch {
-        return null;
-      }
-      if (this.#maps.size >= 256) this.#maps.delete(this.#maps.keys().next().value!);
-      this.#maps.set(st.region, m);
-    }
-    if (st.regionOffset + length > m.length) {
-      this.#maps.delete(st.region);
-      return null;
-    }
-    return m.subarray(st.regionOffset, st.regionOffset + length);
-  }
-
-  async #toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
-    if (view) {
-      view.set(this.#stageBytes(slot).subarray(off, off + n));
-      return;
-    }
-    const src = await this.proc.memoryDiminish(this.#stageCids[slot]!, off, n);
-    try {
-      await this.proc.memoryCopy(src, buffer);
-    } finally {
-      this.proc.capDrop(src).catch(() => {});
-    }
-  }
-
-  async #fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
-    if (view) {
-      this.#stageBytes(slot).set(view, off);
-      return;
-    }
-    const src = st.size > n ? await this.proc.memoryDiminish(buffer, 0, n) : buffer;
-    const dst = await this.proc.memoryDiminish(this.#stageCids[slot]!, off, n);
-    try {
-      await this.proc.memoryCopy(src, dst);
-    } finally {
-      this.proc.capDrop(...(src !== buffer ? [src, dst] : [dst])).catch(() => {});
-    }
-  }
-
-  /** Device I/O of file range [a, b) (block-aligned, allocated) to/from stage slot offset 0. */
-  async #devRange(ino: Inode, a: number, b: number, slot: number, write: boolean, stageOff = 0): Promise<void> {
-    const ios: Promise<unknown>[] = [];
-    const drops: number[] = [];
-    for (const x of ino.extents) {
-      const s = Math.max(a, x.fileOffset);
-      const e = Math.min(b, x.fileOffset + x.length);
-      if (s >= e) continue;
-      const v = this.#vols.get(x.volume);
-      if (!v) throw new FractosError('EIO', `volume ${x.volume} of '${ino.path}' not open`);
-      let buf = this.#stageCids[slot]!;
-      if (s - a + stageOff !== 0) {
-        buf = await this.proc.memoryDiminish(buf, s - a + stageOff, e - s);
-        drops.push(buf);
-      }
-      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, s - x.fileOffset, e - s, buf, write ? WriteFlags.FUA : 0));
-    }
-    try {
-      await Promise.all(ios);
-    } finally {
-      if (drops.length) this.proc.capDrop(...drops).catch(() => {});
-    }
-  }
-
-  #cacheKey(ino: Inode, blk: number): number {
-    return ino.id * 0x100000000 + blk;
-  }
-
-  #cachePut(ino: Inode, blk: number, src: Uint8Array): void {
-    const b = this.#spare.pop() ?? Buffer.allocUnsafe(BLOCK);
-    b.set(src);
-    this.#cache.set(this.#cacheKey(ino, blk), b);
-  }
-
-  /** Fill stage [0, b - a) with file range [a, b): from the cache when every block is there, else from the device. */
-  async #fill(ino: Inode, a: number, b: number, slot: number): Promise<void> {
-    const stage = this.#stageBytes(slot);
-    const nb = (b - a) / BLOCK;
-    const first = a / BLOCK;
-    let hits = 0;
-    for (let i = 0; i < nb; i++) {
-      const c = this.#cache.get(this.#cacheKey(ino, first + i));
-      if (!c) break;
-      stage.set(c, i * BLOCK);
-      hits++;
-    }
-    if (hits === nb) {
-      this.counts.hits += nb;
-      return;
-    }
-    this.counts.misses += nb;
-    const gen = ino.wgen;
-    const clean = ino.writing === 0;
-    await this.#devRange(ino, a, b, slot, false);
-    if (clean && ino.writing === 0 && ino.wgen === gen && this.#files.get(ino.path) === ino) {
-      for (let i = 0; i < nb; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
-    }
-  }
-
-  #handleFor(handle: number, need: number): Handle {
-    const h = this.#handles.get(handle);
-    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
-    if (!(h.mode & need)) throw new FractosError('EPERM', `handle ${handle} not open for ${need & OpenMode.WRITE ? 'writing' : 'reading'}`);
-    return h;
-  }
-
-  /** `desc`: the buffer's descriptor from the delivery (local Memory), else a memory_stat is made. */
-  async #read(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
-    const ino = this.#handleFor(handle, OpenMode.READ).ino;
-    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
-    if (length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} > ${MAX_MEDIATED}`);
-    const n = Math.max(0, Math.min(length, ino.size - offset));
-    if (n > 0) {
-      const st = desc ?? (await this.proc.memoryStat(buffer));
-      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
-      if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
-      const a = Math.floor(offset / BLOCK) * BLOCK;
-      const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
-      const slot = await this.stageSlots.acquireAsync(handle);
-      try {
-        await this.#fill(ino, a, b, slot);
-        await this.#toClient(slot, offset - a, n, buffer, st);
-      } finally {
-        this.stageSlots.release(handle, slot);
-      }
-    }
-    await this.proc.invoke(ok, IoReply, { bytes: n });
-  }
-
-  async #write(handle: number, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
-    const ino = this.#handleFor(handle, OpenMode.WRITE).ino;
-    if (!buffer) throw new FractosError('EINVAL', 'no buffer cap');
-    if (length === 0 || length > MAX_MEDIATED) throw new FractosError('EINVAL', `length ${length} not in (0, ${MAX_MEDIATED}]`);
-    const st = desc ?? (await this.proc.memoryStat(buffer));
-    if (!(st.perms & Perm.READ)) throw new FractosError('EPERM', 'buffer not readable');
-    if (st.size < length) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${length}`);
-    const end = offset + length;
-    await this.#ensureAllocated(ino, end);
-    const a = Math.floor(offset / BLOCK) * BLOCK;
-    const b = Math.ceil(end / BLOCK) * BLOCK;
-    // Block-range lock: wait for overlapping writes, then hold [a, b) until written back.
-    const busy = (ino.busy ??= []);
-    for (let o = busy.find((x) => x.a < b && a < x.b); o; o = busy.find((x) => x.a < b && a < x.b)) await o.done;
-    let unlock!: () => void;
-    const lock = { a, b, done: new Promise<void>((r) => (unlock = r)) };
-    busy.push(lock);
-    let slot: number;
-    try {
-      slot = await this.stageSlots.acquireAsync(handle);
-    } catch (err) {
-      busy.splice(busy.indexOf(lock), 1);
-      unlock();
-      throw err;
-    }
-    ino.writing++;
-    ino.wgen++;
-    try {
-      const stage = this.#stageBytes(slot);
-      // Read-modify-write of partial head/tail blocks (inside the old size; zeros past it).
-      if (offset !== a) await this.#partial(ino, a, slot, 0);
-      if (end !== b && (b - BLOCK !== a || offset === a)) await this.#partial(ino, b - BLOCK, slot, b - BLOCK - a);
-      await this.#fromClient(slot, offset - a, length, buffer, st);
-      await this.#devRange(ino, a, b, slot, true);
-      const first = a / BLOCK;
-      for (let i = 0; i < (b - a) / BLOCK; i++) this.#cachePut(ino, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
-      if (end > ino.size) {
-        ino.size = end;
-        await this.#persist();
-      }
-    } finally {
-      ino.writing--;
-      this.stageSlots.release(handle, slot);
-      busy.splice(busy.indexOf(lock), 1);
-      unlock();
-    }
-    await this.proc.invoke(ok, IoReply, { bytes: length });
-  }
-
-  /** Put file block at `blockOff` into stage at `at` (cache, device, or zeros beyond the size). */
-  async #partial(ino: Inode, blockOff: number, slot: number, at: number): Promise<void> {
-    const stage = this.#stageBytes(slot);
-    if (blockOff >= ino.size) {
-      stage.fill(0, at, at + BLOCK);
-      return;
-    }
-    const c = this.#cache.get(this.#cacheKey(ino, blockOff / BLOCK));
-    if (c) {
-      stage.set(c, at);
-      return;
-    }
-    await this.#devRange(ino, blockOff, blockOff + BLOCK, slot, false, at);
   }
 }
 

@@ -1,0 +1,202 @@
+/**
+ * Open files: the handles of mediated and DAX opens, the Requests handed out for them, and
+ * the monitors that close an open whose client went away.
+ *
+ * Invariants:
+ * - An open handle is live from its OpenReply until close, the delete of its file, or the
+ *   loss of every cap its client held (whichever comes first); handle ids are never reused.
+ * - Everything an open hands out is an entry of the FS (`cids`): its mediated read/write and
+ *   close Requests (handle preset) and, for DAX, revocation-tree children of the blockdev's
+ *   per-volume read/write Requests (`daxByVolume`). Closing revokes them all, whoever holds
+ *   them now; freeing an extent revokes that volume's children in every open of the file
+ *   (`revokeDax`), so no client keeps a Request to a volume the FS gave back.
+ * - `live` holds the handed-out Requests whose delegated caps may still exist; a
+ *   monitor_delegate on each removes it when the last cap from it is gone, and the open is
+ *   closed when none is left. A revoked Request's monitor never fires, so revoking removes it first.
+ * - A DAX open for writing changes the device behind the block cache: the file's cached
+ *   blocks are dropped (`invalidate`) when it opens and when it closes.
+ */
+import { FractosError } from '../libfractos/errors.js';
+import type { Process } from '../libfractos/process.js';
+import type { VolumeHandle } from '../blockdev-adaptor/client.js';
+import { Close, DoneReply, MAX_DAX_EXTENTS, OpenMode, OpenReply, Read, Write } from './schema.js';
+import { BLOCK, type FsCounts, type FsLog, type Inode } from './inode.js';
+
+/** What opens need from the rest of the FS. */
+export interface OpensDeps {
+  /** The open volume behind an extent (extents.ts). */
+  volume(id: number): VolumeHandle | undefined;
+  /** Drop every cached block of `ino` (cache.ts). */
+  invalidate(ino: Inode): void;
+}
+
+/** An open file as mediated I/O sees it: the handle id (its staging-slot key) and the file. */
+export interface OpenHandle {
+  readonly id: number;
+  readonly ino: Inode;
+}
+
+interface Handle extends OpenHandle {
+  mode: number;
+  dax: boolean;
+  /** Requests handed out for this open (mediated, close, DAX revtree children): revoked on close. */
+  cids: number[];
+  /** DAX revtree children per extent volume (revoked when that extent goes). */
+  daxByVolume: Map<number, number[]>;
+  /**
+   * Handed-out Requests whose delegated caps may still exist: a monitor_delegate on each
+   * removes it when the last cap delegated from it is gone; when none is left the client
+   * can no longer use the open and the FS closes it (client closed its channel or died).
+   */
+  live: Set<number>;
+}
+
+/** Errors: EINVAL unless `mode` is OpenMode.READ, WRITE or RW. */
+export function checkOpenMode(mode: number): void {
+  if (mode !== OpenMode.READ && mode !== OpenMode.WRITE && mode !== OpenMode.RW) throw new FractosError('EINVAL', `bad open mode ${mode}`);
+}
+
+export class Opens {
+  readonly #proc: Process;
+  readonly #counts: Pick<FsCounts, 'orphanedCloses'>;
+  readonly #log: FsLog | undefined;
+  readonly #deps: OpensDeps;
+  readonly #handles = new Map<number, Handle>();
+  readonly #byIno = new Map<number, Set<Handle>>();
+  #nextHandle = 1;
+
+  constructor(proc: Process, counts: Pick<FsCounts, 'orphanedCloses'>, log: FsLog | undefined, deps: OpensDeps) {
+    this.#proc = proc;
+    this.#counts = counts;
+    this.#log = log;
+    this.#deps = deps;
+  }
+
+  /** Open handles (mediated and DAX). */
+  get size(): number {
+    return this.#handles.size;
+  }
+
+  /** The FS's own cids of an open's Requests (mediated and close in `requests`, DAX in `dax`), or null when it is not open. */
+  caps(handle: number): { requests: number[]; dax: number[] } | null {
+    const h = this.#handles.get(handle);
+    if (!h) return null;
+    const dax = [...h.daxByVolume.values()].flat();
+    return { requests: h.cids.filter((c) => !dax.includes(c)), dax };
+  }
+
+  /** The open `handle`, open for `need` (an OpenMode bit). Errors: ENOENT (not open), EPERM (not open for that). */
+  get(handle: number, need: number): OpenHandle {
+    const h = this.#handles.get(handle);
+    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
+    if (!(h.mode & need)) throw new FractosError('EPERM', `handle ${handle} not open for ${need & OpenMode.WRITE ? 'writing' : 'reading'}`);
+    return h;
+  }
+
+  /**
+   * Open `ino` (mode checked by `checkOpenMode`) and answer OpenReply on `ok`: mediated
+   * read/write and close Requests, and with `dax` each extent's blockdev Requests on
+   * revocation trees. Errors: ERANGE (DAX on more than MAX_DAX_EXTENTS extents), what
+   * delivering the reply answers (the open is then closed again).
+   */
+  async open(ino: Inode, mode: number, dax: boolean, ok: number): Promise<void> {
+    if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${ino.path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
+    const p = this.#proc;
+    const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
+    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
+    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
+    const close = await p.createRequest(Close, { handle: h.id });
+    h.cids.push(...[read, write, close].filter(Boolean));
+    const caps: Record<string, number> = { read, write, close };
+    const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
+    if (dax) {
+      for (let i = 0; i < ino.extents.length; i++) {
+        const x = ino.extents[i]!;
+        const v = this.#deps.volume(x.volume)!;
+        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
+        // closing or deleting revokes exactly these, whoever holds them.
+        const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
+        const xw = mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
+        const list = [xr, xw].filter(Boolean);
+        h.cids.push(...list);
+        h.daxByVolume.set(x.volume, list);
+        caps[`x${i}r`] = xr;
+        caps[`x${i}w`] = xw;
+        ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
+        ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
+        ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
+        ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
+      }
+    }
+    // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
+    if (dax && mode & OpenMode.WRITE) this.#deps.invalidate(ino);
+    this.#handles.set(h.id, h);
+    let set = this.#byIno.get(ino.id);
+    if (!set) this.#byIno.set(ino.id, (set = new Set()));
+    set.add(h);
+    // Close the open when every cap delegated from its Requests is gone (the client dropped
+    // them, closed its channel or died): monitor_delegate on each Request handed out. The
+    // monitors arm when the reply installs the caps in the client's space; a revoked Request's
+    // monitor never fires (close/delete/truncate revoke them), so `live` forgets revoked ones.
+    // (The callbacks capture ids only: libfractos keeps a monitor's callback until it fires.)
+    const hid = h.id;
+    for (const c of h.cids) h.live.add(c);
+    const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
+    try {
+      await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
+      await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
+    } catch (err) {
+      await this.#revoke(h); // Not armed or not delivered: nobody can use this open.
+      throw err;
+    }
+    // The FS keeps its own entries (to revoke them later): the reply only delegated them.
+  }
+
+  /** monitor_delegate of one of `h`'s Requests fired: close the open once none is held outside the FS. */
+  #delegatesGone(handle: number, cid: number): void {
+    const h = this.#handles.get(handle);
+    if (!h || !h.live.delete(cid) || h.live.size > 0) return;
+    this.#counts.orphanedCloses++;
+    this.#log?.info({ handle: h.id, path: h.ino.path }, 'client gone: open closed');
+    this.#revoke(h).catch(() => {});
+  }
+
+  async #revoke(h: Handle): Promise<void> {
+    this.#handles.delete(h.id);
+    if (h.dax && h.mode & OpenMode.WRITE) this.#deps.invalidate(h.ino);
+    this.#byIno.get(h.ino.id)?.delete(h);
+    h.live.clear();
+    const cids = h.cids.splice(0);
+    await Promise.all(cids.map((c) => this.#proc.capRevoke(c).catch(() => {})));
+    this.#proc.capDrop(...cids).catch(() => {});
+  }
+
+  /** Close `handle` (its Requests revoked, DAX ones included) and answer DoneReply on `ok`. Errors: ENOENT. */
+  async close(handle: number, ok: number): Promise<void> {
+    const h = this.#handles.get(handle);
+    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
+    await this.#revoke(h);
+    await this.#proc.invoke(ok, DoneReply);
+  }
+
+  /** Close every open of `ino` (its file is deleted). */
+  async closeAll(ino: Inode): Promise<void> {
+    for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revoke(h);
+    this.#byIno.delete(ino.id);
+  }
+
+  /** Revoke the DAX Requests every open of `ino` holds on `vols` (their extents are being freed). */
+  async revokeDax(ino: Inode, vols: Set<number>): Promise<void> {
+    const revokes: Promise<unknown>[] = [];
+    for (const h of this.#byIno.get(ino.id) ?? []) {
+      for (const v of vols) {
+        for (const c of h.daxByVolume.get(v) ?? []) {
+          h.live.delete(c); // its monitor will not fire: revoked
+          revokes.push(this.#proc.capRevoke(c).catch(() => {}));
+        }
+        h.daxByVolume.delete(v);
+      }
+    }
+    await Promise.all(revokes);
+  }
+}

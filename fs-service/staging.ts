@@ -1,0 +1,139 @@
+/**
+ * The FS's staging slots: its own shared Memory through which every byte between a client
+ * and the device passes on the mediated path, and the copies between them and client Memory.
+ *
+ * Invariants:
+ * - STAGE_SLOTS slots of STAGE_BYTES (MAX_MEDIATED plus a head and a tail block), each its
+ *   own Memory object (`cid`), allocated at start-up and never freed.
+ * - An operation holds one slot (`slots`, FairSlots) from before its first copy until its
+ *   last. Keys are open handles (positive), which hold at most STAGE_PER_HANDLE slots each
+ *   (a client whose Memory never answers a memory_copy stalls only its own share), and the
+ *   FS's own uses (StageKey, negative).
+ * - Client Memory on this host in shared memory is copied directly through a mapping (at
+ *   most 256 regions mapped, oldest dropped first; a region smaller than the range is
+ *   unmapped and copied with memory_copy instead); anything else through memory_copy, on
+ *   caps diminished to the range and dropped after.
+ */
+import { FractosError } from '../libfractos/errors.js';
+import type { MemoryStat, Process, SharedRegion } from '../libfractos/process.js';
+import { Perm } from '../libfractos/protocol.js';
+import { shmOpen } from '../native/shm/index.js';
+import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
+import { BLOCK, MAX_MEDIATED } from './inode.js';
+
+/** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
+const STAGE_SLOTS = 16;
+/**
+ * Most staging slots one open handle's mediated I/O holds at once (FairSlots; `list` and
+ * truncate's zeroing have a key each): a client whose Memory never answers a memory_copy
+ * stalls at most this many, the other opens keep the rest.
+ */
+export const STAGE_PER_HANDLE = 4;
+/** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
+export const StageKey = { LIST: -1, ZERO: -2 } as const;
+/** Bytes of one slot. */
+export const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
+
+export class Staging {
+  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
+  readonly slots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
+  readonly #proc: Process;
+  readonly #stage: SharedRegion;
+  readonly #cids: number[];
+  readonly #maps = new Map<string, Uint8Array>();
+
+  private constructor(proc: Process, stage: SharedRegion, cids: number[]) {
+    this.#proc = proc;
+    this.#stage = stage;
+    this.#cids = cids;
+  }
+
+  /** Allocate the staging slots (shared Memory, one Memory object a slot). */
+  static async create(proc: Process): Promise<Staging> {
+    const stage = proc.allocShared(STAGE_SLOTS * STAGE_BYTES);
+    const cids: number[] = [];
+    for (let i = 0; i < STAGE_SLOTS; i++) cids.push(await proc.memoryCreate(stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
+    return new Staging(proc, stage, cids);
+  }
+
+  /** The FS's Memory cap of slot `slot` (RW, STAGE_BYTES). */
+  cid(slot: number): number {
+    return this.#cids[slot]!;
+  }
+
+  /**
+   * Copy the FS's own bytes (a listing, at most MAX_MEDIATED) into a client's Memory `buffer`
+   * through a staging slot. Errors: EPERM (not writable), ERANGE (too small), EAGAIN, EIO.
+   */
+  async sendListing(data: Buffer, buffer: number): Promise<void> {
+    if (data.length > 0) {
+      const st = await this.#proc.memoryStat(buffer);
+      if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
+      if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
+      const slot = await this.slots.acquireAsync(StageKey.LIST);
+      try {
+        this.bytes(slot).set(data, 0);
+        await this.toClient(slot, 0, data.length, buffer, st);
+      } finally {
+        this.slots.release(StageKey.LIST, slot);
+      }
+    }
+  }
+
+  /** The bytes of stage slot `slot` (STAGE_BYTES), in this process. */
+  bytes(slot: number): Buffer {
+    const b = this.#stage.bytes;
+    return Buffer.from(b.buffer, b.byteOffset + slot * STAGE_BYTES, STAGE_BYTES);
+  }
+
+  /** A mapping of a client's shared Memory on this host, or null. */
+  #clientView(st: MemoryStat, length: number): Uint8Array | null {
+    if (!st.local || st.backing !== 'shared' || !st.region) return null;
+    let m = this.#maps.get(st.region);
+    if (!m) {
+      try {
+        m = new Uint8Array(shmOpen(st.region));
+      } catch {
+        return null;
+      }
+      if (this.#maps.size >= 256) this.#maps.delete(this.#maps.keys().next().value!);
+      this.#maps.set(st.region, m);
+    }
+    if (st.regionOffset + length > m.length) {
+      this.#maps.delete(st.region);
+      return null;
+    }
+    return m.subarray(st.regionOffset, st.regionOffset + length);
+  }
+
+  /** Copy stage slot bytes [off, off + n) into client Memory `buffer` (described by `st`). */
+  async toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
+    const view = this.#clientView(st, n);
+    if (view) {
+      view.set(this.bytes(slot).subarray(off, off + n));
+      return;
+    }
+    const src = await this.#proc.memoryDiminish(this.cid(slot), off, n);
+    try {
+      await this.#proc.memoryCopy(src, buffer);
+    } finally {
+      this.#proc.capDrop(src).catch(() => {});
+    }
+  }
+
+  /** Copy the first `n` bytes of client Memory `buffer` (described by `st`) into stage slot bytes [off, off + n). */
+  async fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
+    const view = this.#clientView(st, n);
+    if (view) {
+      this.bytes(slot).set(view, off);
+      return;
+    }
+    const src = st.size > n ? await this.#proc.memoryDiminish(buffer, 0, n) : buffer;
+    const dst = await this.#proc.memoryDiminish(this.cid(slot), off, n);
+    try {
+      await this.#proc.memoryCopy(src, dst);
+    } finally {
+      this.#proc.capDrop(...(src !== buffer ? [src, dst] : [dst])).catch(() => {});
+    }
+  }
+}
