@@ -28,8 +28,8 @@ const MIN_EXTENT = 1 << 20;
 export interface ExtentsDeps {
   /** Make the in-memory metadata durable (metadata.ts). */
   persist(): Promise<void>;
-  /** Whether a file of this path is in the namespace (a deleted file's is not, until a new file takes the path). */
-  pathExists(path: string): boolean;
+  /** Whether `ino` is the file at its path now: not deleted, and not replaced by a new file of the same path (namespace.ts). */
+  isCurrent(ino: Inode): boolean;
   /** Revoke the DAX Requests every open of `ino` holds on these volumes (opens.ts). */
   revokeDax(ino: Inode, volumes: Set<number>): Promise<void>;
 }
@@ -94,7 +94,7 @@ export class Extents {
       this.#vols.set(v.volume, v);
       ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
       // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
-      if (!this.#deps.pathExists(ino.path)) {
+      if (!this.#deps.isCurrent(ino)) {
         ino.extents.pop();
         await this.free(ino, [{ volume: v.volume, fileOffset: have, length: v.size }]);
         throw new FractosError('ENOENT', `'${ino.path}' deleted`);

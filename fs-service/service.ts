@@ -139,7 +139,7 @@ export class FsService {
     });
     this.#extents = new Extents(p, this.#admin, this.counts, this.#opts.log, {
       persist: () => this.#meta.persist(),
-      pathExists: (path) => this.#ns.has(path),
+      isCurrent: (ino) => this.#ns.isCurrent(ino),
       revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
     });
     this.#opens = new Opens(p, this.counts, this.#opts.log, {
