@@ -60,11 +60,6 @@ export class Namespace {
     return this.#files.size;
   }
 
-  /** Whether a file of this path exists. */
-  has(path: string): boolean {
-    return this.#files.has(path);
-  }
-
   /** Whether `ino` is the file at its path now (not deleted, not replaced). */
   isCurrent(ino: Inode): boolean {
     return this.#files.get(ino.path) === ino;
