@@ -389,6 +389,10 @@ test('text report looks like fio', (t) => {
   t.regex(s, /clat \(usec\): min=50, max=150, avg=100.05, stdev=28.88/);
   t.regex(s, /clat percentiles \(usec\):\n {5}\| {2}1\.00th=\[ {3}51\],/);
   t.notRegex(s, /write:/);
+  t.regex(s, new RegExp(`pid=${process.pid}\\b`));
+  // A job run by another process (real fio in --compare) shows that process's pid.
+  r.jobs[0]!.pid = 4242;
+  t.regex(formatTextReport(r), /pid=4242\b/);
 });
 
 // ------------------------------------------------------------------ real fio

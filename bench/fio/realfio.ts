@@ -58,16 +58,16 @@ function exec(
   bin: string,
   args: readonly string[],
   timeoutMs: number,
-): Promise<{ stdout: string; stderr: string; code: number | null; spawnErr?: NodeJS.ErrnoException }> {
+): Promise<{ stdout: string; stderr: string; code: number | null; pid?: number; spawnErr?: NodeJS.ErrnoException }> {
   return new Promise((resolve) => {
-    execFile(bin, args, { maxBuffer: 256 * 1024 * 1024, timeout: timeoutMs, encoding: 'utf8' }, (err, stdout, stderr) => {
+    const child = execFile(bin, args, { maxBuffer: 256 * 1024 * 1024, timeout: timeoutMs, encoding: 'utf8' }, (err, stdout, stderr) => {
       const ecode: unknown = err ? (err as { code?: unknown }).code : undefined;
       if (ecode === 'ENOENT' || ecode === 'EACCES' || ecode === 'ENOEXEC') {
         resolve({ stdout, stderr, code: null, spawnErr: err as NodeJS.ErrnoException });
         return;
       }
       const code = err ? (typeof ecode === 'number' ? ecode : 1) : 0;
-      resolve({ stdout, stderr, code: err && (err as { killed?: boolean }).killed ? -1 : code });
+      resolve({ stdout, stderr, pid: child.pid, code: err && (err as { killed?: boolean }).killed ? -1 : code });
     });
   });
 }
@@ -162,7 +162,10 @@ export async function runRealFio(jobFile: string, opts: RealFioOptions = {}): Pr
     }
     const start = r.stdout.search(/^\{/m);
     const raw: unknown = start >= 0 ? JSON.parse(r.stdout.slice(start)) : undefined;
-    return { report: parseFioJson(r.stdout), raw, jobText, argv: [bin, ...args] };
+    const report = parseFioJson(r.stdout);
+    // fio's JSON has no pid: the text report shows the fio process's own.
+    for (const j of report.jobs) j.pid = r.pid;
+    return { report, raw, jobText, argv: [bin, ...args] };
   } finally {
     claim?.release();
     removeTempDir(dir);

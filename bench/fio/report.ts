@@ -138,7 +138,7 @@ function dirText(label: 'read' | 'write', d: DirStats): string[] {
  * @returns lines joined with '\n' (no trailing newline)
  */
 export function formatJobText(j: JobStats, groupid = 0): string {
-  const lines = [`${j.name}: (groupid=${groupid}, jobs=${j.numjobs}): err=${pad(String(j.error), 2)}: pid=${process.pid}`];
+  const lines = [`${j.name}: (groupid=${groupid}, jobs=${j.numjobs}): err=${pad(String(j.error), 2)}: pid=${j.pid ?? process.pid}`];
   if (j.read.totalIos > 0) lines.push(...dirText('read', j.read));
   if (j.write.totalIos > 0) lines.push(...dirText('write', j.write));
   return lines.join('\n');

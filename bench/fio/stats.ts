@@ -202,6 +202,8 @@ export interface JobStats {
   numjobs: number;
   /** 0, or an errno-like code when the job failed. */
   error: number;
+  /** OS pid of the process that ran the job (the text report's `pid=`; default this process). */
+  pid?: number;
   /** Wall time of the job, ms (fio "job_runtime"). */
   jobRuntimeMs: number;
   /** Raw job-section options (fio "job options"). */
