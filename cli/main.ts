@@ -1,6 +1,9 @@
 /** `fractos` entry (bin/fractos.js imports the compiled file): build the command tree, run it. */
 import { buildProgram } from './commands.js';
 import { die } from './log.js';
+import { watchParent } from './parent.js';
+
+watchParent();
 
 let program;
 try {

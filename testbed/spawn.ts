@@ -45,7 +45,8 @@ export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: num
   const nodeArgs = (process.env.FRACTOS_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, ...argv], {
     cwd: REPO_ROOT,
-    env: { FRACTOS_LOG: 'warn', ...process.env, ...opts.env },
+    // FRACTOS_PARENT_PID: the child stops when this process dies, even by kill -9 (cli/parent.ts).
+    env: { FRACTOS_LOG: 'warn', ...process.env, FRACTOS_PARENT_PID: String(process.pid), ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   trackChild(child);
