@@ -316,14 +316,21 @@ export function slopeRecord(metric: string, fit: SlopeFit, unit: string, baselin
   return r;
 }
 
-/** A human table of the records (a slope that is not a figure reads `not significant (±X us)`). */
+/**
+ * A human table of the records, columns as wide as their widest cell (a slope that is not a
+ * figure reads `not significant (±X us)`), with a note on what the baselines are.
+ */
 export function formatMicro(records: BenchRecord[]): string {
-  const lines = ['metric               params                                   value          baseline       ratio'];
+  const rows = [['metric', 'params', 'value', 'baseline', 'ratio']];
   for (const r of records) {
     const p = Object.entries(r.params).filter(([k]) => k !== 'invoke_us').map(([k, v]) => `${k}=${v}`).join(' ');
     const fmt = (v: number | null): string => (v === null ? '-' : r.unit === 'B/s' ? `${(v / 2 ** 20).toFixed(1)} MiB/s` : `${v.toFixed(1)} ${r.unit}`);
     const value = r.params.significant === 'no' ? `not significant (±${r.params.ci95} ${r.unit})` : fmt(r.value);
-    lines.push(`${r.metric.padEnd(20)} ${p.padEnd(40)} ${value.padStart(14)} ${fmt(r.baseline).padStart(14)} ${r.ratio === null ? '-' : r.ratio.toFixed(2).padStart(8)}`);
+    rows.push([r.metric, p, value, fmt(r.baseline), r.ratio === null ? '-' : r.ratio.toFixed(2)]);
   }
+  const width = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  const lines = rows.map((row) => row.map((cell, i) => (i < 2 ? cell.padEnd(width[i]!) : cell.padStart(width[i]!))).join('  ').trimEnd());
+  lines.push('', 'baseline: the raw transport of the same placement measured in the same run (a unix or TCP stream',
+    'between two processes); a local memory_copy is one memcpy inside the Controller, so its ratio can exceed 1.');
   return lines.join('\n');
 }

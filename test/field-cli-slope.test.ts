@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import { formatMicro, slopeRecord } from '../bench/micro.js';
+import { benchRecord } from '../bench/records.js';
 import { fitSlope, slopeFigure, t975 } from '../bench/slope.js';
 import { expectCode } from './helpers/errors.js';
 
@@ -109,4 +110,18 @@ test('bench micro record and table: no number for a slope on noise, the number w
   t.is(c.params.significant, 'yes');
   t.true(Math.abs(c.value - 3) < 0.3);
   t.true(Math.abs(c.ratio! - c.value / 130) < 1e-12);
+});
+
+test('bench micro table: every column lines up, however long its cells', (t) => {
+  const noisy = synthetic(0, 20, 11);
+  const recs = [
+    slopeRecord('delegate_per_cap', fitSlope(noisy.xs, noisy.ys), 'us', 130, { placement: 'local' }),
+    benchRecord('micro', 'memcpy_throughput', 9e9, 'B/s', 1e9, { placement: 'remote', size: 4194304, transport: 'tcp', extra: 'a-long-parameter-value' }),
+    benchRecord('micro', 'null_op_rtt', 72.1, 'us', 89.1, { placement: 'local', transport: 'unix' }),
+  ];
+  const lines = formatMicro(recs).split('\n').slice(0, 4);
+  // The header's column starts are where every row's cells start (value/baseline/ratio right-aligned: their ends).
+  const ends = (line: string): number[] => [...line.matchAll(/\S+(?= {2,}|$)/g)].map((m) => m.index! + m[0].length);
+  const header = ends(lines[0]!);
+  for (const l of lines.slice(1)) t.deepEqual(ends(l).slice(-3), header.slice(-3), l);
 });
