@@ -6,7 +6,7 @@ import { LocalCluster, PLACEMENTS, type Placement } from '../facever-app/cluster
 import { DATASET_ENV, resolveDataset } from '../facever-app/dataset.js';
 import { runLoadtest } from '../facever-app/loadtest.js';
 import { writePlots } from '../facever-app/plots.js';
-import { serve, portOf } from '../facever-app/server.js';
+import { serve, portOf, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_READING, DEFAULT_MAX_READING_PER_PEER, DEFAULT_MIN_BODY_RATE } from '../facever-app/server.js';
 import { DEFAULT_PREFIX, enroll, readMeta } from '../facever-app/store.js';
 import { DESIGNS, Verifier, type Design } from '../facever-app/verifier.js';
 import { FsClient } from '../fs-service/client.js';
@@ -90,9 +90,24 @@ function registerFacever(program: Command): void {
     .option('--max-batch <n>', 'most pairs per batch', '256')
     .option('--max-queued <n>', 'batches waiting for a buffer set before 503', '16')
     .option('--threshold <x>', 'decision threshold (default: the EER threshold from enrollment)')
-    .action(async (o: { port: string; host: string; design: string; controller: string; gpu: string; fs: string; prefix: string; slots: string; maxBatch: string; maxQueued: string; threshold?: string }) => {
+    .option('--max-reading <n>', 'request bodies being read at once, all clients (they do not hold the GPU queue)', String(DEFAULT_MAX_READING))
+    .option('--max-reading-per-peer <n>', 'request bodies being read at once from one client address', String(DEFAULT_MAX_READING_PER_PEER))
+    .option('--min-body-rate <bytes/s>', 'a request body slower than this after a 2 s grace is cut with 408 (0: no minimum)', String(DEFAULT_MIN_BODY_RATE))
+    .option('--max-connections <n>', 'open connections, all clients', String(DEFAULT_MAX_CONNECTIONS))
+    .option('--max-connections-per-peer <n>', 'open connections from one client address', String(DEFAULT_MAX_CONNECTIONS_PER_PEER))
+    .action(async (o: { port: string; host: string; design: string; controller: string; gpu: string; fs: string; prefix: string; slots: string; maxBatch: string; maxQueued: string; threshold?: string; maxReading: string; maxReadingPerPeer: string; minBodyRate: string; maxConnections: string; maxConnectionsPerPeer: string }) => {
       try {
         const design = checkDesign(o.design);
+        const count = (name: string, x: string, min: number): number => {
+          const n = Number(x);
+          if (!Number.isInteger(n) || n < min) throw new FractosError('EINVAL', `--${name} must be an integer >= ${min}, got ${x}`);
+          return n;
+        };
+        const limits = {
+          maxReading: count('max-reading', o.maxReading, 1), maxReadingPerPeer: count('max-reading-per-peer', o.maxReadingPerPeer, 1),
+          minBodyRate: count('min-body-rate', o.minBodyRate, 0),
+          maxConnections: count('max-connections', o.maxConnections, 1), maxConnectionsPerPeer: count('max-connections-per-peer', o.maxConnectionsPerPeer, 1),
+        };
         const p = await connect(o.controller, { name: `facever-${design}` });
         const fs = await FsClient.connect(p, o.fs);
         const meta = await readMeta(p, fs, o.prefix);
@@ -103,7 +118,7 @@ function registerFacever(program: Command): void {
         v.on('gpu-lost', (ev: string) => process.stderr.write(`facever: GPU adaptor lost (${ev}); re-initialising\n`));
         v.on('gpu-ready', (dev: string) => process.stderr.write(`facever: GPU adaptor back (${dev})\n`));
         const threshold = o.threshold !== undefined ? Number(o.threshold) : meta.threshold;
-        const server = await serve(v, { port: Number(o.port), host: o.host, threshold });
+        const server = await serve(v, { port: Number(o.port), host: o.host, threshold, ...limits });
         superviseService({
           name: 'facever',
           proc: p,

@@ -7,7 +7,9 @@
  * concurrent connections for each factor (default 1, 8, 32; the server's capacity is its
  * number of GPU buffer sets, `--slots`). Every connection sends the same `POST /verify` of
  * `batch` pairs (base64 ORL PGMs) and sends its next request as soon as an answer arrives,
- * 503 included: the hostile client that ignores `Retry-After`.
+ * 503 included: the hostile client that ignores `Retry-After`. The connections all come from
+ * 127.0.0.1 but stand for many clients, so the server's per-address bounds (connections,
+ * bodies being read) are raised to its global ones.
  *
  * Per level: goodput (pairs/s answered 200), p50/p99 latency of the 200 answers (autocannon
  * records 2xx latencies only), 503 and other answers, socket errors and time-outs, and each
@@ -25,6 +27,7 @@ import { FractosError } from '../libfractos/errors.js';
 import { connect } from '../libfractos/process.js';
 import { orlPairs } from './accuracy.js';
 import { LocalCluster, spawnChild, stopChild, type Child } from './cluster.js';
+import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_READING } from './server.js';
 import { enroll, readMeta } from './store.js';
 import type { Design } from './verifier.js';
 
@@ -211,6 +214,11 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
     }
     const args = ['facever', 'serve', '--port', '0', '--controller', controller, '--design', design, '--slots', String(slots), '--max-batch', String(batch)];
     if (o.maxQueued !== undefined) args.push('--max-queued', String(o.maxQueued));
+    // All connections come from this one address but stand for many clients: the per-address
+    // bounds of the server (connections, bodies being read) are lifted to the global ones.
+    const conns = Math.max(slots, ...factors.map((f) => Math.max(1, Math.round(f * slots))));
+    const maxConns = Math.max(DEFAULT_MAX_CONNECTIONS, conns + 16);
+    args.push('--max-connections', String(maxConns), '--max-connections-per-peer', String(maxConns), '--max-reading-per-peer', String(DEFAULT_MAX_READING));
     server = await spawnChild('facever serve', args, /^ready facever port=\d+/);
     log(`  facever serve pid ${server.child.pid} ${server.line}`);
     const url = `http://127.0.0.1:${/port=(\d+)/.exec(server.line)![1]}/verify`;

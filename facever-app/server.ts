@@ -7,18 +7,21 @@
  * `score` is the chi-square distance (smaller = more similar) and `match` = score <=
  * threshold. Errors are JSON `{ error, reason }`:
  * - 400 malformed JSON, not an array, bad item, bad base64, bad PGM, wrong image size;
- * - 408 `body_timeout`: an admitted body not complete within `bodyTimeoutMs`;
+ * - 408 `body_timeout`: a body not complete within `bodyTimeoutMs`; `body_too_slow`: a body
+ *   arriving slower than `minBodyRate` after its grace; (Node's) headers not complete within
+ *   `headersTimeoutMs`;
  * - 413 body over `maxBodyBytes` (default max(1 MiB, 1.25 x maxBatch base64 PGMs); refused
  *   on its Content-Length before the body is read) or more pairs than the batch limit;
  * - 422 unknown id (with the id);
  * - 404 other paths, 405 other methods on /verify (with `Allow: POST`);
- * - 503 `EBUSY` back-pressure (the admission bounds reached: see `serve`; refused on the
- *   headers, before the body is read) or `EAGAIN` (the GPU adaptor re-initialising), with
- *   `Retry-After: 1`; 502/504 for service failures and time-outs.
+ * - 503 `EBUSY` back-pressure (the GPU queue, the bodies being read or the connections of
+ *   one peer address at their bound: see `serve`; refused before the body is parsed) or
+ *   `EAGAIN` (the GPU adaptor re-initialising), with `Retry-After: 1`; 502/504 for service
+ *   failures and time-outs.
  * `GET /health` answers `{ ready, design, ids, gpu }`.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { FractosError } from '../libfractos/errors.js';
 import { IMAGE_BYTES, IMAGE_HEIGHT, IMAGE_WIDTH } from '../gpu-adaptor/backend.js';
 import { readPgm } from './lbp.js';
@@ -32,14 +35,34 @@ export interface ServerOptions {
   /** Largest request body (bytes); default enough for maxBatch PGMs in base64. */
   maxBodyBytes?: number;
   /**
-   * Requests admitted at once: body being read, parsed, waiting for a GPU buffer set or in
-   * flight (default the verifier's `slots + maxQueued`). Past it: 503 before the body is read.
+   * The GPU queue: requests whose body is complete and parsed, waiting for a GPU buffer set
+   * or in flight (default the verifier's `slots + maxQueued`). Full: 503 on the headers
+   * (before the body is read) or, for a body being read meanwhile, when it completes (before
+   * it is parsed). A body still being read does not count here.
    */
   maxAdmitted?: number;
-  /** Declared body bytes admitted at once (default 64 MiB, at least `maxBodyBytes`). */
-  maxAdmittedBytes?: number;
-  /** How long an admitted request may take to deliver its body (ms, default 10000): 408. */
+  /** Bodies being read at once, all peers (default `DEFAULT_MAX_READING`): 503 past it. */
+  maxReading?: number;
+  /** Declared bytes of the bodies being read at once (default 64 MiB, at least `maxBodyBytes`). */
+  maxReadingBytes?: number;
+  /** Bodies being read at once from one peer address (default `DEFAULT_MAX_READING_PER_PEER`): 503 past it. */
+  maxReadingPerPeer?: number;
+  /**
+   * Minimum body data rate (bytes/s, default `DEFAULT_MIN_BODY_RATE`; 0: none): after
+   * `bodyGraceMs`, a body must have delivered `minBodyRate x (elapsed - bodyGraceMs)` bytes,
+   * else 408 `body_too_slow`.
+   */
+  minBodyRate?: number;
+  /** Grace before the minimum body rate applies (ms, default 2000). */
+  bodyGraceMs?: number;
+  /** How long a body may take to arrive at all, from its admission (ms, default 10000): 408 `body_timeout`. */
   bodyTimeoutMs?: number;
+  /** How long a connection may take to deliver a request's headers (ms, default 10000): Node answers 408. */
+  headersTimeoutMs?: number;
+  /** Open connections, all peers (default `DEFAULT_MAX_CONNECTIONS`): past it a new one is dropped (Node). */
+  maxConnections?: number;
+  /** Open connections from one peer address (default `DEFAULT_MAX_CONNECTIONS_PER_PEER`): past it, 503 and closed. */
+  maxConnectionsPerPeer?: number;
   /** `Retry-After` of a 503, seconds, enforced on keep-alive connections (default `RETRY_AFTER_S`). */
   retryAfterS?: number;
 }
@@ -111,42 +134,89 @@ export type VerifyService = Pick<Verifier, 'verify' | 'ids' | 'maxBatch' | 'slot
 /** The default `Retry-After` of a 503 (seconds), enforced on keep-alive connections (see `serve`). */
 export const RETRY_AFTER_S = 1;
 
-/** Default bound on the declared bytes of the bodies admitted at once. */
-export const DEFAULT_MAX_ADMITTED_BYTES = 64 << 20;
+/** Default bound on the bodies being read at once (all peers). */
+export const DEFAULT_MAX_READING = 256;
+/** Default bound on the declared bytes of the bodies being read at once. */
+export const DEFAULT_MAX_READING_BYTES = 64 << 20;
+/** Default bound on the bodies being read at once from one peer address. */
+export const DEFAULT_MAX_READING_PER_PEER = 32;
+/** Default minimum body data rate after the grace period, bytes/s (16 KiB/s). */
+export const DEFAULT_MIN_BODY_RATE = 16 << 10;
+/** Default bound on the open connections (all peers). */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Default bound on the open connections from one peer address. */
+export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 256;
+
+/** A count per peer address. */
+class PerPeer {
+  readonly #n = new Map<string, number>();
+  get(peer: string): number {
+    return this.#n.get(peer) ?? 0;
+  }
+  add(peer: string, d: 1 | -1): void {
+    const n = this.get(peer) + d;
+    if (n > 0) this.#n.set(peer, n);
+    else this.#n.delete(peer);
+  }
+}
 
 /**
  * Serve `verifier` over HTTP. Resolves with the server once listening.
  *
- * Admission (issue #7 item 18): a `POST /verify` is admitted or refused when its headers
- * arrive, before any byte of its body is read. Admitted requests (body being read, parsed,
- * queued for a buffer set or in flight) are bounded in count (`maxAdmitted`) and in declared
- * body bytes (`maxAdmittedBytes`; a body without Content-Length counts as `maxBodyBytes`).
- * Refused early, without reading, parsing or decoding the body:
+ * Admission (issue #7 item 18) has two stages, so that slow or idle clients cannot hold the
+ * GPU queue:
+ * 1. Reading: a `POST /verify` is admitted to have its body read, or refused, when its
+ *    headers arrive, before any byte of its body is read. Bodies being read are bounded in
+ *    count (`maxReading`), in declared bytes (`maxReadingBytes`; a body without
+ *    Content-Length counts as `maxBodyBytes`) and per peer address (`maxReadingPerPeer`), and
+ *    must keep a minimum data rate (`minBodyRate` after `bodyGraceMs`; else 408
+ *    `body_too_slow`) and arrive within `bodyTimeoutMs` (else 408 `body_timeout`); a 408
+ *    closes the connection and gives the place back.
+ * 2. The GPU queue (`maxAdmitted`, default slots + maxQueued): a request counts here only
+ *    once its body is complete and parsed, until it is answered. When the queue is full a
+ *    request is refused on its headers (no reading), or, if it filled while the body was
+ *    read, when the body completes (no parsing or decoding).
+ * Refusals, all without parsing or decoding the body:
  * - 413 `body_too_large`: Content-Length over `maxBodyBytes` (connection closed);
- * - 503 `EBUSY` + `Retry-After: 1`: the admission bounds are reached; 503 `EAGAIN` +
- *   `Retry-After: 1`: the GPU adaptor is re-initialising. The connection is kept when the
- *   body has a Content-Length (Node discards the body as it arrives: no buffering, no
- *   parsing) and closed otherwise, or when the client waits on `Expect: 100-continue` (then
- *   the body is never sent).
+ * - 503 `EBUSY` + `Retry-After`: a bound above reached (the reason names it); 503 `EAGAIN`:
+ *   the GPU adaptor is re-initialising. The connection is kept when the body has a
+ *   Content-Length or was read (Node discards an unread body as it arrives: no buffering)
+ *   and closed otherwise, or when the client waits on `Expect: 100-continue` (then the body
+ *   is never sent).
  * A keep-alive connection that sends its next request before the `Retry-After` of its last
  * 503 has passed is not answered before it has (a client that retries at once gets at most
- * one 503 per second per connection; its body stays unread in the socket meanwhile); the
- * request then goes through admission like any other. Clients that honour `Retry-After` never
- * wait here.
- * An admitted request whose body has not fully arrived after `bodyTimeoutMs` gets 408
- * `body_timeout` (connection closed) and gives its admission back.
+ * one 503 per `Retry-After` per connection; its body stays unread in the socket meanwhile);
+ * the request then goes through admission like any other. Such held retries, idle keep-alive
+ * connections and headers still arriving are bounded by the connection bounds
+ * (`maxConnections`, `maxConnectionsPerPeer`: one request at a time per connection) and by
+ * Node's time-outs (`headersTimeoutMs`, keep-alive 5 s, and a request time-out of
+ * `headersTimeoutMs + Retry-After + bodyTimeoutMs + 1 s`, which cuts a refused body that
+ * never finishes).
  */
 export async function serve(verifier: VerifyService, o: ServerOptions): Promise<http.Server> {
   const maxBody = o.maxBodyBytes ?? Math.max(1 << 20, Math.ceil(1.25 * verifier.maxBatch * (((IMAGE_BYTES + 64) * 4) / 3 + 64)));
   const maxAdmitted = o.maxAdmitted ?? verifier.slots + verifier.maxQueued;
-  const maxAdmittedBytes = Math.max(o.maxAdmittedBytes ?? DEFAULT_MAX_ADMITTED_BYTES, maxBody);
+  const maxReading = o.maxReading ?? DEFAULT_MAX_READING;
+  const maxReadingBytes = Math.max(o.maxReadingBytes ?? DEFAULT_MAX_READING_BYTES, maxBody);
+  const maxReadingPerPeer = o.maxReadingPerPeer ?? DEFAULT_MAX_READING_PER_PEER;
+  const minBodyRate = o.minBodyRate ?? DEFAULT_MIN_BODY_RATE;
+  const bodyGraceMs = o.bodyGraceMs ?? 2000;
   const bodyTimeoutMs = o.bodyTimeoutMs ?? 10_000;
+  const headersTimeoutMs = o.headersTimeoutMs ?? 10_000;
+  const maxConnectionsPerPeer = o.maxConnectionsPerPeer ?? DEFAULT_MAX_CONNECTIONS_PER_PEER;
   const retryAfterS = o.retryAfterS ?? RETRY_AFTER_S;
   const ids = new Set(verifier.ids);
-  const admission = { count: 0, bytes: 0 };
+  /** Bodies being read (stage 1) and requests in the GPU queue (stage 2). */
+  const reading = { count: 0, bytes: 0, perPeer: new PerPeer() };
+  let queued = 0;
+  const connections = new PerPeer();
+  /** Connections refused for their peer's connection bound: their requests are ignored. */
+  const refusedConns = new WeakSet<object>();
   /** When each keep-alive connection last got a 503 (performance.now() ms). */
   const refusedAt = new WeakMap<object, number>();
+  const peerOf = (req: http.IncomingMessage): string => req.socket.remoteAddress ?? 'unknown';
   const handler = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void => {
+    if (refusedConns.has(req.socket)) return;
     const url = (req.url ?? '/').split('?')[0];
     if (url === '/health') {
       if (req.method !== 'GET') return send(res, 405, { error: 'method_not_allowed', reason: 'use GET /health' }, { allow: 'GET' });
@@ -172,52 +242,90 @@ export async function serve(verifier: VerifyService, o: ServerOptions): Promise<
   const admit = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean, declared: number | undefined): void => {
     if (res.destroyed) return;
     const cost = declared ?? maxBody;
+    const peer = peerOf(req);
+    let bodyRead = false;
     const refuse = (error: string, reason: string): void => {
-      const close = declared === undefined || expectsContinue;
+      const close = !bodyRead && (declared === undefined || expectsContinue);
       if (!close) refusedAt.set(req.socket, performance.now());
       send(res, 503, { error, reason }, { 'retry-after': String(retryAfterS), ...(close ? { connection: 'close' } : {}) });
     };
+    const queueFull = (): string => `server busy: ${queued} requests admitted to the GPU queue (limit ${maxAdmitted})`;
     if (!verifier.ready) return refuse('EAGAIN', 'GPU adaptor unavailable (re-initialising)');
-    if (admission.count >= maxAdmitted || admission.bytes + cost > maxAdmittedBytes) {
-      return refuse('EBUSY', `server busy: ${admission.count} requests (${admission.bytes} body bytes) admitted, limits ${maxAdmitted} requests and ${maxAdmittedBytes} bytes`);
+    if (queued >= maxAdmitted) return refuse('EBUSY', queueFull());
+    if (reading.count >= maxReading || reading.bytes + cost > maxReadingBytes) {
+      return refuse('EBUSY', `server busy: ${reading.count} bodies (${reading.bytes} bytes) being read, limits ${maxReading} bodies and ${maxReadingBytes} bytes`);
     }
-    admission.count++;
-    admission.bytes += cost;
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      admission.count--;
-      admission.bytes -= cost;
-    };
-    res.once('close', release);
-    res.once('finish', release);
-    if (expectsContinue) res.writeContinue();
+    if (reading.perPeer.get(peer) >= maxReadingPerPeer) return refuse('EBUSY', `too many requests from ${peer}: ${maxReadingPerPeer} bodies being read (the limit per peer address)`);
+    reading.count++;
+    reading.bytes += cost;
+    reading.perPeer.add(peer, 1);
+    let isReading = true;
+    const start = performance.now();
     const chunks: Buffer[] = [];
     let size = 0;
     let answered = false;
+    let bodyTimer: NodeJS.Timeout | undefined;
+    /** Stage 1 over (body complete, cut, or the client gone): the reading place is given back. */
+    const doneReading = (): void => {
+      clearTimeout(bodyTimer);
+      if (!isReading) return;
+      isReading = false;
+      reading.count--;
+      reading.bytes -= cost;
+      reading.perPeer.add(peer, -1);
+    };
+    res.once('close', doneReading);
+    req.once('close', doneReading);
     const fail = (status: number, error: string, reason: string): void => {
       if (answered) return;
       answered = true;
-      clearTimeout(bodyTimer);
+      doneReading();
       chunks.length = 0;
       send(res, status, { error, reason }, { connection: 'close' });
     };
-    const bodyTimer: NodeJS.Timeout = setTimeout(() => fail(408, 'body_timeout', `body not received within ${bodyTimeoutMs} ms`), bodyTimeoutMs);
+    // Each byte received buys 1/minBodyRate s past the grace; the whole body has bodyTimeoutMs.
+    const checkRate = (): void => {
+      const now = performance.now();
+      if (now - start >= bodyTimeoutMs) return fail(408, 'body_timeout', `body not received within ${bodyTimeoutMs} ms`);
+      const due = minBodyRate > 0 ? start + bodyGraceMs + (size * 1000) / minBodyRate : Infinity;
+      if (now >= due) return fail(408, 'body_too_slow', `body arriving slower than ${minBodyRate} bytes/s (${size} bytes in ${Math.round(now - start)} ms)`);
+      bodyTimer = setTimeout(checkRate, Math.min(due, start + bodyTimeoutMs) - now + 1);
+    };
+    bodyTimer = setTimeout(checkRate, Math.min(bodyGraceMs, bodyTimeoutMs));
+    if (expectsContinue) res.writeContinue();
     req.on('data', (d: Buffer) => {
       if (answered) return;
       size += d.length;
       if (size > maxBody) return fail(413, 'body_too_large', `body exceeds ${maxBody} bytes`);
       chunks.push(d);
     });
-    req.once('close', () => clearTimeout(bodyTimer));
     req.on('end', () => {
-      clearTimeout(bodyTimer);
+      doneReading();
       if (answered) return;
+      answered = true;
+      bodyRead = true;
+      // Stage 2: the GPU queue, checked before any parsing (the queue may have filled meanwhile).
+      if (!verifier.ready) return refuse('EAGAIN', 'GPU adaptor unavailable (re-initialising)');
+      if (queued >= maxAdmitted) return refuse('EBUSY', queueFull());
+      let pairs;
+      try {
+        pairs = parseBatch(Buffer.concat(chunks), (id) => ids.has(id), verifier.maxBatch);
+      } catch (e) {
+        if (e instanceof HttpError) return send(res, e.status, { error: e.error, reason: e.reason });
+        return send(res, 500, { error: 'EIO', reason: `parsing the body: ${String(e)}` });
+      } finally {
+        chunks.length = 0;
+      }
+      queued++;
+      let inQueue = true;
+      const leaveQueue = (): void => {
+        if (inQueue) queued--;
+        inQueue = false;
+      };
+      res.once('close', leaveQueue);
+      res.once('finish', leaveQueue);
       void (async () => {
         try {
-          const pairs = parseBatch(Buffer.concat(chunks), (id) => ids.has(id), verifier.maxBatch);
-          chunks.length = 0;
           const r = await verifier.verify(pairs);
           send(res, 200, {
             design: verifier.design,
@@ -227,7 +335,6 @@ export async function serve(verifier: VerifyService, o: ServerOptions): Promise<
             stages: Object.fromEntries(Object.entries(r.stages).map(([k, v]) => [k, Math.round(v)])),
           });
         } catch (e) {
-          if (e instanceof HttpError) return send(res, e.status, { error: e.error, reason: e.reason });
           const fe = e instanceof FractosError ? e : new FractosError('EIO', String(e));
           const status = httpStatusOf(fe.code);
           if (status === 503) return refuse(fe.code, fe.message); // the verifier's EBUSY / EAGAIN
@@ -236,11 +343,26 @@ export async function serve(verifier: VerifyService, o: ServerOptions): Promise<
       })();
     });
   };
-  // A refused request's body is discarded as it arrives; a client that never finishes it
-  // loses the connection after requestTimeout (Node answers 408).
-  const requestTimeout = bodyTimeoutMs + 5000;
-  const server = http.createServer({ requestTimeout, headersTimeout: Math.min(60_000, requestTimeout) }, (req, res) => handler(req, res, false));
+  // Node's request time-out cuts a refused body that never finishes (Node answers 408).
+  const requestTimeout = headersTimeoutMs + retryAfterS * 1000 + bodyTimeoutMs + 1000;
+  const server = http.createServer(
+    { requestTimeout, headersTimeout: headersTimeoutMs, connectionsCheckingInterval: Math.max(10, Math.min(1000, headersTimeoutMs / 4)) },
+    (req, res) => handler(req, res, false),
+  );
+  server.maxConnections = o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => handler(req, res, true));
+  server.on('connection', (sock: Socket) => {
+    const peer = sock.remoteAddress ?? 'unknown';
+    connections.add(peer, 1);
+    sock.once('close', () => connections.add(peer, -1));
+    if (connections.get(peer) <= maxConnectionsPerPeer) return;
+    // Over its peer's bound: one 503, then closed (after a grace for the client to read it).
+    refusedConns.add(sock);
+    const s = JSON.stringify({ error: 'EBUSY', reason: `too many connections from ${peer} (limit ${maxConnectionsPerPeer} per peer address)` });
+    sock.end(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(s)}\r\nretry-after: ${retryAfterS}\r\nconnection: close\r\n\r\n${s}`);
+    const t = setTimeout(() => sock.destroy(), 1000);
+    sock.once('close', () => clearTimeout(t));
+  });
   await new Promise<void>((res, rej) => {
     server.once('error', rej);
     server.listen(o.port, o.host ?? '127.0.0.1', () => res());

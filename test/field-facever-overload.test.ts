@@ -3,6 +3,9 @@
 // costs no body work (503 + Retry-After even for a body that never finishes); an oversized
 // Content-Length is 413 at once; an admitted body that never finishes is 408 and gives its
 // admission back; a keep-alive client that retries at once waits out its Retry-After.
+// Slow and idle clients (review gap 3): a body counts against the GPU queue only once it is
+// complete; bodies being read are bounded in count, bytes and per peer address and must keep a
+// minimum data rate; headers have a time-out; connections are bounded per peer address.
 // The Verifier is a stand-in whose batches finish when the test says so (the server's
 // admission is what is tested; the real stack is in facever.test.ts).
 import test from 'ava';
@@ -71,9 +74,10 @@ class RawConn {
     sock.on('error', () => {});
   }
 
-  static open(port: number): Promise<RawConn> {
+  /** Connect to 127.0.0.1:port, from `localAddress` (another loopback address is another peer). */
+  static open(port: number, localAddress?: string): Promise<RawConn> {
     return new Promise((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => resolve(new RawConn(s)));
+      const s = net.connect({ port, host: '127.0.0.1', localAddress }, () => resolve(new RawConn(s)));
       s.once('error', reject);
     });
   }
@@ -258,7 +262,7 @@ test('an admitted body that never finishes gets 408 and gives its admission back
 
 test('admission is bounded in body bytes too; a client gone mid-body gives its admission back', async (t) => {
   const v = fakeVerifier({ slots: 4 });
-  await withServer(v, { maxBodyBytes: 30_000, maxAdmittedBytes: 50_000 }, async (port) => {
+  await withServer(v, { maxBodyBytes: 30_000, maxReadingBytes: 50_000 }, async (port) => {
     const big = goodBody.padEnd(30_000, ' ');
     const a = await RawConn.open(port);
     a.write(head(30_000, 'Expect: 100-continue\r\n'));
@@ -267,7 +271,7 @@ test('admission is bounded in body bytes too; a client gone mid-body gives its a
     b.write(head(30_000) + big);
     const rb = await b.next();
     t.is(rb.status, 503);
-    t.regex(String(rb.json.reason), /1 requests \(30000 body bytes\) admitted/);
+    t.regex(String(rb.json.reason), /1 bodies \(30000 bytes\) being read/);
     a.close(); // gone mid-body
     let last: Answer | undefined;
     for (let i = 0; i < 200 && last?.status !== 200; i++) {
@@ -384,4 +388,145 @@ test('the verifier\'s own EBUSY / EAGAIN after admission: 503 with Retry-After; 
       c.close();
     });
   }
+});
+
+/** Open `n` connections that each announce a 100-byte body and send one byte of it. */
+async function slowBodies(port: number, n: number, localAddress?: string): Promise<RawConn[]> {
+  const conns: RawConn[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = await RawConn.open(port, localAddress);
+    c.write(head(100) + '[');
+    conns.push(c);
+  }
+  return conns;
+}
+
+test('slowloris (review gap 3): 20 slow bodies (the GPU queue\'s size) do not hold it: a legitimate request is served', async (t) => {
+  const v = fakeVerifier({ slots: 4, maxQueued: 16 }); // the GPU queue holds 20, as by default
+  await withServer(v, {}, async (port) => {
+    const slow = await slowBodies(port, 20);
+    const c = await RawConn.open(port, '127.0.0.2');
+    c.write(head(goodBody.length) + goodBody);
+    await waitFor(() => v.calls === 1 || c.pending > 0);
+    v.finish();
+    const a = await c.next();
+    t.is(a.status, 200, JSON.stringify(a.json));
+    t.true(slow.every((s) => s.pending === 0 && !s.closed), 'the slow bodies are still being read');
+    for (const x of [...slow, c]) x.close();
+  });
+});
+
+test('a body slower than the minimum rate is cut with 408 body_too_slow after the grace, and its place is given back; a body at the rate is served', async (t) => {
+  const v = fakeVerifier();
+  await withServer(v, { minBodyRate: 1000, bodyGraceMs: 300, maxReading: 1 }, async (port) => {
+    const [slow] = await slowBodies(port, 1);
+    const a = await slow!.next();
+    t.is(a.status, 408);
+    t.is(a.json.error, 'body_too_slow');
+    t.regex(String(a.json.reason), /slower than 1000 bytes\/s/);
+    await waitFor(() => slow!.closed);
+    // The only reading place is back: a body sent in 1000-byte pieces every 100 ms (10x the rate) is served.
+    const c = await RawConn.open(port);
+    c.write(head(goodBody.length));
+    for (let i = 0; i < goodBody.length; i += 1000) {
+      c.write(goodBody.slice(i, i + 1000));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await waitFor(() => v.calls === 1 || c.pending > 0);
+    v.finish();
+    t.is((await c.next()).status, 200);
+    c.close();
+  });
+});
+
+test('bodies being read are bounded per peer address (503 for the excess) and in all; another peer is still served', async (t) => {
+  const v = fakeVerifier({ slots: 4 });
+  await withServer(v, { maxReadingPerPeer: 3, maxReading: 5 }, async (port) => {
+    const mine = await slowBodies(port, 3);
+    const x = await RawConn.open(port);
+    x.write(head(100) + '[');
+    const a = await x.next();
+    t.is(a.status, 503);
+    t.is(a.json.error, 'EBUSY');
+    t.regex(String(a.json.reason), /too many requests from 127\.0\.0\.1: 3 bodies being read/);
+    t.is(a.headers['retry-after'], '1');
+    // Another peer: served; then a 5th and 6th body from other peers meet the global bound.
+    const c = await RawConn.open(port, '127.0.0.2');
+    c.write(head(goodBody.length) + goodBody);
+    await waitFor(() => v.calls === 1 || c.pending > 0);
+    v.finish();
+    t.is((await c.next()).status, 200);
+    const others = [...(await slowBodies(port, 1, '127.0.0.3')), ...(await slowBodies(port, 1, '127.0.0.4'))];
+    const y = await RawConn.open(port, '127.0.0.5');
+    y.write(head(100) + '[');
+    const b = await y.next();
+    t.is(b.status, 503);
+    t.regex(String(b.json.reason), /5 bodies \(500 bytes\) being read, limits 5 bodies/);
+    for (const z of [...mine, ...others, x, c, y]) z.close();
+  });
+});
+
+test('a body that completes while the GPU queue is full gets 503 before it is parsed; the connection is kept', async (t) => {
+  const v = fakeVerifier(); // GPU queue of 1
+  await withServer(v, {}, async (port) => {
+    const c = await RawConn.open(port);
+    c.write(head(9, 'Expect: 100-continue\r\n'));
+    await waitFor(() => c.continues === 1); // its body is being read; the queue is still free
+    const busy = await occupy(port);
+    await waitFor(() => v.calls === 1); // now the queue is full
+    c.write('{not json');
+    const a = await c.next();
+    t.is(a.status, 503, 'not 400: the body was not parsed');
+    t.is(a.json.error, 'EBUSY');
+    t.regex(String(a.json.reason), /1 requests admitted to the GPU queue \(limit 1\)/);
+    t.is(a.headers.connection, 'keep-alive');
+    v.finish();
+    t.is((await busy.next()).status, 200);
+    for (const x of [c, busy]) x.close();
+  });
+});
+
+test('headers that never finish, and a connection that sends nothing, are cut after headersTimeoutMs', async (t) => {
+  await withServer(fakeVerifier(), { headersTimeoutMs: 300 }, async (port) => {
+    const c = await RawConn.open(port);
+    c.write('POST /verify HTTP/1.1\r\nHost: x\r\n'); // and no more
+    const idle = await RawConn.open(port);
+    for (const x of [c, idle]) {
+      t.is((await x.next(5000)).status, 408);
+      await waitFor(() => x.closed);
+    }
+  });
+});
+
+test('connections are bounded per peer address (503, closed) and in all (dropped); other peers and freed places are served', async (t) => {
+  const v = fakeVerifier({ slots: 4 });
+  await withServer(v, { maxConnectionsPerPeer: 2, maxConnections: 4 }, async (port) => {
+    const idle = [await RawConn.open(port), await RawConn.open(port)];
+    const x = await RawConn.open(port);
+    const a = await x.next();
+    t.is(a.status, 503);
+    t.regex(String(a.json.reason), /too many connections from 127\.0\.0\.1 \(limit 2 per peer address\)/);
+    await waitFor(() => x.closed);
+    const serve1 = async (c: RawConn): Promise<number> => {
+      c.write(head(goodBody.length) + goodBody);
+      await waitFor(() => v.calls > 0 || c.pending > 0);
+      v.finish();
+      const s = (await c.next()).status;
+      v.calls = 0;
+      return s;
+    };
+    const other = await RawConn.open(port, '127.0.0.2');
+    t.is(await serve1(other), 200);
+    const third = await RawConn.open(port, '127.0.0.3');
+    t.is(await serve1(third), 200);
+    // 4 open now (2 idle + 2 others): a 5th is dropped without an answer.
+    const fifth = await RawConn.open(port, '127.0.0.4');
+    await waitFor(() => fifth.closed);
+    t.is(fifth.pending, 0);
+    idle[0]!.close();
+    await waitFor(() => idle[0]!.closed);
+    await new Promise((r) => setTimeout(r, 50)); // the server sees the close
+    t.is(await serve1(await RawConn.open(port)), 200);
+    for (const c of [...idle, x, other, third, fifth]) c.close();
+  });
 });
