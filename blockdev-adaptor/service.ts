@@ -23,7 +23,7 @@ import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import { claimDevice, type DeviceClaim } from './device-claim.js';
-import { FairSlots } from './fair-slots.js';
+import { FairSlots, mayStall } from './fair-slots.js';
 import {
   AdminClaim, AdminReply, DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
@@ -39,6 +39,13 @@ const BOUNCE_SLOTS = 8;
  * answers a memory_copy stalls at most this many, the other volumes keep the rest.
  */
 export const BOUNCE_PER_VOLUME = 2;
+/**
+ * Most bounce slots copies with may-stall Memory (served, or on another Controller: see
+ * `mayStall`) hold together, all volumes: the other half is left to copies with shared
+ * Memory on this host (which the Controller copies itself), however many volumes a
+ * stalling client holds (the FS hands one per DAX open).
+ */
+export const BOUNCE_MAX_STALLING = BOUNCE_SLOTS / 2;
 /** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
 const MAX_MAPPINGS = 256;
 
@@ -138,8 +145,8 @@ export class BlockdevService {
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
-  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each at most). */
-  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME);
+  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each per class at most, BOUNCE_MAX_STALLING may-stall). */
+  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME, undefined, BOUNCE_MAX_STALLING);
   #closed = false;
   #device: DeviceClaim | null = null;
   /** Ops served through the direct path / the bounce path (for tests and stats). */
@@ -487,7 +494,7 @@ export class BlockdevService {
             return;
           }
           this.counts.bounce++;
-          this.#bounceIo(volId, write, buffer, st.size, devOff, length, done, done2);
+          this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -523,12 +530,13 @@ export class BlockdevService {
   }
 
   /**
-   * Read/write through a bounce slot of volume `volId`'s fair share and memory_copy (Memory
-   * that cannot be mapped here). `done(res)` after device I/O; `fail(-errno, err)` when a
+   * Read/write through a bounce slot of volume `volId`'s fair share of class `stall` (the
+   * buffer's `mayStall`) and memory_copy (Memory that cannot be mapped here). `done(res)`
+   * after device I/O; `fail(-errno, err)` when a
    * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...), the
    * slot released first, or when the volume already has FairSlots.maxQueued ops waiting (EAGAIN).
    */
-  #bounceIo(volId: number, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
+  #bounceIo(volId: number, stall: boolean, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
     const p = this.proc;
     const start = (slot: number): void => {
       const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
@@ -556,7 +564,7 @@ export class BlockdevService {
       }
     };
     try {
-      this.bounceSlots.acquire(volId, start);
+      this.bounceSlots.acquire(volId, start, stall);
     } catch (err) {
       fail(-11, err); // EAGAIN: this volume's queue is full
     }

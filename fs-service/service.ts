@@ -36,7 +36,7 @@ import { Staging } from './staging.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
 export { META_SLOT_BYTES } from './metadata.js';
-export { STAGE_PER_HANDLE } from './staging.js';
+export { STAGE_MAX_STALLING, STAGE_PER_HANDLE } from './staging.js';
 
 export interface FsOptions {
   controller: string;
