@@ -1,6 +1,6 @@
 /**
  * Client side of the blockdev contract (schema.ts), for the FS service, the fio runner and
- * DAX clients. Imports only libfractos and the schema: no adaptor code.
+ * DAX clients. Imports only libfractos, the schema and admin-secret.ts: no adaptor code.
  *
  * `IoPort` is the allocation-free way to keep many reads/writes in flight: continuation
  * Requests (onSuccess/onError pairs) are created once per concurrent op and reused; each
@@ -9,6 +9,7 @@
  * request_create/revoke per op.
  */
 import { randomBytes } from 'node:crypto';
+import { adminProof } from './admin-secret.js';
 import { FractosError, errorCodeFromWire } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import type { RequestArgs } from '../libfractos/protocol.js';
@@ -44,16 +45,19 @@ export interface VolumeAdmin {
  * caller becomes its only owner until it drops the returned caps (`adminRelease`), closes its
  * channel or dies. While another Process holds it the blockdev answers EBUSY; this retries
  * until `timeoutMs` (ms; 0: one try) has passed, since a previous holder's release reaches
- * the blockdev asynchronously. Errors: EBUSY (still held), ENOENT (no such blockdev within
- * `timeoutMs`), ETIMEDOUT, request_invoke's.
+ * the blockdev asynchronously. `secret`: the blockdev's admin secret (admin-secret.ts), sent
+ * as its proof. Errors: EBUSY (still held), EPERM (the blockdev has an admin secret and
+ * `secret` is missing or another), ENOENT (no such blockdev within `timeoutMs`), ETIMEDOUT,
+ * request_invoke's.
  */
-export async function adminClaim(p: Process, name = 'blockdev', timeoutMs = 0): Promise<VolumeAdmin> {
+export async function adminClaim(p: Process, name = 'blockdev', timeoutMs = 0, secret?: Uint8Array): Promise<VolumeAdmin> {
+  const imms = secret ? { proof: adminProof(secret) } : {};
   const deadline = Date.now() + timeoutMs;
   const claim = await p.kvWait(`${name}.admin_claim`, Math.max(1, timeoutMs));
   try {
     for (let delay = 20; ; delay = Math.min(500, delay * 2)) {
       try {
-        const { caps } = AdminReply.decode(await p.rpc(claim, AdminClaim, {}, {}, { timeoutMs: 30_000 }));
+        const { caps } = AdminReply.decode(await p.rpc(claim, AdminClaim, imms, {}, { timeoutMs: 30_000 }));
         return { list: caps.list, create: caps.create, open: caps.open };
       } catch (err) {
         if (!(err instanceof FractosError) || err.code !== 'EBUSY' || Date.now() + delay > deadline) throw err;

@@ -13,10 +13,12 @@
 import { defineReply, defineRequest } from '../libfractos/schema.js';
 
 /**
- * admin_claim() -> AdminReply: the admin Requests of this blockdev, for the caller alone.
- * Errors (onError): EBUSY (another Process holds the claim).
+ * admin_claim(proof) -> AdminReply: the admin Requests of this blockdev, for the caller
+ * alone. `proof`: admin-secret.ts `adminProof(secret)` when the blockdev has an admin secret
+ * (ignored otherwise). Errors (onError): EBUSY (another Process holds the claim), EPERM (the
+ * blockdev has an admin secret and `proof` is not its proof).
  */
-export const AdminClaim = defineRequest('blockdev.admin_claim', {}, ['onSuccess', 'onError'] as const);
+export const AdminClaim = defineRequest('blockdev.admin_claim', { proof: { bytes: 32 } }, ['onSuccess', 'onError'] as const);
 /** What admin_claim answers: the holder's volume_list, volume_create and volume_open Requests. */
 export const AdminReply = defineReply('blockdev.admin', {}, ['list', 'create', 'open'] as const);
 /**

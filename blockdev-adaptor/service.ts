@@ -23,7 +23,8 @@ import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { shmOpen } from '../native/shm/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import { claimDevice, type DeviceClaim } from './device-claim.js';
-import { FairSlots } from './fair-slots.js';
+import { FairSlots, mayStall } from './fair-slots.js';
+import { proofMatches } from './admin-secret.js';
 import {
   AdminClaim, AdminReply, DoneReply, IoReply, MAX_LISTED_VOLUMES, VolumeCreate, VolumeDelete, VolumeList, VolumeListReply, VolumeOpen, VolumeRead, VolumeReply, VolumeWrite, WriteFlags,
 } from './schema.js';
@@ -39,6 +40,15 @@ const BOUNCE_SLOTS = 8;
  * answers a memory_copy stalls at most this many, the other volumes keep the rest.
  */
 export const BOUNCE_PER_VOLUME = 2;
+/**
+ * Most bounce slots copies with may-stall Memory (served, or on another Controller: see
+ * `mayStall`) hold together, all volumes: the other half is left to copies with shared
+ * Memory on this host (which the Controller copies itself), however many volumes a
+ * stalling client holds (the FS hands one per DAX open).
+ */
+export const BOUNCE_MAX_STALLING = BOUNCE_SLOTS / 2;
+/** Least time between two warn lines about deliveries dropped for want of an onError cap (ms). */
+const DROP_LOG_MS = 10_000;
 /** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
 const MAX_MAPPINGS = 256;
 
@@ -56,6 +66,12 @@ export interface BlockdevOptions {
   format?: boolean;
   /** Zero a new volume before answering volume_create (default true: no data leaks between volume users). */
   zeroOnCreate?: boolean;
+  /**
+   * The volume-administration secret (admin-secret.ts `readAdminSecret`): admin_claim must
+   * carry its proof, else EPERM. Without one the first Process to ask gets the administration
+   * (start warns so).
+   */
+  adminSecret?: Uint8Array;
   /** Log sink. */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -130,6 +146,8 @@ export class BlockdevService {
   readonly formatted: boolean;
   readonly #log: BlockdevOptions['log'];
   readonly #zero: boolean;
+  /** The admin secret (BlockdevOptions.adminSecret), or null: first come, first served. */
+  readonly #secret: Buffer | null;
   readonly #caps = new Map<number, VolumeCaps>();
   #claim: Claim | null = null;
   #claiming = false;
@@ -138,12 +156,14 @@ export class BlockdevService {
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
-  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each at most). */
-  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME);
+  /** Bounce slots, shared fairly between volumes (BOUNCE_PER_VOLUME each per class at most, BOUNCE_MAX_STALLING may-stall). */
+  readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME, undefined, BOUNCE_MAX_STALLING);
   #closed = false;
   #device: DeviceClaim | null = null;
   /** Ops served through the direct path / the bounce path (for tests and stats). */
-  readonly counts = { direct: 0, bounce: 0, errors: 0 };
+  readonly counts = { direct: 0, bounce: 0, errors: 0, dropped: 0 };
+  /** Failures with no onError cap not yet reported, and when the last report was made (ms). */
+  #drops = { unreported: 0, lastLogMs: -Infinity };
 
   private constructor(proc: Process, backend: BlockBackend, table: VolumeTable, opts: BlockdevOptions, formatted: boolean) {
     this.proc = proc;
@@ -152,13 +172,15 @@ export class BlockdevService {
     this.name = opts.name ?? 'blockdev';
     this.#log = opts.log;
     this.#zero = opts.zeroOnCreate ?? true;
+    this.#secret = opts.adminSecret && opts.adminSecret.length > 0 ? Buffer.from(opts.adminSecret) : null;
     this.formatted = formatted;
     this.#flusher = new Flusher(backend);
   }
 
   /**
    * Open the device, load (or, with `format`, create) the volume table, connect, publish
-   * `${name}.admin_claim` (volume administration for one owner, see AdminClaim). The device is
+   * `${name}.admin_claim` (volume administration for one owner, see AdminClaim; with
+   * `adminSecret`, only for a Process that proves it knows it). The device is
    * claimed first (before anything reads or formats it) and released by `close()`.
    * Errors: EBUSY `DEVICE is in use by blockdev pid N` (claimed by another blockdev or the fio
    * runner, or a mounted block device), those of claimDevice and UringBackend.open,
@@ -229,9 +251,10 @@ export class BlockdevService {
     p.serve(VolumeOpen, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, (c) => this.#open(c, imms.volume, caps.onSuccess, caps.onError)));
     p.serve(VolumeDelete, ({ imms, caps }) => this.#delete(imms.volume, caps.onSuccess, caps.onError));
     p.serve(VolumeList, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, () => this.#list(caps.onSuccess, caps.onError)));
-    p.serve(AdminClaim, ({ caps }) => this.#claimAdmin(caps.onSuccess, caps.onError));
+    p.serve(AdminClaim, ({ imms, caps }) => this.#claimAdmin(imms.proof, caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
     await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim));
+    if (!this.#secret) this.#log?.warn({}, `no admin secret (--admin-secret-file): any local Process can claim the volume administration of '${this.name}' while no FS holds it`);
   }
 
   /** True while a Process holds the volume-administration claim (for tests and stats). */
@@ -240,12 +263,16 @@ export class BlockdevService {
   }
 
   /**
-   * admin_claim: hand the caller fresh volume_list/create/open Requests (preset with a new
+   * admin_claim: with an admin secret, EPERM unless `proof` is its proof; then hand the caller fresh volume_list/create/open Requests (preset with a new
    * claim generation), or EBUSY while another holder has them. The claim is released when
    * every cap delegated from them is gone (the holder dropped them, closed its channel or
    * died): monitor_delegate on each, as the FS does for its opens.
    */
-  async #claimAdmin(ok: number, fail: number): Promise<void> {
+  async #claimAdmin(proof: Uint8Array, ok: number, fail: number): Promise<void> {
+    if (this.#secret && !proofMatches(this.#secret, proof)) {
+      this.#log?.warn({}, 'admin_claim refused: wrong or missing admin secret proof');
+      return this.#fail(fail, new FractosError('EPERM', `volume administration of '${this.name}' needs its admin secret (--admin-secret-file)`));
+    }
     if (this.#claim || this.#claiming) {
       return this.#fail(fail, new FractosError('EBUSY', `volume administration of '${this.name}' is held by another Process (one owner: the FS)`));
     }
@@ -425,7 +452,24 @@ export class BlockdevService {
   async #fail(cid: number, err: unknown): Promise<void> {
     this.counts.errors++;
     const code: ErrorCode = err instanceof FractosError ? err.code : 'EIO';
+    if (!cid) return this.#logDropped(err instanceof Error ? err.message : String(err));
     await this.proc.replyError(cid, code, err instanceof Error ? err.message : String(err));
+  }
+
+  /**
+   * A delivery failed and carried no onError cap to tell (`counts.dropped`): a warn line, at
+   * most one per DROP_LOG_MS, counting the drops since the previous line.
+   */
+  #logDropped(why: string): void {
+    this.counts.dropped++;
+    this.#drops.unreported++;
+    const now = Date.now();
+    if (now - this.#drops.lastLogMs < DROP_LOG_MS) return;
+    const n = this.#drops.unreported;
+    this.#drops = { unreported: 0, lastLogMs: now };
+    const line = `dropped ${n} ${n === 1 ? 'delivery' : 'deliveries'} with no onError cap since the last report (last: ${why})`;
+    if (this.#log) this.#log.warn({ dropped: n }, line);
+    else process.stderr.write(`blockdev ${this.name}: ${line}\n`);
   }
 
   // -----------------------------------------------------------------------------------
@@ -487,7 +531,7 @@ export class BlockdevService {
             return;
           }
           this.counts.bounce++;
-          this.#bounceIo(volId, write, buffer, st.size, devOff, length, done, done2);
+          this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -523,12 +567,13 @@ export class BlockdevService {
   }
 
   /**
-   * Read/write through a bounce slot of volume `volId`'s fair share and memory_copy (Memory
-   * that cannot be mapped here). `done(res)` after device I/O; `fail(-errno, err)` when a
+   * Read/write through a bounce slot of volume `volId`'s fair share of class `stall` (the
+   * buffer's `mayStall`) and memory_copy (Memory that cannot be mapped here). `done(res)`
+   * after device I/O; `fail(-errno, err)` when a
    * memory_copy (or diminish) fails, with any error (ETIMEDOUT, EFAULT, EREVOKED, ...), the
    * slot released first, or when the volume already has FairSlots.maxQueued ops waiting (EAGAIN).
    */
-  #bounceIo(volId: number, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
+  #bounceIo(volId: number, stall: boolean, write: boolean, buffer: number, bufSize: number, devOff: number, length: number, done: IoCallback, fail: (res: number, err: unknown) => void): void {
     const p = this.proc;
     const start = (slot: number): void => {
       const bytes = this.#bounce.bytes.subarray(slot * MAX_IO_BYTES, slot * MAX_IO_BYTES + length);
@@ -556,7 +601,7 @@ export class BlockdevService {
       }
     };
     try {
-      this.bounceSlots.acquire(volId, start);
+      this.bounceSlots.acquire(volId, start, stall);
     } catch (err) {
       fail(-11, err); // EAGAIN: this volume's queue is full
     }

@@ -16,6 +16,7 @@ import { connect, FractosError, type Process } from '../libfractos/index.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { cleanupOnSignals } from '../testbed/scratch.js';
 import { superviseService } from './lifecycle.js';
+import { startService } from './start-service.js';
 import { die, log } from './log.js';
 
 export function register(program: Command): void {
@@ -31,11 +32,18 @@ export function register(program: Command): void {
       try {
         if (!['cuda', 'cpu', 'auto'].includes(o.backend)) throw new FractosError('EINVAL', `--backend must be cuda, cpu or auto, got '${o.backend}'`);
         const backend = openBackend(o.backend as BackendKind | 'auto');
-        const p = await connect(o.controller, { name: `${o.name}-adaptor`, memoryDescriptors: true });
-        const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log });
-        p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
-        superviseService({ name: 'gpu', proc: p, close: () => svc.close().finally(() => p.close()) });
-        process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName} memory=${svc.memoryKind}\n`);
+        const started = await startService('gpu', async () => {
+          const p = await connect(o.controller, { name: `${o.name}-adaptor`, memoryDescriptors: true });
+          try {
+            return { p, svc: await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log }) };
+          } catch (err) {
+            await p.close().catch(() => {});
+            throw err;
+          }
+        }, ({ p, svc }) => ({ proc: p, close: () => svc.close().finally(() => p.close()) }));
+        if (!started) return;
+        started.p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
+        process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName} memory=${started.svc.memoryKind}\n`);
       } catch (err) {
         die(err);
       }

@@ -4,6 +4,8 @@ import { closeSync, existsSync, fstatSync, ftruncateSync, openSync, writeSync } 
 import { basename, join } from 'node:path';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { assertDeviceFree, claimDevice } from '../blockdev-adaptor/device-claim.js';
+import { readAdminSecret } from '../blockdev-adaptor/admin-secret.js';
+import { ensureClusterSecretFile } from '../controller/index.js';
 import { adminClaim, adminRelease, volumeCreate, type VolumeAdmin } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
@@ -17,7 +19,7 @@ import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
 import { spawnFractos, type Spawned } from '../testbed/spawn.js';
 import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testbed/scratch.js';
 import { DEFAULT_CONTROLLER } from './core.js';
-import { superviseService } from './lifecycle.js';
+import { startService } from './start-service.js';
 import { die, log } from './log.js';
 
 const TARGETS = ['blockdev', 'fs', 'dax'] as const;
@@ -26,6 +28,8 @@ type TargetKind = (typeof TARGETS)[number];
 /** A single-host stack started as child processes: Controller, blockdev, FS. */
 interface Stack {
   controller: string;
+  /** The blockdev's admin secret (its `--admin-secret-file`, in the stack's scratch folder). */
+  adminSecret: Buffer;
   stop(): Promise<void>;
 }
 
@@ -38,15 +42,18 @@ async function startStack(device: string, queueDepth: number, withFs: boolean): 
     for (const p of procs.reverse()) await p.stop().catch(() => {});
     removeTempDir(dir);
   };
+  // The volume administration only for this stack's FS or runner.
+  const secretFile = join(dir, 'admin.secret');
   try {
+    ensureClusterSecretFile(secretFile);
     procs.push(await spawnFractos(['controller', '--id', '1', '--state-dir', join(dir, 'state'), '--listen', addr], /^controller \d+ epoch/));
-    procs.push(await spawnFractos(['blockdev', '--device', device, '--controller', addr, '--format', '--queue-depth', String(queueDepth)], /^ready blockdev/, { timeoutMs: 60_000 }));
-    if (withFs) procs.push(await spawnFractos(['fs', '--controller', addr], /^ready fs/, { timeoutMs: 60_000 }));
+    procs.push(await spawnFractos(['blockdev', '--device', device, '--controller', addr, '--format', '--queue-depth', String(queueDepth), '--admin-secret-file', secretFile], /^ready blockdev/, { timeoutMs: 60_000 }));
+    if (withFs) procs.push(await spawnFractos(['fs', '--controller', addr, '--admin-secret-file', secretFile], /^ready fs/, { timeoutMs: 60_000 }));
   } catch (err) {
     await stop();
     throw err;
   }
-  return { controller: addr, stop };
+  return { controller: addr, adminSecret: readAdminSecret(secretFile), stop };
 }
 
 /**
@@ -79,11 +86,12 @@ function prepareDevice(device: string, size: number, userGiven: boolean): void {
 /**
  * The blockdev's volume administration for the blockdev target, claimed once per run and
  * given back at cleanup. Raw volumes need it: it is free only on a stack without an FS.
+ * `secret`: the blockdev's admin secret (the runner's own stack has one).
  */
-function adminFor(p: Process, cleanups: (() => Promise<void>)[]): () => Promise<VolumeAdmin> {
+function adminFor(p: Process, cleanups: (() => Promise<void>)[], secret?: Buffer): () => Promise<VolumeAdmin> {
   let admin: Promise<VolumeAdmin> | null = null;
   return () =>
-    (admin ??= adminClaim(p, 'blockdev', 5_000).then(
+    (admin ??= adminClaim(p, 'blockdev', 5_000, secret).then(
       (a) => {
         cleanups.push(() => adminRelease(p, a));
         return a;
@@ -151,7 +159,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
     p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
     const fs = kind === 'blockdev' ? null : await FsClient.connect(p, o.fs);
     const targets = new Map<FioJob, IoTarget>();
-    const admin = adminFor(p, cleanups);
+    const admin = adminFor(p, cleanups, stack?.adminSecret);
     for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, admin, cleanups));
     process.stderr.write(`fio: running ${basename(profile)} on target ${kind}\n`);
     ours = await runJobs(jobs, (j) => targets.get(j)!, {
@@ -187,12 +195,14 @@ export function register(program: Command): void {
     .option('--name <name>', 'bootstrap prefix', 'blockdev')
     .option('--format', 'format the device if it has no volume table')
     .option('--no-zero', 'do not zero new volumes')
-    .action(async (o: { device: string; controller: string; queueDepth: string; name: string; format?: boolean; zero: boolean }) => {
+    .option('--admin-secret-file <file>', 'volume administration only for a Process that knows this secret (the FS with the same option); without it any local Process may claim it')
+    .action(async (o: { device: string; controller: string; queueDepth: string; name: string; format?: boolean; zero: boolean; adminSecretFile?: string }) => {
       try {
-        const s = await BlockdevService.start({
-          device: o.device, controller: o.controller, queueDepth: Number(o.queueDepth), name: o.name, format: !!o.format, zeroOnCreate: o.zero, log,
-        });
-        superviseService({ name: 'blockdev', proc: s.proc, close: () => s.close(), onLost: () => s.backend.close() });
+        const adminSecret = o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined;
+        const s = await startService('blockdev', () => BlockdevService.start({
+          device: o.device, controller: o.controller, queueDepth: Number(o.queueDepth), name: o.name, format: !!o.format, zeroOnCreate: o.zero, adminSecret, log,
+        }), (s) => ({ proc: s.proc, close: () => s.close(), onLost: () => s.backend.close() }));
+        if (!s) return;
         process.stdout.write(`ready blockdev name=${s.name} device=${o.device} size=${s.backend.size} blockSize=${s.backend.blockSize} volumes=${s.table.list().length}${s.formatted ? ' formatted' : ''}\n`);
       } catch (err) {
         die(err);
@@ -207,10 +217,14 @@ export function register(program: Command): void {
     .option('--name <name>', 'bootstrap prefix', 'fs')
     .option('--cache-blocks <n>', 'LRU block cache capacity, 4 KiB blocks', '16384')
     .option('--no-reclaim', 'at start, keep volumes that no file uses (default: delete them: the FS owns its blockdev)')
-    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean }) => {
+    .option('--admin-secret-file <file>', 'the blockdev\'s admin secret (its --admin-secret-file), needed to claim its volume administration')
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; adminSecretFile?: string }) => {
       try {
-        const s = await FsService.start({ controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, log });
-        superviseService({ name: 'fs', proc: s.proc, close: () => s.close() });
+        const adminSecret = o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined;
+        const s = await startService('fs', (signal) => FsService.start({
+          controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, adminSecret, signal, log,
+        }), (s) => ({ proc: s.proc, close: () => s.close() }));
+        if (!s) return;
         process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);
       } catch (err) {
         die(err);

@@ -83,6 +83,10 @@ export class LocalCluster {
   #opts: ClusterOptions = {};
   /** A separate socket folder (long `dir`), always ours. */
   #sockDir: string | undefined;
+  /** The blockdev's admin secret file (`--admin-secret-file` of blockdev and fs), in `dir`. */
+  get #adminSecret(): string {
+    return join(this.dir, 'admin.secret');
+  }
   private constructor(
     readonly dir: string,
     readonly controller: string,
@@ -129,7 +133,9 @@ export class LocalCluster {
         }));
         await waitPeered(addrs);
       }
-      await c.#start('blockdev', ['blockdev', '--device', disk, '--format', '--controller', c.nodes.storage], /^ready blockdev /, o.log);
+      // The volume administration only for our FS (also after startFs restarts it).
+      ensureClusterSecretFile(c.#adminSecret);
+      await c.#start('blockdev', ['blockdev', '--device', disk, '--format', '--controller', c.nodes.storage, '--admin-secret-file', c.#adminSecret], /^ready blockdev /, o.log);
       await c.startFs(o.fsCacheBlocks, o.log);
       await c.startGpu(o.log);
     } catch (err) {
@@ -146,7 +152,7 @@ export class LocalCluster {
       await stopChild(old);
       this.children.delete('fs');
     }
-    const args = ['fs', '--controller', this.nodes.storage];
+    const args = ['fs', '--controller', this.nodes.storage, '--admin-secret-file', this.#adminSecret];
     if (cacheBlocks !== undefined) args.push('--cache-blocks', String(cacheBlocks));
     return this.#start('fs', args, /^ready fs /, log);
   }

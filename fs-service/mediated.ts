@@ -22,6 +22,7 @@ import type { MemoryDescriptor } from '../libfractos/schema.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { IoPort, VolumeHandle } from '../blockdev-adaptor/client.js';
 import { WriteFlags } from '../blockdev-adaptor/schema.js';
+import { mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { IoReply } from './schema.js';
 import { BLOCK, MAX_MEDIATED, type Inode } from './inode.js';
 import type { BlockCache } from './cache.js';
@@ -131,7 +132,7 @@ export class Mediated {
       if (st.size < n) throw new FractosError('ERANGE', `buffer of ${st.size} bytes < ${n}`);
       const a = Math.floor(offset / BLOCK) * BLOCK;
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
-      const slot = await this.#staging.slots.acquireAsync(handle);
+      const slot = await this.#staging.slots.acquireAsync(handle, mayStall(st));
       try {
         await this.#fill(ino, a, b, slot);
         await this.#staging.toClient(slot, offset - a, n, buffer, st);
@@ -166,7 +167,7 @@ export class Mediated {
     busy.push(lock);
     let slot: number;
     try {
-      slot = await this.#staging.slots.acquireAsync(handle);
+      slot = await this.#staging.slots.acquireAsync(handle, mayStall(st));
     } catch (err) {
       busy.splice(busy.indexOf(lock), 1);
       unlock();

@@ -36,7 +36,7 @@ import { Staging } from './staging.js';
 
 export { BLOCK, MAX_MEDIATED } from './inode.js';
 export { META_SLOT_BYTES } from './metadata.js';
-export { STAGE_PER_HANDLE } from './staging.js';
+export { STAGE_MAX_STALLING, STAGE_PER_HANDLE } from './staging.js';
 
 export interface FsOptions {
   controller: string;
@@ -52,6 +52,10 @@ export interface FsOptions {
    * holds the volume-administration claim): volumes a previous claim holder created are deleted too.
    */
   reclaim?: boolean;
+  /** The blockdev's admin secret (admin-secret.ts), proved in admin_claim; needed when the blockdev has one (else EPERM). */
+  adminSecret?: Uint8Array;
+  /** Aborts the start (its wait for admin_claim included): `start` then closes what it opened and rejects. */
+  signal?: AbortSignal;
   log?: FsLog;
 }
 
@@ -86,16 +90,24 @@ export class FsService {
   /**
    * Connect, claim the blockdev's volume administration (`adminClaim`, retried for 30 s while
    * a previous holder's release is in flight), load or create the metadata, publish `${name}.*`.
-   * Errors: EBUSY (another Process holds the blockdev's administration), ENOENT (no blockdev), ...
+   * Errors: EBUSY (another Process holds the blockdev's administration), EPERM (the blockdev
+   * has an admin secret and `adminSecret` is missing or another), ENOENT (no blockdev),
+   * EDISCONNECTED (`signal` aborted it), ...
    */
   static async start(opts: FsOptions): Promise<FsService> {
     const proc = await connect(opts.controller, { name: opts.name ?? 'fs', memoryDescriptors: true });
     const s = new FsService(proc, opts);
+    // An abort closes the channel: whatever #init waits for (admin_claim, the blockdev) fails.
+    const abort = (): void => void proc.close().catch(() => {});
+    opts.signal?.addEventListener('abort', abort, { once: true });
     try {
+      if (opts.signal?.aborted) throw new FractosError('EDISCONNECTED', 'start aborted');
       await s.#init();
     } catch (err) {
       await proc.close();
       throw err;
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
     }
     return s;
   }
@@ -125,7 +137,7 @@ export class FsService {
   async #init(): Promise<void> {
     const p = this.proc;
     const bd = this.#opts.blockdev ?? 'blockdev';
-    this.#admin = await adminClaim(p, bd, 30_000);
+    this.#admin = await adminClaim(p, bd, 30_000, this.#opts.adminSecret);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
     this.#meta = await MetadataStore.create(p, this.#port, () => this.#ns.image());

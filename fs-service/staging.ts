@@ -7,8 +7,11 @@
  *   own Memory object (`cid`), allocated at start-up and never freed.
  * - An operation holds one slot (`slots`, FairSlots) from before its first copy until its
  *   last. Keys are open handles (positive), which hold at most STAGE_PER_HANDLE slots each
- *   (a client whose Memory never answers a memory_copy stalls only its own share), and the
- *   FS's own uses (StageKey, negative).
+ *   per class, and the FS's own uses (StageKey, negative). The class is the client buffer's
+ *   (`mayStall`): copies with served Memory or Memory on another Controller (which may take
+ *   up to the served / peer timeout) hold at most STAGE_MAX_STALLING slots together, so
+ *   copies with shared Memory on this host always find STAGE_SLOTS - STAGE_MAX_STALLING,
+ *   however many opens a stalling client holds.
  * - Client Memory on this host in shared memory is copied directly through a mapping (at
  *   most 256 regions mapped, oldest dropped first; a region smaller than the range is
  *   unmapped and copied with memory_copy instead); anything else through memory_copy, on
@@ -18,7 +21,7 @@ import { FractosError } from '../libfractos/errors.js';
 import type { MemoryStat, Process, SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import { shmOpen } from '../native/shm/index.js';
-import { FairSlots } from '../blockdev-adaptor/fair-slots.js';
+import { FairSlots, mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { BLOCK, MAX_MEDIATED } from './inode.js';
 
 /** Staging slots: aligned copies of a mediated op's range (MAX_MEDIATED + 2 blocks each). */
@@ -29,14 +32,19 @@ const STAGE_SLOTS = 16;
  * stalls at most this many, the other opens keep the rest.
  */
 export const STAGE_PER_HANDLE = 4;
+/**
+ * Most staging slots copies with may-stall Memory (served, or on another Controller) hold
+ * together, all opens: the other half is left to copies with shared Memory on this host.
+ */
+export const STAGE_MAX_STALLING = STAGE_SLOTS / 2;
 /** FairSlots keys of the FS's own uses of staging slots (open handles are positive). */
 export const StageKey = { LIST: -1, ZERO: -2 } as const;
 /** Bytes of one slot. */
 export const STAGE_BYTES = MAX_MEDIATED + 2 * BLOCK;
 
 export class Staging {
-  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each at most). */
-  readonly slots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE);
+  /** Staging slots, shared fairly between open handles (STAGE_PER_HANDLE each per class at most, STAGE_MAX_STALLING may-stall). */
+  readonly slots = new FairSlots<number>(STAGE_SLOTS, STAGE_PER_HANDLE, undefined, STAGE_MAX_STALLING);
   readonly #proc: Process;
   readonly #stage: SharedRegion;
   readonly #cids: number[];
@@ -70,7 +78,7 @@ export class Staging {
       const st = await this.#proc.memoryStat(buffer);
       if (!(st.perms & Perm.WRITE)) throw new FractosError('EPERM', 'buffer not writable');
       if (st.size < data.length) throw new FractosError('ERANGE', `listing of ${data.length} bytes does not fit the buffer of ${st.size}`);
-      const slot = await this.slots.acquireAsync(StageKey.LIST);
+      const slot = await this.slots.acquireAsync(StageKey.LIST, mayStall(st));
       try {
         this.bytes(slot).set(data, 0);
         await this.toClient(slot, 0, data.length, buffer, st);

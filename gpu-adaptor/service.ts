@@ -140,7 +140,8 @@ export class GpuService {
     p.serve(Alloc, ({ imms, caps }) => s.#guard(caps.onError, () => s.#alloc(imms.context, imms.size, caps.onSuccess)));
     p.serve(Load, ({ imms, caps }) => s.#guard(caps.onError, () => s.#load(imms.context, imms.kernel, caps.onSuccess)));
     p.serve(Cleanup, ({ imms, caps }) => s.#guard(caps.onError, () => s.#cleanupRequest(imms.context, caps.onSuccess)));
-    p.onRequest(Invoke.tag, (inv) => s.#invoke(inv));
+    // Through serve(): a delivery that does not decode gets onError (EPROTO / its code), as the others.
+    p.serve(Invoke, (args, inv) => s.#invoke(args, inv));
     s.#initCid = await p.createRequest(Init);
     await p.kvPut(`${s.#name}.init`, s.#initCid);
     return s;
@@ -341,8 +342,7 @@ export class GpuService {
     return { alloc: a, offset: st.regionOffset, size: st.size, perms: st.perms };
   }
 
-  #invoke(inv: Invocation): Promise<void> | void {
-    const { imms, caps } = Invoke.decode(inv);
+  #invoke({ imms, caps }: ReturnType<typeof Invoke.decode>, inv: Invocation): Promise<void> | void {
     const desc = (role: InvokeSlot): MemoryDescriptor | undefined => inv.memory?.(Invoke.slotBase + Invoke.capNames.indexOf(role));
     const bare = imms.arrive === 1;
     if (!bare && imms.expect <= 1) return this.#guard(caps.onError, () => this.#run(imms, caps, desc));

@@ -17,28 +17,15 @@ import { FsClient } from '../fs-service/client.js';
 import { deviceDir } from './helpers/devices.js';
 import { tempDir } from './helpers/spawn.js';
 import { codeOf, expectCode as code } from './helpers/errors.js';
+import { stalledMemory, waitFor, within } from './helpers/stall.js';
 import test from 'ava';
 
 const devices = await deviceDir('fractos-ffair', 'field-storage-fair.test');
 const { vtest } = devices;
 
-/** Rejects with `what hung` after `ms`: a liveness bound (a hang fails the test), not a speed figure. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what} hung for ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 /** A served Memory of `size` bytes whose reads and writes never complete, published under `name` for another Process. */
 async function stalledBuffer(p: Process, size: number, name: string): Promise<number> {
-  const cid = await p.memoryCreateServed(size, Perm.RW, { read: () => new Promise<Uint8Array>(() => {}), write: () => new Promise<void>(() => {}) });
+  const cid = await stalledMemory(p, size);
   await p.kvPut(name, cid);
   return cid;
 }
@@ -106,7 +93,7 @@ vtest('FS: 20 mediated writes from a served buffer that never answers leave slot
     const stalled = await stalledBuffer(evil, 64 << 10, 'evil.stalled');
     const ef = await efs.open('/hostile', { create: true });
     const hostile = Array.from({ length: 20 }, (_, i) => eport.ioAsync(ef.write, true, i * (64 << 10), 64 << 10, stalled).catch((e: unknown) => e));
-    await until(() => fs.stageSlots.heldBy(ef.handle) === STAGE_PER_HANDLE && fs.stageSlots.waiting === 20 - STAGE_PER_HANDLE, 10_000, 'the hostile writes to hold their share');
+    await waitFor(() => fs.stageSlots.heldBy(ef.handle) === STAGE_PER_HANDLE && fs.stageSlots.waiting === 20 - STAGE_PER_HANDLE, 10_000, 'the hostile writes to hold their share');
 
     // Another client's read of another file completes meanwhile (and so does a write).
     vbuf.region.bytes.fill(0);
@@ -124,7 +111,7 @@ vtest('FS: 20 mediated writes from a served buffer that never answers leave slot
 
     // The hostile client goes away: its stalled copies fail and every slot comes back.
     await evil.close();
-    await until(() => fs.stageSlots.free === 16 && fs.stageSlots.waiting === 0, 10_000, 'the hostile slots to be released');
+    await waitFor(() => fs.stageSlots.free === 16 && fs.stageSlots.waiting === 0, 10_000, 'the hostile slots to be released');
     t.is(hostile.length, 20);
   } finally {
     for (const p of procs) await p.close().catch(() => {});
@@ -149,7 +136,7 @@ vtest('blockdev: 12 bounce-path writes stalled on a served buffer leave bounce s
     await stalledBuffer(evil, 1 << 20, 'evil.stalled');
     const stalled = await p.kvGet('evil.stalled');
     const writes = Array.from({ length: 12 }, (_, i) => codeOf(port.ioAsync(a.write, true, i * (1 << 20), 1 << 20, stalled)));
-    await until(() => bd.bounceSlots.heldBy(a.volume) === BOUNCE_PER_VOLUME && bd.bounceSlots.waiting === 12 - BOUNCE_PER_VOLUME, 10_000, 'the stalled writes to hold their share');
+    await waitFor(() => bd.bounceSlots.heldBy(a.volume) === BOUNCE_PER_VOLUME && bd.bounceSlots.waiting === 12 - BOUNCE_PER_VOLUME, 10_000, 'the stalled writes to hold their share');
 
     // Another volume's bounce-path I/O (an unaligned view: not mappable for O_DIRECT) completes.
     const { cid, region } = await p.memoryCreateShared((1 << 20) + 8192);
