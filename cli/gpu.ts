@@ -62,7 +62,7 @@ function checkDesign(d: string): Design {
 const out = (s: string): boolean => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
 
 function registerFacever(program: Command): void {
-  const fv = program.command('facever').description('face verification over the FS and the GPU adaptor (enroll, serve, bench)');
+  const fv = program.command('facever').description('face verification over the FS and the GPU adaptor (enroll, serve, bench, loadtest)');
 
   fv.command('enroll')
     .description('store photo 1 of each ORL subject as <prefix>/s<N>.raw in the FS, and the decision threshold in <prefix>/meta.json')
@@ -181,7 +181,7 @@ function registerFacever(program: Command): void {
     .option('--reps <n>', 'timed batches per latency point', '10')
     .option('--warmup-ms <ms>', 'untimed batches per design before its latency points (the first design would otherwise run on a cold cluster)', '1000')
     .action(async (o: { dataset?: string; json?: boolean; out?: string; controller?: string; placement: string; backend: string; servedMemory?: boolean; fsCacheBlocks: string; designs: string; batches: string; inflight: string; reps: string; warmupMs: string }) => {
-      cleanupOnSignals('facever bench');
+      cleanupOnSignals('fractos facever bench');
       const say = (s: string): void => {
         process.stderr.write(`${s}\n`);
       };

@@ -193,8 +193,11 @@ export async function runLoadtest(o: LoadtestOptions): Promise<{ levels: LoadLev
     rmSync(tmp, { recursive: true, force: true });
   })());
   const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: load test interrupted; stopping the server and the stack`);
-    void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+    void cleanup().finally(() => {
+      // The same line as the other batch commands (testbed/scratch.ts cleanupOnSignals).
+      process.stderr.write(`fractos facever loadtest: interrupted by ${sig}; scratch removed\n`);
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    });
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
