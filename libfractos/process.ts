@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { PendingCalls } from './calls.js';
-import { FractosError, errorCodeFromWire, errorCodeToWire, type ErrorCode } from './errors.js';
+import { FractosError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
 import { Link, dial, parseAddress } from './link.js';
 import {
   Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
@@ -360,7 +360,7 @@ export class Process extends EventEmitter {
   async replyError(cid: number, code: ErrorCode, message = ''): Promise<void> {
     if (!cid) return;
     try {
-      await this.requestInvoke(cid, ErrorReply.args({ code: errorCodeToWire(code), message: truncUtf8(message, 240) }));
+      await this.requestInvoke(cid, ErrorReply.args({ code: errorCodeToWire(code), message: truncUtf8(withoutCode(code, message), 240) }));
     } catch {
       // The client may be gone; nothing to tell.
     }
