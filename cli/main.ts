@@ -1,6 +1,8 @@
 /** `fractos` entry (bin/fractos.js imports the compiled file): build the command tree, run it. */
 import { buildProgram } from './commands.js';
-import { die } from './log.js';
+import { die, guardStdout } from './log.js';
+
+guardStdout();
 
 let program;
 try {
