@@ -3,7 +3,7 @@
  * Processes register, every Process's capability space, routes invocations and memory
  * copies, and talks to peer Controllers over TCP. See docs/protocol.md for the frames.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
+import { constants, mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync, statSync, fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
@@ -14,7 +14,7 @@ import {
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
-import { shmOpen, shmUnlink } from '../native/shm/index.js';
+import { loadShm, shmOpen, shmUnlink } from '../native/shm/index.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
 import { channelIdentity } from './proc-identity.js';
@@ -1709,24 +1709,20 @@ export interface StateDirLock {
   release(): void;
 }
 
-/** Whether a process with this pid exists (signal 0; EPERM means it exists as another user). */
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+const EWOULDBLOCK = 11;
 
 /**
- * Lock a state dir for one Controller: create `dir/lock` exclusively with this pid in it.
- * A lock file whose pid is no longer alive is stale (a Controller killed with -9) and is
- * taken over. Errors: EBUSY (a live Controller holds it: the message names the dir and
- * its pid; in the same OS process too), EIO (the dir cannot be created or written).
+ * Lock a state dir for one Controller: an exclusive `flock` on `dir/lock`, held (fd open)
+ * until `release()` or the process ends — its death included, so no stale lock can lock a
+ * Controller out (a pid left in the file by a Controller killed with -9 means nothing, even
+ * when that pid is alive again). The file holds the holder's pid for the message only; it is
+ * removed on release. Errors: EBUSY (a live Controller holds it: the message names the dir and
+ * its pid; in the same OS process too), EIO (the dir or file cannot be created or written),
+ * ENODEV (the shm addon, which provides flock, is unavailable).
  */
 export function lockStateDir(dir: string): StateDirLock {
   const path = join(dir, 'lock');
+  const { flock } = loadShm();
   try {
     mkdirSync(dir, { recursive: true });
   } catch (err) {
@@ -1735,34 +1731,46 @@ export function lockStateDir(dir: string): StateDirLock {
   for (let attempt = 0; attempt < 3; attempt++) {
     let fd: number;
     try {
-      fd = openSync(path, 'wx', 0o644);
+      fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o644);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
-      let holder = NaN;
+      throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
+    }
+    const r = flock(fd, true, false);
+    if (r === -EWOULDBLOCK) {
+      let holder = '';
       try {
-        holder = Number(readFileSync(path, 'utf8').trim());
+        holder = readFileSync(fd, 'utf8').trim();
       } catch {
-        // removed meanwhile: try again
+        // unreadable: no pid in the message
       }
-      if (Number.isInteger(holder) && holder > 0 && pidAlive(holder)) {
-        throw new FractosError('EBUSY', `state dir ${dir} is in use by controller pid ${holder} (lock file ${path})`);
-      }
-      // Stale (its holder is gone) or half-written: remove and retry. A half-written file is
-      // at most a few microseconds old, so re-check its age before taking it over.
-      if (!Number.isInteger(holder) || holder <= 0) {
-        try {
-          if (Date.now() - lstatSync(path).mtimeMs < 1000) throw new FractosError('EBUSY', `state dir ${dir} is being locked by another controller (lock file ${path})`);
-        } catch (e) {
-          if (e instanceof FractosError) throw e;
-        }
-      }
-      tryUnlink(path);
+      closeSync(fd);
+      const who = /^[1-9][0-9]{0,9}$/.test(holder) ? `controller pid ${holder}` : 'another controller';
+      throw new FractosError('EBUSY', `state dir ${dir} is in use by ${who} (lock file ${path})`);
+    }
+    if (r !== 0) {
+      closeSync(fd);
+      throw new FractosError('EIO', `state dir lock ${path}: flock failed: errno ${-r}`);
+    }
+    // A holder that released (unlinking the file) between our open and flock leaves us the
+    // lock of an unlinked inode: take the path's current file instead.
+    let same = false;
+    try {
+      const st = statSync(path);
+      const mine = fstatSync(fd);
+      same = st.ino === mine.ino && st.dev === mine.dev;
+    } catch {
+      // unlinked meanwhile
+    }
+    if (!same) {
+      closeSync(fd);
       continue;
     }
     try {
-      writeFileSync(fd, `${process.pid}\n`);
-    } finally {
+      ftruncateSync(fd, 0);
+      writeSync(fd, `${process.pid}\n`, 0);
+    } catch (err) {
       closeSync(fd);
+      throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
     }
     let held = true;
     return {
@@ -1770,7 +1778,8 @@ export function lockStateDir(dir: string): StateDirLock {
       release: () => {
         if (!held) return;
         held = false;
-        tryUnlink(path);
+        tryUnlink(path); // before the close: whoever opens the path next makes a new file
+        closeSync(fd);
       },
     };
   }
