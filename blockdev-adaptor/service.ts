@@ -231,7 +231,7 @@ export class BlockdevService {
     p.serve(VolumeList, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, () => this.#list(caps.onSuccess, caps.onError)));
     p.serve(AdminClaim, ({ caps }) => this.#claimAdmin(caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
-    await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim));
+    await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim), { republish: true });
   }
 
   /** True while a Process holds the volume-administration claim (for tests and stats). */

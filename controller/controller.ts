@@ -78,12 +78,26 @@ const SCRATCH_OPS: ReadonlySet<number> = new Set([Op.P_MEM_WRITE]);
 const DEAD = new RemoteProxy({ controller: 0, epoch: 0, id: 0 }, 'dead');
 DEAD.revoked = true;
 
+/**
+ * A bootstrap name. It belongs to its publisher, the Process `ownerProc` of Controller
+ * `origin` (epoch `originEpoch`): only that Process replaces it, and it is removed when that
+ * Process (or the link to its Controller) goes away.
+ */
 interface KvEntry {
   ref: ObjectRef;
+  /** Version of the entry (ms * 1024 + counter at the origin): a newer put of the same owner replaces it. */
   ts: number;
+  /** When the owner first published the name (same clock): the earlier claim wins a conflict between owners. */
+  since: number;
   origin: number;
+  originEpoch: number;
+  ownerProc: number;
+  /** The published object, pinned, when the publisher is local. */
   pinned: Target | null;
 }
+
+/** Names one Process may publish at once (each costs a map entry on every Controller). */
+export const MAX_NAMES_PER_PROCESS = 1024;
 
 type Done = (err: FractosError | null) => void;
 
@@ -122,6 +136,8 @@ export class Controller {
   readonly #handshaking = new Set<Link>();
   readonly #proxies = new Map<string, RemoteProxy>();
   readonly #kv = new Map<string, KvEntry>();
+  /** Names published by each local Process (by its id), removed when it goes away. */
+  readonly #kvByProc = new Map<number, Set<string>>();
   #kvClock = 0;
   /** Monitor tokens this Controller registered at peers (remote monitor_delegate). */
   readonly #remoteMonitors = new Map<number, { proc: ProcConn; token: number }>();
@@ -437,8 +453,7 @@ export class Controller {
           // u32 cid, utf8 name
           need(frame, 5);
           const t = this.#target(proc, readCid(frame, 16));
-          const name = frame.toString('utf8', 20);
-          this.#kvPut(name, this.#refOf(t), Date.now() * 1024 + (this.#kvClock++ % 1024), this.id, t);
+          this.#kvPutLocal(proc, frame.toString('utf8', 20), t);
           proc.link.send(allocFrame(Op.REPLY, seq, 0));
           return;
         }
@@ -540,6 +555,7 @@ export class Controller {
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
+    this.#kvProcGone(proc);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
     for (const e of [...proc.caps]) this.#dropEntry(proc, e.cid);
     const q = proc.queue;
@@ -1216,27 +1232,97 @@ export class Controller {
   }
 
   // -------------------------------------------------------------------------------------
-  // Bootstrap names: a last-writer-wins map replicated to every peer.
+  // Bootstrap names: a map replicated to every peer, each name owned by its publisher.
 
-  #kvPut(name: string, ref: ObjectRef, ts: number, origin: number, local: Target | null): void {
+  /**
+   * KV_PUT of Process `proc`: publish `t` as `name`, or replace `proc`'s own entry. Errors:
+   * EINVAL (name not 1..256 characters), EEXIST (another Process, here or on a peer,
+   * published it: the message names it), ENOSPC (`proc` has MAX_NAMES_PER_PROCESS names).
+   */
+  #kvPutLocal(proc: ProcConn, name: string, t: Target): void {
     if (!name || name.length > 256) throw new FractosError('EINVAL', 'name must be 1..256 characters');
     const old = this.#kv.get(name);
-    if (old && (old.ts > ts || (old.ts === ts && old.origin > origin))) return;
-    if (old?.pinned) this.#unpin(old.pinned);
-    if (local) this.#pin(local);
-    this.#kv.set(name, { ref, ts, origin, pinned: local });
-    if (origin === this.id) for (const p of this.#peers.values()) this.#sendKv(p, name, this.#kv.get(name)!);
+    if (old && !(old.origin === this.id && old.originEpoch === this.epoch && old.ownerProc === proc.id)) {
+      const who = old.origin === this.id ? `process ${old.ownerProc} (${this.#procs.get(old.ownerProc)?.name || 'unnamed'})` : `process ${old.ownerProc} of controller ${old.origin}`;
+      throw new FractosError('EEXIST', `'${name}' is published by ${who}; only its publisher can replace it`);
+    }
+    let mine = this.#kvByProc.get(proc.id);
+    if (!old && (mine?.size ?? 0) >= MAX_NAMES_PER_PROCESS) throw new FractosError('ENOSPC', `process ${proc.id} already publishes ${MAX_NAMES_PER_PROCESS} names`);
+    const ts = Date.now() * 1024 + (this.#kvClock++ % 1024);
+    const e: KvEntry = { ref: this.#refOf(t), ts, since: old?.since ?? ts, origin: this.id, originEpoch: this.epoch, ownerProc: proc.id, pinned: t };
+    this.#kvSet(name, e);
+    if (!mine) this.#kvByProc.set(proc.id, (mine = new Set()));
+    mine.add(name);
+    for (const p of this.#peers.values()) this.#sendKv(p, name, e);
   }
 
-  #sendKv(peer: PeerConn, name: string, e: KvEntry): void {
-    // P_KV_PUT: u64 ts, u32 origin, u32 0, ref, utf8 name
+  /** Replace (or, with null, remove) the entry of `name`, moving the pin. */
+  #kvSet(name: string, e: KvEntry | null): void {
+    const old = this.#kv.get(name);
+    if (e?.pinned) this.#pin(e.pinned);
+    if (e) this.#kv.set(name, e);
+    else this.#kv.delete(name);
+    if (old?.pinned) this.#unpin(old.pinned);
+  }
+
+  /** Local Process `proc` went away: its names go with it, here and at every peer. */
+  #kvProcGone(proc: ProcConn): void {
+    const mine = this.#kvByProc.get(proc.id);
+    if (!mine) return;
+    this.#kvByProc.delete(proc.id);
+    for (const name of mine) {
+      const e = this.#kv.get(name);
+      if (!e || e.origin !== this.id || e.ownerProc !== proc.id) continue; // lost to an earlier remote claim
+      this.#kvSet(name, null);
+      for (const p of this.#peers.values()) this.#sendKv(p, name, e, true);
+    }
+  }
+
+  /**
+   * P_KV_PUT from `peer` (the origin of every entry it sends). A delete removes the entry
+   * only when it is still that owner's. A put replaces an entry of the same owner when newer,
+   * an entry of an older epoch of that Controller, or another owner's later claim (the
+   * earlier `since` wins, then the lower controller id, then the lower process id): the
+   * Controllers converge on one owner per name without a consensus round.
+   */
+  #kvFromPeer(peer: PeerConn, name: string, n: Omit<KvEntry, 'pinned'>, del: boolean): void {
+    if (!name || name.length > 256) throw new FractosError('EPROTO', 'P_KV_PUT name must be 1..256 characters');
+    if (n.origin !== peer.id) throw new FractosError('EPROTO', `P_KV_PUT from controller ${peer.id} names origin ${n.origin}`);
+    const old = this.#kv.get(name);
+    const same = old !== undefined && old.origin === n.origin && old.originEpoch === n.originEpoch && old.ownerProc === n.ownerProc;
+    if (del) {
+      if (same) this.#kvSet(name, null);
+      return;
+    }
+    if (old && !same) {
+      const staleEpoch = old.origin === n.origin && old.originEpoch < n.originEpoch;
+      const earlier = old.since < n.since || (old.since === n.since && (old.origin < n.origin || (old.origin === n.origin && old.ownerProc < n.ownerProc)));
+      if (!staleEpoch && earlier) return;
+      if (old.origin === this.id) {
+        this.#kvByProc.get(old.ownerProc)?.delete(name);
+        this.#log.warn({ name, proc: old.ownerProc, peer: peer.id }, `name '${name}' of process ${old.ownerProc} lost to an earlier claim by process ${n.ownerProc} of controller ${peer.id}`);
+      }
+    } else if (same && old.ts >= n.ts) return;
+    this.#kvSet(name, { ...n, pinned: null });
+  }
+
+  /** The link to `peer` is gone: the names its Processes published go too (it resends them when it is back). */
+  #kvPeerGone(peerId: number): void {
+    for (const [name, e] of this.#kv) if (e.origin === peerId) this.#kvSet(name, null);
+  }
+
+  #sendKv(peer: PeerConn, name: string, e: KvEntry, del = false): void {
+    // P_KV_PUT: u64 ts, u64 since, u32 origin, u32 owner process, u32 flags (1 delete), u32 0, ref, utf8 name
     const n = Buffer.from(name, 'utf8');
-    const f = allocFrame(Op.P_KV_PUT, 0, 16 + REF_BYTES + n.length);
+    const f = allocFrame(Op.P_KV_PUT, 0, 48 + n.length);
     writeU64(f, e.ts, 16);
-    f.writeUInt32LE(e.origin, 24);
-    f.writeUInt32LE(0, 28);
-    writeRef(f, e.ref, 32);
-    n.copy(f, 48);
+    writeU64(f, e.since, 24);
+    f.writeUInt32LE(e.origin, 32);
+    f.writeUInt32LE(e.ownerProc, 36);
+    f.writeUInt32LE(del ? 1 : 0, 40);
+    f.writeUInt32LE(0, 44);
+    writeRef(f, e.ref, 48);
+    n.copy(f, 64);
     peer.link.send(f);
   }
 
@@ -1337,14 +1423,19 @@ export class Controller {
       this.#peerGone(peer);
       if (addr) this.#retryDial(id, addr, 0, err ?? new Error('link closed'));
     };
-    for (const [name, e] of this.#kv) if (e.origin === this.id || e.pinned) this.#sendKv(peer, name, e);
+    // Names of an older epoch of this peer are stale; it sends its current ones.
+    for (const [name, e] of this.#kv) if (e.origin === id && e.originEpoch !== epoch) this.#kvSet(name, null);
+    for (const [name, e] of this.#kv) if (e.origin === this.id) this.#sendKv(peer, name, e);
     this.#log.info({ peer: id, epoch }, 'peer connected');
   }
 
   #peerGone(peer: PeerConn): void {
     if (!peer.alive) return;
     peer.alive = false;
-    if (this.#peers.get(peer.id) === peer) this.#peers.delete(peer.id);
+    if (this.#peers.get(peer.id) === peer) {
+      this.#peers.delete(peer.id);
+      this.#kvPeerGone(peer.id);
+    }
     this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
@@ -1590,10 +1681,9 @@ export class Controller {
           return;
         }
         case Op.P_KV_PUT: {
-          need(frame, 16 + REF_BYTES + 1);
-          const ts = readU64(frame, 16);
-          const origin = frame.readUInt32LE(24);
-          this.#kvPut(frame.toString('utf8', 48), readRef(frame, 32), ts, origin, null);
+          need(frame, 32 + REF_BYTES + 1);
+          const entry = { ts: readU64(frame, 16), since: readU64(frame, 24), origin: frame.readUInt32LE(32), originEpoch: peer.epoch, ownerProc: frame.readUInt32LE(36), ref: readRef(frame, 48) };
+          this.#kvFromPeer(peer, frame.toString('utf8', 64), entry, (frame.readUInt32LE(40) & 1) !== 0);
           return;
         }
         default:

@@ -142,7 +142,7 @@ export class GpuService {
     p.serve(Cleanup, ({ imms, caps }) => s.#guard(caps.onError, () => s.#cleanupRequest(imms.context, caps.onSuccess)));
     p.onRequest(Invoke.tag, (inv) => s.#invoke(inv));
     s.#initCid = await p.createRequest(Init);
-    await p.kvPut(`${s.#name}.init`, s.#initCid);
+    await p.kvPut(`${s.#name}.init`, s.#initCid, { republish: true });
     return s;
   }
 
