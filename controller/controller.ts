@@ -49,6 +49,13 @@ export interface ControllerOptions {
    * or peer connection that says nothing within it is closed (default DEFAULT_HELLO_TIMEOUT_MS).
    */
   helloTimeoutMs?: number;
+  /**
+   * How long (ms) a Controller waits for a listed peer with a higher id (the one that dials)
+   * before it warns `peer N has not connected after X s (expected from ADDR)`; the warning
+   * comes again at intervals doubling up to 32 times as long (default
+   * DEFAULT_PEER_WAIT_WARN_MS). The wait starts again when that peer's link closes.
+   */
+  peerWaitWarnMs?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -106,6 +113,9 @@ const noopLog = { info: () => {}, warn: () => {} };
 /** Default bound on one served-memory access (ms), see ControllerOptions.servedTimeoutMs. */
 export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
 
+/** Default wait (ms) for a dialling peer before the first warning, see ControllerOptions.peerWaitWarnMs. */
+export const DEFAULT_PEER_WAIT_WARN_MS = 10_000;
+
 /** Default bound on the wait for a connection's first frame (ms), see ControllerOptions.helloTimeoutMs. */
 export const DEFAULT_HELLO_TIMEOUT_MS = 5000;
 
@@ -121,6 +131,7 @@ export class Controller {
   readonly limits: Limits;
   readonly servedTimeoutMs: number;
   readonly helloTimeoutMs: number;
+  readonly peerWaitWarnMs: number;
   readonly #log: NonNullable<ControllerOptions['log']>;
   readonly #servers: net.Server[];
   readonly #lock: StateDirLock;
@@ -158,6 +169,7 @@ export class Controller {
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
     this.helloTimeoutMs = opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
+    this.peerWaitWarnMs = opts.peerWaitWarnMs ?? DEFAULT_PEER_WAIT_WARN_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
     this.#secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);
@@ -178,7 +190,7 @@ export class Controller {
     if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
       throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
     }
-    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs]] as const) {
+    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs], ['peerWaitWarnMs', opts.peerWaitWarnMs]] as const) {
       if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) {
         throw new FractosError('EINVAL', `${k} must be an integer 1..2^31-1 ms, got ${v}`);
       }
@@ -218,7 +230,10 @@ export class Controller {
     const log = c.#log;
     for (const s of servers) s.on('error', (err) => log.warn({ err: err.message }, 'listener error'));
     for (const s of early) c.#accept(s);
-    for (const [pid, addr] of c.#peerAddrs) if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
+    for (const [pid, addr] of c.#peerAddrs) {
+      if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
+      else if (pid > c.id) c.#awaitPeer(pid, 0);
+    }
     c.#log.info({ id: c.id, epoch, listen: c.#addresses }, 'controller started');
     return c;
   }
@@ -1364,6 +1379,23 @@ export class Controller {
     this.#dialTimers.add(t);
   }
 
+  /**
+   * Warn when peer `id` (a higher id: it dials us) has not connected `delay` ms after
+   * `since` (0: now), then again at intervals doubling up to 32 * peerWaitWarnMs.
+   */
+  #awaitPeer(id: number, since: number, delay = this.peerWaitWarnMs): void {
+    const start = since || Date.now();
+    const t = setTimeout(() => {
+      this.#dialTimers.delete(t);
+      if (this.#closing || this.#peers.has(id)) return;
+      const s = Math.round((Date.now() - start) / 100) / 10;
+      const addr = this.#peerAddrs.get(id) ?? '?';
+      this.#log.warn({ peer: id, addr, waitedMs: Date.now() - start }, `peer ${id} has not connected after ${s} s (expected from ${addr}); it dials this controller (lower id)`);
+      this.#awaitPeer(id, start, Math.min(delay * 2, 32 * this.peerWaitWarnMs));
+    }, delay);
+    this.#dialTimers.add(t);
+  }
+
   #handshakeSelf(): HandshakeSelf {
     return { secret: this.#secret!, id: this.id, epoch: this.epoch };
   }
@@ -1435,6 +1467,7 @@ export class Controller {
     if (this.#peers.get(peer.id) === peer) {
       this.#peers.delete(peer.id);
       this.#kvPeerGone(peer.id);
+      if (peer.id > this.id && !this.#closing) this.#awaitPeer(peer.id, 0);
     }
     this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
