@@ -11,7 +11,7 @@
  */
 import { closeSync, constants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { FractosError } from '../libfractos/errors.js';
-import { loadUring } from '../native/uring/index.js';
+import { loadShm } from '../native/shm/index.js';
 
 const EWOULDBLOCK = 11;
 
@@ -100,10 +100,10 @@ export function assertDeviceFree(path: string): void {
  * Claim `path` (an existing block device or regular file) for the caller until `release()`
  * or the process ends. Errors: EBUSY `PATH is in use by blockdev pid N` (claimed elsewhere, or
  * a mounted / exclusively opened block device), ENOENT, EPERM, EINVAL (neither a block device
- * nor a regular file), ENODEV (the uring addon, which provides flock, is unavailable).
+ * nor a regular file), ENODEV (the shm addon, which provides flock, is unavailable).
  */
 export function claimDevice(path: string): DeviceClaim {
-  const { flock } = loadUring();
+  const { flock } = loadShm();
   let fd: number;
   try {
     const st = statSync(path);

@@ -253,7 +253,7 @@ export class BlockdevService {
     p.serve(VolumeList, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, () => this.#list(caps.onSuccess, caps.onError)));
     p.serve(AdminClaim, ({ imms, caps }) => this.#claimAdmin(imms.proof, caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
-    await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim));
+    await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim), { republish: true });
     if (!this.#secret) this.#log?.warn({}, `no admin secret (--admin-secret-file): any local Process can claim the volume administration of '${this.name}' while no FS holds it`);
   }
 

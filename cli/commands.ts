@@ -5,7 +5,7 @@
  * from the tree in silence.
  */
 import { Command } from 'commander';
-import { FractosError } from '../libfractos/errors.js';
+import { FractosError, withoutCode } from '../libfractos/errors.js';
 import { register as registerCore } from './core.js';
 
 /** Subcommand groups loaded after the core ones, as module specifiers relative to cli/. */
@@ -30,7 +30,7 @@ export async function buildProgram(importer: Importer = (s) => import(s)): Promi
       m = (await importer(spec)) as { register?: unknown };
     } catch (err) {
       const e = err as { code?: string; message?: string };
-      const why = `${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}`;
+      const why = e.code ? `${e.code}: ${withoutCode(e.code, e.message ?? '')}` : (e.message ?? String(err));
       throw Object.assign(new FractosError('ENODEV', `cannot load the fractos commands of ${spec}: ${why}`), { cause: err });
     }
     if (typeof m.register !== 'function') throw new FractosError('EINVAL', `${spec} exports no register(program)`);

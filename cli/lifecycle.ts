@@ -1,9 +1,9 @@
 /**
  * How a long-running `fractos` service ends (controller, blockdev, fs, gpu, facever serve).
  *
- * - A requested stop (SIGINT = Ctrl-C, SIGTERM = `kill`) closes the service, prints one
- *   line `NAME: stopped on SIGINT` on stderr and exits 0. The service's own channel closing
- *   during that stop is expected and is not reported.
+ * - A requested stop (SIGINT = Ctrl-C, SIGTERM = `kill`, SIGHUP = its terminal closed)
+ *   closes the service, prints one line `NAME: stopped on SIGINT` on stderr and exits 0.
+ *   The service's own channel closing during that stop is expected and is not reported.
  * - A loss of the Controller (the Process channel closes without a stop being asked for)
  *   is an error: warn `controller channel closed; exiting` and exit 1.
  */
@@ -59,5 +59,6 @@ export function superviseService(s: ServiceLife, exit: Exit = (c) => process.exi
   });
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGHUP', () => stop('SIGHUP'));
   return stop;
 }

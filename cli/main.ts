@@ -1,8 +1,9 @@
 /** `fractos` entry (bin/fractos.js imports the compiled file): build the command tree, run it. */
 import { buildProgram } from './commands.js';
-import { die } from './log.js';
+import { die, guardStdout } from './log.js';
 import { watchParent } from './parent.js';
 
+guardStdout();
 watchParent();
 
 let program;

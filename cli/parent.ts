@@ -32,7 +32,8 @@ export function watchParent(
     clearInterval(timer);
     // Our stdout/stderr were most likely pipes to the dead parent: writes now fail with
     // EPIPE, which must not end the process before its stop has closed what it holds.
-    for (const s of [process.stdout, process.stderr]) s.on('error', () => {});
+    // (cli/log.ts guardStdout would end it on that error: its handler goes too.)
+    for (const s of [process.stdout, process.stderr]) s.removeAllListeners('error').on('error', () => {});
     process.stderr.write(`fractos: parent pid ${want} is gone; stopping\n`);
     stop();
   }, WATCH_MS);

@@ -3,7 +3,7 @@
  * Processes register, every Process's capability space, routes invocations and memory
  * copies, and talks to peer Controllers over TCP. See docs/protocol.md for the frames.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
+import { constants, mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync, statSync, fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
@@ -14,7 +14,7 @@ import {
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
-import { shmOpen, shmUnlink } from '../native/shm/index.js';
+import { loadShm, shmOpen, shmUnlink } from '../native/shm/index.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
 import { channelIdentity } from './proc-identity.js';
@@ -49,6 +49,13 @@ export interface ControllerOptions {
    * or peer connection that says nothing within it is closed (default DEFAULT_HELLO_TIMEOUT_MS).
    */
   helloTimeoutMs?: number;
+  /**
+   * How long (ms) a Controller waits for a listed peer with a higher id (the one that dials)
+   * before it warns `peer N has not connected after X s (expected from ADDR)`; the warning
+   * comes again at intervals doubling up to 32 times as long (default
+   * DEFAULT_PEER_WAIT_WARN_MS). The wait starts again when that peer's link closes.
+   */
+  peerWaitWarnMs?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -78,12 +85,26 @@ const SCRATCH_OPS: ReadonlySet<number> = new Set([Op.P_MEM_WRITE]);
 const DEAD = new RemoteProxy({ controller: 0, epoch: 0, id: 0 }, 'dead');
 DEAD.revoked = true;
 
+/**
+ * A bootstrap name. It belongs to its publisher, the Process `ownerProc` of Controller
+ * `origin` (epoch `originEpoch`): only that Process replaces it, and it is removed when that
+ * Process (or the link to its Controller) goes away.
+ */
 interface KvEntry {
   ref: ObjectRef;
+  /** Version of the entry (ms * 1024 + counter at the origin): a newer put of the same owner replaces it. */
   ts: number;
+  /** When the owner first published the name (same clock): the earlier claim wins a conflict between owners. */
+  since: number;
   origin: number;
+  originEpoch: number;
+  ownerProc: number;
+  /** The published object, pinned, when the publisher is local. */
   pinned: Target | null;
 }
+
+/** Names one Process may publish at once (each costs a map entry on every Controller). */
+export const MAX_NAMES_PER_PROCESS = 1024;
 
 type Done = (err: FractosError | null) => void;
 
@@ -91,6 +112,9 @@ const noopLog = { info: () => {}, warn: () => {} };
 
 /** Default bound on one served-memory access (ms), see ControllerOptions.servedTimeoutMs. */
 export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
+
+/** Default wait (ms) for a dialling peer before the first warning, see ControllerOptions.peerWaitWarnMs. */
+export const DEFAULT_PEER_WAIT_WARN_MS = 10_000;
 
 /** Default bound on the wait for a connection's first frame (ms), see ControllerOptions.helloTimeoutMs. */
 export const DEFAULT_HELLO_TIMEOUT_MS = 5000;
@@ -107,6 +131,7 @@ export class Controller {
   readonly limits: Limits;
   readonly servedTimeoutMs: number;
   readonly helloTimeoutMs: number;
+  readonly peerWaitWarnMs: number;
   readonly #log: NonNullable<ControllerOptions['log']>;
   readonly #servers: net.Server[];
   readonly #lock: StateDirLock;
@@ -122,6 +147,8 @@ export class Controller {
   readonly #handshaking = new Set<Link>();
   readonly #proxies = new Map<string, RemoteProxy>();
   readonly #kv = new Map<string, KvEntry>();
+  /** Names published by each local Process (by its id), removed when it goes away. */
+  readonly #kvByProc = new Map<number, Set<string>>();
   #kvClock = 0;
   /** Monitor tokens this Controller registered at peers (remote monitor_delegate). */
   readonly #remoteMonitors = new Map<number, { proc: ProcConn; token: number }>();
@@ -142,6 +169,7 @@ export class Controller {
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.servedTimeoutMs = opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS;
     this.helloTimeoutMs = opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
+    this.peerWaitWarnMs = opts.peerWaitWarnMs ?? DEFAULT_PEER_WAIT_WARN_MS;
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
     this.#secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);
@@ -162,7 +190,7 @@ export class Controller {
     if (!Number.isInteger(opts.id) || opts.id < 1 || opts.id > 0xffffffff) {
       throw new FractosError('EINVAL', `controller id must be 1..2^32-1, got ${opts.id}`);
     }
-    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs]] as const) {
+    for (const [k, v] of [['servedTimeoutMs', opts.servedTimeoutMs], ['helloTimeoutMs', opts.helloTimeoutMs], ['peerWaitWarnMs', opts.peerWaitWarnMs]] as const) {
       if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) {
         throw new FractosError('EINVAL', `${k} must be an integer 1..2^31-1 ms, got ${v}`);
       }
@@ -202,7 +230,10 @@ export class Controller {
     const log = c.#log;
     for (const s of servers) s.on('error', (err) => log.warn({ err: err.message }, 'listener error'));
     for (const s of early) c.#accept(s);
-    for (const [pid, addr] of c.#peerAddrs) if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
+    for (const [pid, addr] of c.#peerAddrs) {
+      if (pid < c.id) c.#dialPeer(pid, parseAddress(addr), 0);
+      else if (pid > c.id) c.#awaitPeer(pid, 0);
+    }
     c.#log.info({ id: c.id, epoch, listen: c.#addresses }, 'controller started');
     return c;
   }
@@ -437,8 +468,7 @@ export class Controller {
           // u32 cid, utf8 name
           need(frame, 5);
           const t = this.#target(proc, readCid(frame, 16));
-          const name = frame.toString('utf8', 20);
-          this.#kvPut(name, this.#refOf(t), Date.now() * 1024 + (this.#kvClock++ % 1024), this.id, t);
+          this.#kvPutLocal(proc, frame.toString('utf8', 20), t);
           proc.link.send(allocFrame(Op.REPLY, seq, 0));
           return;
         }
@@ -540,6 +570,7 @@ export class Controller {
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
+    this.#kvProcGone(proc);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
     for (const e of [...proc.caps]) this.#dropEntry(proc, e.cid);
     const q = proc.queue;
@@ -1216,27 +1247,97 @@ export class Controller {
   }
 
   // -------------------------------------------------------------------------------------
-  // Bootstrap names: a last-writer-wins map replicated to every peer.
+  // Bootstrap names: a map replicated to every peer, each name owned by its publisher.
 
-  #kvPut(name: string, ref: ObjectRef, ts: number, origin: number, local: Target | null): void {
+  /**
+   * KV_PUT of Process `proc`: publish `t` as `name`, or replace `proc`'s own entry. Errors:
+   * EINVAL (name not 1..256 characters), EEXIST (another Process, here or on a peer,
+   * published it: the message names it), ENOSPC (`proc` has MAX_NAMES_PER_PROCESS names).
+   */
+  #kvPutLocal(proc: ProcConn, name: string, t: Target): void {
     if (!name || name.length > 256) throw new FractosError('EINVAL', 'name must be 1..256 characters');
     const old = this.#kv.get(name);
-    if (old && (old.ts > ts || (old.ts === ts && old.origin > origin))) return;
-    if (old?.pinned) this.#unpin(old.pinned);
-    if (local) this.#pin(local);
-    this.#kv.set(name, { ref, ts, origin, pinned: local });
-    if (origin === this.id) for (const p of this.#peers.values()) this.#sendKv(p, name, this.#kv.get(name)!);
+    if (old && !(old.origin === this.id && old.originEpoch === this.epoch && old.ownerProc === proc.id)) {
+      const who = old.origin === this.id ? `process ${old.ownerProc} (${this.#procs.get(old.ownerProc)?.name || 'unnamed'})` : `process ${old.ownerProc} of controller ${old.origin}`;
+      throw new FractosError('EEXIST', `'${name}' is published by ${who}; only its publisher can replace it`);
+    }
+    let mine = this.#kvByProc.get(proc.id);
+    if (!old && (mine?.size ?? 0) >= MAX_NAMES_PER_PROCESS) throw new FractosError('ENOSPC', `process ${proc.id} already publishes ${MAX_NAMES_PER_PROCESS} names`);
+    const ts = Date.now() * 1024 + (this.#kvClock++ % 1024);
+    const e: KvEntry = { ref: this.#refOf(t), ts, since: old?.since ?? ts, origin: this.id, originEpoch: this.epoch, ownerProc: proc.id, pinned: t };
+    this.#kvSet(name, e);
+    if (!mine) this.#kvByProc.set(proc.id, (mine = new Set()));
+    mine.add(name);
+    for (const p of this.#peers.values()) this.#sendKv(p, name, e);
   }
 
-  #sendKv(peer: PeerConn, name: string, e: KvEntry): void {
-    // P_KV_PUT: u64 ts, u32 origin, u32 0, ref, utf8 name
+  /** Replace (or, with null, remove) the entry of `name`, moving the pin. */
+  #kvSet(name: string, e: KvEntry | null): void {
+    const old = this.#kv.get(name);
+    if (e?.pinned) this.#pin(e.pinned);
+    if (e) this.#kv.set(name, e);
+    else this.#kv.delete(name);
+    if (old?.pinned) this.#unpin(old.pinned);
+  }
+
+  /** Local Process `proc` went away: its names go with it, here and at every peer. */
+  #kvProcGone(proc: ProcConn): void {
+    const mine = this.#kvByProc.get(proc.id);
+    if (!mine) return;
+    this.#kvByProc.delete(proc.id);
+    for (const name of mine) {
+      const e = this.#kv.get(name);
+      if (!e || e.origin !== this.id || e.ownerProc !== proc.id) continue; // lost to an earlier remote claim
+      this.#kvSet(name, null);
+      for (const p of this.#peers.values()) this.#sendKv(p, name, e, true);
+    }
+  }
+
+  /**
+   * P_KV_PUT from `peer` (the origin of every entry it sends). A delete removes the entry
+   * only when it is still that owner's. A put replaces an entry of the same owner when newer,
+   * an entry of an older epoch of that Controller, or another owner's later claim (the
+   * earlier `since` wins, then the lower controller id, then the lower process id): the
+   * Controllers converge on one owner per name without a consensus round.
+   */
+  #kvFromPeer(peer: PeerConn, name: string, n: Omit<KvEntry, 'pinned'>, del: boolean): void {
+    if (!name || name.length > 256) throw new FractosError('EPROTO', 'P_KV_PUT name must be 1..256 characters');
+    if (n.origin !== peer.id) throw new FractosError('EPROTO', `P_KV_PUT from controller ${peer.id} names origin ${n.origin}`);
+    const old = this.#kv.get(name);
+    const same = old !== undefined && old.origin === n.origin && old.originEpoch === n.originEpoch && old.ownerProc === n.ownerProc;
+    if (del) {
+      if (same) this.#kvSet(name, null);
+      return;
+    }
+    if (old && !same) {
+      const staleEpoch = old.origin === n.origin && old.originEpoch < n.originEpoch;
+      const earlier = old.since < n.since || (old.since === n.since && (old.origin < n.origin || (old.origin === n.origin && old.ownerProc < n.ownerProc)));
+      if (!staleEpoch && earlier) return;
+      if (old.origin === this.id) {
+        this.#kvByProc.get(old.ownerProc)?.delete(name);
+        this.#log.warn({ name, proc: old.ownerProc, peer: peer.id }, `name '${name}' of process ${old.ownerProc} lost to an earlier claim by process ${n.ownerProc} of controller ${peer.id}`);
+      }
+    } else if (same && old.ts >= n.ts) return;
+    this.#kvSet(name, { ...n, pinned: null });
+  }
+
+  /** The link to `peer` is gone: the names its Processes published go too (it resends them when it is back). */
+  #kvPeerGone(peerId: number): void {
+    for (const [name, e] of this.#kv) if (e.origin === peerId) this.#kvSet(name, null);
+  }
+
+  #sendKv(peer: PeerConn, name: string, e: KvEntry, del = false): void {
+    // P_KV_PUT: u64 ts, u64 since, u32 origin, u32 owner process, u32 flags (1 delete), u32 0, ref, utf8 name
     const n = Buffer.from(name, 'utf8');
-    const f = allocFrame(Op.P_KV_PUT, 0, 16 + REF_BYTES + n.length);
+    const f = allocFrame(Op.P_KV_PUT, 0, 48 + n.length);
     writeU64(f, e.ts, 16);
-    f.writeUInt32LE(e.origin, 24);
-    f.writeUInt32LE(0, 28);
-    writeRef(f, e.ref, 32);
-    n.copy(f, 48);
+    writeU64(f, e.since, 24);
+    f.writeUInt32LE(e.origin, 32);
+    f.writeUInt32LE(e.ownerProc, 36);
+    f.writeUInt32LE(del ? 1 : 0, 40);
+    f.writeUInt32LE(0, 44);
+    writeRef(f, e.ref, 48);
+    n.copy(f, 64);
     peer.link.send(f);
   }
 
@@ -1275,6 +1376,23 @@ export class Controller {
       this.#dialTimers.delete(t);
       this.#dialPeer(id, addr, attempt);
     }, retryMs);
+    this.#dialTimers.add(t);
+  }
+
+  /**
+   * Warn when peer `id` (a higher id: it dials us) has not connected `delay` ms after
+   * `since` (0: now), then again at intervals doubling up to 32 * peerWaitWarnMs.
+   */
+  #awaitPeer(id: number, since: number, delay = this.peerWaitWarnMs): void {
+    const start = since || Date.now();
+    const t = setTimeout(() => {
+      this.#dialTimers.delete(t);
+      if (this.#closing || this.#peers.has(id)) return;
+      const s = Math.round((Date.now() - start) / 100) / 10;
+      const addr = this.#peerAddrs.get(id) ?? '?';
+      this.#log.warn({ peer: id, addr, waitedMs: Date.now() - start }, `peer ${id} has not connected after ${s} s (expected from ${addr}); it dials this controller (lower id)`);
+      this.#awaitPeer(id, start, Math.min(delay * 2, 32 * this.peerWaitWarnMs));
+    }, delay);
     this.#dialTimers.add(t);
   }
 
@@ -1337,14 +1455,20 @@ export class Controller {
       this.#peerGone(peer);
       if (addr) this.#retryDial(id, addr, 0, err ?? new Error('link closed'));
     };
-    for (const [name, e] of this.#kv) if (e.origin === this.id || e.pinned) this.#sendKv(peer, name, e);
+    // Names of an older epoch of this peer are stale; it sends its current ones.
+    for (const [name, e] of this.#kv) if (e.origin === id && e.originEpoch !== epoch) this.#kvSet(name, null);
+    for (const [name, e] of this.#kv) if (e.origin === this.id) this.#sendKv(peer, name, e);
     this.#log.info({ peer: id, epoch }, 'peer connected');
   }
 
   #peerGone(peer: PeerConn): void {
     if (!peer.alive) return;
     peer.alive = false;
-    if (this.#peers.get(peer.id) === peer) this.#peers.delete(peer.id);
+    if (this.#peers.get(peer.id) === peer) {
+      this.#peers.delete(peer.id);
+      this.#kvPeerGone(peer.id);
+      if (peer.id > this.id && !this.#closing) this.#awaitPeer(peer.id, 0);
+    }
     this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
@@ -1590,10 +1714,9 @@ export class Controller {
           return;
         }
         case Op.P_KV_PUT: {
-          need(frame, 16 + REF_BYTES + 1);
-          const ts = readU64(frame, 16);
-          const origin = frame.readUInt32LE(24);
-          this.#kvPut(frame.toString('utf8', 48), readRef(frame, 32), ts, origin, null);
+          need(frame, 32 + REF_BYTES + 1);
+          const entry = { ts: readU64(frame, 16), since: readU64(frame, 24), origin: frame.readUInt32LE(32), originEpoch: peer.epoch, ownerProc: frame.readUInt32LE(36), ref: readRef(frame, 48) };
+          this.#kvFromPeer(peer, frame.toString('utf8', 64), entry, (frame.readUInt32LE(40) & 1) !== 0);
           return;
         }
         default:
@@ -1709,24 +1832,20 @@ export interface StateDirLock {
   release(): void;
 }
 
-/** Whether a process with this pid exists (signal 0; EPERM means it exists as another user). */
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+const EWOULDBLOCK = 11;
 
 /**
- * Lock a state dir for one Controller: create `dir/lock` exclusively with this pid in it.
- * A lock file whose pid is no longer alive is stale (a Controller killed with -9) and is
- * taken over. Errors: EBUSY (a live Controller holds it: the message names the dir and
- * its pid; in the same OS process too), EIO (the dir cannot be created or written).
+ * Lock a state dir for one Controller: an exclusive `flock` on `dir/lock`, held (fd open)
+ * until `release()` or the process ends — its death included, so no stale lock can lock a
+ * Controller out (a pid left in the file by a Controller killed with -9 means nothing, even
+ * when that pid is alive again). The file holds the holder's pid for the message only; it is
+ * removed on release. Errors: EBUSY (a live Controller holds it: the message names the dir and
+ * its pid; in the same OS process too), EIO (the dir or file cannot be created or written),
+ * ENODEV (the shm addon, which provides flock, is unavailable).
  */
 export function lockStateDir(dir: string): StateDirLock {
   const path = join(dir, 'lock');
+  const { flock } = loadShm();
   try {
     mkdirSync(dir, { recursive: true });
   } catch (err) {
@@ -1735,34 +1854,46 @@ export function lockStateDir(dir: string): StateDirLock {
   for (let attempt = 0; attempt < 3; attempt++) {
     let fd: number;
     try {
-      fd = openSync(path, 'wx', 0o644);
+      fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o644);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
-      let holder = NaN;
+      throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
+    }
+    const r = flock(fd, true, false);
+    if (r === -EWOULDBLOCK) {
+      let holder = '';
       try {
-        holder = Number(readFileSync(path, 'utf8').trim());
+        holder = readFileSync(fd, 'utf8').trim();
       } catch {
-        // removed meanwhile: try again
+        // unreadable: no pid in the message
       }
-      if (Number.isInteger(holder) && holder > 0 && pidAlive(holder)) {
-        throw new FractosError('EBUSY', `state dir ${dir} is in use by controller pid ${holder} (lock file ${path})`);
-      }
-      // Stale (its holder is gone) or half-written: remove and retry. A half-written file is
-      // at most a few microseconds old, so re-check its age before taking it over.
-      if (!Number.isInteger(holder) || holder <= 0) {
-        try {
-          if (Date.now() - lstatSync(path).mtimeMs < 1000) throw new FractosError('EBUSY', `state dir ${dir} is being locked by another controller (lock file ${path})`);
-        } catch (e) {
-          if (e instanceof FractosError) throw e;
-        }
-      }
-      tryUnlink(path);
+      closeSync(fd);
+      const who = /^[1-9][0-9]{0,9}$/.test(holder) ? `controller pid ${holder}` : 'another controller';
+      throw new FractosError('EBUSY', `state dir ${dir} is in use by ${who} (lock file ${path})`);
+    }
+    if (r !== 0) {
+      closeSync(fd);
+      throw new FractosError('EIO', `state dir lock ${path}: flock failed: errno ${-r}`);
+    }
+    // A holder that released (unlinking the file) between our open and flock leaves us the
+    // lock of an unlinked inode: take the path's current file instead.
+    let same = false;
+    try {
+      const st = statSync(path);
+      const mine = fstatSync(fd);
+      same = st.ino === mine.ino && st.dev === mine.dev;
+    } catch {
+      // unlinked meanwhile
+    }
+    if (!same) {
+      closeSync(fd);
       continue;
     }
     try {
-      writeFileSync(fd, `${process.pid}\n`);
-    } finally {
+      ftruncateSync(fd, 0);
+      writeSync(fd, `${process.pid}\n`, 0);
+    } catch (err) {
       closeSync(fd);
+      throw new FractosError('EIO', `state dir lock ${path}: ${(err as Error).message}`);
     }
     let held = true;
     return {
@@ -1770,7 +1901,8 @@ export function lockStateDir(dir: string): StateDirLock {
       release: () => {
         if (!held) return;
         held = false;
-        tryUnlink(path);
+        tryUnlink(path); // before the close: whoever opens the path next makes a new file
+        closeSync(fd);
       },
     };
   }

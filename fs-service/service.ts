@@ -191,7 +191,7 @@ export class FsService {
     );
     p.on('handlerError', (err: Error) => this.#opts.log?.warn({ err: err.message }, 'handler error'));
     for (const [op, schema] of [['create', Create], ['open', Open], ['stat', Stat], ['list', List], ['delete', Delete], ['truncate', Truncate]] as const) {
-      await p.kvPut(`${this.name}.${op}`, await p.requestCreate(schema.tag));
+      await p.kvPut(`${this.name}.${op}`, await p.requestCreate(schema.tag), { republish: true });
     }
   }
 

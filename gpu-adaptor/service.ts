@@ -143,7 +143,7 @@ export class GpuService {
     // Through serve(): a delivery that does not decode gets onError (EPROTO / its code), as the others.
     p.serve(Invoke, (args, inv) => s.#invoke(args, inv));
     s.#initCid = await p.createRequest(Init);
-    await p.kvPut(`${s.#name}.init`, s.#initCid);
+    await p.kvPut(`${s.#name}.init`, s.#initCid, { republish: true });
     return s;
   }
 

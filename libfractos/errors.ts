@@ -37,11 +37,26 @@ export type ErrorCode = (typeof ERROR_CODES)[number];
 
 const CODE_INDEX: ReadonlyMap<string, number> = new Map(ERROR_CODES.map((c, i) => [c, i]));
 
-/** An error with a stable string `code` (one of `ERROR_CODES`). */
+/**
+ * `message` without leading copies of `CODE: ` (the form of a FractosError's message), so
+ * that a message passed on from one error to the next (an error reply, a service's
+ * `replyError(code, err.message)`) does not repeat its code.
+ */
+export function withoutCode(code: string, message: string): string {
+  const prefix = `${code}: `;
+  while (message.startsWith(prefix)) message = message.slice(prefix.length);
+  return message === code ? '' : message;
+}
+
+/**
+ * An error with a stable string `code` (one of `ERROR_CODES`). Its message is `CODE: message`
+ * (or `CODE`), with the code once however many times `message` already starts with it.
+ */
 export class FractosError extends Error {
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message?: string) {
-    super(message ? `${code}: ${message}` : code);
+    const m = message ? withoutCode(code, message) : '';
+    super(m ? `${code}: ${m}` : code);
     this.name = 'FractosError';
     this.code = code;
   }

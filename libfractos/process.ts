@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { PendingCalls } from './calls.js';
-import { FractosError, errorCodeFromWire, errorCodeToWire, type ErrorCode } from './errors.js';
+import { FractosError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
 import { Link, dial, parseAddress } from './link.js';
 import {
   Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
@@ -71,6 +71,9 @@ export async function connect(address: string, opts: ConnectOptions = {}): Promi
   await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
   return p;
 }
+
+/** How long `kvPut(name, cid, { republish: true })` retries a name still held by another Process (ms). */
+export const REPUBLISH_WAIT_MS = 5000;
 
 export class Process extends EventEmitter {
   readonly #link: Link;
@@ -360,7 +363,7 @@ export class Process extends EventEmitter {
   async replyError(cid: number, code: ErrorCode, message = ''): Promise<void> {
     if (!cid) return;
     try {
-      await this.requestInvoke(cid, ErrorReply.args({ code: errorCodeToWire(code), message: truncUtf8(message, 240) }));
+      await this.requestInvoke(cid, ErrorReply.args({ code: errorCodeToWire(code), message: truncUtf8(withoutCode(code, message), 240) }));
     } catch {
       // The client may be gone; nothing to tell.
     }
@@ -445,10 +448,27 @@ export class Process extends EventEmitter {
     }
   }
 
-  /** kv_put: publish `cid` under `name` (bootstrap), replicated to peer Controllers. */
-  async kvPut(name: string, cid: number): Promise<void> {
+  /**
+   * kv_put: publish `cid` under `name` (bootstrap), replicated to peer Controllers. The name
+   * belongs to this Process: it alone can replace it, and it is removed when this Process goes
+   * away. Errors: EEXIST (another Process, on any Controller, publishes `name`), EINVAL (not
+   * 1..256 characters), ENOSPC (this Process publishes 1024 names), EBADCAP, EREVOKED.
+   * @param opts.republish retry EEXIST every 50 ms for up to REPUBLISH_WAIT_MS (default:
+   *   no retry): a service that restarts republishes names of its previous run, which its
+   *   Controller (and the peers) drop only once they see that run's channel close.
+   */
+  async kvPut(name: string, cid: number, opts: { republish?: boolean } = {}): Promise<void> {
     const n = Buffer.from(name, 'utf8');
-    await this.#callCid(Op.KV_PUT, cid, n.length, (f) => n.copy(f, 20));
+    const deadline = Date.now() + (opts.republish ? REPUBLISH_WAIT_MS : 0);
+    for (;;) {
+      try {
+        await this.#callCid(Op.KV_PUT, cid, n.length, (f) => n.copy(f, 20));
+        return;
+      } catch (err) {
+        if ((err as FractosError).code !== 'EEXIST' || Date.now() >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
   }
 
   /** kv_get: a cid for the cap published under `name`. Errors: ENOENT. */

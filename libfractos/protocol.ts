@@ -11,7 +11,7 @@
  *   u16 code     REPLY only: 0 = OK, else an ERROR_CODES index; 0 elsewhere
  *   u16 reserved must be 0
  */
-import { FractosError } from './errors.js';
+import { FractosError, errorCodeFromWire, withoutCode } from './errors.js';
 
 export const HEADER_BYTES = 16;
 
@@ -421,9 +421,9 @@ export function frameCode(frame: Buffer): number {
   return frame.readUInt16LE(12);
 }
 
-/** A REPLY frame with an error code and a UTF-8 message. */
+/** A REPLY frame with an error code and a UTF-8 message (without a leading copy of the code: the receiver adds it). */
 export function errorReply(seq: number, code: number, message: string): Buffer {
-  const msg = Buffer.from(message.slice(0, 512), 'utf8');
+  const msg = Buffer.from(withoutCode(errorCodeFromWire(code), message).slice(0, 512), 'utf8');
   const f = allocFrame(Op.REPLY, seq, msg.length, code);
   msg.copy(f, HEADER_BYTES);
   return f;

@@ -9,47 +9,16 @@ import test from 'ava';
 import net from 'node:net';
 import { join } from 'node:path';
 import { Controller, type ControllerOptions } from '../controller/index.js';
-import { connect, defineReply, defineRequest, FractosError, Perm, type Process } from '../libfractos/index.js';
+import { defineReply, defineRequest, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { allocFrame, Op } from '../libfractos/protocol.js';
+import { cluster as startCluster, type Cluster } from './helpers/inproc-cluster.js';
 import { tempDir } from './helpers/spawn.js';
 import { codeOf } from './helpers/errors.js';
 
 const Echo = defineRequest('field.echo', { x: 'u32' }, ['buf', 'onSuccess', 'onError'] as const);
 const EchoReply = defineReply('field.echo.reply', { y: 'u32' }, [] as const);
 
-interface Cluster {
-  ctl: Controller[];
-  /** unix address of each Controller */
-  addr: string[];
-  proc(i: number, name: string, opts?: { memoryDescriptors?: boolean }): Promise<Process>;
-  stop(): Promise<void>;
-}
-
-/** `n` (1 or 2) in-process Controllers; with 2, controller 2 dials controller 1 over TCP. */
-async function cluster(n: 1 | 2, opts: Partial<ControllerOptions> = {}): Promise<Cluster> {
-  const dir = tempDir();
-  const addr = [1, 2].slice(0, n).map((i) => `unix:${join(dir, `c${i}.sock`)}`);
-  const c1 = await Controller.start({ ...opts, id: 1, listen: [addr[0]!, 'tcp://127.0.0.1:0'], stateDir: join(dir, 's1'), peers: new Map([[2, 'tcp://127.0.0.1:1']]), clusterSecret: 'field-core-caps secret' });
-  const ctl = [c1];
-  if (n === 2) {
-    ctl.push(await Controller.start({ ...opts, id: 2, listen: [addr[1]!], stateDir: join(dir, 's2'), peers: new Map([[1, c1.addresses[1]!]]), clusterSecret: 'field-core-caps secret' }));
-    for (let i = 0; i < 500 && !(c1.connectedPeers.includes(2) && ctl[1]!.connectedPeers.includes(1)); i++) await new Promise((r) => setTimeout(r, 10));
-  }
-  const procs: Process[] = [];
-  return {
-    ctl,
-    addr,
-    proc: async (i, name, o = {}) => {
-      const p = await connect(addr[i]!, { name, ...o });
-      procs.push(p);
-      return p;
-    },
-    stop: async () => {
-      for (const p of procs) await p.close();
-      for (const c of ctl) await c.close();
-    },
-  };
-}
+const cluster = (n: 1 | 2, opts: Partial<ControllerOptions> = {}): Promise<Cluster> => startCluster(n, opts, 'field-core-caps secret');
 
 /** Serve Echo on `p` (y = 2x) and publish it as `name`. */
 async function publishEcho(p: Process, name: string): Promise<number> {

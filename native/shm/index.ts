@@ -2,7 +2,8 @@
  * Shared-memory regions (POSIX shm, `/dev/shm`) mapped as ArrayBuffers, through the
  * `fractos_shm` addon. The owner of a Memory object creates a region; its Controller
  * opens the same name, so both see the same bytes. Also `peerCred`: who is at the other
- * end of a unix socket, from the kernel (SO_PEERCRED).
+ * end of a unix socket, from the kernel (SO_PEERCRED); and `flock` (the binding's), the lock
+ * of the Controller's state dir and of the blockdev's device claims.
  */
 import { FractosError } from '../../libfractos/errors.js';
 import { loadNative, nativeError } from '../loader.js';
@@ -13,6 +14,8 @@ interface ShmBinding {
   unlink(name: string): void;
   address(ab: ArrayBuffer): number;
   peerCred(fd: number): PeerCred;
+  /** flock(2) on `fd`: exclusive or shared, waiting or not; 0, or -errno (-EWOULDBLOCK: held elsewhere). */
+  flock(fd: number, exclusive: boolean, wait: boolean): number;
 }
 
 /** Credentials of a unix-socket peer as the kernel recorded them when it connected. */

@@ -2,13 +2,15 @@
 // The owner Process creates a region, its Controller opens the same name and maps it,
 // so the Controller reads and writes registered Memory without waking the owner.
 // Also the kernel's credentials of a unix-socket peer (SO_PEERCRED): the Controller takes a
-// Process's pid from the kernel, never from its HELLO, and region names carry that pid.
+// Process's pid from the kernel, never from its HELLO, and region names carry that pid; and
+// flock(2), for the Controller's state-dir lock and the blockdev's device claims.
 // Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
 #include <napi.h>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
 #include <string>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -100,12 +102,29 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// flock(fd: number, exclusive: boolean, wait: boolean): 0 or -errno (-EWOULDBLOCK when held
+// elsewhere and !wait). An advisory whole-file lock tied to the open file description: it
+// goes away when every fd of it is closed, the holder's death included (no stale lock).
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "flock(fd, exclusive, wait)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int op = (info[1].ToBoolean() ? LOCK_EX : LOCK_SH) | (info[2].ToBoolean() ? 0 : LOCK_NB);
+  int r;
+  do r = ::flock(fd, op); while (r != 0 && errno == EINTR);
+  return Napi::Number::New(env, r == 0 ? 0 : -errno);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("create", Napi::Function::New(env, Create));
   exports.Set("open", Napi::Function::New(env, Open));
   exports.Set("unlink", Napi::Function::New(env, Unlink));
   exports.Set("address", Napi::Function::New(env, Address));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
+  exports.Set("flock", Napi::Function::New(env, Flock));
   return exports;
 }
 

@@ -64,8 +64,6 @@ export interface UringBinding {
   Ring: NativeRingCtor;
   /** A zero-filled Buffer of `size` bytes whose address is a multiple of `align` (power of two >= 8), freed by its finalizer. */
   allocAligned(size: number, align: number): Buffer;
-  /** flock(2) on `fd`: exclusive or shared, waiting or not; 0, or -errno (-EWOULDBLOCK: held elsewhere). */
-  flock(fd: number, exclusive: boolean, wait: boolean): number;
 }
 
 /** Loads the addon once (native/loader.ts). Throws NativeUnavailableError('uring') (ENODEV) when it cannot be loaded. */

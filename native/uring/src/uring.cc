@@ -25,7 +25,6 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/eventfd.h>
-#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -492,23 +491,9 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   });
 }
 
-// flock(fd: number, exclusive: boolean, wait: boolean): 0 or -errno (-EWOULDBLOCK when held
-// elsewhere and !wait). An advisory whole-file lock tied to the open file description: it
-// goes away when every fd of it is closed, the holder's death included (device claims).
-Napi::Value Flock(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "flock(fd, exclusive, wait)");
-  int fd = info[0].As<Napi::Number>().Int32Value();
-  int op = (info[1].ToBoolean() ? LOCK_EX : LOCK_SH) | (info[2].ToBoolean() ? 0 : LOCK_NB);
-  int r;
-  do r = ::flock(fd, op); while (r != 0 && errno == EINTR);
-  return Napi::Number::New(env, r == 0 ? 0 : -errno);
-}
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Ring", Ring::Init(env));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
-  exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   return exports;
 }
 
