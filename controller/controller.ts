@@ -3,7 +3,7 @@
  * Processes register, every Process's capability space, routes invocations and memory
  * copies, and talks to peer Controllers over TCP. See docs/protocol.md for the frames.
  */
-import { constants, mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync, statSync, fstatSync, ftruncateSync, writeSync } from 'node:fs';
+import { constants, mkdirSync, rmdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync, existsSync, lstatSync, statSync, fstatSync, ftruncateSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { FractosError, errorCodeToWire } from '../libfractos/errors.js';
@@ -200,6 +200,9 @@ export class Controller {
       throw new FractosError('EINVAL', 'peer links need a cluster secret (clusterSecret, fractos controller --cluster-secret-file FILE)');
     }
     const addrs = opts.listen.map(parseAddress);
+    // A refused start changes nothing: a state dir made here is removed again (rmdir: only
+    // while empty, i.e. holding nothing but the lock file, which release() unlinks).
+    const dirExisted = existsSync(opts.stateDir);
     const lock = lockStateDir(opts.stateDir);
     const servers: net.Server[] = [];
     const addresses: string[] = [];
@@ -224,6 +227,13 @@ export class Controller {
       for (const a of addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
       for (const s of early) s.destroy();
       lock.release();
+      if (!dirExisted) {
+        try {
+          rmdirSync(opts.stateDir);
+        } catch {
+          // not empty (someone else wrote into it meanwhile): kept
+        }
+      }
       throw err;
     }
     c = new Controller(opts, epoch, lock, servers, addresses);
