@@ -68,9 +68,9 @@ export function register(program: Command): void {
           return;
         }
         process.stdout.write(`controller ${s.controller} epoch ${s.epoch}\n`);
-        process.stdout.write(`${'kind'.padEnd(8)} ${'id'.padStart(4)} ${'name'.padEnd(20)} ${'frames in'.padStart(10)} ${'frames out'.padStart(10)} ${'bytes in'.padStart(12)} ${'bytes out'.padStart(12)}\n`);
+        process.stdout.write(`${'kind'.padEnd(8)} ${'id'.padStart(4)} ${'name'.padEnd(20)} ${'state'.padEnd(6)} ${'frames in'.padStart(10)} ${'frames out'.padStart(10)} ${'bytes in'.padStart(12)} ${'bytes out'.padStart(12)}\n`);
         for (const l of links) {
-          process.stdout.write(`${l.kind.padEnd(8)} ${String(l.id).padStart(4)} ${l.name.slice(0, 20).padEnd(20)} ${String(l.framesIn).padStart(10)} ${String(l.framesOut).padStart(10)} ${String(l.bytesIn).padStart(12)} ${String(l.bytesOut).padStart(12)}\n`);
+          process.stdout.write(`${l.kind.padEnd(8)} ${String(l.id).padStart(4)} ${l.name.slice(0, 20).padEnd(20)} ${(l.live ? 'live' : 'closed').padEnd(6)} ${String(l.framesIn).padStart(10)} ${String(l.framesOut).padStart(10)} ${String(l.bytesIn).padStart(12)} ${String(l.bytesOut).padStart(12)}\n`);
         }
       } catch (err) {
         die(err);

@@ -73,6 +73,8 @@ export interface LinkStats {
   backlogBytes: number;
   /** Times the Controller stopped reading this link because its backlog passed `maxOutboundBytes`. */
   readPauses: number;
+  /** True for a link that has closed (its counters are kept so `stats` covers the whole run). */
+  closed?: boolean;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -576,7 +578,7 @@ export class Controller {
     if (!proc.alive) return;
     proc.alive = false;
     this.#procs.delete(proc.id);
-    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...linkStats(proc.link), backlogBytes: 0 });
+    this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...linkStats(proc.link), backlogBytes: 0, closed: true });
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
@@ -1479,7 +1481,7 @@ export class Controller {
       this.#kvPeerGone(peer.id);
       if (peer.id > this.id && !this.#closing) this.#awaitPeer(peer.id, 0);
     }
-    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0 });
+    this.#closedStats.push({ kind: 'peer', id: peer.id, name: `controller-${peer.id}`, ...linkStats(peer.link), backlogBytes: 0, closed: true });
     peer.calls.failAll('EDISCONNECTED', `controller ${peer.id} disconnected`);
     for (const p of [...this.#proxies.values()]) if (p.ref.controller === peer.id) this.#proxyRevoked(p, MonitorReason.OWNER_FAILED);
     for (const obj of this.#objects.values()) {
@@ -1742,8 +1744,8 @@ export class Controller {
   // -------------------------------------------------------------------------------------
 
   #replyStats(proc: ProcConn, seq: number): void {
-    // REPLY: u32 controller id, u32 epoch, u16 n, then n x (u8 kind, u8 0, u32 id,
-    // u64 framesIn, u64 framesOut, u64 bytesIn, u64 bytesOut, u16 nameLen, name)
+    // REPLY: u32 controller id, u32 epoch, u16 n, then n x (u8 kind, u8 flags (bit 0:
+    // closed), u32 id, u64 framesIn, u64 framesOut, u64 bytesIn, u64 bytesOut, u16 nameLen, name)
     const links = this.stats();
     const names = links.map((l) => Buffer.from(l.name, 'utf8'));
     let size = 10;
@@ -1755,7 +1757,7 @@ export class Controller {
     let o = 26;
     links.forEach((l, i) => {
       r.writeUInt8(l.kind === 'process' ? 0 : 1, o);
-      r.writeUInt8(0, o + 1);
+      r.writeUInt8(l.closed ? 1 : 0, o + 1);
       r.writeUInt32LE(l.id, o + 2);
       writeU64(r, l.framesIn, o + 6);
       writeU64(r, l.framesOut, o + 14);

@@ -58,7 +58,8 @@ const RPC_TAG_BIT = 0x80000000;
 export interface ControllerStats {
   controller: number;
   epoch: number;
-  links: { kind: 'process' | 'peer'; id: number; name: string; framesIn: number; framesOut: number; bytesIn: number; bytesOut: number }[];
+  /** Per link; `live` false for a link that has closed (its counters are kept). */
+  links: { kind: 'process' | 'peer'; id: number; name: string; live: boolean; framesIn: number; framesOut: number; bytesIn: number; bytesOut: number }[];
 }
 
 /**
@@ -501,6 +502,7 @@ export class Process extends EventEmitter {
       links.push({
         kind: r.readUInt8(o) === 0 ? 'process' : 'peer',
         id: r.readUInt32LE(o + 2),
+        live: (r.readUInt8(o + 1) & 1) === 0,
         framesIn: readU64(r, o + 6),
         framesOut: readU64(r, o + 14),
         bytesIn: readU64(r, o + 22),
