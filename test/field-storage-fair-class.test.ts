@@ -17,7 +17,7 @@ import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
 import { deviceDir } from './helpers/devices.js';
 import { tempDir } from './helpers/spawn.js';
-import { stalledMemory, waitFor, within } from './helpers/stall.js';
+import { fsVictimAndEvil, stalledMemory, waitFor, within } from './helpers/stall.js';
 import test from 'ava';
 
 const devices = await deviceDir('fractos-ffcls', 'field-storage-fair-class.test');
@@ -88,16 +88,8 @@ vtest('FS: 4 opens x 5 stalled served-buffer writes of one client; another clien
   const fs = await FsService.start({ controller: addr });
   const procs: Process[] = [];
   try {
-    const victim = await connect(addr, { name: 'victim' });
-    const evil = await connect(addr, { name: 'evil' });
+    const { victim, evil, vport, data, vbuf, vf } = await fsVictimAndEvil(addr);
     procs.push(victim, evil);
-    const vfs = await FsClient.connect(victim);
-    const vport = new IoPort(victim);
-    const data = randomBytes(64 << 10);
-    const vbuf = await victim.memoryCreateShared(64 << 10);
-    vbuf.region.bytes.set(data);
-    const vf = await vfs.open('/victim', { create: true });
-    await vport.ioAsync(vf.write, true, 0, 64 << 10, vbuf.cid);
 
     // The hostile client: one file opened 4 times, 5 writes of 64 KiB per open from a served buffer that never answers.
     const efs = await FsClient.connect(evil);

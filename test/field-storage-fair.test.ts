@@ -17,7 +17,7 @@ import { FsClient } from '../fs-service/client.js';
 import { deviceDir } from './helpers/devices.js';
 import { tempDir } from './helpers/spawn.js';
 import { codeOf, expectCode as code } from './helpers/errors.js';
-import { stalledMemory, waitFor, within } from './helpers/stall.js';
+import { fsVictimAndEvil, stalledMemory, waitFor, within } from './helpers/stall.js';
 import test from 'ava';
 
 const devices = await deviceDir('fractos-ffair', 'field-storage-fair.test');
@@ -76,16 +76,8 @@ vtest('FS: 20 mediated writes from a served buffer that never answers leave slot
   const fs = await FsService.start({ controller: addr });
   const procs: Process[] = [];
   try {
-    const victim = await connect(addr, { name: 'victim' });
-    const evil = await connect(addr, { name: 'evil' });
+    const { victim, evil, vport, data, vbuf, vf } = await fsVictimAndEvil(addr);
     procs.push(victim, evil);
-    const vfs = await FsClient.connect(victim);
-    const vport = new IoPort(victim);
-    const data = randomBytes(64 << 10);
-    const vbuf = await victim.memoryCreateShared(64 << 10);
-    vbuf.region.bytes.set(data);
-    const vf = await vfs.open('/victim', { create: true });
-    await vport.ioAsync(vf.write, true, 0, 64 << 10, vbuf.cid);
 
     // The hostile client: 20 writes of 64 KiB from a served buffer whose reads never answer.
     const efs = await FsClient.connect(evil);

@@ -12,15 +12,7 @@ export function alive(pid: number): boolean {
   }
 }
 
-/** Wait until `pred` holds (polling every 50 ms, at most `ms`). */
-export async function until(pred: () => boolean, ms = 10_000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return true;
-}
+export { until } from './wait.js';
 
 export interface Run {
   child: ChildProcess;
