@@ -40,6 +40,10 @@ import { spawnFractos, tempDir } from './helpers/spawn.js';
 
 const TOTAL_MS = Number(process.env.FRACTOS_FUZZ_MS ?? 20_000);
 const SEED = process.env.FRACTOS_FUZZ_SEED !== undefined ? Number(process.env.FRACTOS_FUZZ_SEED) >>> 0 : randomBytes(4).readUInt32LE(0);
+/** FRACTOS_FUZZ_ONLY=N[,M...]: run only these connections of each phase (replay), in order. */
+const ONLY = process.env.FRACTOS_FUZZ_ONLY ? process.env.FRACTOS_FUZZ_ONLY.split(',').map(Number) : null;
+/** FRACTOS_FUZZ_TRACE=1: print every frame written and received (hex) on stderr. */
+const TRACE = process.env.FRACTOS_FUZZ_TRACE === '1';
 const SECRET = 'field-hostile-fuzz cluster secret';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -263,7 +267,11 @@ class RawConn {
   readonly #waiting = new Map<number, (f: Buffer) => void>();
   readonly #calls = new Map<number, number>();
 
+  /** Draws for reactions to what the Controller sends (apart from `r`, so that the frames sent do not depend on timing). */
+  readonly #rr: Rng;
+
   constructor(path: string | { host: string; port: number }, readonly label: string, readonly fail: Fail, readonly r: Rng, readonly onFrame?: (f: Buffer) => void) {
+    this.#rr = new Rng(r.u32());
     this.s = typeof path === 'string' ? net.createConnection(path) : net.createConnection(path.port, path.host);
     this.s.on('data', (d: Buffer) => this.#data(d));
     this.s.on('end', () => (this.ended = true));
@@ -298,6 +306,7 @@ class RawConn {
   }
 
   #frame(f: Buffer): void {
+    if (TRACE) process.stderr.write(`${this.label} < ${f.subarray(0, 64).toString('hex')}${f.length > 64 ? `... (${f.length} bytes)` : ''}\n`);
     if (this.onFrame) return this.onFrame(f);
     const op = frameOp(f);
     if (!CONTROLLER_OPS.has(op)) return this.fail(`${this.label}: Controller sent op 0x${op.toString(16)} on a Process channel`);
@@ -319,16 +328,16 @@ class RawConn {
         const n = f.readUInt16LE(20);
         for (let i = 0, o = 24; i < n && o + 8 <= f.length; i++, o += 8) this.k.cids.push(f.readUInt32LE(o + 4));
       }
-      if (this.r.chance(0.7)) {
+      if (this.#rr.chance(0.7)) {
         this.write(ackFrame(this.delivered), true);
         this.delivered = 0;
       }
       return;
     }
-    if ((op === Op.MEM_READ || op === Op.MEM_WRITE) && this.r.chance(0.6)) {
+    if ((op === Op.MEM_READ || op === Op.MEM_WRITE) && this.#rr.chance(0.6)) {
       // Answer a served access: right, or with a wrong length.
       const len = op === Op.MEM_READ && f.length >= 36 ? f.readUInt32LE(32) : 0;
-      const n = this.r.chance(0.8) ? Math.min(len, 1 << 20) : this.r.int(64);
+      const n = this.#rr.chance(0.8) ? Math.min(len, 1 << 20) : this.#rr.int(64);
       this.write(frame(Op.REPLY, frameSeq(f), Buffer.alloc(op === Op.MEM_READ ? n : 0)), true);
     }
   }
@@ -337,6 +346,7 @@ class RawConn {
     if (this.closed) return;
     if (!whole) this.whole = false;
     if (b.length >= 12) this.sent.add(b.readUInt32LE(8));
+    if (TRACE) process.stderr.write(`${this.label} > ${b.subarray(0, 96).toString('hex')}${b.length > 96 ? `... (${b.length} bytes)` : ''}\n`);
     this.s.write(b);
   }
 
@@ -474,7 +484,8 @@ async function fuzzProcChannel(r: Rng, target: string | { host: string; port: nu
     await writeSplit(c, g(), false);
   }
   const hello = helloFrame(`fuzz-${label}`, r.chance(0.5) ? 1 : r.chance(0.5) ? 0 : r.u32(), 1 + r.int(3));
-  await writeSplit(c, r.chance(0.05) ? mutate(r, hello).f : hello, true);
+  const h = r.chance(0.05) ? mutate(r, hello) : { f: hello, whole: true };
+  await writeSplit(c, h.f, h.whole);
   let seq = 10;
   const n = 1 + r.int(30);
   for (let i = 0; i < n && !c.closed; i++) {
@@ -515,7 +526,9 @@ async function fuzzPeerLink(r: Rng, target: { host: string; port: number } | str
   };
   const id = r.pick([2, 2, 2, 1, 3, 0, r.u32()]);
   const h = encodePeerHello(id, r.chance(0.7) ? 1 : r.u32(), r.bytes(32), r.chance(0.1) ? r.bytes(32) : null);
-  await writeSplit(c, r.chance(0.3) ? mutate(r, h).f : h, true);
+  const first = r.chance(0.3) ? mutate(r, h).f : h;
+  if (first.readUInt16LE(4) === Op.HELLO) first.writeUInt16LE(Op.PEER_HELLO, 4); // a HELLO makes a Process channel, not a peer
+  await writeSplit(c, first, true);
   await sleep(r.int(5));
   for (let i = r.int(6); i >= 0 && !c.closed; i--) {
     let f: Buffer;
@@ -542,6 +555,10 @@ async function fuzzPeerLink(r: Rng, target: { host: string; port: number } | str
  * so that a failing connection reproduces on its own.
  */
 async function runFor(ms: number, lanes: number, one: (r: Rng, i: number) => Promise<void>, seed: number): Promise<number> {
+  if (ONLY) {
+    for (const i of ONLY) await one(new Rng((seed ^ Math.imul(i + 1, 0x9e3779b1)) >>> 0), i);
+    return ONLY.length;
+  }
   const end = Date.now() + ms;
   let n = 0;
   await Promise.all(Array.from({ length: lanes }, async () => {
