@@ -35,7 +35,7 @@ import {
   HEADER_BYTES, Op, REF_BYTES, allocFrame, argsBytes, frameCode, frameOp, frameSeq, writeArgs, writeCid, writeRef, writeU64,
   type RequestArgs,
 } from '../libfractos/protocol.js';
-import { encodePeerAuth, encodePeerHello } from '../controller/peer-auth.js';
+import { checkPeerProof, encodePeerAuth, encodePeerHello, peerProof } from '../controller/peer-auth.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
 
 const TOTAL_MS = Number(process.env.FRACTOS_FUZZ_MS ?? 20_000);
@@ -549,6 +549,112 @@ async function fuzzPeerLink(r: Rng, target: { host: string; port: number } | str
   if (r.chance(0.8)) c.destroy();
 }
 
+const PEER_CONTROLLER_OPS: ReadonlySet<number> = new Set([Op.REPLY, Op.P_HOLD, Op.P_REVOKED, Op.P_KV_PUT, Op.P_MONITOR_FIRE, Op.P_STAT, Op.P_MEM_WRITE, Op.P_REVTREE]);
+
+/**
+ * One authenticated peer link (the fuzzer holds the cluster secret and dials as controller
+ * 2): after a real handshake, random and mutated peer ops with refs naming real objects of
+ * the Controller and of "controller 2". A malformed frame closes only this link; a semantic
+ * error is answered with a typed REPLY.
+ */
+async function fuzzAuthPeer(r: Rng, target: { host: string; port: number }, label: string, fail: Fail, conns: RawConn[], ctl: { epoch: number }): Promise<void> {
+  let acceptor: Buffer | null = null;
+  let linked = false;
+  const nonce = r.bytes(32);
+  const epoch = 1 + r.int(1000);
+  const c: RawConn = new RawConn(target, label, fail, r, (f) => {
+    const op = frameOp(f);
+    if (!linked) {
+      if (op !== Op.PEER_HELLO || acceptor) fail(`${label}: op 0x${op.toString(16)} during the handshake`);
+      acceptor = f;
+      return;
+    }
+    if (!PEER_CONTROLLER_OPS.has(op)) fail(`${label}: Controller sent op 0x${op.toString(16)} on a peer link`);
+    if (op === Op.REPLY) {
+      if (frameCode(f) >= ERROR_CODES.length) fail(`${label}: REPLY with unknown code ${frameCode(f)}`);
+      if (!c.sent.has(frameSeq(f))) fail(`${label}: REPLY to seq ${frameSeq(f)}, never sent`);
+    } else if (op !== Op.P_HOLD && op !== Op.P_REVOKED && op !== Op.P_KV_PUT && op !== Op.P_MONITOR_FIRE && c.r.chance(0.5)) {
+      c.write(frame(Op.REPLY, frameSeq(f), op === Op.P_STAT ? Buffer.from([0, 16, 0, 0, 0, 0, 0, 0, 3, 1]) : Buffer.alloc(0)), true);
+    }
+  });
+  conns.push(c);
+  await c.connected();
+  c.write(encodePeerHello(2, epoch, nonce), true);
+  if (!(await until(() => acceptor !== null || c.ended, 3000)) || !acceptor) return fail(`${label}: no acceptor PEER_HELLO`);
+  const a = acceptor as Buffer;
+  const tr = { dialerId: 2, dialerEpoch: epoch, dialerNonce: nonce, acceptorId: a.readUInt32LE(16), acceptorEpoch: a.readUInt32LE(20), acceptorNonce: a.subarray(24, 56) };
+  if (!checkPeerProof(Buffer.from(SECRET), 'A', tr, a.subarray(56, 88))) return fail(`${label}: the acceptor's proof does not check`);
+  linked = true;
+  c.write(encodePeerAuth(peerProof(Buffer.from(SECRET), 'D', tr)), true);
+  const ref = (): Buffer => {
+    const b = Buffer.alloc(REF_BYTES);
+    const mine = r.chance(0.75);
+    writeRef(b, { controller: mine ? 1 : r.chance(0.8) ? 2 : r.int(5), epoch: mine ? (r.chance(0.9) ? ctl.epoch : r.int(4)) : epoch, id: r.chance(0.9) ? 1 + r.int(40) : r.edgy() }, 0);
+    return b;
+  };
+  const u64 = (v: number): Buffer => {
+    const b = Buffer.alloc(8);
+    writeU64(b, v, 0);
+    return b;
+  };
+  for (let i = 1 + r.int(25); i > 0 && !c.ended; i--) {
+    const op = r.pick(PEER_OPS);
+    let body: Buffer;
+    switch (op) {
+      case Op.P_INVOKE:
+      case Op.P_DERIVE: {
+        const { args, cap } = randomArgs(r, c.k, 16, ref);
+        const a2 = Buffer.alloc(argsBytes(args, 16));
+        writeArgs(a2, 0, args, cap, 16);
+        const descs = r.chance(0.5) ? Buffer.concat([Buffer.from([1, 0]), Buffer.from([r.int(4), 0, r.int(4), r.int(2), 0, 0, 0, 0]), u64(r.int(65536))]) : Buffer.alloc(0);
+        body = Buffer.concat([ref(), a2, descs]);
+        break;
+      }
+      case Op.P_DIMINISH:
+        body = Buffer.concat([ref(), Buffer.from([r.int(4)]), u64(r.int(4096)), u64(r.int(8192))]);
+        break;
+      case Op.P_COPY:
+        body = Buffer.concat([ref(), ref()]);
+        break;
+      case Op.P_MEM_WRITE:
+        body = Buffer.concat([ref(), u64(r.int(4096)), u64(r.int(8192)), r.bytes(r.int(64))]);
+        break;
+      case Op.P_MONITOR_DELEGATE:
+      case Op.P_MONITOR_FIRE:
+      case Op.P_HOLD:
+      case Op.P_REVOKED: {
+        const v = Buffer.alloc(4);
+        v.writeInt32LE(op === Op.P_HOLD ? r.pick([1, -1, 2, -2, 0x7fffffff, -0x80000000]) : r.u32() | 0, 0);
+        body = op === Op.P_MONITOR_FIRE ? Buffer.concat([v, Buffer.from([1, 0, 0, 0])]) : Buffer.concat([ref(), v]);
+        break;
+      }
+      case Op.P_KV_PUT: {
+        const head = Buffer.alloc(32);
+        writeU64(head, r.int(1e6), 0);
+        writeU64(head, r.int(1e6), 8);
+        head.writeUInt32LE(r.chance(0.9) ? 2 : r.int(4), 16);
+        head.writeUInt32LE(r.int(4), 20);
+        head.writeUInt32LE(r.int(2), 24);
+        body = Buffer.concat([head, ref(), Buffer.from(r.chance(0.3) ? 'owned' : `pfz${r.int(4)}`)]);
+        break;
+      }
+      case Op.P_NULL:
+        body = Buffer.alloc(0);
+        break;
+      default:
+        body = Buffer.concat([ref(), r.bytes(r.int(16))]);
+    }
+    let f = frame(op, r.chance(0.9) ? 100 + i : r.u32(), body);
+    let whole = true;
+    if (r.chance(0.25)) ({ f, whole } = mutate(r, f));
+    await writeSplit(c, f, whole);
+    if (!whole) break;
+    await sleep(r.int(3));
+  }
+  await sleep(r.int(20));
+  c.destroy();
+}
+
 /**
  * Run fuzz connections (`lanes` at once) for `ms` ms; returns how many ran. `one` makes
  * one connection with its own Rng seeded from the run's seed and the connection's number,
@@ -642,18 +748,23 @@ async function teardown(echo: EchoLoop | null, conns: RawConn[], w: Watch, close
   w.stop();
 }
 
-// ---------------------------------------------------------------------------------------
-// Tests
-
-test.serial('fuzz: Process channels and peer links of an in-process Controller', async (t) => {
-  const w = watch(t);
+/** An in-process Controller listening on unix and tcp, with a cluster secret and peer 2 listed (it dials us). */
+async function fuzzedController(w: Watch): Promise<{ c: Controller; addr: string; tcp: { host: string; port: number } }> {
   const dir = tempDir();
   const addr = `unix:${join(dir, 'c.sock')}`;
   const c = await Controller.start({
     id: 1, listen: [addr, 'tcp://127.0.0.1:0'], stateDir: join(dir, 'state'), log: w.log, clusterSecret: SECRET,
     peers: new Map([[2, 'tcp://127.0.0.1:1']]), peerWaitWarnMs: 2 ** 31 - 1, servedTimeoutMs: 300, helloTimeoutMs: 1000,
   });
-  const tcp = tcpOf(c.addresses[1]!);
+  return { c, addr, tcp: tcpOf(c.addresses[1]!) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+test.serial('fuzz: Process channels and peer links of an in-process Controller', async (t) => {
+  const w = watch(t);
+  const { c, addr, tcp } = await fuzzedController(w);
   const conns: RawConn[] = [];
   let echo: EchoLoop | null = null;
   try {
@@ -683,6 +794,37 @@ test.serial('fuzz: Process channels and peer links of an in-process Controller',
     t.log(`${nProc} Process channels, ${nPeer} peer connections; ${echo.ok()} echo calls answered`);
   } finally {
     await teardown(echo, conns, w, () => c.close());
+  }
+  t.deepEqual(w.fails, [], `seed ${SEED}`);
+});
+
+test.serial('fuzz: peer ops on an authenticated link close only that link, and its holds go with it', async (t) => {
+  const w = watch(t);
+  const { c, addr, tcp } = await fuzzedController(w);
+  const conns: RawConn[] = [];
+  const procs: Process[] = [];
+  try {
+    // Objects for the refs to name: shared and served Memory, Requests, a published name.
+    const o = await connect(addr, { name: 'owner' });
+    procs.push(o);
+    for (let i = 0; i < 4; i++) {
+      await o.memoryCreateShared(4096 * (i + 1));
+      await o.requestCreate(Echo.tag, Echo.args({ x: i }));
+    }
+    await o.kvPut('owned', await o.requestCreate(Echo.tag));
+    const base = c.tableSizes();
+    const n = await runFor(Math.round(TOTAL_MS * 0.1), 1, (r, i) => fuzzAuthPeer(r, tcp, `auth-peer#${i}`, w.fail, conns, c), SEED ^ 0xa7);
+    await closeAll(conns, w);
+    await until(() => c.connectedPeers.length === 0, 3000);
+    await o.nullOp(); // the owner still answers
+    const s = c.tableSizes();
+    const over = (Object.keys(base) as (keyof typeof base)[]).filter((k) => s[k] > base[k]);
+    t.deepEqual(over, [], `tables above the baseline once the links closed: ${JSON.stringify(base)} -> ${JSON.stringify(s)}`);
+    t.is(s.proxies + s.preheld + s.peers + s.remoteMonitors, 0, JSON.stringify(s));
+    t.log(`${n} authenticated peer links`);
+  } finally {
+    for (const p of procs) await p.close().catch(() => {});
+    await teardown(null, conns, w, () => c.close());
   }
   t.deepEqual(w.fails, [], `seed ${SEED}`);
 });
