@@ -32,7 +32,7 @@ import { Controller } from '../controller/index.js';
 import { connect, defineReply, defineRequest, type Process } from '../libfractos/index.js';
 import { ERROR_CODES, errorCodeFromWire } from '../libfractos/errors.js';
 import {
-  HEADER_BYTES, Op, REF_BYTES, allocFrame, argsBytes, frameCode, frameOp, frameSeq, writeArgs, writeCid, writeRef, writeU64,
+  HEADER_BYTES, Op, REF_BYTES, allocFrame, opName, argsBytes, frameCode, frameOp, frameSeq, writeArgs, writeCid, writeRef, writeU64,
   type RequestArgs,
 } from '../libfractos/protocol.js';
 import { checkPeerProof, encodePeerAuth, encodePeerHello, peerProof } from '../controller/peer-auth.js';
@@ -263,6 +263,8 @@ class RawConn {
   whole = true;
   frames = 0;
   delivered = 0;
+  /** Code of the last REPLY to each seq. */
+  readonly codes = new Map<number, number>();
   #buf: Buffer = Buffer.alloc(0);
   readonly #waiting = new Map<number, (f: Buffer) => void>();
   readonly #calls = new Map<number, number>();
@@ -317,6 +319,7 @@ class RawConn {
       if (seq !== 0 && !this.sent.has(seq)) this.fail(`${this.label}: REPLY to seq ${seq}, never sent`);
       if (code === 0 && f.length === HEADER_BYTES + 4 && this.#calls.has(seq)) this.k.cids.push(f.readUInt32LE(16));
       if (code !== 0 && errorCodeFromWire(code) === 'EPROTO') this.eproto = true;
+      this.codes.set(seq, code);
       this.#waiting.get(seq)?.(f);
       this.#waiting.delete(seq);
       return;
@@ -487,6 +490,8 @@ async function fuzzProcChannel(r: Rng, target: string | { host: string; port: nu
   const h = r.chance(0.05) ? mutate(r, hello) : { f: hello, whole: true };
   await writeSplit(c, h.f, h.whole);
   let seq = 10;
+  let malformed: { seq: number; what: string } | null = null;
+  const used = new Set<number>([hello.readUInt32LE(8)]);
   const n = 1 + r.int(30);
   for (let i = 0; i < n && !c.closed; i++) {
     const op = r.chance(0.9) ? r.pick(PROC_OPS) : r.pick(OTHER_OPS);
@@ -495,18 +500,45 @@ async function fuzzProcChannel(r: Rng, target: string | { host: string; port: nu
     let whole = true;
     if (r.chance(0.35)) ({ f, whole } = mutate(r, f));
     c.noteCall(s, op);
+    const fresh = !used.has(s);
+    used.add(s);
+    if (whole && malformed === null && mustRefuse(f)) malformed = { seq: fresh ? s : -1, what: `${opName(f.readUInt16LE(4))} of ${f.length - HEADER_BYTES} body bytes, flags ${f.readUInt16LE(6)}/${f.readUInt16LE(14)}` };
     await writeSplit(c, f, whole);
     if (r.chance(0.4)) await sleep(r.int(4));
     if (!whole) break; // the Controller waits for the rest of this frame (or refused its length)
   }
+  // A malformed frame (short body, unknown op, flags) closes the channel, answered EPROTO if at all.
+  if (c.whole && malformed) {
+    const m = malformed as { seq: number; what: string };
+    if (!(await until(() => c.ended, 3000))) fail(`${label}: ${m.what} did not close the channel`);
+    const code = c.codes.get(m.seq);
+    if (code !== undefined && errorCodeFromWire(code) !== 'EPROTO') fail(`${label}: ${m.what} answered ${errorCodeFromWire(code)}, not EPROTO`);
+  }
   // A NULL probe: a channel fed whole frames answers it unless it was closed.
-  if (c.whole && !c.closed && !c.eproto) {
+  if (c.whole && !c.closed && !c.eproto && !malformed) {
     const probe = 0x7ffffff0 + r.int(8);
     c.write(allocFrame(Op.NULL, probe, 0), true);
     const got = await c.reply(probe, 10_000);
     if (!got && !c.ended) fail(`${label}: no answer to a NULL probe on a channel fed whole frames (seed ${SEED})`);
   }
   if (r.chance(0.8)) c.destroy(); // else left open until the end
+}
+
+/** Shortest body (bytes) of each Process call; shorter is EPROTO (docs/protocol.md). */
+const MIN_BODY: ReadonlyMap<number, number> = new Map<number, number>([
+  [Op.MEMORY_CREATE, 32], [Op.MEMORY_DIMINISH, 24], [Op.MEMORY_COPY, 8], [Op.MEMORY_STAT, 4], [Op.REQUEST_CREATE, 8], [Op.REQUEST_DERIVE, 8],
+  [Op.REQUEST_INVOKE, 8], [Op.CAP_REVTREE, 4], [Op.CAP_REVOKE, 4], [Op.CAP_DROP, 4], [Op.MONITOR_DELEGATE, 8], [Op.MONITOR_RECEIVE, 8],
+  [Op.KV_PUT, 5], [Op.KV_GET, 1], [Op.DELIVER_ACK, 4], [Op.CAP_DROP_MANY, 0], [Op.NULL, 0], [Op.STATS, 0],
+]);
+
+/** Whether a whole frame on an open Process channel must close it: flags set, an op that is no call, a body too short. */
+function mustRefuse(f: Buffer): boolean {
+  const op = f.readUInt16LE(4);
+  const body = f.length - HEADER_BYTES;
+  if (f.readUInt16LE(6) !== 0 || f.readUInt16LE(14) !== 0) return true;
+  if (op === Op.REPLY) return false; // may answer a served access of this channel's
+  const min = MIN_BODY.get(op);
+  return min === undefined || body < min || (op === Op.CAP_DROP_MANY && body % 4 !== 0);
 }
 
 /** One peer connection: PEER_HELLO variants, then more frames; nothing must be accepted. */
