@@ -316,7 +316,8 @@ class RawConn {
       const seq = frameSeq(f);
       const code = frameCode(f);
       if (code >= ERROR_CODES.length) this.fail(`${this.label}: REPLY with unknown code ${code}`);
-      if (seq !== 0 && !this.sent.has(seq)) this.fail(`${this.label}: REPLY to seq ${seq}, never sent`);
+      // Once a frame was not whole, the Controller parses later bytes from a shifted offset: any seq.
+      if (seq !== 0 && this.whole && !this.sent.has(seq)) this.fail(`${this.label}: REPLY to seq ${seq}, never sent`);
       if (code === 0 && f.length === HEADER_BYTES + 4 && this.#calls.has(seq)) this.k.cids.push(f.readUInt32LE(16));
       if (code !== 0 && errorCodeFromWire(code) === 'EPROTO') this.eproto = true;
       this.codes.set(seq, code);
@@ -332,7 +333,7 @@ class RawConn {
         for (let i = 0, o = 24; i < n && o + 8 <= f.length; i++, o += 8) this.k.cids.push(f.readUInt32LE(o + 4));
       }
       if (this.#rr.chance(0.7)) {
-        this.write(ackFrame(this.delivered), true);
+        this.react(ackFrame(this.delivered));
         this.delivered = 0;
       }
       return;
@@ -341,8 +342,26 @@ class RawConn {
       // Answer a served access: right, or with a wrong length.
       const len = op === Op.MEM_READ && f.length >= 36 ? f.readUInt32LE(32) : 0;
       const n = this.#rr.chance(0.8) ? Math.min(len, 1 << 20) : this.#rr.int(64);
-      this.write(frame(Op.REPLY, frameSeq(f), Buffer.alloc(op === Op.MEM_READ ? n : 0)), true);
+      this.react(frame(Op.REPLY, frameSeq(f), Buffer.alloc(op === Op.MEM_READ ? n : 0)));
     }
+  }
+
+  /** A frame is being written in pieces (reactions wait, or they would land inside it). */
+  splitting = false;
+  #deferred: Buffer[] = [];
+
+  /** Write a whole frame in reaction to the Controller's, after any frame being written in pieces. */
+  react(b: Buffer): void {
+    if (this.splitting) this.#deferred.push(b);
+    else this.write(b, true);
+  }
+
+  /** The frame written in pieces is complete: write the reactions that waited. */
+  splitDone(): void {
+    this.splitting = false;
+    const d = this.#deferred;
+    this.#deferred = [];
+    for (const b of d) this.write(b, true);
   }
 
   write(b: Buffer, whole: boolean): void {
@@ -389,12 +408,14 @@ async function writeSplit(c: RawConn, b: Buffer, whole: boolean): Promise<void> 
   if (b.length >= 12) c.sent.add(b.readUInt32LE(8));
   if (c.r.chance(0.7)) return c.write(b, whole);
   let off = 0;
+  c.splitting = true;
   while (off < b.length && !c.closed) {
     const n = 1 + c.r.int(b.length - off);
     c.write(b.subarray(off, off + n), whole);
     off += n;
     if (c.r.chance(0.3)) await sleep(1);
   }
+  c.splitDone();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -606,7 +627,7 @@ async function fuzzAuthPeer(r: Rng, target: { host: string; port: number }, labe
       if (frameCode(f) >= ERROR_CODES.length) fail(`${label}: REPLY with unknown code ${frameCode(f)}`);
       if (!c.sent.has(frameSeq(f))) fail(`${label}: REPLY to seq ${frameSeq(f)}, never sent`);
     } else if (op !== Op.P_HOLD && op !== Op.P_REVOKED && op !== Op.P_KV_PUT && op !== Op.P_MONITOR_FIRE && c.r.chance(0.5)) {
-      c.write(frame(Op.REPLY, frameSeq(f), op === Op.P_STAT ? Buffer.from([0, 16, 0, 0, 0, 0, 0, 0, 3, 1]) : Buffer.alloc(0)), true);
+      c.react(frame(Op.REPLY, frameSeq(f), op === Op.P_STAT ? Buffer.from([0, 16, 0, 0, 0, 0, 0, 0, 3, 1]) : Buffer.alloc(0)));
     }
   });
   conns.push(c);
