@@ -30,9 +30,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, defineReply, defineRequest, type Process } from '../libfractos/index.js';
-import { ERROR_CODES, errorCodeFromWire } from '../libfractos/errors.js';
+import { ERROR_CODES, FractosError, errorCodeFromWire } from '../libfractos/errors.js';
 import {
-  HEADER_BYTES, Op, REF_BYTES, allocFrame, opName, argsBytes, frameCode, frameOp, frameSeq, writeArgs, writeCid, writeRef, writeU64,
+  FrameDecoder, HEADER_BYTES, Op, REF_BYTES, allocFrame, opName, argsBytes, frameCode, frameOp, frameSeq, writeArgs, writeCid, writeRef, writeU64,
   type RequestArgs,
 } from '../libfractos/protocol.js';
 import { checkPeerProof, encodePeerAuth, encodePeerHello, peerProof } from '../controller/peer-auth.js';
@@ -880,6 +880,52 @@ test.serial('fuzz: peer ops on an authenticated link close only that link, and i
     await teardown(null, conns, w, () => c.close());
   }
   t.deepEqual(w.fails, [], `seed ${SEED}`);
+});
+
+test.serial('fuzz: FrameDecoder against a reference splitter (random chunking, scratch ops, one bad frame)', (t) => {
+  t.log(`seed ${SEED} (FRACTOS_FUZZ_SEED=${SEED} reproduces)`);
+  const r = new Rng(SEED ^ 0xdec0de);
+  const end = Date.now() + Math.max(500, Math.round(TOTAL_MS * 0.05));
+  const max = 1 << 20;
+  let runs = 0;
+  while (Date.now() < end) {
+    runs++;
+    const frames: Buffer[] = [];
+    for (let i = 1 + r.int(12); i > 0; i--) {
+      const op = r.chance(0.3) ? Op.P_MEM_WRITE : r.pick([...PROC_OPS, ...PEER_OPS]);
+      const body = r.chance(0.1) ? 256 * 1024 + r.int(4096) : r.int(r.chance(0.5) ? 64 : 20_000);
+      const f = allocFrame(op, r.u32(), body);
+      f.fill(r.int(256), HEADER_BYTES);
+      frames.push(f);
+    }
+    // One bad frame (length out of bounds, flags, reserved) somewhere, or none.
+    const bad = r.chance(0.5) ? r.int(frames.length + 1) : -1;
+    const badFrame = allocFrame(r.chance(0.5) ? Op.P_MEM_WRITE : Op.NULL, 7, r.chance(0.5) ? 8 : 5000);
+    const how = r.int(3);
+    if (how === 0) badFrame.writeUInt32LE(r.pick([0, 15, max + 1, 0xffffffff]), 0);
+    else badFrame.writeUInt16LE(1 + r.int(0xffff), how === 1 ? 6 : 14);
+    const stream = Buffer.concat(bad >= 0 ? [...frames.slice(0, bad), badFrame, ...frames.slice(bad)] : frames);
+    const d = new FrameDecoder(max, new Set([Op.P_MEM_WRITE]));
+    const got: string[] = [];
+    let err: unknown = null;
+    let off = 0;
+    try {
+      while (off < stream.length) {
+        const n = 1 + r.int(r.chance(0.5) ? 32 : 70_000);
+        d.push(stream.subarray(off, off + n), (f) => got.push(f.toString('base64')));
+        off += n;
+      }
+    } catch (e) {
+      err = e;
+    }
+    const want = (bad >= 0 ? frames.slice(0, bad) : frames).map((f) => f.toString('base64'));
+    if (bad >= 0) {
+      if (!(err instanceof FractosError) || err.code !== 'EPROTO') return t.fail(`run ${runs}: bad frame ${bad} (kind ${how}) gave ${String(err)}`);
+    } else if (err) return t.fail(`run ${runs}: ${String(err)}`);
+    if (got.length !== want.length || got.some((g, i) => g !== want[i])) return t.fail(`run ${runs}: ${got.length} frames decoded, ${want.length} sent, or different bytes`);
+  }
+  t.log(`${runs} streams decoded`);
+  t.pass();
 });
 
 test.serial('fuzz: a Controller started as its own OS process survives the frame fuzzer', async (t) => {
