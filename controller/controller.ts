@@ -260,6 +260,26 @@ export class Controller {
     return this.#objects.size;
   }
 
+  /**
+   * Sizes of the Controller's tables, read-only (leak checks in tests and the fuzzer): live
+   * objects, Process channels, cap entries over all capability spaces, peer links, links in
+   * the peer handshake, remote proxies (and those pre-held), bootstrap names, remote
+   * monitors, invokers with invocations queued for credits, and deliveries queued.
+   */
+  tableSizes(): { objects: number; procs: number; caps: number; peers: number; handshaking: number; proxies: number; preheld: number; names: number; remoteMonitors: number; queuedInvokers: number; queuedDeliveries: number } {
+    let caps = 0;
+    let queuedDeliveries = 0;
+    for (const p of this.#procs.values()) {
+      caps += p.capCount;
+      queuedDeliveries += p.queue.length - p.queueHead;
+    }
+    return {
+      objects: this.#objects.size, procs: this.#procs.size, caps, peers: this.#peers.size, handshaking: this.#handshaking.size,
+      proxies: this.#proxies.size, preheld: this.#preheld.size, names: this.#kv.size, remoteMonitors: this.#remoteMonitors.size,
+      queuedInvokers: this.#queuedByInvoker.size, queuedDeliveries,
+    };
+  }
+
   /** Ids of connected peers. */
   get connectedPeers(): number[] {
     return [...this.#peers.keys()];
@@ -307,7 +327,10 @@ export class Controller {
       else if (op === Op.PEER_HELLO) this.#acceptPeer(link, frame);
       else link.close(new FractosError('EPROTO', `first frame must be HELLO or PEER_HELLO, got ${opName(op)}`));
     };
-    link.onClose = () => clearTimeout(helloTimer);
+    link.onClose = (err) => {
+      clearTimeout(helloTimer);
+      if (isInternalError(err)) this.#log.warn({ err: String(err), stack: err.stack }, 'internal error');
+    };
   }
 
   #helloProcess(link: Link, frame: Buffer): void {
@@ -581,6 +604,7 @@ export class Controller {
     this.#closedStats.push({ kind: 'process', id: proc.id, name: proc.name, ...linkStats(proc.link), backlogBytes: 0, closed: true });
     if (this.#closedStats.length > 1024) this.#closedStats.shift();
     if (err && !this.#closing) this.#log.info({ proc: proc.id, name: proc.name, err: err.message }, 'process channel closed');
+    if (isInternalError(err)) this.#log.warn({ proc: proc.id, err: String(err), stack: err.stack }, 'internal error');
     proc.calls.failAll('EFAULT', `process ${proc.id} went away`);
     this.#kvProcGone(proc);
     for (const obj of [...proc.owned]) this.#revoke(obj, MonitorReason.OWNER_FAILED);
@@ -1769,6 +1793,15 @@ export class Controller {
     });
     proc.link.send(r);
   }
+}
+
+/**
+ * Whether a link closed because of a bug of ours: an exception that is neither a
+ * FractosError (a typed refusal) nor a system error of the socket (ECONNRESET, EPIPE: an
+ * Error with a string `code`). Logged as 'internal error'.
+ */
+function isInternalError(err: Error | undefined): err is Error {
+  return err !== undefined && !(err instanceof FractosError) && typeof (err as NodeJS.ErrnoException).code !== 'string';
 }
 
 /** Throw EPROTO unless the frame body has at least `n` bytes. */

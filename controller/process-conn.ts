@@ -54,6 +54,11 @@ export class ProcConn {
     return this.#caps.values();
   }
 
+  /** Entries in this space. */
+  get capCount(): number {
+    return this.#caps.size;
+  }
+
   /** Install a cap in this space. Errors: ENOSPC when the space holds `maxCaps` entries. */
   install(target: Target, maxCaps: number): CapEntry {
     if (this.#caps.size >= maxCaps) throw new FractosError('ENOSPC', `capability space full (${maxCaps} caps)`);

@@ -58,7 +58,9 @@ export function dial(addr: Address, timeoutMs = 10_000): Promise<net.Socket> {
 /**
  * A framed link. Outgoing frames are queued and written in one batch per tick
  * (cork/uncork: one writev), incoming bytes are split into frames by FrameDecoder.
- * A decoding error closes the link (the caller learns it through `onClose(err)`).
+ * A decoding error closes the link (the caller learns it through `onClose(err)`); no frame
+ * is handed to `onFrame` once the link is closed, not even the rest of the chunk that held
+ * the frame that closed it.
  */
 export class Link {
   readonly counters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 };
@@ -87,6 +89,9 @@ export class Link {
       this.counters.bytesIn += chunk.length;
       try {
         this.#decoder.push(chunk, (frame) => {
+          // A frame that closed the link (EPROTO) ends it: the frames after it in the same
+          // chunk are not handled (they would act for a channel that is gone).
+          if (this.#closed) return;
           this.counters.framesIn++;
           this.onFrame(frame);
         });
