@@ -14,7 +14,7 @@ import {
   writeArgs, writeCid, writeRef, writeU64,
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
-import { loadShm, shmOpen, shmUnlink } from '../native/shm/index.js';
+import { CopyFault, copyGuarded, loadShm, shmOpen, shmUnlink } from '../native/shm/index.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
 import { channelIdentity } from './proc-identity.js';
@@ -935,8 +935,8 @@ export class Controller {
     if (size === 0) return dst.isProxy ? this.#writeChunk(dst, 0, 0, EMPTY, done) : done(null);
     const dm = dst.isProxy ? null : dst.mem!;
     if (sm.map && dm?.map) {
-      dm.map.set(sm.map.subarray(sm.offset, sm.offset + size), dm.offset);
-      return done(null);
+      const fault = copyGuarded(dm.map.subarray(dm.offset, dm.offset + size), sm.map.subarray(sm.offset, sm.offset + size));
+      return done(fault === CopyFault.NONE ? null : this.#regionFault(fault === CopyFault.DST ? dm : sm, fault === CopyFault.OTHER));
     }
     const chunk = size <= 16384 ? size : Math.min(COPY_CHUNK_BYTES, Math.max(16384, Math.ceil(size / 4)));
     let next = 0;
@@ -967,10 +967,18 @@ export class Controller {
     pump();
   }
 
-  /** Read `len` bytes at `off` of a local Memory object; the bytes are valid during `cb`. */
+  /**
+   * Read `len` bytes at `off` of a local Memory object into bytes of the Controller's own
+   * (never a view of a mapping: they may be sent to a socket later, and a truncated region
+   * must fail here with EFAULT, not in the kernel's write to a peer link).
+   */
   #readChunk(obj: Obj, off: number, len: number, cb: (err: FractosError | null, bytes: Uint8Array | null) => void): void {
     const m = obj.mem!;
-    if (m.map) return cb(null, m.map.subarray(m.offset + off, m.offset + off + len));
+    if (m.map) {
+      const out = Buffer.allocUnsafe(len);
+      const fault = copyGuarded(out, m.map.subarray(m.offset + off, m.offset + off + len));
+      return fault === CopyFault.NONE ? cb(null, out) : cb(this.#regionFault(m, fault === CopyFault.OTHER), null);
+    }
     // MEM_READ: u64 servedKey, u64 offset, u32 length -> REPLY data
     obj.owner.call((seq) => {
       const f = allocFrame(Op.MEM_READ, seq, 20);
@@ -986,9 +994,26 @@ export class Controller {
   }
 
   /**
+   * A guarded copy faulted on `m`'s shared region (its owner truncated it under our
+   * mapping, see docs/core.md "Truncated regions"): forget the region's mapping, so that a
+   * later memory_create maps it again and checks its size; Memory objects already on it
+   * keep their mapping, and every copy through it stays guarded (EFAULT while it is short).
+   * @param other the fault lay in neither operand (not expected; the copy still failed)
+   * @returns the EFAULT to answer the copy with, naming the region
+   */
+  #regionFault(m: MemoryInfo, other: boolean): FractosError {
+    // Logged once per mapping: a hostile owner can fault its region at every copy.
+    if (this.#regions.get(m.region) === m.map) {
+      this.#regions.delete(m.region);
+      this.#log.warn({ region: m.region, other }, 'copy faulted on a shared region (truncated by its owner?); region mapping dropped');
+    }
+    return new FractosError('EFAULT', `shared region '${m.region}' faulted at access (truncated by its owner?)`);
+  }
+
+  /**
    * Write bytes at `off` of a Memory target, part of a copy of `total` bytes. A local
    * write copies `bytes` before returning; a remote one sends them without copying (the
-   * source view stays valid: a mapping, or a received frame that is never reused).
+   * source bytes stay valid: the Controller's own copy, or a received frame that is never reused).
    */
   #writeChunk(t: Target, off: number, total: number, bytes: Uint8Array, cb: Done): void {
     if (t.isProxy) {
@@ -1013,8 +1038,8 @@ export class Controller {
     if (off + bytes.length > m.size) return cb(new FractosError('ERANGE', `write ${off}+${bytes.length} beyond ${m.size}`));
     if (bytes.length === 0) return cb(null);
     if (m.map) {
-      m.map.set(bytes, m.offset + off);
-      return cb(null);
+      const fault = copyGuarded(m.map.subarray(m.offset + off, m.offset + off + bytes.length), bytes);
+      return cb(fault === CopyFault.NONE ? null : this.#regionFault(m, fault === CopyFault.OTHER));
     }
     // An owner that does not read what it is sent is not sent more: its backlog stays
     // within maxOutboundBytes plus one chunk, however many copies target it.

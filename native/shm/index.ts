@@ -3,7 +3,9 @@
  * `fractos_shm` addon. The owner of a Memory object creates a region; its Controller
  * opens the same name, so both see the same bytes. Also `peerCred`: who is at the other
  * end of a unix socket, from the kernel (SO_PEERCRED); and `flock` (the binding's), the lock
- * of the Controller's state dir and of the blockdev's device claims.
+ * of the Controller's state dir and of the blockdev's device claims; and `copyGuarded`, a
+ * copy that answers a fault code instead of dying of SIGBUS when a mapped region was
+ * truncated by its owner.
  */
 import { FractosError } from '../../libfractos/errors.js';
 import { loadNative, nativeError } from '../loader.js';
@@ -16,6 +18,7 @@ interface ShmBinding {
   peerCred(fd: number): PeerCred;
   /** flock(2) on `fd`: exclusive or shared, waiting or not; 0, or -errno (-EWOULDBLOCK: held elsewhere). */
   flock(fd: number, exclusive: boolean, wait: boolean): number;
+  copyGuarded(dst: Uint8Array, src: Uint8Array): CopyFault;
 }
 
 /** Credentials of a unix-socket peer as the kernel recorded them when it connected. */
@@ -70,6 +73,30 @@ export function shmUnlink(name: string): void {
   } catch (err) {
     wrap(err);
   }
+}
+
+/** Where a guarded copy faulted: 0 none (all copied), or the operand whose access raised SIGBUS. */
+export const CopyFault = { NONE: 0, SRC: 1, DST: 2, OTHER: 3 } as const;
+export type CopyFault = (typeof CopyFault)[keyof typeof CopyFault];
+
+let bound: ShmBinding | null = null;
+
+/**
+ * Copy all of `src` to the start of `dst` (memmove: the two may overlap) under a SIGBUS
+ * guard, in one native call. A mapping of a region that its owner truncated (ftruncate of
+ * its /dev/shm object) raises SIGBUS on access past the new end; inside this copy the fault
+ * ends the copy and is answered, anywhere else it still kills the process. The Controller
+ * and the services copy from and to other Processes' regions only through here.
+ * @param dst bytes written, at least `src.length` long
+ * @param src bytes read
+ * @returns CopyFault.NONE when every byte was copied; SRC / DST when the fault lay in that
+ *   operand (the bytes of `dst` are then partly copied, undefined); OTHER for neither.
+ * @throws TypeError for operands that are not Uint8Arrays, RangeError when `src` is longer
+ *   than `dst`; FractosError ENODEV when the addon is not built.
+ */
+export function copyGuarded(dst: Uint8Array, src: Uint8Array): CopyFault {
+  bound ??= loadShm();
+  return bound.copyGuarded(dst, src);
 }
 
 /** Address of a mapping (mod 2^53), for O_DIRECT alignment checks. */

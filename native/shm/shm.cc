@@ -3,12 +3,17 @@
 // so the Controller reads and writes registered Memory without waking the owner.
 // Also the kernel's credentials of a unix-socket peer (SO_PEERCRED): the Controller takes a
 // Process's pid from the kernel, never from its HELLO, and region names carry that pid; and
-// flock(2), for the Controller's state-dir lock and the blockdev's device claims.
+// flock(2), for the Controller's state-dir lock and the blockdev's device claims. And
+// copyGuarded: a memmove that survives a region its owner truncated (SIGBUS -> a result code).
 // Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
 #include <napi.h>
+#include <atomic>
 #include <cerrno>
+#include <csetjmp>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
+#include <mutex>
 #include <string>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -38,6 +43,100 @@ Napi::Value MapFd(Napi::Env env, int fd, size_t size) {
   if (size && p == MAP_FAILED) return ErrnoError(env, "mmap", err);
   if (!size) return Napi::ArrayBuffer::New(env, 0);
   return Napi::ArrayBuffer::New(env, p, size, Unmap, new size_t(size));
+}
+
+// ---- Guarded copies -----------------------------------------------------------------------
+// A shared mapping whose file was truncated under it raises SIGBUS on the first access past
+// the new end (a hostile owner can ftruncate its own /dev/shm object at any time), and
+// SIGBUS's default action kills the whole process. The Controller and the services copy
+// between mappings through GuardedMove: a SIGBUS raised inside it jumps back out of the copy
+// and becomes a result code. A SIGBUS anywhere else keeps its previous disposition.
+// A stop-gap: sealed memfds (F_SEAL_SHRINK) make the fault impossible in the first place.
+
+// The jump buffer of the copy running on this thread, or null outside a guarded copy.
+thread_local sigjmp_buf* volatile tl_guard = nullptr;
+// si_addr of the SIGBUS that ended this thread's last guarded copy.
+thread_local void* volatile tl_fault_addr = nullptr;
+struct sigaction g_prev_bus;
+std::once_flag g_bus_once;
+
+void OnSigbus(int sig, siginfo_t* si, void* uctx) {
+  sigjmp_buf* jb = tl_guard;
+  // A fault (si_code > 0) during a guarded copy; a kill(SIGBUS) (si_code <= 0) is not ours.
+  if (jb != nullptr && si != nullptr && si->si_code > 0) {
+    tl_guard = nullptr;
+    tl_fault_addr = si->si_addr;
+    siglongjmp(*jb, 1);  // restores the signal mask saved by sigsetjmp(.., 1): SIGBUS unblocked
+  }
+  if ((g_prev_bus.sa_flags & SA_SIGINFO) && g_prev_bus.sa_sigaction != nullptr) {
+    g_prev_bus.sa_sigaction(sig, si, uctx);
+    return;
+  }
+  if (g_prev_bus.sa_handler != SIG_DFL && g_prev_bus.sa_handler != SIG_IGN && g_prev_bus.sa_handler != nullptr) {
+    g_prev_bus.sa_handler(sig);
+    return;
+  }
+  // The default action, as without this handler: a fault re-executes the faulting access on
+  // return and dies of it; a sent signal is raised again.
+  signal(SIGBUS, SIG_DFL);
+  if (si == nullptr || si->si_code <= 0) raise(SIGBUS);
+}
+
+void InstallSigbus() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = OnSigbus;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &g_prev_bus);
+}
+
+// memmove(dst, src, n) under the SIGBUS guard: nullptr when done, else the faulting address
+// (the bytes before it may have been copied).
+__attribute__((noinline)) void* GuardedMove(void* dst, const void* src, size_t n) {
+  sigjmp_buf jb;
+  if (sigsetjmp(jb, 1) != 0) return tl_fault_addr;
+  tl_guard = &jb;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  std::memmove(dst, src, n);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  tl_guard = nullptr;
+  return nullptr;
+}
+
+bool In(const void* p, const uint8_t* base, size_t n) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto b = reinterpret_cast<uintptr_t>(base);
+  return a >= b && a - b < n;
+}
+
+// copyGuarded(dst: Uint8Array, src: Uint8Array) -> number: copies all of src to the start of
+// dst (dst.length >= src.length; overlap allowed) and answers 0, or after a SIGBUS: 1 (the
+// fault was in src), 2 (in dst), 3 (elsewhere). One call per copy, whatever its size.
+Napi::Value CopyGuarded(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  napi_typedarray_type dt = napi_int8_array, st = napi_int8_array;
+  size_t dn = 0, n = 0;
+  void* dp = nullptr;
+  void* sp = nullptr;
+  if (info.Length() < 2 ||
+      napi_get_typedarray_info(env, info[0], &dt, &dn, &dp, nullptr, nullptr) != napi_ok ||
+      napi_get_typedarray_info(env, info[1], &st, &n, &sp, nullptr, nullptr) != napi_ok ||
+      dt != napi_uint8_array || st != napi_uint8_array) {
+    Napi::TypeError::New(env, "copyGuarded(dst: Uint8Array, src: Uint8Array)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (n > dn) {
+    Napi::RangeError::New(env, "copyGuarded: src longer than dst").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (n == 0) return Napi::Number::New(env, 0);
+  auto* d = static_cast<uint8_t*>(dp);
+  auto* s = static_cast<const uint8_t*>(sp);
+  std::call_once(g_bus_once, InstallSigbus);
+  void* fault = GuardedMove(d, s, n);
+  int r = fault == nullptr ? 0 : In(fault, s, n) ? 1 : In(fault, d, n) ? 2 : 3;
+  return Napi::Number::New(env, r);
 }
 
 // create(name: string, size: number) -> ArrayBuffer; fails with EEXIST if the name exists.
@@ -125,6 +224,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("address", Napi::Function::New(env, Address));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("copyGuarded", Napi::Function::New(env, CopyGuarded));
   return exports;
 }
 
