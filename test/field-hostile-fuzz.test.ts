@@ -870,8 +870,11 @@ test.serial('fuzz: peer ops on an authenticated link close only that link, and i
     await closeAll(conns, w);
     await until(() => c.connectedPeers.length === 0, 3000);
     await o.nullOp(); // the owner still answers
+    // Stale proxies of a gone peer are cleaned up asynchronously (off the critical path): give them a moment.
+    const above = (): (keyof typeof base)[] => { const now = c.tableSizes(); return (Object.keys(base) as (keyof typeof base)[]).filter((k) => now[k] > base[k]); };
+    await until(() => above().length === 0, 5000);
     const s = c.tableSizes();
-    const over = (Object.keys(base) as (keyof typeof base)[]).filter((k) => s[k] > base[k]);
+    const over = above();
     t.deepEqual(over, [], `tables above the baseline once the links closed: ${JSON.stringify(base)} -> ${JSON.stringify(s)}`);
     t.is(s.proxies + s.preheld + s.peers + s.remoteMonitors, 0, JSON.stringify(s));
     t.log(`${n} authenticated peer links`);
