@@ -20,7 +20,7 @@
 import { FractosError } from '../libfractos/errors.js';
 import type { MemoryStat, Process, SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
-import { shmOpen } from '../native/shm/index.js';
+import { CopyFault, copyGuarded, shmOpen } from '../native/shm/index.js';
 import { FairSlots, mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { BLOCK, MAX_MEDIATED } from './inode.js';
 
@@ -114,13 +114,21 @@ export class Staging {
     return m.subarray(st.regionOffset, st.regionOffset + length);
   }
 
+  /**
+   * Copy between a stage slot and a client's mapping under the SIGBUS guard (native/shm
+   * copyGuarded): a client that truncated its region gets EFAULT and the mapping is forgotten,
+   * instead of killing the FS. Errors: EFAULT.
+   */
+  #guarded(dst: Uint8Array, src: Uint8Array, st: MemoryStat): void {
+    if (copyGuarded(dst, src) === CopyFault.NONE) return;
+    this.#maps.delete(st.region!);
+    throw new FractosError('EFAULT', `client region ${st.region} was truncated under its Memory`);
+  }
+
   /** Copy stage slot bytes [off, off + n) into client Memory `buffer` (described by `st`). */
   async toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
     const view = this.#clientView(st, n);
-    if (view) {
-      view.set(this.bytes(slot).subarray(off, off + n));
-      return;
-    }
+    if (view) return this.#guarded(view, this.bytes(slot).subarray(off, off + n), st);
     const src = await this.#proc.memoryDiminish(this.cid(slot), off, n);
     try {
       await this.#proc.memoryCopy(src, buffer);
@@ -132,10 +140,7 @@ export class Staging {
   /** Copy the first `n` bytes of client Memory `buffer` (described by `st`) into stage slot bytes [off, off + n). */
   async fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
     const view = this.#clientView(st, n);
-    if (view) {
-      this.bytes(slot).set(view, off);
-      return;
-    }
+    if (view) return this.#guarded(this.bytes(slot).subarray(off, off + n), view, st);
     const src = st.size > n ? await this.#proc.memoryDiminish(buffer, 0, n) : buffer;
     const dst = await this.#proc.memoryDiminish(this.cid(slot), off, n);
     try {
