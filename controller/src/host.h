@@ -1,0 +1,153 @@
+// The boundary between the Controller core and its host.
+//
+//   core (controller/src/core*.cc, caps, objects, requests, memory, monitors, names, peers):
+//     every system call and peer frame after the handshake; owns all Controller state.
+//   host (controller/src/host*.cc, loop, conns, handshake, addon): one epoll loop thread,
+//     listeners, accepted and dialled sockets, framing, outbound queues and their bound,
+//     hello timeout, SO_PEERCRED, peer dialling/redial/wait warnings, the peer handshake
+//     (HMAC, docs/protocol.md "Peer handshake"), timers, logging and link counters, and
+//     the N-API surface used by controller/controller.ts.
+//
+// Single-threaded: every method of Host and Core below is called on the loop thread only.
+// Frames passed to the core are valid only during the call (copy what you keep).
+#pragma once
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace fractos {
+
+/** Names one connection for the life of the Controller (never reused; 0 = none). */
+using ConnId = uint64_t;
+
+/** Receive-side and queueing limits (libfractos/protocol.ts DEFAULT_LIMITS, same names). */
+struct Limits {
+  uint32_t maxFrameBytes = 16 * 1024 * 1024 + 4096;
+  uint32_t maxImmBytes = 64 * 1024;
+  uint32_t maxCapSlots = 64;
+  uint32_t maxCaps = 1u << 20;
+  uint32_t maxOutstandingDeliveries = 256;
+  uint64_t maxOutstandingDeliveryBytes = 8ull * 1024 * 1024;
+  uint32_t maxQueuedDeliveries = 1u << 16;
+  uint64_t maxQueuedDeliveryBytes = 32ull * 1024 * 1024;
+  uint64_t maxQueuedBytesPerInvoker = 8ull * 1024 * 1024;
+  uint64_t maxOutboundBytes = 4ull * 1024 * 1024;
+};
+
+/** What the core needs to know about its own Controller. */
+struct CoreConfig {
+  uint32_t id = 0;
+  uint32_t epoch = 0;
+  Limits limits;
+  uint32_t servedTimeoutMs = 5000;
+};
+
+enum class LogLevel : uint8_t { Debug = 0, Info = 1, Warn = 2 };
+
+/** Counters of one link as `fractos stats` prints them (controller.ts LinkStats). */
+struct LinkStats {
+  bool peer = false;  // false: a Process channel
+  uint32_t id = 0;    // process id or peer Controller id
+  std::string name;
+  uint64_t framesIn = 0, framesOut = 0, bytesIn = 0, bytesOut = 0;
+  uint64_t backlogBytes = 0;
+  uint64_t readPauses = 0;
+  bool closed = false;
+};
+
+/** Implemented by the host; called by the core. */
+class Host {
+ public:
+  virtual ~Host() = default;
+
+  /**
+   * Send one frame on a connection: the iov parts are concatenated; the first part starts
+   * with the 16-byte header whose length field equals the total. The host writes at once
+   * when nothing is queued and copies only what the kernel did not take, so the caller may
+   * reuse every buffer (mappings included) as soon as this returns. A closed or unknown
+   * connection: the frame is dropped silently.
+   */
+  virtual void send(ConnId c, const struct iovec* iov, int iovcnt) = 0;
+
+  /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
+  virtual uint64_t backlog(ConnId c) const = 0;
+
+  /**
+   * Close a connection now (queued output is discarded). `why` is logged at info with the
+   * connection. The core gets processClosed/peerClosed for it later on the loop (never
+   * from inside this call).
+   */
+  virtual void close(ConnId c, const std::string& why) = 0;
+
+  /** Name a link for stats and logs (Process name from HELLO, or "controller-N"). */
+  virtual void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) = 0;
+
+  /** Counters of every link, live and closed (the STATS op answers with them). */
+  virtual std::vector<LinkStats> linkStats() const = 0;
+
+  /** One-shot timer (ms, monotonic); returns an id > 0. Runs `fn` on the loop. */
+  virtual uint64_t setTimer(uint32_t ms, std::function<void()> fn) = 0;
+  /** Cancel a timer that has not fired (unknown ids are ignored). */
+  virtual void cancelTimer(uint64_t id) = 0;
+
+  /**
+   * A log line: `fieldsJson` is a JSON object text ("{}" when none) whose fields go to the
+   * pino line beside `msg` (the JS side parses it), e.g. {"peer":2,"addr":"tcp://..."}.
+   */
+  virtual void log(LogLevel level, const std::string& msg, const std::string& fieldsJson) = 0;
+
+  /** Monotonic milliseconds (for clocks such as the names' ts). */
+  virtual uint64_t nowMs() const = 0;
+};
+
+/** Implemented by the core; called by the host. */
+class Core {
+ public:
+  virtual ~Core() = default;
+
+  /**
+   * A Process connection's first frame, HELLO (op 0x01), in full. `kernelPid` comes from
+   * SO_PEERCRED on a unix socket, 0 on tcp. The core answers it (or closes the conn).
+   * From now on the host stops reading `c` while its backlog exceeds maxOutboundBytes.
+   */
+  virtual void processHello(ConnId c, uint32_t kernelPid, bool unixSocket, const uint8_t* frame, size_t len) = 0;
+  /** A later frame of a Process connection (header length already checked by the host). */
+  virtual void processFrame(ConnId c, const uint8_t* frame, size_t len) = 0;
+  /** The Process connection closed (its failure: revoke what it owned, fire monitors). */
+  virtual void processClosed(ConnId c) = 0;
+
+  /**
+   * A peer link finished its authenticated handshake: peer `id` at `epoch`. Returns false
+   * to refuse it (an older epoch than the live link of that id); the host then closes it
+   * and logs. When it returns true and a live link of that id exists, the core has called
+   * host.close() on the old one (docs/protocol.md: newer or same epoch replaces).
+   */
+  virtual bool peerUp(ConnId c, uint32_t id, uint32_t epoch) = 0;
+  /** A frame of an authenticated peer link. */
+  virtual void peerFrame(ConnId c, const uint8_t* frame, size_t len) = 0;
+  /** An authenticated peer link closed. */
+  virtual void peerClosed(ConnId c) = 0;
+
+  /** `c`'s backlog fell to at most maxOutboundBytes after having been above it. */
+  virtual void drained(ConnId c) = 0;
+
+  /** Tables for leak checks (controller.ts tableSizes), as a JSON object text. */
+  virtual std::string tableSizesJson() const = 0;
+  /** Number of live objects. */
+  virtual uint64_t objectCount() const = 0;
+  /** controller.ts queuedDeliveryBytes(proc): {provider, invoker} bytes queued for credits. */
+  virtual void queuedDeliveryBytes(uint32_t procId, uint64_t* provider, uint64_t* invoker) const = 0;
+  /** Ids of connected (authenticated, live) peers. */
+  virtual std::vector<uint32_t> connectedPeers() const = 0;
+  /** Closing: every conn is about to go; the core releases everything without sending. */
+  virtual void shutdown() = 0;
+};
+
+/** Made by the core (core.cc). */
+Core* newCore(Host* host, const CoreConfig& cfg);
+
+}  // namespace fractos
