@@ -37,6 +37,18 @@ async function cluster(n: number): Promise<{ specs: ControllerSpec[]; ctl: Spawn
 }
 
 
+/**
+ * Arm a monitor and wait until the Controller took it (its call answered), so that an event
+ * that follows cannot overtake the registration. Resolves to `{ fired }`, the promise of the
+ * reason (wrapped: an async function would otherwise wait for it).
+ */
+async function monitorArmed(arm: (res: (reason: string) => void) => Promise<void>): Promise<{ fired: Promise<string> }> {
+  let fire!: (reason: string) => void;
+  const fired = new Promise<string>((res) => (fire = res));
+  await arm(fire);
+  return { fired };
+}
+
 async function until(cond: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
@@ -79,7 +91,7 @@ test('a cap delegated across Controllers works like a local one: invoke, copy, d
     await a.kvPut('child', child);
     const zc = await z.kvWait('child');
     t.is(EchoReply.decode(await z.rpc(zc, Echo, { x: 1 })).imms.y, 2);
-    const fired = new Promise<string>((res) => z.monitorReceive(zc, res));
+    const { fired } = await monitorArmed((res) => z.monitorReceive(zc, res));
     await a.capRevoke(child);
     // revocation at the owner is immediate for every holder
     t.is(await code(z.rpc(zc, Echo, { x: 1 })), 'EREVOKED');
@@ -100,7 +112,7 @@ test('kill -9 of a provider fires monitor_receive at a client on another Control
     c.procs.push(a);
     const echo = await a.kvWait('victim');
     t.is(EchoReply.decode(await a.rpc(echo, Echo, { x: 2 })).imms.y, 4);
-    const fired = new Promise<string>((res) => a.monitorReceive(echo, res));
+    const { fired } = await monitorArmed((res) => a.monitorReceive(echo, res));
     await prov.kill9();
     t.is(await fired, 'owner-failed');
     t.is(await code(a.rpc(echo, Echo, { x: 2 })), 'EREVOKED');
@@ -117,7 +129,7 @@ test('a restarted Controller: caps to its old objects are EREVOKED (epochs); mon
     const a = await connect(c.specs[0]!.unix, { name: 'client' });
     c.procs.push(a);
     const echo = await a.kvWait('old');
-    const fired = new Promise<string>((res) => a.monitorReceive(echo, res));
+    const { fired } = await monitorArmed((res) => a.monitorReceive(echo, res));
     await c.ctl[1]!.kill9();
     t.is(await fired, 'owner-failed');
     c.ctl[1] = await startController(c.specs[1]!, c.specs);
