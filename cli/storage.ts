@@ -133,6 +133,7 @@ interface FioOpts {
   json?: boolean;
   compare?: boolean;
   fs: string;
+  adminSecretFile?: string;
 }
 
 async function runFio(profile: string, o: FioOpts): Promise<void> {
@@ -159,7 +160,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
     p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
     const fs = kind === 'blockdev' ? null : await FsClient.connect(p, o.fs);
     const targets = new Map<FioJob, IoTarget>();
-    const admin = adminFor(p, cleanups, stack?.adminSecret);
+    const admin = adminFor(p, cleanups, stack?.adminSecret ?? (o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined));
     for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, admin, cleanups));
     process.stderr.write(`fio: running ${basename(profile)} on target ${kind}\n`);
     ours = await runJobs(jobs, (j) => targets.get(j)!, {
@@ -242,6 +243,7 @@ export function register(program: Command): void {
     .option('--runtime <s>', 'override the runtime, seconds')
     .option('--json', 'fio JSON (or, with --compare, DESIGN §6 records)')
     .option('--compare', 'also run real fio on the same device and compare')
+    .option('--admin-secret-file <file>', 'with --controller and --target blockdev: the blockdev\'s admin secret (its --admin-secret-file), to claim its volume administration')
     .action(async (profile: string, o: FioOpts) => {
       cleanupOnSignals('fractos fio');
       try {

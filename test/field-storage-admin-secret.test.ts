@@ -17,7 +17,7 @@ import { FsService } from '../fs-service/service.js';
 import { FsClient } from '../fs-service/client.js';
 import { run } from './helpers/cli.js';
 import { deviceDir } from './helpers/devices.js';
-import { FRACTOS_BIN, spawnFractos, tempDir } from './helpers/spawn.js';
+import { FRACTOS_BIN, REPO_ROOT, spawnFractos, tempDir } from './helpers/spawn.js';
 import { codeOf, expectCode as code } from './helpers/errors.js';
 import { waitFor } from './helpers/stall.js';
 import test from 'ava';
@@ -103,6 +103,28 @@ vtest('fractos blockdev/fs --admin-secret-file: the FS without it is refused (EP
     t.regex(open.output(), /no admin secret.*any local Process can claim/);
   } finally {
     for (const p of procs) await p.kill9().catch(() => {});
+    await c.close();
+  }
+});
+
+vtest('fractos fio --controller --target blockdev --admin-secret-file: claims a secret-guarded blockdev; without the file EPERM', async (t) => {
+  const { c, addr, dir } = await controller();
+  const file = join(dir, 'admin.secret');
+  writeFileSync(file, randomBytes(24).toString('base64'));
+  const device = devices.devFile(640 << 20);
+  const profile = join(REPO_ROOT, 'fio-profiles', 'randread-4k-qd1.fio');
+  const bd = await spawnFractos(['blockdev', '--device', device, '--format', '--controller', addr, '--admin-secret-file', file], /^ready blockdev/, { timeoutMs: 60_000 });
+  try {
+    const denied = run([FRACTOS_BIN, 'fio', profile, '--target', 'blockdev', '--controller', addr, '--runtime', '0.3']);
+    const d = await denied.exit;
+    t.is(d.code, 1, denied.out());
+    t.regex(denied.out(), /EPERM/, denied.out());
+    const ok = run([FRACTOS_BIN, 'fio', profile, '--target', 'blockdev', '--controller', addr, '--runtime', '0.3', '--admin-secret-file', file]);
+    const r = await ok.exit;
+    t.is(r.code, 0, ok.out());
+    t.regex(ok.out(), /IOPS/i, ok.out());
+  } finally {
+    await bd.kill9().catch(() => {});
     await c.close();
   }
 });
