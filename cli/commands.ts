@@ -4,7 +4,7 @@
  * missing dependency, a broken build) fails the whole command loudly: it is never dropped
  * from the tree in silence.
  */
-import { Command } from 'commander';
+import { Command, Help, type Option } from 'commander';
 import { FractosError, withoutCode } from '../libfractos/errors.js';
 import { register as registerCore } from './core.js';
 
@@ -23,6 +23,14 @@ export type Importer = (specifier: string) => Promise<unknown>;
 export async function buildProgram(importer: Importer = (s) => import(s)): Promise<Command> {
   const program = new Command();
   program.name('fractos').description('FractOS-TS: capability-based userspace storage and accelerator stack').showHelpAfterError();
+  // `--help` marks options that must be given (commander's requiredOption); subcommands
+  // inherit this setting.
+  program.configureHelp({
+    optionDescription(this: Help, option: Option): string {
+      const d = Help.prototype.optionDescription.call(this, option);
+      return option.mandatory ? `${d} (required)` : d;
+    },
+  });
   registerCore(program);
   for (const spec of GROUPS) {
     let m: { register?: unknown };

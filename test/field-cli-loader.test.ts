@@ -16,6 +16,16 @@ test('loader: every group registers its subcommands', async (t) => {
   for (const n of ['controller', 'stats', 'bench', 'blockdev', 'fs', 'fio', 'gpu', 'facever', 'demo']) t.true(names.includes(n), `${n} missing: ${names.join(', ')}`);
 });
 
+test('--help marks required options (commander requiredOption) in every subcommand, and only those', async (t) => {
+  const program = await buildProgram();
+  const blockdev = program.commands.find((c) => c.name() === 'blockdev')!;
+  const help = blockdev.helpInformation().replace(/\s+/g, ' ');
+  t.regex(help, /--device <path> [^-]*\(required\)/);
+  t.notRegex(help, /--controller <addr> [^-]*\(required\)/);
+  const serve = program.commands.find((c) => c.name() === 'facever')!.commands.find((c) => c.name() === 'serve')!;
+  t.regex(serve.helpInformation().replace(/\s+/g, ' '), /--port <n> [^-]*\(required\)/);
+});
+
 test('loader: a group whose import fails (ERR_MODULE_NOT_FOUND) is an ENODEV naming the group and the cause, never a silent drop', async (t) => {
   const missing = Object.assign(new Error("Cannot find package 'lru-cache' imported from fs-service/cache.js"), { code: 'ERR_MODULE_NOT_FOUND' });
   for (const spec of GROUPS) {
