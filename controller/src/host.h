@@ -44,6 +44,8 @@ struct CoreConfig {
   uint32_t epoch = 0;
   Limits limits;
   uint32_t servedTimeoutMs = 5000;
+  /** Ids of the static peer list (a ref to a listed peer that is not connected yet is not dead). */
+  std::vector<uint32_t> peerIds;
 };
 
 enum class LogLevel : uint8_t { Debug = 0, Info = 1, Warn = 2 };
