@@ -117,7 +117,9 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
         ad.unix = e.Get(2u).As<Napi::Boolean>().Value();
         (ad.unix ? ad.path : ad.host) = e.Get(3u).As<Napi::String>().Utf8Value();
         ad.port = uint16_t(e.Get(4u).As<Napi::Number>().Uint32Value());
-        ho.peers.emplace_back(e.Get(0u).As<Napi::Number>().Uint32Value(), std::move(ad));
+        uint32_t pid = e.Get(0u).As<Napi::Number>().Uint32Value();
+        ho.core.peerIds.push_back(pid);
+        ho.peers.emplace_back(pid, std::move(ad));
       }
     }
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fractos controller log", 0, 1);
