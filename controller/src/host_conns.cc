@@ -206,10 +206,19 @@ void HostImpl::readConn(Conn* c) {
     if (c->state == ConnState::Lingering || c->paused) return;
     // how much room: the whole current frame when its length is known, else a chunk
     size_t want = kReadChunk;
-    if (c->inLen >= 4) want = std::max<size_t>(rd32(c->in.data()), kHeaderBytes);
-    if (want < c->inLen + 1) want = c->inLen + kReadChunk;  // several frames buffered
+    if (c->inLen >= 4) {
+      // checked before any buffer grows for it
+      uint32_t len = rd32(c->in.data());
+      if (len < kHeaderBytes || len > maxFrame) {
+        closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]",
+                  LogLevel::Debug);
+        return;
+      }
+      want = std::max<size_t>(len, kReadChunk);
+    }
     if (c->in.size() < want) c->in.resize(want);
-    ssize_t r = ::read(c->fd, c->in.data() + c->inLen, c->in.size() - c->inLen);
+    const size_t room = c->in.size() - c->inLen;
+    ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
     if (r == 0) {
       closeConn(c, "", LogLevel::Debug);
       return;
@@ -244,7 +253,7 @@ void HostImpl::readConn(Conn* c) {
       memmove(c->in.data(), c->in.data() + off, c->inLen - off);
       c->inLen -= off;
     }
-    if (size_t(r) < want) break;  // the socket is probably empty
+    if (size_t(r) < room) break;  // the socket is probably empty
   }
   // An idle connection keeps a small buffer (a 16 MiB frame's buffer goes with it).
   if (c->inLen == 0 && c->in.size() > kReadChunk) {
@@ -381,14 +390,15 @@ void HostImpl::afterBacklogChange(Conn* c) {
     if (c->limitBacklog && !c->paused) {
       c->paused = true;
       c->st.readPauses++;
-      c->epollMask &= ~uint32_t(EPOLLIN);
+      // level-triggered: a half-closed Process would report RDHUP forever while not read
+      c->epollMask &= ~uint32_t(EPOLLIN | EPOLLRDHUP);
       updateMask(c);
     }
   } else if (c->above) {
     c->above = false;
     if (c->paused) {
       c->paused = false;
-      c->epollMask |= EPOLLIN;
+      c->epollMask |= EPOLLIN | EPOLLRDHUP;
       updateMask(c);
     }
     if (c->state == ConnState::Process || c->state == ConnState::Peer) core_->drained(c->id);
