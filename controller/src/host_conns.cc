@@ -431,11 +431,11 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   // Hand what the kernel takes now (an error reply before the close), then FIN; the input
   // is read and dropped until the other side closes too, so that our last frames are not
   // lost to a reset.
-  if (c->fd >= 0 && was != ConnState::Connecting) {
-    flushConn(c);
-    if (c->state == ConnState::Lingering) return;  // flushConn closed it (write error)
-  }
+  // Lingering before the flush: a write error inside flushConn must not close it again
+  // (closeConn -> flushConn -> closeConn recursed until the stack overflowed when a
+  // Process that had stopped reading reset its socket).
   c->state = ConnState::Lingering;
+  if (c->fd >= 0 && was != ConnState::Connecting) flushConn(c);
   c->paused = false;
   c->above = false;
   c->out.clear();
