@@ -14,7 +14,7 @@ if [ $# -gt 0 ]; then files=("$@"); else
   for f in dist/test/field-core-*.test.js dist/test/field-hostile-*.test.js; do files+=("$f"); done
 fi
 # Node itself leaks by design at exit: leak checks off; anything else aborts the worker.
-FRACTOS_CONTROLLER=native FRACTOS_NATIVE_DIR="$PWD/.sanitize" \
+FRACTOS_NATIVE_DIR="$PWD/.sanitize" \
   LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   npx ava "${files[@]}"
