@@ -7,7 +7,7 @@
 import test from 'ava';
 import { join } from 'node:path';
 import net from 'node:net';
-import { NativeController as Controller, type ControllerOptions } from '../controller/index.js';
+import { Controller, type ControllerOptions } from '../controller/index.js';
 import { NONCE_BYTES, decodePeerHello, encodePeerAuth, encodePeerHello, peerProof } from '../controller/peer-auth.js';
 import { parseAddress } from '../libfractos/link.js';
 import { FrameDecoder, Op, allocFrame, frameCode, frameOp, frameSeq } from '../libfractos/protocol.js';
