@@ -30,7 +30,6 @@ bool CoreImpl::peerUp(ConnId c, uint32_t id, uint32_t epoch) {
     if (ref.controller == id && ref.epoch != epoch) stale.push_back(p);
   for (auto& p : stale) proxyRevoked(p.get(), kReasonOwnerFailed);
   kvPeerUp(*peer);
-  log(LogLevel::Info, "peer connected", "{\"peer\":" + std::to_string(id) + ",\"epoch\":" + std::to_string(epoch) + "}");
   return true;
 }
 
@@ -68,7 +67,6 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
     }
     objects_.released(o.get());
   }
-  if (!closing_) log(LogLevel::Warn, "peer disconnected", "{\"peer\":" + std::to_string(peer->id) + "}");
 }
 
 void CoreImpl::peerFrame(ConnId c, const uint8_t* f, size_t len) {
