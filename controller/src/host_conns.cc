@@ -147,8 +147,20 @@ void HostImpl::onListener(size_t idx) {
   for (int i = 0; i < 64; i++) {
     int fd = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-      log(LogLevel::Warn, "listener error", "{\"err\":" + jsonStr(strerror(errno)) + "}");
+      int e = errno;
+      if (e == EAGAIN || e == EINTR || e == ECONNABORTED || e == EPROTO) return;
+      // Out of fds or memory: the pending connection stays in the backlog and epoll would
+      // report it at once again; stop watching this listener for 100 ms (one warn each time).
+      log(LogLevel::Warn, "listener error; not accepting for 100 ms", "{\"err\":" + jsonStr(strerror(e)) + "}");
+      int lfd = l.fd;
+      epoll_ctl(ep_, EPOLL_CTL_DEL, lfd, nullptr);
+      setTimer(100, [this, idx, lfd] {
+        if (idx >= listeners_.size() || listeners_[idx].fd != lfd) return;
+        struct epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = kListenerTag | idx;
+        epoll_ctl(ep_, EPOLL_CTL_ADD, lfd, &ev);
+      });
       return;
     }
     uint32_t pid = 0;
@@ -182,6 +194,10 @@ void HostImpl::onConnEvent(ConnId id, uint32_t events) {
   Conn* c = it->second.get();
   if (c->fd < 0) return;
   if (c->state == ConnState::Lingering) {
+    if (!c->in.empty()) {
+      c->in.clear();
+      c->in.shrink_to_fit();
+    }
     char buf[4096];
     ssize_t r;
     while ((r = ::read(c->fd, buf, sizeof buf)) > 0) {
@@ -440,8 +456,8 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   c->above = false;
   c->out.clear();
   c->outHead = 0;
-  c->in.clear();
-  c->in.shrink_to_fit();
+  // `in` stays: the core may still read the frame it was handed when it closed the conn
+  // (freed when the linger reads, or with the conn)
   c->inLen = 0;
   if (c->counted) {
     LinkStats s = c->st;

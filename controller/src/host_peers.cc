@@ -168,9 +168,9 @@ void HostImpl::dialPeer(size_t idx, uint32_t attempt) {
     auto it = conns_.find(cid);
     if (it == conns_.end()) return;
     Conn* cc = it->second.get();
+    if (cc->state != ConnState::Connecting) return;
     cc->timer = 0;
-    const char* what = cc->state == ConnState::Connecting ? "connect to " : nullptr;
-    if (what) handshakeFailed(cc, "ETIMEDOUT", "connect to " + opts_.peers[cc->dialIndex].second.text + " timed out");
+    handshakeFailed(cc, "ETIMEDOUT", "connect to " + opts_.peers[cc->dialIndex].second.text + " timed out");
   });
 }
 
