@@ -28,6 +28,7 @@ function gxx(args: string[]): Promise<{ status: number | null; stderr: string }>
 }
 
 (hasGxx ? test : test.skip)('native core: C++ unit tests (wire goldens, cid table, resolve order, credits) pass under ASan/UBSan', async (t) => {
+  t.timeout(300_000); // ~30 s of compiling on an idle 2-core machine
   // The core's sources: every src/*.cc that is not the host's (host_*.cc need N-API).
   const sources = readdirSync(src).filter((f) => f.endsWith('.cc') && !f.startsWith('host')).map((f) => join(src, f));
   sources.push(join(src, 'test', 'core_test.cc'));

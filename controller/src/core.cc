@@ -80,6 +80,13 @@ void Calls::failAll(Host* host, uint16_t code, const std::string& msg) {
   for (auto& cb : cbs) cb(Err(code, msg), nullptr, 0);
 }
 
+void Calls::cancelAll(Host* host) {
+  for (auto& [seq, p] : pending_)
+    if (p.timer) host->cancelTimer(p.timer);
+  pending_.clear();
+  expired_.clear();
+}
+
 // ---- sending ----------------------------------------------------------------------------
 
 void CoreImpl::send(ConnId c, const Frame& f) {
@@ -545,11 +552,15 @@ void CoreImpl::shutdown() {
   // Release everything without sending: break the cycles of shared pointers.
   for (auto& [id, p] : procs_) {
     p->alive = false;
+    p->calls.cancelAll(host_);
     p->queue.clear();
     p->owned.clear();
     for (uint32_t cid : p->caps.cids()) p->caps.remove(cid);
   }
-  for (auto& [id, p] : peers_) p->alive = false;
+  for (auto& [id, p] : peers_) {
+    p->alive = false;
+    p->calls.cancelAll(host_);
+  }
   kv_.clear();
   remoteMonitors_.clear();
   objects_.clear();

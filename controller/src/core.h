@@ -45,6 +45,8 @@ class Calls {
   /** Fail every call in flight (the link went away). */
   void failAll(Host* host, uint16_t code, const std::string& msg);
   size_t size() const { return pending_.size() - expired_.size(); }
+  /** Forget every call without answering it (shutdown): their timers are cancelled. */
+  void cancelAll(Host* host);
 
  private:
   struct Pending {

@@ -30,7 +30,6 @@ bool CoreImpl::peerUp(ConnId c, uint32_t id, uint32_t epoch) {
     if (ref.controller == id && ref.epoch != epoch) stale.push_back(p);
   for (auto& p : stale) proxyRevoked(p.get(), kReasonOwnerFailed);
   kvPeerUp(*peer);
-  log(LogLevel::Info, "peer connected", "{\"peer\":" + std::to_string(id) + ",\"epoch\":" + std::to_string(epoch) + "}");
   return true;
 }
 
@@ -68,7 +67,6 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
     }
     objects_.released(o.get());
   }
-  if (!closing_) log(LogLevel::Warn, "peer disconnected", "{\"peer\":" + std::to_string(peer->id) + "}");
 }
 
 void CoreImpl::peerFrame(ConnId c, const uint8_t* f, size_t len) {
@@ -124,20 +122,20 @@ Err CoreImpl::onPeerFrame(const std::shared_ptr<Peer>& peer, const uint8_t* f, s
       if (r.left() >= 2 && !caps.empty()) {
         uint16_t n = r.u16();
         if (r.left() < 16u * n) return Err(kProto, "truncated Memory descriptors");
+        // The first cap argument of each slot (a map: n x caps could be 2^32 comparisons).
+        std::unordered_map<uint16_t, Target*> bySlot;
+        bySlot.reserve(caps.size());
+        for (auto& c : caps) bySlot.emplace(c.slot, c.t.get());
         for (uint16_t i = 0; i < n; i++) {
           uint16_t slot = r.u16();
           uint8_t perms = r.u8(), backing = r.u8();
           r.u32();
           uint64_t size = r.u64();
           if ((e = r.err())) return e;
-          for (auto& c : caps) {
-            if (c.slot != slot) continue;
-            if (c.t->isProxy && c.t != dead_) {
-              auto* p = static_cast<Proxy*>(c.t.get());
-              if (!p->mem) p->mem = RemoteMem{size, uint8_t(perms & kRW), uint8_t(backing == 1 ? 1 : 0)};
-            }
-            break;
-          }
+          auto it = bySlot.find(slot);
+          if (it == bySlot.end() || !it->second->isProxy || it->second == dead_.get()) continue;
+          auto* p = static_cast<Proxy*>(it->second);
+          if (!p->mem) p->mem = RemoteMem{size, uint8_t(perms & kRW), uint8_t(backing == 1 ? 1 : 0)};
         }
       }
       if (h.op == op::P_INVOKE) {

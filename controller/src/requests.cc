@@ -15,19 +15,39 @@ Err CoreImpl::mergeArgs(const RequestInfo* base, uint32_t tag, const Args& raw, 
     info->imms = base->imms;
     info->caps = base->caps;
   }
-  auto& imms = info->imms;
+  // New ranges: each within maxImmBytes (ERANGE), then none overlapping another or a set
+  // one (EARGSET). Sorted and merged: O(n log n) however a hostile caller orders them.
+  std::vector<const ImmArg*> add;
+  add.reserve(raw.imms.size());
   for (auto& r : raw.imms) {
     if (r.len == 0) continue;
     uint64_t end = uint64_t(r.offset) + r.len;
     if (end > limits_.maxImmBytes)
       return Err(kRange, "immediate range ends at " + std::to_string(end) + " > " + std::to_string(limits_.maxImmBytes));
-    size_t i = 0;
-    while (i < imms.size() && imms[i].offset < r.offset) i++;
-    bool prevOverlaps = i > 0 && uint64_t(imms[i - 1].offset) + imms[i - 1].bytes.size() > r.offset;
-    bool nextOverlaps = i < imms.size() && imms[i].offset < end;
-    if (prevOverlaps || nextOverlaps)
-      return Err(kArgSet, "immediate range " + std::to_string(r.offset) + "+" + std::to_string(r.len) + " is already set");
-    imms.insert(imms.begin() + long(i), RequestInfo::Imm{r.offset, std::string(reinterpret_cast<const char*>(r.data), r.len)});
+    add.push_back(&r);
+  }
+  if (!add.empty()) {
+    std::stable_sort(add.begin(), add.end(), [](const ImmArg* a, const ImmArg* b) { return a->offset < b->offset; });
+    auto setErr = [](const ImmArg* r) {
+      return Err(kArgSet, "immediate range " + std::to_string(r->offset) + "+" + std::to_string(r->len) + " is already set");
+    };
+    for (size_t i = 1; i < add.size(); i++)
+      if (uint64_t(add[i - 1]->offset) + add[i - 1]->len > add[i]->offset) return setErr(add[i]);
+    std::vector<RequestInfo::Imm> merged;
+    merged.reserve(info->imms.size() + add.size());
+    size_t a = 0;
+    for (auto& old : info->imms) {
+      while (a < add.size() && add[a]->offset < old.offset) {
+        if (uint64_t(add[a]->offset) + add[a]->len > old.offset) return setErr(add[a]);
+        merged.push_back(RequestInfo::Imm{add[a]->offset, std::string(reinterpret_cast<const char*>(add[a]->data), add[a]->len)});
+        a++;
+      }
+      if (a < add.size() && add[a]->offset < uint64_t(old.offset) + old.bytes.size()) return setErr(add[a]);
+      merged.push_back(std::move(old));
+    }
+    for (; a < add.size(); a++)
+      merged.push_back(RequestInfo::Imm{add[a]->offset, std::string(reinterpret_cast<const char*>(add[a]->data), add[a]->len)});
+    info->imms = std::move(merged);
   }
   for (auto& c : caps) {
     if (c.slot >= limits_.maxCapSlots)

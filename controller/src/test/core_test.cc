@@ -305,6 +305,30 @@ static void testCore() {
   call(core, 10, f);
   CHECK_EQ(host.last(10), std::string("\x10\0\0\0\x7f\0\0\0\x02\0\0\0\0\0\0\0", 16));
 
+  // Immediates in any order merge sorted; an overlap is EARGSET, beyond maxImmBytes ERANGE.
+  f.start(op::REQUEST_CREATE, 20).u32(1).u16(0).u16(3);
+  f.u32(8).u32(2).u8(1).u8(2).u32(0).u32(2).u8(3).u8(4).u32(4).u32(4).u32(0x05060708).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+  uint32_t sorted = u32At(host.last(10), 16);
+  f.start(op::REQUEST_DERIVE, 21).u32(sorted).u16(0).u16(1).u32(9).u32(1).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kArgSet));  // 9 is inside 8+2
+  f.start(op::REQUEST_DERIVE, 22).u32(sorted).u16(0).u16(2).u32(12).u32(1).u8(9).u32(11).u32(2).u8(9).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kArgSet));  // 11+2 overlaps 12 (same call)
+  f.start(op::REQUEST_DERIVE, 23).u32(sorted).u16(0).u16(2).u32(2).u32(2).u8(9).u8(9).u32(65535).u32(2).u8(9).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kRange));  // range before arguments-set
+  f.start(op::REQUEST_DERIVE, 24).u32(sorted).u16(0).u16(1).u32(10).u32(1).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));  // right after 8+2
+  f.start(op::CAP_DROP, 25).u32(u32At(host.last(10), 16)).finish();
+  call(core, 10, f);
+  f.start(op::CAP_REVOKE, 26).u32(sorted).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+
   // A Request of process 1, published, got by process 2.
   f.start(op::REQUEST_CREATE, 3).u32(77).u16(0).u16(0).finish();
   call(core, 10, f);
