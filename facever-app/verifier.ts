@@ -464,9 +464,9 @@ export class Verifier extends EventEmitter {
       { offset: 0, length: this.#readLen },
       { buffer: s.gEnrolledSlot[j]!, onSuccess: s.arrive, onError: s.failed },
     )));
-    const probes = this.p.memoryCopy(hProbes, s.gProbes).then(() => {
+    const probes = this.p.memoryCopy(hProbes, this.#live(s.gProbes)).then(() => {
       st.probes = (performance.now() - t1) * 1000;
-      return this.p.invoke(this.#invoke, Invoke, {
+      return this.p.invoke(this.#live(this.#invoke), Invoke, {
         n, gridX: this.gridX, gridY: this.gridY, batch: this.#barrierKey(s), expect: g.ids.length + 1, stride: this.#stride, slots: g.ids.length, gather: g.gather,
       }, { probes: s.gProbes, enrolled: s.gEnrolled, scores: gScoresN, out: hOut, onSuccess: s.done, onError: s.failed });
     });
@@ -533,7 +533,7 @@ export class Verifier extends EventEmitter {
 
   async #kernel(s: Slot, n: number, stride: number, g: { ids: number[]; gather: Uint8Array }, scores: number, st: StageTimes): Promise<void> {
     const done = this.#wait(s, 'gpu', 1);
-    await this.p.invoke(this.#invoke, Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride, slots: g.ids.length, gather: g.gather }, {
+    await this.p.invoke(this.#live(this.#invoke), Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride, slots: g.ids.length, gather: g.gather }, {
       probes: s.gProbes, enrolled: s.gEnrolled, scores, onSuccess: s.done, onError: s.failed,
     });
     const r = InvokeReply.decode((await done)!).imms;
@@ -543,6 +543,16 @@ export class Verifier extends EventEmitter {
 
   // ---------------------------------------------------------------------------------
   // Failures
+
+  /**
+   * A cid on the GPU side, checked before use: 0 once the adaptor was lost while this batch
+   * waited (the copy's REPLY and the adaptor's failure can arrive in one read, the failure
+   * handled first). Errors: EFAULT "GPU adaptor went away".
+   */
+  #live(cid: number): number {
+    if (cid === 0) throw new FractosError('EFAULT', 'GPU adaptor went away; batch aborted');
+    return cid;
+  }
 
   #gpuLost(ev: string): void {
     if (this.#state !== 'ready') return;
