@@ -1,4 +1,4 @@
-// The cid table and resolve (caps.h). Port of controller/process-conn.ts (install, lookup,
+// The cid table and resolve (caps.h). Port of the former TS controller/process-conn.ts (install, lookup,
 // remove) and controller.ts #target.
 #include "caps.h"
 

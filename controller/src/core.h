@@ -10,7 +10,7 @@
 //   monitors.cc  monitor_delegate / monitor_receive, firing, remote monitors
 //   names.cc     KV_PUT / KV_GET and the replicated map (P_KV_PUT)
 //   peers.cc     peer frames (P_*), peer links up and down
-// Port of controller/controller.ts; same wire protocol (docs/protocol.md).
+// Port of the former TS Controller (controller/controller.ts); same wire protocol (docs/protocol.md).
 #pragma once
 #include <deque>
 #include <functional>

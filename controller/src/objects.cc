@@ -1,5 +1,5 @@
 // The object table: pins, holders, collection, revocation, delegation monitors (objects.h).
-// Port of controller/controller.ts (#newObj, #pin, #holders, #maybeCollect, #revoke, ...).
+// Port of the former TS Controller (#newObj, #pin, #holders, #maybeCollect, #revoke, ...).
 #include "objects.h"
 
 #include <sys/mman.h>

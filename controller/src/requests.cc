@@ -1,6 +1,6 @@
 // Requests (paper §3.3): create/derive (argument merge), invoke, and the delivery queue of
 // each provider that owns its credits. Port of controller.ts mergeArgs, #derive,
-// #invokeLocal, #drain, #deliver and process-conn.ts delivered/acked.
+// #invokeLocal, #drain, #deliver and the former process-conn.ts delivered/acked.
 #include <algorithm>
 
 #include "core.h"
