@@ -78,7 +78,7 @@ static void t_wrap() {
   Consumer c(lp.ring(0), default_max_entry(4096), -1);
   std::mt19937 rng(7);
   uint8_t buf[1024], out[1024];
-  uint32_t sent = 0, got = 0, len;
+  uint32_t sent = 0, got = 0, len = 0;
   while (got < 20000) {
     uint32_t s = rng() % 1000;
     fill(buf, s, sent);
@@ -212,7 +212,7 @@ static void t_cross_process(bool use_efd) {
     Endpoint e(m.base, m.ring_bytes, SIDE_CONTROLLER, default_max_entry(m.ring_bytes), efd_c, efd_p);
     WakePolicy pol;
     uint8_t buf[8192];
-    uint32_t len;
+    uint32_t len = 0;
     for (uint32_t i = 0; i < N;) {
       if (e.rx.wait(pol, now_ns() + 10'000'000'000ull) != 0) _exit(11);
       int r;
@@ -233,7 +233,7 @@ static void t_cross_process(bool use_efd) {
   WakePolicy pol;
   pol.spin_ns = 0;  // exercise the sleep path
   uint8_t buf[2048], out[8192];
-  uint32_t sent = 0, got = 0, len;
+  uint32_t sent = 0, got = 0, len = 0;
   while (got < N) {
     while (sent < N && sent - got < 64) {
       uint32_t s = (sent * 7919u) % 1500u;
