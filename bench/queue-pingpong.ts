@@ -9,7 +9,7 @@
  *   - `node-queue`: a Node.js client (the queue addon) to the C echo peer over one pair,
  *     polling (`wait` + `drain`, the spin policy) and watching (eventfd + libuv), what libfractos
  *     will do. Its ratio is against the C ping-pong of the same policy and against the socket.
- * Plus the CPU of a consumer asleep for 1 s. Latencies: median and p99 of per-round-trip
+ * Plus the CPU of a C consumer asleep for 1 s and of an idle Node process watching its doorbell. Latencies: median and p99 of per-round-trip
  * samples (ns), after a 10% warm-up.
  */
 import { spawn, execFile } from 'node:child_process';
@@ -199,6 +199,22 @@ export async function runQueueBench(opts: QueueBenchOptions = {}): Promise<Bench
       const base = cRtt(mode === 'poll' ? 'spin' : 'sleep', p);
       rec('node_queue_rtt', r.median, 'ns', base, { mode, payload: p, p99_ns: Math.round(r.p99), n: r.n, vs_node_socket: +(r.median / sockets[p]!.median).toFixed(3) });
     }
+  }
+  // 4. an idle Node client watching its doorbell (uv_poll on the eventfd): CPU of this whole process over 1 s
+  {
+    const fd = createQueuePair(4096);
+    const efdP = createDoorbell();
+    const efdC = createDoorbell();
+    const ch = new QueueChannel(fd, { side: QueueSide.PROCESS, ownDoorbell: efdP, peerDoorbell: efdC });
+    ch.watch(() => {}, () => {});
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 1000));
+    const c = process.cpuUsage(c0);
+    const wallMs = performance.now() - t0;
+    rec('idle_node_watch_cpu', ((c.user + c.system) / 1000 / wallMs) * 100, '%', null, { wall_s: +(wallMs / 1000).toFixed(3), policy: 'watch (eventfd, uv_poll)' });
+    ch.close();
+    for (const x of [fd, efdP, efdC]) closeFd(x);
   }
   return records;
 }

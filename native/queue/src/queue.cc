@@ -335,6 +335,13 @@ class Channel : public Napi::ObjectWrap<Channel> {
       int64_t n = DrainInto(batch_, batch_cap_, &err);
       // Every ring is reported (n may be 0: the peer acknowledged, space to push again).
       cb_.MakeCallback(Value(), {Napi::Number::New(env_, double(n)), Napi::Number::New(env_, err)});
+      if (env_.IsExceptionPending()) {
+        // A throwing callback is an uncaught exception, as for any libuv-driven JS callback.
+        Napi::Error e = env_.GetAndClearPendingException();
+        napi_fatal_exception(env_, e.Value());
+        if (poll_) Kick();  // entries may remain: come back after the exception handlers ran
+        return;
+      }
       if (err || !poll_) {
         StopPoll();
         return;
