@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Builds every native addon (one folder with its own binding.gyp per addon) with node-gyp.
 // An addon whose build fails is reported; the others still build. Exit status is non-zero
-// only for addons marked required (all three: shm for the core, uring for the blockdev,
-// gpu for the GPU adaptor; the gpu addon builds without CUDA and reports ENODEV then).
+// only for addons marked required (all four: shm for the core, uring for the blockdev,
+// gpu for the GPU adaptor, queue for the shared-memory queues and their tools; the gpu addon
+// builds without CUDA and reports ENODEV then).
 // Compiler flags shared by all (C++20, -Wall -Wextra, NAPI_VERSION, -O2): native/common.gypi;
 // warnings still print under --silent. Addons are loaded by native/loader.ts.
 import { spawnSync } from 'node:child_process';
@@ -14,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const gyp = require.resolve('node-gyp/bin/node-gyp.js');
-const required = new Set(['shm', 'uring', 'gpu']);
+const required = new Set(['shm', 'uring', 'gpu', 'queue']);
 const only = process.argv.slice(2);
 // Build against the running Node's own headers (no download: the machine reaches only the
 // npm registry). npm passes npm_config_nodedir; a plain `node native/build.mjs` finds them here.
