@@ -4,7 +4,7 @@
 // only), a Process killed -9 while pushing, and files that are not sealed pairs refused.
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, rmSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
 import {
@@ -177,6 +177,37 @@ t0('hostile Process: garbage in its request ring makes the peer drop that channe
   closeFd(goodPeer.sock);
   t.is((await goodPeer.exit).code, 0);
   for (const x of [bad, good, spoiled]) x.close();
+});
+
+t0('watch mode: a peer that spoils the ring stops the watch with onError(EPROTO)', async (t) => {
+  const p = pair(4096);
+  const ctl = new QueueChannel(p.fd, { side: QueueSide.CONTROLLER, ownDoorbell: p.efdC, peerDoorbell: p.efdP });
+  const proc = new QueueChannel(p.fd, { side: QueueSide.PROCESS, ownDoorbell: p.efdP, peerDoorbell: p.efdC });
+  const seen: string[] = [];
+  let first: () => void;
+  const gotFirst = new Promise<void>((r) => (first = r));
+  const failed = new Promise<FractosError>((resolve) => ctl.watch((buf, bytes) => {
+    for (const e of queueEntries(buf, bytes)) seen.push(e.toString());
+    if (seen.length) first();
+  }, resolve));
+  t.true(proc.push(Buffer.from('one')));
+  await gotFirst;
+  t.deepEqual(seen, ['one']);
+  // the "Process" now writes a header with a bad kind and publishes it, then rings the doorbell
+  const L = queueLayout();
+  const raw = new DataView(mapQueuePairRaw(p.fd));
+  const tail = Number(raw.getBigUint64(L.ctlLine, true));
+  raw.setUint32(L.headerBytes + tail, 8, true);
+  raw.setUint32(L.headerBytes + tail + 4, 9, true);
+  raw.setBigUint64(L.ctlLine, BigInt(tail + 16), true);
+  writeSync(p.efdC, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0])); // ring the Controller's doorbell (eventfd += 1)
+  const err = await failed;
+  t.is(err.code, 'EPROTO');
+  t.deepEqual(seen, ['one']);
+  t.is(ctl.stats().error, -71);
+  ctl.close();
+  proc.close();
+  p.close();
 });
 
 t0('a Process killed -9 while pushing: every visible entry is whole, nothing follows', async (t) => {

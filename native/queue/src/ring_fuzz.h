@@ -14,15 +14,26 @@
 
 namespace fractos::queue {
 
+/** What the fuzz runs reached (the seeded driver prints it: a fuzzer that only ever hits EPROTO at once tests little). */
+struct FuzzStats {
+  uint64_t entries = 0, eproto = 0, empty = 0, producer_eproto = 0;
+};
+inline FuzzStats& fuzz_stats() {
+  static FuzzStats s;
+  return s;
+}
+
 inline void fuzz_check(bool ok) {
   if (!ok) std::abort();
 }
 
 /**
  * input: [u8 mode][u64 head][u64 tail][ring bytes...]. mode bit 0: start from a valid stream
- * of entries (lengths from the input) and then overwrite bytes from the input (torn, mutated
- * entries); otherwise the ring is the raw input. The consumer pops until empty or EPROTO;
- * the producer side then checks a hostile head.
+ * of entries (u16 lengths from the input, until one whose high byte has bit 7 set) and then
+ * overwrite bytes from the input (triples u16 offset, byte: torn, mutated entries), bit 1:
+ * then publish the input's tail; otherwise the ring is the raw input and bits 2, 3 keep the
+ * head and tail whole (else masked to plausible values). The consumer pops until empty or
+ * EPROTO; then a producer faces a hostile head (bit 4: a plausible one).
  */
 inline int fuzz_one(const uint8_t* in, size_t n) {
   constexpr uint32_t RB = MIN_RING_BYTES;
@@ -69,9 +80,14 @@ inline int fuzz_one(const uint8_t* in, size_t n) {
     int r = c.pop(out.data(), uint32_t(out.size()), &len);
     if (r < 0) {
       fuzz_check(r == -EPROTO && c.pop(out.data(), uint32_t(out.size()), &len) == -EPROTO);
+      fuzz_stats().eproto++;
       break;
     }
-    if (r == 0) break;
+    if (r == 0) {
+      fuzz_stats().empty++;
+      break;
+    }
+    fuzz_stats().entries++;
     fuzz_check(len <= default_max_entry(RB));
     consumed += ENTRY_HEADER + pad8(len);
     fuzz_check(consumed <= uint64_t(RB) * 2);
@@ -80,12 +96,15 @@ inline int fuzz_one(const uint8_t* in, size_t n) {
   // A hostile head seen by a producer: never writes outside, EPROTO or EAGAIN or ok.
   RingCtl ctl2 = RingCtl::at(base, RING_COMPLETION, RB);
   Producer p2(ctl2, default_max_entry(RB), -1);
-  ctl2.head->store(head, std::memory_order_relaxed);
+  ctl2.head->store(mode & 16 ? (head & 0x1ff8) : head, std::memory_order_relaxed);
   uint8_t small[64] = {};
   for (int k = 0; k < 200; k++) {
     int r = p2.push(small, uint32_t(k % 64));
     fuzz_check(r == 0 || r == -EAGAIN || r == -EPROTO);
-    if (r == -EPROTO) break;
+    if (r == -EPROTO) {
+      fuzz_stats().producer_eproto++;
+      break;
+    }
   }
   return 0;
 }

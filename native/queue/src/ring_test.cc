@@ -438,16 +438,31 @@ static int fuzz(double seconds, uint64_t seed) {
   uint64_t end = now_ns() + uint64_t(seconds * 1e9), runs = 0;
   while (now_ns() < end) {
     for (int k = 0; k < 64; k++, runs++) {
-      size_t n = 17 + rng() % 6000;
-      in.resize(n);
+      in.assign(17, 0);
       for (auto& b : in) b = uint8_t(rng());
-      // bias: plausible small lengths and valid kinds make the decoder go deep
-      if (rng() & 1) in[0] |= 1;
+      if (rng() & 1) {
+        // structured: a valid stream of 1..60 entries, then 0..3 mutations (see ring_fuzz.h)
+        in[0] |= 1;
+        int k = 1 + int(rng() % 60);
+        for (int i = 0; i < k; i++) {
+          uint32_t len = rng() % (rng() & 1 ? 64 : 1100);
+          in.push_back(uint8_t(len));
+          in.push_back(uint8_t((len >> 8) & 0x7f) | (i == k - 1 ? 0x80 : 0));
+        }
+        int m = int(rng() % 4);
+        for (int i = 0; i < 3 * m; i++) in.push_back(uint8_t(rng()));
+      } else {
+        size_t n = rng() % 6000;
+        for (size_t i = 0; i < n; i++) in.push_back(uint8_t(rng()));
+      }
       fuzz_one(in.data(), in.size());
     }
   }
-  std::printf("fuzz: %llu inputs in %.1f s, seed %llu, no failure\n", (unsigned long long)runs, seconds,
-              (unsigned long long)seed);
+  const FuzzStats& st = fuzz_stats();
+  std::printf("fuzz: %llu inputs in %.1f s, seed %llu, no failure (%llu entries decoded; consumer: %llu EPROTO, %llu drained; "
+              "producer: %llu EPROTO)\n",
+              (unsigned long long)runs, seconds, (unsigned long long)seed, (unsigned long long)st.entries,
+              (unsigned long long)st.eproto, (unsigned long long)st.empty, (unsigned long long)st.producer_eproto);
   return 0;
 }
 
