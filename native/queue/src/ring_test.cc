@@ -295,8 +295,11 @@ static void t_killed_mid_write() {
   // a stream killed at a random moment: everything visible is whole, nothing after
   fd = create_pair_fd(65536);
   CHECK(fd >= 0);
+  int go[2];
+  CHECK(pipe(go) == 0);
   pid = fork();
   if (pid == 0) {
+    close(go[0]);
     PairMap m2;
     if (m2.map(fd, 0) != 0) _exit(10);
     Producer p(RingCtl::at(m2.base, RING_REQUEST, m2.ring_bytes), default_max_entry(65536), -1);
@@ -306,9 +309,14 @@ static void t_killed_mid_write() {
       fill(b, s, i);
       if (p.push(b, s) != 0) pause();  // full: wait to be killed
       p.publish();
+      if (i == 0 && write(go[1], "1", 1) != 1) _exit(11);  // streaming: kill me any time now
     }
   }
-  usleep(3000);
+  close(go[1]);
+  char one;
+  CHECK(read(go[0], &one, 1) == 1);
+  close(go[0]);
+  usleep(1000);
   kill(pid, SIGKILL);
   waitpid(pid, &st, 0);
   PairMap m2;
