@@ -3,7 +3,8 @@
  * measured in the same run (issue #8, "Targets"):
  *   - `c`: the raw mechanism, a C ping-pong over one queue pair between two processes
  *     (native/queue/src/pingpong.cc), policies spin (2 us, 4 yields, then sleep) and sleep
- *     (sleep at once), doorbells futex and eventfd, payloads 0/64/4096 bytes;
+ *     (sleep at once), doorbells futex and eventfd, payloads 0/64/4096 bytes, placed by the
+ *     scheduler; and 64 B with the two processes pinned to two CPUs (split) or one (same);
  *   - `node-socket`: a raw Node.js unix-socket round trip (a second Node process echoing
  *     length-prefixed frames of the same payload), the other baseline;
  *   - `node-queue`: a Node.js client (the queue addon) to the C echo peer over one pair,
@@ -36,6 +37,7 @@ interface CCase {
   policy?: string;
   wake?: string;
   payload?: number;
+  placement?: string;
   n?: number;
   median_ns?: number;
   p99_ns?: number;
@@ -182,10 +184,10 @@ export async function runQueueBench(opts: QueueBenchOptions = {}): Promise<Bench
   say('C ping-pong over one queue pair (pingpong bench)');
   const { stdout } = await promisify(execFile)(queueToolPath('pingpong'), ['bench', String(seconds)], { timeout: 60_000 + seconds * 20_000 });
   const cases = stdout.trim().split('\n').map((l) => JSON.parse(l) as CCase);
-  const cRtt = (policy: string, payload: number): number => cases.find((c) => c.case === 'rtt' && c.policy === policy && c.wake === 'futex' && c.payload === payload)?.median_ns ?? NaN;
+  const cRtt = (policy: string, payload: number): number => cases.find((c) => c.case === 'rtt' && c.policy === policy && c.wake === 'futex' && c.payload === payload && c.placement === 'any')?.median_ns ?? NaN;
   for (const c of cases) {
     if (c.case === 'rtt') {
-      rec('c_queue_rtt', c.median_ns!, 'ns', sockets[c.payload!]!.median, { policy: c.policy!, wake: c.wake!, payload: c.payload!, p99_ns: c.p99_ns!, n: c.n! });
+      rec('c_queue_rtt', c.median_ns!, 'ns', sockets[c.payload!]!.median, { policy: c.policy!, wake: c.wake!, payload: c.payload!, placement: c.placement!, p99_ns: c.p99_ns!, n: c.n! });
     } else if (c.case === 'idle') {
       rec('idle_consumer_cpu', c.cpu_pct!, '%', null, { wall_s: c.wall_s!, policy: 'spin 2us, 4 yields, futex' });
     }

@@ -4,13 +4,15 @@
 //
 //   pingpong bench [SECONDS_PER_CASE]   one JSON line per case: payload 0/64/4096 bytes x
 //       policy spin (spin 2 us, 4 yields, then sleep) / sleep (sleep at once) x doorbell
-//       futex / eventfd: {"case":"rtt","policy":..,"wake":..,"payload":..,"n":..,
-//       "median_ns":..,"p99_ns":..}; then {"case":"idle",...}: CPU used by a consumer
-//       asleep for 1 s.
+//       futex / eventfd, placement "any" (the scheduler's); then, 64 B over a futex, both
+//       policies with the processes pinned to two CPUs ("split") and to one ("same"):
+//       {"case":"rtt","policy":..,"wake":..,"payload":..,"placement":..,"n":..,"median_ns":..,
+//       "p99_ns":..}; then {"case":"idle",...}: CPU used by a consumer asleep for 1 s.
 //   pingpong echo SOCK_FD [SPIN_NS]      receive [pair memfd, Process doorbell, Controller
 //       doorbell] over the unix socket SOCK_FD (SCM_RIGHTS), then echo every request as a
 //       completion until the socket closes (the far side of the addon's tests and bench).
 #include <poll.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -52,7 +54,22 @@ static int echo(Endpoint& e, const WakePolicy& pol, Alive alive) {
   }
 }
 
-static void bench_case(const char* policy, const char* wake, uint32_t payload, double seconds) {
+/** Pin the calling process to one CPU (-1: leave it to the scheduler). */
+static void pin(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+/** placement: "any" (scheduler's choice), "split" (CPUs 0 and 1), "same" (both on CPU 0). */
+static void bench_case(const char* policy, const char* wake, uint32_t payload, double seconds, const char* placement = "any") {
+  int cpu_parent = -1, cpu_child = -1;
+  if (std::strcmp(placement, "split") == 0) cpu_parent = 0, cpu_child = 1;
+  if (std::strcmp(placement, "same") == 0) cpu_parent = 0, cpu_child = 0;
+  cpu_set_t saved;
+  sched_getaffinity(0, sizeof saved, &saved);
   int fd = create_pair_fd(1 << 16);
   bool efd = std::strcmp(wake, "eventfd") == 0;
   int efd_p = efd ? make_doorbell() : -1, efd_c = efd ? make_doorbell() : -1;
@@ -60,11 +77,13 @@ static void bench_case(const char* policy, const char* wake, uint32_t payload, d
   if (std::strcmp(policy, "sleep") == 0) pol.spin_ns = 0, pol.yields = 0;
   pid_t pid = fork();
   if (pid == 0) {
+    pin(cpu_child);
     PairMap m;
     if (m.map(fd, 0) != 0) _exit(2);
     Endpoint e(m.base, m.ring_bytes, SIDE_CONTROLLER, default_max_entry(m.ring_bytes), efd_c, efd_p);
     _exit(echo(e, pol, [] { return getppid() != 1; }));
   }
+  pin(cpu_parent);
   PairMap m;
   if (m.map(fd, 0) != 0) std::exit(2);
   Endpoint e(m.base, m.ring_bytes, SIDE_PROCESS, default_max_entry(m.ring_bytes), efd_p, efd_c);
@@ -97,8 +116,9 @@ static void bench_case(const char* policy, const char* wake, uint32_t payload, d
   waitpid(pid, &st, 0);
   std::sort(samples.begin(), samples.end());
   size_t n = samples.size();
-  std::printf("{\"case\":\"rtt\",\"policy\":\"%s\",\"wake\":\"%s\",\"payload\":%u,\"n\":%zu,\"median_ns\":%u,\"p99_ns\":%u,\"echo_exit\":%d}\n",
-              policy, wake, payload, n, n ? samples[n / 2] : 0, n ? samples[n * 99 / 100] : 0,
+  sched_setaffinity(0, sizeof saved, &saved);
+  std::printf("{\"case\":\"rtt\",\"policy\":\"%s\",\"wake\":\"%s\",\"payload\":%u,\"placement\":\"%s\",\"n\":%zu,\"median_ns\":%u,\"p99_ns\":%u,\"echo_exit\":%d}\n",
+              policy, wake, payload, placement, n, n ? samples[n / 2] : 0, n ? samples[n * 99 / 100] : 0,
               WIFEXITED(st) ? WEXITSTATUS(st) : -1);
   std::fflush(stdout);
   close(fd);
@@ -134,6 +154,10 @@ int main(int argc, char** argv) {
     const char* cases[][2] = {{"spin", "futex"}, {"sleep", "futex"}, {"sleep", "eventfd"}};
     for (auto& c : cases)
       for (uint32_t payload : {0u, 64u, 4096u}) bench_case(c[0], c[1], payload, secs);
+    // Placement pinned (64 B, futex): where the two processes run decides what a wake costs.
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+      for (const char* policy : {"spin", "sleep"})
+        for (const char* placement : {"split", "same"}) bench_case(policy, "futex", 64, secs, placement);
     idle_case(1.0);
     return 0;
   }
