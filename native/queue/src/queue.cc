@@ -303,9 +303,23 @@ class Channel : public Napi::ObjectWrap<Channel> {
     uv_loop_t* loop;
     napi_get_uv_event_loop(env, &loop);
     poll_ = new uv_poll_t;
-    uv_poll_init(loop, poll_, own_);
-    poll_->data = this;
-    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    int e = uv_poll_init(loop, poll_, own_);
+    if (e == 0) {
+      poll_->data = this;
+      e = uv_poll_start(poll_, UV_READABLE, OnReadable);
+      if (e != 0) {
+        uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+        poll_ = nullptr;
+      }
+    } else {
+      delete poll_;
+      poll_ = nullptr;
+    }
+    if (e != 0) {
+      cb_.Reset();
+      batch_ref_.Reset();
+      return Throw(env, "watch: uv_poll", -e);  // libuv errors are -errno on Linux
+    }
     env_ = env;
     Ref();  // alive while watching
     if (ep_.rx.arm()) Kick();

@@ -117,6 +117,7 @@ class Consumer {
     head_ = c_.head->load(std::memory_order_acquire);
     tail_ = c_.tail->load(std::memory_order_acquire);
     if ((head_ & 7u) || !pos_ok(tail_, head_, c_.size)) err_ = -EPROTO;
+    committed_ = head_;
   }
   /** The doorbell (eventfd) of the producer, rung when it waits for space; -1: futex. */
   void set_peer_efd(int efd) { peer_.efd = efd; }
@@ -162,8 +163,9 @@ class Consumer {
 
   /** Publish the head (the acknowledgement) and wake the producer if it waits for space. */
   void commit() {
-    if (c_.head->load(std::memory_order_relaxed) == head_) return;
+    if (committed_ == head_) return;
     c_.head->store(head_, std::memory_order_release);
+    committed_ = head_;
     peer_.notify();
   }
 
@@ -190,7 +192,7 @@ class Consumer {
   int fail() { return err_ = -EPROTO; }
   RingCtl c_{};
   uint32_t max_entry_ = 0;
-  uint64_t head_ = 0, tail_ = 0;
+  uint64_t head_ = 0, tail_ = 0, committed_ = 0;
   int err_ = 0;
   Doorbell bell_, peer_;
 };
