@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Builds every native addon (one folder with its own binding.gyp per addon) with node-gyp.
 // An addon whose build fails is reported; the others still build. Exit status is non-zero
-// only for addons marked required (all four: shm for the core, uring for the blockdev,
-// gpu for the GPU adaptor, controller for the native Controller in controller/binding.gyp;
-// the gpu addon builds without CUDA and reports ENODEV then).
+// only for addons marked required (all five: shm for the core, uring for the blockdev,
+// gpu for the GPU adaptor, queue for the shared-memory queues and their tools, controller
+// for the native Controller in controller/binding.gyp; the gpu addon builds without CUDA
+// and reports ENODEV then).
 // Compiler flags shared by all (C++20, -Wall -Wextra, NAPI_VERSION, -O2): native/common.gypi;
 // warnings still print under --silent. Addons are loaded by native/loader.ts.
 import { spawnSync } from 'node:child_process';
@@ -16,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const gyp = require.resolve('node-gyp/bin/node-gyp.js');
-const required = new Set(['shm', 'uring', 'gpu', 'controller']);
+const required = new Set(['shm', 'uring', 'gpu', 'queue', 'controller']);
 // --sanitize: build the named addons (default: controller) with AddressSanitizer and
 // UBSan (no recovery) in a scratch copy, into <repo>/.sanitize/fractos_NAME.node, leaving
 // the normal builds alone. Load them with FRACTOS_NATIVE_DIR=.sanitize and the runtimes
