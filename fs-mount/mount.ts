@@ -286,6 +286,15 @@ export class FsMount extends EventEmitter {
   // ---- dispatch -------------------------------------------------------------------------
 
   #onEvent(op: number, id: number, ino: number, a: number, b: number, c: number, d: number, name: string, name2: string, data: Buffer | Float64Array | undefined, uid: number, gid: number): void {
+    try {
+      this.#dispatch(op, id, ino, a, b, c, d, name, name2, data, uid, gid);
+    } catch (err) {
+      // A synchronous throw (a name FsClient refuses before sending: ENAMETOOLONG) is the answer.
+      if (id) this.#fail(id, err);
+    }
+  }
+
+  #dispatch(op: number, id: number, ino: number, a: number, b: number, c: number, d: number, name: string, name2: string, data: Buffer | Float64Array | undefined, uid: number, gid: number): void {
     switch (op) {
       case FuseOp.INIT:
         this.emit('ready', { maxWrite: a, want: b, protoMinor: c });
