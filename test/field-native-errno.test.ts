@@ -121,7 +121,7 @@ test('every addon includes native/common.gypi, which sets -Wall -Wextra, C++20, 
   for (const flag of ["'-Wall'", "'-Wextra'", "'-std=c++20'", "'-fvisibility=hidden'", "'NAPI_VERSION=8'", "'-O2'"]) t.true(common.includes(flag), flag);
   t.regex(common, /'cflags!': \[[^\]]*'-Wno-unused-parameter'/, "node's -Wno-unused-parameter is removed");
   const addons = readdirSync(nativeDir).filter((n) => existsSync(join(nativeDir, n, 'binding.gyp')));
-  t.deepEqual(addons.sort(), ['gpu', 'shm', 'uring']);
+  t.deepEqual(addons.sort(), ['fuse', 'gpu', 'shm', 'uring']);
   for (const name of addons) {
     const gyp = readFileSync(join(nativeDir, name, 'binding.gyp'), 'utf8').replace(/#.*$/gm, '');
     t.regex(gyp, /["']includes["']\s*:\s*\[\s*["']\.\.\/common\.gypi["']\s*\]/, `${name} includes ../common.gypi`);
