@@ -36,8 +36,8 @@ export interface OpensDeps {
   volume(id: number): VolumeHandle | undefined;
   /** Drop every cached block of `ino` (cache.ts). */
   invalidate(ino: Inode): void;
-  /** The last open of `ino` is gone (namespace.ts frees an unlinked file then). */
-  released(ino: Inode): void;
+  /** The last open of `ino` is gone (namespace.ts frees an unlinked file then; close answers after). */
+  released(ino: Inode): Promise<void>;
 }
 
 /** An open file as mediated I/O sees it: the handle id (its staging-slot key) and the file. */
@@ -223,7 +223,7 @@ export class Opens {
     const cids = h.cids.splice(0);
     await Promise.all(cids.map((c) => this.#proc.capRevoke(c).catch(() => {})));
     this.#proc.capDrop(...cids).catch(() => {});
-    if (!this.#byIno.has(h.ino.id)) this.#deps.released(h.ino);
+    if (!this.#byIno.has(h.ino.id)) await this.#deps.released(h.ino);
   }
 
   /** Close `handle` (its Requests revoked, DAX ones included) and answer DoneReply on `ok`. Errors: ENOENT. */

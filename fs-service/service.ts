@@ -63,6 +63,8 @@ export interface FsOptions {
   reclaim?: boolean;
   /** The blockdev's admin secret (admin-secret.ts), proved in admin_claim; needed when the blockdev has one (else EPERM). */
   adminSecret?: Uint8Array;
+  /** Cap of one extent growth step beyond what a write needs, bytes (default 1 GiB: doubling up to it; tests set 1 MiB to fragment files). */
+  maxExtentGrowth?: number;
   /** Device capacity in bytes that statfs reports (the blockdev does not tell); 0 (default): statfs reports the allocated bytes as the total, none free. */
   capacity?: number;
   /** Aborts the start (its wait for admin_claim included): `start` then closes what it opened and rejects. */
@@ -165,11 +167,11 @@ export class FsService {
       persist: () => this.#meta.persist(),
       isCurrent: (ino) => this.#ns.isCurrent(ino),
       revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
-    });
+    }, this.#opts.maxExtentGrowth);
     this.#opens = new Opens(p, this.counts, this.#opts.log, {
       volume: (id) => this.#extents.volume(id),
       invalidate: (ino) => this.#cache.invalidate(ino.id, 0),
-      released: (ino) => void this.#ns.released(ino).catch((err: Error) => this.#opts.log?.warn({ err: err.message }, 'freeing an unlinked file failed')),
+      released: (ino) => this.#ns.released(ino).catch((err: Error) => this.#opts.log?.warn({ err: err.message }, 'freeing an unlinked file failed')),
     });
     this.#ns = new Namespace({
       persist: () => this.#meta.persist(),
