@@ -12,7 +12,7 @@
  *   the change, so one metadata image holds both.
  */
 import { FractosError } from '../libfractos/errors.js';
-import { MODE_PERM, NAME_MAX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr } from './contract.js';
+import { MODE_PERM, NAME_MAX, type Attr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr } from './contract.js';
 import { allocatedOf, BLOCK, now, type Inode, type Time } from './inode.js';
 
 /** The caller of an operation (FUSE's uid/gid). */
@@ -100,18 +100,7 @@ export function touch(ino: Inode, modified: boolean): void {
 }
 
 /** What setattr asks besides the size (contract.ts SetAttrReq's fields). */
-export interface AttrChange {
-  valid: number;
-  mode: number;
-  newUid: number;
-  newGid: number;
-  atimeSec: number;
-  atimeNsec: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  ctimeSec: number;
-  ctimeNsec: number;
-}
+export type AttrChange = { valid: number; mode: number; newUid: number; newGid: number } & Pick<Attr, 'atimeSec' | 'atimeNsec' | 'mtimeSec' | 'mtimeNsec' | 'ctimeSec' | 'ctimeNsec'>;
 
 /**
  * Check every change of `c` other than SIZE against `who` (all before any is applied), and

@@ -7,51 +7,23 @@
  * link (kill -9 of the FS during a storm of them).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { Controller } from '../controller/index.js';
-import { connect, type Process } from '../libfractos/index.js';
-import { BlockdevService } from '../blockdev-adaptor/service.js';
+import { connect } from '../libfractos/index.js';
 import { IoPort } from '../blockdev-adaptor/client.js';
-import { FsService } from '../fs-service/service.js';
 import {
   DirType, FsClient, NS_OPS, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr, type Attr, type OpenFile,
 } from '../fs-service/index.js';
 import { deviceDir } from './helpers/devices.js';
-import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+import { until } from './helpers/wait.js';
+import { fsClient, fsEnv, fsTeardown, type FsEnv } from './helpers/fs-env.js';
+import { spawnFractos, type Spawned } from './helpers/spawn.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fsns', 'fs-namespace.test');
 const { vtest } = devices;
 
-interface Env {
-  c: Controller;
-  addr: string;
-  bd: BlockdevService;
-  fs: FsService | null;
-  procs: Process[];
-}
-
-async function env(opts: { fs?: boolean; size?: number; maxExtentGrowth?: number } = {}): Promise<Env> {
-  const d = tempDir();
-  const addr = `unix:${join(d, 'c.sock')}`;
-  const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
-  const bd = await BlockdevService.start({ device: devices.devFile(opts.size ?? 96 << 20), controller: addr, format: true, queueDepth: 32 });
-  const fs = opts.fs === false ? null : await FsService.start({ controller: addr, maxExtentGrowth: opts.maxExtentGrowth, capacity: 64 << 20 });
-  return { c, addr, bd, fs, procs: [] };
-}
-
-async function client(e: Env): Promise<{ p: Process; fs: FsClient; port: IoPort }> {
-  const p = await connect(e.addr, { name: 'client' });
-  e.procs.push(p);
-  return { p, fs: await FsClient.connect(p), port: new IoPort(p) };
-}
-
-async function teardown(e: Env): Promise<void> {
-  for (const p of e.procs) await p.close();
-  await e.fs?.close();
-  await e.bd.close();
-  await e.c.close();
-}
+const env = (opts: { fs?: boolean; maxExtentGrowth?: number } = {}): Promise<FsEnv> => fsEnv(devices, { capacity: 64 << 20, ...opts });
+const client = fsClient;
+const teardown = fsTeardown;
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const U1 = { uid: 1000, gid: 1000 };
@@ -489,7 +461,9 @@ vtest('crash consistency of rename and link: kill -9 of the FS during a storm of
         }
       }
     }));
-    await new Promise((r) => setTimeout(r, 1500));
+    // Kill once enough has been answered (a fixed delay finds nothing done on a loaded machine).
+    await until(() => steps.filter((x) => x.stage === 4).length >= 20, 30_000);
+    await new Promise((r) => setTimeout(r, 50));
     await fsp.kill9();
     stop = true;
     await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
