@@ -324,7 +324,8 @@ export class FsService {
       this.#ctl(caps.onError, async () => {
         let used = 0;
         for (const i of ns.all()) used += allocatedOf(i);
-        const cap = Math.max(this.#opts.capacity ?? 0, used);
+        const given = this.#opts.capacity ?? 0;
+        const cap = Math.max(Number.isSafeInteger(given) ? given : 0, used);
         const free = Math.floor((cap - used) / BLOCK);
         await p.invoke(caps.onSuccess, StatfsReply, {
           bsize: BLOCK, frsize: BLOCK, blocks: Math.ceil(cap / BLOCK), bfree: free, bavail: free, files: ns.inodes, ffree: ns.inodesFree, namemax: NAME_MAX,
