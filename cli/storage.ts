@@ -211,18 +211,19 @@ export function register(program: Command): void {
 
   program
     .command('fs')
-    .description('run the FS service until killed (publishes NAME.create, .open, .stat, .list, .delete, .truncate)')
+    .description('run the FS service until killed (publishes NAME.create, .open, .stat, .list, .delete, .truncate and the inode Requests NAME.lookup, .getattr, ... of fs-service/contract.ts)')
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--blockdev <name>', 'bootstrap prefix of the blockdev', 'blockdev')
     .option('--name <name>', 'bootstrap prefix', 'fs')
     .option('--cache-blocks <n>', 'LRU block cache capacity, 4 KiB blocks', '16384')
     .option('--no-reclaim', 'at start, keep volumes that no file uses (default: delete them: the FS owns its blockdev)')
+    .option('--capacity <bytes>', 'device capacity statfs reports (the blockdev does not tell; default: the allocated bytes, none free)', '0')
     .option('--admin-secret-file <file>', 'the blockdev\'s admin secret (its --admin-secret-file), needed to claim its volume administration')
-    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; adminSecretFile?: string }) => {
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; capacity: string; adminSecretFile?: string }) => {
       try {
         const adminSecret = o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined;
         const s = await startService('fs', (signal) => FsService.start({
-          controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, adminSecret, signal, log,
+          controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, capacity: Number(o.capacity), adminSecret, signal, log,
         }), (s) => ({ proc: s.proc, close: () => s.close() }));
         if (!s) return;
         process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);

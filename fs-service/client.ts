@@ -204,16 +204,16 @@ export class FsClient {
     await this.proc.rpc(this.roots[op], NS_OPS[op] as never, { ...imms, uid: who.uid, gid: who.gid } as never, {}, { timeoutMs: T });
   }
 
-  lookup(parent: number, name: string, who = ROOT): Promise<Attr> {
+  async lookup(parent: number, name: string, who = ROOT): Promise<Attr> {
     return this.#attr('lookup', { parent, name: checkName(name) }, who);
   }
 
-  getattr(ino: number, who = ROOT): Promise<Attr> {
+  async getattr(ino: number, who = ROOT): Promise<Attr> {
     return this.#attr('getattr', { ino }, who);
   }
 
   /** setattr: `a.valid` holds SetAttr bits; the other fields are read where their bit is set. */
-  setattr(
+  async setattr(
     ino: number,
     a: { valid: number; mode?: number; uid?: number; gid?: number; size?: number; atime?: [number, number]; mtime?: [number, number]; ctime?: [number, number]; handle?: number },
     who = ROOT,
@@ -225,16 +225,16 @@ export class FsClient {
     }, who);
   }
 
-  mknod(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
+  async mknod(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
     return this.#attr('mknod', { parent, name: checkName(name), mode, umask }, who);
   }
 
-  mkdir(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
+  async mkdir(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
     return this.#attr('mkdir', { parent, name: checkName(name), mode, umask }, who);
   }
 
-  symlink(parent: number, name: string, target: string, who = ROOT): Promise<Attr> {
-    if (Buffer.byteLength(target, 'utf8') > SYMLINK_MAX) return Promise.reject(new FractosError('ENAMETOOLONG', `symlink target > ${SYMLINK_MAX} bytes`));
+  async symlink(parent: number, name: string, target: string, who = ROOT): Promise<Attr> {
+    if (Buffer.byteLength(target, 'utf8') > SYMLINK_MAX) throw new FractosError('ENAMETOOLONG', `symlink target > ${SYMLINK_MAX} bytes`);
     return this.#attr('symlink', { parent, name: checkName(name), target }, who);
   }
 
@@ -243,20 +243,20 @@ export class FsClient {
     return LinkReply.decode(inv).imms.target;
   }
 
-  link(ino: number, newParent: number, newName: string, who = ROOT): Promise<Attr> {
+  async link(ino: number, newParent: number, newName: string, who = ROOT): Promise<Attr> {
     return this.#attr('link', { ino, newParent, newName: checkName(newName) }, who);
   }
 
-  unlink(parent: number, name: string, who = ROOT): Promise<void> {
+  async unlink(parent: number, name: string, who = ROOT): Promise<void> {
     return this.#done('unlink', { parent, name: checkName(name) }, who);
   }
 
-  rmdir(parent: number, name: string, who = ROOT): Promise<void> {
+  async rmdir(parent: number, name: string, who = ROOT): Promise<void> {
     return this.#done('rmdir', { parent, name: checkName(name) }, who);
   }
 
   /** flags: RenameFlags bits. */
-  rename(parent: number, name: string, newParent: number, newName: string, flags = 0, who = ROOT): Promise<void> {
+  async rename(parent: number, name: string, newParent: number, newName: string, flags = 0, who = ROOT): Promise<void> {
     return this.#done('rename', { parent, name: checkName(name), newParent, newName: checkName(newName), flags }, who);
   }
 
@@ -272,7 +272,7 @@ export class FsClient {
     return this.#opened(await this.proc.rpc(this.roots.createino, NS_OPS.createino, imms, {}, { timeoutMs: T }));
   }
 
-  fsync(ino: number, datasync = false, who = ROOT): Promise<void> {
+  async fsync(ino: number, datasync = false, who = ROOT): Promise<void> {
     return this.#done('fsync', { ino, datasync: datasync ? 1 : 0 }, who);
   }
 

@@ -8,7 +8,7 @@
  *   metadata volume (metadata.ts holds that one).
  * - Allocation is serialized per file (`ino.alloc`): one volume at a time, of what is
  *   missing rounded up to MIN_EXTENT, and at least the file's allocation so far (doubling)
- *   up to 1 GiB. A new extent is durable only with the next metadata image; a crash before
+ *   up to `maxGrowth` (1 GiB). A new extent is durable only with the next metadata image; a crash before
  *   it leaks the volume, which `reclaim` deletes at the next start. A file whose path left
  *   the namespace while its volume was being created gets the volume freed again and ENOENT.
  * - `free` runs only after an image without the extents is durable: it first revokes every
@@ -41,10 +41,16 @@ export class Extents {
   readonly #log: FsLog | undefined;
   readonly #deps: ExtentsDeps;
   readonly #vols = new Map<number, VolumeHandle>();
+  readonly #maxGrowth: number;
 
-  /** `admin`: the blockdev's volume administration, claimed by the FS. */
-  constructor(proc: Process, admin: VolumeAdmin, counts: Pick<FsCounts, 'reclaimedVolumes'>, log: FsLog | undefined, deps: ExtentsDeps) {
+  /**
+   * `admin`: the blockdev's volume administration, claimed by the FS. `maxGrowth`: most bytes
+   * one growth step adds beyond what is needed (the doubling's cap; default 1 GiB; a small
+   * value makes many small extents, as tests of fragmented files want).
+   */
+  constructor(proc: Process, admin: VolumeAdmin, counts: Pick<FsCounts, 'reclaimedVolumes'>, log: FsLog | undefined, deps: ExtentsDeps, maxGrowth = 1 << 30) {
     this.#proc = proc;
+    this.#maxGrowth = maxGrowth;
     this.#admin = admin;
     this.#counts = counts;
     this.#log = log;
@@ -89,7 +95,7 @@ export class Extents {
       const have = allocatedOf(ino);
       if (end <= have) return;
       const need = end - have;
-      const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, 1 << 30));
+      const len = Math.max(Math.ceil(need / MIN_EXTENT) * MIN_EXTENT, Math.min(have, this.#maxGrowth));
       const v = await volumeCreate(this.#proc, this.#admin.create, len);
       this.#vols.set(v.volume, v);
       ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });

@@ -1,5 +1,6 @@
 /**
- * The in-memory record of one file, shared by the FS service's modules (service.ts wires them).
+ * The in-memory record of one inode (regular file, directory or symlink), shared by the FS
+ * service's modules (service.ts wires them).
  *
  * Invariants:
  * - `extents` are sorted by `fileOffset`, contiguous from 0 (extent i+1 starts where extent i
@@ -7,7 +8,12 @@
  * - `size` <= allocatedOf(ino) once an operation has finished; bytes past `size` are zero
  *   on the device (truncate zeroes what it cuts off, new volumes are zeroed).
  * - `id` is never reused (Namespace hands out ids; the metadata image persists the next one).
- * - Who writes which field: `path` and `id` are the namespace's (namespace.ts); `extents`
+ * - Directories have `dir` (entries by name, each with a cookie that only grows: a Map in
+ *   cookie order), symlinks `target`; only regular files have extents and opens.
+ * - Bytes in [allocatedOf, size) are a hole (no extent): they read as zeros; bytes past the
+ *   size inside the extents are zero on the device.
+ * - Who writes which field: `path`, `id`, `dir`, `nlink` and the attributes are the namespace's
+ *   (namespace.ts, attrs.ts); `extents`
  *   grow and shrink in extents.ts and namespace.ts's truncate; `alloc` is extents.ts's
  *   allocation queue; `size` is set by truncate and by mediated writes; `writing`, `wgen`
  *   and `busy` are mediated.ts's (block-range lock, stale-read guard of the cache).
@@ -25,9 +31,42 @@ export interface Extent {
   length: number;
 }
 
+/** A time: seconds since the epoch and nanoseconds. */
+export type Time = [number, number];
+
+/** One directory entry: the inode it names and its readdir cookie (unique in the directory, growing). */
+export interface DirEntry {
+  ino: number;
+  cookie: number;
+}
+
+/** A directory's contents. */
+export interface Dir {
+  /** Entries by name, in cookie order (an entry that changes is deleted and set again). */
+  entries: Map<string, DirEntry>;
+  /** The next cookie (1 and 2 are '.' and '..'). */
+  nextCookie: number;
+  /** The parent directory's ino (the root's is itself). */
+  parent: number;
+  /** Bytes the entries count against MAX_DIR_BYTES (name bytes + DIRENT_OVERHEAD each). */
+  bytes: number;
+}
+
 export interface Inode {
   id: number;
+  /** A name of the inode, for messages only (hard links have several). */
   path: string;
+  /** S_IFMT type bits | permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Links from directories (a directory: 2 + its subdirectories). 0: unlinked, alive while open. */
+  nlink: number;
+  atime: Time;
+  mtime: Time;
+  ctime: Time;
+  dir?: Dir;
+  target?: string;
   size: number;
   extents: Extent[];
   /** Serializes extent allocation. */
@@ -43,9 +82,16 @@ export interface Inode {
   busy?: { a: number; b: number; done: Promise<void> }[];
 }
 
-/** A fresh inode record with no extents (size 0). */
-export function newInode(id: number, path: string, size = 0, extents: Extent[] = []): Inode {
-  return { id, path, size, extents, alloc: Promise.resolve(), writing: 0, wgen: 0 };
+/** The time now. */
+export function now(): Time {
+  const ns = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
+  return [Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n)];
+}
+
+/** A fresh inode record: `mode` (type | perm), owner, nlink, times now, no extents. */
+export function newInode(id: number, path: string, mode: number, uid: number, gid: number, nlink: number): Inode {
+  const t = now();
+  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
 }
 
 /** Bytes covered by the file's extents (the end of the last one), 0 with none. */

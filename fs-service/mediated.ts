@@ -24,7 +24,8 @@ import type { IoPort, VolumeHandle } from '../blockdev-adaptor/client.js';
 import { WriteFlags } from '../blockdev-adaptor/schema.js';
 import { mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { IoReply } from './schema.js';
-import { BLOCK, MAX_MEDIATED, type Inode } from './inode.js';
+import { allocatedOf, BLOCK, MAX_MEDIATED, now, type Inode } from './inode.js';
+import { touch } from './attrs.js';
 import type { BlockCache } from './cache.js';
 import type { OpenHandle } from './opens.js';
 import { StageKey, type Staging } from './staging.js';
@@ -77,9 +78,11 @@ export class Mediated {
     }
   }
 
-  /** Device I/O of file range [a, b) (block-aligned, allocated) to/from stage slot offset 0. */
+  /** Device I/O of file range [a, b) (block-aligned) to/from stage slot offset `stageOff`; a read's bytes past the extents (a hole) are zeros. */
   async #devRange(ino: Inode, a: number, b: number, slot: number, write: boolean, stageOff = 0): Promise<void> {
     const ios: Promise<unknown>[] = [];
+    const alloc = allocatedOf(ino);
+    if (!write && b > alloc) this.#staging.bytes(slot).fill(0, stageOff + Math.max(0, alloc - a), stageOff + (b - a));
     const drops: number[] = [];
     for (const x of ino.extents) {
       const s = Math.max(a, x.fileOffset);
@@ -140,6 +143,8 @@ export class Mediated {
         this.#staging.slots.release(handle, slot);
       }
     }
+    // relatime: atime moves when it is older than mtime or a day old (persisted with the next image).
+    if (n > 0 && (ino.atime[0] < ino.mtime[0] || (ino.atime[0] === ino.mtime[0] && ino.atime[1] <= ino.mtime[1]) || ino.atime[0] + 86400 < Date.now() / 1000)) ino.atime = now();
     await this.#proc.invoke(ok, IoReply, { bytes: n });
   }
 
@@ -184,6 +189,7 @@ export class Mediated {
       await this.#devRange(ino, a, b, slot, true);
       const first = a / BLOCK;
       for (let i = 0; i < (b - a) / BLOCK; i++) this.#deps.cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+      touch(ino, true); // mtime/ctime: durable with the size change below, else with the next image (fsync)
       if (end > ino.size) {
         ino.size = end;
         await this.#deps.persist();

@@ -6,6 +6,8 @@
  * Invariants:
  * - The metadata volume is the first volume ever created on the blockdev (volume id 1),
  *   created by the FS on first start, of 2 * META_SLOT_BYTES at least.
+ * - Version 2 holds inodes and directories (MetaInode); a version-1 image (flat paths) still
+ *   loads, and namespace.ts converts it (its next write is version 2).
  * - The image of generation g goes to slot g % 2, with a crc32 of its JSON, written with FUA:
  *   slot (g - 1) % 2, the last durable image, is never overwritten by the write of g, so a
  *   crash mid-write leaves it whole. Loading keeps the valid slot with the highest generation;
@@ -27,11 +29,12 @@ import { BLOCK } from './inode.js';
 /** Bytes of one metadata slot (two slots on the metadata volume). */
 export const META_SLOT_BYTES = 4 << 20;
 const META_MAGIC = 'FRFSMETA';
-const META_VERSION = 1;
+/** Version written (2: inodes and directories); version 1 images (flat paths) are loaded and converted. */
+const META_VERSION = 2;
 /** Header: magic (8), version u32, JSON length u32, generation u64, crc32 u32; zero to 64 bytes. */
 const META_HEADER = 64;
 
-/** One file of the image: extents as [volume, fileOffset, length]. */
+/** One file of a version-1 image (flat paths): extents as [volume, fileOffset, length]. */
 export interface MetaFile {
   id: number;
   path: string;
@@ -39,10 +42,19 @@ export interface MetaFile {
   extents: [number, number, number][];
 }
 
-/** The namespace as persisted: the next inode id and every file. */
+/**
+ * One inode of a version-2 image, as a tuple (compact JSON): id, mode, uid, gid, nlink,
+ * size, atime s, ns, mtime s, ns, ctime s, ns, extents flattened [volume, fileOffset,
+ * length, ...], and `extra`: a symlink's target, a directory's [parent, nextCookie,
+ * [name, ino, cookie, ...] in cookie order], else 0.
+ */
+export type MetaInode = [number, number, number, number, number, number, number, number, number, number, number, number, number[], string | [number, number, (string | number)[]] | 0];
+
+/** The namespace as persisted: the next inode id and every linked inode (version 2), or version 1's files. */
 export interface MetaImage {
   nextIno: number;
-  files: MetaFile[];
+  inodes?: MetaInode[];
+  files?: MetaFile[];
 }
 
 /**
@@ -72,7 +84,8 @@ export function encodeMeta(image: MetaImage, gen: number, into: Buffer): number 
  * length off).
  */
 function decodeHeader(b: Buffer): { len: number; gen: number; crc: number; total: number } | null {
-  if (b.toString('latin1', 0, 8) !== META_MAGIC || b.readUInt32LE(8) !== META_VERSION) return null;
+  const version = b.readUInt32LE(8);
+  if (b.toString('latin1', 0, 8) !== META_MAGIC || (version !== 1 && version !== META_VERSION)) return null;
   const len = b.readUInt32LE(12);
   if (len > META_SLOT_BYTES - META_HEADER) return null;
   const gen = b.readUInt32LE(16) + b.readUInt32LE(20) * 0x100000000;

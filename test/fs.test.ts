@@ -4,53 +4,26 @@
  * across restarts and crash consistency (kill -9 of the FS process during a write storm).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { Controller } from '../controller/index.js';
-import { connect, FractosError, type Process } from '../libfractos/index.js';
+import { connect, FractosError } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { deviceDir } from './helpers/devices.js';
+import { until } from './helpers/wait.js';
+import { fsClient, fsEnv, fsTeardown, type FsEnv } from './helpers/fs-env.js';
 import type { UringBackend } from '../blockdev-adaptor/uring-backend.js';
-import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+import { spawnFractos, type Spawned } from './helpers/spawn.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fst', 'fs.test');
 const { vtest } = devices;
 
-const devFile = (size = 96 << 20): string => devices.devFile(size);
-
-interface Env {
-  c: Controller;
-  addr: string;
-  bd: BlockdevService;
-  fs: FsService | null;
-  procs: Process[];
-}
-
-async function env(opts: { fs?: boolean; size?: number; cacheBlocks?: number } = {}): Promise<Env> {
-  const d = tempDir();
-  const addr = `unix:${join(d, 'c.sock')}`;
-  const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
-  const bd = await BlockdevService.start({ device: devFile(opts.size), controller: addr, format: true, queueDepth: 32 });
-  const fs = opts.fs === false ? null : await FsService.start({ controller: addr, cacheBlocks: opts.cacheBlocks });
-  return { c, addr, bd, fs, procs: [] };
-}
-
-async function client(e: Env): Promise<{ p: Process; fs: FsClient; port: IoPort }> {
-  const p = await connect(e.addr, { name: 'client' });
-  e.procs.push(p);
-  return { p, fs: await FsClient.connect(p), port: new IoPort(p) };
-}
-
-async function teardown(e: Env): Promise<void> {
-  for (const p of e.procs) await p.close();
-  await e.fs?.close();
-  await e.bd.close();
-  await e.c.close();
-}
+type Env = FsEnv;
+const env = (opts: { fs?: boolean; size?: number; cacheBlocks?: number } = {}): Promise<Env> => fsEnv(devices, opts);
+const client = fsClient;
+const teardown = fsTeardown;
 
 
 function sha(b: Uint8Array): string {
@@ -276,7 +249,9 @@ vtest('crash consistency: kill -9 of the FS during a write storm, restart, every
         }
       }
     }));
-    await new Promise((r) => setTimeout(r, 700));
+    // Kill once enough has completed (a fixed delay finds nothing done on a loaded machine).
+    await until(() => done.length >= 100, 20_000);
+    await new Promise((r) => setTimeout(r, 100));
     await fsp.kill9();
     stop = true;
     // Ops in flight at the kill never complete (their continuations died with the FS).
@@ -354,16 +329,6 @@ vtest('files persist across a clean restart of the FS and of the blockdev', asyn
     await teardown(e);
   }
 });
-
-/** Poll `cond` every 10 ms until it holds (or `ms` pass). */
-async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return true;
-}
 
 vtest('a client that goes away without close: the FS closes its opens and revokes their DAX Requests', async (t) => {
   const e = await env();
