@@ -21,8 +21,9 @@ import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testb
 import { DEFAULT_CONTROLLER } from './core.js';
 import { startService } from './start-service.js';
 import { die, log } from './log.js';
+import { runMountFio } from './fio-mount.js';
 
-const TARGETS = ['blockdev', 'fs', 'dax'] as const;
+const TARGETS = ['blockdev', 'fs', 'dax', 'mount'] as const;
 type TargetKind = (typeof TARGETS)[number];
 
 /** A single-host stack started as child processes: Controller, blockdev, FS. */
@@ -133,6 +134,8 @@ interface FioOpts {
   json?: boolean;
   compare?: boolean;
   fs: string;
+  dax?: boolean;
+  files?: string;
 }
 
 async function runFio(profile: string, o: FioOpts): Promise<void> {
@@ -140,6 +143,11 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   const kind = o.target as TargetKind;
   const runtimeMs = o.runtime !== undefined ? Number(o.runtime) * 1000 : undefined;
   if (runtimeMs !== undefined && !(runtimeMs > 0)) throw new FractosError('EINVAL', `--runtime must be > 0 seconds`);
+  if (kind === 'mount') {
+    // Real fio through a `fractos mount`, against ext4 and passthrough_ll with --compare (cli/fio-mount.ts).
+    const startMountStack = async (device: string): Promise<Stack> => startStack(device, 64, true);
+    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, startStack: startMountStack });
+  }
   const jobs = await loadJobFile(profile, { device: o.device, runtimeMs });
   const device = o.device ?? jobs[0]?.filename ?? DEFAULT_FIO_FILENAME;
   const region = Math.max(...jobs.map((j) => j.size ?? 256 << 20));
@@ -236,7 +244,9 @@ export function register(program: Command): void {
     .command('fio')
     .description('run a fio job file against FractOS (blockdev volume, FS mediated, or DAX)')
     .argument('<profile>', 'fio job file (fio-profiles/*.fio)')
-    .option('--target <kind>', 'blockdev | fs | dax', 'dax')
+    .option('--target <kind>', 'blockdev | fs | dax | mount (real fio through `fractos mount`; PROFILE `metadata`: create/stat/rename/unlink)', 'dax')
+    .option('--dax', 'with --target mount: mount with --dax')
+    .option('--files <n>', 'with --target mount and PROFILE metadata: files (default 10000)')
     .option('--device <path>', 'device or file (overrides the job filename)')
     .option('--controller <addr>', 'use a running stack (default: start Controller + blockdev + fs here)')
     .option('--fs <name>', 'FS bootstrap prefix', 'fs')
