@@ -30,6 +30,8 @@ export interface MountFioOptions {
   compare?: boolean;
   dax?: boolean;
   json?: boolean;
+  /** Replace every job's size, bytes (the file fio lays out through the mount first). */
+  size?: number;
   /** metadata benchmark: files (default 10,000). */
   files?: number;
   /** Start Controller + blockdev + FS on `device` (the runner's startStack); returns its address and stop. */
@@ -92,7 +94,7 @@ function ext4(scratch: string, bytes: number): Target {
   return {
     name: 'ext4', dir,
     down: async () => {
-      spawnSync('umount', [dir]);
+      if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
       spawnSync('losetup', ['-d', loop]);
     },
   };
@@ -112,7 +114,11 @@ async function passthrough(scratch: string, under: string): Promise<Target> {
       } catch {
         // already gone
       }
-      child.kill('SIGTERM');
+      if (child.exitCode === null) {
+        const gone = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await gone;
+      }
     },
   };
 }
@@ -141,15 +147,15 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
 }
 
 /** One fio run of `profile` on `t` (file `fio.dat` in its folder). */
-async function fioOn(profile: string, t: Target, runtimeMs?: number): Promise<FioReport> {
+async function fioOn(profile: string, t: Target, runtimeMs?: number, size?: number): Promise<FioReport> {
   process.stderr.write(`fio: running ${basename(profile)} on ${t.name} (${t.dir})\n`);
-  return (await runRealFio(profile, { filename: join(t.dir, 'fio.dat'), runtimeMs })).report;
+  return (await runRealFio(profile, { filename: join(t.dir, 'fio.dat'), runtimeMs, size })).report;
 }
 
 /** Files per second of each metadata phase over `n` empty files in a fresh folder of `t`. */
 async function metaOn(t: Target, n: number): Promise<Record<'create' | 'stat' | 'rename' | 'unlink', number>> {
   process.stderr.write(`fio: metadata (${n} files) on ${t.name}\n`);
-  const d = join(t.dir, 'meta');
+  const d = join(t.dir, `meta-${t.name.replace(/\W+/g, '_')}`);
   mkdirSync(d);
   const rate = async (fn: (i: number) => Promise<unknown>): Promise<number> => {
     const t0 = process.hrtime.bigint();
@@ -172,7 +178,7 @@ export async function runMountFio(profile: string, o: MountFioOptions): Promise<
   if (o.compare && process.getuid?.() !== 0) throw new FractosError('EPERM', '--target mount --compare needs root (losetup, mount)');
   const meta = profile === 'metadata';
   const jobs = meta ? [] : await loadJobFile(profile, { runtimeMs: o.runtimeMs });
-  const region = meta ? 0 : Math.max(...jobs.map((j) => j.size ?? 256 << 20));
+  const region = meta ? 0 : (o.size ?? Math.max(...jobs.map((j) => j.size ?? 256 << 20)));
   const bytes = Math.max(1 << 30, 2 * region * Math.max(1, jobs.length) + (256 << 20));
   const scratch = mkdtempSync('/var/tmp/fractos-fio-mount-');
   const downs: Target[] = [];
@@ -193,7 +199,8 @@ export async function runMountFio(profile: string, o: MountFioOptions): Promise<
       const records: object[] = [];
       const mine = await metaOn(ours, n);
       rows.push(`${'phase'.padEnd(8)} ${ours.name.padStart(14)} ${targets.map((t) => `${t.name.padStart(14)} ${'ratio'.padStart(7)}`).join(' ')}`);
-      const base = await Promise.all(targets.map(async (t) => ({ t, r: await metaOn(t, n) })));
+      const base: { t: Target; r: Awaited<ReturnType<typeof metaOn>> }[] = [];
+      for (const t of targets) base.push({ t, r: await metaOn(t, n) });
       for (const phase of ['create', 'stat', 'rename', 'unlink'] as const) {
         rows.push(`${phase.padEnd(8)} ${mine[phase].toFixed(0).padStart(14)} ${base.map(({ r }) => `${r[phase].toFixed(0).padStart(14)} ${(mine[phase] / r[phase]).toFixed(3).padStart(7)}`).join(' ')}`);
         for (const { t, r } of base) records.push({ bench: 'mount-metadata', metric: `${phase}_per_s`, value: mine[phase], unit: 'files/s', baseline: r[phase], ratio: mine[phase] / r[phase], params: { files: n, target: ours.name, baselineTarget: t.name } });
@@ -201,14 +208,14 @@ export async function runMountFio(profile: string, o: MountFioOptions): Promise<
       process.stdout.write(o.json ? JSON.stringify(records, null, 2) + '\n' : `metadata: ${n} files, files per second\n${rows.join('\n')}\n`);
       return;
     }
-    const mine = await fioOn(profile, ours, o.runtimeMs);
+    const mine = await fioOn(profile, ours, o.runtimeMs, o.size);
     if (!o.compare) {
       process.stdout.write(formatTextReport(mine));
       return;
     }
     const records: FioBenchRecord[] = [];
     for (const t of targets) {
-      const r = await fioOn(profile, t, o.runtimeMs);
+      const r = await fioOn(profile, t, o.runtimeMs, o.size);
       records.push(...compareRecords(mine, r, { profile: basename(profile).replace(/\.fio$/, ''), target: `${ours.name} vs ${t.name}` }));
     }
     process.stdout.write(o.json ? JSON.stringify(records, null, 2) + '\n' : formatCompareTable(records).replace(/\bfio\b/, 'base'));

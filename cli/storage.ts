@@ -12,7 +12,7 @@ import { FsClient } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import {
-  DEFAULT_FIO_FILENAME, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
+  DEFAULT_FIO_FILENAME, parseSize, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
   type FioJob, type FioReport, type IoTarget,
 } from '../bench/fio/index.js';
 import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
@@ -136,6 +136,7 @@ interface FioOpts {
   fs: string;
   dax?: boolean;
   files?: string;
+  size?: string;
 }
 
 async function runFio(profile: string, o: FioOpts): Promise<void> {
@@ -146,7 +147,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   if (kind === 'mount') {
     // Real fio through a `fractos mount`, against ext4 and passthrough_ll with --compare (cli/fio-mount.ts).
     const startMountStack = async (device: string): Promise<Stack> => startStack(device, 64, true);
-    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, startStack: startMountStack });
+    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, size: o.size !== undefined ? parseSize(o.size) : undefined, startStack: startMountStack });
   }
   const jobs = await loadJobFile(profile, { device: o.device, runtimeMs });
   const device = o.device ?? jobs[0]?.filename ?? DEFAULT_FIO_FILENAME;
@@ -247,6 +248,7 @@ export function register(program: Command): void {
     .option('--target <kind>', 'blockdev | fs | dax | mount (real fio through `fractos mount`; PROFILE `metadata`: create/stat/rename/unlink)', 'dax')
     .option('--dax', 'with --target mount: mount with --dax')
     .option('--files <n>', 'with --target mount and PROFILE metadata: files (default 10000)')
+    .option('--size <bytes>', 'with --target mount: every job\'s size (fio suffixes: 64m)')
     .option('--device <path>', 'device or file (overrides the job filename)')
     .option('--controller <addr>', 'use a running stack (default: start Controller + blockdev + fs here)')
     .option('--fs <name>', 'FS bootstrap prefix', 'fs')

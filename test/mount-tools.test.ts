@@ -178,3 +178,15 @@ mtest('a second mount on the same point is refused (EBUSY); fusermount3 -u ends 
   t.regex(m.output(), /ended: unmounted/);
   t.is(fuseMountAt(mp), null);
 });
+
+mtest('fractos fio --target mount: real fio through a mount of its own stack; the metadata profile reports files per second', async (t) => {
+  t.timeout(400_000);
+  const f = await sh(`node ${REPO_ROOT}/bin/fractos.js fio ${REPO_ROOT}/fio-profiles/randread-4k-qd1.fio --target mount --runtime 1 --size 16m`, stack!.dir, 180_000);
+  t.is(f.code, 0, f.out + f.err);
+  const iops = /read: IOPS=([\d.]+)(k?)/.exec(f.out);
+  t.truthy(iops, f.out);
+  t.true(Number(iops![1]) > 0);
+  const m = await sh(`node ${REPO_ROOT}/bin/fractos.js fio metadata --target mount --files 50`, stack!.dir, 180_000);
+  t.is(m.code, 0, m.out + m.err);
+  for (const phase of ['create', 'stat', 'rename', 'unlink']) t.regex(m.out, new RegExp(`^${phase}\\s+[1-9]\\d*`, 'm'), m.out);
+});
