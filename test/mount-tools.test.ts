@@ -84,7 +84,7 @@ mtest('git init/add/commit/fsck and tar extract + re-create byte-identical insid
   }
 });
 
-mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EISDIR, ENOENT', async (t) => {
+mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EISDIR, ENOENT, EACCES', async (t) => {
   const mp = point('m3');
   const m = await mount(stack!, mp);
   try {
@@ -97,6 +97,8 @@ mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EI
       ['rmdir e/file', /Not a directory/],
       ['cat e/sub', /Is a directory/],
       ['cat e/nothing', /No such file or directory/],
+      // Another user in root's 0755 directory (the kernel checks first: default_permissions).
+      ['setpriv --reuid=65534 --regid=65534 --clear-groups touch e/x', /Permission denied/],
     ];
     for (const [cmd, want] of cases) {
       const r = await sh(cmd, mp);
