@@ -99,6 +99,7 @@ export class Extents {
       const v = await volumeCreate(this.#proc, this.#admin.create, len);
       this.#vols.set(v.volume, v);
       ino.extents.push({ volume: v.volume, fileOffset: have, length: v.size });
+      ino.dirty = true;
       // Not yet durable: the extent is persisted with the size change (or leaks on a crash).
       if (!this.#deps.isCurrent(ino)) {
         ino.extents.pop();

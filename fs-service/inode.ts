@@ -69,6 +69,12 @@ export interface Inode {
   target?: string;
   size: number;
   extents: Extent[];
+  /**
+   * Changed since the last metadata write (a persisted field: attributes, size, extents,
+   * nlink, a directory's parent or cookie counter): the next log record carries its tuple.
+   * Whoever changes such a field sets it (attrs.ts `touch` does).
+   */
+  dirty: boolean;
   /** Serializes extent allocation. */
   alloc: Promise<unknown>;
   /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
@@ -91,7 +97,7 @@ export function now(): Time {
 /** A fresh inode record: `mode` (type | perm), owner, nlink, times now, no extents. */
 export function newInode(id: number, path: string, mode: number, uid: number, gid: number, nlink: number): Inode {
   const t = now();
-  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
+  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], dirty: true, alloc: Promise.resolve(), writing: 0, wgen: 0 };
 }
 
 /** Bytes covered by the file's extents (the end of the last one), 0 with none. */

@@ -144,7 +144,10 @@ export class Mediated {
       }
     }
     // relatime: atime moves when it is older than mtime or a day old (persisted with the next image).
-    if (n > 0 && (ino.atime[0] < ino.mtime[0] || (ino.atime[0] === ino.mtime[0] && ino.atime[1] <= ino.mtime[1]) || ino.atime[0] + 86400 < Date.now() / 1000)) ino.atime = now();
+    if (n > 0 && (ino.atime[0] < ino.mtime[0] || (ino.atime[0] === ino.mtime[0] && ino.atime[1] <= ino.mtime[1]) || ino.atime[0] + 86400 < Date.now() / 1000)) {
+      ino.atime = now();
+      ino.dirty = true;
+    }
     await this.#proc.invoke(ok, IoReply, { bytes: n });
   }
 

@@ -135,6 +135,11 @@ export class FsService {
     return this.#staging.slots;
   }
 
+  /** Metadata writes so far: whole images (checkpoints) and log records, for tests and stats. */
+  get metaWrites(): { checkpoints: number; records: number } {
+    return { ...this.#meta.counts };
+  }
+
   /** Open handles (mediated and DAX), for tests and stats. */
   get openHandles(): number {
     return this.#opens.size;
@@ -154,7 +159,7 @@ export class FsService {
     this.#admin = await adminClaim(p, bd, 30_000, this.#opts.adminSecret);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
-    this.#meta = await MetadataStore.create(p, this.#port, () => this.#ns.image());
+    this.#meta = await MetadataStore.create(p, this.#port, { image: () => this.#ns.image(), delta: () => this.#ns.delta() });
     this.#staging = await Staging.create(p);
     this.#mediated = new Mediated(p, this.#port, this.#staging, {
       volume: (id) => this.#extents.volume(id),
@@ -186,8 +191,11 @@ export class FsService {
       closeAll: (ino) => this.#opens.closeAll(ino),
       sendListing: (data, buffer) => this.#staging.sendListing(data, buffer),
     });
-    const image = await this.#meta.load(this.#admin);
-    if (image) for (const ino of this.#ns.restore(image)) await this.#extents.adopt(ino);
+    const loaded = await this.#meta.load(this.#admin);
+    if (loaded) {
+      for (const ino of this.#ns.restore(loaded.image, loaded.deltas)) await this.#extents.adopt(ino);
+      if (loaded.image.files) this.#meta.checkpointNext(); // a converted version-1 image
+    }
     if (this.#opts.reclaim !== false) await this.#extents.reclaim(this.#meta.volume);
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#paths.create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) =>
