@@ -4,7 +4,8 @@
  *
  * Invariants:
  * - `extents` are sorted by `fileOffset`, contiguous from 0 (extent i+1 starts where extent i
- *   ends) and each is one whole blockdev volume; `allocatedOf` is where the last one ends.
+ *   ends); each is (the start of) a volume of its own, or a block range of a pool volume
+ *   (small files; pooled extents come before private ones); `allocatedOf` is where the last one ends.
  * - `size` <= allocatedOf(ino) once an operation has finished; bytes past `size` are zero
  *   on the device (truncate zeroes what it cuts off, new volumes are zeroed).
  * - `id` is never reused (Namespace hands out ids; the metadata image persists the next one).
@@ -24,11 +25,18 @@ export const BLOCK = 4096;
 /** Largest mediated read/write, bytes. */
 export const MAX_MEDIATED = 1 << 20;
 
-/** One extent: file range [fileOffset, fileOffset + length) stored at offset 0 of `volume`. */
+/**
+ * One extent: file range [fileOffset, fileOffset + length) stored at `volOffset` of `volume`.
+ * A private extent is the start of a volume of its own (volOffset 0; DAX hands out its
+ * volume's Requests); a pooled one is a block range of a pool volume shared by small files
+ * (extents.ts; never handed out: a DAX open makes the file private first).
+ */
 export interface Extent {
   volume: number;
   fileOffset: number;
   length: number;
+  volOffset: number;
+  pooled: boolean;
 }
 
 /** A time: seconds since the epoch and nanoseconds. */

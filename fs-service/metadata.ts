@@ -40,7 +40,7 @@ import { BLOCK } from './inode.js';
 /** Bytes of one metadata slot (two slots on the metadata volume). */
 export const META_SLOT_BYTES = 4 << 20;
 /** Bytes of the log after the two slots (volumes created by this version). */
-export const META_LOG_BYTES = 8 << 20;
+export const META_LOG_BYTES = 4 << 20;
 /** Largest delta written as a log record; a larger one is written as a checkpoint instead. */
 const MAX_RECORD = 1 << 20;
 const LOG_MAGIC = 'FRFSLOG1';
@@ -61,7 +61,7 @@ export interface MetaFile {
 /**
  * One inode of a version-2 image, as a tuple (compact JSON): id, mode, uid, gid, nlink,
  * size, atime s, ns, mtime s, ns, ctime s, ns, extents flattened [volume, fileOffset,
- * length, ...], and `extra`: a symlink's target, a directory's [parent, nextCookie,
+ * length, pooled (0/1), volOffset, ...], and `extra`: a symlink's target, a directory's [parent, nextCookie,
  * [name, ino, cookie, ...] in cookie order], else 0.
  */
 export type MetaInode = [number, number, number, number, number, number, number, number, number, number, number, number, number[], string | [number, number, (string | number)[] | null] | 0];

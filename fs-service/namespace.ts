@@ -126,7 +126,7 @@ export class Namespace {
       this.#inodes.set(id, ino);
     }
     Object.assign(ino, { mode, uid, gid, nlink, size, atime: [as, an], mtime: [ms, mn], ctime: [cs, cn], extents: [] });
-    for (let i = 0; i < ext.length; i += 3) ino.extents.push({ volume: ext[i]!, fileOffset: ext[i + 1]!, length: ext[i + 2]! });
+    for (let i = 0; i < ext.length; i += 5) ino.extents.push({ volume: ext[i]!, fileOffset: ext[i + 1]!, length: ext[i + 2]!, pooled: ext[i + 3] === 1, volOffset: ext[i + 4]! });
     if (typeof extra === 'string') ino.target = extra;
     else if (extra) {
       const [parent, nextCookie, ents] = extra;
@@ -213,7 +213,7 @@ export class Namespace {
       const ino = newInode(f.id === ROOT_INO ? next++ : f.id, names[names.length - 1]!, S_IFREG | 0o644, 0, 0, 1);
       ids.push(ino.id);
       ino.size = f.size;
-      ino.extents = f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length }));
+      ino.extents = f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length, pooled: false, volOffset: 0 }));
       this.#put(ino);
       this.#addEntry(dir, names[names.length - 1]!, ino);
       files.push(ino);
@@ -225,7 +225,7 @@ export class Namespace {
   /** `i` as an image tuple; a directory's entries only `withEntries`. */
   #tuple(i: Inode, withEntries: boolean): MetaInode {
     const ext: number[] = [];
-    for (const x of i.extents) ext.push(x.volume, x.fileOffset, x.length);
+    for (const x of i.extents) ext.push(x.volume, x.fileOffset, x.length, x.pooled ? 1 : 0, x.volOffset);
     let extra: MetaInode[13] = 0;
     if (i.target !== undefined) extra = i.target;
     else if (i.dir) {
@@ -632,11 +632,13 @@ export class Namespace {
     const names = path.slice(1).split('/');
     for (const n of names) checkName(n, false);
     let d = this.#dirOf(ROOT_INO);
-    for (const n of names.slice(0, -1)) {
+    for (let k = 0; k < names.length - 1; k++) {
+      const n = names[k]!;
       let c = this.#child(d, n);
       if (!c) {
         if (!mkdirs) throw new FractosError('ENOENT', `no directory '${n}' in '${path}'`);
-        this.#checkNew(d, n, META_INODE);
+        // Every later component is missing too: check room for all of them before making any.
+        this.#checkNew(d, n, (names.length - 1 - k) * (2 * META_INODE + META_ENTRY));
         c = this.#makeDir(this.#nextIno++, d, n, 0o755, ROOT_WHO);
         touch(d, true);
       }

@@ -135,6 +135,11 @@ export class FsService {
     return this.#staging.slots;
   }
 
+  /** Pool volumes (small files' extents) and their free bytes, for tests and stats. */
+  get pools(): { pools: number; free: number } {
+    return this.#extents.pooled;
+  }
+
   /** Metadata writes so far: whole images (checkpoints) and log records, for tests and stats. */
   get metaWrites(): { checkpoints: number; records: number } {
     return { ...this.#meta.counts };
@@ -172,6 +177,9 @@ export class FsService {
       persist: () => this.#meta.persist(),
       isCurrent: (ino) => this.#ns.isCurrent(ino),
       revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
+      hasDax: (ino) => this.#opens.hasDax(ino),
+      zero: (v, off, len) => this.#mediated.zeroVolume(v, off, len),
+      copyToVolume: (ino, len, v, swap) => this.#mediated.copyToVolume(ino, len, v, swap),
     }, this.#opts.maxExtentGrowth);
     this.#opens = new Opens(p, this.counts, this.#opts.log, {
       volume: (id) => this.#extents.volume(id),
@@ -237,7 +245,11 @@ export class FsService {
     if (isDir(ino)) throw new FractosError('EISDIR', `'${ino.path}' is a directory`);
     if (!isReg(ino)) throw new FractosError('EINVAL', `'${ino.path}' is not a regular file`);
     if (flags & OpenFlags.TRUNC && ino.size > 0) await this.#ns.resize(ino, 0, false);
-    if (dax && allocatedOf(ino) < ino.size) await this.#extents.ensureAllocated(ino, ino.size);
+    if (dax) {
+      // DAX hands out volumes: a pooled file is made private first, holes are allocated.
+      await this.#extents.makePrivate(ino);
+      if (allocatedOf(ino) < ino.size) await this.#extents.ensureAllocated(ino, ino.size, true);
+    }
     await this.#opens.open(ino, mode, dax, ok);
   }
 
