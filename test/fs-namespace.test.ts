@@ -520,6 +520,42 @@ vtest('small files share pool volumes (600 files, a handful of volumes); restart
   }
 });
 
+vtest('an unlinked file still open when the FS is killed (kill -9) is gone after restart, its volume reclaimed; its linked neighbour intact', async (t) => {
+  const e = await env({ fs: false });
+  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
+  let fsp = await spawnFs();
+  try {
+    const p = await connect(e.addr, { name: 'orphan' });
+    let fs = await FsClient.connect(p);
+    const port = new IoPort(p);
+    const base = e.bd.table.list().length;
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    region.bytes.set(randomBytes(1 << 20));
+    const keep = await fs.createIno(ROOT_INO, 'keep', 0o644, OpenMode.RW);
+    await port.ioAsync(keep.write, true, 0, 1 << 20, cid);
+    const sum = sha(region.bytes);
+    const gone = await fs.createIno(ROOT_INO, 'gone', 0o644, OpenMode.RW);
+    await port.ioAsync(gone.write, true, 0, 1 << 20, cid);
+    await fs.unlink(ROOT_INO, 'gone');
+    t.is(await port.ioAsync(gone.read, false, 0, 4096, cid), 4096, 'readable while open');
+    t.is(e.bd.table.list().length, base + 2, 'both volumes exist while the unlinked file is open');
+    await fsp.kill9();
+    fsp = await spawnFs();
+    fs = await FsClient.connect(p);
+    t.is(e.bd.table.list().length, base + 1, 'the unlinked file\'s volume was reclaimed at start-up');
+    await code(t, fs.lookup(ROOT_INO, 'gone'), 'ENOENT');
+    await code(t, fs.getattr(gone.attr.ino), 'ENOENT');
+    const k = await fs.openIno(keep.attr.ino, OpenMode.READ);
+    region.bytes.fill(0);
+    t.is(await port.ioAsync(k.read, false, 0, 1 << 20, cid), 1 << 20);
+    t.is(sha(region.bytes), sum);
+    await p.close();
+  } finally {
+    await fsp.stop();
+    await teardown(e);
+  }
+});
+
 /** Every entry under `dir` resolves; nlinks match the entries naming each inode (files) and 2 + subdirectories (directories). */
 async function checkTree(t: { is: (a: unknown, b: unknown, m?: string) => void }, fs: FsClient): Promise<Map<number, Attr>> {
   const names = new Map<number, number>();
