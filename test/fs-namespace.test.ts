@@ -7,8 +7,9 @@
  * link (kill -9 of the FS during a storm of them).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { connect } from '../libfractos/index.js';
-import { IoPort } from '../blockdev-adaptor/client.js';
+import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import {
   DirType, FsClient, NS_OPS, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr, type Attr, type OpenFile,
@@ -552,6 +553,59 @@ vtest('an unlinked file still open when the FS is killed (kill -9) is gone after
     await p.close();
   } finally {
     await fsp.stop();
+    await teardown(e);
+  }
+});
+
+vtest('a version-1 metadata image (flat paths, older FS) loads as directories and files, and is written as version 2', async (t) => {
+  const e = await env({ fs: false });
+  try {
+    // What an older FS left: volume 1 of 8 MiB with a version-1 image in slot 0, and a file's volume.
+    const p = await connect(e.addr, { name: 'old-fs' });
+    e.procs.push(p);
+    const admin = await adminClaim(p, 'blockdev', 10_000);
+    const meta = await volumeCreate(p, admin.create, 8 << 20);
+    t.is(meta.volume, 1);
+    const vol = await volumeCreate(p, admin.create, 1 << 20);
+    const port = new IoPort(p);
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    region.bytes.set(randomBytes(1 << 20));
+    const sum = sha(region.bytes.subarray(0, 5000));
+    await port.ioAsync(vol.write, true, 0, 1 << 20, cid);
+    const json = Buffer.from(JSON.stringify({ nextIno: 3, files: [{ id: 1, path: '/old/dir/a', size: 5000, extents: [[vol.volume, 0, 1 << 20]] }, { id: 2, path: '/b', size: 0, extents: [] }] }));
+    const b = Buffer.from(region.bytes.buffer, region.bytes.byteOffset, region.bytes.length);
+    b.fill(0, 0, 4096);
+    b.write('FRFSMETA', 0, 'latin1');
+    b.writeUInt32LE(1, 8);
+    b.writeUInt32LE(json.length, 12);
+    b.writeUInt32LE(1, 16);
+    b.writeUInt32LE(crc32(json), 24);
+    json.copy(b, 64);
+    await port.ioAsync(meta.write, true, 0, 4096, cid);
+    await adminRelease(p, admin);
+    e.fs = await FsService.start({ controller: e.addr });
+    const { fs, port: cport } = await client(e);
+    const a = await fs.resolve('/old/dir/a');
+    t.is(a.size, 5000);
+    t.is(a.mode, S_IFREG | 0o644);
+    t.not(a.ino, ROOT_INO, 'the old id 1 (now the root\'s) is renumbered');
+    t.is((await fs.resolve('/old')).mode, S_IFDIR | 0o755);
+    t.is((await fs.resolve('/b')).size, 0);
+    const o = await fs.openIno(a.ino, OpenMode.READ);
+    const back = await fs.proc.memoryCreateShared(8192);
+    t.is(await cport.ioAsync(o.read, false, 0, 8192, back.cid), 5000);
+    t.is(sha(back.region.bytes.subarray(0, 5000)), sum);
+    await fs.close(o, true);
+    // The next change writes a version-2 checkpoint; a restart loads it.
+    await fs.mkdir(ROOT_INO, 'new', 0o755);
+    t.is(e.fs.metaWrites.checkpoints, 1);
+    for (const q of e.procs.splice(1)) await q.close();
+    await e.fs.close();
+    e.fs = await FsService.start({ controller: e.addr });
+    const c2 = await client(e);
+    t.is((await c2.fs.resolve('/old/dir/a')).size, 5000);
+    t.is((await c2.fs.resolve('/new')).mode, S_IFDIR | 0o755);
+  } finally {
     await teardown(e);
   }
 });
