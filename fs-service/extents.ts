@@ -32,7 +32,7 @@ import { FractosError } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import { volumeCreate, volumeList, volumeOpen, type VolumeAdmin, type VolumeHandle } from '../blockdev-adaptor/client.js';
 import { VolumeDelete } from '../blockdev-adaptor/schema.js';
-import { allocatedOf, BLOCK, type Extent, type FsCounts, type FsLog, type Inode } from './inode.js';
+import { allocatedOf, BLOCK, serialized, type Extent, type FsCounts, type FsLog, type Inode } from './inode.js';
 
 /** Smallest private extent, bytes. */
 const MIN_EXTENT = 1 << 20;
@@ -228,9 +228,7 @@ export class Extents {
       }
       await this.#deps.persist();
     };
-    const next = ino.alloc.then(run, run);
-    ino.alloc = next.catch(() => {});
-    return next;
+    return serialized(ino, run);
   }
 
   /** Add pool range `got` (`len` bytes) to `ino` at file offset `have`: zeroed first, merged into the last extent when adjacent, persisted. */
@@ -274,15 +272,15 @@ export class Extents {
           ino.dirty = true;
           await this.#deps.persist();
         });
+        // Reads that may still use the old ranges finish before the ranges can be reused.
+        if (ino.reads?.size) await Promise.all([...ino.reads]);
       } catch (err) {
         if (!ino.extents.some((x) => x.volume === v.volume)) await this.free(ino, [{ volume: v.volume, fileOffset: 0, length: v.size, volOffset: 0, pooled: false }]);
         throw err;
       }
       await this.free(ino, pooled);
     };
-    const next = ino.alloc.then(run, run);
-    ino.alloc = next.catch(() => {});
-    return next;
+    return serialized(ino, run);
   }
 
   /** Return `gone`'s pooled ranges to their pools; revoke the DAX Requests on its private volumes, then delete them. Call once the metadata without them is durable. */

@@ -83,8 +83,10 @@ export interface Inode {
    * Whoever changes such a field sets it (attrs.ts `touch` does).
    */
   dirty: boolean;
-  /** Serializes extent allocation. */
+  /** Serializes changes of the extents: allocation, a pooled file made private, a shrink (`serialized`). */
   alloc: Promise<unknown>;
+  /** Mediated reads of a file with pooled extents in flight (their device part), so `makePrivate` frees the old ranges only after them. */
+  reads?: Set<Promise<void>>;
   /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
   writing: number;
   wgen: number;
@@ -106,6 +108,13 @@ export function now(): Time {
 export function newInode(id: number, path: string, mode: number, uid: number, gid: number, nlink: number): Inode {
   const t = now();
   return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], dirty: true, alloc: Promise.resolve(), writing: 0, wgen: 0 };
+}
+
+/** Run `fn` after every extent change of `ino` queued before it (and before any queued after); answers its result. */
+export function serialized(ino: Inode, fn: () => Promise<void>): Promise<void> {
+  const next = ino.alloc.then(fn, fn);
+  ino.alloc = next.catch(() => {});
+  return next;
 }
 
 /** Bytes covered by the file's extents (the end of the last one), 0 with none. */

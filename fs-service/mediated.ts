@@ -188,7 +188,17 @@ export class Mediated {
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
       const slot = await this.#staging.slots.acquireAsync(handle, mayStall(st));
       try {
-        await this.#fill(ino, a, b, slot);
+        if (ino.extents[0]?.pooled) {
+          // Pooled ranges may be freed by makePrivate: it waits for reads like this one.
+          const fill = this.#fill(ino, a, b, slot);
+          const done = fill.then(() => {}, () => {});
+          (ino.reads ??= new Set()).add(done);
+          try {
+            await fill;
+          } finally {
+            ino.reads.delete(done);
+          }
+        } else await this.#fill(ino, a, b, slot);
         await this.#staging.toClient(slot, offset - a, n, buffer, st);
       } finally {
         this.#staging.slots.release(handle, slot);

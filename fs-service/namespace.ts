@@ -29,7 +29,7 @@ import { FractosError } from '../libfractos/errors.js';
 import {
   DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
 } from './contract.js';
-import { allocatedOf, BLOCK, newInode, type Dir, type Extent, type Inode } from './inode.js';
+import { allocatedOf, BLOCK, newInode, serialized, type Dir, type Extent, type Inode } from './inode.js';
 import { META_SLOT_BYTES, type MetaDelta, type MetaImage, type MetaInode } from './metadata.js';
 import { access, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
 
@@ -599,6 +599,18 @@ export class Namespace {
     if (!isReg(ino)) throw new FractosError('EINVAL', `'${ino.path}' is not a regular file`);
     if (size >= ino.size) {
       if (allocate) await this.#deps.ensureAllocated(ino, size);
+      ino.size = size;
+      touch(ino, true);
+      await this.#deps.persist();
+      return;
+    }
+    // A shrink changes the extents: serialized with allocation and makePrivate.
+    await serialized(ino, () => this.#shrink(ino, size));
+  }
+
+  async #shrink(ino: Inode, size: number): Promise<void> {
+    if (size >= ino.size) {
+      // Grown meanwhile (a write past the end): the size asked for is still set.
       ino.size = size;
       touch(ino, true);
       await this.#deps.persist();
