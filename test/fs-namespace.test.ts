@@ -16,8 +16,7 @@ import {
 } from '../fs-service/index.js';
 import { deviceDir } from './helpers/devices.js';
 import { until } from './helpers/wait.js';
-import { fsClient, fsEnv, fsTeardown, type FsEnv } from './helpers/fs-env.js';
-import { spawnFractos, type Spawned } from './helpers/spawn.js';
+import { fsClient, fsEnv, fsTeardown, spawnFs, type FsEnv } from './helpers/fs-env.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fsns', 'fs-namespace.test');
@@ -523,8 +522,7 @@ vtest('small files share pool volumes (600 files, a handful of volumes); restart
 
 vtest('an unlinked file still open when the FS is killed (kill -9) is gone after restart, its volume reclaimed; its linked neighbour intact', async (t) => {
   const e = await env({ fs: false });
-  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
-  let fsp = await spawnFs();
+  let fsp = await spawnFs(e);
   try {
     const p = await connect(e.addr, { name: 'orphan' });
     let fs = await FsClient.connect(p);
@@ -541,7 +539,7 @@ vtest('an unlinked file still open when the FS is killed (kill -9) is gone after
     t.is(await port.ioAsync(gone.read, false, 0, 4096, cid), 4096, 'readable while open');
     t.is(e.bd.table.list().length, base + 2, 'both volumes exist while the unlinked file is open');
     await fsp.kill9();
-    fsp = await spawnFs();
+    fsp = await spawnFs(e);
     fs = await FsClient.connect(p);
     t.is(e.bd.table.list().length, base + 1, 'the unlinked file\'s volume was reclaimed at start-up');
     await code(t, fs.lookup(ROOT_INO, 'gone'), 'ENOENT');
@@ -636,8 +634,7 @@ async function checkTree(t: { is: (a: unknown, b: unknown, m?: string) => void }
 
 vtest('crash consistency of rename and link: kill -9 of the FS during a storm of them, restart, the tree is consistent and every answered step is there', async (t) => {
   const e = await env({ fs: false });
-  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
-  let fsp = await spawnFs();
+  let fsp = await spawnFs(e);
   try {
     const p = await connect(e.addr, { name: 'storm' });
     let fs = await FsClient.connect(p);
@@ -685,7 +682,7 @@ vtest('crash consistency of rename and link: kill -9 of the FS during a storm of
     await fsp.kill9();
     stop = true;
     await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
-    fsp = await spawnFs();
+    fsp = await spawnFs(e);
     fs = await FsClient.connect(p);
     const attrs = await checkTree(t, fs);
     t.true(attrs.size > 0);
