@@ -97,6 +97,7 @@ export function touch(ino: Inode, modified: boolean): void {
   const t = now();
   ino.ctime = t;
   if (modified) ino.mtime = [...t];
+  ino.dirty = true;
 }
 
 /** What setattr asks besides the size (contract.ts SetAttrReq's fields). */
@@ -147,5 +148,6 @@ export function planSetattr(ino: Inode, c: AttrChange, who: Who): () => void {
   return () => {
     for (const s of steps) s();
     ino.ctime = ctime ?? now();
+    ino.dirty = true;
   };
 }

@@ -4,7 +4,8 @@
  *
  * Invariants:
  * - `extents` are sorted by `fileOffset`, contiguous from 0 (extent i+1 starts where extent i
- *   ends) and each is one whole blockdev volume; `allocatedOf` is where the last one ends.
+ *   ends); each is (the start of) a volume of its own, or a block range of a pool volume
+ *   (small files; pooled extents come before private ones); `allocatedOf` is where the last one ends.
  * - `size` <= allocatedOf(ino) once an operation has finished; bytes past `size` are zero
  *   on the device (truncate zeroes what it cuts off, new volumes are zeroed).
  * - `id` is never reused (Namespace hands out ids; the metadata image persists the next one).
@@ -24,11 +25,18 @@ export const BLOCK = 4096;
 /** Largest mediated read/write, bytes. */
 export const MAX_MEDIATED = 1 << 20;
 
-/** One extent: file range [fileOffset, fileOffset + length) stored at offset 0 of `volume`. */
+/**
+ * One extent: file range [fileOffset, fileOffset + length) stored at `volOffset` of `volume`.
+ * A private extent is the start of a volume of its own (volOffset 0; DAX hands out its
+ * volume's Requests); a pooled one is a block range of a pool volume shared by small files
+ * (extents.ts; never handed out: a DAX open makes the file private first).
+ */
 export interface Extent {
   volume: number;
   fileOffset: number;
   length: number;
+  volOffset: number;
+  pooled: boolean;
 }
 
 /** A time: seconds since the epoch and nanoseconds. */
@@ -69,8 +77,16 @@ export interface Inode {
   target?: string;
   size: number;
   extents: Extent[];
-  /** Serializes extent allocation. */
+  /**
+   * Changed since the last metadata write (a persisted field: attributes, size, extents,
+   * nlink, a directory's parent or cookie counter): the next log record carries its tuple.
+   * Whoever changes such a field sets it (attrs.ts `touch` does).
+   */
+  dirty: boolean;
+  /** Serializes changes of the extents: allocation, a pooled file made private, a shrink (`serialized`). */
   alloc: Promise<unknown>;
+  /** Mediated reads of a file with pooled extents in flight (their device part), so `makePrivate` frees the old ranges only after them. */
+  reads?: Set<Promise<void>>;
   /** Mediated writes in flight and a counter bumped by each, to keep stale reads out of the cache. */
   writing: number;
   wgen: number;
@@ -91,7 +107,14 @@ export function now(): Time {
 /** A fresh inode record: `mode` (type | perm), owner, nlink, times now, no extents. */
 export function newInode(id: number, path: string, mode: number, uid: number, gid: number, nlink: number): Inode {
   const t = now();
-  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0 };
+  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], dirty: true, alloc: Promise.resolve(), writing: 0, wgen: 0 };
+}
+
+/** Run `fn` after every extent change of `ino` queued before it (and before any queued after); answers its result. */
+export function serialized(ino: Inode, fn: () => Promise<void>): Promise<void> {
+  const next = ino.alloc.then(fn, fn);
+  ino.alloc = next.catch(() => {});
+  return next;
 }
 
 /** Bytes covered by the file's extents (the end of the last one), 0 with none. */

@@ -14,6 +14,9 @@
  *   (no await between check and change), then `persist()`s before it answers: one metadata
  *   image holds the whole change (rename and link included) or none of it. Volumes are freed
  *   only after an image without them is durable.
+ * - Change tracking for the metadata log (metadata.ts): an inode whose persisted fields
+ *   change is `dirty`; entry changes are recorded in order in `#entryOps` and inodes that left
+ *   in `#removed`; `delta()` hands them out (and resets them), `image()` resets them.
  * - Inode ids are never reused (`nextIno` is persisted), so generation is always 1.
  * - Bounded: names NAME_MAX bytes, symlink targets SYMLINK_MAX, a directory's entries
  *   MAX_DIR_BYTES, nlink MAX_LINKS, the whole image META_SLOT_BYTES (estimated in
@@ -26,8 +29,8 @@ import { FractosError } from '../libfractos/errors.js';
 import {
   DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
 } from './contract.js';
-import { allocatedOf, BLOCK, newInode, type Dir, type Extent, type Inode } from './inode.js';
-import { META_SLOT_BYTES, type MetaImage, type MetaInode } from './metadata.js';
+import { allocatedOf, BLOCK, newInode, serialized, type Dir, type Extent, type Inode } from './inode.js';
+import { META_SLOT_BYTES, type MetaDelta, type MetaImage, type MetaInode } from './metadata.js';
 import { access, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
 
 /** What the namespace's operations need from the rest of the FS. */
@@ -61,6 +64,8 @@ export class Namespace {
   #nextIno = ROOT_INO + 1;
   #metaBytes = 0;
   #files = 0;
+  #entryOps: (string | number)[] = [];
+  #removed: number[] = [];
 
   constructor(deps: NamespaceDeps) {
     this.#deps = deps;
@@ -102,6 +107,7 @@ export class Namespace {
 
   #gone(ino: Inode): void {
     this.#inodes.delete(ino.id);
+    this.#removed.push(ino.id);
     this.#metaBytes -= META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
     if (isReg(ino)) this.#files--;
   }
@@ -111,41 +117,80 @@ export class Namespace {
     if (this.#metaBytes + more > META_SLOT_BYTES - META_MARGIN) throw new FractosError('ENOSPC', 'metadata image full');
   }
 
-  /** Load a persisted image (start-up, into a fresh namespace; version 1 converted); answers its regular files. */
-  restore(image: MetaImage): Inode[] {
+  /** Set `ino`'s persisted fields from tuple `t` (a directory's entries only when the tuple has them). */
+  #fromTuple(t: MetaInode): Inode {
+    const [id, mode, uid, gid, nlink, size, as, an, ms, mn, cs, cn, ext, extra] = t;
+    let ino = this.#inodes.get(id);
+    if (!ino) {
+      ino = newInode(id, `#${id}`, mode, uid, gid, nlink);
+      this.#inodes.set(id, ino);
+    }
+    Object.assign(ino, { mode, uid, gid, nlink, size, atime: [as, an], mtime: [ms, mn], ctime: [cs, cn], extents: [] });
+    for (let i = 0; i < ext.length; i += 5) ino.extents.push({ volume: ext[i]!, fileOffset: ext[i + 1]!, length: ext[i + 2]!, pooled: ext[i + 3] === 1, volOffset: ext[i + 4]! });
+    if (typeof extra === 'string') ino.target = extra;
+    else if (extra) {
+      const [parent, nextCookie, ents] = extra;
+      ino.dir ??= { entries: new Map(), nextCookie, parent, bytes: 0 };
+      ino.dir.parent = parent;
+      ino.dir.nextCookie = nextCookie;
+      if (ents) {
+        ino.dir.entries.clear();
+        for (let i = 0; i < ents.length; i += 3) ino.dir.entries.set(ents[i] as string, { ino: ents[i + 1] as number, cookie: ents[i + 2] as number });
+      }
+    }
+    return ino;
+  }
+
+  /**
+   * Load a persisted image and the log records after it (start-up, into a fresh namespace;
+   * a version-1 image is converted); answers the regular files.
+   */
+  restore(image: MetaImage, deltas: MetaDelta[] = []): Inode[] {
     if (image.files) return this.#restoreV1(image);
     this.#inodes.clear();
+    this.#nextIno = image.nextIno;
+    for (const t of image.inodes ?? []) this.#fromTuple(t);
+    for (const d of deltas) {
+      this.#nextIno = Math.max(this.#nextIno, d.n);
+      for (const t of d.i) this.#fromTuple(t);
+      for (let k = 0; k < d.e.length; k += 4) {
+        const entries = this.#inodes.get(d.e[k] as number)?.dir?.entries;
+        if (!entries) continue; // a directory made and removed after this record
+        const name = d.e[k + 1] as string;
+        const ino = d.e[k + 2] as number;
+        const cookie = d.e[k + 3] as number;
+        const cur = entries.get(name);
+        if (ino === 0) entries.delete(name);
+        else if (cur && cur.cookie === cookie) cur.ino = ino; // exchanged in place
+        else {
+          entries.delete(name);
+          entries.set(name, { ino, cookie });
+        }
+      }
+      for (const id of d.r) this.#inodes.delete(id);
+    }
+    // Derived state: counters, directory bytes, names for messages; everything is clean.
     this.#metaBytes = 0;
     this.#files = 0;
-    this.#nextIno = image.nextIno;
     const files: Inode[] = [];
-    for (const t of image.inodes ?? []) {
-      const [id, mode, uid, gid, nlink, size, as, an, ms, mn, cs, cn, ext, extra] = t;
-      const ino = newInode(id, `#${id}`, mode, uid, gid, nlink);
-      ino.size = size;
-      ino.atime = [as, an];
-      ino.mtime = [ms, mn];
-      ino.ctime = [cs, cn];
-      for (let i = 0; i < ext.length; i += 3) ino.extents.push({ volume: ext[i]!, fileOffset: ext[i + 1]!, length: ext[i + 2]! });
-      if (typeof extra === 'string') ino.target = extra;
-      else if (extra) {
-        const [parent, nextCookie, ents] = extra;
-        const dir: Dir = { entries: new Map(), nextCookie, parent, bytes: 0 };
-        for (let i = 0; i < ents.length; i += 3) {
-          const name = ents[i] as string;
-          dir.entries.set(name, { ino: ents[i + 1] as number, cookie: ents[i + 2] as number });
-          dir.bytes += Buffer.byteLength(name) + DIRENT_OVERHEAD;
-          this.#metaBytes += Buffer.byteLength(name) + META_ENTRY;
-        }
-        ino.dir = dir;
+    for (const ino of this.#inodes.values()) {
+      this.#metaBytes += META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
+      ino.dirty = false;
+      if (isReg(ino)) {
+        this.#files++;
+        files.push(ino);
       }
-      this.#put(ino);
-      if (isReg(ino)) files.push(ino);
+      if (!ino.dir) continue;
+      ino.dir.bytes = 0;
+      for (const [name, e] of ino.dir.entries) {
+        ino.dir.bytes += Buffer.byteLength(name) + DIRENT_OVERHEAD;
+        this.#metaBytes += Buffer.byteLength(name) + META_ENTRY;
+        const c = this.#inodes.get(e.ino);
+        if (c) c.path = name;
+      }
     }
-    for (const d of this.#inodes.values()) for (const [name, e] of d.dir?.entries ?? []) {
-      const c = this.#inodes.get(e.ino);
-      if (c) c.path = name;
-    }
+    this.#entryOps = [];
+    this.#removed = [];
     return files;
   }
 
@@ -168,7 +213,7 @@ export class Namespace {
       const ino = newInode(f.id === ROOT_INO ? next++ : f.id, names[names.length - 1]!, S_IFREG | 0o644, 0, 0, 1);
       ids.push(ino.id);
       ino.size = f.size;
-      ino.extents = f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length }));
+      ino.extents = f.extents.map(([volume, fileOffset, length]) => ({ volume, fileOffset, length, pooled: false, volOffset: 0 }));
       this.#put(ino);
       this.#addEntry(dir, names[names.length - 1]!, ino);
       files.push(ino);
@@ -177,22 +222,47 @@ export class Namespace {
     return files;
   }
 
-  /** The namespace as the metadata image persists it (version 2). */
+  /** `i` as an image tuple; a directory's entries only `withEntries`. */
+  #tuple(i: Inode, withEntries: boolean): MetaInode {
+    const ext: number[] = [];
+    for (const x of i.extents) ext.push(x.volume, x.fileOffset, x.length, x.pooled ? 1 : 0, x.volOffset);
+    let extra: MetaInode[13] = 0;
+    if (i.target !== undefined) extra = i.target;
+    else if (i.dir) {
+      let ents: (string | number)[] | null = null;
+      if (withEntries) {
+        ents = [];
+        for (const [name, e] of i.dir.entries) ents.push(name, e.ino, e.cookie);
+      }
+      extra = [i.dir.parent, i.dir.nextCookie, ents];
+    }
+    return [i.id, i.mode, i.uid, i.gid, i.nlink, i.size, i.atime[0], i.atime[1], i.mtime[0], i.mtime[1], i.ctime[0], i.ctime[1], ext, extra];
+  }
+
+  /** The namespace as the metadata image persists it (version 2); resets the change tracking. */
   image(): MetaImage {
     const inodes: MetaInode[] = [];
     for (const i of this.#inodes.values()) {
-      const ext: number[] = [];
-      for (const x of i.extents) ext.push(x.volume, x.fileOffset, x.length);
-      let extra: MetaInode[13] = 0;
-      if (i.target !== undefined) extra = i.target;
-      else if (i.dir) {
-        const ents: (string | number)[] = [];
-        for (const [name, e] of i.dir.entries) ents.push(name, e.ino, e.cookie);
-        extra = [i.dir.parent, i.dir.nextCookie, ents];
-      }
-      inodes.push([i.id, i.mode, i.uid, i.gid, i.nlink, i.size, i.atime[0], i.atime[1], i.mtime[0], i.mtime[1], i.ctime[0], i.ctime[1], ext, extra]);
+      inodes.push(this.#tuple(i, true));
+      i.dirty = false;
     }
+    this.#entryOps = [];
+    this.#removed = [];
     return { nextIno: this.#nextIno, inodes };
+  }
+
+  /** The changes since the last image or delta (a log record), and reset the tracking. */
+  delta(): MetaDelta {
+    const i: MetaInode[] = [];
+    for (const ino of this.#inodes.values()) {
+      if (!ino.dirty) continue;
+      i.push(this.#tuple(ino, false));
+      ino.dirty = false;
+    }
+    const d: MetaDelta = { n: this.#nextIno, i, e: this.#entryOps, r: this.#removed };
+    this.#entryOps = [];
+    this.#removed = [];
+    return d;
   }
 
   /** The live inode `id`. Errors: ENOENT. */
@@ -227,7 +297,10 @@ export class Namespace {
 
   #addEntry(d: Inode, name: string, ino: Inode): void {
     const dir = d.dir!;
-    dir.entries.set(name, { ino: ino.id, cookie: dir.nextCookie++ });
+    const cookie = dir.nextCookie++;
+    dir.entries.set(name, { ino: ino.id, cookie });
+    this.#entryOps.push(d.id, name, ino.id, cookie);
+    d.dirty = true;
     const nb = Buffer.byteLength(name);
     dir.bytes += nb + DIRENT_OVERHEAD;
     this.#metaBytes += nb + META_ENTRY;
@@ -237,6 +310,8 @@ export class Namespace {
   #removeEntry(d: Inode, name: string): void {
     const dir = d.dir!;
     if (!dir.entries.delete(name)) return;
+    this.#entryOps.push(d.id, name, 0, 0);
+    d.dirty = true;
     const nb = Buffer.byteLength(name);
     dir.bytes -= nb + DIRENT_OVERHEAD;
     this.#metaBytes -= nb + META_ENTRY;
@@ -254,6 +329,7 @@ export class Namespace {
   /** One link of `ino` is gone (in memory, same step as the entry's removal): unlinked inodes leave `#inodes`, open ones become orphans. */
   #unlinked(ino: Inode): void {
     ino.nlink = isDir(ino) ? 0 : ino.nlink - 1;
+    ino.dirty = true;
     if (ino.nlink > 0) return;
     this.#gone(ino);
     if (isReg(ino) && this.#deps.openCount(ino) > 0) this.#orphans.set(ino.id, ino);
@@ -429,8 +505,11 @@ export class Namespace {
       if (sd !== td && dirMove > 0 && td.nlink >= MAX_LINKS) throw new FractosError('EMLINK', `'${td.path}' has ${MAX_LINKS} links`);
       if (sd !== td && dirMove < 0 && sd.nlink >= MAX_LINKS) throw new FractosError('EMLINK', `'${sd.path}' has ${MAX_LINKS} links`);
       // Same names, swapped inodes: each entry keeps its cookie (the name is unchanged).
-      sd.dir.entries.get(name)!.ino = tgt.id;
-      td.dir.entries.get(newName)!.ino = src.id;
+      const se = sd.dir.entries.get(name)!;
+      const te2 = td.dir.entries.get(newName)!;
+      se.ino = tgt.id;
+      te2.ino = src.id;
+      this.#entryOps.push(sd.id, name, tgt.id, se.cookie, td.id, newName, src.id, te2.cookie);
       if (src.dir) src.dir.parent = td.id;
       if (tgt.dir) tgt.dir.parent = sd.id;
       if (sd !== td) {
@@ -525,6 +604,18 @@ export class Namespace {
       await this.#deps.persist();
       return;
     }
+    // A shrink changes the extents: serialized with allocation and makePrivate.
+    await serialized(ino, () => this.#shrink(ino, size));
+  }
+
+  async #shrink(ino: Inode, size: number): Promise<void> {
+    if (size >= ino.size) {
+      // Grown meanwhile (a write past the end): the size asked for is still set.
+      ino.size = size;
+      touch(ino, true);
+      await this.#deps.persist();
+      return;
+    }
     const old = ino.size;
     const keep = Math.ceil(size / BLOCK) * BLOCK;
     const gone = ino.extents.filter((x) => x.fileOffset >= keep);
@@ -553,11 +644,13 @@ export class Namespace {
     const names = path.slice(1).split('/');
     for (const n of names) checkName(n, false);
     let d = this.#dirOf(ROOT_INO);
-    for (const n of names.slice(0, -1)) {
+    for (let k = 0; k < names.length - 1; k++) {
+      const n = names[k]!;
       let c = this.#child(d, n);
       if (!c) {
         if (!mkdirs) throw new FractosError('ENOENT', `no directory '${n}' in '${path}'`);
-        this.#checkNew(d, n, META_INODE);
+        // Every later component is missing too: check room for all of them before making any.
+        this.#checkNew(d, n, (names.length - 1 - k) * (2 * META_INODE + META_ENTRY));
         c = this.#makeDir(this.#nextIno++, d, n, 0o755, ROOT_WHO);
         touch(d, true);
       }

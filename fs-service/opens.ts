@@ -103,6 +103,12 @@ export class Opens {
     return h;
   }
 
+  /** Whether `ino` has a DAX open. */
+  hasDax(ino: Inode): boolean {
+    for (const h of this.#byIno.get(ino.id) ?? []) if (h.dax) return true;
+    return false;
+  }
+
   /** Open handles of `ino`. */
   count(ino: Inode): number {
     return this.#byIno.get(ino.id)?.size ?? 0;
@@ -118,6 +124,7 @@ export class Opens {
     const xs = h.ino.extents.slice(first, first + MAX_DAX_EXTENTS);
     for (let i = 0; i < xs.length; i++) {
       const x = xs[i]!;
+      if (x.pooled) throw new FractosError('EIO', `'${h.ino.path}' has pooled extents: not made private before its DAX open`);
       let list = h.daxByVolume.get(x.volume);
       if (!list) {
         const v = this.#deps.volume(x.volume);

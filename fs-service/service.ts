@@ -135,6 +135,16 @@ export class FsService {
     return this.#staging.slots;
   }
 
+  /** Pool volumes (small files' extents) and their free bytes, for tests and stats. */
+  get pools(): { pools: number; free: number } {
+    return this.#extents.pooled;
+  }
+
+  /** Metadata writes so far: whole images (checkpoints) and log records, for tests and stats. */
+  get metaWrites(): { checkpoints: number; records: number } {
+    return { ...this.#meta.counts };
+  }
+
   /** Open handles (mediated and DAX), for tests and stats. */
   get openHandles(): number {
     return this.#opens.size;
@@ -154,7 +164,7 @@ export class FsService {
     this.#admin = await adminClaim(p, bd, 30_000, this.#opts.adminSecret);
     this.#port = new IoPort(p);
     await this.#port.reserve(32);
-    this.#meta = await MetadataStore.create(p, this.#port, () => this.#ns.image());
+    this.#meta = await MetadataStore.create(p, this.#port, { image: () => this.#ns.image(), delta: () => this.#ns.delta() });
     this.#staging = await Staging.create(p);
     this.#mediated = new Mediated(p, this.#port, this.#staging, {
       volume: (id) => this.#extents.volume(id),
@@ -167,6 +177,9 @@ export class FsService {
       persist: () => this.#meta.persist(),
       isCurrent: (ino) => this.#ns.isCurrent(ino),
       revokeDax: (ino, volumes) => this.#opens.revokeDax(ino, volumes),
+      hasDax: (ino) => this.#opens.hasDax(ino),
+      zero: (v, off, len) => this.#mediated.zeroVolume(v, off, len),
+      copyToVolume: (ino, len, v, swap) => this.#mediated.copyToVolume(ino, len, v, swap),
     }, this.#opts.maxExtentGrowth);
     this.#opens = new Opens(p, this.counts, this.#opts.log, {
       volume: (id) => this.#extents.volume(id),
@@ -186,8 +199,11 @@ export class FsService {
       closeAll: (ino) => this.#opens.closeAll(ino),
       sendListing: (data, buffer) => this.#staging.sendListing(data, buffer),
     });
-    const image = await this.#meta.load(this.#admin);
-    if (image) for (const ino of this.#ns.restore(image)) await this.#extents.adopt(ino);
+    const loaded = await this.#meta.load(this.#admin);
+    if (loaded) {
+      for (const ino of this.#ns.restore(loaded.image, loaded.deltas)) await this.#extents.adopt(ino);
+      if (loaded.image.files) this.#meta.checkpointNext(); // a converted version-1 image
+    }
     if (this.#opts.reclaim !== false) await this.#extents.reclaim(this.#meta.volume);
     p.serve(Create, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#paths.create(imms.path, caps.onSuccess)));
     p.serve(Open, ({ imms, caps }) =>
@@ -229,7 +245,11 @@ export class FsService {
     if (isDir(ino)) throw new FractosError('EISDIR', `'${ino.path}' is a directory`);
     if (!isReg(ino)) throw new FractosError('EINVAL', `'${ino.path}' is not a regular file`);
     if (flags & OpenFlags.TRUNC && ino.size > 0) await this.#ns.resize(ino, 0, false);
-    if (dax && allocatedOf(ino) < ino.size) await this.#extents.ensureAllocated(ino, ino.size);
+    if (dax) {
+      // DAX hands out volumes: a pooled file is made private first, holes are allocated.
+      await this.#extents.makePrivate(ino);
+      if (allocatedOf(ino) < ino.size) await this.#extents.ensureAllocated(ino, ino.size, true);
+    }
     await this.#opens.open(ino, mode, dax, ok);
   }
 

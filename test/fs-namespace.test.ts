@@ -7,15 +7,16 @@
  * link (kill -9 of the FS during a storm of them).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { connect } from '../libfractos/index.js';
-import { IoPort } from '../blockdev-adaptor/client.js';
+import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
+import { FsService } from '../fs-service/service.js';
 import {
   DirType, FsClient, NS_OPS, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr, type Attr, type OpenFile,
 } from '../fs-service/index.js';
 import { deviceDir } from './helpers/devices.js';
 import { until } from './helpers/wait.js';
-import { fsClient, fsEnv, fsTeardown, type FsEnv } from './helpers/fs-env.js';
-import { spawnFractos, type Spawned } from './helpers/spawn.js';
+import { fsClient, fsEnv, fsTeardown, spawnFs, type FsEnv } from './helpers/fs-env.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fsns', 'fs-namespace.test');
@@ -392,6 +393,221 @@ vtest('DAX on a heavily fragmented file (40 extents: 3 dax_map pages); revocatio
   }
 });
 
+vtest('metadata log: 2,200 operations fill the log and cross checkpoints; a restart replays image + log into the same tree', async (t) => {
+  const e = await env();
+  try {
+    let { fs, p, port } = await client(e);
+    const many = await fs.mkdir(ROOT_INO, 'many', 0o755);
+    const other = await fs.mkdir(ROOT_INO, 'other', 0o700);
+    for (let i = 0; i < 2200; i++) {
+      await fs.mknod(many.ino, `f${i}`, 0o644);
+      if (i % 100 === 0) await fs.rename(many.ino, `f${i}`, other.ino, `moved${i}`);
+      if (i % 150 === 0) await fs.link((await fs.lookup(many.ino, `f${i}`).catch(() => fs.lookup(other.ino, `moved${i}`))).ino, other.ino, `link${i}`);
+      if (i % 300 === 0) await fs.unlink(many.ino, `f${i - 1}`).catch(() => undefined);
+    }
+    await fs.rename(many.ino, 'f1', other.ino, 'moved0', RenameFlags.EXCHANGE);
+    const o = await fs.createIno(other.ino, 'data', 0o600, OpenMode.RW);
+    const { cid, region } = await p.memoryCreateShared(8192);
+    region.bytes.set(randomBytes(8192));
+    const sum = sha(region.bytes);
+    await port.ioAsync(o.write, true, 100, 8192, cid);
+    await fs.setattr(o.attr.ino, { valid: SetAttr.MODE | SetAttr.MTIME, mode: 0o640, mtime: [1_234_567_890, 5] });
+    await fs.close(o, true);
+    const w = e.fs!.metaWrites;
+    t.true(w.checkpoints >= 2 && w.records > 1024, `${w.checkpoints} checkpoints, ${w.records} log records`);
+    const before = await checkTree(t, fs);
+    const names = async (ino: number): Promise<string[]> => (await fs.readdirAll(ino)).map((x) => `${x.name}:${x.ino}:${x.cookie}`);
+    const listing = [await names(many.ino), await names(other.ino)];
+    // Restart the FS (in process): image + log replayed.
+    for (const q of e.procs.splice(0)) await q.close();
+    await e.fs!.close();
+    e.fs = await FsService.start({ controller: e.addr });
+    ({ fs, p, port } = await client(e));
+    t.is(e.fs.metaWrites.checkpoints + e.fs.metaWrites.records, 0, 'loading writes nothing');
+    const after = await checkTree(t, fs);
+    t.deepEqual([...after.entries()].sort(), [...before.entries()].sort(), 'every inode and attribute as before');
+    t.deepEqual([await names(many.ino), await names(other.ino)], listing, 'entries and cookies as before');
+    const d = await fs.lookup(other.ino, 'data');
+    t.is(d.mode, S_IFREG | 0o640);
+    t.is(d.mtimeSec, 1_234_567_890);
+    const r = await fs.openIno(d.ino, OpenMode.READ);
+    const back = await p.memoryCreateShared(8192);
+    t.is(await port.ioAsync(r.read, false, 100, 8192, back.cid), 8192);
+    t.is(sha(back.region.bytes), sum);
+    // And it goes on appending after the replayed records.
+    await fs.mknod(many.ino, 'after', 0o644);
+    t.is(e.fs.metaWrites.records, 1);
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('small files share pool volumes (600 files, a handful of volumes); restart keeps them; a DAX open makes a pooled file private without losing concurrent writes', async (t) => {
+  const e = await env();
+  try {
+    let { fs, p, port } = await client(e);
+    const d = await fs.mkdir(ROOT_INO, 'small', 0o755);
+    const N = 600;
+    const SLOT = 24 << 10;
+    const CONC = 12;
+    const { cid, region } = await p.memoryCreateShared(CONC * SLOT);
+    const bufs = await Promise.all(Array.from({ length: CONC }, (_, i) => p.memoryDiminish(cid, i * SLOT, SLOT)));
+    const sums: string[] = [];
+    const lens: number[] = [];
+    let next = 0;
+    await Promise.all(bufs.map(async (b, w) => {
+      while (next < N) {
+        const i = next++;
+        const len = 1 + ((i * 7919) % (20 << 10));
+        const mem = region.bytes.subarray(w * SLOT, w * SLOT + len);
+        mem.set(randomBytes(len));
+        sums[i] = sha(mem);
+        lens[i] = len;
+        const o = await fs.createIno(d.ino, `s${i}`, 0o644, OpenMode.RW);
+        t.is(await port.ioAsync(o.write, true, 0, len, b), len);
+        await fs.close(o, true);
+      }
+    }));
+    const vols = e.bd.table.list().length;
+    t.true(vols <= 4, `${N} small files on ${vols} volumes (metadata + pools), not one each`);
+    t.true(e.fs!.pools.pools >= 1);
+    // Restart: the pools' free lists are rebuilt from the extents; every file reads back.
+    for (const q of e.procs.splice(0)) await q.close();
+    await e.fs!.close();
+    e.fs = await FsService.start({ controller: e.addr });
+    ({ fs, p, port } = await client(e));
+    const back = await p.memoryCreateShared(SLOT);
+    for (let i = 0; i < N; i += 7) {
+      const a = await fs.lookup(d.ino, `s${i}`);
+      t.is(a.size, lens[i]);
+      const o = await fs.openIno(a.ino, OpenMode.READ);
+      t.is(await port.ioAsync(o.read, false, 0, SLOT, back.cid), lens[i]);
+      t.is(sha(back.region.bytes.subarray(0, lens[i])), sums[i], `s${i}`);
+      await fs.close(o, true);
+    }
+    // A DAX open of a pooled file while mediated writes to it run: it is made private (copied
+    // under the block-range lock), the DAX extents show the same bytes, no write is lost.
+    const f = await fs.createIno(d.ino, 'daxme', 0o644, OpenMode.RW);
+    const big = await p.memoryCreateShared(64 << 10);
+    const expect = Buffer.from(randomBytes(64 << 10));
+    big.region.bytes.set(expect);
+    t.is(await port.ioAsync(f.write, true, 0, 64 << 10, big.cid), 64 << 10);
+    const pieces = await Promise.all(Array.from({ length: 8 }, (_, k) => p.memoryDiminish(big.cid, k * 8192, 8192)));
+    const storm = Promise.all(pieces.map(async (b, k) => {
+      for (let r = 0; r < 4; r++) {
+        const data = randomBytes(8192);
+        big.region.bytes.set(data, k * 8192);
+        data.copy(expect, k * 8192);
+        t.is(await port.ioAsync(f.write, true, k * 8192, 8192, b), 8192);
+      }
+    }));
+    const dx = await fs.openIno(f.attr.ino, OpenMode.READ, { dax: true });
+    await storm;
+    t.true(dx.extents.length >= 1 && dx.extents[0]!.fileOffset === 0);
+    const got = await p.memoryCreateShared(64 << 10);
+    await port.ioAsync(dx.extents[0]!.read, false, 0, 64 << 10, got.cid);
+    t.true(Buffer.from(got.region.bytes).equals(expect), 'DAX reads what every answered write wrote');
+    // Grown past the pool size by mediated writes: private volumes from then on (it has a DAX open).
+    t.is(await port.ioAsync(f.write, true, 1 << 20, 4096, pieces[0]!), 4096);
+    await fs.close(dx, true);
+    await fs.close(f, true);
+    // Deleting every small file gives the pools their space back.
+    for (let i = 0; i < N; i++) await fs.unlink(d.ino, `s${i}`);
+    const pl = e.fs.pools;
+    t.is(pl.free, pl.pools * (16 << 20), 'every pool range is free again');
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('an unlinked file still open when the FS is killed (kill -9) is gone after restart, its volume reclaimed; its linked neighbour intact', async (t) => {
+  const e = await env({ fs: false });
+  let fsp = await spawnFs(e);
+  try {
+    const p = await connect(e.addr, { name: 'orphan' });
+    let fs = await FsClient.connect(p);
+    const port = new IoPort(p);
+    const base = e.bd.table.list().length;
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    region.bytes.set(randomBytes(1 << 20));
+    const keep = await fs.createIno(ROOT_INO, 'keep', 0o644, OpenMode.RW);
+    await port.ioAsync(keep.write, true, 0, 1 << 20, cid);
+    const sum = sha(region.bytes);
+    const gone = await fs.createIno(ROOT_INO, 'gone', 0o644, OpenMode.RW);
+    await port.ioAsync(gone.write, true, 0, 1 << 20, cid);
+    await fs.unlink(ROOT_INO, 'gone');
+    t.is(await port.ioAsync(gone.read, false, 0, 4096, cid), 4096, 'readable while open');
+    t.is(e.bd.table.list().length, base + 2, 'both volumes exist while the unlinked file is open');
+    await fsp.kill9();
+    fsp = await spawnFs(e);
+    fs = await FsClient.connect(p);
+    t.is(e.bd.table.list().length, base + 1, 'the unlinked file\'s volume was reclaimed at start-up');
+    await code(t, fs.lookup(ROOT_INO, 'gone'), 'ENOENT');
+    await code(t, fs.getattr(gone.attr.ino), 'ENOENT');
+    const k = await fs.openIno(keep.attr.ino, OpenMode.READ);
+    region.bytes.fill(0);
+    t.is(await port.ioAsync(k.read, false, 0, 1 << 20, cid), 1 << 20);
+    t.is(sha(region.bytes), sum);
+    await p.close();
+  } finally {
+    await fsp.stop();
+    await teardown(e);
+  }
+});
+
+vtest('a version-1 metadata image (flat paths, older FS) loads as directories and files, and is written as version 2', async (t) => {
+  const e = await env({ fs: false });
+  try {
+    // What an older FS left: volume 1 of 8 MiB with a version-1 image in slot 0, and a file's volume.
+    const p = await connect(e.addr, { name: 'old-fs' });
+    e.procs.push(p);
+    const admin = await adminClaim(p, 'blockdev', 10_000);
+    const meta = await volumeCreate(p, admin.create, 8 << 20);
+    t.is(meta.volume, 1);
+    const vol = await volumeCreate(p, admin.create, 1 << 20);
+    const port = new IoPort(p);
+    const { cid, region } = await p.memoryCreateShared(1 << 20);
+    region.bytes.set(randomBytes(1 << 20));
+    const sum = sha(region.bytes.subarray(0, 5000));
+    await port.ioAsync(vol.write, true, 0, 1 << 20, cid);
+    const json = Buffer.from(JSON.stringify({ nextIno: 3, files: [{ id: 1, path: '/old/dir/a', size: 5000, extents: [[vol.volume, 0, 1 << 20]] }, { id: 2, path: '/b', size: 0, extents: [] }] }));
+    const b = Buffer.from(region.bytes.buffer, region.bytes.byteOffset, region.bytes.length);
+    b.fill(0, 0, 4096);
+    b.write('FRFSMETA', 0, 'latin1');
+    b.writeUInt32LE(1, 8);
+    b.writeUInt32LE(json.length, 12);
+    b.writeUInt32LE(1, 16);
+    b.writeUInt32LE(crc32(json), 24);
+    json.copy(b, 64);
+    await port.ioAsync(meta.write, true, 0, 4096, cid);
+    await adminRelease(p, admin);
+    e.fs = await FsService.start({ controller: e.addr });
+    const { fs, port: cport } = await client(e);
+    const a = await fs.resolve('/old/dir/a');
+    t.is(a.size, 5000);
+    t.is(a.mode, S_IFREG | 0o644);
+    t.not(a.ino, ROOT_INO, 'the old id 1 (now the root\'s) is renumbered');
+    t.is((await fs.resolve('/old')).mode, S_IFDIR | 0o755);
+    t.is((await fs.resolve('/b')).size, 0);
+    const o = await fs.openIno(a.ino, OpenMode.READ);
+    const back = await fs.proc.memoryCreateShared(8192);
+    t.is(await cport.ioAsync(o.read, false, 0, 8192, back.cid), 5000);
+    t.is(sha(back.region.bytes.subarray(0, 5000)), sum);
+    await fs.close(o, true);
+    // The next change writes a version-2 checkpoint; a restart loads it.
+    await fs.mkdir(ROOT_INO, 'new', 0o755);
+    t.is(e.fs.metaWrites.checkpoints, 1);
+    for (const q of e.procs.splice(1)) await q.close();
+    await e.fs.close();
+    e.fs = await FsService.start({ controller: e.addr });
+    const c2 = await client(e);
+    t.is((await c2.fs.resolve('/old/dir/a')).size, 5000);
+    t.is((await c2.fs.resolve('/new')).mode, S_IFDIR | 0o755);
+  } finally {
+    await teardown(e);
+  }
+});
+
 /** Every entry under `dir` resolves; nlinks match the entries naming each inode (files) and 2 + subdirectories (directories). */
 async function checkTree(t: { is: (a: unknown, b: unknown, m?: string) => void }, fs: FsClient): Promise<Map<number, Attr>> {
   const names = new Map<number, number>();
@@ -418,8 +634,7 @@ async function checkTree(t: { is: (a: unknown, b: unknown, m?: string) => void }
 
 vtest('crash consistency of rename and link: kill -9 of the FS during a storm of them, restart, the tree is consistent and every answered step is there', async (t) => {
   const e = await env({ fs: false });
-  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
-  let fsp = await spawnFs();
+  let fsp = await spawnFs(e);
   try {
     const p = await connect(e.addr, { name: 'storm' });
     let fs = await FsClient.connect(p);
@@ -467,7 +682,7 @@ vtest('crash consistency of rename and link: kill -9 of the FS during a storm of
     await fsp.kill9();
     stop = true;
     await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
-    fsp = await spawnFs();
+    fsp = await spawnFs(e);
     fs = await FsClient.connect(p);
     const attrs = await checkTree(t, fs);
     t.true(attrs.size > 0);

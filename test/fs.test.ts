@@ -12,9 +12,8 @@ import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { deviceDir } from './helpers/devices.js';
 import { until } from './helpers/wait.js';
-import { fsClient, fsEnv, fsTeardown, type FsEnv } from './helpers/fs-env.js';
+import { fsClient, fsEnv, fsTeardown, spawnFs, type FsEnv } from './helpers/fs-env.js';
 import type { UringBackend } from '../blockdev-adaptor/uring-backend.js';
-import { spawnFractos, type Spawned } from './helpers/spawn.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fst', 'fs.test');
@@ -194,8 +193,7 @@ vtest('DAX: extent Requests reach the device; close and delete revoke them; use-
 
 vtest('crash consistency: kill -9 of the FS during a write storm, restart, every completed operation is there', async (t) => {
   const e = await env({ fs: false });
-  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
-  let fsp = await spawnFs();
+  let fsp = await spawnFs(e);
   try {
     const p = await connect(e.addr, { name: 'storm' });
     let fs = await FsClient.connect(p);
@@ -257,7 +255,7 @@ vtest('crash consistency: kill -9 of the FS during a write storm, restart, every
     // Ops in flight at the kill never complete (their continuations died with the FS).
     await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
     t.true(done.length > 20, `${done.length} writes completed before the kill`);
-    fsp = await spawnFs();
+    fsp = await spawnFs(e);
     fs = await FsClient.connect(p);
     // Later writes to the same place supersede earlier ones: keep the last completed per (path, off).
     const last = new Map<string, { path: string; off: number; sum: string }>();
@@ -297,7 +295,7 @@ vtest('crash consistency: kill -9 of the FS during a write storm, restart, every
 vtest('files persist across a clean restart of the FS and of the blockdev', async (t) => {
   const e = await env({ fs: false });
   const dev = e.bd.backend as UringBackend;
-  let fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+  let fsp = await spawnFs(e);
   try {
     let p = await connect(e.addr, { name: 'c1' });
     let fs = await FsClient.connect(p);
@@ -313,7 +311,7 @@ vtest('files persist across a clean restart of the FS and of the blockdev', asyn
     await e.bd.close();
     e.bd = await BlockdevService.start({ device: dev.path, controller: e.addr, format: true });
     t.false(e.bd.formatted);
-    fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+    fsp = await spawnFs(e);
     t.regex(fsp.line, /files=1/);
     p = await connect(e.addr, { name: 'c2' });
     fs = await FsClient.connect(p);

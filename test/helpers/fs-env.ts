@@ -10,7 +10,7 @@ import { IoPort } from '../../blockdev-adaptor/client.js';
 import { FsService, type FsOptions } from '../../fs-service/service.js';
 import { FsClient } from '../../fs-service/client.js';
 import type { DeviceDir } from './devices.js';
-import { tempDir } from './spawn.js';
+import { spawnFractos, tempDir, type Spawned } from './spawn.js';
 
 export interface FsEnv {
   c: Controller;
@@ -44,4 +44,9 @@ export async function fsTeardown(e: FsEnv): Promise<void> {
   await e.fs?.close();
   await e.bd.close();
   await e.c.close();
+}
+
+/** `fractos fs` as an OS process on `e`'s Controller (to kill -9 it), once it printed its ready line. */
+export function spawnFs(e: FsEnv): Promise<Spawned> {
+  return spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
 }
