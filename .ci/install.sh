@@ -15,6 +15,9 @@ pkgs=(
   chromium
   iproute2
   libssl-dev
+  libfuse3-dev
+  fuse3
+  pkg-config
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // Builds every native addon (one folder with its own binding.gyp per addon) with node-gyp.
+// fuse (libfuse3's low-level API, for `fractos mount`) is optional: without libfuse3-dev it
+// fails to build and the mount command and its tests report ENODEV.
 // An addon whose build fails is reported; the others still build. Exit status is non-zero
 // only for addons marked required (all five: shm for the core, uring for the blockdev,
 // gpu for the GPU adaptor, queue for the shared-memory queues and their tools, controller
