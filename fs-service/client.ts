@@ -2,6 +2,7 @@
  * Client side of the FS contract (schema.ts): finds the FS's root Requests by name and wraps
  * each operation as an RPC. Imports only libfractos and the schema.
  */
+import { FractosError } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import { Close, Create, Delete, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Stat, StatReply, Truncate } from './schema.js';
 
@@ -34,11 +35,29 @@ export interface OpenOptions {
 
 const T = 60_000;
 
+/** The FS's root Requests, published as `${name}.${op}` (and registered with the RM under these names). */
+export const FS_ROOTS = ['create', 'open', 'stat', 'list', 'delete', 'truncate'] as const;
+export type FsRoots = Record<(typeof FS_ROOTS)[number], number>;
+
 export class FsClient {
   private constructor(
     readonly proc: Process,
-    readonly roots: { create: number; open: number; stat: number; list: number; delete: number; truncate: number },
+    readonly roots: FsRoots,
   ) {}
+
+  /**
+   * A client of the FS whose root Requests the caller already holds (e.g. a resource-manager
+   * grant: `requests` by FS_ROOTS name). Errors: ENOENT (a root missing).
+   */
+  static fromRoots(proc: Process, requests: Readonly<Record<string, number>>): FsClient {
+    const roots = {} as FsRoots;
+    for (const op of FS_ROOTS) {
+      const c = requests[op];
+      if (!c) throw new FractosError('ENOENT', `no FS Request '${op}'`);
+      roots[op] = c;
+    }
+    return new FsClient(proc, roots);
+  }
 
   /** Wait for the FS named `name` (default `fs`) to publish its Requests. Errors: ENOENT after `timeoutMs`. */
   static async connect(proc: Process, name = 'fs', timeoutMs = 30_000): Promise<FsClient> {
