@@ -216,3 +216,30 @@ test.serial('fractos rm: ready line, instances register and are granted, and a s
   t.regex(s.output(), /rm: stopped on SIGTERM/);
   void reg;
 });
+
+test.serial('an RM killed with SIGKILL: grants already made keep working, sessions are lost, a new RM takes registrations again', async (t) => {
+  const s = await spawnFractos(['rm', '--controller', address, '--name', 'rm3'], /^ready rm name=rm3/);
+  children.push(s);
+  // An instance kept registered by keepRegistered (what `fractos gpu|fs --rm` use).
+  const kept = await spawnNode([INSTANCE, address, 'rm3', 'kept', 'kept-1', '1'], /^ready id=\d+/);
+  children.push(kept);
+  const inst = await proc('k-inst');
+  const reg = await (await RmClient.connect(inst, 'rm3')).register({ kind: 'echo', name: 'survives', requests: { who: await serveWho(inst, 'survives') } });
+  const app = await RmClient.connect(await proc('k-app'), 'rm3');
+  const g = await app.acquire('echo');
+  const lost = new Promise<MonitorEvent>((r) => void app.onLost(r));
+  await s.kill9();
+  t.is(await lost, 'owner-failed');
+  t.is(await who(g), 'survives', 'a grant is a child of the instance\'s Request, not of the RM\'s');
+  t.is(await code(app.acquire('echo')), 'EREVOKED');
+  const s2 = await spawnFractos(['rm', '--controller', address, '--name', 'rm3'], /^ready rm name=rm3/);
+  children.push(s2);
+  const reg2 = await (await RmClient.connect(inst, 'rm3')).register({ kind: 'echo', name: 'survives', requests: { who: await serveWho(inst, 'survives') } });
+  const app2 = await RmClient.connect(await proc('k-app2'), 'rm3');
+  t.is((await app2.acquire('echo')).name, 'survives');
+  const again = await app2.acquire('kept', { waitMs: 10_000 });
+  t.is(await who(again), 'kept-1', 'keepRegistered registered again with the new RM');
+  void reg;
+  void reg2;
+  await s2.stop();
+});
