@@ -10,6 +10,7 @@ import { Register, Release, RmClient, RmService, Update, type Grant } from '../r
 import { Who, WhoReply, serveWho } from './fixtures/rm-instance.js';
 import { REPO_ROOT, spawnFractos, spawnNode, tempDir, type Spawned } from './helpers/spawn.js';
 import { codeOf as code } from './helpers/errors.js';
+import { until } from './helpers/wait.js';
 
 const INSTANCE = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'rm-instance.js');
 const dir = tempDir('fractos-rm-');
@@ -45,12 +46,9 @@ async function who(g: Grant): Promise<string> {
   return WhoReply.decode(await g.client.p.rpc(g.request('who'), Who, {}, {}, { timeoutMs: 5000 })).imms.name;
 }
 
-async function until(f: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/** Wait for a condition the RM makes true (fails the test with `what` after 5 s). */
+async function settled(f: () => boolean, what: string): Promise<void> {
+  if (!(await settled(f, 5000))) throw new Error(`timed out waiting for ${what}`);
 }
 
 test.serial('register; acquire picks the least loaded, then the one with fewer grants, and honours node affinity', async (t) => {
@@ -66,7 +64,7 @@ test.serial('register; acquire picks the least loaded, then the one with fewer g
   t.is(await who(g2), 'b');
   await ra.update(3);
   await rb.update(1);
-  await until(() => rm.snapshot().instances.find((i) => i.name === 'a')?.load === 3 && rm.snapshot().instances.find((i) => i.name === 'b')?.load === 1, 'load updates');
+  await settled(() => rm.snapshot().instances.find((i) => i.name === 'a')?.load === 3 && rm.snapshot().instances.find((i) => i.name === 'b')?.load === 1, 'load updates');
   const g3 = await app.acquire('echo');
   t.is(g3.name, 'b', 'load 1/4 beats 3/4');
   const g4 = await app.acquire('echo', { node: 1, affinity: 'require' });
@@ -108,7 +106,7 @@ test.serial('kill -9 of an instance revokes its grants; a re-ask gets the surviv
   await children[0]!.kill9();
   t.is(await lost, 'owner-failed');
   t.regex(String(await code(who(g))), /EREVOKED|EDISCONNECTED/);
-  await until(() => !rm.snapshot().instances.some((i) => i.name === 'k1'), 'k1 removed');
+  await settled(() => !rm.snapshot().instances.some((i) => i.name === 'k1'), 'k1 removed');
   t.is(rm.snapshot().grants, before - 1, 'the dead instance\'s grant is gone from the RM');
   const again = await app.acquire('echo');
   t.is(again.name, 'k2');
@@ -119,7 +117,7 @@ test.serial('kill -9 of an instance revokes its grants; a re-ask gets the surviv
   await r.unregister();
   await again.release();
   await children[1]!.kill9();
-  await until(() => !rm.snapshot().instances.some((i) => i.name === 'k2'), 'k2 removed');
+  await settled(() => !rm.snapshot().instances.some((i) => i.name === 'k2'), 'k2 removed');
   await app.close();
 });
 
@@ -163,7 +161,7 @@ test.serial('hostile registrant: bad fields, Memory caps, a taken name, preset a
   const lost = new Promise<MonitorEvent>((r) => void grants[0]!.onLost(r));
   await h.close();
   t.regex(await lost, /revoked|owner-failed/);
-  await until(() => !rm.snapshot().instances.some((i) => i.name.startsWith('h')), 'hostile registrations removed');
+  await settled(() => !rm.snapshot().instances.some((i) => i.name.startsWith('h')), 'hostile registrations removed');
   const held = rm.snapshot().grants;
   for (const g of grants) g.drop();
   t.is(held, 0, 'the grants of the gone instances are revoked at the RM');
@@ -195,7 +193,7 @@ test.serial('metadata bytes and sessions are bounded; closing a session frees it
   t.is(err, 'ENOSPC');
   t.is(rm.snapshot().sessions, 12);
   await open.pop()!.close();
-  await until(() => rm.snapshot().sessions === 11, 'session closed');
+  await settled(() => rm.snapshot().sessions === 11, 'session closed');
   open.push(await RmClient.connect(p));
   for (const o of open) await o.close();
 });
