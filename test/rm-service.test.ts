@@ -48,7 +48,7 @@ async function who(g: Grant): Promise<string> {
 
 /** Wait for a condition the RM makes true (fails the test with `what` after 5 s). */
 async function settled(f: () => boolean, what: string): Promise<void> {
-  if (!(await settled(f, 5000))) throw new Error(`timed out waiting for ${what}`);
+  if (!(await until(f, 5000))) throw new Error(`timed out waiting for ${what}`);
 }
 
 test.serial('register; acquire picks the least loaded, then the one with fewer grants, and honours node affinity', async (t) => {
