@@ -411,7 +411,8 @@ export class Verifier extends EventEmitter {
    * Score `pairs` (enrolled id, raw 92x112 probe pixels). Resolves with one chi-square
    * distance per pair. Errors: EINVAL (empty, too many pairs, bad image size), ENOENT
    * (unknown id), EBUSY (pool and queue full), EAGAIN (GPU re-initialising), EFAULT (GPU
-   * adaptor went away mid-batch), ETIMEDOUT, the services' codes.
+   * adaptor went away mid-batch, or one of its or the FS's objects was revoked under the
+   * batch), ETIMEDOUT, the services' codes.
    */
   async verify(pairs: readonly { id: number; image: Uint8Array }[]): Promise<BatchResult> {
     const n = pairs.length;
@@ -441,6 +442,11 @@ export class Verifier extends EventEmitter {
         const w = s.waiter;
         s.waiter = null;
         w.reject(err as FractosError);
+      }
+      // A call on the adaptor's (or the FS's) objects can fail before the monitor that
+      // reports the adaptor's failure fires: say what it means.
+      if (err instanceof FractosError && err.code === 'EREVOKED') {
+        throw new FractosError('EFAULT', `batch aborted: a GPU adaptor or FS object was revoked (the service went away?): ${err.message}`);
       }
       throw err;
     } finally {
