@@ -8,7 +8,7 @@ import { readAdminSecret } from '../blockdev-adaptor/admin-secret.js';
 import { ensureClusterSecretFile } from '../controller/index.js';
 import { adminClaim, adminRelease, volumeCreate, type VolumeAdmin } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
-import { FsClient } from '../fs-service/client.js';
+import { FS_ROOTS, FsClient } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import {
@@ -20,6 +20,8 @@ import { spawnFractos, type Spawned } from '../testbed/spawn.js';
 import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testbed/scratch.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { startService } from './start-service.js';
+import { RM_HELP, registerWithRm } from './rm.js';
+import type { KeptRegistration } from '../rm/index.js';
 import { die, log } from './log.js';
 import { runMountFio } from './fio-mount.js';
 
@@ -229,12 +231,25 @@ export function register(program: Command): void {
     .option('--no-reclaim', 'at start, keep volumes that no file uses (default: delete them: the FS owns its blockdev)')
     .option('--capacity <bytes>', 'device capacity statfs reports (the blockdev does not tell; default: the allocated bytes, none free)', '0')
     .option('--admin-secret-file <file>', 'the blockdev\'s admin secret (its --admin-secret-file), needed to claim its volume administration')
-    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; capacity: string; adminSecretFile?: string }) => {
+    .option('--rm <name>', RM_HELP)
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; capacity: string; adminSecretFile?: string; rm?: string }) => {
       try {
         const adminSecret = o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined;
-        const s = await startService('fs', (signal) => FsService.start({
-          controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, capacity: Number(o.capacity), adminSecret, signal, log,
-        }), (s) => ({ proc: s.proc, close: () => s.close() }));
+        let reg: KeptRegistration | undefined;
+        const s = await startService('fs', async (signal) => {
+          const fs = await FsService.start({
+            controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, adminSecret, signal, log,
+          });
+          try {
+            const requests: Record<string, number> = {};
+            for (const op of FS_ROOTS) requests[op] = await fs.proc.kvGet(`${o.name}.${op}`);
+            reg = registerWithRm(fs.proc, o.rm, { kind: 'fs', name: o.name, requests });
+          } catch (err) {
+            await fs.close().catch(() => {});
+            throw err;
+          }
+          return fs;
+        }, (s) => ({ proc: s.proc, close: () => (reg?.close() ?? Promise.resolve()).then(() => s.close()) }));
         if (!s) return;
         process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);
       } catch (err) {

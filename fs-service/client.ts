@@ -72,6 +72,8 @@ export interface StatFs {
 const T = 60_000;
 const ROOT: Who = { uid: 0, gid: 0 };
 const PATH_OPS = ['create', 'open', 'stat', 'list', 'delete', 'truncate'] as const;
+/** One of the FS's root Requests: a path-based or an inode-based (NS_OPS) operation. */
+export type FsRoot = (typeof PATH_OPS)[number] | NsOp;
 
 /** Errors: ENAMETOOLONG (over NAME_MAX bytes), checked here so the name fits the field; the FS checks again. */
 function checkName(name: string): string {
@@ -113,17 +115,34 @@ export function decodeDirents(entries: Uint8Array, count: number): Dirent[] {
 
 export { DirType };
 
+/** The FS's root Requests, published as `${name}.${op}` (and registered with the RM under these names). */
+export const FS_ROOTS: readonly FsRoot[] = [...PATH_OPS, ...(Object.keys(NS_OPS) as NsOp[])];
+export type FsRoots = Record<FsRoot, number>;
+
 export class FsClient {
   private constructor(
     readonly proc: Process,
-    readonly roots: Record<(typeof PATH_OPS)[number] | NsOp, number>,
+    readonly roots: FsRoots,
   ) {}
 
-  /** Wait for the FS named `name` (default `fs`) to publish its Requests (path-based and inode-based). Errors: ENOENT after `timeoutMs`. */
+  /**
+   * A client of the FS whose root Requests the caller already holds (e.g. a resource-manager
+   * grant: `requests` by FS_ROOTS name). Errors: ENOENT (a root missing).
+   */
+  static fromRoots(proc: Process, requests: Readonly<Record<string, number>>): FsClient {
+    const roots = {} as FsRoots;
+    for (const op of FS_ROOTS) {
+      const c = requests[op];
+      if (!c) throw new FractosError('ENOENT', `no FS Request '${op}'`);
+      roots[op] = c;
+    }
+    return new FsClient(proc, roots);
+  }
+
+  /** Wait for the FS named `name` (default `fs`) to publish its Requests. Errors: ENOENT after `timeoutMs`. */
   static async connect(proc: Process, name = 'fs', timeoutMs = 30_000): Promise<FsClient> {
-    const ops = [...PATH_OPS, ...(Object.keys(NS_OPS) as NsOp[])];
-    const cids = await Promise.all(ops.map((op) => proc.kvWait(`${name}.${op}`, timeoutMs)));
-    return new FsClient(proc, Object.fromEntries(ops.map((op, i) => [op, cids[i]!])) as Record<(typeof PATH_OPS)[number] | NsOp, number>);
+    const cids = await Promise.all(FS_ROOTS.map((op) => proc.kvWait(`${name}.${op}`, timeoutMs)));
+    return new FsClient(proc, Object.fromEntries(FS_ROOTS.map((op, i) => [op, cids[i]!])) as FsRoots);
   }
 
   /** Errors: EEXIST, EINVAL. */
