@@ -8,7 +8,12 @@
  * io_uring/O_DIRECT is, or where the FS does not serve the inode contract.
  */
 import test from 'ava';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from '../libfractos/index.js';
+import { FsClient } from '../fs-service/index.js';
+import { enroll, loadOrl } from '../facever-app/store.js';
+import { datasetForTests } from '../facever-app/dataset.js';
 import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
 import { fuseMountAt } from '../fs-mount/mountpoint.js';
 import { REPO_ROOT } from './helpers/spawn.js';
@@ -81,6 +86,31 @@ mtest('git init/add/commit/fsck and tar extract + re-create byte-identical insid
     t.is(r.code, 0, r.out + r.err);
   } finally {
     await m.stop();
+  }
+});
+
+mtest('face verification: enrolled faces (facever-app enroll through libfractos) are files under the mount, byte-identical to the ORL photos', async (t) => {
+  const dataset = datasetForTests();
+  const p = await connect(stack!.addr, { name: 'enroll' });
+  const mp = point('faces');
+  try {
+    const fs = await FsClient.connect(p);
+    const meta = await enroll(p, fs, dataset, { prefix: '/mount-faces' });
+    const m = await mount(stack!, mp);
+    try {
+      const ls = await sh('ls mount-faces | sort -V | tr "\\n" " "', mp);
+      t.is(ls.code, 0, ls.err);
+      t.is(ls.out.trim(), ['meta.json', ...meta.ids.map((id) => `s${id}.raw`)].join(' '));
+      for (const id of [meta.ids[0]!, meta.ids.at(-1)!]) {
+        t.deepEqual(readFileSync(join(mp, 'mount-faces', `s${id}.raw`)), Buffer.from(loadOrl(dataset, id, 1)), `s${id}.raw`);
+      }
+      t.deepEqual(JSON.parse(readFileSync(join(mp, 'mount-faces', 'meta.json'), 'utf8')), meta);
+      t.is((await sh('rm -r mount-faces', mp)).code, 0);
+    } finally {
+      await m.stop();
+    }
+  } finally {
+    await p.close();
   }
 });
 
