@@ -166,9 +166,8 @@ function controllerArgv(s: ClusterState, n: NodeRecord, extra: string[]): string
 export async function waitConverged(s: ClusterState, timeoutMs = 30_000, nodes: NodeRecord[] = s.nodes): Promise<void> {
   const end = Date.now() + timeoutMs;
   const want = s.nodes.length - 1;
-  let short: string[] = [];
   for (;;) {
-    short = [];
+    const short: string[] = [];
     for (const n of nodes) {
       const live = await peerCount(n).catch(() => -1);
       if (live < want) short.push(`node ${n.id}: ${live < 0 ? 'no answer' : `${live}/${want} peers`}`);
