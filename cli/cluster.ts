@@ -1,7 +1,9 @@
 /** `fractos cluster ...`: the command face of cluster/ (a multi-host cluster on one machine). */
 import type { Command } from 'commander';
 import { down, initCluster, kill, parsePlacement, partition, pause, startNode, status, up, type ClusterState } from '../cluster/cluster.js';
+import { formatClusterBench, runClusterBench } from '../bench/cluster.js';
 import { FractosError } from '../libfractos/errors.js';
+import { cleanupOnSignals } from '../testbed/scratch.js';
 import { die } from './log.js';
 
 /** Default cluster folder (state file, secret, logs, node state). */
@@ -122,4 +124,20 @@ export function register(program: Command): void {
     const ps = await startNode(d, n);
     return `node ${n}: started ${ps.map((p) => `${p.role} pid ${p.pid}`).join(', ')}`;
   });
+
+  c.command('bench')
+    .description('converge time for N nodes, kill -9 to owner-failed elsewhere, kv_get across nodes (DESIGN §6 records with --json)')
+    .option('--sizes <list>', 'cluster sizes', '2,4,8')
+    .option('--trials <n>', 'kills measured', '5')
+    .option('--iters <n>', 'kv_get calls', '2000')
+    .option('--json', 'print the records as one JSON array')
+    .action(async (o: { sizes: string; trials: string; iters: string; json?: boolean }) => {
+      cleanupOnSignals('fractos cluster bench');
+      try {
+        const rs = await runClusterBench({ sizes: o.sizes.split(',').map(Number), trials: Number(o.trials), iters: Number(o.iters), progress: (l) => process.stderr.write(`bench: ${l}\n`) });
+        out(o.json ? JSON.stringify(rs, null, 2) : formatClusterBench(rs));
+      } catch (err) {
+        die(err);
+      }
+    });
 }
