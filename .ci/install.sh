@@ -3,7 +3,7 @@
 # packages, then builds the native addons and the TypeScript. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(liburing-dev fio util-linux build-essential python3 etcd-server etcd-client chromium iproute2)
+pkgs=(liburing-dev fio util-linux build-essential python3 libssl-dev etcd-server etcd-client chromium iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
