@@ -1,6 +1,6 @@
 /** `fractos cluster ...`: the command face of cluster/ (a multi-host cluster on one machine). */
 import type { Command } from 'commander';
-import { down, initCluster, kill, parsePlacement, partition, pause, startNode, status, up, type ClusterState } from '../cluster/cluster.js';
+import { down, heal, initCluster, kill, parsePlacement, partition, pause, startNode, status, up, type ClusterState } from '../cluster/cluster.js';
 import { formatClusterBench, runClusterBench } from '../bench/cluster.js';
 import { FractosError } from '../libfractos/errors.js';
 import { cleanupOnSignals } from '../testbed/scratch.js';
@@ -19,7 +19,7 @@ function nodeArg(v: string): number {
 }
 
 function describe(s: ClusterState): string {
-  const lines = [`cluster ${s.dir}: ${s.nodes.length} nodes on ${s.subnet}.0/24 (hub namespace ${s.hub}), converged in ${s.convergedMs ?? '?'} ms`, `secret ${s.secretFile}`];
+  const lines = [`cluster ${s.dir}: ${s.nodes.length} nodes (${s.membership} membership) on ${s.subnet}.0/24 (hub namespace ${s.hub}), converged in ${s.convergedMs ?? '?'} ms`, `secret ${s.secretFile}`];
   if (s.etcd.length) lines.push(`etcd ${s.etcd.join(',')}${s.etcdNs ? ` ns ${s.etcdNs}` : ''}`);
   for (const n of s.nodes) lines.push(`node ${n.id} ns ${n.ns} ${n.tcp} ${n.unix}`);
   for (const p of s.procs) lines.push(`  ${p.role.padEnd(10)} node ${String(p.node).padStart(2)} ${p.name.padEnd(12)} pid ${String(p.pid).padStart(7)} log ${p.log}`);
@@ -49,13 +49,17 @@ export function register(program: Command): void {
     .option('--no-etcd', 'start no etcd')
     .option('--placement <list>', 'services: KIND@NODE[,KIND@NODE...], KIND blockdev | fs | gpu (e.g. blockdev@1,fs@2,gpu@3)', '')
     .option('--subnet <a.b.c>', 'private /24 (first three octets)', '10.231.0')
+    .option('--membership <kind>', 'etcd (default with etcd) | static (--peer lists)')
+    .option('--lease-ttl-ms <ms>', 'etcd membership lease TTL', '2000')
     .option('--foreground', 'stay in the foreground; Ctrl-C takes the cluster down')
-    .action(async (o: { nodes: string; dir: string; etcd?: string | boolean; placement: string; subnet: string; foreground?: boolean }) => {
+    .action(async (o: { nodes: string; dir: string; etcd?: string | boolean; placement: string; subnet: string; foreground?: boolean; membership?: string; leaseTtlMs: string }) => {
       try {
         const nodes = Number(o.nodes);
         const s = await up({
           dir: o.dir, nodes, subnet: o.subnet, placement: parsePlacement(o.placement, nodes),
           etcd: typeof o.etcd === 'string' ? o.etcd.split(',') : undefined, noEtcd: o.etcd === false,
+          membership: o.membership === undefined ? undefined : o.membership === 'etcd' || o.membership === 'static' ? o.membership : (() => { throw new FractosError('EINVAL', `--membership wants etcd or static, got '${o.membership}'`); })(),
+          leaseTtlMs: Number(o.leaseTtlMs),
         });
         out(describe(s));
         if (!o.foreground) return;
@@ -119,7 +123,10 @@ export function register(program: Command): void {
   fault('pause', 'SIGSTOP the node\'s processes', (d, n) => `node ${n}: ${pause(d, n, true)} processes paused`);
   fault('resume', 'SIGCONT the node\'s processes', (d, n) => `node ${n}: ${pause(d, n, false)} processes resumed`);
   fault('partition', 'cut the node off the subnet (its veth down in the hub)', (d, n) => (partition(d, n, true), `node ${n}: partitioned`));
-  fault('heal', 'reconnect a partitioned node (its veth up)', (d, n) => (partition(d, n, false), `node ${n}: healed`));
+  fault('heal', 'reconnect a partitioned node (its veth up); a Controller that fenced itself meanwhile is started again (new epoch)', async (d, n) => {
+    const ps = await heal(d, n);
+    return `node ${n}: healed${ps.length ? `; started ${ps.map((p) => `${p.role} pid ${p.pid}`).join(', ')}` : ''}`;
+  });
   fault('start', 'start a killed node again (its Controller with a new epoch, then its services)', async (d, n) => {
     const ps = await startNode(d, n);
     return `node ${n}: started ${ps.map((p) => `${p.role} pid ${p.pid}`).join(', ')}`;

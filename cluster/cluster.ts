@@ -6,7 +6,7 @@
  * all. Fault injection: kill (SIGKILL), pause/resume (SIGSTOP/SIGCONT), partition/heal
  * (the node's veth down/up in the hub), start (a killed node again, with a new epoch).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -78,6 +78,10 @@ export interface UpOptions {
   env?: NodeJS.ProcessEnv;
   /** Extra arguments for every Controller. */
   controllerArgs?: string[];
+  /** Where Controllers learn their peers: 'etcd' (default when etcd runs) or 'static' (--peer lists). */
+  membership?: 'etcd' | 'static';
+  /** etcd membership lease TTL, ms (default 2000). */
+  leaseTtlMs?: number;
 }
 
 /** /proc/PID/stat start time, or null when the pid is gone. */
@@ -153,10 +157,25 @@ const READY: Record<string, RegExp> = {
   etcd: /ready to serve client requests/,
 };
 
-function controllerArgv(s: ClusterState, n: NodeRecord, extra: string[]): string[] {
+function controllerArgv(s: ClusterState, n: NodeRecord, extra: string[], leaseTtlMs?: number): string[] {
   const argv = [process.execPath, FRACTOS_BIN, 'controller', '--id', String(n.id), '--state-dir', n.stateDir, '--listen', n.unix, '--listen', n.tcp, '--cluster-secret-file', s.secretFile, ...extra];
-  for (const p of s.nodes) if (p.id !== n.id) argv.push('--peer', `${p.id}=${p.tcp}`);
+  if (s.membership === 'etcd') {
+    argv.push('--etcd', s.etcd.join(','), '--advertise', n.tcp);
+    if (leaseTtlMs) argv.push('--lease-ttl-ms', String(leaseTtlMs));
+  } else for (const p of s.nodes) if (p.id !== n.id) argv.push('--peer', `${p.id}=${p.tcp}`);
   return argv;
+}
+
+/**
+ * `etcdctl ARGS` against the cluster's etcd, run in a namespace that reaches it (etcd's own,
+ * else node 1's). @throws FractosError EIO with etcdctl's output.
+ */
+export function etcdctl(s: ClusterState, args: string[]): string {
+  const ns = s.etcdNs ?? s.nodes[0]?.ns;
+  if (!ns) throw new FractosError('ENOENT', 'no namespace to run etcdctl in');
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'etcdctl', '--endpoints', s.etcd.join(','), '--dial-timeout', '2s', ...args], { encoding: 'utf8', env: { ...process.env, ETCDCTL_API: '3' } });
+  if (r.status !== 0) throw new FractosError('EIO', `etcdctl ${args.join(' ')}: ${(r.stderr || r.stdout).trim()}`);
+  return r.stdout;
 }
 
 /**
@@ -214,7 +233,7 @@ export async function up(o: UpOptions): Promise<ClusterState> {
   const tag = randomBytes(2).toString('hex');
   const t0 = performance.now();
   const s: ClusterState = {
-    version: 1, dir, tag, subnet, hub: `fx${tag}-hub`, secretFile, etcd: o.etcd ?? [], etcdNs: null,
+    version: 1, dir, tag, subnet, hub: `fx${tag}-hub`, secretFile, etcd: o.etcd ?? [], etcdNs: null, membership: 'static',
     namespaces: [], rootLinks: [], nodes: [], procs: [], files: [...made], convergedMs: null, createdAt: new Date().toISOString(),
   };
   if (!secretExisted && !made.includes(dir)) s.files.push(secretFile);
@@ -258,7 +277,15 @@ export async function up(o: UpOptions): Promise<ClusterState> {
     }
     const timeout = o.readyTimeoutMs ?? 20_000;
     const etcdProc = s.procs.find((p) => p.role === 'etcd');
-    const ctl = s.nodes.map((n) => startProc(s, 'controller', n.id, 'controller', n.ns, controllerArgv(s, n, o.controllerArgs ?? []), join(dir, `n${n.id}`, 'controller.log'), o.env));
+    s.membership = o.membership ?? (s.etcd.length ? 'etcd' : 'static');
+    if (s.membership === 'etcd') {
+      if (!s.etcd.length) throw new FractosError('EINVAL', 'etcd membership needs etcd (not --no-etcd)');
+      if (etcdProc) await waitReady(etcdProc, READY.etcd!, timeout);
+      // the members allowed to join (controller/membership.ts)
+      for (const n of s.nodes) etcdctl(s, ['put', `/fractos/allowed/${n.id}`, '']);
+    }
+    saveState(s);
+    const ctl = s.nodes.map((n) => startProc(s, 'controller', n.id, 'controller', n.ns, controllerArgv(s, n, o.controllerArgs ?? [], o.leaseTtlMs), join(dir, `n${n.id}`, 'controller.log'), o.env));
     await Promise.all([...ctl.map((p) => waitReady(p, READY.controller!, timeout)), ...(etcdProc ? [waitReady(etcdProc, READY.etcd!, timeout)] : [])]);
     await waitConverged(s, Math.max(timeout, 30_000));
     s.convergedMs = Math.round(performance.now() - t0);
@@ -338,6 +365,23 @@ export function pause(dir: string, node: number, stop: boolean): number {
   let n = 0;
   for (const p of nodeProcs(s, node)) if (signal(p, stop ? 'SIGSTOP' : 'SIGCONT')) n++;
   return n;
+}
+
+/**
+ * Heal node `node` (its link up); with etcd membership, a Controller that fenced itself
+ * meanwhile (its lease expired: exit 75) is started again with its services, with a new
+ * epoch (they rejoin). Returns the processes started.
+ */
+export async function heal(dir: string, node: number, timeoutMs = 20_000): Promise<ProcRecord[]> {
+  partition(dir, node, false);
+  const s = loadState(dir);
+  const procs = nodeProcs(s, node);
+  const ctl = procs.find((p) => p.role === 'controller' || p.role === 'etcd');
+  if (!ctl || procState(ctl) !== null) return [];
+  // its services follow their Controller out (lost channel): wait for them, then start all
+  const end = Date.now() + 5000;
+  while (procs.some((p) => procState(p) !== null) && Date.now() < end) await sleep(20);
+  return startNode(dir, node, timeoutMs);
 }
 
 /** Partition (`up` false: the node's veth end in the hub down) or heal node `node` (0: etcd). */

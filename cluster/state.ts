@@ -54,6 +54,8 @@ export interface ClusterState {
   /** etcd client URLs (started by `up` in namespace `etcdNs`, or given). */
   etcd: string[];
   etcdNs: string | null;
+  /** Where the Controllers learn their peers. */
+  membership: 'etcd' | 'static';
   /** Namespaces made (or about to be made): all deleted by `down`. */
   namespaces: string[];
   /** Root-namespace link names made (or about to be): deleted by `down` if still there. */

@@ -31,8 +31,8 @@ import { FractosError } from '../libfractos/errors.js';
 export interface PeerSink {
   /** Peer `id` is a member at `addr` (tcp://HOST:PORT) with `epoch` (0: unknown): link to it. */
   addPeer(id: number, addr: string, epoch: number): void;
-  /** Peer `id` failed or left (`why` for the log): close its link, revoke its objects, fire 'owner-failed'. */
-  failPeer(id: number, why: string): void;
+  /** Peer `id` at `epoch` failed or left (`why` for the log): close its link, revoke its objects, fire 'owner-failed'. */
+  failPeer(id: number, epoch: number, why: string): void;
 }
 
 export interface PeerSource {
@@ -193,9 +193,11 @@ export class EtcdMembership implements PeerSource {
     const id = this.#idOf(key);
     if (id === null) return;
     if (id === this.o.id) return this.#fence('this controller\'s member key was deleted (its lease expired)');
-    if (!this.#members.delete(id)) return;
-    this.o.log?.warn({ peer: id }, `etcd: member ${id} is gone (lease expired or left): failed`);
-    sink.failPeer(id, 'its etcd lease expired');
+    const m = this.#members.get(id);
+    if (!m) return;
+    this.#members.delete(id);
+    this.o.log?.warn({ peer: id, epoch: m.epoch }, `etcd: member ${id} is gone (lease expired or left): failed`);
+    sink.failPeer(id, m.epoch, 'its etcd lease expired');
   }
 
   #fence(why: string): void {
