@@ -1,7 +1,7 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
 import { CLUSTER_SECRET_ENV, Controller, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
-import { DEFAULT_ETCD_PREFIX, DEFAULT_LEASE_TTL_MS, EtcdMembership } from '../controller/membership.js';
+import type { EtcdMembership } from '../controller/membership.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
@@ -34,8 +34,8 @@ export function register(program: Command): void {
     .option('--hello-timeout-ms <ms>', 'bound on the wait for a new connection\'s HELLO or PEER_HELLO (closed beyond)', String(DEFAULT_HELLO_TIMEOUT_MS))
     .option('--etcd <urls>', 'peers from etcd membership instead of --peer: URL[,URL...] (controller/membership.ts)')
     .option('--advertise <addr>', 'with --etcd: this Controller\'s peer address tcp://IP:PORT (listened on too)')
-    .option('--lease-ttl-ms <ms>', 'with --etcd: membership lease TTL (whole seconds, at least 2000)', String(DEFAULT_LEASE_TTL_MS))
-    .option('--etcd-prefix <prefix>', 'with --etcd: key prefix', DEFAULT_ETCD_PREFIX)
+    .option('--lease-ttl-ms <ms>', 'with --etcd: membership lease TTL (whole seconds, at least 2000)', '2000')
+    .option('--etcd-prefix <prefix>', 'with --etcd: key prefix', '/fractos')
     .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string; etcd?: string; advertise?: string; leaseTtlMs: string; etcdPrefix: string }) => {
       try {
         const clusterSecret = o.clusterSecretFile ? readClusterSecretFile(o.clusterSecretFile, (m) => log.warn(m)) : undefined;
@@ -57,6 +57,8 @@ export function register(program: Command): void {
         });
         let members: EtcdMembership | null = null;
         if (o.etcd !== undefined) {
+          // loaded only here: etcd3 pulls in gRPC, too heavy for every fractos start
+          const { EtcdMembership } = await import('../controller/membership.js');
           members = new EtcdMembership({
             endpoints: o.etcd.split(','), id: c.id, epoch: c.epoch, advertise: o.advertise!, ttlMs: Number(o.leaseTtlMs), prefix: o.etcdPrefix, log,
             onFenced: (why) => {
