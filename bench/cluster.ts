@@ -10,8 +10,9 @@
  * - `kv_get_rtt` (us): kv_get of a name published on another node, median over `iters`
  *   calls; baseline: the null operation on the same Controller, same run.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { down, kill, startNode, up, type ClusterState } from '../cluster/cluster.js';
+import { down, heal, kill, partition, startNode, up, waitConverged, type ClusterState } from '../cluster/cluster.js';
 import { connect, type Process } from '../libfractos/index.js';
 import { spawnNode, tempDir, REPO_ROOT } from '../testbed/spawn.js';
 import { benchRecord, type BenchRecord } from './records.js';
@@ -34,9 +35,9 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[(s.length - 1) >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-async function withCluster<T>(nodes: number, fn: (s: ClusterState) => Promise<T>): Promise<T> {
+async function withCluster<T>(nodes: number, membership: 'etcd' | 'static', fn: (s: ClusterState) => Promise<T>): Promise<T> {
   const dir = tempDir('fractos-clbench-');
-  const s = await up({ dir, nodes, readyTimeoutMs: 60_000 });
+  const s = await up({ dir, nodes, membership, readyTimeoutMs: 60_000 });
   try {
     return await fn(s);
   } finally {
@@ -61,15 +62,49 @@ export async function runClusterBench(o: ClusterBenchOptions = {}): Promise<Benc
   const iters = o.iters ?? 2000;
   const say = o.progress ?? ((): void => {});
   const out: BenchRecord[] = [];
-  const base = await withCluster(1, async (s) => s.convergedMs!);
-  say(`converge N=1: ${base} ms`);
-  for (const n of sizes) {
-    const ms = await withCluster(n, async (s) => s.convergedMs!);
-    say(`converge N=${n}: ${ms} ms`);
-    out.push(benchRecord('cluster', 'cluster_converge', ms, 'ms', base, { nodes: n, membership: 'static' }));
+  for (const membership of ['static', 'etcd'] as const) {
+    const base = await withCluster(1, membership, async (s) => s.convergedMs!);
+    say(`converge ${membership} N=1: ${base} ms`);
+    for (const n of sizes) {
+      const ms = await withCluster(n, membership, async (s) => s.convergedMs!);
+      say(`converge ${membership} N=${n}: ${ms} ms`);
+      out.push(benchRecord('cluster', 'cluster_converge', ms, 'ms', base, { nodes: n, membership }));
+    }
   }
   const provider = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'provider.js');
-  await withCluster(3, async (s) => {
+  // partition (no FIN, no RST): only the etcd lease tells the others
+  await withCluster(2, 'etcd', async (s) => {
+    const [n1, n2] = s.nodes as [ClusterState['nodes'][0], ClusterState['nodes'][0]];
+    const a = await connect(n1.unix, { name: 'bench-client' });
+    const times: number[] = [];
+    try {
+      for (let i = 0; i < Math.min(trials, 3); i++) {
+        const prov = await spawnNode([provider, n2.unix, `p${i}`], /^ready/, { prefix: ['ip', 'netns', 'exec', n2.ns] });
+        const cap = await a.kvWait(`p${i}`, 20_000);
+        let fire!: (r: string) => void;
+        const fired = new Promise<string>((r) => (fire = r));
+        await a.monitorReceive(cap, fire);
+        const t0 = performance.now();
+        partition(s.dir, 2, true);
+        const why = await fired;
+        times.push(performance.now() - t0);
+        if (why !== 'owner-failed') throw new Error(`monitor fired '${why}', not owner-failed`);
+        await prov.stop();
+        // node 2 fences itself (its lease is gone), then heal starts it at a new epoch
+        const log = join(s.dir, 'n2', 'controller.log');
+        const end = Date.now() + 4 * LEASE_TTL_MS;
+        while ((readFileSync(log, 'utf8').match(/fenced/g) ?? []).length <= i && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+        await heal(s.dir, 2, 60_000);
+        await waitConverged(s, 30_000);
+      }
+    } finally {
+      await a.close();
+    }
+    const k = median(times);
+    say(`partition -> owner-failed (etcd): median ${k.toFixed(1)} ms (${times.map((x) => x.toFixed(1)).join(' ')})`);
+    out.push(benchRecord('cluster', 'partition_to_owner_failed', k, 'ms', LEASE_TTL_MS, { detector: 'etcd lease', trials: times.length }));
+  });
+  await withCluster(3, 'static', async (s) => {
     const [n1, n2, n3] = s.nodes as [ClusterState['nodes'][0], ClusterState['nodes'][0], ClusterState['nodes'][0]];
     // kv_get across nodes vs the null op
     const pub = await connect(n3.unix, { name: 'bench-pub' });
