@@ -2,7 +2,7 @@
  * `fractos cluster up` with etcd membership (controller/membership.ts in the native
  * Controller): partition and SIGSTOP of a node -> its objects revoked and monitors fired
  * ('owner-failed') on the other nodes within the lease TTL while its TCP links are still up;
- * heal -> it rejoins with a new epoch, its old caps stay revoked; etcd restarted during
+ * its names are gone; heal -> it rejoins with a new epoch, its old caps stay revoked; etcd restarted during
  * traffic fails nobody. Skips with the reason when not root, `ip netns` or etcd is missing.
  */
 import anyTest, { type TestFn } from 'ava';
@@ -80,6 +80,8 @@ test('partition of a node: owner-failed on the others within the TTL with its TC
     while (!/peer 3 failed: its etcd lease expired/.test(readFileSync(join(s.dir, 'n1', 'controller.log'), 'utf8')) && Date.now() < logEnd) await new Promise((r) => setTimeout(r, 20));
     t.regex(readFileSync(join(s.dir, 'n1', 'controller.log'), 'utf8'), /peer 3 failed: its etcd lease expired/);
     t.is(await code(a.rpc(echo, Echo, { x: 1 })), 'EREVOKED');
+    // names published on the failed node are gone with it
+    t.is(await code(a.kvGet('echo')), 'ENOENT');
     // heal: node 3 fenced itself meanwhile (lease lost) and is started again at epoch 2
     await prov.stop();
     const end = Date.now() + 3 * TTL;
