@@ -1,6 +1,7 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
 import { CLUSTER_SECRET_ENV, Controller, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
+import type { EtcdMembership } from '../controller/membership.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
@@ -31,9 +32,19 @@ export function register(program: Command): void {
     .option('--cluster-secret-file <file>', `the cluster's shared secret (16..4096 bytes), required with --peer; default $${CLUSTER_SECRET_ENV}`, process.env[CLUSTER_SECRET_ENV])
     .option('--served-timeout-ms <ms>', 'bound on one served-memory read/write during a copy (ETIMEDOUT beyond)', String(DEFAULT_SERVED_TIMEOUT_MS))
     .option('--hello-timeout-ms <ms>', 'bound on the wait for a new connection\'s HELLO or PEER_HELLO (closed beyond)', String(DEFAULT_HELLO_TIMEOUT_MS))
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string }) => {
+    .option('--etcd <urls>', 'peers from etcd membership instead of --peer: URL[,URL...] (controller/membership.ts)')
+    .option('--advertise <addr>', 'with --etcd: this Controller\'s peer address tcp://IP:PORT (listened on too)')
+    .option('--lease-ttl-ms <ms>', 'with --etcd: membership lease TTL (whole seconds, at least 2000)', '2000')
+    .option('--etcd-prefix <prefix>', 'with --etcd: key prefix', '/fractos')
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string; etcd?: string; advertise?: string; leaseTtlMs: string; etcdPrefix: string }) => {
       try {
         const clusterSecret = o.clusterSecretFile ? readClusterSecretFile(o.clusterSecretFile, (m) => log.warn(m)) : undefined;
+        if (o.etcd !== undefined) {
+          if (o.peer.size) throw new FractosError('EINVAL', '--etcd and --peer are exclusive (two sources of peers)');
+          if (!o.advertise) throw new FractosError('EINVAL', '--etcd needs --advertise tcp://IP:PORT');
+          if (!clusterSecret) throw new FractosError('EINVAL', '--etcd needs the cluster secret (--cluster-secret-file)');
+          if (!o.listen.includes(o.advertise)) o.listen.push(o.advertise);
+        }
         const c = await Controller.start({
           clusterSecret,
           id: Number(o.id),
@@ -44,7 +55,33 @@ export function register(program: Command): void {
           helloTimeoutMs: Number(o.helloTimeoutMs),
           log,
         });
-        superviseService({ name: 'controller', close: () => c.close() });
+        let members: EtcdMembership | null = null;
+        if (o.etcd !== undefined) {
+          // loaded only here: etcd3 pulls in gRPC, too heavy for every fractos start
+          const { EtcdMembership } = await import('../controller/membership.js');
+          members = new EtcdMembership({
+            endpoints: o.etcd.split(','), id: c.id, epoch: c.epoch, advertise: o.advertise!, ttlMs: Number(o.leaseTtlMs), prefix: o.etcdPrefix, log,
+            onFenced: (why) => {
+              // The others have failed this epoch: stop serving with it (fail-stop; a restart gets a new epoch).
+              log.error({ id: c.id, epoch: c.epoch }, `controller ${c.id} epoch ${c.epoch} fenced: ${why}; exiting 75`);
+              void c.close().finally(() => process.exit(75));
+            },
+          });
+          try {
+            await members.start(c);
+          } catch (err) {
+            await members.close();
+            await c.close();
+            throw err;
+          }
+        }
+        superviseService({
+          name: 'controller',
+          close: async () => {
+            await members?.close();
+            await c.close();
+          },
+        });
         // One line on stdout that scripts and tests wait for (a stop is handled from here on).
         process.stdout.write(`controller ${c.id} epoch ${c.epoch} listening ${c.addresses.join(' ')}\n`);
       } catch (err) {

@@ -115,6 +115,8 @@ interface NativeHost {
   objectCount(): number;
   queuedDeliveryBytes(proc: number): [number, number];
   connectedPeers(): number[];
+  addPeer(id: number, text: string, unix: boolean, hostOrPath: string, port: number, epoch: number): void;
+  failPeer(id: number, epoch: number, why: string): void;
   close(): void;
 }
 interface ControllerBinding {
@@ -141,6 +143,7 @@ export class Controller {
   readonly #host: NativeHost;
   readonly #lock: StateDirLock;
   readonly #addresses: string[];
+  readonly #hasSecret: boolean;
   #closed = false;
   /** What the queries answer once closed (taken just before the loop stops). */
   #final: { stats: LinkStats[]; tables: TableSizes; objects: number } | null = null;
@@ -155,6 +158,7 @@ export class Controller {
     this.#lock = lock;
     this.#host = host;
     this.#addresses = addresses;
+    this.#hasSecret = opts.clusterSecret !== undefined;
   }
 
   /**
@@ -261,6 +265,30 @@ export class Controller {
   /** Ids of connected peers. */
   get connectedPeers(): number[] {
     return this.#final ? [] : this.#host.connectedPeers();
+  }
+
+  /**
+   * Peer `id` is a member at `addr` (tcp://HOST:PORT) with `epoch` (0: unknown): it joins
+   * the peer list (dialled at once when its id is lower); its links of an older epoch are
+   * refused and a live one is closed. For a PeerSource (controller/membership.ts).
+   * Errors: EINVAL (id or address), EDISCONNECTED (closed).
+   */
+  addPeer(id: number, addr: string, epoch: number): void {
+    if (!Number.isInteger(id) || id < 1 || id > 0xffffffff) throw new FractosError('EINVAL', `peer id must be 1..2^32-1, got ${id}`);
+    if (!this.#hasSecret) throw new FractosError('EINVAL', 'peer links need a cluster secret (clusterSecret, fractos controller --cluster-secret-file FILE)');
+    const a = parseAddress(addr);
+    if (a.kind === 'unix') this.#host.addPeer(id, addr, true, a.path, 0, epoch >>> 0);
+    else this.#host.addPeer(id, addr, false, a.host, a.port, epoch >>> 0);
+  }
+
+  /**
+   * Peer `id` at `epoch` failed (its membership lease expired): its link is closed even if
+   * the TCP connection still works, so its objects are revoked for their holders and
+   * monitors fire 'owner-failed'; it is not dialled and its links are refused until
+   * `addPeer` with a newer epoch. `why` is logged. Errors: EDISCONNECTED (closed).
+   */
+  failPeer(id: number, epoch: number, why: string): void {
+    this.#host.failPeer(id >>> 0, epoch >>> 0, why);
   }
 
   /** Per-link counters, live links and closed ones. */

@@ -31,8 +31,15 @@ export interface Spawned {
  * Run `node bin/fractos.js ...args` and resolve once a stdout line matches `ready`.
  * Rejects if the process exits first or `timeoutMs` passes (with its output).
  */
-export function spawnFractos(args: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
+export function spawnFractos(args: string[], ready: RegExp, opts: SpawnOptions = {}): Promise<Spawned> {
   return spawnNode([FRACTOS_BIN, ...args], ready, opts);
+}
+
+export interface SpawnOptions {
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  /** A command that runs node, e.g. `['ip', 'netns', 'exec', NS]` (cluster/: a node's namespace). */
+  prefix?: string[];
 }
 
 /**
@@ -40,10 +47,11 @@ export function spawnFractos(args: string[], ready: RegExp, opts: { timeoutMs?: 
  * `ready`. `FRACTOS_NODE_ARGS` (space-separated) adds Node flags to every child, e.g.
  * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile a whole stack.
  */
-export function spawnNode(argv: string[], ready: RegExp, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Spawned> {
+export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}): Promise<Spawned> {
   const args = argv.slice(1);
   const nodeArgs = (process.env.FRACTOS_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, ...argv], {
+  const [cmd, ...cmdArgs] = [...(opts.prefix ?? []), process.execPath, ...nodeArgs, ...argv] as [string, ...string[]];
+  const child = spawn(cmd, cmdArgs, {
     cwd: REPO_ROOT,
     // FRACTOS_PARENT_PID: the child stops when this process dies, even by kill -9 (cli/parent.ts).
     env: { FRACTOS_LOG: 'warn', ...process.env, FRACTOS_PARENT_PID: String(process.pid), ...opts.env },

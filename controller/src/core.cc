@@ -533,6 +533,11 @@ void CoreImpl::queuedDeliveryBytes(uint32_t procId, uint64_t* provider, uint64_t
   if (q != queuedByInvoker_.end()) *invoker = q->second;
 }
 
+void CoreImpl::setPeerListed(uint32_t id, bool listed) {
+  if (listed) peerIds_.insert(id);
+  else peerIds_.erase(id);
+}
+
 std::vector<uint32_t> CoreImpl::connectedPeers() const {
   std::vector<uint32_t> v;
   for (auto& [id, p] : peers_) v.push_back(id);

@@ -124,6 +124,7 @@ class CoreImpl final : public Core, public ObjectEvents {
   uint64_t objectCount() const override { return objects_.size(); }
   void queuedDeliveryBytes(uint32_t procId, uint64_t* provider, uint64_t* invoker) const override;
   std::vector<uint32_t> connectedPeers() const override;
+  void setPeerListed(uint32_t id, bool listed) override;
   void shutdown() override;
 
   // ObjectEvents

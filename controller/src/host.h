@@ -150,6 +150,11 @@ class Core {
   virtual void queuedDeliveryBytes(uint32_t procId, uint64_t* provider, uint64_t* invoker) const = 0;
   /** Ids of connected (authenticated, live) peers. */
   virtual std::vector<uint32_t> connectedPeers() const = 0;
+  /**
+   * Peer `id` joins (true) or leaves (false) the peer list at run time (cluster membership,
+   * controller/membership.ts): a ref to an unlisted, unconnected Controller is dead.
+   */
+  virtual void setPeerListed(uint32_t id, bool listed) = 0;
   /** Closing: every conn is about to go; the core releases everything without sending. */
   virtual void shutdown() = 0;
 };

@@ -70,6 +70,8 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
                                     InstanceMethod("objectCount", &ControllerHost::ObjectCount),
                                     InstanceMethod("queuedDeliveryBytes", &ControllerHost::QueuedDeliveryBytes),
                                     InstanceMethod("connectedPeers", &ControllerHost::ConnectedPeers),
+                                    InstanceMethod("addPeer", &ControllerHost::AddPeer),
+                                    InstanceMethod("failPeer", &ControllerHost::FailPeer),
                                     InstanceMethod("close", &ControllerHost::Close)});
     exports.Set("ControllerHost", f);
     return exports;
@@ -265,6 +267,32 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
     Napi::Array out = Napi::Array::New(env, v.size());
     for (size_t i = 0; i < v.size(); i++) out.Set(uint32_t(i), Napi::Number::New(env, v[i]));
     return out;
+  }
+
+  // addPeer(id, text, unix, hostOrPath, port, epoch): a member joins (controller/membership.ts)
+  Napi::Value AddPeer(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Check(env)) return env.Undefined();
+    uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    HostAddr ad;
+    ad.text = info[1].As<Napi::String>().Utf8Value();
+    ad.unix = info[2].As<Napi::Boolean>().Value();
+    (ad.unix ? ad.path : ad.host) = info[3].As<Napi::String>().Utf8Value();
+    ad.port = uint16_t(info[4].As<Napi::Number>().Uint32Value());
+    uint32_t epoch = info[5].As<Napi::Number>().Uint32Value();
+    host_->call([&] { host_->addPeer(id, ad, epoch); });
+    return env.Undefined();
+  }
+
+  // failPeer(id, epoch, why): a member's lease expired
+  Napi::Value FailPeer(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Check(env)) return env.Undefined();
+    uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    uint32_t epoch = info[1].As<Napi::Number>().Uint32Value();
+    std::string why = info[2].As<Napi::String>().Utf8Value();
+    host_->call([&] { host_->failPeer(id, epoch, why); });
+    return env.Undefined();
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "host.h"
@@ -125,6 +126,20 @@ class HostImpl final : public Host {
   void call(const std::function<void()>& fn);
   /** Stop the loop (closing every conn and listener), join it, free the core. Idempotent. */
   void stop();
+
+  // ---- loop thread (through call()): cluster membership (host_peers.cc) ----
+  /**
+   * Peer `id` is a member at `addr` with `epoch` (0: unknown): listed, dialled now when
+   * its id is lower; links of an older epoch are refused, a live one is closed.
+   */
+  void addPeer(uint32_t id, HostAddr addr, uint32_t epoch);
+  /**
+   * Peer `id` at `epoch` failed (its lease expired): its live link is closed (the core
+   * revokes its objects for their holders, monitors fire owner-failed) even if the TCP
+   * connection still works; it is not dialled and its links are refused until addPeer
+   * with a newer epoch.
+   */
+  void failPeer(uint32_t id, uint32_t epoch, const std::string& why);
   Core* core() const { return core_; }
   /** Links in the peer handshake (loop thread). */
   uint32_t handshaking() const;
@@ -203,6 +218,10 @@ class HostImpl final : public Host {
   size_t closedHead_ = 0;         // ring index once closedStats_ is full
   /** Live authenticated peer link by peer id. */
   std::unordered_map<uint32_t, ConnId> livePeers_;
+  /** Membership: failed peer ids (not dialled, links refused), the lowest epoch accepted per id, dial generations (stale retry timers stop). */
+  std::unordered_set<uint32_t> failed_;
+  std::unordered_map<uint32_t, uint32_t> minEpoch_;
+  std::unordered_map<uint32_t, uint32_t> dialGen_;
 
   // timers
   struct TimerEntry {

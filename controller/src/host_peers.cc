@@ -120,7 +120,7 @@ void HostImpl::dialPeer(size_t idx, uint32_t attempt) {
   if (stopping_ || idx >= opts_.peers.size()) return;
   const uint32_t id = opts_.peers[idx].first;
   const HostAddr& a = opts_.peers[idx].second;
-  if (livePeers_.count(id)) return;
+  if (livePeers_.count(id) || failed_.count(id)) return;
   struct sockaddr_storage ss{};
   socklen_t sl = 0;
   if (a.unix) {
@@ -239,6 +239,15 @@ void HostImpl::acceptPeerHello(Conn* c, const uint8_t* f, size_t len) {
                                     std::to_string(self) + " dials it");
     return;
   }
+  if (failed_.count(id)) {
+    handshakeFailed(c, "EPERM", "controller " + std::to_string(id) + " was failed by the cluster membership (lease expired); it rejoins with a new epoch");
+    return;
+  }
+  auto me = minEpoch_.find(id);
+  if (me != minEpoch_.end() && c->peerEpoch < me->second) {
+    handshakeFailed(c, "EPERM", "epoch " + std::to_string(c->peerEpoch) + " of controller " + std::to_string(id) + " is older than its member epoch " + std::to_string(me->second));
+    return;
+  }
   if (!randomBytes(c->myNonce, kNonceBytes)) {
     handshakeFailed(c, "EIO", std::string("getrandom: ") + strerror(errno));
     return;
@@ -300,6 +309,11 @@ void HostImpl::dialPeerHello(Conn* c, const uint8_t* f, size_t len) {
   memcpy(c->theirNonce, f + 24, kNonceBytes);
   if (id != expect) {
     handshakeFailed(c, "EPERM", "dialed controller " + std::to_string(expect) + ", answered by controller " + std::to_string(id));
+    return;
+  }
+  auto me = minEpoch_.find(id);
+  if (failed_.count(id) || (me != minEpoch_.end() && c->peerEpoch < me->second)) {
+    handshakeFailed(c, "EPERM", "controller " + std::to_string(id) + " answered at epoch " + std::to_string(c->peerEpoch) + ", failed or older than its member epoch");
     return;
   }
   const uint32_t self = opts_.core.id;
@@ -403,7 +417,52 @@ void HostImpl::retryDial(size_t idx, uint32_t attempt, const std::string& err, b
         "{\"peer\":" + std::to_string(id) + ",\"addr\":" + jsonStr(addr) + ",\"attempt\":" + std::to_string(attempt) +
             ",\"retryMs\":" + std::to_string(retryMs) + ",\"err\":" + jsonStr(err) + "}");
   }
-  setTimer(retryMs, [this, idx, attempt] { dialPeer(idx, attempt); });
+  const uint32_t gen = dialGen_[id];
+  setTimer(retryMs, [this, idx, attempt, id, gen] {
+    if (dialGen_[id] == gen) dialPeer(idx, attempt);
+  });
+}
+
+void HostImpl::addPeer(uint32_t id, HostAddr addr, uint32_t epoch) {
+  const uint32_t self = opts_.core.id;
+  if (id == self || id == 0) return;
+  size_t idx = opts_.peers.size();
+  for (size_t i = 0; i < opts_.peers.size(); i++)
+    if (opts_.peers[i].first == id) idx = i;
+  if (idx == opts_.peers.size()) opts_.peers.emplace_back(id, std::move(addr));
+  else opts_.peers[idx].second = std::move(addr);
+  failed_.erase(id);
+  if (epoch > minEpoch_[id]) minEpoch_[id] = epoch;
+  dialGen_[id]++;
+  if (core_) core_->setPeerListed(id, true);
+  log(LogLevel::Info, "member " + std::to_string(id) + " at " + opts_.peers[idx].second.text + " epoch " + std::to_string(epoch),
+      "{\"peer\":" + std::to_string(id) + ",\"addr\":" + jsonStr(opts_.peers[idx].second.text) + ",\"epoch\":" + std::to_string(epoch) + "}");
+  auto lp = livePeers_.find(id);
+  if (lp != livePeers_.end()) {
+    auto ci = conns_.find(lp->second);
+    // a live link of an older life of this member: closed (the dialer side redials)
+    if (ci != conns_.end() && ci->second->peerEpoch < epoch) close(lp->second, "controller " + std::to_string(id) + " rejoined with epoch " + std::to_string(epoch));
+    return;
+  }
+  if (!running_ || stopping_) return;
+  if (id < self) dialPeer(idx, 0);
+}
+
+void HostImpl::failPeer(uint32_t id, uint32_t epoch, const std::string& why) {
+  if (id == opts_.core.id) return;
+  failed_.insert(id);
+  dialGen_[id]++;
+  uint32_t next = epoch + 1;
+  auto lp = livePeers_.find(id);
+  if (lp != livePeers_.end()) {
+    auto ci = conns_.find(lp->second);
+    if (ci != conns_.end() && ci->second->peerEpoch + 1 > next) next = ci->second->peerEpoch + 1;
+  }
+  if (next > minEpoch_[id]) minEpoch_[id] = next;
+  if (core_) core_->setPeerListed(id, false);
+  log(LogLevel::Warn, "peer " + std::to_string(id) + " failed: " + why,
+      "{\"peer\":" + std::to_string(id) + ",\"epoch\":" + std::to_string(epoch) + ",\"err\":" + jsonStr(why) + "}");
+  if (lp != livePeers_.end()) close(lp->second, "controller " + std::to_string(id) + " failed: " + why);
 }
 
 void HostImpl::awaitPeer(uint32_t id, uint64_t since, uint32_t delayMs) {

@@ -83,6 +83,7 @@ class TestCore final : public Core {
   }
   uint64_t objectCount() const override { return 0; }
   void queuedDeliveryBytes(uint32_t, uint64_t* p, uint64_t* i) const override { *p = *i = 0; }
+  void setPeerListed(uint32_t, bool) override {}
   std::vector<uint32_t> connectedPeers() const override {
     std::vector<uint32_t> v;
     for (auto& [id, e] : peers_) v.push_back(id);
