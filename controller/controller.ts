@@ -15,6 +15,8 @@ import {
   type ImmRange, type Limits, type ObjectRef, type RequestArgs,
 } from '../libfractos/protocol.js';
 import { CopyFault, copyGuarded, loadShm, shmOpen, shmUnlink } from '../native/shm/index.js';
+import { INTROSPECT_FIXED_BYTES, INTROSPECT_PROC_BYTES, INVOCATION_RECORD_BYTES, IntrospectFlag, MAX_INTROSPECT_PROCS } from '../libfractos/introspect.js';
+import { InvocationRing, InvokerKind } from './invocation-ring.js';
 import { Obj, RemoteProxy, refKey, type CapEntry, type MemoryInfo, type Monitor, type RemoteMemory, type RequestInfo, type Target } from './objects.js';
 import { PeerConn } from './peer-conn.js';
 import { channelIdentity } from './proc-identity.js';
@@ -56,6 +58,8 @@ export interface ControllerOptions {
    * DEFAULT_PEER_WAIT_WARN_MS). The wait starts again when that peer's link closes.
    */
   peerWaitWarnMs?: number;
+  /** Recent invocations kept for INTROSPECT (records, 1..65535; default DEFAULT_INVOCATION_RING = 1024). */
+  invocationRing?: number;
   /** Log sink (pino-compatible subset). */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -161,6 +165,8 @@ export class Controller {
   readonly #dialTimers = new Set<NodeJS.Timeout>();
   /** Counters of links that closed, so `stats` covers the whole run. */
   readonly #closedStats: LinkStats[] = [];
+  /** Recent invocations for INTROSPECT (fixed size, no allocation per record). */
+  readonly #invocations: InvocationRing;
 
   private constructor(opts: ControllerOptions, epoch: number, lock: StateDirLock, servers: net.Server[], addresses: string[]) {
     this.id = opts.id;
@@ -175,6 +181,7 @@ export class Controller {
     this.#log = opts.log ?? noopLog;
     this.#peerAddrs = opts.peers ?? new Map();
     this.#secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);
+    this.#invocations = new InvocationRing(opts.invocationRing);
   }
 
   /**
@@ -196,6 +203,9 @@ export class Controller {
       if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1)) {
         throw new FractosError('EINVAL', `${k} must be an integer 1..2^31-1 ms, got ${v}`);
       }
+    }
+    if (opts.invocationRing !== undefined && (!Number.isInteger(opts.invocationRing) || opts.invocationRing < 1 || opts.invocationRing > 0xffff)) {
+      throw new FractosError('EINVAL', `invocationRing must be 1..65535 records, got ${opts.invocationRing}`);
     }
     if (opts.clusterSecret !== undefined) checkClusterSecret(opts.clusterSecret);
     else if (opts.peers?.size) {
@@ -342,7 +352,9 @@ export class Controller {
     const proc = new ProcConn(this.#nextProcId++, link);
     // Identity from the kernel (SO_PEERCRED; 0 over tcp): the HELLO's pid is only a claim.
     const claimedPid = frame.readUInt32LE(HEADER_BYTES);
-    proc.pid = channelIdentity(link.socket).pid;
+    const ident = channelIdentity(link.socket);
+    proc.pid = ident.pid;
+    proc.uid = ident.uid;
     proc.features = frame.readUInt32LE(HEADER_BYTES + 4);
     proc.name = frame.toString('utf8', HEADER_BYTES + 8).slice(0, 64);
     if (proc.pid !== 0 && claimedPid !== proc.pid) {
@@ -452,8 +464,13 @@ export class Controller {
             else this.#replyCid(proc, seq, this.#install(proc, this.#derive(t, targs)));
           } else {
             const done = this.#replyDone(proc, seq);
-            if (t.isProxy) this.#peerInvoke(t, targs, done);
-            else this.#invokeLocal(t, targs, proc, done);
+            if (t.isProxy) {
+              if (!t.revoked) this.#invocations.record(InvokerKind.PROCESS, proc.id, t.ref.controller, t.ref.id, 0);
+              this.#peerInvoke(t, targs, done);
+            } else {
+              if (t.req && !t.revoked) this.#invocations.record(InvokerKind.PROCESS, proc.id, this.id, t.id, t.owner.id);
+              this.#invokeLocal(t, targs, proc, done);
+            }
           }
           return;
         }
@@ -537,6 +554,11 @@ export class Controller {
         }
         case Op.STATS:
           this.#replyStats(proc, seq);
+          return;
+        case Op.INTROSPECT:
+          // u64 since: the first invocation record wanted
+          need(frame, 8);
+          this.#replyIntrospect(proc, seq, readU64(frame, 16));
           return;
         case Op.HELLO:
           throw new FractosError('EPROTO', 'HELLO sent twice');
@@ -1680,7 +1702,10 @@ export class Controller {
               if (t?.isProxy && t !== DEAD && !t.mem) t.mem = { size: readU64(frame, o + 8), perms: frame.readUInt8(o + 2) & Perm.RW, backing: frame.readUInt8(o + 3) === 1 ? 1 : 0 };
             }
           }
-          if (op === Op.P_INVOKE) this.#invokeLocal(obj, targs, peer, (err) => reply(err));
+          if (op === Op.P_INVOKE) {
+            if (obj.req && !obj.revoked) this.#invocations.record(InvokerKind.PEER, peer.id, this.id, obj.id, obj.owner.id);
+            this.#invokeLocal(obj, targs, peer, (err) => reply(err));
+          }
           else replyRef(this.#derive(obj, targs));
           return;
         }
@@ -1791,6 +1816,61 @@ export class Controller {
   }
 
   // -------------------------------------------------------------------------------------
+
+  /**
+   * INTROSPECT (docs/protocol.md "Introspection"; layout in libfractos/introspect.ts):
+   * allowed to a Process on a unix channel whose kernel uid is the Controller's, or root;
+   * EPERM otherwise (tcp channels included). Costs one pass over the objects and the
+   * Processes (O(objects + procs)), only when asked.
+   */
+  #replyIntrospect(proc: ProcConn, seq: number, since: number): void {
+    const myUid = process.getuid?.() ?? -1;
+    if (proc.uid < 0 || (proc.uid !== myUid && proc.uid !== 0)) {
+      throw new FractosError('EPERM', `INTROSPECT is for Processes of uid ${myUid} on a unix socket (this one: ${proc.uid < 0 ? 'unknown uid' : `uid ${proc.uid}`})`);
+    }
+    const owned = new Map<number, number>();
+    for (const obj of this.#objects.values()) owned.set(obj.owner.id, (owned.get(obj.owner.id) ?? 0) + 1);
+    const procs: ProcConn[] = [];
+    const names: Buffer[] = [];
+    let caps = 0;
+    let size = INTROSPECT_FIXED_BYTES;
+    for (const p of this.#procs.values()) {
+      caps += p.capCount;
+      if (procs.length >= MAX_INTROSPECT_PROCS) continue;
+      const n = Buffer.from(p.name, 'utf8').subarray(0, 255);
+      procs.push(p);
+      names.push(n);
+      size += INTROSPECT_PROC_BYTES + n.length;
+    }
+    const w = this.#invocations.window(since, this.#invocations.capacity);
+    size += w.count * INVOCATION_RECORD_BYTES;
+    const r = allocFrame(Op.REPLY, seq, size);
+    const b = HEADER_BYTES;
+    r.writeUInt32LE(this.id, b);
+    r.writeUInt32LE(this.epoch, b + 4);
+    r.writeUInt32LE(this.#procs.size > procs.length ? IntrospectFlag.PROCS_TRUNCATED : 0, b + 8);
+    r.writeUInt32LE(this.#objects.size, b + 12);
+    r.writeUInt32LE(caps, b + 16);
+    r.writeUInt32LE(this.#proxies.size, b + 20);
+    r.writeUInt32LE(this.#kv.size, b + 24);
+    r.writeUInt16LE(procs.length, b + 28);
+    r.writeUInt16LE(w.count, b + 30);
+    writeU64(r, w.first, b + 32);
+    writeU64(r, this.#invocations.nextSeq, b + 40);
+    let o = b + INTROSPECT_FIXED_BYTES;
+    procs.forEach((p, i) => {
+      r.writeUInt32LE(p.id, o);
+      r.writeUInt32LE(p.pid, o + 4);
+      r.writeUInt32LE(owned.get(p.id) ?? 0, o + 8);
+      r.writeUInt32LE(p.capCount, o + 12);
+      r.writeUInt8(names[i]!.length, o + 16);
+      names[i]!.copy(r, o + 17);
+      o += INTROSPECT_PROC_BYTES + names[i]!.length;
+    });
+    const now = performance.now();
+    for (let i = 0; i < w.count; i++, o += INVOCATION_RECORD_BYTES) this.#invocations.encode(w.first + i, r, o, now);
+    proc.link.send(r);
+  }
 
   #replyStats(proc: ProcConn, seq: number): void {
     // REPLY: u32 controller id, u32 epoch, u16 n, then n x (u8 kind, u8 flags (bit 0:

@@ -39,6 +39,8 @@ export class ProcConn {
   queuedBytes = 0;
   name = '';
   pid = 0;
+  /** Kernel uid of the Process (-1: unknown, e.g. a tcp channel). */
+  uid = -1;
   /** HELLO feature bits (Feature). */
   features = 0;
   alive = true;
