@@ -38,6 +38,7 @@ function renderNodes(s) {
     if (n.id && n.address) head.append(el('span', { class: 'counts' }, `epoch ${n.epoch} · ${n.address}`));
     d.append(head);
     if (n.error) d.append(el('div', { class: 'err' }, n.error));
+    if (!n.up && n.lastSeen) d.append(el('div', { class: 'err' }, `last seen ${new Date(n.lastSeen).toLocaleTimeString()}; counts below are from then`));
     if (n.address !== null) {
       d.append(el('div', { class: 'counts' }, `${n.processes.length} processes · ${n.objects} objects · ${n.caps} caps · ${n.proxies} proxies · ${n.names} names` + (n.peers.length ? ` · peers ${n.peers.join(', ')}` : '')));
       if (n.processes.length) {
@@ -67,7 +68,7 @@ function renderLinks(s) {
       el('td', {}, `${l.from} ↔ ${l.to}`), el('td', {}, l.up ? 'up' : 'down'),
       el('td', { class: 'n' }, rate(l.framesOutPerSec)), el('td', { class: 'n' }, rate(l.framesInPerSec)),
       el('td', { class: 'n' }, rate(l.bytesOutPerSec) + 'B'), el('td', { class: 'n' }, rate(l.bytesInPerSec) + 'B'),
-      el('td', { class: 'n' }, rate(l.framesOut + l.framesIn)), el('td', { class: 'n' }, rate(l.bytesOut + l.bytesIn) + 'B'),
+      el('td', { class: 'n' }, count(l.framesOut + l.framesIn)), el('td', { class: 'n' }, (l.bytesOut + l.bytesIn >= 1e4 ? rate(l.bytesOut + l.bytesIn) : l.bytesOut + l.bytesIn) + ' B'),
     );
     body.append(r);
   }
@@ -76,6 +77,10 @@ function renderLinks(s) {
     r.append(el('td', { colspan: 8, class: 'counts' }, 'no Controller links'));
     body.append(r);
   }
+}
+
+function count(x) {
+  return x >= 1e4 ? rate(x) : String(x);
 }
 
 function endKey(e) {
@@ -89,7 +94,7 @@ function renderGraph(s) {
   const W = svg.clientWidth || 700;
   const H = svg.clientHeight || 460;
   const defs = sv('defs');
-  const marker = sv('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
+  const marker = sv('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerUnits: 'userSpaceOnUse', markerWidth: 10, markerHeight: 10, orient: 'auto-start-reverse' });
   marker.append(sv('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#0969da' }));
   defs.append(marker);
   svg.append(defs);
