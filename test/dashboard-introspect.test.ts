@@ -14,7 +14,7 @@ import { join } from 'node:path';
 
 test('golden: an INTROSPECT reply with one Process and one invocation record decodes field by field', (t) => {
   const hex = [
-    '5d000000', '7f00', '0000', '07000000', '0000', '0000', // header: length 93, REPLY, seq 7
+    '71000000', '7f00', '0000', '07000000', '0000', '0000', // header: length 113, REPLY, seq 7
     '02000000', '03000000', '00000000', // controller 2, epoch 3, flags 0
     '05000000', '06000000', '01000000', '02000000', // objects 5, caps 6, proxies 1, names 2
     '0100', '0100', // 1 process, 1 record
@@ -22,6 +22,7 @@ test('golden: an INTROSPECT reply with one Process and one invocation record dec
     '04000000', '39300000', '02000000', '03000000', '04', '6d696e65', // proc 4, pid 12345, 2 objects, 3 caps, 'mine'
     '01', '00', '0000', '01000000', '02000000', '04000000', '2a00000001000000', 'e8030000', // peer 1 -> ctl 2 obj 2^32+42 provider 4, 1000 ms
   ].join('');
+  t.is(hex.length / 2, 113, 'the header length is the whole frame');
   const r = decodeIntrospect(Buffer.from(hex, 'hex'));
   t.deepEqual(r, {
     controller: 2, epoch: 3, procsTruncated: false, objects: 5, caps: 6, proxies: 1, names: 2,
