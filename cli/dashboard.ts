@@ -1,6 +1,5 @@
 /** Subcommand `dashboard`: the live view of a cluster in the browser (dashboard/, docs/dashboard.md). */
 import type { Command } from 'commander';
-import { startDashboard } from '../dashboard/server.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { superviseService } from './lifecycle.js';
 import { die } from './log.js';
@@ -21,6 +20,8 @@ export function register(program: Command): void {
     .option('--window-ms <ms>', 'invocations shown: those of the last window', '10000')
     .action(async (o: { port: string; host: string; controller: string[]; intervalMs: string; windowMs: string }) => {
       try {
+        // Loaded here: fastify is not paid for by every other fractos command.
+        const { startDashboard } = await import('../dashboard/server.js');
         const d = await startDashboard({
           port: Number(o.port),
           host: o.host,
