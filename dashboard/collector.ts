@@ -53,6 +53,8 @@ export interface NodeView {
   procsTruncated: boolean;
   /** Peer Controllers it has a live link to. */
   peers: number[];
+  /** Invocation records overwritten in its ring before the dashboard read them (since it started watching). */
+  lostInvocations: number;
 }
 
 /** One Controller↔Controller link, seen from `from` (the lower id when both are watched). */
@@ -118,12 +120,13 @@ class Watched {
   view: NodeView;
   since = 0;
   epochSeen = 0;
+  lost = 0;
   records: Rec[] = [];
   prevStats: { at: number; s: ControllerStats } | null = null;
   linkRates = new Map<string, { f: [number, number]; b: [number, number] }>();
   stats: ControllerStats | null = null;
   constructor(readonly address: string) {
-    this.view = { address, id: 0, epoch: 0, up: false, error: 'not connected yet', lastSeen: 0, objects: 0, caps: 0, proxies: 0, names: 0, processes: [], procsTruncated: false, peers: [] };
+    this.view = { address, id: 0, epoch: 0, up: false, error: 'not connected yet', lastSeen: 0, objects: 0, caps: 0, proxies: 0, names: 0, processes: [], procsTruncated: false, peers: [], lostInvocations: 0 };
   }
 }
 
@@ -227,10 +230,10 @@ export class Collector extends EventEmitter {
   #take(w: Watched, s: ControllerStats, i: Introspection): void {
     const now = Date.now();
     if (i.epoch !== w.epochSeen) {
-      // A restarted Controller counts its records from 0 again.
+      // First contact, or a restarted Controller (it counts its records from 0 again).
       w.epochSeen = i.epoch;
       w.records = [];
-    }
+    } else if (i.firstSeq > w.since) w.lost += i.firstSeq - w.since;
     w.since = i.nextSeq;
     for (const r of i.invocations) {
       w.records.push({ at: now - r.ageMs, kind: r.invokerKind, invoker: r.invokerId, targetController: r.targetController, targetObject: r.targetObject, provider: r.provider });
@@ -270,6 +273,7 @@ export class Collector extends EventEmitter {
       address: w.address, id: i.controller, epoch: i.epoch, up: true, error: null, lastSeen: now,
       objects: i.objects, caps: i.caps, proxies: i.proxies, names: i.names, processes, procsTruncated: i.procsTruncated,
       peers: live.filter((l) => l.kind === 'peer').map((l) => l.id).sort((a, b) => a - b),
+      lostInvocations: w.lost,
     };
   }
 
@@ -281,7 +285,7 @@ export class Collector extends EventEmitter {
     const heard = new Set<number>();
     for (const n of nodes) for (const p of n.peers) if (!watchedIds.has(p)) heard.add(p);
     for (const id of [...heard].sort((a, b) => a - b)) {
-      nodes.push({ address: null, id, epoch: 0, up: true, error: 'not watched (a peer of a watched Controller)', lastSeen: now, objects: 0, caps: 0, proxies: 0, names: 0, processes: [], procsTruncated: false, peers: [] });
+      nodes.push({ address: null, id, epoch: 0, up: true, error: 'not watched (a peer of a watched Controller)', lastSeen: now, objects: 0, caps: 0, proxies: 0, names: 0, processes: [], procsTruncated: false, peers: [], lostInvocations: 0 });
     }
 
     // Links: one per pair, from the lower watched id's view when it is up.

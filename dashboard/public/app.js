@@ -52,6 +52,7 @@ function renderNodes(s) {
           t.append(r);
         }
         d.append(t);
+        if (n.lostInvocations) d.append(el('div', { class: 'err', 'data-lost': n.lostInvocations }, `${n.lostInvocations} invocations were overwritten in its ring before they were read: the graph undercounts`));
         if (n.procsTruncated) d.append(el('div', { class: 'err' }, 'more Processes than one INTROSPECT lists'));
       }
     }
