@@ -3,7 +3,22 @@
 # packages, then builds the native addons and the TypeScript. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(liburing-dev fio util-linux build-essential python3 etcd-server etcd-client chromium iproute2)
+# One package per line (branches add theirs without touching others').
+pkgs=(
+  liburing-dev
+  fio
+  util-linux
+  build-essential
+  python3
+  etcd-server
+  etcd-client
+  chromium
+  iproute2
+  libssl-dev
+  libfuse3-dev
+  fuse3
+  pkg-config
+)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

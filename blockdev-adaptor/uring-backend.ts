@@ -88,7 +88,7 @@ export class UringBackend implements BlockBackend {
   /**
    * Opens `path` (a regular file or a block device) with O_DIRECT and an io_uring of
    * `queueDepth` entries. Errors (FractosError): ENODEV (addon not built), EINVAL (bad
-   * queueDepth; a file system without O_DIRECT), ENOENT, EPERM (EACCES/EROFS), ...
+   * queueDepth; a file system without O_DIRECT), ENOENT, EACCES, EPERM (EROFS), ...
    */
   static async open(path: string, options: UringBackendOptions = {}): Promise<UringBackend> {
     const queueDepth = options.queueDepth ?? 32;

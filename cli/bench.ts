@@ -1,6 +1,7 @@
-/** `fractos bench micro`: the core microbenchmarks (bench/micro.ts). */
+/** `fractos bench micro`: the core microbenchmarks (bench/micro.ts); `fractos bench queue`: the shared-memory queues (bench/queue-pingpong.ts). */
 import type { Command } from 'commander';
 import { formatMicro, runMicro } from '../bench/micro.js';
+import { formatQueueBench, runQueueBench } from '../bench/queue-pingpong.js';
 import { cleanupOnSignals } from '../testbed/scratch.js';
 import { die } from './log.js';
 
@@ -28,6 +29,21 @@ export function register(program: Command): void {
         });
         if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');
         else process.stdout.write(formatMicro(records) + '\n');
+      } catch (err) {
+        die(err);
+      }
+    });
+  bench
+    .command('queue')
+    .description('shared-memory queue round trips: C ping-pong, Node client over the queue, raw Node unix socket, same run')
+    .option('--json', 'print DESIGN.md §6 records as one JSON array')
+    .option('--seconds <s>', 'seconds per case', '0.5')
+    .action(async (o: { json?: boolean; seconds: string }) => {
+      cleanupOnSignals('fractos bench queue');
+      try {
+        const records = await runQueueBench({ seconds: Number(o.seconds), progress: (l) => process.stderr.write(`bench: ${l}\n`) });
+        if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');
+        else process.stdout.write(formatQueueBench(records) + '\n');
       } catch (err) {
         die(err);
       }

@@ -17,6 +17,8 @@ import { DEFAULT_CONTROLLER } from './core.js';
 import { cleanupOnSignals } from '../testbed/scratch.js';
 import { superviseService } from './lifecycle.js';
 import { startService } from './start-service.js';
+import { RM_HELP, registerWithRm } from './rm.js';
+import { RmClient } from '../rm/index.js';
 import { die, log } from './log.js';
 
 export function register(program: Command): void {
@@ -28,19 +30,26 @@ export function register(program: Command): void {
     .option('--name <name>', 'bootstrap prefix', 'gpu')
     .option('--barrier-timeout <ms>', 'how long a barrier waits for its invocations', '10000')
     .option('--served-memory', 'cpu backend: hand out device memory as served Memory (as cuda) instead of shared host memory')
-    .action(async (o: { backend: string; controller: string; name: string; barrierTimeout: string; servedMemory?: boolean }) => {
+    .option('--rm <name>', RM_HELP)
+    .option('--capacity <n>', 'capacity reported to the resource manager (contexts; load = open contexts)', '16')
+    .action(async (o: { backend: string; controller: string; name: string; barrierTimeout: string; servedMemory?: boolean; rm?: string; capacity: string }) => {
       try {
         if (!['cuda', 'cpu', 'auto'].includes(o.backend)) throw new FractosError('EINVAL', `--backend must be cuda, cpu or auto, got '${o.backend}'`);
         const backend = openBackend(o.backend as BackendKind | 'auto');
+        const capacity = Number(o.capacity);
+        if (!Number.isInteger(capacity) || capacity < 1) throw new FractosError('EINVAL', `--capacity must be an integer >= 1, got '${o.capacity}'`);
         const started = await startService('gpu', async () => {
           const p = await connect(o.controller, { name: `${o.name}-adaptor`, memoryDescriptors: true });
           try {
-            return { p, svc: await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log }) };
+            const svc = await GpuService.start(p, backend, { name: o.name, barrierTimeoutMs: Number(o.barrierTimeout), sharedMemory: !o.servedMemory, log });
+            const init = await p.kvGet(`${o.name}.init`);
+            const reg = registerWithRm(p, o.rm, { kind: 'gpu', name: o.name, capacity, requests: { init } }, () => svc.stats().contexts);
+            return { p, svc, reg };
           } catch (err) {
             await p.close().catch(() => {});
             throw err;
           }
-        }, ({ p, svc }) => ({ proc: p, close: () => svc.close().finally(() => p.close()) }));
+        }, ({ p, svc, reg }) => ({ proc: p, close: () => reg.close().then(() => svc.close()).finally(() => p.close()) }));
         if (!started) return;
         started.p.on('handlerError', (err: unknown) => log.warn({ err: String(err) }, 'handler error'));
         process.stdout.write(`ready gpu backend=${backend.kind} device=${backend.deviceName} memory=${started.svc.memoryKind}\n`);
@@ -103,7 +112,9 @@ function registerFacever(program: Command): void {
     .option('--min-body-rate <bytes/s>', 'a request body slower than this after a 2 s grace is cut with 408 (0: no minimum)', String(DEFAULT_MIN_BODY_RATE))
     .option('--max-connections <n>', 'open connections, all clients', String(DEFAULT_MAX_CONNECTIONS))
     .option('--max-connections-per-peer <n>', 'open connections from one client address', String(DEFAULT_MAX_CONNECTIONS_PER_PEER))
-    .action(async (o: { port: string; host: string; design: string; controller: string; gpu: string; fs: string; prefix: string; slots: string; maxBatch: string; maxQueued: string; threshold?: string; maxReading: string; maxReadingPerPeer: string; minBodyRate: string; maxConnections: string; maxConnectionsPerPeer: string }) => {
+    .option('--rm <name>', 'get the GPU adaptor and the FS from this resource manager (default: from \'rm\' when one is published; --gpu/--fs are then unused)')
+    .option('--no-rm', 'find the GPU adaptor and the FS by bootstrap name (--gpu, --fs) even when a resource manager is published')
+    .action(async (o: { port: string; host: string; design: string; controller: string; gpu: string; fs: string; prefix: string; slots: string; maxBatch: string; maxQueued: string; threshold?: string; maxReading: string; maxReadingPerPeer: string; minBodyRate: string; maxConnections: string; maxConnectionsPerPeer: string; rm?: string | false }) => {
       try {
         const design = checkDesign(o.design);
         const count = (name: string, x: string, min: number): number => {
@@ -117,14 +128,17 @@ function registerFacever(program: Command): void {
           maxConnections: count('max-connections', o.maxConnections, 1), maxConnectionsPerPeer: count('max-connections-per-peer', o.maxConnectionsPerPeer, 1),
         };
         const p = await connect(o.controller, { name: `facever-${design}` });
-        const fs = await FsClient.connect(p, o.fs);
+        const rm = o.rm === false ? null : typeof o.rm === 'string' ? await RmClient.connect(p, o.rm) : await RmClient.ifPublished(p, 'rm');
+        const fsGrant = rm ? await rm.acquire('fs', { waitMs: 10_000 }) : null;
+        const fs = fsGrant ? FsClient.fromRoots(p, fsGrant.requests) : await FsClient.connect(p, o.fs);
         const meta = await readMeta(p, fs, o.prefix);
+        await fsGrant?.release();
         const v = await Verifier.open(p, {
           design, ids: meta.ids, gridX: meta.gridX, gridY: meta.gridY, gpuName: o.gpu, fsName: o.fs, prefix: o.prefix,
-          slots: Number(o.slots), maxBatch: Number(o.maxBatch), maxQueued: Number(o.maxQueued),
+          slots: Number(o.slots), maxBatch: Number(o.maxBatch), maxQueued: Number(o.maxQueued), rm: rm ?? undefined,
         });
         v.on('gpu-lost', (ev: string) => process.stderr.write(`facever: GPU adaptor lost (${ev}); re-initialising\n`));
-        v.on('gpu-ready', (dev: string) => process.stderr.write(`facever: GPU adaptor back (${dev})\n`));
+        v.on('gpu-ready', (dev: string) => process.stderr.write(`facever: GPU adaptor back (${dev}${v.gpuInfo.instance ? `, instance ${v.gpuInfo.instance}` : ''})\n`));
         const threshold = o.threshold !== undefined ? Number(o.threshold) : meta.threshold;
         const server = await serve(v, { port: Number(o.port), host: o.host, threshold, ...limits });
         superviseService({
@@ -132,11 +146,11 @@ function registerFacever(program: Command): void {
           proc: p,
           close: () => {
             server.close();
-            return v.close().finally(() => p.close());
+            return v.close().then(() => rm?.close()).finally(() => p.close());
           },
         });
         // Ready only once a stop is handled: a SIGINT right after this line exits 0.
-        out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}`);
+        out(`ready facever port=${portOf(server)} design=${design} ids=${meta.ids.length} threshold=${threshold.toFixed(2)} gpu=${v.gpuInfo.backend}${rm ? ` rm=${rm.name} gpu-instance=${v.gpuInfo.instance}` : ''}`);
       } catch (err) {
         die(err);
       }

@@ -8,11 +8,11 @@ import { readAdminSecret } from '../blockdev-adaptor/admin-secret.js';
 import { ensureClusterSecretFile } from '../controller/index.js';
 import { adminClaim, adminRelease, volumeCreate, type VolumeAdmin } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
-import { FsClient } from '../fs-service/client.js';
+import { FS_ROOTS, FsClient } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import {
-  DEFAULT_FIO_FILENAME, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
+  DEFAULT_FIO_FILENAME, parseSize, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
   type FioJob, type FioReport, type IoTarget,
 } from '../bench/fio/index.js';
 import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
@@ -20,9 +20,12 @@ import { spawnFractos, type Spawned } from '../testbed/spawn.js';
 import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testbed/scratch.js';
 import { DEFAULT_CONTROLLER } from './core.js';
 import { startService } from './start-service.js';
+import { RM_HELP, registerWithRm } from './rm.js';
+import type { KeptRegistration } from '../rm/index.js';
 import { die, log } from './log.js';
+import { runMountFio } from './fio-mount.js';
 
-const TARGETS = ['blockdev', 'fs', 'dax'] as const;
+const TARGETS = ['blockdev', 'fs', 'dax', 'mount'] as const;
 type TargetKind = (typeof TARGETS)[number];
 
 /** A single-host stack started as child processes: Controller, blockdev, FS. */
@@ -134,6 +137,9 @@ interface FioOpts {
   compare?: boolean;
   fs: string;
   adminSecretFile?: string;
+  dax?: boolean;
+  files?: string;
+  size?: string;
 }
 
 async function runFio(profile: string, o: FioOpts): Promise<void> {
@@ -141,6 +147,11 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   const kind = o.target as TargetKind;
   const runtimeMs = o.runtime !== undefined ? Number(o.runtime) * 1000 : undefined;
   if (runtimeMs !== undefined && !(runtimeMs > 0)) throw new FractosError('EINVAL', `--runtime must be > 0 seconds`);
+  if (kind === 'mount') {
+    // Real fio through a `fractos mount`, against ext4 and passthrough_ll with --compare (cli/fio-mount.ts).
+    const startMountStack = async (device: string): Promise<Stack> => startStack(device, 64, true);
+    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, size: o.size !== undefined ? parseSize(o.size) : undefined, startStack: startMountStack });
+  }
   const jobs = await loadJobFile(profile, { device: o.device, runtimeMs });
   const device = o.device ?? jobs[0]?.filename ?? DEFAULT_FIO_FILENAME;
   const region = Math.max(...jobs.map((j) => j.size ?? 256 << 20));
@@ -212,19 +223,33 @@ export function register(program: Command): void {
 
   program
     .command('fs')
-    .description('run the FS service until killed (publishes NAME.create, .open, .stat, .list, .delete, .truncate)')
+    .description('run the FS service until killed (publishes NAME.create, .open, .stat, .list, .delete, .truncate and the inode Requests NAME.lookup, .getattr, ... of fs-service/contract.ts)')
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--blockdev <name>', 'bootstrap prefix of the blockdev', 'blockdev')
     .option('--name <name>', 'bootstrap prefix', 'fs')
     .option('--cache-blocks <n>', 'LRU block cache capacity, 4 KiB blocks', '16384')
     .option('--no-reclaim', 'at start, keep volumes that no file uses (default: delete them: the FS owns its blockdev)')
+    .option('--capacity <bytes>', 'device capacity statfs reports (the blockdev does not tell; default: the allocated bytes, none free)', '0')
     .option('--admin-secret-file <file>', 'the blockdev\'s admin secret (its --admin-secret-file), needed to claim its volume administration')
-    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; adminSecretFile?: string }) => {
+    .option('--rm <name>', RM_HELP)
+    .action(async (o: { controller: string; blockdev: string; name: string; cacheBlocks: string; reclaim: boolean; capacity: string; adminSecretFile?: string; rm?: string }) => {
       try {
         const adminSecret = o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined;
-        const s = await startService('fs', (signal) => FsService.start({
-          controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, adminSecret, signal, log,
-        }), (s) => ({ proc: s.proc, close: () => s.close() }));
+        let reg: KeptRegistration | undefined;
+        const s = await startService('fs', async (signal) => {
+          const fs = await FsService.start({
+            controller: o.controller, blockdev: o.blockdev, name: o.name, cacheBlocks: Number(o.cacheBlocks), reclaim: o.reclaim, adminSecret, signal, log,
+          });
+          try {
+            const requests: Record<string, number> = {};
+            for (const op of FS_ROOTS) requests[op] = await fs.proc.kvGet(`${o.name}.${op}`);
+            reg = registerWithRm(fs.proc, o.rm, { kind: 'fs', name: o.name, requests });
+          } catch (err) {
+            await fs.close().catch(() => {});
+            throw err;
+          }
+          return fs;
+        }, (s) => ({ proc: s.proc, close: () => (reg?.close() ?? Promise.resolve()).then(() => s.close()) }));
         if (!s) return;
         process.stdout.write(`ready fs name=${s.name} files=${s.files}\n`);
       } catch (err) {
@@ -236,7 +261,10 @@ export function register(program: Command): void {
     .command('fio')
     .description('run a fio job file against FractOS (blockdev volume, FS mediated, or DAX)')
     .argument('<profile>', 'fio job file (fio-profiles/*.fio)')
-    .option('--target <kind>', 'blockdev | fs | dax', 'dax')
+    .option('--target <kind>', 'blockdev | fs | dax | mount (real fio through `fractos mount`; PROFILE `metadata`: create/stat/rename/unlink)', 'dax')
+    .option('--dax', 'with --target mount: mount with --dax')
+    .option('--files <n>', 'with --target mount and PROFILE metadata: files (default 10000)')
+    .option('--size <bytes>', 'with --target mount: every job\'s size (fio suffixes: 64m)')
     .option('--device <path>', 'device or file (overrides the job filename)')
     .option('--controller <addr>', 'use a running stack (default: start Controller + blockdev + fs here)')
     .option('--fs <name>', 'FS bootstrap prefix', 'fs')

@@ -1,5 +1,8 @@
 /**
- * Mutual authentication of Controller links (docs/protocol.md, "Peer handshake").
+ * Mutual authentication of Controller links (docs/protocol.md, "Peer handshake"): the
+ * handshake itself runs in the native Controller (controller/src/host_peers.cc); this module
+ * keeps what JS needs: the cluster secret's checks and files, and a TypeScript reference of
+ * the frames, proofs and link policy (tests talk to the C++ handshake with it).
  *
  * Controllers of one cluster share a secret given at start (`--cluster-secret-file`,
  * ControllerOptions.clusterSecret). Before a link carries any other frame, each side proves
@@ -20,7 +23,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { FractosError } from '../libfractos/errors.js';
-import type { Link } from '../libfractos/link.js';
 import { HEADER_BYTES, Op, allocFrame, frameOp, opName } from '../libfractos/protocol.js';
 
 /** Bytes of a handshake nonce (random, one per side and link). */
@@ -173,98 +175,6 @@ export function decodePeerAuth(frame: Buffer): Buffer {
   if (frameOp(frame) !== Op.PEER_AUTH) throw new FractosError('EPROTO', `expected PEER_AUTH, got ${opName(frameOp(frame))}`);
   if (frame.length !== HEADER_BYTES + PROOF_BYTES) throw new FractosError('EPROTO', `PEER_AUTH body must be ${PROOF_BYTES} bytes`);
   return frame.subarray(16);
-}
-
-/** This side of a handshake. */
-export interface HandshakeSelf {
-  secret: Uint8Array;
-  id: number;
-  epoch: number;
-  /** Bound on the handshake (ms), default PEER_AUTH_TIMEOUT_MS. */
-  timeoutMs?: number;
-}
-
-/**
- * Called once per handshake: `err` null and the proven peer, or the failure with what the
- * other side claimed (null before its hello): EPERM (bad proof, refused id), EPROTO
- * (malformed or unexpected frame), ETIMEDOUT, EDISCONNECTED (closed by the other side).
- * On success the caller owns `link` (sets onFrame/onClose); on failure it should close it.
- */
-export type HandshakeDone = (err: FractosError | null, peer: PeerIdentity | null) => void;
-
-/** Arm the timeout and the close hook of a handshake; returns `finish`, safe to call once. */
-function guard(link: Link, timeoutMs: number, claimed: () => PeerIdentity | null, closedWhy: string, done: HandshakeDone): HandshakeDone {
-  let over = false;
-  const finish: HandshakeDone = (err, peer) => {
-    if (over) return;
-    over = true;
-    clearTimeout(timer);
-    link.onFrame = () => {};
-    link.onClose = () => {};
-    done(err, peer);
-  };
-  const timer = setTimeout(() => finish(new FractosError('ETIMEDOUT', `peer handshake not finished within ${timeoutMs} ms`), claimed()), timeoutMs);
-  timer.unref?.();
-  link.onClose = (err) => finish(new FractosError('EDISCONNECTED', `link closed during the peer handshake${closedWhy}${err ? `: ${err.message}` : ''}`), claimed());
-  return finish;
-}
-
-/**
- * Run the dialer's side on a fresh link to the Controller that must be `expectId`: send
- * PEER_HELLO, check the acceptor's proof, answer PEER_AUTH. `done` as HandshakeDone.
- */
-export function dialHandshake(link: Link, self: HandshakeSelf, expectId: number, done: HandshakeDone): void {
-  const nonce = randomBytes(NONCE_BYTES);
-  let claimed: PeerIdentity | null = null;
-  const finish = guard(link, self.timeoutMs ?? PEER_AUTH_TIMEOUT_MS, () => claimed, '', done);
-  link.onFrame = (frame) => {
-    try {
-      const h = decodePeerHello(frame, true);
-      claimed = { id: h.id, epoch: h.epoch };
-      if (h.id !== expectId) throw new FractosError('EPERM', `dialed controller ${expectId}, answered by controller ${h.id}`);
-      const t: PeerTranscript = { dialerId: self.id, dialerEpoch: self.epoch, dialerNonce: nonce, acceptorId: h.id, acceptorEpoch: h.epoch, acceptorNonce: h.nonce };
-      if (!checkPeerProof(self.secret, 'A', t, h.proof!)) throw new FractosError('EPERM', `controller ${h.id} failed authentication (wrong cluster secret?)`);
-      link.send(encodePeerAuth(peerProof(self.secret, 'D', t)));
-      finish(null, claimed);
-    } catch (err) {
-      finish(err as FractosError, claimed);
-    }
-  };
-  link.send(encodePeerHello(self.id, self.epoch, nonce));
-}
-
-/**
- * Run the acceptor's side on a link whose first frame, `hello`, is a PEER_HELLO. `admit`
- * vets the claimed id before anything is sent (a FractosError refuses it); then PEER_HELLO
- * with this side's proof goes out and the dialer's PEER_AUTH is checked. `done` as
- * HandshakeDone; nothing but PEER_AUTH is read before it is called.
- */
-export function acceptHandshake(link: Link, hello: Buffer, self: HandshakeSelf, admit: (id: number) => FractosError | null, done: HandshakeDone): void {
-  let claimed: PeerIdentity | null = null;
-  // The dialer checks this side's proof first: a dialer with another secret closes the link.
-  const finish = guard(link, self.timeoutMs ?? PEER_AUTH_TIMEOUT_MS, () => claimed, ' before proving it holds the cluster secret (another secret on its side?)', done);
-  let t: PeerTranscript;
-  try {
-    const h = decodePeerHello(hello, false);
-    claimed = { id: h.id, epoch: h.epoch };
-    const refused = admit(h.id);
-    if (refused) throw refused;
-    t = { dialerId: h.id, dialerEpoch: h.epoch, dialerNonce: Buffer.from(h.nonce), acceptorId: self.id, acceptorEpoch: self.epoch, acceptorNonce: randomBytes(NONCE_BYTES) };
-  } catch (err) {
-    finish(err as FractosError, claimed);
-    return;
-  }
-  link.onFrame = (frame) => {
-    try {
-      if (!checkPeerProof(self.secret, 'D', t, decodePeerAuth(frame))) {
-        throw new FractosError('EPERM', `failed authentication (wrong cluster secret?)`);
-      }
-      finish(null, claimed);
-    } catch (err) {
-      finish(err as FractosError, claimed);
-    }
-  };
-  link.send(encodePeerHello(self.id, self.epoch, t.acceptorNonce, peerProof(self.secret, 'A', t)));
 }
 
 /**

@@ -66,6 +66,11 @@ export interface ClusterOptions {
   fsCacheBlocks?: number;
   /** GPU adaptor hands out served Memory even on cpu (`--served-memory`). */
   gpuServedMemory?: boolean;
+  /**
+   * Start the resource manager (`fractos rm`, docs/rm.md) on the app's node before the
+   * services; the FS and every GPU adaptor register with it (`--rm rm`).
+   */
+  rm?: boolean;
 }
 
 export type Placement = 'single' | 'disaggregated';
@@ -133,6 +138,7 @@ export class LocalCluster {
         }));
         await waitPeered(addrs);
       }
+      if (o.rm) await c.#start('rm', ['rm', '--controller', c.nodes.app], /^ready rm /, o.log);
       // The volume administration only for our FS (also after startFs restarts it).
       ensureClusterSecretFile(c.#adminSecret);
       await c.#start('blockdev', ['blockdev', '--device', disk, '--format', '--controller', c.nodes.storage, '--admin-secret-file', c.#adminSecret], /^ready blockdev /, o.log);
@@ -154,6 +160,7 @@ export class LocalCluster {
     }
     const args = ['fs', '--controller', this.nodes.storage, '--admin-secret-file', this.#adminSecret];
     if (cacheBlocks !== undefined) args.push('--cache-blocks', String(cacheBlocks));
+    if (this.#opts.rm) args.push('--rm', 'rm');
     return this.#start('fs', args, /^ready fs /, log);
   }
 
@@ -166,11 +173,16 @@ export class LocalCluster {
     return ch;
   }
 
-  /** (Re)start the GPU adaptor. */
-  async startGpu(log?: (l: string) => void): Promise<Child> {
+  /**
+   * (Re)start the GPU adaptor; another `name` (`gpu2`, ...) starts one more adaptor
+   * publishing under that prefix (a child of that name).
+   */
+  async startGpu(log?: (l: string) => void, name = 'gpu'): Promise<Child> {
     const args = ['gpu', '--backend', this.gpuBackend, '--controller', this.nodes.gpu];
+    if (name !== 'gpu') args.push('--name', name);
     if (this.#opts.gpuServedMemory) args.push('--served-memory');
-    return this.#start('gpu', args, /^ready gpu /, log);
+    if (this.#opts.rm) args.push('--rm', 'rm');
+    return this.#start(name, args, /^ready gpu /, log);
   }
 
   /** kill -9 one child (failure injection) and wait for it to exit. */
@@ -181,9 +193,10 @@ export class LocalCluster {
     this.children.delete(name);
   }
 
-  /** Stop every child (gpu, fs, blockdev, controller) and remove the directory if ours (and the socket folder). */
+  /** Stop every child (GPU adaptors, fs, blockdev, rm, controller) and remove the directory if ours (and the socket folder). */
   async stop(): Promise<void> {
-    for (const name of ['gpu', 'fs', 'blockdev', 'controller', 'controller1', 'controller2', 'controller3']) {
+    const gpus = [...this.children.keys()].filter((k) => k.startsWith('gpu'));
+    for (const name of [...gpus, 'fs', 'blockdev', 'rm', 'controller', 'controller1', 'controller2', 'controller3']) {
       const c = this.children.get(name);
       if (c) await stopChild(c);
       this.children.delete(name);

@@ -27,7 +27,8 @@
  * host buffers, with their Memory views and continuation Requests made once and reused;
  * a batch takes a slot, or waits in a bounded queue (EBUSY past it: back-pressure).
  * A GPU adaptor that goes away fails the batches in flight (EFAULT, "GPU adaptor went
- * away") and the verifier re-initialises when `${gpu}.init` answers again (kv_wait loop).
+ * away") and the verifier re-initialises when `${gpu}.init` answers again (kv_wait loop),
+ * or, with a resource manager (`rm`), as soon as it grants another live GPU adaptor.
  */
 import { EventEmitter } from 'node:events';
 import { FractosError, errorCodeFromWire, type ErrorCode } from '../libfractos/errors.js';
@@ -37,6 +38,7 @@ import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { Read as FsRead } from '../fs-service/schema.js';
 import { VolumeRead } from '../blockdev-adaptor/schema.js';
 import { GpuContext } from '../gpu-adaptor/client.js';
+import type { Grant, RmClient } from '../rm/index.js';
 import { IMAGE_BYTES } from '../gpu-adaptor/backend.js';
 import { GATHER_MAX, Invoke, InvokeReply } from '../gpu-adaptor/schema.js';
 import { DEFAULT_GRID } from './accuracy.js';
@@ -69,6 +71,12 @@ export interface VerifierOptions {
   gridY?: number;
   /** Per-batch timeout (ms, default 15000). */
   timeoutMs?: number;
+  /**
+   * Get the GPU and the FS from this resource-manager session (docs/rm.md) instead of by
+   * bootstrap name: `acquire('gpu')` (least loaded) and `acquire('fs')`; after a GPU failure
+   * the verifier acquires again and gets a live instance (the survivor).
+   */
+  rm?: RmClient;
 }
 
 /** Time spent per stage of one batch, µs (stages of the design; overlapping in chain). */
@@ -131,6 +139,9 @@ export class Verifier extends EventEmitter {
   #fs!: FsClient;
   #files = new Map<number, OpenFile>();
   #gpu: GpuContext | null = null;
+  /** With `rm`: the grants the GPU context and the FS came from. */
+  #gpuGrant: Grant | null = null;
+  #fsGrant: Grant | null = null;
   #invoke = 0;
   #pool: Slot[] = [];
   #queue: { resolve: (s: Slot) => void; reject: (e: Error) => void }[] = [];
@@ -164,7 +175,10 @@ export class Verifier extends EventEmitter {
       throw new FractosError('EINVAL', `maxBatch must be in 1..${GATHER_MAX}`);
     }
     const v = new Verifier(p, o);
-    v.#fs = await FsClient.connect(p, o.fsName ?? 'fs');
+    if (o.rm) {
+      v.#fsGrant = await o.rm.acquire('fs', { waitMs: 10_000 });
+      v.#fs = FsClient.fromRoots(p, v.#fsGrant.requests);
+    } else v.#fs = await FsClient.connect(p, o.fsName ?? 'fs');
     v.#files = await openEnrolled(v.#fs, o.ids, o.design !== 'star', o.prefix ?? DEFAULT_PREFIX);
     if (o.design !== 'star') {
       const bs = Math.max(...[...v.#files.values()].map((f) => f.blockSize || 512));
@@ -190,9 +204,9 @@ export class Verifier extends EventEmitter {
     return this.#state === 'ready';
   }
 
-  /** The GPU context's backend and device (after open / recovery). */
-  get gpuInfo(): { backend: string; device: string } {
-    return { backend: this.#gpu?.backend ?? '', device: this.#gpu?.device ?? '' };
+  /** The GPU context's backend and device, and the RM instance name when acquired through one (after open / recovery). */
+  get gpuInfo(): { backend: string; device: string; instance?: string } {
+    return { backend: this.#gpu?.backend ?? '', device: this.#gpu?.device ?? '', instance: this.#gpuGrant?.name ?? '' };
   }
 
   #handlers(): void {
@@ -230,8 +244,26 @@ export class Verifier extends EventEmitter {
   // ---------------------------------------------------------------------------------
   // Pool
 
+  /** A GPU context: through the RM (a new grant, the old one given back) or by bootstrap name. */
+  async #openGpu(): Promise<GpuContext> {
+    const rm = this.#o.rm;
+    if (!rm) return GpuContext.open(this.p, this.#o.gpuName ?? 'gpu', { timeoutMs: 10_000 });
+    const old = this.#gpuGrant;
+    this.#gpuGrant = null;
+    if (old) await old.release().catch(() => {});
+    const grant = await rm.acquire('gpu', { waitMs: 10_000 });
+    try {
+      const gpu = await GpuContext.fromInit(this.p, grant.request('init'), { timeoutMs: 10_000 });
+      this.#gpuGrant = grant;
+      return gpu;
+    } catch (err) {
+      await grant.release().catch(() => {});
+      throw err;
+    }
+  }
+
   async #setupGpu(): Promise<void> {
-    const gpu = await GpuContext.open(this.p, this.#o.gpuName ?? 'gpu', { timeoutMs: 10_000 });
+    const gpu = await this.#openGpu();
     this.#gpu = gpu;
     this.#invoke = await gpu.load('lbp_chi2_batch');
     const m = this.maxBatch;
@@ -379,7 +411,8 @@ export class Verifier extends EventEmitter {
    * Score `pairs` (enrolled id, raw 92x112 probe pixels). Resolves with one chi-square
    * distance per pair. Errors: EINVAL (empty, too many pairs, bad image size), ENOENT
    * (unknown id), EBUSY (pool and queue full), EAGAIN (GPU re-initialising), EFAULT (GPU
-   * adaptor went away mid-batch), ETIMEDOUT, the services' codes.
+   * adaptor went away mid-batch, or one of its or the FS's objects was revoked under the
+   * batch), ETIMEDOUT, the services' codes.
    */
   async verify(pairs: readonly { id: number; image: Uint8Array }[]): Promise<BatchResult> {
     const n = pairs.length;
@@ -409,6 +442,11 @@ export class Verifier extends EventEmitter {
         const w = s.waiter;
         s.waiter = null;
         w.reject(err as FractosError);
+      }
+      // A call on the adaptor's (or the FS's) objects can fail before the monitor that
+      // reports the adaptor's failure fires: say what it means.
+      if (err instanceof FractosError && err.code === 'EREVOKED') {
+        throw new FractosError('EFAULT', `batch aborted: a GPU adaptor or FS object was revoked (the service went away?): ${err.message}`);
       }
       throw err;
     } finally {
@@ -464,9 +502,9 @@ export class Verifier extends EventEmitter {
       { offset: 0, length: this.#readLen },
       { buffer: s.gEnrolledSlot[j]!, onSuccess: s.arrive, onError: s.failed },
     )));
-    const probes = this.p.memoryCopy(hProbes, s.gProbes).then(() => {
+    const probes = this.p.memoryCopy(hProbes, this.#live(s.gProbes)).then(() => {
       st.probes = (performance.now() - t1) * 1000;
-      return this.p.invoke(this.#invoke, Invoke, {
+      return this.p.invoke(this.#live(this.#invoke), Invoke, {
         n, gridX: this.gridX, gridY: this.gridY, batch: this.#barrierKey(s), expect: g.ids.length + 1, stride: this.#stride, slots: g.ids.length, gather: g.gather,
       }, { probes: s.gProbes, enrolled: s.gEnrolled, scores: gScoresN, out: hOut, onSuccess: s.done, onError: s.failed });
     });
@@ -533,7 +571,7 @@ export class Verifier extends EventEmitter {
 
   async #kernel(s: Slot, n: number, stride: number, g: { ids: number[]; gather: Uint8Array }, scores: number, st: StageTimes): Promise<void> {
     const done = this.#wait(s, 'gpu', 1);
-    await this.p.invoke(this.#invoke, Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride, slots: g.ids.length, gather: g.gather }, {
+    await this.p.invoke(this.#live(this.#invoke), Invoke, { n, gridX: this.gridX, gridY: this.gridY, stride, slots: g.ids.length, gather: g.gather }, {
       probes: s.gProbes, enrolled: s.gEnrolled, scores, onSuccess: s.done, onError: s.failed,
     });
     const r = InvokeReply.decode((await done)!).imms;
@@ -543,6 +581,16 @@ export class Verifier extends EventEmitter {
 
   // ---------------------------------------------------------------------------------
   // Failures
+
+  /**
+   * A cid on the GPU side, checked before use: 0 once the adaptor was lost while this batch
+   * waited (the copy's REPLY and the adaptor's failure can arrive in one read, the failure
+   * handled first). Errors: EFAULT "GPU adaptor went away".
+   */
+  #live(cid: number): number {
+    if (cid === 0) throw new FractosError('EFAULT', 'GPU adaptor went away; batch aborted');
+    return cid;
+  }
 
   #gpuLost(ev: string): void {
     if (this.#state !== 'ready') return;
@@ -608,6 +656,8 @@ export class Verifier extends EventEmitter {
     await this.#recovering?.catch(() => {});
     if (this.#fs) await closeAll(this.#fs, this.#files);
     if (this.#gpu && wasReady) await this.#gpu.cleanup().catch(() => {});
+    for (const g of [this.#gpuGrant, this.#fsGrant]) await g?.release().catch(() => {});
+    this.#gpuGrant = this.#fsGrant = null;
     const mine: number[] = [];
     for (const s of this.#pool) {
       if (s.arrive) this.p.capDrop(s.arrive).catch(() => {});

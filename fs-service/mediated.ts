@@ -24,7 +24,8 @@ import type { IoPort, VolumeHandle } from '../blockdev-adaptor/client.js';
 import { WriteFlags } from '../blockdev-adaptor/schema.js';
 import { mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { IoReply } from './schema.js';
-import { BLOCK, MAX_MEDIATED, type Inode } from './inode.js';
+import { allocatedOf, BLOCK, MAX_MEDIATED, now, type Inode } from './inode.js';
+import { touch } from './attrs.js';
 import type { BlockCache } from './cache.js';
 import type { OpenHandle } from './opens.js';
 import { StageKey, type Staging } from './staging.js';
@@ -77,9 +78,62 @@ export class Mediated {
     }
   }
 
-  /** Device I/O of file range [a, b) (block-aligned, allocated) to/from stage slot offset 0. */
+  /** Write zeros to [off, off + len) of volume `v` (block-aligned), FUA: pool blocks before a file uses them. */
+  async zeroVolume(v: VolumeHandle, off: number, len: number): Promise<void> {
+    const slot = await this.#staging.slots.acquireAsync(StageKey.ZERO);
+    try {
+      this.#staging.bytes(slot).fill(0, 0, MAX_MEDIATED);
+      for (let a = 0; a < len; a += MAX_MEDIATED) {
+        await this.#port.ioAsync(v.write, true, off + a, Math.min(MAX_MEDIATED, len - a), this.#staging.cid(slot), WriteFlags.FUA);
+      }
+    } finally {
+      this.#staging.slots.release(StageKey.ZERO, slot);
+    }
+  }
+
+  /**
+   * Copy file range [0, len) (from the file's extents) to offset 0 of volume `v` (FUA) while
+   * holding the block-range lock of [0, len) (no mediated write overlaps), then run and await
+   * `swap` before unlocking (extents.ts makePrivate: the file's pooled part made private).
+   */
+  async copyToVolume(ino: Inode, len: number, v: VolumeHandle, swap: () => Promise<void>): Promise<void> {
+    const end = Math.ceil(len / BLOCK) * BLOCK;
+    const unlock = await this.#lock(ino, 0, end);
+    try {
+      const slot = await this.#staging.slots.acquireAsync(StageKey.ZERO);
+      try {
+        for (let a = 0; a < end; a += MAX_MEDIATED) {
+          const n = Math.min(MAX_MEDIATED, end - a);
+          await this.#devRange(ino, a, a + n, slot, false);
+          await this.#port.ioAsync(v.write, true, a, n, this.#staging.cid(slot), WriteFlags.FUA);
+        }
+      } finally {
+        this.#staging.slots.release(StageKey.ZERO, slot);
+      }
+      await swap();
+    } finally {
+      unlock();
+    }
+  }
+
+  /** Hold file blocks [a, b) (bytes) against every overlapping write: waits for them; answers the unlock. */
+  async #lock(ino: Inode, a: number, b: number): Promise<() => void> {
+    const busy = (ino.busy ??= []);
+    for (let o = busy.find((x) => x.a < b && a < x.b); o; o = busy.find((x) => x.a < b && a < x.b)) await o.done;
+    let unlock!: () => void;
+    const lock = { a, b, done: new Promise<void>((r) => (unlock = r)) };
+    busy.push(lock);
+    return () => {
+      busy.splice(busy.indexOf(lock), 1);
+      unlock();
+    };
+  }
+
+  /** Device I/O of file range [a, b) (block-aligned) to/from stage slot offset `stageOff`; a read's bytes past the extents (a hole) are zeros. */
   async #devRange(ino: Inode, a: number, b: number, slot: number, write: boolean, stageOff = 0): Promise<void> {
     const ios: Promise<unknown>[] = [];
+    const alloc = allocatedOf(ino);
+    if (!write && b > alloc) this.#staging.bytes(slot).fill(0, stageOff + Math.max(0, alloc - a), stageOff + (b - a));
     const drops: number[] = [];
     for (const x of ino.extents) {
       const s = Math.max(a, x.fileOffset);
@@ -92,7 +146,7 @@ export class Mediated {
         buf = await this.#proc.memoryDiminish(buf, s - a + stageOff, e - s);
         drops.push(buf);
       }
-      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, s - x.fileOffset, e - s, buf, write ? WriteFlags.FUA : 0));
+      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, x.volOffset + s - x.fileOffset, e - s, buf, write ? WriteFlags.FUA : 0));
     }
     try {
       await Promise.all(ios);
@@ -134,11 +188,26 @@ export class Mediated {
       const b = Math.ceil((offset + n) / BLOCK) * BLOCK;
       const slot = await this.#staging.slots.acquireAsync(handle, mayStall(st));
       try {
-        await this.#fill(ino, a, b, slot);
+        if (ino.extents[0]?.pooled) {
+          // Pooled ranges may be freed by makePrivate: it waits for reads like this one.
+          const fill = this.#fill(ino, a, b, slot);
+          const done = fill.then(() => {}, () => {});
+          (ino.reads ??= new Set()).add(done);
+          try {
+            await fill;
+          } finally {
+            ino.reads.delete(done);
+          }
+        } else await this.#fill(ino, a, b, slot);
         await this.#staging.toClient(slot, offset - a, n, buffer, st);
       } finally {
         this.#staging.slots.release(handle, slot);
       }
+    }
+    // relatime: atime moves when it is older than mtime or a day old (persisted with the next image).
+    if (n > 0 && (ino.atime[0] < ino.mtime[0] || (ino.atime[0] === ino.mtime[0] && ino.atime[1] <= ino.mtime[1]) || ino.atime[0] + 86400 < Date.now() / 1000)) {
+      ino.atime = now();
+      ino.dirty = true;
     }
     await this.#proc.invoke(ok, IoReply, { bytes: n });
   }
@@ -160,16 +229,11 @@ export class Mediated {
     const a = Math.floor(offset / BLOCK) * BLOCK;
     const b = Math.ceil(end / BLOCK) * BLOCK;
     // Block-range lock: wait for overlapping writes, then hold [a, b) until written back.
-    const busy = (ino.busy ??= []);
-    for (let o = busy.find((x) => x.a < b && a < x.b); o; o = busy.find((x) => x.a < b && a < x.b)) await o.done;
-    let unlock!: () => void;
-    const lock = { a, b, done: new Promise<void>((r) => (unlock = r)) };
-    busy.push(lock);
+    const unlock = await this.#lock(ino, a, b);
     let slot: number;
     try {
       slot = await this.#staging.slots.acquireAsync(handle, mayStall(st));
     } catch (err) {
-      busy.splice(busy.indexOf(lock), 1);
       unlock();
       throw err;
     }
@@ -184,6 +248,7 @@ export class Mediated {
       await this.#devRange(ino, a, b, slot, true);
       const first = a / BLOCK;
       for (let i = 0; i < (b - a) / BLOCK; i++) this.#deps.cache.put(ino.id, first + i, stage.subarray(i * BLOCK, (i + 1) * BLOCK));
+      touch(ino, true); // mtime/ctime: durable with the size change below, else with the next image (fsync)
       if (end > ino.size) {
         ino.size = end;
         await this.#deps.persist();
@@ -191,7 +256,6 @@ export class Mediated {
     } finally {
       ino.writing--;
       this.#staging.slots.release(handle, slot);
-      busy.splice(busy.indexOf(lock), 1);
       unlock();
     }
     await this.#proc.invoke(ok, IoReply, { bytes: length });

@@ -13,6 +13,12 @@
  * - `live` holds the handed-out Requests whose delegated caps may still exist; a
  *   monitor_delegate on each removes it when the last cap from it is gone, and the open is
  *   closed when none is left. A revoked Request's monitor never fires, so revoking removes it first.
+ * - At most MAX_OPENS handles (ENFILE beyond). A DAX open's extent Requests are made a page
+ *   (MAX_DAX_EXTENTS extents) at a time: the first page with the OpenReply, the others when
+ *   the client asks through the open's `map` Request (dax_map), so a file of any number of
+ *   extents opens DAX; each volume's children are made once per open and revoked with it.
+ * - When an inode's last open goes, `released` tells the namespace (an unlinked file's data
+ *   is freed then).
  * - A DAX open for writing changes the device behind the block cache: the file's cached
  *   blocks are dropped (`invalidate`) when it opens and when it closes.
  */
@@ -20,7 +26,9 @@ import { FractosError } from '../libfractos/errors.js';
 import type { Process } from '../libfractos/process.js';
 import type { VolumeHandle } from '../blockdev-adaptor/client.js';
 import { Close, DoneReply, MAX_DAX_EXTENTS, OpenMode, OpenReply, Read, Write } from './schema.js';
+import { DaxMap, DaxMapReply, MAX_OPENS } from './contract.js';
 import { BLOCK, type FsCounts, type FsLog, type Inode } from './inode.js';
+import { attrOf } from './attrs.js';
 
 /** What opens need from the rest of the FS. */
 export interface OpensDeps {
@@ -28,6 +36,8 @@ export interface OpensDeps {
   volume(id: number): VolumeHandle | undefined;
   /** Drop every cached block of `ino` (cache.ts). */
   invalidate(ino: Inode): void;
+  /** The last open of `ino` is gone (namespace.ts frees an unlinked file then; close answers after). */
+  released(ino: Inode): Promise<void>;
 }
 
 /** An open file as mediated I/O sees it: the handle id (its staging-slot key) and the file. */
@@ -93,41 +103,74 @@ export class Opens {
     return h;
   }
 
+  /** Whether `ino` has a DAX open. */
+  hasDax(ino: Inode): boolean {
+    for (const h of this.#byIno.get(ino.id) ?? []) if (h.dax) return true;
+    return false;
+  }
+
+  /** Open handles of `ino`. */
+  count(ino: Inode): number {
+    return this.#byIno.get(ino.id)?.size ?? 0;
+  }
+
+  /**
+   * Revtree children of the blockdev Requests of `ino`'s extents [first, first +
+   * MAX_DAX_EXTENTS) for open `h` (made once per volume), into `caps` (x{i}r/x{i}w, i from 0)
+   * and `ext` (fileOffset, length records); answers how many extents.
+   */
+  async #daxPage(h: Handle, first: number, caps: Record<string, number>, ext: Buffer): Promise<number> {
+    const p = this.#proc;
+    const xs = h.ino.extents.slice(first, first + MAX_DAX_EXTENTS);
+    for (let i = 0; i < xs.length; i++) {
+      const x = xs[i]!;
+      if (x.pooled) throw new FractosError('EIO', `'${h.ino.path}' has pooled extents: not made private before its DAX open`);
+      let list = h.daxByVolume.get(x.volume);
+      if (!list) {
+        const v = this.#deps.volume(x.volume);
+        if (!v) throw new FractosError('EIO', `volume ${x.volume} of '${h.ino.path}' not open`);
+        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
+        // closing or freeing the extent revokes exactly these, whoever holds them.
+        const xr = h.mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
+        const xw = h.mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
+        list = [xr, xw];
+        h.daxByVolume.set(x.volume, list);
+        for (const c of list.filter(Boolean)) {
+          h.cids.push(c);
+          if (!this.#handles.has(h.id)) continue;
+          h.live.add(c);
+          const hid = h.id;
+          await p.monitorDelegate(c, () => this.#delegatesGone(hid, c));
+        }
+      }
+      caps[`x${i}r`] = list[0]!;
+      caps[`x${i}w`] = list[1]!;
+      ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
+      ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
+      ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
+      ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
+    }
+    return xs.length;
+  }
+
   /**
    * Open `ino` (mode checked by `checkOpenMode`) and answer OpenReply on `ok`: mediated
-   * read/write and close Requests, and with `dax` each extent's blockdev Requests on
-   * revocation trees. Errors: ERANGE (DAX on more than MAX_DAX_EXTENTS extents), what
-   * delivering the reply answers (the open is then closed again).
+   * read/write and close Requests, the file's attributes, and with `dax` the `map` Request
+   * and the first page of extents with their blockdev Requests on revocation trees.
+   * Errors: ENFILE (MAX_OPENS), what delivering the reply answers (the open is then closed again).
    */
   async open(ino: Inode, mode: number, dax: boolean, ok: number): Promise<void> {
-    if (dax && ino.extents.length > MAX_DAX_EXTENTS) throw new FractosError('ERANGE', `'${ino.path}' has ${ino.extents.length} extents, DAX opens carry at most ${MAX_DAX_EXTENTS}`);
+    if (this.#handles.size >= MAX_OPENS) throw new FractosError('ENFILE', `${MAX_OPENS} open handles`);
     const p = this.#proc;
     const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
     const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
     const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
     const close = await p.createRequest(Close, { handle: h.id });
-    h.cids.push(...[read, write, close].filter(Boolean));
-    const caps: Record<string, number> = { read, write, close };
+    const map = dax ? await p.createRequest(DaxMap, { handle: h.id }) : 0;
+    h.cids.push(...[read, write, close, map].filter(Boolean));
+    const caps: Record<string, number> = { read, write, close, map };
     const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
-    if (dax) {
-      for (let i = 0; i < ino.extents.length; i++) {
-        const x = ino.extents[i]!;
-        const v = this.#deps.volume(x.volume)!;
-        // Revocation tree children of the blockdev's per-volume Requests (volume preset):
-        // closing or deleting revokes exactly these, whoever holds them.
-        const xr = mode & OpenMode.READ ? await p.capCreateRevtree(v.read) : 0;
-        const xw = mode & OpenMode.WRITE ? await p.capCreateRevtree(v.write) : 0;
-        const list = [xr, xw].filter(Boolean);
-        h.cids.push(...list);
-        h.daxByVolume.set(x.volume, list);
-        caps[`x${i}r`] = xr;
-        caps[`x${i}w`] = xw;
-        ext.writeUInt32LE(x.fileOffset % 0x100000000, 16 * i);
-        ext.writeUInt32LE(Math.floor(x.fileOffset / 0x100000000), 16 * i + 4);
-        ext.writeUInt32LE(x.length % 0x100000000, 16 * i + 8);
-        ext.writeUInt32LE(Math.floor(x.length / 0x100000000), 16 * i + 12);
-      }
-    }
+    const n = dax ? await this.#daxPage(h, 0, caps, ext) : 0;
     // DAX writes bypass the block cache: drop the file's cached blocks now and at close.
     if (dax && mode & OpenMode.WRITE) this.#deps.invalidate(ino);
     this.#handles.set(h.id, h);
@@ -144,12 +187,28 @@ export class Opens {
     const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
     try {
       await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
-      await p.invoke(ok, OpenReply, { handle: h.id, size: ino.size, dax: dax ? 1 : 0, blockSize: BLOCK, nExtents: dax ? ino.extents.length : 0, extents: ext }, nonzero);
+      await p.invoke(ok, OpenReply, { ...attrOf(ino), handle: h.id, dax: dax ? 1 : 0, blockSize: BLOCK, total: dax ? ino.extents.length : 0, nExtents: n, extents: ext }, nonzero);
     } catch (err) {
       await this.#revoke(h); // Not armed or not delivered: nobody can use this open.
       throw err;
     }
     // The FS keeps its own entries (to revoke them later): the reply only delegated them.
+  }
+
+  /**
+   * dax_map(first) of open `handle`: DaxMapReply on `ok` with the extents from index
+   * `first` (a page). Errors: ENOENT (not open), EINVAL (not DAX), ERANGE (`first` past the extents).
+   */
+  async daxMap(handle: number, first: number, ok: number): Promise<void> {
+    const h = this.#handles.get(handle);
+    if (!h) throw new FractosError('ENOENT', `no open handle ${handle}`);
+    if (!h.dax) throw new FractosError('EINVAL', `handle ${handle} is not a DAX open`);
+    if (first > h.ino.extents.length) throw new FractosError('ERANGE', `extent ${first} of ${h.ino.extents.length}`);
+    const caps: Record<string, number> = {};
+    const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
+    const n = await this.#daxPage(h, first, caps, ext);
+    const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
+    await this.#proc.invoke(ok, DaxMapReply, { total: h.ino.extents.length, first, nExtents: n, extents: ext }, nonzero);
   }
 
   /** monitor_delegate of one of `h`'s Requests fired: close the open once none is held outside the FS. */
@@ -164,11 +223,14 @@ export class Opens {
   async #revoke(h: Handle): Promise<void> {
     this.#handles.delete(h.id);
     if (h.dax && h.mode & OpenMode.WRITE) this.#deps.invalidate(h.ino);
-    this.#byIno.get(h.ino.id)?.delete(h);
+    const set = this.#byIno.get(h.ino.id);
+    set?.delete(h);
+    if (set?.size === 0) this.#byIno.delete(h.ino.id);
     h.live.clear();
     const cids = h.cids.splice(0);
     await Promise.all(cids.map((c) => this.#proc.capRevoke(c).catch(() => {})));
     this.#proc.capDrop(...cids).catch(() => {});
+    if (!this.#byIno.has(h.ino.id)) await this.#deps.released(h.ino);
   }
 
   /** Close `handle` (its Requests revoked, DAX ones included) and answer DoneReply on `ok`. Errors: ENOENT. */
@@ -182,7 +244,6 @@ export class Opens {
   /** Close every open of `ino` (its file is deleted). */
   async closeAll(ino: Inode): Promise<void> {
     for (const h of [...(this.#byIno.get(ino.id) ?? [])]) await this.#revoke(h);
-    this.#byIno.delete(ino.id);
   }
 
   /** Revoke the DAX Requests every open of `ino` holds on `vols` (their extents are being freed). */
@@ -191,6 +252,7 @@ export class Opens {
     for (const h of this.#byIno.get(ino.id) ?? []) {
       for (const v of vols) {
         for (const c of h.daxByVolume.get(v) ?? []) {
+          if (!c) continue;
           h.live.delete(c); // its monitor will not fire: revoked
           revokes.push(this.#proc.capRevoke(c).catch(() => {}));
         }

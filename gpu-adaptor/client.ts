@@ -28,11 +28,20 @@ export class GpuContext {
     const timeoutMs = opts.timeoutMs ?? 10_000;
     const init = await p.kvWait(`${name}.init`, timeoutMs);
     try {
-      const r = InitReply.decode(await p.rpc(init, Init, {}, {}, { timeoutMs }));
-      return new GpuContext(p, r.imms.context, r.imms.backend === 1 ? 'cuda' : 'cpu', r.imms.device, r.caps.alloc, r.caps.load, r.caps.cleanup);
+      return await GpuContext.fromInit(p, init, { timeoutMs });
     } finally {
       p.capDrop(init).catch(() => {});
     }
+  }
+
+  /**
+   * Create a context through an `init` Request the caller holds (e.g. from a resource-manager
+   * grant); the caller keeps `init`. Errors: the adaptor's codes, EREVOKED, ETIMEDOUT.
+   */
+  static async fromInit(p: Process, init: number, opts: { timeoutMs?: number } = {}): Promise<GpuContext> {
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    const r = InitReply.decode(await p.rpc(init, Init, {}, {}, { timeoutMs }));
+    return new GpuContext(p, r.imms.context, r.imms.backend === 1 ? 'cuda' : 'cpu', r.imms.device, r.caps.alloc, r.caps.load, r.caps.cleanup);
   }
 
   /** Allocate `size` bytes of device memory: a served Memory cid. Errors: EINVAL, ENOSPC, EREVOKED. */

@@ -31,6 +31,12 @@ export const ERROR_CODES = [
   'ENOTDIR',
   'ENOTEMPTY',
   'EADDRINUSE', // a listen address is taken (a live socket answers there)
+  'ENAMETOOLONG', // a name (path component) longer than 255 bytes
+  'EACCES', // permission bits deny the caller (EPERM: an operation only the owner or root may do)
+  'EXDEV', // a link or rename across file systems
+  'EMLINK', // too many links
+  'ENFILE', // too many open files (the service's bound)
+  'ELOOP', // too many symlinks, or a directory moved under itself
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -86,11 +92,12 @@ export const FRACTOS_ERRNO_BASE = 4096;
 const CODE_ERRNO: ReadonlyMap<ErrorCode, number> = new Map<ErrorCode, number>([
   ['EPERM', 1], ['ENOENT', 2], ['EIO', 5], ['EAGAIN', 11], ['EBUSY', 16], ['EEXIST', 17], ['ENODEV', 19], ['ENOTDIR', 20],
   ['EISDIR', 21], ['EINVAL', 22], ['ENOSPC', 28], ['ERANGE', 34], ['ENOTEMPTY', 39], ['ENOTSUP', 95], ['ETIMEDOUT', 110],
+  ['ENAMETOOLONG', 36], ['EACCES', 13], ['EXDEV', 18], ['EMLINK', 31], ['ENFILE', 23], ['ELOOP', 40],
 ]);
 
 /** Other errnos (name, Linux number) and the code of the closest meaning: many errnos, one code, one way only. */
 const ERRNO_ALIASES: readonly (readonly [string, number, ErrorCode])[] = [
-  ['EOPNOTSUPP', 95, 'ENOTSUP'], ['EWOULDBLOCK', 11, 'EAGAIN'], ['ENOSYS', 38, 'ENOTSUP'], ['EACCES', 13, 'EPERM'],
+  ['EOPNOTSUPP', 95, 'ENOTSUP'], ['EWOULDBLOCK', 11, 'EAGAIN'], ['ENOSYS', 38, 'ENOTSUP'],
   ['EROFS', 30, 'EPERM'], ['EFBIG', 27, 'ERANGE'], ['EOVERFLOW', 75, 'ERANGE'], ['ENXIO', 6, 'ENODEV'], ['ENOMEM', 12, 'ENOSPC'],
 ];
 
@@ -106,7 +113,7 @@ const NAME_CODE: ReadonlyMap<string, ErrorCode> = new Map([
 /**
  * The code of an errno: a negative or positive number (io_uring results and addon errors
  * are negative; `FRACTOS_ERRNO_BASE + i` is the internal range of `errnoFromCode`), or a
- * Node errno name (`err.code` of fs errors, e.g. 'ENOENT'). Aliases: EACCES/EROFS -> EPERM,
+ * Node errno name (`err.code` of fs errors, e.g. 'ENOENT'). Aliases: EROFS -> EPERM,
  * EFBIG/EOVERFLOW -> ERANGE, ENOSYS/EOPNOTSUPP -> ENOTSUP, ENXIO -> ENODEV, ENOMEM -> ENOSPC;
  * any other errno (and 0) -> EIO.
  */

@@ -2,8 +2,9 @@
  * INTROSPECT (op 0x04, docs/protocol.md "Introspection"): what a Controller tells an
  * allowed Process about its tables — Processes with their object and cap counts, and the
  * recent invocations from its fixed-size ring. This file holds the reply's layout and its
- * decoder (the Controller encodes it in controller/controller.ts and
- * controller/invocation-ring.ts); golden bytes in test/dashboard-introspect.test.ts.
+ * decoder (the Controller encodes it in controller/src/wire.cc, its ring is
+ * controller/src/invocations.h); golden bytes in test/dashboard-introspect.test.ts and
+ * controller/src/test/core_test.cc.
  *
  * REPLY body (little-endian):
  *   u32 controller, u32 epoch, u32 flags (bit 0: Process list truncated),

@@ -395,6 +395,9 @@ export class Process extends EventEmitter {
         this.#rpcs.set(id, { resolve, reject });
         if (opts.timeoutMs) timer = setTimeout(() => reject(new FractosError('ETIMEDOUT', `${schema.name} timed out after ${opts.timeoutMs} ms`)), opts.timeoutMs);
       });
+      // A close or timeout may reject `reply` while the invoke below is still in flight: mark it
+      // handled now (it is awaited right after), so that is not an unhandled rejection.
+      reply.catch(() => {});
       const all = { ...caps, onSuccess: ok, onError: fail } as Partial<CapValues<C>>;
       await this.requestInvoke(cid, schema.args(imms, all));
       return await reply;

@@ -6,7 +6,8 @@
  * 1. `$FRACTOS_NATIVE_DIR/fractos_NAME.node`, when that variable is set (a folder holding
  *    prebuilt addons, e.g. for an install without a compiler);
  * 2. the node-gyp build output `native/NAME/build/Release/fractos_NAME.node` of this checkout
- *    (the same path whether running from dist/ or from the sources).
+ *    (the same path whether running from dist/ or from the sources); the native Controller
+ *    (`controller`) builds in `controller/build/Release/` (controller/binding.gyp).
  * A path that exists but fails to load (wrong ABI, missing library) is not skipped: its error
  * is the cause. When nothing loads, `loadNative` throws `NativeUnavailableError` (code ENODEV)
  * with the addon name and the paths tried, on which tests skip precisely.
@@ -39,12 +40,13 @@ export function nativeCandidates(name: string): string[] {
   const out: string[] = [];
   const dir = process.env[NATIVE_DIR_ENV];
   if (dir) out.push(join(dir, file));
-  out.push(join(sourceDir, name, 'build', 'Release', file));
+  const dirOf = name === 'controller' ? join(sourceDir, '..', 'controller') : join(sourceDir, name);
+  out.push(join(dirOf, 'build', 'Release', file));
   return out;
 }
 
 /**
- * Load addon `name` ('shm', 'uring', 'gpu') once per process; later calls return the same
+ * Load addon `name` ('shm', 'uring', 'gpu', 'controller') once per process; later calls return the same
  * binding. `T` is the shape of its exports (not checked at run time).
  * @returns the binding and the path it was loaded from (its folder holds any side files, e.g. lbp.ptx)
  * @throws NativeUnavailableError (ENODEV, with `addon` and `tried`) when no candidate exists

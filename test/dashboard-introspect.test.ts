@@ -5,7 +5,6 @@
  */
 import test from 'ava';
 import { Controller } from '../controller/index.js';
-import { InvocationRing } from '../controller/invocation-ring.js';
 import { connect, decodeIntrospect, FractosError } from '../libfractos/index.js';
 import { cluster } from './helpers/inproc-cluster.js';
 import { tempDir } from './helpers/spawn.js';
@@ -30,14 +29,7 @@ test('golden: an INTROSPECT reply with one Process and one invocation record dec
     invocations: [{ seq: 9, invokerKind: 'peer', invokerId: 1, targetController: 2, targetObject: 2 ** 32 + 42, provider: 4, ageMs: 1000 }],
     firstSeq: 9, nextSeq: 10,
   });
-  // The ring encodes the same record bytes.
-  const ring = new InvocationRing(4);
-  for (let i = 0; i < 10; i++) ring.record(1, 1, 2, 2 ** 32 + 42, 4);
-  t.deepEqual(ring.window(9, 100), { first: 9, count: 1 });
-  t.deepEqual(ring.window(0, 100), { first: 6, count: 4 }, 'overwritten records are skipped');
-  const buf = Buffer.alloc(28);
-  ring.encode(9, buf, 0, performance.now());
-  t.is(buf.subarray(0, 24).toString('hex'), hex.slice(-56, -8));
+  // The Controller's encoder and ring: the same bytes in controller/src/test/core_test.cc (testWire).
   // Truncated or overlong replies are EPROTO.
   for (const bad of [hex.slice(0, -2), hex + '00', hex.slice(0, 2 * 40)]) {
     t.is(t.throws(() => decodeIntrospect(Buffer.from(bad, 'hex')), { instanceOf: FractosError })?.code, 'EPROTO');

@@ -5,32 +5,20 @@
 // with a clear error and the app recovers when it comes back.
 // Skips (with the reason) when the storage services, the gpu addon or the ORL photos are missing.
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type http from 'node:http';
 import { join } from 'node:path';
-import { DEFAULT_GRID, orlPairs } from '../facever-app/accuracy.js';
-import { datasetForTests } from '../facever-app/dataset.js';
-import { LocalCluster, REPO_ROOT } from '../facever-app/cluster.js';
+import { DEFAULT_GRID } from '../facever-app/accuracy.js';
+import { LocalCluster } from '../facever-app/cluster.js';
 import { chiSquare, lbpHistogram } from '../facever-app/lbp.js';
 import { portOf, serve } from '../facever-app/server.js';
 import { enroll, loadOrl, type EnrollMeta } from '../facever-app/store.js';
 import { DESIGNS, Verifier } from '../facever-app/verifier.js';
 import { FsClient } from '../fs-service/client.js';
-import { openBackend } from '../gpu-adaptor/backend.js';
+import { ORL_DIR, batchOf, faceverSkipReason } from './helpers/facever.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 
-const ORL_DIR = datasetForTests();
-
-let skip = '';
-if (!existsSync(join(ORL_DIR, 's1', '1.pgm'))) skip = `no ORL dataset at ${ORL_DIR}`;
-else if (!existsSync(join(REPO_ROOT, 'dist', 'cli', 'storage.js'))) skip = 'storage services (fractos blockdev/fs) not built';
-else {
-  try {
-    openBackend('cpu').close();
-  } catch (e) {
-    skip = (e as Error).message;
-  }
-}
+const skip = faceverSkipReason();
 if (skip) console.log(`SKIP facever tests: ${skip}`);
 const t = skip ? test.skip : test.serial;
 
@@ -51,12 +39,6 @@ test.after.always(async () => {
   await cluster?.stop();
 });
 
-const pairs = orlPairs(Array.from({ length: 40 }, (_, i) => i + 1));
-const batchOf = (n: number, off = 0): { id: number; image: Uint8Array }[] =>
-  Array.from({ length: n }, (_, i) => {
-    const pr = pairs[(off + i * 13) % pairs.length]!;
-    return { id: pr.enrolled, image: loadOrl(ORL_DIR, pr.probe, pr.photo) };
-  });
 
 t('the three designs give identical scores, equal to the TS reference', async (tt) => {
   const batch = batchOf(40);

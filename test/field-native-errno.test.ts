@@ -39,10 +39,10 @@ test('codes that are Linux errnos keep their numbers; the others lie above MAX_E
 
 test('kernel errnos and Node errno names map as before (aliases one way, unknown -> EIO)', (t) => {
   const cases: [number | string, ErrorCode, string?][] = [
-    [-22, 'EINVAL'], [-13, 'EPERM', 'EACCES'], [-30, 'EPERM', 'EROFS'], [-27, 'ERANGE', 'EFBIG'], [-38, 'ENOTSUP', 'ENOSYS'],
+    [-22, 'EINVAL'], [-13, 'EACCES'], [-30, 'EPERM', 'EROFS'], [-27, 'ERANGE', 'EFBIG'], [-38, 'ENOTSUP', 'ENOSYS'],
     [-6, 'ENODEV', 'ENXIO'], [-12, 'ENOSPC', 'ENOMEM'], [-9, 'EIO', 'EBADF: no code of its own'],
     [-14, 'EIO', 'a kernel EFAULT is not a failed served owner'], [-4095, 'EIO'], [-(FRACTOS_ERRNO_BASE + 5000), 'EIO'], [0, 'EIO'],
-    ['ENOENT', 'ENOENT'], ['EACCES', 'EPERM'], ['EMFILE', 'EIO'], ['EREVOKED', 'EIO', 'only errno names, not FractOS codes'],
+    ['ENOENT', 'ENOENT'], ['EACCES', 'EACCES'], ['EMFILE', 'EIO'], ['EREVOKED', 'EIO', 'only errno names, not FractOS codes'],
   ];
   for (const [errno, code, why] of cases) t.is(errorCodeFromErrno(errno), code, `${errno}${why ? ` (${why})` : ''}`);
 });
@@ -60,7 +60,7 @@ test('nativeError: errno numbers, error-code strings, other errors unchanged', (
   t.is((e1 as FractosError).code, 'ENOENT');
   t.regex((e1 as Error).message, /open \/x: shm_open/);
   t.is((nativeError(Object.assign(new Error('launch'), { code: 'EFAULT' })) as FractosError).code, 'EFAULT');
-  t.is((nativeError(Object.assign(new Error('x'), { code: 'EACCES' })) as FractosError).code, 'EPERM');
+  t.is((nativeError(Object.assign(new Error('x'), { code: 'EACCES' })) as FractosError).code, 'EACCES');
   const te = new TypeError('bad arg');
   t.is(nativeError(te), te);
   const fe = new FractosError('EBUSY');
@@ -121,7 +121,7 @@ test('every addon includes native/common.gypi, which sets -Wall -Wextra, C++20, 
   for (const flag of ["'-Wall'", "'-Wextra'", "'-std=c++20'", "'-fvisibility=hidden'", "'NAPI_VERSION=8'", "'-O2'"]) t.true(common.includes(flag), flag);
   t.regex(common, /'cflags!': \[[^\]]*'-Wno-unused-parameter'/, "node's -Wno-unused-parameter is removed");
   const addons = readdirSync(nativeDir).filter((n) => existsSync(join(nativeDir, n, 'binding.gyp')));
-  t.deepEqual(addons.sort(), ['gpu', 'shm', 'uring']);
+  t.deepEqual(addons.sort(), ['fuse', 'gpu', 'queue', 'shm', 'uring']);
   for (const name of addons) {
     const gyp = readFileSync(join(nativeDir, name, 'binding.gyp'), 'utf8').replace(/#.*$/gm, '');
     t.regex(gyp, /["']includes["']\s*:\s*\[\s*["']\.\.\/common\.gypi["']\s*\]/, `${name} includes ../common.gypi`);

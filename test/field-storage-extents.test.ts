@@ -27,7 +27,9 @@ devices.vtest('a volume allocated for a file deleted and re-created at the same 
   try {
     const fs = await FsClient.connect(p);
     const port = new IoPort(p);
-    const { cid } = await p.memoryCreateShared(64 << 10);
+    // Writes larger than the FS's pooled small-file size (256 KiB): each needs a volume of its own.
+    const LEN = 512 << 10;
+    const { cid } = await p.memoryCreateShared(LEN);
     const baseline = bd.table.list().length; // the metadata volume(s)
     let raced = 0;
     for (let round = 0; round < 20; round++) {
@@ -35,7 +37,7 @@ devices.vtest('a volume allocated for a file deleted and re-created at the same 
       const f = await fs.open(path, { create: true });
       // The write needs a new extent (a volume_create round trip to the blockdev); the delete
       // and the re-create are served while that round trip is in flight.
-      const w = port.ioAsync(f.write, true, 0, 64 << 10, cid).then(() => 'written', (e: Error) => e.message);
+      const w = port.ioAsync(f.write, true, 0, LEN, cid).then(() => 'written', (e: Error) => e.message);
       const del = fs.delete(path).then(() => fs.create(path));
       const [wr] = await Promise.all([w, del]);
       if (wr !== 'written') raced++;

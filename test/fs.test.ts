@@ -4,53 +4,25 @@
  * across restarts and crash consistency (kill -9 of the FS process during a write storm).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { Controller } from '../controller/index.js';
-import { connect, FractosError, type Process } from '../libfractos/index.js';
+import { connect, FractosError } from '../libfractos/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
 import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import { FsClient, type OpenFile } from '../fs-service/client.js';
 import { OpenMode } from '../fs-service/schema.js';
 import { deviceDir } from './helpers/devices.js';
+import { until } from './helpers/wait.js';
+import { fsClient, fsEnv, fsTeardown, spawnFs, type FsEnv } from './helpers/fs-env.js';
 import type { UringBackend } from '../blockdev-adaptor/uring-backend.js';
-import { spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
 import { expectCode as code } from './helpers/errors.js';
 
 const devices = await deviceDir('fractos-fst', 'fs.test');
 const { vtest } = devices;
 
-const devFile = (size = 96 << 20): string => devices.devFile(size);
-
-interface Env {
-  c: Controller;
-  addr: string;
-  bd: BlockdevService;
-  fs: FsService | null;
-  procs: Process[];
-}
-
-async function env(opts: { fs?: boolean; size?: number; cacheBlocks?: number } = {}): Promise<Env> {
-  const d = tempDir();
-  const addr = `unix:${join(d, 'c.sock')}`;
-  const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
-  const bd = await BlockdevService.start({ device: devFile(opts.size), controller: addr, format: true, queueDepth: 32 });
-  const fs = opts.fs === false ? null : await FsService.start({ controller: addr, cacheBlocks: opts.cacheBlocks });
-  return { c, addr, bd, fs, procs: [] };
-}
-
-async function client(e: Env): Promise<{ p: Process; fs: FsClient; port: IoPort }> {
-  const p = await connect(e.addr, { name: 'client' });
-  e.procs.push(p);
-  return { p, fs: await FsClient.connect(p), port: new IoPort(p) };
-}
-
-async function teardown(e: Env): Promise<void> {
-  for (const p of e.procs) await p.close();
-  await e.fs?.close();
-  await e.bd.close();
-  await e.c.close();
-}
+type Env = FsEnv;
+const env = (opts: { fs?: boolean; size?: number; cacheBlocks?: number } = {}): Promise<Env> => fsEnv(devices, opts);
+const client = fsClient;
+const teardown = fsTeardown;
 
 
 function sha(b: Uint8Array): string {
@@ -221,8 +193,7 @@ vtest('DAX: extent Requests reach the device; close and delete revoke them; use-
 
 vtest('crash consistency: kill -9 of the FS during a write storm, restart, every completed operation is there', async (t) => {
   const e = await env({ fs: false });
-  const spawnFs = (): Promise<Spawned> => spawnFractos(['fs', '--controller', e.addr], /^ready fs/, { timeoutMs: 30_000 });
-  let fsp = await spawnFs();
+  let fsp = await spawnFs(e);
   try {
     const p = await connect(e.addr, { name: 'storm' });
     let fs = await FsClient.connect(p);
@@ -276,13 +247,15 @@ vtest('crash consistency: kill -9 of the FS during a write storm, restart, every
         }
       }
     }));
-    await new Promise((r) => setTimeout(r, 700));
+    // Kill once enough has completed (a fixed delay finds nothing done on a loaded machine).
+    await until(() => done.length >= 100, 20_000);
+    await new Promise((r) => setTimeout(r, 100));
     await fsp.kill9();
     stop = true;
     // Ops in flight at the kill never complete (their continuations died with the FS).
     await Promise.race([storm, new Promise((r) => setTimeout(r, 300))]);
     t.true(done.length > 20, `${done.length} writes completed before the kill`);
-    fsp = await spawnFs();
+    fsp = await spawnFs(e);
     fs = await FsClient.connect(p);
     // Later writes to the same place supersede earlier ones: keep the last completed per (path, off).
     const last = new Map<string, { path: string; off: number; sum: string }>();
@@ -322,7 +295,7 @@ vtest('crash consistency: kill -9 of the FS during a write storm, restart, every
 vtest('files persist across a clean restart of the FS and of the blockdev', async (t) => {
   const e = await env({ fs: false });
   const dev = e.bd.backend as UringBackend;
-  let fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+  let fsp = await spawnFs(e);
   try {
     let p = await connect(e.addr, { name: 'c1' });
     let fs = await FsClient.connect(p);
@@ -338,7 +311,7 @@ vtest('files persist across a clean restart of the FS and of the blockdev', asyn
     await e.bd.close();
     e.bd = await BlockdevService.start({ device: dev.path, controller: e.addr, format: true });
     t.false(e.bd.formatted);
-    fsp = await spawnFractos(['fs', '--controller', e.addr], /^ready fs/);
+    fsp = await spawnFs(e);
     t.regex(fsp.line, /files=1/);
     p = await connect(e.addr, { name: 'c2' });
     fs = await FsClient.connect(p);
@@ -354,16 +327,6 @@ vtest('files persist across a clean restart of the FS and of the blockdev', asyn
     await teardown(e);
   }
 });
-
-/** Poll `cond` every 10 ms until it holds (or `ms` pass). */
-async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return true;
-}
 
 vtest('a client that goes away without close: the FS closes its opens and revokes their DAX Requests', async (t) => {
   const e = await env();

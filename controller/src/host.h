@@ -44,6 +44,8 @@ struct CoreConfig {
   uint32_t epoch = 0;
   Limits limits;
   uint32_t servedTimeoutMs = 5000;
+  /** Ids of the static peer list (a ref to a listed peer that is not connected yet is not dead). */
+  std::vector<uint32_t> peerIds;
 };
 
 enum class LogLevel : uint8_t { Debug = 0, Info = 1, Warn = 2 };
@@ -77,8 +79,9 @@ class Host {
   virtual uint64_t backlog(ConnId c) const = 0;
 
   /**
-   * Close a connection now (queued output is discarded). `why` is logged at info with the
-   * connection. The core gets processClosed/peerClosed for it later on the loop (never
+   * Close a connection now (queued output is discarded, except what the kernel takes at
+   * once: an error reply sent just before still goes out; then FIN). `why` is logged at
+   * info with the connection. The core gets processClosed/peerClosed for it later on the loop (never
    * from inside this call).
    */
   virtual void close(ConnId c, const std::string& why) = 0;
@@ -102,6 +105,18 @@ class Host {
 
   /** Monotonic milliseconds (for clocks such as the names' ts). */
   virtual uint64_t nowMs() const = 0;
+
+  /**
+   * Monotonic milliseconds read once per loop iteration (when epoll_wait returned): no clock
+   * read per call, for stamps on the hot path (the invocation records of INTROSPECT).
+   */
+  virtual uint64_t loopMs() const = 0;
+
+  /**
+   * Whether the Process on `c` may call INTROSPECT: a unix socket whose peer's kernel uid
+   * (SO_PEERCRED) is this process's effective uid, or root (docs/protocol.md "Introspection").
+   */
+  virtual bool mayIntrospect(ConnId c) const = 0;
 };
 
 /** Implemented by the core; called by the host. */
@@ -125,6 +140,10 @@ class Core {
    * to refuse it (an older epoch than the live link of that id); the host then closes it
    * and logs. When it returns true and a live link of that id exists, the core has called
    * host.close() on the old one (docs/protocol.md: newer or same epoch replaces).
+   * Log lines: the host logs 'peer connected' (info, {peer, epoch}) after a true return,
+   * 'peer disconnected' (warn, {peer}) when the live link of an id closes, and the refusal;
+   * the core logs the replacement ('peer N reconnected (epoch A -> B); the old link is
+   * closed', warn, {peer, epoch, oldEpoch}) as controller.ts did.
    */
   virtual bool peerUp(ConnId c, uint32_t id, uint32_t epoch) = 0;
   /** A frame of an authenticated peer link. */

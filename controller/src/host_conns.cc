@@ -1,0 +1,561 @@
+// Connections of the native Controller: listeners, accept, framing, output queues and their
+// bound, the hello timeout, closing and link counters.
+//
+// Framing (docs/protocol.md "Framing", libfractos/link.ts FrameDecoder): a u32 length in
+// [16, maxFrameBytes], reserved header fields (bytes 6..7 and 14..15) zero; anything else
+// closes the connection (EPROTO) and no frame after the bad one is handled. The input buffer
+// holds at most one frame.
+//
+// Output: a frame is written at once (writev) when nothing is queued; what the kernel does
+// not take is copied to the connection's queue and drained on EPOLLOUT. A Process channel
+// (after HELLO) is not read while its queue holds more than maxOutboundBytes (readPauses
+// counts it); once the queue is back at or under it, reading resumes and the core is told
+// (drained). Peer links are never paused: two Controllers that both stopped reading would
+// deadlock.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "host_impl.h"
+
+namespace fractos {
+
+namespace {
+constexpr uint64_t kListenerTag = 1ull << 62;
+/** Size of a read when the frame length is not known yet, and the input buffer kept when idle. */
+constexpr size_t kReadChunk = 64 * 1024;
+
+uint32_t rd32(const uint8_t* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+std::string sockRemote(int fd) {
+  struct sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) return "?";
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(a->sin_port));
+  }
+  if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(a->sin6_port));
+  }
+  return "unix";
+}
+}  // namespace
+
+int HostImpl::listen(const HostAddr& a, std::string* bound, std::string* err) {
+  int fd;
+  if (a.unix) {
+    struct sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (a.path.size() >= sizeof sa.sun_path) {
+      *err = "unix:" + a.path + ": path too long";
+      return -EINVAL;
+    }
+    memcpy(sa.sun_path, a.path.data(), a.path.size());
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return *err = strerror(errno), -errno;
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 511) != 0) {
+      int e = errno;
+      ::close(fd);
+      *err = a.text + ": " + strerror(e);
+      return -e;
+    }
+    *bound = a.text;
+    listeners_.push_back({fd, true, a.path});
+    return 0;
+  }
+  struct addrinfo hints{}, *res = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  std::string port = std::to_string(a.port);
+  int g = getaddrinfo(a.host.c_str(), port.c_str(), &hints, &res);
+  if (g != 0 || !res) {
+    *err = a.text + ": " + gai_strerror(g);
+    return -EINVAL;
+  }
+  fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    int e = errno;
+    freeaddrinfo(res);
+    return *err = strerror(e), -e;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, 511) != 0) {
+    int e = errno;
+    freeaddrinfo(res);
+    ::close(fd);
+    *err = a.text + ": " + strerror(e);
+    return -e;
+  }
+  freeaddrinfo(res);
+  struct sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl);
+  uint16_t p = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  std::string h = a.host.find(':') != std::string::npos ? "[" + a.host + "]" : a.host;
+  *bound = "tcp://" + h + ":" + std::to_string(p);
+  listeners_.push_back({fd, false, ""});
+  return 0;
+}
+
+Conn* HostImpl::addConn(int fd, ConnState st, bool unixSock, std::string remote) {
+  auto c = std::make_unique<Conn>();
+  c->id = nextConn_++;
+  c->fd = fd;
+  c->state = st;
+  c->unixSock = unixSock;
+  c->remote = std::move(remote);
+  Conn* p = c.get();
+  conns_.emplace(p->id, std::move(c));
+  p->epollMask = st == ConnState::Connecting ? EPOLLOUT : EPOLLIN;
+  p->epollMask |= EPOLLRDHUP;
+  struct epoll_event ev{};
+  ev.events = p->epollMask;
+  ev.data.u64 = p->id;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+  return p;
+}
+
+void HostImpl::onListener(size_t idx) {
+  if (idx >= listeners_.size()) return;
+  const Listener& l = listeners_[idx];
+  for (int i = 0; i < 64; i++) {
+    int fd = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EAGAIN || e == EINTR || e == ECONNABORTED || e == EPROTO) return;
+      // Out of fds or memory: the pending connection stays in the backlog and epoll would
+      // report it at once again; stop watching this listener for 100 ms (one warn each time).
+      log(LogLevel::Warn, "listener error; not accepting for 100 ms", "{\"err\":" + jsonStr(strerror(e)) + "}");
+      int lfd = l.fd;
+      epoll_ctl(ep_, EPOLL_CTL_DEL, lfd, nullptr);
+      setTimer(100, [this, idx, lfd] {
+        if (idx >= listeners_.size() || listeners_[idx].fd != lfd) return;
+        struct epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = kListenerTag | idx;
+        epoll_ctl(ep_, EPOLL_CTL_ADD, lfd, &ev);
+      });
+      return;
+    }
+    uint32_t pid = 0;
+    int64_t uid = -1;
+    if (l.unix) {
+      struct ucred cr{};
+      socklen_t cl = sizeof cr;
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
+        pid = uint32_t(cr.pid);
+        uid = int64_t(cr.uid);
+      }
+    } else {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    Conn* c = addConn(fd, ConnState::Hello, l.unix, l.unix ? "unix" : sockRemote(fd));
+    c->kernelPid = pid;
+    c->kernelUid = uid;
+    ConnId id = c->id;
+    uint32_t ms = opts_.helloTimeoutMs;
+    c->timer = setTimer(ms, [this, id, ms] {
+      auto it = conns_.find(id);
+      if (it == conns_.end() || it->second->state != ConnState::Hello) return;
+      Conn* cc = it->second.get();
+      cc->timer = 0;
+      log(LogLevel::Info, "no hello: connection closed",
+          "{\"remote\":" + jsonStr(cc->remote) + ",\"ms\":" + std::to_string(ms) + "}");
+      closeConn(cc, "", LogLevel::Debug);
+    });
+  }
+}
+
+void HostImpl::onConnEvent(ConnId id, uint32_t events) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (c->fd < 0) return;
+  if (c->state == ConnState::Lingering) {
+    if (!c->in.empty()) {
+      c->in.clear();
+      c->in.shrink_to_fit();
+    }
+    char buf[4096];
+    ssize_t r;
+    while ((r = ::read(c->fd, buf, sizeof buf)) > 0) {
+    }
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) || (events & (EPOLLHUP | EPOLLERR))) finishConn(id);
+    return;
+  }
+  if (c->state == ConnState::Connecting) {
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) onConnected(c);
+    return;
+  }
+  if (events & EPOLLOUT) flushConn(c);
+  if (c->state == ConnState::Lingering) return;
+  if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && !c->paused) readConn(c);
+  else if (events & (EPOLLHUP | EPOLLERR)) closeConn(c, "", LogLevel::Debug);
+}
+
+void HostImpl::readConn(Conn* c) {
+  const uint32_t maxFrame = opts_.core.limits.maxFrameBytes;
+  // Bounded reads per event: a flooding connection cannot starve the others.
+  for (int round = 0; round < 16; round++) {
+    if (c->state == ConnState::Lingering || c->paused) return;
+    // how much room: the whole current frame when its length is known, else a chunk
+    size_t want = kReadChunk;
+    if (c->inLen >= 4) {
+      // checked before any buffer grows for it
+      uint32_t len = rd32(c->in.data());
+      if (len < kHeaderBytes || len > maxFrame) {
+        closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]",
+                  LogLevel::Debug);
+        return;
+      }
+      want = std::max<size_t>(len, kReadChunk);
+    }
+    if (c->in.size() < want) c->in.resize(want);
+    const size_t room = c->in.size() - c->inLen;
+    ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
+    if (r == 0) {
+      closeConn(c, "", LogLevel::Debug);
+      return;
+    }
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      closeConn(c, "", LogLevel::Debug);
+      return;
+    }
+    c->inLen += size_t(r);
+    c->st.bytesIn += uint64_t(r);
+    size_t off = 0;
+    while (c->inLen - off >= kHeaderBytes) {
+      const uint8_t* h = c->in.data() + off;
+      uint32_t len = rd32(h);
+      if (len < kHeaderBytes || len > maxFrame) {
+        closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]",
+                  LogLevel::Debug);
+        return;
+      }
+      if (rd16(h + 6) != 0 || rd16(h + 14) != 0) {
+        closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
+        return;
+      }
+      if (c->inLen - off < len) break;
+      c->st.framesIn++;
+      handleFrame(c, h, len);
+      off += len;
+      if (c->state == ConnState::Lingering) return;
+    }
+    if (off) {
+      memmove(c->in.data(), c->in.data() + off, c->inLen - off);
+      c->inLen -= off;
+    }
+    if (size_t(r) < room) break;  // the socket is probably empty
+  }
+  // An idle connection keeps a small buffer (a 16 MiB frame's buffer goes with it).
+  if (c->inLen == 0 && c->in.size() > kReadChunk) {
+    c->in.resize(kReadChunk);
+    c->in.shrink_to_fit();
+  }
+}
+
+void HostImpl::handleFrame(Conn* c, const uint8_t* f, size_t len) {
+  uint16_t op = rd16(f + 4);
+  switch (c->state) {
+    case ConnState::Hello:
+      cancelTimer(c->timer);
+      c->timer = 0;
+      if (op == kOpHello) {
+        // A Process's calls make our frames to it: bound its backlog from now on.
+        c->state = ConnState::Process;
+        c->limitBacklog = true;
+        c->counted = true;
+        c->st.peer = false;
+        core_->processHello(c->id, c->kernelPid, c->unixSock, f, len);
+      } else if (op == kOpPeerHello) {
+        acceptPeerHello(c, f, len);
+      } else {
+        closeConn(c, "first frame must be HELLO or PEER_HELLO, got op " + std::to_string(op), LogLevel::Debug);
+      }
+      return;
+    case ConnState::Process:
+      core_->processFrame(c->id, f, len);
+      return;
+    case ConnState::Peer:
+      core_->peerFrame(c->id, f, len);
+      return;
+    case ConnState::AcceptAuth:
+      acceptPeerAuth(c, f, len);
+      return;
+    case ConnState::DialHello:
+      dialPeerHello(c, f, len);
+      return;
+    default:
+      return;
+  }
+}
+
+bool HostImpl::sendRaw(Conn* c, const uint8_t* p, size_t n) {
+  struct iovec iov{const_cast<uint8_t*>(p), n};
+  send(c->id, &iov, 1);
+  return c->state != ConnState::Lingering;
+}
+
+void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0) return;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  c->st.framesOut++;
+  c->st.bytesOut += total;
+  size_t done = 0;
+  if (c->backlog() == 0) {
+    struct msghdr mh{};
+    mh.msg_iov = const_cast<struct iovec*>(iov);
+    mh.msg_iovlen = size_t(iovcnt);
+    ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno != EAGAIN && errno != EINTR) {
+        closeConn(c, "", LogLevel::Debug);
+        return;
+      }
+      w = 0;
+    }
+    done = size_t(w);
+    if (done == total) return;
+  }
+  // queue the rest (copied: the caller reuses its buffers)
+  if (c->outHead > 0 && c->outHead >= c->out.size() / 2) {
+    c->out.erase(c->out.begin(), c->out.begin() + long(c->outHead));
+    c->outHead = 0;
+  }
+  size_t skip = done;
+  for (int i = 0; i < iovcnt; i++) {
+    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    size_t n = iov[i].iov_len;
+    if (skip >= n) {
+      skip -= n;
+      continue;
+    }
+    c->out.insert(c->out.end(), p + skip, p + n);
+    skip = 0;
+  }
+  if (!(c->epollMask & EPOLLOUT)) {
+    c->epollMask |= EPOLLOUT;
+    updateMask(c);
+  }
+  afterBacklogChange(c);
+}
+
+uint64_t HostImpl::backlog(ConnId id) const {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || it->second->state == ConnState::Lingering) return 0;
+  return it->second->backlog();
+}
+
+void HostImpl::flushConn(Conn* c) {
+  while (c->backlog() > 0) {
+    ssize_t w = ::send(c->fd, c->out.data() + c->outHead, c->backlog(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      if (c->state != ConnState::Lingering) closeConn(c, "", LogLevel::Debug);
+      return;
+    }
+    c->outHead += size_t(w);
+  }
+  if (c->backlog() == 0) {
+    c->out.clear();
+    c->outHead = 0;
+    if (c->out.capacity() > kReadChunk) c->out.shrink_to_fit();
+  }
+  if (c->state == ConnState::Lingering) return;
+  if (c->backlog() == 0 && (c->epollMask & EPOLLOUT)) {
+    c->epollMask &= ~uint32_t(EPOLLOUT);
+    updateMask(c);
+  }
+  afterBacklogChange(c);
+}
+
+void HostImpl::afterBacklogChange(Conn* c) {
+  const uint64_t high = opts_.core.limits.maxOutboundBytes;
+  uint64_t b = c->backlog();
+  c->st.backlogBytes = b;
+  if (b > high) {
+    c->above = true;
+    if (c->limitBacklog && !c->paused) {
+      c->paused = true;
+      c->st.readPauses++;
+      // level-triggered: a half-closed Process would report RDHUP forever while not read
+      c->epollMask &= ~uint32_t(EPOLLIN | EPOLLRDHUP);
+      updateMask(c);
+    }
+  } else if (c->above) {
+    c->above = false;
+    if (c->paused) {
+      c->paused = false;
+      c->epollMask |= EPOLLIN | EPOLLRDHUP;
+      updateMask(c);
+    }
+    if (c->state == ConnState::Process || c->state == ConnState::Peer) core_->drained(c->id);
+  }
+}
+
+void HostImpl::updateMask(Conn* c) {
+  struct epoll_event ev{};
+  ev.events = c->epollMask;
+  ev.data.u64 = c->id;
+  epoll_ctl(ep_, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void HostImpl::close(ConnId id, const std::string& why) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  closeConn(it->second.get(), why.empty() ? "closed by the controller" : why, LogLevel::Info);
+}
+
+void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
+  if (c->state == ConnState::Lingering) return;
+  ConnState was = c->state;
+  if (!why.empty() && level != LogLevel::Debug) {
+    log(level, "connection closed: " + why,
+        "{\"conn\":" + std::to_string(c->id) + ",\"remote\":" + jsonStr(c->remote) +
+            (c->counted ? ",\"name\":" + jsonStr(c->st.name) : "") + "}");
+  }
+  if (c->timer) cancelTimer(c->timer);
+  c->timer = 0;
+  // Hand what the kernel takes now (an error reply before the close), then FIN; the input
+  // is read and dropped until the other side closes too, so that our last frames are not
+  // lost to a reset.
+  // Lingering before the flush: a write error inside flushConn must not close it again
+  // (closeConn -> flushConn -> closeConn recursed until the stack overflowed when a
+  // Process that had stopped reading reset its socket).
+  c->state = ConnState::Lingering;
+  if (c->fd >= 0 && was != ConnState::Connecting) flushConn(c);
+  c->paused = false;
+  c->above = false;
+  c->out.clear();
+  c->outHead = 0;
+  // `in` stays: the core may still read the frame it was handed when it closed the conn
+  // (freed when the linger reads, or with the conn)
+  c->inLen = 0;
+  if (c->counted) {
+    LinkStats s = c->st;
+    s.closed = true;
+    s.backlogBytes = 0;
+    if (closedStats_.size() < kMaxClosedStats) {
+      closedStats_.push_back(std::move(s));
+    } else {
+      closedStats_[closedHead_] = std::move(s);
+      closedHead_ = (closedHead_ + 1) % kMaxClosedStats;
+    }
+  }
+  if (was == ConnState::Process || was == ConnState::Peer) deferred_.push_back(c->id);
+  if (was == ConnState::Peer) peerLinkClosed(c);
+  if ((was == ConnState::DialHello || was == ConnState::AcceptAuth || was == ConnState::Connecting) && !c->hsOver) {
+    c->hsOver = true;
+    handshakeClosed(c, was);
+  }
+  if (was == ConnState::Connecting || was == ConnState::DialHello || was == ConnState::AcceptAuth) {
+    // a failed dial or handshake: nothing to linger for
+    finishConn(c->id);
+    return;
+  }
+  if (was == ConnState::Peer && c->dialer) retryDial(c->dialIndex, 0, "link closed", false);
+  ::shutdown(c->fd, SHUT_WR);
+  c->epollMask = EPOLLIN | EPOLLRDHUP;
+  updateMask(c);
+  ConnId id = c->id;
+  c->timer = setTimer(kLingerMs, [this, id] { finishConn(id); });
+}
+
+void HostImpl::finishConn(ConnId id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (c->timer) cancelTimer(c->timer);
+  if (c->fd >= 0) {
+    epoll_ctl(ep_, EPOLL_CTL_DEL, c->fd, nullptr);
+    ::close(c->fd);
+  }
+  c->fd = -1;
+  c->timer = 0;
+  c->state = ConnState::Lingering;
+  // erased by runDeferred, after the event that closed it (callers may still hold `c`)
+  dead_.push_back(id);
+}
+
+void HostImpl::runDeferred() {
+  while (!deferred_.empty()) {
+    std::vector<ConnId> ids;
+    ids.swap(deferred_);
+    for (ConnId id : ids) {
+      auto it = conns_.find(id);
+      if (it == conns_.end()) continue;
+      bool peer = it->second->peerLink;
+      if (stopping_) continue;
+      if (peer) core_->peerClosed(id);
+      else core_->processClosed(id);
+    }
+  }
+  for (ConnId id : dead_) conns_.erase(id);
+  dead_.clear();
+}
+
+void HostImpl::setLinkInfo(ConnId id, bool peer, uint32_t pid, const std::string& name) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  it->second->st.peer = peer;
+  it->second->st.id = pid;
+  it->second->st.name = name.substr(0, 256);
+}
+
+uint32_t HostImpl::handshaking() const {
+  uint32_t n = 0;
+  for (auto& [id, c] : conns_) n += c->state == ConnState::DialHello || c->state == ConnState::AcceptAuth;
+  return n;
+}
+
+std::vector<LinkStats> HostImpl::linkStats() const {
+  std::vector<LinkStats> out;
+  out.reserve(closedStats_.size() + conns_.size());
+  for (size_t i = 0; i < closedStats_.size(); i++) out.push_back(closedStats_[(closedHead_ + i) % closedStats_.size()]);
+  std::vector<const Conn*> live;
+  for (auto& [id, c] : conns_) {
+    if (c->counted && c->state != ConnState::Lingering) live.push_back(c.get());
+  }
+  std::sort(live.begin(), live.end(), [](const Conn* a, const Conn* b) { return a->id < b->id; });
+  for (const Conn* c : live) {
+    LinkStats s = c->st;
+    s.backlogBytes = c->backlog();
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace fractos

@@ -1,0 +1,396 @@
+// Memory (paper §3.4): create (shared regions mapped here, served by their owner), diminish,
+// stat, and copies: one guarded memcpy between two mappings of this Controller, otherwise
+// chunked (one chunk up to 16 KiB, else size/4 within 16..256 KiB, 8 in flight) through
+// mappings, MEM_READ/MEM_WRITE calls to a served owner, or P_MEM_WRITE to a peer.
+// Port of the former TS Controller (controller.ts before this core): #memoryCreate, #diminish, #memoryStat, #execCopy, ... and of the
+// SIGBUS guard of native/shm/shm.cc (docs/core.md "Truncated regions").
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "core.h"
+
+namespace fractos {
+
+// ---- the SIGBUS guard ------------------------------------------------------------------------
+// A shared mapping whose file was truncated under it raises SIGBUS on the first access past
+// the new end. A SIGBUS raised inside guardedMove jumps back out of the copy and becomes
+// EFAULT; a SIGBUS anywhere else goes to the previous disposition.
+namespace {
+thread_local sigjmp_buf* volatile tl_guard = nullptr;
+thread_local void* volatile tl_fault = nullptr;
+struct sigaction g_prev;
+std::once_flag g_once;
+
+void onSigbus(int sig, siginfo_t* si, void* uctx) {
+  sigjmp_buf* jb = tl_guard;
+  if (jb != nullptr && si != nullptr && si->si_code > 0) {
+    tl_guard = nullptr;
+    tl_fault = si->si_addr;
+    siglongjmp(*jb, 1);
+  }
+  if ((g_prev.sa_flags & SA_SIGINFO) && g_prev.sa_sigaction != nullptr) {
+    g_prev.sa_sigaction(sig, si, uctx);
+    return;
+  }
+  if (g_prev.sa_handler != SIG_DFL && g_prev.sa_handler != SIG_IGN && g_prev.sa_handler != nullptr) {
+    g_prev.sa_handler(sig);
+    return;
+  }
+  signal(SIGBUS, SIG_DFL);
+  if (si == nullptr || si->si_code <= 0) raise(SIGBUS);
+}
+
+void installSigbus() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = onSigbus;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &g_prev);
+}
+
+__attribute__((noinline)) void* move(void* dst, const void* src, size_t n) {
+  sigjmp_buf jb;
+  if (sigsetjmp(jb, 1) != 0) return tl_fault;
+  tl_guard = &jb;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  std::memmove(dst, src, n);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  tl_guard = nullptr;
+  return nullptr;
+}
+
+bool in(const void* p, const uint8_t* base, size_t n) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto b = reinterpret_cast<uintptr_t>(base);
+  return a >= b && a - b < n;
+}
+
+bool validRegionName(std::string_view n) {
+  if (n.size() < 2 || n.size() > 201 || n[0] != '/') return false;
+  for (char c : n.substr(1))
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+      return false;
+  return true;
+}
+}  // namespace
+
+void* guardedMove(void* dst, const void* src, size_t n) {
+  if (n == 0) return nullptr;
+  std::call_once(g_once, installSigbus);
+  return move(dst, src, n);
+}
+
+// ---- create, diminish, stat ------------------------------------------------------------------
+
+Err CoreImpl::memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, const uint8_t* f, size_t len) {
+  // u8 backing, u8 perms, u16 0, u32 0, u64 offset, u64 size, u64 servedKey, utf8 region
+  if (len < kHeaderBytes + 32) return Err(kProto, "frame body shorter than 32 bytes");
+  Reader r(f, len);
+  uint8_t backing = r.u8();
+  uint8_t perms = r.u8() & kRW;
+  r.skip(6);
+  uint64_t offset = r.u64(), size = r.u64(), key = r.u64();
+  std::string_view region = r.rest();
+  if (Err e = r.err()) return e;
+  auto info = std::make_shared<MemInfo>();
+  info->perms = perms;
+  info->offset = offset;
+  info->size = size;
+  if (backing == kShared) {
+    // A Process may register only regions it created: names carry its OS pid, as the
+    // kernel told it; a tcp channel has none, so no region by name.
+    if (proc->pid == 0)
+      return Err(kPerm, "shared Memory by region name needs a unix-socket channel (the Controller knows no pid for process " +
+                            std::to_string(proc->id) + "); use served Memory");
+    std::string prefix = "/fractos-" + std::to_string(proc->pid) + "-";
+    if (region.substr(0, prefix.size()) != prefix)
+      return Err(kPerm, "region '" + std::string(region) + "' does not belong to pid " + std::to_string(proc->pid));
+    std::string name(region);
+    std::shared_ptr<Region> map;
+    auto it = regions_.find(name);
+    if (it != regions_.end()) {
+      map = it->second;
+    } else {
+      if (!validRegionName(name)) return Err(kInval, "bad shm region name '" + name + "'");
+      int fd = shm_open(name.c_str(), O_RDWR, 0);
+      if (fd < 0) {
+        int err = errno;
+        return Err(err == ENOENT ? kNoEnt : err == EACCES ? kPerm : kIo, "shm_open " + name + ": " + strerror(err));
+      }
+      struct stat st;
+      if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return Err(kIo, "fstat " + name + ": " + strerror(err));
+      }
+      map = std::make_shared<Region>();
+      map->name = name;
+      map->len = size_t(st.st_size);
+      if (map->len > 0) {
+        void* p = mmap(nullptr, map->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+          int err = errno;
+          close(fd);
+          map->len = 0;
+          return Err(kIo, "mmap " + name + ": " + strerror(err));
+        }
+        map->base = static_cast<uint8_t*>(p);
+      }
+      close(fd);
+      regions_[name] = map;
+    }
+    if (offset + size > map->len)
+      return Err(kRange, std::to_string(offset) + "+" + std::to_string(size) + " beyond region of " + std::to_string(map->len) + " bytes");
+    info->backing = kShared;
+    info->region = map->name;
+    info->map = map;
+  } else if (backing == kServed) {
+    info->backing = kServed;
+    info->servedKey = key;
+  } else {
+    return Err(kInval, "unknown backing " + std::to_string(backing));
+  }
+  auto obj = objects_.create(Kind::Memory, proc, nullptr, info, nullptr);
+  proc->owned.insert(obj.get());
+  uint32_t cid;
+  if (Err e = install(*proc, obj, &cid)) {
+    objects_.revoke(obj.get(), kReasonRevoked);
+    return e;
+  }
+  replyCid(*proc, seq, cid);
+  return Err();
+}
+
+Err CoreImpl::diminish(const std::shared_ptr<Obj>& obj, uint8_t drop, uint64_t off, uint64_t size, std::shared_ptr<Obj>* out) {
+  if (!obj->mem) return Err(kType, "memory_diminish needs a Memory cap");
+  const MemInfo& m = *obj->mem;
+  if (off + size > m.size)
+    return Err(kRange, "view " + std::to_string(off) + "+" + std::to_string(size) + " beyond " + std::to_string(m.size) + " bytes");
+  auto info = std::make_shared<MemInfo>(m);
+  info->offset = m.offset + off;
+  info->size = size;
+  info->perms = uint8_t(m.perms & ~drop & kRW);
+  *out = objects_.create(Kind::Memory, obj->owner, obj, info, nullptr);
+  return Err();
+}
+
+void CoreImpl::memoryStat(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t) {
+  if (t->isProxy) {
+    learnMem(std::static_pointer_cast<Proxy>(t), [this, proc, seq](const Err& e, const RemoteMem* m) {
+      if (!proc->alive) return;
+      if (e) return replyErr(proc->conn, seq, e);
+      encodeMemStatReply(out_, seq, m->size, m->perms, m->backing, 0, 0, 0, {});
+      send(proc->conn, out_);
+    });
+    return;
+  }
+  auto* o = static_cast<Obj*>(t.get());
+  if (!o->mem) return replyErr(proc->conn, seq, Err(kType, "memory_stat needs a Memory cap"));
+  const MemInfo& m = *o->mem;
+  bool self = o->owner == proc;
+  // Region name and offset are told only on this Controller, or to the owner (served key).
+  encodeMemStatReply(out_, seq, m.size, m.perms, m.backing, uint8_t(1 | (self ? 2 : 0)), m.offset, self ? m.servedKey : 0,
+                     m.backing == kShared ? std::string_view(m.region) : std::string_view());
+  send(proc->conn, out_);
+}
+
+void CoreImpl::learnMem(const std::shared_ptr<Proxy>& t, std::function<void(const Err&, const RemoteMem*)> cb) {
+  if (t->mem) return cb(Err(), &*t->mem);
+  Frame f;
+  f.start(op::P_STAT, 0).ref(t->ref);
+  peerCall(t, f, [t, cb = std::move(cb)](const Err& e, const uint8_t* rf, size_t len) {
+    if (e) return cb(e, nullptr);
+    // REPLY: u64 size, u8 perms, u8 backing
+    Reader r(rf, len);
+    uint64_t size = r.u64();
+    uint8_t perms = r.u8(), backing = r.u8();
+    if (r.bad) return cb(Err(kProto, "short P_STAT reply"), nullptr);
+    if (!t->mem) t->mem = RemoteMem{size, perms, uint8_t(backing == 1 ? 1 : 0)};
+    cb(Err(), &*t->mem);
+  });
+}
+
+// ---- copies -----------------------------------------------------------------------------------
+
+struct CoreImpl::CopyJob {
+  std::shared_ptr<Obj> src;
+  std::shared_ptr<Target> dst;
+  Done done;
+  uint64_t size = 0, chunk = 0, next = 0;
+  int inflight = 0;
+  bool failed = false;
+};
+
+void CoreImpl::execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<Target>& dst, Done done) {
+  if (!src->mem) return done(Err(kType, "memory_copy source is not Memory"));
+  const Obj* dobj = dst->isProxy ? nullptr : static_cast<const Obj*>(dst.get());
+  if (dobj && !dobj->mem) return done(Err(kType, "memory_copy destination is not Memory"));
+  const MemInfo& sm = *src->mem;
+  auto dproxy = dst->isProxy ? std::static_pointer_cast<Proxy>(dst) : nullptr;
+  if (!(sm.perms & kRead)) {
+    // A remote destination's type comes first (ETYPE before EPERM): learn it on this error path.
+    if (dproxy && !dproxy->mem) {
+      return learnMem(dproxy, [this, src, dst, done](const Err& e, const RemoteMem*) {
+        if (e) return done(e);
+        execCopy(src, dst, done);
+      });
+    }
+    return done(Err(kPerm, "memory_copy source is not readable"));
+  }
+  std::optional<RemoteMem> known = memOf(dst.get());  // local, or the cached description of a remote Memory
+  if (known) {
+    if (!(known->perms & kWrite)) return done(Err(kPerm, "memory_copy destination is not writable"));
+    if (sm.size > known->size)
+      return done(Err(kRange, "memory_copy of " + std::to_string(sm.size) + " bytes into " + std::to_string(known->size)));
+  }
+  uint64_t size = sm.size;
+  // Nothing to move; a remote destination still checks its type, rights and size.
+  if (size == 0) {
+    if (dproxy) return writeChunk(dst, 0, 0, nullptr, 0, done);
+    return done(Err());
+  }
+  if (sm.map && dobj && dobj->mem->map) {
+    const MemInfo& dm = *dobj->mem;
+    void* fault = guardedMove(dm.map->base + dm.offset, sm.map->base + sm.offset, size);
+    if (!fault) return done(Err());
+    bool inDst = in(fault, dm.map->base + dm.offset, size);
+    bool inSrc = in(fault, sm.map->base + sm.offset, size);
+    return done(regionFault(inDst ? dm : sm, !inDst && !inSrc));
+  }
+  auto job = std::make_shared<CopyJob>();
+  job->src = src;
+  job->dst = dst;
+  job->done = std::move(done);
+  job->size = size;
+  job->chunk = size <= 16384 ? size : std::min<uint64_t>(kCopyChunkBytes, std::max<uint64_t>(16384, (size + 3) / 4));
+  copyPump(job);
+}
+
+void CoreImpl::copyPump(const std::shared_ptr<CopyJob>& job) {
+  while (!job->failed && job->inflight < kCopyWindow && job->next < job->size) {
+    uint64_t off = job->next;
+    uint32_t len = uint32_t(std::min(job->chunk, job->size - off));
+    job->next += len;
+    job->inflight++;
+    readChunk(job->src, off, len, [this, job, off](const Err& e, std::shared_ptr<std::vector<uint8_t>> bytes) {
+      if (e || job->failed) return copyFinish(job, e);
+      writeChunk(job->dst, off, job->size, bytes->data(), bytes->size(), [this, job, bytes](const Err& we) { copyFinish(job, we); });
+    });
+  }
+}
+
+void CoreImpl::copyFinish(const std::shared_ptr<CopyJob>& job, const Err& e) {
+  job->inflight--;
+  if (job->failed) return;
+  if (e) {
+    job->failed = true;
+    return job->done(e);
+  }
+  if (job->next >= job->size && job->inflight == 0) return job->done(Err());
+  copyPump(job);
+}
+
+void CoreImpl::readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len,
+                         std::function<void(const Err&, std::shared_ptr<std::vector<uint8_t>>)> cb) {
+  const MemInfo& m = *obj->mem;
+  if (m.map) {
+    // Into bytes of our own (never a view of a mapping: a truncated region must fail here).
+    auto out = std::make_shared<std::vector<uint8_t>>(len);
+    const uint8_t* from = m.map->base + m.offset + off;
+    void* fault = guardedMove(out->data(), from, len);
+    if (!fault) return cb(Err(), out);
+    return cb(regionFault(m, !in(fault, from, len)), nullptr);
+  }
+  std::shared_ptr<Proc> owner = obj->owner;
+  if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"), nullptr);
+  // MEM_READ: u64 servedKey, u64 offset, u32 length -> REPLY data
+  uint32_t seq = owner->calls.addWithDeadline(
+      host_,
+      [len, cb](const Err& e, const uint8_t* f, size_t flen) {
+        if (e) return cb(e, nullptr);
+        if (flen - kHeaderBytes != len)
+          return cb(Err(kFault, "served read returned " + std::to_string(flen - kHeaderBytes) + " of " + std::to_string(len) + " bytes"),
+                    nullptr);
+        cb(Err(), std::make_shared<std::vector<uint8_t>>(f + kHeaderBytes, f + flen));
+      },
+      servedTimeoutMs_, "served read of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
+  encodeMemRead(out_, seq, m.servedKey, m.offset + off, len);
+  send(owner->conn, out_);
+}
+
+Err CoreImpl::regionFault(const MemInfo& m, bool other) {
+  // Logged once per mapping: a hostile owner can fault its region at every copy.
+  auto it = regions_.find(m.region);
+  if (it != regions_.end() && it->second == m.map) {
+    regions_.erase(it);
+    log(LogLevel::Warn, "copy faulted on a shared region (truncated by its owner?); region mapping dropped",
+        std::string("{\"region\":\"") + m.region + "\",\"other\":" + (other ? "true" : "false") + "}");
+  }
+  return Err(kFault, "shared region '" + m.region + "' faulted at access (truncated by its owner?)");
+}
+
+void CoreImpl::writeChunk(const std::shared_ptr<Target>& t, uint64_t off, uint64_t total, const uint8_t* data, size_t len, Done cb) {
+  if (t->isProxy) {
+    // P_MEM_WRITE: ref, u64 offset, u64 total, data (sent from `data` without a copy of ours)
+    const Ref ref = static_cast<Proxy*>(t.get())->ref;
+    Peer* owner = peerOf(ref.controller);
+    if (!owner) return cb(Err(kRevoked, "controller " + std::to_string(ref.controller) + " is not connected"));
+    uint32_t seq = owner->calls.add([cb](const Err& e, const uint8_t*, size_t) { cb(e); });
+    Frame head;
+    encodePMemWriteHead(head, seq, ref, off, total, len);
+    sendv(owner->conn, head, data, len);
+    return;
+  }
+  writeLocal(std::static_pointer_cast<Obj>(t), off, data, len, std::move(cb));
+}
+
+void CoreImpl::writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const uint8_t* data, size_t len, Done cb) {
+  const MemInfo& m = *obj->mem;
+  if (off + len > m.size)
+    return cb(Err(kRange, "write " + std::to_string(off) + "+" + std::to_string(len) + " beyond " + std::to_string(m.size)));
+  if (len == 0) return cb(Err());
+  if (m.map) {
+    uint8_t* to = m.map->base + m.offset + off;
+    void* fault = guardedMove(to, data, len);
+    return cb(fault ? regionFault(m, !in(fault, to, len)) : Err());
+  }
+  std::shared_ptr<Proc> owner = obj->owner;
+  if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"));
+  // An owner that does not read what it is sent is not sent more: its backlog stays
+  // within maxOutboundBytes plus one chunk, however many copies target it.
+  uint64_t backlog = host_->backlog(owner->conn);
+  if (backlog > limits_.maxOutboundBytes)
+    return cb(Err(kAgain, "the owner of a served Memory has " + std::to_string(backlog) + " bytes unread (limit " +
+                              std::to_string(limits_.maxOutboundBytes) + ")"));
+  // MEM_WRITE: u64 servedKey, u64 offset, data -> REPLY
+  uint32_t seq = owner->calls.addWithDeadline(
+      host_, [cb](const Err& e, const uint8_t*, size_t) { cb(e); }, servedTimeoutMs_,
+      "served write of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
+  Frame head;
+  encodeMemWriteHead(head, seq, m.servedKey, m.offset + off, len);
+  sendv(owner->conn, head, data, len);
+}
+
+void CoreImpl::regionsOfPidGone(uint32_t pid) {
+  std::string prefix = "/fractos-" + std::to_string(pid) + "-";
+  for (auto it = regions_.begin(); it != regions_.end();) {
+    if (it->first.compare(0, prefix.size(), prefix) != 0) {
+      ++it;
+      continue;
+    }
+    shm_unlink(it->first.c_str());  // already unlinked by its owner: ignored
+    it = regions_.erase(it);
+  }
+}
+
+}  // namespace fractos

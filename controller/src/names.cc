@@ -1,0 +1,175 @@
+// Bootstrap names: KV_PUT / KV_GET and the map replicated to every peer (P_KV_PUT). Each
+// name belongs to its publisher (origin Controller, its epoch, owner process). Port of
+// controller.ts #kvPutLocal, #kvSet, #kvProcGone, #kvFromPeer, with one fix: a peer's
+// P_KV_PUT only ever names entries whose origin is that peer (EPROTO otherwise), its delete
+// removes only an entry still of that same owner, and a local owner's entry is replaced by a
+// peer's put only by the conflict rule of docs/protocol.md (an earlier claim).
+#include <chrono>
+
+#include "core.h"
+
+namespace fractos {
+
+namespace {
+/** Characters of a UTF-8 name (code points; malformed bytes count one each). */
+size_t chars(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s)
+    if ((c & 0xc0) != 0x80) n++;
+  return n;
+}
+uint64_t wallMs() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+}  // namespace
+
+Err CoreImpl::kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view nameView, const std::shared_ptr<Target>& t) {
+  size_t n = chars(nameView);
+  if (n == 0 || n > 256) return Err(kInval, "name must be 1..256 characters");
+  std::string name(nameView);
+  auto it = kv_.find(name);
+  const KvEntry* old = it == kv_.end() ? nullptr : &it->second;
+  if (old && !(old->origin == id_ && old->originEpoch == epoch_ && old->ownerProc == proc->id)) {
+    std::string who;
+    if (old->origin == id_) {
+      auto p = procs_.find(old->ownerProc);
+      std::string pname = p != procs_.end() && !p->second->name.empty() ? p->second->name : "unnamed";
+      who = "process " + std::to_string(old->ownerProc) + " (" + pname + ")";
+    } else {
+      who = "process " + std::to_string(old->ownerProc) + " of controller " + std::to_string(old->origin);
+    }
+    return Err(kExist, "'" + name + "' is published by " + who + "; only its publisher can replace it");
+  }
+  if (!old && proc->names.size() >= kMaxNamesPerProcess)
+    return Err(kNoSpc, "process " + std::to_string(proc->id) + " already publishes " + std::to_string(kMaxNamesPerProcess) + " names");
+  uint64_t ts = wallMs() * 1024 + (kvClock_++ % 1024);
+  KvEntry e;
+  e.ref = objects_.refOf(t.get());
+  e.ts = ts;
+  e.since = old ? old->since : ts;
+  e.origin = id_;
+  e.originEpoch = epoch_;
+  e.ownerProc = proc->id;
+  e.pinned = t;
+  kvSet(name, &e);
+  proc->names.insert(name);
+  for (auto& [id, p] : peers_) sendKv(*p, name, e, false);
+  return Err();
+}
+
+void CoreImpl::kvSet(const std::string& name, const KvEntry* e) {
+  std::shared_ptr<Target> oldPinned;
+  auto it = kv_.find(name);
+  if (it != kv_.end()) oldPinned = it->second.pinned;
+  if (e && e->pinned) objects_.pin(e->pinned.get());
+  if (e) kv_[name] = *e;
+  else if (it != kv_.end()) kv_.erase(it);
+  if (oldPinned) objects_.unpin(oldPinned.get());
+}
+
+void CoreImpl::kvGet(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view nameView) {
+  auto it = kv_.find(std::string(nameView));
+  if (it == kv_.end()) return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + std::string(nameView) + "'"));
+  std::shared_ptr<Target> t = targetFromRef(it->second.ref);
+  uint32_t cid;
+  if (t->revoked) {
+    if (Err e = install(*proc, t, &cid)) {
+      if (t->isProxy) forgetUnused(std::static_pointer_cast<Proxy>(t));
+      return procError(proc, seq, e);
+    }
+    return replyCid(*proc, seq, cid);
+  }
+  if (!t->isProxy) {
+    // Each getter gets its own revocation-tree child, so a getter's cap_revoke cuts off
+    // only itself; the publisher keeps the root.
+    auto obj = std::static_pointer_cast<Obj>(t);
+    auto child = revtree(obj);
+    if (Err e = install(*proc, child, &cid)) {
+      objects_.maybeCollect(child.get());  // ENOSPC: the child has no holder
+      return procError(proc, seq, e);
+    }
+    replyCid(*proc, seq, cid);
+    objects_.armDelegMonitors(obj.get());  // the getter's child is a delegated copy of the published object
+    return;
+  }
+  auto p = std::static_pointer_cast<Proxy>(t);
+  Frame f;
+  f.start(op::P_REVTREE, 0).ref(p->ref);
+  ReplyCb done = replyNewProxy(proc, seq, p->mem);
+  peerCall(p, f, [this, p, done](const Err& e, const uint8_t* rf, size_t len) {
+    forgetUnused(p);
+    done(e, rf, len);
+  });
+}
+
+void CoreImpl::kvProcGone(Proc& proc) {
+  auto names = std::move(proc.names);
+  proc.names.clear();
+  for (auto& name : names) {
+    auto it = kv_.find(name);
+    if (it == kv_.end()) continue;
+    KvEntry e = it->second;
+    if (e.origin != id_ || e.originEpoch != epoch_ || e.ownerProc != proc.id) continue;  // lost to an earlier remote claim
+    kvSet(name, nullptr);
+    for (auto& [id, p] : peers_) sendKv(*p, name, e, true);
+  }
+}
+
+Err CoreImpl::kvFromPeer(Peer& peer, std::string_view nameView, const KvEntry& n, bool del) {
+  size_t nc = chars(nameView);
+  if (nc == 0 || nc > 256) return Err(kProto, "P_KV_PUT name must be 1..256 characters");
+  if (n.origin != peer.id)
+    return Err(kProto, "P_KV_PUT from controller " + std::to_string(peer.id) + " names origin " + std::to_string(n.origin));
+  std::string name(nameView);
+  auto it = kv_.find(name);
+  const KvEntry* old = it == kv_.end() ? nullptr : &it->second;
+  bool same = old && old->origin == n.origin && old->originEpoch == n.originEpoch && old->ownerProc == n.ownerProc;
+  if (del) {
+    if (same) kvSet(name, nullptr);  // only the owner's own entry, never another origin's
+    return Err();
+  }
+  if (old && !same) {
+    bool staleEpoch = old->origin == n.origin && old->originEpoch < n.originEpoch;
+    bool earlier = old->since < n.since ||
+                   (old->since == n.since && (old->origin < n.origin || (old->origin == n.origin && old->ownerProc < n.ownerProc)));
+    if (!staleEpoch && earlier) return Err();
+    if (old->origin == id_) {
+      auto p = procs_.find(old->ownerProc);
+      if (p != procs_.end()) p->second->names.erase(name);
+      log(LogLevel::Warn,
+          "name '" + name + "' of process " + std::to_string(old->ownerProc) + " lost to an earlier claim by process " +
+              std::to_string(n.ownerProc) + " of controller " + std::to_string(peer.id),
+          "{\"proc\":" + std::to_string(old->ownerProc) + ",\"peer\":" + std::to_string(peer.id) + "}");
+    }
+  } else if (same && old->ts >= n.ts) {
+    return Err();
+  }
+  KvEntry e = n;
+  e.pinned = nullptr;
+  kvSet(name, &e);
+  return Err();
+}
+
+void CoreImpl::kvPeerGone(uint32_t peerId) {
+  std::vector<std::string> gone;
+  for (auto& [name, e] : kv_)
+    if (e.origin == peerId) gone.push_back(name);
+  for (auto& name : gone) kvSet(name, nullptr);
+}
+
+void CoreImpl::kvPeerUp(Peer& peer) {
+  // Names of an older epoch of this peer are stale; it sends its current ones.
+  std::vector<std::string> stale;
+  for (auto& [name, e] : kv_)
+    if (e.origin == peer.id && e.originEpoch != peer.epoch) stale.push_back(name);
+  for (auto& name : stale) kvSet(name, nullptr);
+  for (auto& [name, e] : kv_)
+    if (e.origin == id_) sendKv(peer, name, e, false);
+}
+
+void CoreImpl::sendKv(Peer& peer, const std::string& name, const KvEntry& e, bool del) {
+  encodePKvPut(out_, e.ts, e.since, e.origin, e.ownerProc, del, e.ref, name);
+  send(peer.conn, out_);
+}
+
+}  // namespace fractos

@@ -1,0 +1,436 @@
+// Unit tests of the native Controller core (built and run by test/controller-core-unit.test.ts):
+// wire goldens (the same bytes as test/protocol.test.ts), the cid table (wrap at 2^32,
+// ENOSPC, stale cids), the fixed order of resolve (EBADCAP, EREVOKED, ETYPE, EPERM, ERANGE),
+// and the core behind a recording host: HELLO, NULL, error order of calls, credits (an
+// over-ACK is EPROTO and closes only that channel), a Request invoked and delivered.
+// Exit status 0 when every check holds; each failed check prints file:line.
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "../caps.h"
+#include "../core.h"
+#include "../wire.h"
+
+using namespace fractos;
+
+static int failures = 0;
+static int checks = 0;
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    checks++;                                                              \
+    if (!(cond)) {                                                         \
+      failures++;                                                          \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                      \
+  } while (0)
+#define CHECK_EQ(a, b)                                                                                   \
+  do {                                                                                                   \
+    checks++;                                                                                            \
+    auto va = (a);                                                                                       \
+    auto vb = (b);                                                                                       \
+    if (!(va == vb)) {                                                                                   \
+      failures++;                                                                                        \
+      std::fprintf(stderr, "%s:%d: CHECK_EQ failed: %s != %s\n", __FILE__, __LINE__, #a, #b);          \
+    }                                                                                                    \
+  } while (0)
+
+static std::string hex(const uint8_t* p, size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < n; i++) {
+    s += d[p[i] >> 4];
+    s += d[p[i] & 15];
+  }
+  return s;
+}
+static std::string hex(const Frame& f) { return hex(f.data(), f.size()); }
+static std::string hexs(const std::string& s) { return hex(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
+
+// ---- wire goldens -----------------------------------------------------------------------------
+
+static void testWire() {
+  Frame f;
+  // header: length, op, flags, seq, code, reserved (little-endian)
+  f.start(op::NUL, 0x01020304).finish();
+  CHECK_EQ(hex(f), std::string("10000000") + "0200" + "0000" + "04030201" + "0000" + "0000");
+  Header h = readHeader(f.data());
+  CHECK_EQ(h.op, uint16_t(op::NUL));
+  CHECK_EQ(h.seq, 0x01020304u);
+
+  // REQUEST_INVOKE with one cap and one immediate
+  const uint8_t imm[] = {0xaa, 0xbb};
+  Args a;
+  a.caps.push_back(CapArg{2, 7, Ref{}});
+  a.imms.push_back(ImmArg{4, 2, imm});
+  f.start(op::REQUEST_INVOKE, 9).u32(5);
+  writeArgs(f, a, false);
+  f.finish();
+  CHECK_EQ(hex(f), std::string("2a000000") + "2200" + "0000" + "09000000" + "0000" + "0000" + "05000000" + "0100" + "0100" + "0200" +
+                       "0000" + "07000000" + "04000000" + "02000000" + "aabb");
+  CHECK_EQ(argsBytes(a, false), size_t(42 - 20));
+  Reader r(f.data(), f.size(), 20);
+  Args back;
+  readArgs(r, false, back);
+  CHECK(!r.bad);
+  CHECK_EQ(r.off, f.size());
+  CHECK_EQ(back.caps.size(), size_t(1));
+  CHECK_EQ(back.caps[0].slot, uint16_t(2));
+  CHECK_EQ(back.caps[0].cid, 7u);
+  CHECK_EQ(hex(back.imms[0].data, back.imms[0].len), std::string("aabb"));
+  CHECK_EQ(queuedDeliveryBytes(back), uint64_t(256 + 16 + 8 + 2));
+
+  // P_INVOKE carries caps as refs (controller, epoch, u64 id)
+  Args pa;
+  pa.caps.push_back(CapArg{0, 0, Ref{2, 3, (1ull << 40) + 5}});
+  f.start(op::P_INVOKE, 1).ref(Ref{1, 1, 1});
+  writeArgs(f, pa, true);
+  f.finish();
+  CHECK_EQ(hex(f.data() + 32, f.size() - 32),
+           std::string("0100") + "0000" + "0000" + "0000" + "02000000" + "03000000" + "05000000" + "00010000");
+  Reader pr(f.data(), f.size(), 32);
+  readArgs(pr, true, back);
+  CHECK(!pr.bad);
+  CHECK(back.caps[0].ref == (Ref{2, 3, (1ull << 40) + 5}));
+
+  // REPLY with an error code and message (a "CODE: " prefix is not repeated)
+  encodeError(f, 3, Err(kRevoked, "gone"));
+  CHECK_EQ(hex(f), std::string("14000000") + "7f00" + "0000" + "03000000" + "0200" + "0000" + hexs("gone"));
+  encodeError(f, 3, Err(kRevoked, "EREVOKED: gone"));
+  CHECK_EQ(f.size(), size_t(20));
+  encodeError(f, 3, Err(kPerm, std::string(600, 'x')));
+  CHECK_EQ(f.size(), size_t(16 + 512));
+
+  // error codes keep their wire numbers
+  CHECK_EQ(int(kBadCap), 1);
+  CHECK_EQ(int(kDisconnected), 7);
+  CHECK_EQ(int(kFault), 20);
+  CHECK_EQ(std::string(codeName(kAgain)), std::string("EAGAIN"));
+
+  // u64 fields: safe integers only (2^53 - 1 reads, 2^53 is EPROTO)
+  uint8_t b[24] = {0};
+  uint64_t v = (1ull << 53) - 1;
+  std::memcpy(b + 16, &v, 8);
+  Reader u(b, 24);
+  CHECK_EQ(u.u64(), v);
+  CHECK(!u.bad);
+  v = 1ull << 53;
+  std::memcpy(b + 16, &v, 8);
+  Reader u2(b, 24);
+  u2.u64();
+  CHECK(u2.bad);
+  CHECK_EQ(u2.err().code, uint16_t(kProto));
+
+  // args decoding checks counts and lengths (limits come at merge)
+  uint8_t g[16 + 8] = {0};
+  g[16] = 5;  // 5 caps, no bytes for them
+  Reader gr(g, sizeof g);
+  readArgs(gr, false, back);
+  CHECK(gr.bad);
+  uint8_t k[16 + 12] = {0};
+  k[18] = 1;  // 1 immediate
+  k[24] = 1;  // length 1, no bytes
+  Reader kr(k, sizeof k);
+  readArgs(kr, false, back);
+  CHECK(kr.bad);
+
+  // the frames the core sends
+  encodeHelloReply(f, 7, 1, 2, 3, 4, 5, 6, 256);
+  CHECK_EQ(hex(f), std::string("2c000000") + "7f00" + "0000" + "07000000" + "0000" + "0000" + "01000000" + "02000000" + "03000000" +
+                       "04000000" + "05000000" + "06000000" + "00010000");
+  encodeMonitorFire(f, op::MONITOR_FIRE, 9, kReasonDelegatesGone);
+  CHECK_EQ(hex(f), std::string("18000000") + "8100" + "0000" + "00000000" + "0000" + "0000" + "09000000" + "0300" + "0000");
+  encodeMemRead(f, 4, 0x11, 0x22, 0x33);
+  CHECK_EQ(hex(f), std::string("24000000") + "8200" + "0000" + "04000000" + "0000" + "0000" + "1100000000000000" + "2200000000000000" +
+                       "33000000");
+  encodeMemWriteHead(f, 4, 1, 2, 100);
+  CHECK_EQ(hex(f.data(), 4), std::string("84000000"));  // 16 + 16 + 100
+  encodePMemWriteHead(f, 5, Ref{1, 2, 3}, 4, 8, 10);
+  CHECK_EQ(f.size(), size_t(48));
+  CHECK_EQ(hex(f.data(), 4), std::string("3a000000"));
+  encodePHold(f, Ref{1, 2, 3}, -1);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("01000000") + "02000000" + "0300000000000000" + "ffffffff");
+  encodePRevoked(f, Ref{1, 2, 3}, kReasonOwnerFailed);
+  CHECK_EQ(hex(f.data() + 32, 4), std::string("02000000"));
+  encodePKvPut(f, 10, 9, 2, 5, true, Ref{2, 1, 7}, "n");
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0a00000000000000") + "0900000000000000" + "02000000" + "05000000" +
+                                                  "01000000" + "00000000" + "02000000" + "01000000" + "0700000000000000" + "6e");
+  encodeMemStatReply(f, 1, 4096, 3, 0, 3, 64, 0, "/r");
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0010000000000000") + "03" + "00" + "03" + "00" + "00000000" +
+                                                  "4000000000000000" + "0000000000000000" + "2f72");
+  encodePStatReply(f, 2, 8, 1, 1);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0800000000000000") + "01" + "01");
+  std::vector<StatsLink> links{{false, true, 3, 1, 2, 3, 4, "ab"}};
+  encodeStatsReply(f, 1, 7, 8, links);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("07000000") + "08000000" + "0100" + "00" + "01" + "03000000" +
+                                                  "0100000000000000" + "0200000000000000" + "0300000000000000" +
+                                                  "0400000000000000" + "0200" + "6162");
+  // INTROSPECT: the golden reply of test/dashboard-introspect.test.ts (ring of 4, 10 records).
+  InvocationRing ring(4);
+  for (int i = 0; i < 10; i++) ring.record(kInvokerPeer, 1, 2, (uint64_t(1) << 32) + 42, 4, 0);
+  uint64_t first = 0, count = 0;
+  ring.window(9, &first, &count);
+  CHECK_EQ(first, uint64_t(9));
+  CHECK_EQ(count, uint64_t(1));
+  ring.window(0, &first, &count);
+  CHECK_EQ(first, uint64_t(6));
+  CHECK_EQ(count, uint64_t(4));
+  std::vector<IntrospectProc> procs{{4, 12345, 2, 3, "mine"}};
+  encodeIntrospectReply(f, 7, IntrospectTotals{2, 3, 0, 5, 6, 1, 2}, procs, 9, 10, {ring.at(9)}, 1000);
+  CHECK_EQ(hex(f.data(), f.size()), std::string("71000000") + "7f00" + "0000" + "07000000" + "0000" + "0000" + "02000000" +
+                                        "03000000" + "00000000" + "05000000" + "06000000" + "01000000" + "02000000" + "0100" +
+                                        "0100" + "0900000000000000" + "0a00000000000000" + "04000000" + "39300000" + "02000000" +
+                                        "03000000" + "04" + "6d696e65" + "01" + "00" + "0000" + "01000000" + "02000000" +
+                                        "04000000" + "2a00000001000000" + "e8030000");
+}
+
+// ---- cid table and resolve ---------------------------------------------------------------------
+
+static void testCids() {
+  // cids wrap at 2^32 without 0 and without taking a cid in use; a full space is ENOSPC
+  // (ported from test/field-hostile-bounds.test.ts)
+  ProcBase owner;
+  owner.id = 1;
+  CapTable space(&owner);
+  auto target = [] { return std::make_shared<Proxy>(Ref{9, 9, 9}); };
+  uint32_t a = 0, b = 0, c = 0;
+  CHECK(!space.install(target(), 4, &a));
+  CHECK(!space.install(target(), 4, &b));
+  CHECK_EQ(a, 1u);
+  CHECK_EQ(b, 2u);
+  space.setNextCid(0xffffffffu);
+  CHECK(!space.install(target(), 4, &c));
+  CHECK_EQ(c, 0xffffffffu);
+  CHECK(!space.install(target(), 4, &c));
+  CHECK_EQ(c, 3u);  // skips 0, and 1 and 2 in use
+  CHECK_EQ(space.install(target(), 4, &c).code, uint16_t(kNoSpc));
+  CHECK(space.remove(a) != nullptr);
+  CHECK(!space.install(target(), 4, &c));
+  CHECK_EQ(c, 4u);  // the next cid, not the freed one
+  CHECK_EQ(space.resolve(a, Kind::Any, 0, 0, nullptr).code, uint16_t(kBadCap));
+  CHECK(space.remove(a) == nullptr);
+
+  // entries are counted on the target per space
+  auto t = target();
+  uint32_t x = 0;
+  ProcBase other;
+  other.id = 2;
+  CapTable space2(&other);
+  CHECK(!space2.install(t, 10, &x));
+  CHECK(!space2.install(t, 10, &x));
+  CHECK_EQ(t->nEntries, uint64_t(2));
+  CHECK_EQ(t->entriesOf(&other), 2u);
+  space2.remove(x);
+  CHECK_EQ(t->nEntries, uint64_t(1));
+}
+
+static void testResolveOrder() {
+  ProcBase owner;
+  owner.id = 1;
+  CapTable space(&owner);
+  auto mem = std::make_shared<Obj>(1, Kind::Memory);
+  auto info = std::make_shared<MemInfo>();
+  info->perms = kRead;
+  info->size = 100;
+  mem->mem = info;
+  auto req = std::make_shared<Obj>(2, Kind::Request);
+  uint32_t m = 0, q = 0;
+  CHECK(!space.install(mem, 10, &m));
+  CHECK(!space.install(req, 10, &q));
+  std::shared_ptr<Target> out;
+  CHECK_EQ(space.resolve(99, Kind::Memory, kWrite, 1000, &out).code, uint16_t(kBadCap));   // before everything
+  CHECK_EQ(space.resolve(q, Kind::Memory, kWrite, 1000, &out).code, uint16_t(kType));      // before rights and range
+  CHECK_EQ(space.resolve(m, Kind::Memory, kWrite, 1000, &out).code, uint16_t(kPerm));      // before range
+  CHECK_EQ(space.resolve(m, Kind::Memory, kRead, 1000, &out).code, uint16_t(kRange));
+  CHECK(!space.resolve(m, Kind::Memory, kRead, 100, &out));
+  CHECK(out.get() == mem.get());
+  mem->revoked = true;
+  CHECK_EQ(space.resolve(m, Kind::Request, kWrite, 1000, &out).code, uint16_t(kRevoked));  // before type
+  CHECK(!space.resolve(q, Kind::Any, 0, 0, &out));
+}
+
+// ---- the core behind a recording host ---------------------------------------------------------
+
+struct Sent {
+  ConnId c;
+  std::string bytes;
+};
+class FakeHost : public Host {
+ public:
+  std::vector<Sent> sent;
+  std::vector<ConnId> closed;
+  std::map<uint64_t, std::function<void()>> timers;
+  uint64_t nextTimer = 1;
+  void send(ConnId c, const struct iovec* iov, int n) override {
+    std::string s;
+    for (int i = 0; i < n; i++) s.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    sent.push_back(Sent{c, s});
+  }
+  uint64_t backlog(ConnId) const override { return 0; }
+  void close(ConnId c, const std::string&) override { closed.push_back(c); }
+  void setLinkInfo(ConnId, bool, uint32_t, const std::string&) override {}
+  std::vector<LinkStats> linkStats() const override { return {}; }
+  uint64_t setTimer(uint32_t, std::function<void()> fn) override {
+    timers[nextTimer] = std::move(fn);
+    return nextTimer++;
+  }
+  void cancelTimer(uint64_t id) override { timers.erase(id); }
+  void log(LogLevel, const std::string&, const std::string&) override {}
+  uint64_t nowMs() const override { return 0; }
+  bool mayIntrospect(ConnId) const override { return introspect; }
+  uint64_t loopMs() const override { return 0; }
+  bool introspect = true;
+  /** The last frame sent on `c`. */
+  std::string last(ConnId c) const {
+    for (size_t i = sent.size(); i-- > 0;)
+      if (sent[i].c == c) return sent[i].bytes;
+    return {};
+  }
+};
+
+static uint16_t codeOf(const std::string& f) { return f.size() >= 16 ? ld16(reinterpret_cast<const uint8_t*>(f.data()) + 12) : 0xffff; }
+static uint16_t opOf(const std::string& f) { return f.size() >= 16 ? ld16(reinterpret_cast<const uint8_t*>(f.data()) + 4) : 0xffff; }
+static uint32_t u32At(const std::string& f, size_t o) { return ld32(reinterpret_cast<const uint8_t*>(f.data()) + o); }
+
+static void call(Core* core, ConnId c, Frame& f) { core->processFrame(c, f.data(), f.size()); }
+
+static uint32_t hello(Core* core, FakeHost& host, ConnId c, uint32_t features) {
+  Frame f;
+  f.start(op::HELLO, 1).u32(123).u32(features).str("t").finish();
+  core->processHello(c, 4242, true, f.data(), f.size());
+  std::string r = host.last(c);
+  CHECK_EQ(opOf(r), uint16_t(op::REPLY));
+  CHECK_EQ(r.size(), size_t(44));
+  return u32At(r, 24);
+}
+
+static void testCore() {
+  FakeHost host;
+  CoreConfig cfg;
+  cfg.id = 1;
+  cfg.epoch = 5;
+  cfg.limits.maxOutstandingDeliveries = 2;
+  Core* core = newCore(&host, cfg);
+  uint32_t p1 = hello(core, host, 10, kFeatureMemoryDescriptors);
+  uint32_t p2 = hello(core, host, 11, 0);
+  CHECK(p1 != p2);
+  CHECK_EQ(u32At(host.last(10), 16), 1u);  // controller
+  CHECK_EQ(u32At(host.last(10), 20), 5u);  // epoch
+  CHECK_EQ(u32At(host.last(10), 40), 2u);  // credits
+
+  Frame f;
+  f.start(op::NUL, 2).finish();
+  call(core, 10, f);
+  CHECK_EQ(host.last(10), std::string("\x10\0\0\0\x7f\0\0\0\x02\0\0\0\0\0\0\0", 16));
+
+  // Immediates in any order merge sorted; an overlap is EARGSET, beyond maxImmBytes ERANGE.
+  f.start(op::REQUEST_CREATE, 20).u32(1).u16(0).u16(3);
+  f.u32(8).u32(2).u8(1).u8(2).u32(0).u32(2).u8(3).u8(4).u32(4).u32(4).u32(0x05060708).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+  uint32_t sorted = u32At(host.last(10), 16);
+  f.start(op::REQUEST_DERIVE, 21).u32(sorted).u16(0).u16(1).u32(9).u32(1).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kArgSet));  // 9 is inside 8+2
+  f.start(op::REQUEST_DERIVE, 22).u32(sorted).u16(0).u16(2).u32(12).u32(1).u8(9).u32(11).u32(2).u8(9).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kArgSet));  // 11+2 overlaps 12 (same call)
+  f.start(op::REQUEST_DERIVE, 23).u32(sorted).u16(0).u16(2).u32(2).u32(2).u8(9).u8(9).u32(65535).u32(2).u8(9).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kRange));  // range before arguments-set
+  f.start(op::REQUEST_DERIVE, 24).u32(sorted).u16(0).u16(1).u32(10).u32(1).u8(9).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));  // right after 8+2
+  f.start(op::CAP_DROP, 25).u32(u32At(host.last(10), 16)).finish();
+  call(core, 10, f);
+  f.start(op::CAP_REVOKE, 26).u32(sorted).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+
+  // A Request of process 1, published, got by process 2.
+  f.start(op::REQUEST_CREATE, 3).u32(77).u16(0).u16(0).finish();
+  call(core, 10, f);
+  uint32_t req = u32At(host.last(10), 16);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+  f.start(op::KV_PUT, 4).u32(req).str("svc").finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+  f.start(op::KV_GET, 5).str("svc").finish();
+  call(core, 11, f);
+  uint32_t got = u32At(host.last(11), 16);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(0));
+  f.start(op::KV_PUT, 6).u32(got).str("svc").finish();
+  call(core, 11, f);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kExist));
+
+  // Error order: a truncated args is EPROTO even with a bad cid (and closes that channel only).
+  f.start(op::REQUEST_INVOKE, 7).u32(999).u16(3).finish();
+  call(core, 11, f);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kProto));
+  CHECK_EQ(host.closed.size(), size_t(1));
+  CHECK_EQ(host.closed[0], ConnId(11));
+  core->processClosed(11);
+  uint32_t p3 = hello(core, host, 12, 0);
+  (void)p3;
+  f.start(op::KV_GET, 8).str("svc").finish();
+  call(core, 12, f);
+  got = u32At(host.last(12), 16);
+  // bad cid: EBADCAP; wrong type: ETYPE (memory_stat of a Request); slot limit at merge: ERANGE
+  f.start(op::REQUEST_INVOKE, 9).u32(999).u16(0).u16(0).finish();
+  call(core, 12, f);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kBadCap));
+  f.start(op::MEMORY_STAT, 10).u32(got).finish();
+  call(core, 12, f);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kType));
+  f.start(op::REQUEST_INVOKE, 11).u32(got).u16(1).u16(0).u16(64).u16(0).u32(got).finish();
+  call(core, 12, f);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kRange));
+
+  // Invoke: delivered to process 1 with an immediate; the invoker's REPLY comes once delivered.
+  size_t before = host.sent.size();
+  f.start(op::REQUEST_INVOKE, 12).u32(got).u16(0).u16(1).u32(0).u32(2).u8(0xab).u8(0xcd).finish();
+  call(core, 12, f);
+  CHECK_EQ(host.sent.size(), before + 2);
+  CHECK_EQ(opOf(host.sent[before].bytes), uint16_t(op::DELIVER));
+  CHECK_EQ(host.sent[before].c, ConnId(10));
+  CHECK_EQ(u32At(host.sent[before].bytes, 16), 77u);  // tag
+  CHECK_EQ(codeOf(host.sent[before + 1].bytes), uint16_t(0));
+  // Second delivery uses the last credit; the third waits (its REPLY too) until an ACK.
+  call(core, 12, f);
+  before = host.sent.size();
+  call(core, 12, f);
+  CHECK_EQ(host.sent.size(), before);
+  uint64_t prov = 0, inv = 0;
+  core->queuedDeliveryBytes(p1, &prov, &inv);
+  CHECK_EQ(prov, uint64_t(256 + 8 + 2));
+  f.start(op::DELIVER_ACK, 0).u32(1).finish();
+  call(core, 10, f);
+  CHECK_EQ(host.sent.size(), before + 2);  // the queued DELIVER and its REPLY
+  // Over-ACK: EPROTO with seq 0, and only that channel closes.
+  f.start(op::DELIVER_ACK, 0).u32(3).finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kProto));
+  CHECK_EQ(host.closed.back(), ConnId(10));
+  core->processClosed(10);
+  // The provider is gone: its Request is revoked for the getter.
+  f.start(op::REQUEST_INVOKE, 13).u32(got).u16(0).u16(0).finish();
+  call(core, 12, f);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kRevoked));
+  f.start(op::KV_GET, 14).str("svc").finish();
+  call(core, 12, f);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kNoEnt));
+  core->processClosed(12);
+  CHECK_EQ(core->objectCount(), uint64_t(0));
+  delete core;
+}
+
+int main() {
+  testWire();
+  testCids();
+  testResolveOrder();
+  testCore();
+  std::printf("%d checks, %d failed\n", checks, failures);
+  return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,253 @@
+/**
+ * Shared-memory queue pairs between a Process and its Controller (docs/queues.md), through
+ * the `fractos_queue` addon: one sealed memfd holding a request ring (Process -> Controller)
+ * and a completion/delivery ring (Controller -> Process), passed over the unix socket with
+ * SCM_RIGHTS, with adaptive wake-ups (spin, yield, then sleep on an eventfd or a futex).
+ *
+ * `QueueChannel` is one side of a pair. Completions arrive either through `watch` (the side's
+ * eventfd watched by libuv; the callback gets a batch of entries in one reused buffer) or by
+ * polling (`wait` + `drain`: a synchronous spin-then-block call for latency-critical clients).
+ * Entries are byte strings of at most `maxEntry` bytes (a quarter of the ring by default).
+ *
+ * Errors (FractosError codes): EPROTO (the peer broke the ring's rules: drop the channel),
+ * ERANGE (an entry larger than maxEntry), ETIMEDOUT, EINVAL (bad argument), EDISCONNECTED (closed),
+ * and the errno of a failed system call.
+ */
+import { FractosError } from '../../libfractos/errors.js';
+import { loadNative, nativeError } from '../loader.js';
+
+/** Which end of a pair: the Process produces requests, the Controller completions. */
+export const QueueSide = { PROCESS: 0, CONTROLLER: 1 } as const;
+export type QueueSide = (typeof QueueSide)[keyof typeof QueueSide];
+
+interface NativeChannel {
+  push(data: Uint8Array, publish?: boolean): boolean;
+  publish(): void;
+  pushWait(data: Uint8Array, timeoutMs: number): void;
+  drain(out: Uint8Array): number;
+  wait(timeoutMs: number): boolean;
+  watch(batch: Uint8Array, cb: (bytes: number, err: number) => void): void;
+  unwatch(): void;
+  armSpace(): boolean;
+  stats(): QueueStats;
+  close(): void;
+}
+
+/** Offsets of the pair layout (docs/queues.md), for tools and tests. */
+export interface QueueLayout {
+  headerBytes: number;
+  ctlLine: number;
+  minRingBytes: number;
+  maxRingBytes: number;
+  entryHeader: number;
+  kindData: number;
+  kindWrap: number;
+}
+
+interface QueueBinding {
+  createPair(ringBytes: number): number;
+  doorbell(): number;
+  socketpair(): [number, number];
+  closeFd(fd: number): void;
+  sendFds(sock: number, fds: number[], data: Uint8Array): void;
+  recvFds(sock: number, want: number, cap: number): { fds: number[]; data: Buffer } | null;
+  mapRaw(fd: number): ArrayBuffer;
+  Channel: new (
+    fd: number, side: number, ownEfd: number, peerEfd: number, ringBytes: number, maxEntry: number, spinNs: number, yields: number,
+  ) => NativeChannel;
+  layout: QueueLayout;
+}
+
+/** Counters of one side (bytes are ring positions, growing for ever). */
+export interface QueueStats {
+  ringBytes: number;
+  maxEntry: number;
+  /** End of what this side wrote to its outgoing ring. */
+  txTail: number;
+  /** What the peer acknowledged of it (its head: the acknowledgement, no ack frame). */
+  txAcked: number;
+  /** What this side consumed of its incoming ring. */
+  rxHead: number;
+  /** 0, or -errno of a sticky error (-71: EPROTO). */
+  error: number;
+}
+
+/** Load the addon (native/loader.ts order). Throws NativeUnavailableError('queue') (ENODEV). */
+export function loadQueue(): QueueBinding {
+  return loadNative<QueueBinding>('queue').binding;
+}
+
+/** Path of a helper executable of the addon build (pingpong, ring_test). */
+export function queueToolPath(name: 'pingpong' | 'ring_test'): string {
+  return loadNative<QueueBinding>('queue').path.replace(/fractos_queue\.node$/, name);
+}
+
+function call<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw nativeError(e, what);
+  }
+}
+
+/** The pair layout constants. */
+export function queueLayout(): QueueLayout {
+  return loadQueue().layout;
+}
+
+/**
+ * Create a pair memfd: 4096 + 2 x ringBytes bytes, sealed against shrinking and growing.
+ * @param ringBytes bytes per ring, a power of two in [4096, 64 MiB]. Errors: EINVAL.
+ * @returns the fd (close-on-exec; close it with `closeFd` once mapped and passed on)
+ */
+export function createQueuePair(ringBytes: number): number {
+  return call('createQueuePair', () => loadQueue().createPair(ringBytes));
+}
+
+/** A non-blocking eventfd to sleep on (a side's doorbell). */
+export function createDoorbell(): number {
+  return call('createDoorbell', () => loadQueue().doorbell());
+}
+
+/** A connected pair of unix stream sockets, close-on-exec (hand one end to a child through spawn's `stdio`). */
+export function socketPair(): [number, number] {
+  return call('socketPair', () => loadQueue().socketpair());
+}
+
+export function closeFd(fd: number): void {
+  call('closeFd', () => loadQueue().closeFd(fd));
+}
+
+/** Send 1..8 fds and at least one byte in one message (SCM_RIGHTS). */
+export function sendFds(sock: number, fds: number[], data: Uint8Array = new Uint8Array([0])): void {
+  call('sendFds', () => loadQueue().sendFds(sock, fds, data));
+}
+
+/**
+ * Receive one message carrying exactly `want` fds (close-on-exec) and up to `cap` bytes.
+ * Any other count, an oversized or foreign control message: EPROTO, after closing all that
+ * arrived. @returns null when the peer closed the socket. Blocks (the socket's mode).
+ */
+export function recvFds(sock: number, want: number, cap = 256): { fds: number[]; data: Buffer } | null {
+  return call('recvFds', () => loadQueue().recvFds(sock, want, cap));
+}
+
+/** Map a verified pair whole, as a peer sees it (tools, tests of hostile writes). Errors: EPROTO. */
+export function mapQueuePairRaw(fd: number): ArrayBuffer {
+  return call('mapQueuePairRaw', () => loadQueue().mapRaw(fd));
+}
+
+export interface QueueAttachOptions {
+  /** Which side this is (default PROCESS). */
+  side?: QueueSide;
+  /** The eventfd this side sleeps on; -1 (default): a futex (then `watch` is not available). */
+  ownDoorbell?: number;
+  /** The peer's eventfd, rung when it announced sleep; -1 (default): its futex. */
+  peerDoorbell?: number;
+  /** Expected bytes per ring (0, default: derived from the verified file size). */
+  ringBytes?: number;
+  /** Largest entry accepted and sent, bytes (0, default: a quarter of the ring minus 8). */
+  maxEntry?: number;
+  /** Spin before sleeping in `wait`/`pushWait`, ns (default 2000). */
+  spinNs?: number;
+  /** sched_yield calls after spinning, before sleeping (default 4). */
+  yields?: number;
+}
+
+/** One side of a queue pair. */
+export class QueueChannel {
+  readonly #ch: NativeChannel;
+  readonly maxEntry: number;
+
+  /**
+   * Attach to a pair memfd (the fd may be closed afterwards; the doorbells are duplicated).
+   * The file is verified first (seals F_SEAL_SHRINK|F_SEAL_GROW, exact size): else EPROTO.
+   */
+  constructor(fd: number, o: QueueAttachOptions = {}) {
+    const q = loadQueue();
+    this.#ch = call('QueueChannel', () => new q.Channel(
+      fd, o.side ?? QueueSide.PROCESS, o.ownDoorbell ?? -1, o.peerDoorbell ?? -1, o.ringBytes ?? 0, o.maxEntry ?? 0,
+      o.spinNs ?? 2000, o.yields ?? 4,
+    ));
+    this.maxEntry = this.#ch.stats().maxEntry;
+  }
+
+  /**
+   * Append one entry and, unless `publish` is false, make it (and earlier ones) visible and
+   * wake the peer if it sleeps. @returns false when the ring is full (nothing written: retry
+   * after the peer acknowledges, see `watch`/`armSpace`). Errors: ERANGE, EPROTO.
+   */
+  push(data: Uint8Array, publish = true): boolean {
+    return call('push', () => this.#ch.push(data, publish));
+  }
+
+  /** Make pushed entries visible; wakes the peer only if it announced sleep. */
+  publish(): void {
+    call('publish', () => this.#ch.publish());
+  }
+
+  /** Push, waiting synchronously (spin, yield, sleep) for space up to `timeoutMs`. Errors: ETIMEDOUT, ERANGE, EPROTO. */
+  pushWait(data: Uint8Array, timeoutMs: number): void {
+    call('pushWait', () => this.#ch.pushWait(data, timeoutMs));
+  }
+
+  /**
+   * Copy waiting entries into `out` as `[u32 LE length][bytes]...` and acknowledge them.
+   * Takes entries while 4 + maxEntry bytes are left, so `out` needs at least that.
+   * @returns bytes used (0: none). Errors: EPROTO (sticky; drop the channel).
+   */
+  drain(out: Uint8Array): number {
+    return call('drain', () => this.#ch.drain(out));
+  }
+
+  /** Block synchronously (spin, yield, sleep) up to `timeoutMs` until entries are there. */
+  wait(timeoutMs: number): boolean {
+    return call('wait', () => this.#ch.wait(timeoutMs));
+  }
+
+  /**
+   * Deliver entries from the event loop: whenever the own doorbell (eventfd) rings, the
+   * entries are drained into one reused buffer of `batchBytes` bytes and `onBatch(buf, bytes)`
+   * runs (bytes may be 0: the peer acknowledged, there is space to push again). A protocol
+   * violation stops watching and calls `onError` (EPROTO). Needs `ownDoorbell`.
+   */
+  watch(onBatch: (buf: Buffer, bytes: number) => void, onError: (err: FractosError) => void, batchBytes = 64 * 1024): void {
+    if (batchBytes < 4 + this.maxEntry) throw new FractosError('EINVAL', `batchBytes ${batchBytes} < 4 + maxEntry ${this.maxEntry}`);
+    const buf = Buffer.alloc(batchBytes); // held by the addon while watching
+    call('watch', () => this.#ch.watch(buf, (bytes, err) => {
+      if (bytes > 0 || !err) onBatch(buf, bytes);
+      if (err) onError(new FractosError('EPROTO', 'queue: protocol violation by the peer; channel dropped'));
+    }));
+  }
+
+  unwatch(): void {
+    this.#ch.unwatch();
+  }
+
+  /** Ask to be woken when the peer frees space; true when an entry of maxEntry bytes fits already. */
+  armSpace(): boolean {
+    return call('armSpace', () => this.#ch.armSpace());
+  }
+
+  stats(): QueueStats {
+    return this.#ch.stats();
+  }
+
+  /** Stop watching, unmap, close the duplicated doorbells. Later calls: EDISCONNECTED. */
+  close(): void {
+    this.#ch.close();
+  }
+}
+
+/**
+ * Iterate the entries of a `drain`/`watch` batch: Buffer views into `buf` (no copy), valid
+ * until the next batch overwrites it. Hot paths read `buf` directly instead.
+ */
+export function* queueEntries(buf: Buffer, bytes: number): Generator<Buffer> {
+  let off = 0;
+  while (off + 4 <= bytes) {
+    const n = buf.readUInt32LE(off);
+    yield buf.subarray(off + 4, off + 4 + n);
+    off += 4 + n;
+  }
+}

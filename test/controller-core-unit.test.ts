@@ -1,0 +1,45 @@
+/**
+ * The C++ unit tests of the native Controller core (controller/src/test/core_test.cc): wire
+ * goldens (the bytes of test/protocol.test.ts), the cid table (wrap at 2^32, ENOSPC, stale
+ * cids), the fixed order of resolve, and the core behind a recording host (credits, error
+ * order, cleanup). Built here with g++ under AddressSanitizer and UBSan (leaks included),
+ * one compiler per source file at once, then run; skipped with the reason when no g++ is
+ * installed.
+ */
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { tempDir } from './helpers/spawn.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const src = join(root, 'controller', 'src');
+const hasGxx = spawnSync('g++', ['--version']).status === 0;
+const FLAGS = ['-std=c++20', '-Wall', '-Wextra', '-Werror', '-O0', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=undefined'];
+
+function gxx(args: string[]): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn('g++', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('close', (status) => resolve({ status, stderr }));
+  });
+}
+
+(hasGxx ? test : test.skip)('native core: C++ unit tests (wire goldens, cid table, resolve order, credits) pass under ASan/UBSan', async (t) => {
+  t.timeout(300_000); // ~30 s of compiling on an idle 2-core machine
+  // The core's sources: every src/*.cc that is not the host's (host_*.cc need N-API).
+  const sources = readdirSync(src).filter((f) => f.endsWith('.cc') && !f.startsWith('host')).map((f) => join(src, f));
+  sources.push(join(src, 'test', 'core_test.cc'));
+  const dir = tempDir();
+  const objs = sources.map((s) => join(dir, basename(s, '.cc') + '.o'));
+  const built = await Promise.all(sources.map((s, i) => gxx([...FLAGS, '-c', s, '-o', objs[i]!])));
+  for (const b of built) t.is(b.status, 0, b.stderr);
+  const exe = join(dir, 'core_test');
+  const link = await gxx([...FLAGS, '-o', exe, ...objs]);
+  t.is(link.status, 0, link.stderr);
+  const run = spawnSync(exe, [], { encoding: 'utf8', timeout: 60_000 });
+  t.log(run.stdout.trim());
+  t.is(run.status, 0, run.stderr + run.stdout);
+});

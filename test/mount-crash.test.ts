@@ -1,0 +1,89 @@
+/**
+ * `fractos mount` when a party dies: kill -9 of the mount process during a write storm (the
+ * mount point answers ENOTCONN at once, never hangs; a remount at the same point works and
+ * holds every fsync'd file);
+ * kill -9 of the FS service during a write storm (the mount ends by itself and unmounts; after
+ * the FS restarts, a new mount holds every byte whose fsync was answered).
+ * Skips with the reason where FUSE, io_uring/O_DIRECT or the FS's inode contract is missing.
+ */
+import test from 'ava';
+import { stat } from 'node:fs/promises';
+import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
+import { fuseMountAt } from '../fs-mount/mountpoint.js';
+
+const { reason, stack, cleanup } = await mountFixture('mount-crash.test');
+const mtest = reason ? test.serial.skip : test.serial;
+const points: string[] = [];
+test.after.always(async () => {
+  for (const p of points) cleanupMount(p);
+  await cleanup();
+});
+
+/** The errno code of stat(point), bounded in time ('TIMEOUT' when it hangs). */
+async function statCode(point: string, ms = 5000): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([
+    stat(point).then(() => 'OK', (e: NodeJS.ErrnoException) => e.code ?? 'ERR'),
+    new Promise<string>((res) => (timer = setTimeout(() => res('TIMEOUT'), ms))),
+  ]);
+  clearTimeout(timer);
+  return r;
+}
+
+/** A bash loop writing f1, f2, ... (64 KiB of "i\n" lines each, fsync'd by dd conv=fsync), logging i after dd answered. */
+function storm(log: string): string {
+  return `for i in $(seq 1 100000); do yes $i | head -c 65536 | dd of=f$i bs=64k conv=fsync status=none 2>/dev/null || exit 0; echo $i >> ${log}; done`;
+}
+
+/** Check every logged file; prints how many. */
+function checkLogged(log: string): string {
+  return `n=0; for i in $(cat ${log}); do test "$(sha256sum < f$i)" = "$(yes $i | head -c 65536 | sha256sum)" || { echo "f$i differs"; exit 1; }; n=$((n+1)); done; echo $n; rm -f f*`;
+}
+
+mtest('kill -9 of the mount process during a write storm: ENOTCONN at once, no hang; a remount at the same point works and holds every fsync\'d file', async (t) => {
+  const mp = mountDir(stack!, 'k1');
+  points.push(mp);
+  const m = await mount(stack!, mp);
+  const log = `${stack!.dir}/k1.log`;
+  const writes = sh(storm(log), mp, 120_000);
+  await new Promise((r) => setTimeout(r, 2000));
+  await m.kill9();
+  await writes;
+  t.is(await statCode(mp), 'ENOTCONN');
+  const again = await mount(stack!, mp);
+  try {
+    t.is(await statCode(mp), 'OK');
+    const r = await sh(checkLogged(log), mp);
+    t.is(r.code, 0, r.out + r.err);
+    t.true(Number(r.out.trim()) > 0, 'some files were fsync\'d before the kill');
+    t.log(`${r.out.trim()} fsync'd files checked`);
+  } finally {
+    await again.stop();
+  }
+  t.is(fuseMountAt(mp), null);
+});
+
+mtest('kill -9 of the FS during a write storm: the mount ends by itself; after a restart every fsync\'d file is there', async (t) => {
+  const mp = mountDir(stack!, 'k2');
+  points.push(mp);
+  const m = await mount(stack!, mp);
+  const log = `${stack!.dir}/fsynced.log`;
+  const writes = sh(storm(log), mp, 120_000);
+  await new Promise((r) => setTimeout(r, 3000));
+  await stack!.fs.kill9();
+  await writes;
+  const code = await new Promise<number | null>((res) => (m.child.exitCode !== null ? res(m.child.exitCode) : m.child.once('exit', (c) => res(c))));
+  t.is(code, 1);
+  t.regex(m.output(), /ended: fs-gone/);
+  t.not(await statCode(mp), 'TIMEOUT');
+  await stack!.startFs();
+  const again = await mount(stack!, mp);
+  try {
+    const r = await sh(checkLogged(log), mp);
+    t.is(r.code, 0, r.out + r.err);
+    t.true(Number(r.out.trim()) > 0, 'some files were fsync\'d before the kill');
+    t.log(`${r.out.trim()} fsync'd files checked`);
+  } finally {
+    await again.stop();
+  }
+});

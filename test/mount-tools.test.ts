@@ -1,0 +1,194 @@
+/**
+ * `fractos mount`: ordinary tools through a FUSE mount of the FS service (mkdir -p, cp -a +
+ * diff -r, mv across dirs, rm -r, ln, ln -s, chmod, touch -d, stat, truncate, dd oflag=direct,
+ * sha256sum, git, tar), POSIX errors from the shell, concurrent writers, --dax, a second mount
+ * on the same point (EBUSY), and the ways a mount ends (SIGTERM, fusermount3 -u). Each test
+ * removes its files: every file extent is a blockdev volume, and a device holds 126.
+ * Skips with the reason where /dev/fuse, fusermount3 or the fuse addon is missing, where
+ * io_uring/O_DIRECT is, or where the FS does not serve the inode contract.
+ */
+import test from 'ava';
+import { join } from 'node:path';
+import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
+import { fuseMountAt } from '../fs-mount/mountpoint.js';
+import { REPO_ROOT } from './helpers/spawn.js';
+
+const { reason, stack, cleanup } = await mountFixture('mount-tools.test');
+const mtest = reason ? test.serial.skip : test.serial;
+const points: string[] = [];
+test.after.always(async () => {
+  for (const p of points) cleanupMount(p);
+  await cleanup();
+});
+
+function point(name: string): string {
+  const p = mountDir(stack!, name);
+  points.push(p);
+  return p;
+}
+
+mtest('ordinary tools: mkdir -p, cp -a + diff -r, mv, rm -r, ln, ln -s, chmod, touch -d, stat, truncate, dd oflag=direct, sha256sum', async (t) => {
+  const mp = point('m1');
+  const m = await mount(stack!, mp);
+  try {
+    const r = await sh(`
+      mkdir -p a/b/c d
+      cp -a ${REPO_ROOT}/fs-service a/b/c/src
+      diff -r ${REPO_ROOT}/fs-service a/b/c/src
+      mv a/b/c/src/client.ts d/moved.ts
+      cmp ${REPO_ROOT}/fs-service/client.ts d/moved.ts
+      test ! -e a/b/c/src/client.ts
+      echo data > f && ln f hard && ln -s f soft
+      test "$(stat -c %h f)" = 2 && test "$(cat soft)" = data && test "$(readlink soft)" = f
+      chmod 640 f && test "$(stat -c %a hard)" = 640
+      touch -d '2001-02-03 04:05:06' f && test "$(stat -c %Y f)" = "$(date -d '2001-02-03 04:05:06' +%s)"
+      truncate -s 100000 f && test "$(stat -c %s f)" = 100000 && test "$(tail -c 10 f | od -An -tx1 | tr -d ' \\n')" = 00000000000000000000
+      truncate -s 3 f && test "$(cat f)" = dat
+      head -c 3145728 /dev/urandom > /tmp/mount-tools-src.$$
+      dd if=/tmp/mount-tools-src.$$ of=big bs=1M oflag=direct status=none
+      test "$(sha256sum < big)" = "$(sha256sum < /tmp/mount-tools-src.$$)"
+      rm /tmp/mount-tools-src.$$
+      rm -r a && test ! -e a && test -d d
+      stat -f -c %l .
+      rm -rf ./*
+    `, mp);
+    t.is(r.code, 0, r.err);
+    t.is(r.out.trim(), '255');
+  } finally {
+    await m.stop();
+  }
+  t.is(fuseMountAt(mp), null, 'SIGTERM unmounts');
+});
+
+mtest('git init/add/commit/fsck and tar extract + re-create byte-identical inside the mount', async (t) => {
+  const mp = point('m2');
+  const m = await mount(stack!, mp);
+  try {
+    const r = await sh(`
+      git init -q repo && cd repo
+      cp -a ${REPO_ROOT}/fs-service ${REPO_ROOT}/fs-mount .
+      git add . && git -c user.email=t@t -c user.name=t commit -qm first
+      echo more >> fs-mount/mount.ts && git -c user.email=t@t -c user.name=t commit -qam second
+      git fsck --full --strict 2>&1
+      test "$(git log --oneline | wc -l)" = 2
+      cd ..
+      tar -C ${REPO_ROOT} --sort=name -cf "$TMPDIR_A" fs-service native/fuse/fuse.cc
+      mkdir x && tar -C x -xpf "$TMPDIR_A"
+      tar -C x --sort=name -cf "$TMPDIR_B" fs-service native/fuse/fuse.cc
+      cmp "$TMPDIR_A" "$TMPDIR_B"
+      rm -rf repo x
+    `.replaceAll('$TMPDIR_A', join(stack!.dir, 'a.tar')).replaceAll('$TMPDIR_B', join(stack!.dir, 'b.tar')), mp);
+    t.is(r.code, 0, r.out + r.err);
+  } finally {
+    await m.stop();
+  }
+});
+
+mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EISDIR, ENOENT, EACCES', async (t) => {
+  const mp = point('m3');
+  const m = await mount(stack!, mp);
+  try {
+    await sh('mkdir -p e/sub && echo x > e/file', mp);
+    const cases: [string, RegExp][] = [
+      ['mkdir e', /File exists/],
+      ['rmdir e', /Directory not empty/],
+      [`touch e/${'n'.repeat(256)}`, /File name too long/],
+      ['touch e/file/x', /Not a directory/],
+      ['rmdir e/file', /Not a directory/],
+      ['cat e/sub', /Is a directory/],
+      ['cat e/nothing', /No such file or directory/],
+      // Another user in root's 0755 directory (the kernel checks first: default_permissions).
+      ['setpriv --reuid=65534 --regid=65534 --clear-groups touch e/x', /Permission denied/],
+    ];
+    for (const [cmd, want] of cases) {
+      const r = await sh(cmd, mp);
+      t.not(r.code, 0, cmd);
+      t.regex(r.err, want, cmd);
+    }
+    t.is((await sh(`touch e/${'n'.repeat(255)} && ls e | wc -l && rm -r e`, mp)).out.trim(), '3');
+  } finally {
+    await m.stop();
+  }
+});
+
+mtest('concurrent writers to one file (disjoint ranges) and to one directory', async (t) => {
+  const mp = point('m4');
+  const m = await mount(stack!, mp);
+  try {
+    const r = await sh(`
+      mkdir dir
+      for i in $(seq 0 7); do
+        ( yes "writer $i" | head -c 262144 | dd of=one bs=64k seek=$((i * 4)) conv=notrunc status=none ) &
+        ( for j in $(seq 1 8); do echo $i.$j > dir/f$i.$j; done ) &
+      done
+      wait
+      test "$(stat -c %s one)" = $((8 * 262144))
+      for i in $(seq 0 7); do
+        test "$(dd if=one bs=64k skip=$((i * 4)) count=4 status=none | sha256sum)" = "$(yes "writer $i" | head -c 262144 | sha256sum)"
+      done
+      test "$(ls dir | wc -l)" = 64
+      test "$(cat dir/f3.7)" = 3.7
+      rm -rf one dir
+    `, mp);
+    t.is(r.code, 0, r.out + r.err);
+  } finally {
+    await m.stop();
+  }
+});
+
+mtest('--dax: file data through the DAX Requests; the same bytes as a mediated mount sees', async (t) => {
+  const mp = point('m5');
+  const md = point('m5dax');
+  const m = await mount(stack!, mp);
+  const d = await mount(stack!, md, ['--dax']);
+  try {
+    const r = await sh(`
+      head -c 4194304 /dev/urandom > dax-src
+      cp dax-src ${md}/daxfile
+      sync ${md}/daxfile
+      cmp dax-src ${mp}/daxfile
+      dd if=/dev/urandom of=patch bs=64k count=3 status=none
+      dd if=patch of=${md}/daxfile bs=64k seek=10 conv=notrunc oflag=direct status=none
+      dd if=patch of=dax-src bs=64k seek=10 conv=notrunc status=none
+      cmp dax-src ${md}/daxfile
+      cat ${mp}/daxfile > /dev/null
+      cmp dax-src ${mp}/daxfile
+      rm ${mp}/daxfile
+    `, stack!.dir);
+    t.is(r.code, 0, r.out + r.err);
+  } finally {
+    await d.stop();
+    await m.stop();
+  }
+  // The DAX mount moved data through the blockdev's Requests; the mediated one through the FS.
+  const dc = /daxReads=(\d+) daxWrites=(\d+)/.exec(d.output());
+  t.truthy(dc, d.output());
+  t.true(Number(dc![1]) > 0 && Number(dc![2]) > 0, d.output());
+  t.regex(m.output(), /daxReads=0 daxWrites=0/);
+});
+
+mtest('a second mount on the same point is refused (EBUSY); fusermount3 -u ends the mount process', async (t) => {
+  const mp = point('m6');
+  const m = await mount(stack!, mp);
+  const second = await mount(stack!, mp).then(() => null, (e: Error) => e);
+  t.truthy(second);
+  t.regex(String(second?.message), /EBUSY.*already a mount point/);
+  const r = await sh(`fusermount3 -u ${mp}`, stack!.dir);
+  t.is(r.code, 0, r.err);
+  const code = await new Promise<number | null>((res) => (m.child.exitCode !== null ? res(m.child.exitCode) : m.child.once('exit', (c) => res(c))));
+  t.is(code, 1);
+  t.regex(m.output(), /ended: unmounted/);
+  t.is(fuseMountAt(mp), null);
+});
+
+mtest('fractos fio --target mount: real fio through a mount of its own stack; the metadata profile reports files per second', async (t) => {
+  t.timeout(400_000);
+  const f = await sh(`node ${REPO_ROOT}/bin/fractos.js fio ${REPO_ROOT}/fio-profiles/randread-4k-qd1.fio --target mount --runtime 1 --size 16m`, stack!.dir, 180_000);
+  t.is(f.code, 0, f.out + f.err);
+  const iops = /read: IOPS=([\d.]+)(k?)/.exec(f.out);
+  t.truthy(iops, f.out);
+  t.true(Number(iops![1]) > 0);
+  const m = await sh(`node ${REPO_ROOT}/bin/fractos.js fio metadata --target mount --files 50`, stack!.dir, 180_000);
+  t.is(m.code, 0, m.out + m.err);
+  for (const phase of ['create', 'stat', 'rename', 'unlink']) t.regex(m.out, new RegExp(`^${phase}\\s+[1-9]\\d*`, 'm'), m.out);
+});
