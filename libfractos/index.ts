@@ -8,3 +8,5 @@ export type { Limits, ObjectRef, RequestArgs, ImmRange, CapArg } from './protoco
 export { defineRequest, defineReply, RequestSchema, ErrorReply, tagOf, REPLY_IMM_BASE, REPLY_SLOT_BASE } from './schema.js';
 export type { Invocation, FieldType, ImmValues, CapValues, MemoryDescriptor } from './schema.js';
 export { parseAddress, formatAddress } from './link.js';
+export { decodeIntrospect } from './introspect.js';
+export type { Introspection, IntrospectProcess, IntrospectInvocation } from './introspect.js';

@@ -13,6 +13,7 @@ import {
   type ImmRange, type LinkCounters, type RequestArgs,
 } from './protocol.js';
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
+import { decodeIntrospect, type Introspection } from './introspect.js';
 import { shmCreate, shmUnlink } from '../native/shm/index.js';
 
 /** Options of `connect`. */
@@ -515,6 +516,15 @@ export class Process extends EventEmitter {
       o += 40 + len;
     }
     return { controller: r.readUInt32LE(16), epoch: r.readUInt32LE(20), links };
+  }
+
+  /**
+   * The Controller's tables and its invocation records from seq `since` on
+   * (docs/protocol.md "Introspection"; pass the previous reply's `nextSeq` to get only new
+   * ones). Errors: EPERM (not a Process of the Controller's uid on a unix socket).
+   */
+  async introspect(since = 0): Promise<Introspection> {
+    return decodeIntrospect(await this.#call(Op.INTROSPECT, 8, (f) => writeU64(f, since, 16)));
   }
 
   /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */

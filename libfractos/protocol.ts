@@ -22,6 +22,7 @@ export const Op = {
   HELLO: 0x01,
   NULL: 0x02,
   STATS: 0x03,
+  INTROSPECT: 0x04,
   MEMORY_CREATE: 0x10,
   MEMORY_DIMINISH: 0x11,
   MEMORY_COPY: 0x12,

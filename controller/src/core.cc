@@ -335,6 +335,14 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
         return Err();
       }
       Done done = replyDone(proc, seq);
+      if (!t->revoked) {
+        if (t->isProxy) {
+          const Ref& ref = static_cast<Proxy*>(t.get())->ref;
+          invocations_.record(kInvokerProcess, proc->id, ref.controller, ref.id, 0, host_->loopMs());
+        } else if (auto* o = static_cast<Obj*>(t.get()); o->req) {
+          invocations_.record(kInvokerProcess, proc->id, id_, o->id, o->owner ? o->owner->id : 0, host_->loopMs());
+        }
+      }
       if (t->isProxy) {
         peerArgsCall(std::static_pointer_cast<Proxy>(t), op::P_INVOKE, args_, caps,
                      [done](const Err& err, const uint8_t*, size_t) { done(err); });
@@ -438,6 +446,14 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
       replyStats(*proc, seq);
       return Err();
 
+    case op::INTROSPECT:
+      // u64 since -> docs/protocol.md "Introspection"; EPERM unless the host allows it
+      if ((e = need(len, 8))) return e;
+      if (!host_->mayIntrospect(proc->conn))
+        return Err(kPerm, "INTROSPECT is for Processes of the Controller's uid on a unix socket");
+      replyIntrospect(*proc, seq, ld64(f + 16));
+      return Err();
+
     case op::HELLO:
       return Err(kProto, "HELLO sent twice");
 
@@ -455,6 +471,31 @@ void CoreImpl::replyStats(Proc& proc, uint32_t seq) {
     links.push_back(StatsLink{l.peer, l.closed, l.id, l.framesIn, l.framesOut, l.bytesIn, l.bytesOut, l.name});
   }
   encodeStatsReply(out_, seq, id_, epoch_, links);
+  send(proc.conn, out_);
+}
+
+void CoreImpl::replyIntrospect(Proc& proc, uint32_t seq, uint64_t since) {
+  // One pass over the objects (owned counts) and the Processes, only when asked.
+  std::unordered_map<uint32_t, uint32_t> owned;
+  objects_.forEach([&owned](Obj* o) {
+    if (o->owner) owned[o->owner->id]++;
+  });
+  std::vector<IntrospectProc> procs;
+  uint64_t caps = 0;
+  for (auto& [id, p] : procs_) {
+    caps += p->caps.size();
+    if (procs.size() >= kMaxIntrospectProcs) continue;
+    auto it = owned.find(id);
+    procs.push_back(IntrospectProc{id, p->pid, it == owned.end() ? 0 : it->second, uint32_t(p->caps.size()), p->name});
+  }
+  uint64_t first = 0, count = 0;
+  invocations_.window(since, &first, &count);
+  std::vector<InvocationRecord> recs;
+  recs.reserve(count);
+  for (uint64_t s = first; s < first + count; s++) recs.push_back(invocations_.at(s));
+  IntrospectTotals t{id_, epoch_, procs_.size() > procs.size() ? 1u : 0u, uint32_t(objects_.size()), uint32_t(caps),
+                     uint32_t(proxies_.size()), uint32_t(kv_.size())};
+  encodeIntrospectReply(out_, seq, t, procs, first, invocations_.nextSeq(), recs, host_->loopMs());
   send(proc.conn, out_);
 }
 

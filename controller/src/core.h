@@ -23,6 +23,7 @@
 
 #include "caps.h"
 #include "host.h"
+#include "invocations.h"
 #include "objects.h"
 #include "wire.h"
 
@@ -107,6 +108,11 @@ struct TArg {
   std::shared_ptr<Target> t;
 };
 
+/** Invocation records kept for INTROSPECT (controller/invocation-ring.ts DEFAULT_INVOCATION_RING). */
+constexpr size_t kInvocationRing = 1024;
+/** At most this many Processes in one INTROSPECT reply (libfractos/introspect.ts MAX_INTROSPECT_PROCS). */
+constexpr size_t kMaxIntrospectProcs = 4096;
+
 class CoreImpl final : public Core, public ObjectEvents {
  public:
   CoreImpl(Host* host, const CoreConfig& cfg);
@@ -146,6 +152,7 @@ class CoreImpl final : public Core, public ObjectEvents {
   void replyCid(Proc& proc, uint32_t seq, uint32_t cid);
   Done replyDone(const std::shared_ptr<Proc>& proc, uint32_t seq);
   void replyStats(Proc& proc, uint32_t seq);
+  void replyIntrospect(Proc& proc, uint32_t seq, uint64_t since);
   void send(ConnId c, const Frame& f);
   void sendv(ConnId c, const Frame& head, const uint8_t* data, size_t len);
   void log(LogLevel l, const std::string& msg, const std::string& fields = "{}");
@@ -233,6 +240,8 @@ class CoreImpl final : public Core, public ObjectEvents {
   std::shared_ptr<Proxy> dead_;
   std::unordered_set<uint32_t> peerIds_;  // the static peer list
   std::map<std::string, KvEntry> kv_;
+  /** Recent invocations for INTROSPECT (fixed size; recording allocates nothing). */
+  InvocationRing invocations_{kInvocationRing};
   uint64_t kvClock_ = 0;
   struct RemoteMonitor {
     std::shared_ptr<Proc> proc;

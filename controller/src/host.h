@@ -105,6 +105,18 @@ class Host {
 
   /** Monotonic milliseconds (for clocks such as the names' ts). */
   virtual uint64_t nowMs() const = 0;
+
+  /**
+   * Monotonic milliseconds read once per loop iteration (when epoll_wait returned): no clock
+   * read per call, for stamps on the hot path (the invocation records of INTROSPECT).
+   */
+  virtual uint64_t loopMs() const = 0;
+
+  /**
+   * Whether the Process on `c` may call INTROSPECT: a unix socket whose peer's kernel uid
+   * (SO_PEERCRED) is this process's effective uid, or root (docs/protocol.md "Introspection").
+   */
+  virtual bool mayIntrospect(ConnId c) const = 0;
 };
 
 /** Implemented by the core; called by the host. */

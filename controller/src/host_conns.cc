@@ -164,16 +164,21 @@ void HostImpl::onListener(size_t idx) {
       return;
     }
     uint32_t pid = 0;
+    int64_t uid = -1;
     if (l.unix) {
       struct ucred cr{};
       socklen_t cl = sizeof cr;
-      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) pid = uint32_t(cr.pid);
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
+        pid = uint32_t(cr.pid);
+        uid = int64_t(cr.uid);
+      }
     } else {
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     Conn* c = addConn(fd, ConnState::Hello, l.unix, l.unix ? "unix" : sockRemote(fd));
     c->kernelPid = pid;
+    c->kernelUid = uid;
     ConnId id = c->id;
     uint32_t ms = opts_.helloTimeoutMs;
     c->timer = setTimer(ms, [this, id, ms] {

@@ -84,6 +84,7 @@ struct Conn {
   bool unixSock = false;
   std::string remote;  // "unix" or "ip:port" for logs
   uint32_t kernelPid = 0;
+  int64_t kernelUid = -1;  // SO_PEERCRED uid on a unix socket; -1 unknown (tcp)
   uint32_t epollMask = 0;
   // input: bytes [0, inLen) of `in`, at most one frame (bounded by maxFrameBytes)
   std::vector<uint8_t> in;
@@ -156,6 +157,8 @@ class HostImpl final : public Host {
   void cancelTimer(uint64_t id) override;
   void log(LogLevel level, const std::string& msg, const std::string& fieldsJson) override;
   uint64_t nowMs() const override;
+  bool mayIntrospect(ConnId c) const override;
+  uint64_t loopMs() const override { return loopNow_; }
 
  private:
   // host_loop.cc
@@ -211,6 +214,7 @@ class HostImpl final : public Host {
   std::vector<Listener> listeners_;
 
   std::unordered_map<ConnId, std::unique_ptr<Conn>> conns_;
+  uint64_t loopNow_ = 0;  // monoMs() when epoll_wait last returned (loopMs)
   ConnId nextConn_ = 1;
   std::vector<ConnId> deferred_;  // closed conns whose core callback is pending
   std::vector<ConnId> dead_;      // conns whose fd is closed, erased by runDeferred

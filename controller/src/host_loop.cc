@@ -48,6 +48,13 @@ HostImpl::~HostImpl() {
 
 uint64_t HostImpl::nowMs() const { return monoMs(); }
 
+bool HostImpl::mayIntrospect(ConnId c) const {
+  auto it = conns_.find(c);
+  if (it == conns_.end() || !it->second->unixSock || it->second->kernelUid < 0) return false;
+  int64_t uid = it->second->kernelUid;
+  return uid == 0 || uid == int64_t(geteuid());
+}
+
 bool HostImpl::start(uint32_t epoch, std::string* err) {
   if (ep_ < 0 || evfd_ < 0) {
     *err = std::string("epoll/eventfd: ") + strerror(errno);
@@ -178,6 +185,7 @@ void HostImpl::run() {
   struct epoll_event evs[kMaxEvents];
   while (!stopping_) {
     int n = epoll_wait(ep_, evs, kMaxEvents, nextTimeoutMs());
+    loopNow_ = monoMs();
     if (n < 0) {
       if (errno == EINTR) continue;
       log(LogLevel::Warn, std::string("epoll_wait failed: ") + strerror(errno), "{}");

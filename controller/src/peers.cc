@@ -139,6 +139,8 @@ Err CoreImpl::onPeerFrame(const std::shared_ptr<Peer>& peer, const uint8_t* f, s
         }
       }
       if (h.op == op::P_INVOKE) {
+        if (obj->req && !obj->revoked)
+          invocations_.record(kInvokerPeer, peer->id, id_, obj->id, obj->owner ? obj->owner->id : 0, host_->loopMs());
         invokeLocal(obj, args_, caps, peer->conn, reply);
       } else {
         std::shared_ptr<Obj> d;

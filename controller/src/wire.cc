@@ -1,6 +1,8 @@
 // Encoders and decoders of docs/protocol.md (see wire.h).
 #include "wire.h"
 
+#include "invocations.h"
+
 namespace fractos {
 
 const char* codeName(uint16_t code) {
@@ -248,6 +250,21 @@ void encodeStatsReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoc
   for (auto& l : links) {
     f.u8(l.peer ? 1 : 0).u8(l.closed ? 1 : 0).u32(l.id).u64(l.framesIn).u64(l.framesOut).u64(l.bytesIn).u64(l.bytesOut);
     f.u16(uint16_t(l.name.size())).str(l.name);
+  }
+  f.finish();
+}
+
+void encodeIntrospectReply(Frame& f, uint32_t seq, const IntrospectTotals& t, const std::vector<IntrospectProc>& procs,
+                           uint64_t firstSeq, uint64_t nextSeq, const std::vector<InvocationRecord>& recs, uint64_t nowMs) {
+  f.start(op::REPLY, seq).u32(t.controller).u32(t.epoch).u32(t.flags).u32(t.objects).u32(t.caps).u32(t.proxies).u32(t.names);
+  f.u16(uint16_t(procs.size())).u16(uint16_t(recs.size())).u64(firstSeq).u64(nextSeq);
+  for (auto& p : procs) {
+    std::string_view n = p.name.substr(0, 255);
+    f.u32(p.id).u32(p.pid).u32(p.objects).u32(p.caps).u8(uint8_t(n.size())).str(n);
+  }
+  for (auto& r : recs) {
+    uint64_t age = nowMs > r.atMs ? nowMs - r.atMs : 0;
+    f.u8(r.kind).u8(0).u16(0).u32(r.invoker).u32(r.targetController).u32(r.provider).u64(r.object).u32(uint32_t(std::min<uint64_t>(age, 0xffffffffu)));
   }
   f.finish();
 }

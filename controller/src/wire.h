@@ -47,7 +47,7 @@ struct Err {
 namespace op {
 enum : uint16_t {
   REPLY = 0x7f,
-  HELLO = 0x01, NUL = 0x02, STATS = 0x03,
+  HELLO = 0x01, NUL = 0x02, STATS = 0x03, INTROSPECT = 0x04,
   MEMORY_CREATE = 0x10, MEMORY_DIMINISH = 0x11, MEMORY_COPY = 0x12, MEMORY_STAT = 0x13,
   REQUEST_CREATE = 0x20, REQUEST_DERIVE = 0x21, REQUEST_INVOKE = 0x22,
   CAP_REVTREE = 0x30, CAP_REVOKE = 0x31, CAP_DROP = 0x32,
@@ -223,6 +223,26 @@ struct StatsLink {
 };
 /** REPLY to STATS: u32 controller, u32 epoch, u16 n, n x (u8 kind, u8 flags, u32 id, 4 x u64, u16 nameLen, name). */
 void encodeStatsReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoch, const std::vector<StatsLink>& links);
+
+struct InvocationRecord;  // invocations.h
+/** One Process of the INTROSPECT reply. */
+struct IntrospectProc {
+  uint32_t id, pid, objects, caps;
+  std::string_view name;  // at most 255 bytes are sent
+};
+/** Totals of the INTROSPECT reply. */
+struct IntrospectTotals {
+  uint32_t controller, epoch, flags, objects, caps, proxies, names;
+};
+/**
+ * REPLY to INTROSPECT (docs/protocol.md "Introspection", libfractos/introspect.ts): u32
+ * controller, u32 epoch, u32 flags, u32 objects, u32 caps, u32 proxies, u32 names, u16
+ * nProcs, u16 nRecords, u64 firstSeq, u64 nextSeq, nProcs x (u32 id, u32 pid, u32 objects,
+ * u32 caps, u8 nameLen, name), nRecords x (u8 kind, u8 0, u16 0, u32 invoker, u32 target
+ * controller, u32 provider, u64 object, u32 age ms): the age is nowMs - atMs, saturated.
+ */
+void encodeIntrospectReply(Frame& f, uint32_t seq, const IntrospectTotals& t, const std::vector<IntrospectProc>& procs,
+                           uint64_t firstSeq, uint64_t nextSeq, const std::vector<InvocationRecord>& recs, uint64_t nowMs);
 
 /** A Memory descriptor in DELIVER: u16 slot, u8 perms, u8 backing, u8 flags, u8 nameLen, u16 0, u64 size, u64 off, u64 key, name. */
 struct DeliverDesc {

@@ -167,6 +167,23 @@ static void testWire() {
   CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("07000000") + "08000000" + "0100" + "00" + "01" + "03000000" +
                                                   "0100000000000000" + "0200000000000000" + "0300000000000000" +
                                                   "0400000000000000" + "0200" + "6162");
+  // INTROSPECT: the golden reply of test/dashboard-introspect.test.ts (ring of 4, 10 records).
+  InvocationRing ring(4);
+  for (int i = 0; i < 10; i++) ring.record(kInvokerPeer, 1, 2, (uint64_t(1) << 32) + 42, 4, 0);
+  uint64_t first = 0, count = 0;
+  ring.window(9, &first, &count);
+  CHECK_EQ(first, uint64_t(9));
+  CHECK_EQ(count, uint64_t(1));
+  ring.window(0, &first, &count);
+  CHECK_EQ(first, uint64_t(6));
+  CHECK_EQ(count, uint64_t(4));
+  std::vector<IntrospectProc> procs{{4, 12345, 2, 3, "mine"}};
+  encodeIntrospectReply(f, 7, IntrospectTotals{2, 3, 0, 5, 6, 1, 2}, procs, 9, 10, {ring.at(9)}, 1000);
+  CHECK_EQ(hex(f.data(), f.size()), std::string("71000000") + "7f00" + "0000" + "07000000" + "0000" + "0000" + "02000000" +
+                                        "03000000" + "00000000" + "05000000" + "06000000" + "01000000" + "02000000" + "0100" +
+                                        "0100" + "0900000000000000" + "0a00000000000000" + "04000000" + "39300000" + "02000000" +
+                                        "03000000" + "04" + "6d696e65" + "01" + "00" + "0000" + "01000000" + "02000000" +
+                                        "04000000" + "2a00000001000000" + "e8030000");
 }
 
 // ---- cid table and resolve ---------------------------------------------------------------------
@@ -262,6 +279,9 @@ class FakeHost : public Host {
   void cancelTimer(uint64_t id) override { timers.erase(id); }
   void log(LogLevel, const std::string&, const std::string&) override {}
   uint64_t nowMs() const override { return 0; }
+  bool mayIntrospect(ConnId) const override { return introspect; }
+  uint64_t loopMs() const override { return 0; }
+  bool introspect = true;
   /** The last frame sent on `c`. */
   std::string last(ConnId c) const {
     for (size_t i = sent.size(); i-- > 0;)
