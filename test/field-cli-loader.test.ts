@@ -13,7 +13,7 @@ import { FRACTOS_BIN, removeTempDir, tempDir } from './helpers/spawn.js';
 
 test('loader: every group registers its subcommands', async (t) => {
   const names = (await buildProgram()).commands.map((c) => c.name());
-  for (const n of ['controller', 'stats', 'bench', 'blockdev', 'fs', 'fio', 'gpu', 'facever', 'demo']) t.true(names.includes(n), `${n} missing: ${names.join(', ')}`);
+  for (const n of ['controller', 'stats', 'bench', 'blockdev', 'fs', 'fio', 'gpu', 'facever', 'demo', 'rm', 'mount', 'cluster', 'dashboard']) t.true(names.includes(n), `${n} missing: ${names.join(', ')}`);
 });
 
 test('--help marks required options (commander requiredOption) in every subcommand, and only those', async (t) => {
