@@ -57,6 +57,7 @@ function buildSanitized(name, dir) {
     cpSync(dir, copy, { recursive: true, filter: (src) => !/[/\\]build$/.test(src) });
     mkdirSync(join(scratch, 'native'), { recursive: true });
     copyFileSync(join(here, 'common.gypi'), join(scratch, 'native', 'common.gypi'));
+    cpSync(join(here, 'include'), join(scratch, 'native', 'include'), { recursive: true });
     const env = {
       ...process.env,
       CXXFLAGS: `${process.env.CXXFLAGS ?? ''} ${SAN_FLAGS}`,

@@ -7,7 +7,8 @@
 {
   'target_defaults': {
     'defines': ['NAPI_VERSION=8', 'NODE_ADDON_API_DISABLE_DEPRECATED'],
-    'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
+    # native/include: headers shared by addons (sigbus_guard.h).
+    'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")", 'include'],
     'cflags': ['-fvisibility=hidden', '-Wall', '-Wextra'],
     'cflags!': ['-Wno-unused-parameter'],
     'cflags_cc': ['-std=c++20', '-fvisibility=hidden', '-Wall', '-Wextra', '-O2'],

@@ -15,6 +15,7 @@ import { connect } from '../libfractos/index.js';
 import { loadNative } from '../native/loader.js';
 import { tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
+import { logSink, type LogLine } from './helpers/log-sink.js';
 
 const SECRET = 'controller-host test cluster secret';
 
@@ -26,21 +27,6 @@ try {
 }
 const nt = native ? test : test.skip;
 
-interface LogLine {
-  level: 'info' | 'warn';
-  o: Record<string, unknown>;
-  msg: string;
-}
-function logSink(): { lines: LogLine[]; log: NonNullable<ControllerOptions['log']> } {
-  const lines: LogLine[] = [];
-  return {
-    lines,
-    log: {
-      info: (o, m) => lines.push({ level: 'info', o: o as Record<string, unknown>, msg: m ?? '' }),
-      warn: (o, m) => lines.push({ level: 'warn', o: o as Record<string, unknown>, msg: m ?? '' }),
-    },
-  };
-}
 
 /** A raw connection that records every frame it receives (reading can be stopped). */
 class Raw {

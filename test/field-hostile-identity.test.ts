@@ -13,7 +13,7 @@ import { createHmac } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { Controller, type ControllerOptions } from '../controller/index.js';
+import { Controller } from '../controller/index.js';
 import {
   MIN_SECRET_BYTES, NONCE_BYTES, PROOF_BYTES, checkPeerProof, decodePeerHello, encodePeerAuth, encodePeerHello, linkPolicy, peerProof,
   readClusterSecretFile, type PeerTranscript,
@@ -26,26 +26,11 @@ import { shmCreate, shmUnlink } from '../native/shm/index.js';
 import { codeOf } from './helpers/errors.js';
 import { FRACTOS_BIN, REPO_ROOT, spawnNode, tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
+import { logSink, type LogLine } from './helpers/log-sink.js';
 
 const PROVIDER = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'provider.js');
 const SECRET = 'field-hostile-identity cluster secret';
 
-interface LogLine {
-  level: 'info' | 'warn';
-  o: Record<string, unknown>;
-  msg: string;
-}
-
-function logSink(): { lines: LogLine[]; log: NonNullable<ControllerOptions['log']> } {
-  const lines: LogLine[] = [];
-  return {
-    lines,
-    log: {
-      info: (o, m) => lines.push({ level: 'info', o: o as Record<string, unknown>, msg: m ?? '' }),
-      warn: (o, m) => lines.push({ level: 'warn', o: o as Record<string, unknown>, msg: m ?? '' }),
-    },
-  };
-}
 
 /** A raw connection that records every frame it receives. */
 class RawLink {

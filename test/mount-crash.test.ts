@@ -7,7 +7,9 @@
  * Skips with the reason where FUSE, io_uring/O_DIRECT or the FS's inode contract is missing.
  */
 import test from 'ava';
+import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { until } from './helpers/wait.js';
 import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
 import { fuseMountAt } from '../fs-mount/mountpoint.js';
 
@@ -35,6 +37,17 @@ function storm(log: string): string {
   return `for i in $(seq 1 100000); do yes $i | head -c 65536 | dd of=f$i bs=64k conv=fsync status=none 2>/dev/null || exit 0; echo $i >> ${log}; done`;
 }
 
+/** Wait until the storm has logged `n` fsync'd files (at most 60 s), instead of a fixed delay that a loaded machine can make empty. */
+async function stormLogged(log: string, n = 20): Promise<void> {
+  await until(() => {
+    try {
+      return readFileSync(log, 'utf8').split('\n').length > n;
+    } catch {
+      return false;
+    }
+  }, 60_000);
+}
+
 /** Check every logged file; prints how many. */
 function checkLogged(log: string): string {
   return `n=0; for i in $(cat ${log}); do test "$(sha256sum < f$i)" = "$(yes $i | head -c 65536 | sha256sum)" || { echo "f$i differs"; exit 1; }; n=$((n+1)); done; echo $n; rm -f f*`;
@@ -46,7 +59,7 @@ mtest('kill -9 of the mount process during a write storm: ENOTCONN at once, no h
   const m = await mount(stack!, mp);
   const log = `${stack!.dir}/k1.log`;
   const writes = sh(storm(log), mp, 120_000);
-  await new Promise((r) => setTimeout(r, 2000));
+  await stormLogged(log);
   await m.kill9();
   await writes;
   t.is(await statCode(mp), 'ENOTCONN');
@@ -69,7 +82,7 @@ mtest('kill -9 of the FS during a write storm: the mount ends by itself; after a
   const m = await mount(stack!, mp);
   const log = `${stack!.dir}/fsynced.log`;
   const writes = sh(storm(log), mp, 120_000);
-  await new Promise((r) => setTimeout(r, 3000));
+  await stormLogged(log);
   await stack!.fs.kill9();
   await writes;
   const code = await new Promise<number | null>((res) => (m.child.exitCode !== null ? res(m.child.exitCode) : m.child.once('exit', (c) => res(c))));

@@ -258,7 +258,4 @@ class CoreImpl final : public Core, public ObjectEvents {
   Args args_;   // scratch for parsed args
 };
 
-/** memmove under the SIGBUS guard (docs/core.md "Truncated regions"): null when done, else the faulting address. */
-void* guardedMove(void* dst, const void* src, size_t n);
-
 }  // namespace fractos

@@ -5,8 +5,6 @@
 // Port of the former TS Controller (controller.ts before this core): #memoryCreate, #diminish, #memoryStat, #execCopy, ... and of the
 // SIGBUS guard of native/shm/shm.cc (docs/core.md "Truncated regions").
 #include <fcntl.h>
-#include <setjmp.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,64 +15,12 @@
 #include <mutex>
 
 #include "core.h"
+#include "sigbus_guard.h"
 
 namespace fractos {
 
-// ---- the SIGBUS guard ------------------------------------------------------------------------
-// A shared mapping whose file was truncated under it raises SIGBUS on the first access past
-// the new end. A SIGBUS raised inside guardedMove jumps back out of the copy and becomes
-// EFAULT; a SIGBUS anywhere else goes to the previous disposition.
+// ---- the SIGBUS guard: native/include/sigbus_guard.h (guardedMove, inRange) ----------------
 namespace {
-thread_local sigjmp_buf* volatile tl_guard = nullptr;
-thread_local void* volatile tl_fault = nullptr;
-struct sigaction g_prev;
-std::once_flag g_once;
-
-void onSigbus(int sig, siginfo_t* si, void* uctx) {
-  sigjmp_buf* jb = tl_guard;
-  if (jb != nullptr && si != nullptr && si->si_code > 0) {
-    tl_guard = nullptr;
-    tl_fault = si->si_addr;
-    siglongjmp(*jb, 1);
-  }
-  if ((g_prev.sa_flags & SA_SIGINFO) && g_prev.sa_sigaction != nullptr) {
-    g_prev.sa_sigaction(sig, si, uctx);
-    return;
-  }
-  if (g_prev.sa_handler != SIG_DFL && g_prev.sa_handler != SIG_IGN && g_prev.sa_handler != nullptr) {
-    g_prev.sa_handler(sig);
-    return;
-  }
-  signal(SIGBUS, SIG_DFL);
-  if (si == nullptr || si->si_code <= 0) raise(SIGBUS);
-}
-
-void installSigbus() {
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = onSigbus;
-  sa.sa_flags = SA_SIGINFO;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGBUS, &sa, &g_prev);
-}
-
-__attribute__((noinline)) void* move(void* dst, const void* src, size_t n) {
-  sigjmp_buf jb;
-  if (sigsetjmp(jb, 1) != 0) return tl_fault;
-  tl_guard = &jb;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  std::memmove(dst, src, n);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  tl_guard = nullptr;
-  return nullptr;
-}
-
-bool in(const void* p, const uint8_t* base, size_t n) {
-  auto a = reinterpret_cast<uintptr_t>(p);
-  auto b = reinterpret_cast<uintptr_t>(base);
-  return a >= b && a - b < n;
-}
-
 bool validRegionName(std::string_view n) {
   if (n.size() < 2 || n.size() > 201 || n[0] != '/') return false;
   for (char c : n.substr(1))
@@ -83,12 +29,6 @@ bool validRegionName(std::string_view n) {
   return true;
 }
 }  // namespace
-
-void* guardedMove(void* dst, const void* src, size_t n) {
-  if (n == 0) return nullptr;
-  std::call_once(g_once, installSigbus);
-  return move(dst, src, n);
-}
 
 // ---- create, diminish, stat ------------------------------------------------------------------
 
@@ -263,8 +203,8 @@ void CoreImpl::execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<T
     const MemInfo& dm = *dobj->mem;
     void* fault = guardedMove(dm.map->base + dm.offset, sm.map->base + sm.offset, size);
     if (!fault) return done(Err());
-    bool inDst = in(fault, dm.map->base + dm.offset, size);
-    bool inSrc = in(fault, sm.map->base + sm.offset, size);
+    bool inDst = inRange(fault, dm.map->base + dm.offset, size);
+    bool inSrc = inRange(fault, sm.map->base + sm.offset, size);
     return done(regionFault(inDst ? dm : sm, !inDst && !inSrc));
   }
   auto job = std::make_shared<CopyJob>();
@@ -309,7 +249,7 @@ void CoreImpl::readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t
     const uint8_t* from = m.map->base + m.offset + off;
     void* fault = guardedMove(out->data(), from, len);
     if (!fault) return cb(Err(), out);
-    return cb(regionFault(m, !in(fault, from, len)), nullptr);
+    return cb(regionFault(m, !inRange(fault, from, len)), nullptr);
   }
   std::shared_ptr<Proc> owner = obj->owner;
   if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"), nullptr);
@@ -362,7 +302,7 @@ void CoreImpl::writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const u
   if (m.map) {
     uint8_t* to = m.map->base + m.offset + off;
     void* fault = guardedMove(to, data, len);
-    return cb(fault ? regionFault(m, !in(fault, to, len)) : Err());
+    return cb(fault ? regionFault(m, !inRange(fault, to, len)) : Err());
   }
   std::shared_ptr<Proc> owner = obj->owner;
   if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"));

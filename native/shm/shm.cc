@@ -7,6 +7,7 @@
 // copyGuarded: a memmove that survives a region its owner truncated (SIGBUS -> a result code).
 // Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
 #include <napi.h>
+#include "sigbus_guard.h"
 #include <atomic>
 #include <cerrno>
 #include <csetjmp>
@@ -45,70 +46,7 @@ Napi::Value MapFd(Napi::Env env, int fd, size_t size) {
   return Napi::ArrayBuffer::New(env, p, size, Unmap, new size_t(size));
 }
 
-// ---- Guarded copies -----------------------------------------------------------------------
-// A shared mapping whose file was truncated under it raises SIGBUS on the first access past
-// the new end (a hostile owner can ftruncate its own /dev/shm object at any time), and
-// SIGBUS's default action kills the whole process. The Controller and the services copy
-// between mappings through GuardedMove: a SIGBUS raised inside it jumps back out of the copy
-// and becomes a result code. A SIGBUS anywhere else keeps its previous disposition.
-// A stop-gap: sealed memfds (F_SEAL_SHRINK) make the fault impossible in the first place.
-
-// The jump buffer of the copy running on this thread, or null outside a guarded copy.
-thread_local sigjmp_buf* volatile tl_guard = nullptr;
-// si_addr of the SIGBUS that ended this thread's last guarded copy.
-thread_local void* volatile tl_fault_addr = nullptr;
-struct sigaction g_prev_bus;
-std::once_flag g_bus_once;
-
-void OnSigbus(int sig, siginfo_t* si, void* uctx) {
-  sigjmp_buf* jb = tl_guard;
-  // A fault (si_code > 0) during a guarded copy; a kill(SIGBUS) (si_code <= 0) is not ours.
-  if (jb != nullptr && si != nullptr && si->si_code > 0) {
-    tl_guard = nullptr;
-    tl_fault_addr = si->si_addr;
-    siglongjmp(*jb, 1);  // restores the signal mask saved by sigsetjmp(.., 1): SIGBUS unblocked
-  }
-  if ((g_prev_bus.sa_flags & SA_SIGINFO) && g_prev_bus.sa_sigaction != nullptr) {
-    g_prev_bus.sa_sigaction(sig, si, uctx);
-    return;
-  }
-  if (g_prev_bus.sa_handler != SIG_DFL && g_prev_bus.sa_handler != SIG_IGN && g_prev_bus.sa_handler != nullptr) {
-    g_prev_bus.sa_handler(sig);
-    return;
-  }
-  // The default action, as without this handler: a fault re-executes the faulting access on
-  // return and dies of it; a sent signal is raised again.
-  signal(SIGBUS, SIG_DFL);
-  if (si == nullptr || si->si_code <= 0) raise(SIGBUS);
-}
-
-void InstallSigbus() {
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = OnSigbus;
-  sa.sa_flags = SA_SIGINFO;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGBUS, &sa, &g_prev_bus);
-}
-
-// memmove(dst, src, n) under the SIGBUS guard: nullptr when done, else the faulting address
-// (the bytes before it may have been copied).
-__attribute__((noinline)) void* GuardedMove(void* dst, const void* src, size_t n) {
-  sigjmp_buf jb;
-  if (sigsetjmp(jb, 1) != 0) return tl_fault_addr;
-  tl_guard = &jb;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  std::memmove(dst, src, n);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  tl_guard = nullptr;
-  return nullptr;
-}
-
-bool In(const void* p, const uint8_t* base, size_t n) {
-  auto a = reinterpret_cast<uintptr_t>(p);
-  auto b = reinterpret_cast<uintptr_t>(base);
-  return a >= b && a - b < n;
-}
+// ---- Guarded copies: native/include/sigbus_guard.h (fractos::guardedMove, fractos::inRange)
 
 // copyGuarded(dst: Uint8Array, src: Uint8Array) -> number: copies all of src to the start of
 // dst (dst.length >= src.length; overlap allowed) and answers 0, or after a SIGBUS: 1 (the
@@ -133,9 +71,8 @@ Napi::Value CopyGuarded(const Napi::CallbackInfo& info) {
   if (n == 0) return Napi::Number::New(env, 0);
   auto* d = static_cast<uint8_t*>(dp);
   auto* s = static_cast<const uint8_t*>(sp);
-  std::call_once(g_bus_once, InstallSigbus);
-  void* fault = GuardedMove(d, s, n);
-  int r = fault == nullptr ? 0 : In(fault, s, n) ? 1 : In(fault, d, n) ? 2 : 3;
+  void* fault = fractos::guardedMove(d, s, n);
+  int r = fault == nullptr ? 0 : fractos::inRange(fault, s, n) ? 1 : fractos::inRange(fault, d, n) ? 2 : 3;
   return Napi::Number::New(env, r);
 }
 
