@@ -2,8 +2,9 @@
 // stat, and copies: one guarded memcpy between two mappings of this Controller, otherwise
 // chunked (one chunk up to 16 KiB, else size/4 within 16..256 KiB, 8 in flight) through
 // mappings, MEM_READ/MEM_WRITE calls to a served owner, or P_MEM_WRITE to a peer.
-// Port of the former TS Controller (controller.ts before this core): #memoryCreate, #diminish, #memoryStat, #execCopy, ... and of the
-// SIGBUS guard of native/shm/shm.cc (docs/core.md "Truncated regions").
+// Port of the former TS Controller (controller.ts before this core): #memoryCreate, #diminish, #memoryStat, #execCopy, ...
+// Copies between mappings go through the SIGBUS guard of native/include/sigbus_guard.h
+// (docs/core.md "Truncated regions").
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
