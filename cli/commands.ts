@@ -9,7 +9,7 @@ import { FractosError, withoutCode } from '../libfractos/errors.js';
 import { register as registerCore } from './core.js';
 
 /** Subcommand groups loaded after the core ones, as module specifiers relative to cli/. */
-export const GROUPS = ['./bench.js', './storage.js', './gpu.js', './rm.js', './demo.js', './mount.js', './cluster.js', './dashboard.js'] as const;
+export const GROUPS = ['./bench.js', './storage.js', './gpu.js', './rm.js', './demo.js', './mount.js', './cluster.js', './dashboard.js', './names.js'] as const;
 
 /** Loads a module (default: dynamic `import`); tests pass one that fails. */
 export type Importer = (specifier: string) => Promise<unknown>;

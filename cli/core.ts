@@ -1,7 +1,8 @@
 /** Core subcommands: controller, stats, bench micro, demo. */
 import type { Command } from 'commander';
 import { CLUSTER_SECRET_ENV, Controller, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_SERVED_TIMEOUT_MS, readClusterSecretFile } from '../controller/index.js';
-import type { EtcdMembership } from '../controller/membership.js';
+import type { EtcdNames } from '../controller/names-etcd.js';
+import { StaticPeers, type PeerSource } from '../controller/peer-source.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { superviseService } from './lifecycle.js';
 import { die, log } from './log.js';
@@ -36,7 +37,8 @@ export function register(program: Command): void {
     .option('--advertise <addr>', 'with --etcd: this Controller\'s peer address tcp://IP:PORT (listened on too)')
     .option('--lease-ttl-ms <ms>', 'with --etcd: membership lease TTL (whole seconds, at least 2000)', '2000')
     .option('--etcd-prefix <prefix>', 'with --etcd: key prefix', '/fractos')
-    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string; etcd?: string; advertise?: string; leaseTtlMs: string; etcdPrefix: string }) => {
+    .option('--names-timeout-ms <ms>', 'with --etcd: bound on one kv_put/kv_get through etcd (ETIMEDOUT beyond)', '3000')
+    .action(async (o: { listen: string[]; id: string; stateDir: string; peer: Map<number, string>; clusterSecretFile?: string; servedTimeoutMs: string; helloTimeoutMs: string; etcd?: string; advertise?: string; leaseTtlMs: string; etcdPrefix: string; namesTimeoutMs: string }) => {
       try {
         const clusterSecret = o.clusterSecretFile ? readClusterSecretFile(o.clusterSecretFile, (m) => log.warn(m)) : undefined;
         if (o.etcd !== undefined) {
@@ -45,40 +47,56 @@ export function register(program: Command): void {
           if (!clusterSecret) throw new FractosError('EINVAL', '--etcd needs the cluster secret (--cluster-secret-file)');
           if (!o.listen.includes(o.advertise)) o.listen.push(o.advertise);
         }
+        // One PeerSource for either membership: the --peer list is listed at start (`initial`), etcd members come later.
+        const staticPeers = new StaticPeers(o.peer);
         const c = await Controller.start({
           clusterSecret,
           id: Number(o.id),
           listen: o.listen.length ? o.listen : [DEFAULT_CONTROLLER],
           stateDir: o.stateDir,
-          peers: o.peer,
+          peers: o.etcd === undefined ? new Map(staticPeers.initial) : new Map(),
           servedTimeoutMs: Number(o.servedTimeoutMs),
           helloTimeoutMs: Number(o.helloTimeoutMs),
+          ...(o.etcd !== undefined ? { externalNames: { timeoutMs: Number(o.namesTimeoutMs) } } : {}),
           log,
         });
-        let members: EtcdMembership | null = null;
+        let source: PeerSource = staticPeers;
+        let names: EtcdNames | null = null;
         if (o.etcd !== undefined) {
           // loaded only here: etcd3 pulls in gRPC, too heavy for every fractos start
           const { EtcdMembership } = await import('../controller/membership.js');
-          members = new EtcdMembership({
+          const { EtcdNames } = await import('../controller/names-etcd.js');
+          const members = new EtcdMembership({
             endpoints: o.etcd.split(','), id: c.id, epoch: c.epoch, advertise: o.advertise!, ttlMs: Number(o.leaseTtlMs), prefix: o.etcdPrefix, log,
+            listen: c.addresses,
             onFenced: (why) => {
               // The others have failed this epoch: stop serving with it (fail-stop; a restart gets a new epoch).
               log.error({ id: c.id, epoch: c.epoch }, `controller ${c.id} epoch ${c.epoch} fenced: ${why}; exiting 75`);
               void c.close().finally(() => process.exit(75));
             },
           });
+          source = members;
           try {
             await members.start(c);
+            // bootstrap names in etcd, bound to this Controller's membership lease
+            names = new EtcdNames({
+              client: members.client, lease: members.lease!, id: c.id, epoch: c.epoch, prefix: o.etcdPrefix,
+              memberEpoch: (id) => members.memberEpoch(id), timeoutMs: Number(o.namesTimeoutMs), log,
+            });
+            c.setNameStore(names);
           } catch (err) {
             await members.close();
             await c.close();
             throw err;
           }
+        } else {
+          await source.start(c);
         }
         superviseService({
           name: 'controller',
           close: async () => {
-            await members?.close();
+            names?.close();
+            await source.close();
             await c.close();
           },
         });

@@ -13,11 +13,12 @@
 import { closeSync, constants, existsSync, fstatSync, fsyncSync, ftruncateSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { FractosError } from '../libfractos/errors.js';
+import { ERROR_CODES, FractosError, withoutCode } from '../libfractos/errors.js';
 import { formatAddress, parseAddress, type Address } from '../libfractos/link.js';
 import { DEFAULT_LIMITS, type Limits } from '../libfractos/protocol.js';
 import { loadNative } from '../native/loader.js';
 import { loadShm } from '../native/shm/index.js';
+import type { ExternalNameStore, NameRecord, StoredName } from './names-etcd.js';
 import { checkClusterSecret } from './peer-auth.js';
 
 /** Options of `Controller.start`. */
@@ -56,6 +57,13 @@ export interface ControllerOptions {
    * DEFAULT_PEER_WAIT_WARN_MS). The wait starts again when that peer's link closes.
    */
   peerWaitWarnMs?: number;
+  /**
+   * Bootstrap names in an external store (cluster mode: etcd, controller/names-etcd.ts)
+   * instead of the core's replicated map: kv_put/kv_get are answered from the store given
+   * to `setNameStore` (EAGAIN until then), each bounded by `timeoutMs` (ETIMEDOUT beyond;
+   * default DEFAULT_EXTERNAL_NAMES_TIMEOUT_MS).
+   */
+  externalNames?: { timeoutMs?: number };
   /** Log sink (pino-compatible subset); `debug` is used when present. */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void; debug?: (o: object, m?: string) => void };
 }
@@ -103,6 +111,9 @@ export const DEFAULT_SERVED_TIMEOUT_MS = 5000;
 /** Default wait (ms) for a dialling peer before the first warning, see ControllerOptions.peerWaitWarnMs. */
 export const DEFAULT_PEER_WAIT_WARN_MS = 10_000;
 
+/** Default bound (ms) on one kv_put/kv_get through an external name store, see ControllerOptions.externalNames. */
+export const DEFAULT_EXTERNAL_NAMES_TIMEOUT_MS = 3000;
+
 /** Default bound on the wait for a connection's first frame (ms), see ControllerOptions.helloTimeoutMs. */
 export const DEFAULT_HELLO_TIMEOUT_MS = 5000;
 
@@ -117,8 +128,11 @@ interface NativeHost {
   connectedPeers(): number[];
   addPeer(id: number, text: string, unix: boolean, hostOrPath: string, port: number, epoch: number): void;
   failPeer(id: number, epoch: number, why: string): void;
+  nameDone(req: number, code: number, msg: string, origin: number, originEpoch: number, proc: number, refController: number, refEpoch: number, refId: string, revision: number, createRevision: number): void;
   close(): void;
 }
+/** A request of the native external name store (host_addon.cc opts.names): kind 0 put, 1 get, 2 remove. */
+type NameRequest = (kind: number, req: number, name: Buffer, origin: number, originEpoch: number, proc: number, refController: number, refEpoch: number, refId: string) => void;
 interface ControllerBinding {
   ControllerHost: new (opts: object, log: (level: number, msg: string, fields: string) => void) => NativeHost;
 }
@@ -144,7 +158,9 @@ export class Controller {
   readonly #lock: StateDirLock;
   readonly #addresses: string[];
   readonly #hasSecret: boolean;
+  readonly #external: boolean;
   #closed = false;
+  #names: { store: ExternalNameStore | null } = { store: null };
   /** What the queries answer once closed (taken just before the loop stops). */
   #final: { stats: LinkStats[]; tables: TableSizes; objects: number } | null = null;
 
@@ -159,6 +175,7 @@ export class Controller {
     this.#host = host;
     this.#addresses = addresses;
     this.#hasSecret = opts.clusterSecret !== undefined;
+    this.#external = opts.externalNames !== undefined;
   }
 
   /**
@@ -203,6 +220,32 @@ export class Controller {
     const addrs = opts.listen.map(parseAddress);
     const { binding } = loadNative<ControllerBinding>('controller');
     const log = opts.log ?? noopLog;
+    const t = opts.externalNames?.timeoutMs;
+    if (t !== undefined && (!Number.isInteger(t) || t < 1 || t > 2 ** 31 - 1)) throw new FractosError('EINVAL', `externalNames.timeoutMs must be an integer 1..2^31-1 ms, got ${t}`);
+    const names = { store: null as ExternalNameStore | null };
+    let hostRef: NativeHost | null = null;
+    const onName: NameRequest = (kind, req, name, origin, originEpoch, proc, rc, re, rid) => {
+      const h = hostRef;
+      if (!h) return;
+      const r: NameRecord = { controller: origin, epoch: originEpoch, proc, ref: `${rc}:${re}:${rid}` };
+      if (kind === 2) return names.store?.remove(name, r);
+      const answer = (code: number, msg: string, s?: StoredName): void => {
+        try {
+          const [c, e, i] = (s?.ref ?? '0:0:0').split(':');
+          h.nameDone(req, code, msg, s?.controller ?? 0, s?.epoch ?? 0, s?.proc ?? 0, Number(c), Number(e), i!, s?.revision ?? 0, s?.createRevision ?? 0);
+        } catch {
+          // closed meanwhile
+        }
+      };
+      if (!names.store) return answer(ERROR_CODES.indexOf('EAGAIN'), 'bootstrap names are not ready yet (the etcd name store is starting)');
+      (kind === 0 ? names.store.put(name, r) : names.store.get(name)).then(
+        (s) => answer(0, '', s),
+        (err: unknown) => {
+          const code = err instanceof FractosError ? ERROR_CODES.indexOf(err.code) : -1;
+          answer(code > 0 ? code : ERROR_CODES.indexOf('EIO'), err instanceof FractosError ? withoutCode(err.code, err.message) : String(err));
+        },
+      );
+    };
     // A refused start changes nothing: a state dir made here is removed again (rmdir: only
     // while empty, i.e. holding nothing but the lock file, which release() unlinks).
     const dirExisted = existsSync(opts.stateDir);
@@ -213,6 +256,7 @@ export class Controller {
         servedTimeoutMs: opts.servedTimeoutMs ?? DEFAULT_SERVED_TIMEOUT_MS,
         helloTimeoutMs: opts.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
         peerWaitWarnMs: opts.peerWaitWarnMs ?? DEFAULT_PEER_WAIT_WARN_MS,
+        ...(opts.externalNames ? { names: onName, namesTimeoutMs: t ?? DEFAULT_EXTERNAL_NAMES_TIMEOUT_MS } : {}),
       },
       (level, msg, fields) => logLine(log, level, msg, fields),
     );
@@ -236,7 +280,9 @@ export class Controller {
       }
       throw err;
     }
+    hostRef = host;
     const c = new Controller(opts, limits, epoch, lock, host, addresses);
+    c.#names = names;
     log.info({ id: c.id, epoch, listen: addresses }, 'controller started');
     return c;
   }
@@ -291,6 +337,15 @@ export class Controller {
     this.#host.failPeer(id >>> 0, epoch >>> 0, why);
   }
 
+  /**
+   * The external name store that answers kv_put/kv_get from now on (only with
+   * `externalNames`; null: EAGAIN again). Errors: EINVAL (started without `externalNames`).
+   */
+  setNameStore(store: ExternalNameStore | null): void {
+    if (!this.#external) throw new FractosError('EINVAL', 'this controller keeps its names in the core (start it with externalNames)');
+    this.#names.store = store;
+  }
+
   /** Per-link counters, live links and closed ones. */
   stats(): LinkStats[] {
     return this.#final ? this.#final.stats.map((s) => ({ ...s })) : this.#host.stats();
@@ -314,6 +369,7 @@ export class Controller {
     const stats = this.#host.stats().map((s) => ({ ...s, backlogBytes: 0, closed: true }));
     this.#final = { stats, tables: this.tableSizes(), objects: this.#host.objectCount() };
     this.#host.close();
+    this.#names.store = null;
     for (const a of this.#addresses) if (a.startsWith('unix:')) tryUnlink(a.slice(5));
     this.#lock.release();
   }

@@ -2,7 +2,7 @@
  * Where a Controller learns its peers: one interface (`PeerSource`), two implementations.
  *
  * - `StaticPeers`: the `--peer ID=tcp://HOST:PORT` list, all given at start, never failed.
- * - `EtcdMembership`: the Controller registers `PREFIX/members/ID` = `{"addr","epoch"}`
+ * - `EtcdMembership`: the Controller registers `PREFIX/members/ID` = `{"addr","epoch","listen"}`
  *   under a lease of `ttlMs` (default 2 s) that it keeps alive (etcd3 client; keepalive
  *   every ttl/3), reads the members and watches the prefix from the revision it read
  *   (nothing missed in between): a put is a peer to link to (`addPeer`), a delete (the
@@ -26,33 +26,11 @@
  */
 import { Etcd3, type IOptions } from 'etcd3';
 import { FractosError } from '../libfractos/errors.js';
+import { DEFAULT_ETCD_PREFIX, type PeerSink, type PeerSource } from './peer-source.js';
 
-/** What a PeerSource feeds: the Controller (controller.ts addPeer/failPeer). */
-export interface PeerSink {
-  /** Peer `id` is a member at `addr` (tcp://HOST:PORT) with `epoch` (0: unknown): link to it. */
-  addPeer(id: number, addr: string, epoch: number): void;
-  /** Peer `id` at `epoch` failed or left (`why` for the log): close its link, revoke its objects, fire 'owner-failed'. */
-  failPeer(id: number, epoch: number, why: string): void;
-}
-
-export interface PeerSource {
-  /** Feed `sink` from now on; resolves once the current members were given to it. */
-  start(sink: PeerSink): Promise<void>;
-  /** Stop (an etcd member deregisters: its lease is revoked, the others fail it at once). */
-  close(): Promise<void>;
-}
-
-/** The static `--peer` list. */
-export class StaticPeers implements PeerSource {
-  constructor(readonly peers: ReadonlyMap<number, string>) {}
-  async start(sink: PeerSink): Promise<void> {
-    for (const [id, addr] of this.peers) sink.addPeer(id, addr, 0);
-  }
-  async close(): Promise<void> {}
-}
+export { DEFAULT_ETCD_PREFIX, StaticPeers, type PeerSink, type PeerSource } from './peer-source.js';
 
 export const DEFAULT_LEASE_TTL_MS = 2000;
-export const DEFAULT_ETCD_PREFIX = '/fractos';
 
 export interface EtcdMembershipOptions {
   endpoints: string[];
@@ -60,6 +38,8 @@ export interface EtcdMembershipOptions {
   epoch: number;
   /** This Controller's peer address, tcp://IP:PORT. */
   advertise: string;
+  /** Where its Processes connect (`unix:PATH`, tcp://...), published in the member value for `fractos dashboard --etcd`. */
+  listen?: string[];
   /** Lease TTL, ms (rounded up to whole seconds, etcd's unit; at least 2 s: etcd's minimum with its default election timeout). */
   ttlMs?: number;
   prefix?: string;
@@ -79,13 +59,18 @@ const ONCE = {
 /** A constant 100 ms backoff for re-establishing a watch after etcd comes back. */
 const WATCH_BACKOFF: { duration: number; next(): unknown } = { duration: 100, next: () => WATCH_BACKOFF };
 
-interface Member {
+/** The value of a member key. */
+export interface Member {
   addr: string;
   epoch: number;
+  /** Process addresses of that Controller (absent from older members). */
+  listen?: string[];
 }
 
 /** Membership on etcd (module comment). */
 export class EtcdMembership implements PeerSource {
+  /** None: every member comes from etcd once registered. */
+  readonly initial: ReadonlyMap<number, string> = new Map();
   readonly ttlMs: number;
   readonly prefix: string;
   #client: Etcd3;
@@ -133,7 +118,7 @@ export class EtcdMembership implements PeerSource {
     }
     const lease = c.lease(this.ttlMs / 1000, { autoKeepAlive: true });
     this.#lease = lease;
-    const value = JSON.stringify({ addr: o.advertise, epoch: o.epoch } satisfies Member);
+    const value = JSON.stringify({ addr: o.advertise, epoch: o.epoch, ...(o.listen ? { listen: o.listen } : {}) } satisfies Member);
     // One live registration per id. A key of this id with an older epoch (this Controller's
     // previous life, its lease not expired yet) is taken over: the others see the new epoch
     // (its old objects stay revoked); a key with this or a newer epoch is a live duplicate.
@@ -204,6 +189,21 @@ export class EtcdMembership implements PeerSource {
     if (this.#fenced || this.#closed) return;
     this.#fenced = true;
     this.o.onFenced(why);
+  }
+
+  /** The etcd client (the Controller's name store shares it, controller/names-etcd.ts). */
+  get client(): Etcd3 {
+    return this.#client;
+  }
+
+  /** The membership lease once `start` registered (names are put with it). */
+  get lease(): ReturnType<Etcd3['lease']> | null {
+    return this.#lease;
+  }
+
+  /** The epoch of member `id` as last seen in etcd (this Controller's own for its id); undefined when not a member. */
+  memberEpoch(id: number): number | undefined {
+    return id === this.o.id ? this.o.epoch : this.#members.get(id)?.epoch;
   }
 
   /** Ids of the members seen (not this one). */

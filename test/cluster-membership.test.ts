@@ -6,38 +6,17 @@
  * Skips with the reason when etcd is not installed.
  */
 import anyTest, { type TestFn } from 'ava';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { EtcdMembership } from '../controller/membership.js';
 import { freePort, REPO_ROOT, spawnNode, tempDir, type Spawned } from './helpers/spawn.js';
-import { trackChild } from '../testbed/scratch.js';
+import { noEtcd, startEtcd } from './helpers/etcd.js';
 
-const noEtcd = spawnSync('etcd', ['--version']).status === 0 ? null : 'etcd is not installed (Debian etcd-server)';
 const test = (noEtcd ? anyTest.skip : anyTest.serial) as TestFn;
 if (noEtcd) anyTest(`membership tests skipped: ${noEtcd}`, (t) => t.pass());
 
 const MEMBER = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'member.js');
 const TTL = 2000;
-
-async function startEtcd(dir: string, port: number, peer: number): Promise<ChildProcess> {
-  const url = `http://127.0.0.1:${port}`;
-  const child = spawn('etcd', ['--name', 'e0', '--data-dir', join(dir, 'data'), '--listen-client-urls', url, '--advertise-client-urls', url,
-    '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `e0=http://127.0.0.1:${peer}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  trackChild(child);
-  await new Promise<void>((res, rej) => {
-    let out = '';
-    const t = setTimeout(() => rej(new Error(`etcd not ready: ${out}`)), 20_000);
-    child.stderr!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (/ready to serve client requests/.test(out)) {
-        clearTimeout(t);
-        res();
-      }
-    });
-  });
-  return child;
-}
 
 /** Events a member fixture printed, and a wait for one. */
 function events(m: Spawned): { lines: () => string[]; wait: (re: RegExp, ms?: number) => Promise<number> } {

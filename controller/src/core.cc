@@ -12,7 +12,7 @@ Core* newCore(Host* host, const CoreConfig& cfg) { return new CoreImpl(host, cfg
 
 CoreImpl::CoreImpl(Host* host, const CoreConfig& cfg)
     : host_(host), id_(cfg.id), epoch_(cfg.epoch), limits_(cfg.limits), servedTimeoutMs_(cfg.servedTimeoutMs),
-      objects_(this, cfg.id, cfg.epoch) {
+      objects_(this, cfg.id, cfg.epoch), store_(cfg.names) {
   dead_ = std::make_shared<Proxy>(Ref{});
   dead_->revoked = true;
   peerIds_.insert(cfg.peerIds.begin(), cfg.peerIds.end());
@@ -430,9 +430,7 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
       if ((e = need(len, 5))) return e;
       std::shared_ptr<Target> t;
       if ((e = target(*proc, ld32(f + 16), &t))) return e;
-      if ((e = kvPutLocal(proc, std::string_view(reinterpret_cast<const char*>(f) + 20, len - 20), t))) return e;
-      replyOk(*proc, seq);
-      return Err();
+      return kvPut(proc, seq, std::string_view(reinterpret_cast<const char*>(f) + 20, len - 20), t);
     }
 
     case op::KV_GET:

@@ -80,6 +80,7 @@ struct Proc : ProcBase {
   uint64_t queuedBytes = 0;
   Calls calls;
   std::unordered_set<std::string> names;  // bootstrap names it publishes
+  uint32_t nameOps = 0;                   // its kv_put/kv_get waiting for the external name store
 };
 
 /** An authenticated link to a peer Controller. */
@@ -210,6 +211,14 @@ class CoreImpl final : public Core, public ObjectEvents {
   void peerMonitorFire(uint32_t token, uint16_t reason);
 
   // ---- names.cc
+  /** KV_PUT: answered now (the core's map) or when the external name store answers. */
+  Err kvPut(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view name, const std::shared_ptr<Target>& t);
+  Err kvCheck(const std::shared_ptr<Proc>& proc, std::string_view name) const;
+  void kvPutStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name, const std::shared_ptr<Target>& t);
+  void kvGetStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name);
+  /** Answer a KV_GET with a new cap on `t` (a revocation-tree child of a local object, a proxy's child via its origin). */
+  void kvAnswer(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
+  NameRecord kvRecord(const std::string& name, const KvEntry& e) const;
   Err kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view name, const std::shared_ptr<Target>& t);
   void kvGet(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view name);
   void kvSet(const std::string& name, const KvEntry* e);
@@ -239,7 +248,10 @@ class CoreImpl final : public Core, public ObjectEvents {
   std::unordered_set<Proxy*> preheld_;
   std::shared_ptr<Proxy> dead_;
   std::unordered_set<uint32_t> peerIds_;  // the static peer list
+  /** Bootstrap names: every name (no external store), or only this Controller's own (an external store). */
   std::map<std::string, KvEntry> kv_;
+  NameStore* const store_;                   // the external name store, or null
+  std::unordered_set<std::string> putting_;  // names with a put in flight to the store
   /** Recent invocations for INTROSPECT (fixed size; recording allocates nothing). */
   InvocationRing invocations_{kInvocationRing};
   uint64_t kvClock_ = 0;

@@ -38,6 +38,45 @@ struct Limits {
   uint64_t maxOutboundBytes = 4ull * 1024 * 1024;
 };
 
+/**
+ * A bootstrap name as an external name store keeps it: who published it and the published
+ * object's ref (a cap cannot be stored outside a Controller; a getter elsewhere gets a proxy
+ * through the origin Controller, as for any remote ref).
+ */
+struct NameRecord {
+  uint32_t origin = 0;       // the publishing Controller's id
+  uint32_t originEpoch = 0;  // and its epoch
+  uint32_t ownerProc = 0;    // the publishing Process (its id at the origin)
+  uint32_t refController = 0, refEpoch = 0;
+  uint64_t refId = 0;        // the published object's ref (wire.h Ref)
+  int64_t revision = 0;        // the store's revision of the value (etcd mod_revision); answers only
+  int64_t createRevision = 0;  // when the name was first put (etcd create_revision); answers only
+};
+
+/**
+ * An external store of bootstrap names (cluster mode: etcd, through the JS host; docs/cluster.md
+ * "Names in etcd"), given to the core in CoreConfig.names. Without one the core keeps its
+ * own replicated map (names.cc). Called on the loop thread only; never blocks: each put/get
+ * answers exactly once, on the loop thread, never from inside the call, within the store's
+ * time bound (code kTimedOut past it), with a wire error code (0 = ok) and a message.
+ */
+class NameStore {
+ public:
+  virtual ~NameStore() = default;
+  /** Answers: code, message, the record stored (revision set) when code is 0. */
+  using Answer = std::function<void(uint16_t code, const std::string& msg, const NameRecord& r)>;
+  /**
+   * Publish `name` = `r` (one value per name cluster-wide; bound to this Controller's
+   * lease): kExist when another publisher holds it (the same origin, epoch and ownerProc
+   * replaces its own value), kAgain/kTimedOut when the store is unreachable.
+   */
+  virtual void put(const std::string& name, const NameRecord& r, Answer cb) = 0;
+  /** A linearizable read of `name`: kNoEnt when absent. */
+  virtual void get(const std::string& name, Answer cb) = 0;
+  /** Remove `name` if it still holds `r` (its publisher went); no answer (best effort). */
+  virtual void remove(const std::string& name, const NameRecord& r) = 0;
+};
+
 /** What the core needs to know about its own Controller. */
 struct CoreConfig {
   uint32_t id = 0;
@@ -46,6 +85,8 @@ struct CoreConfig {
   uint32_t servedTimeoutMs = 5000;
   /** Ids of the static peer list (a ref to a listed peer that is not connected yet is not dead). */
   std::vector<uint32_t> peerIds;
+  /** The external name store (cluster mode), or null: names live in the core's replicated map. Outlives the core. */
+  NameStore* names = nullptr;
 };
 
 enum class LogLevel : uint8_t { Debug = 0, Info = 1, Warn = 2 };

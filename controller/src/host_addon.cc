@@ -11,6 +11,12 @@
 //   stats() -> LinkStats[]          tableSizes() -> {core: json, handshaking}
 //   objectCount() -> number         queuedDeliveryBytes(proc) -> [provider, invoker]
 //   connectedPeers() -> number[]    close(): stops and joins the loop (idempotent)
+//   opts.names(kind, req, nameBuf, origin, originEpoch, ownerProc, refController, refEpoch, refId)
+//                                   when given: the external name store (host_names.h), kind
+//                                   0 put / 1 get / 2 remove, refId a decimal string;
+//                                   opts.namesTimeoutMs bounds each request (ETIMEDOUT)
+//   nameDone(req, code, msg, origin, originEpoch, ownerProc, refController, refEpoch, refId,
+//            revision, createRevision)  JS answers a put/get (code 0 ok, else a wire code)
 //
 // Each query runs on the loop thread (posted through its eventfd) and waits for it: no JS
 // runs per frame. Log lines cross to JS through a thread-safe function (non-blocking, so
@@ -18,10 +24,12 @@
 #include <napi.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
 #include "host_impl.h"
+#include "host_names.h"
 
 namespace {
 
@@ -30,6 +38,13 @@ using fractos::HostImpl;
 using fractos::HostOptions;
 using fractos::LinkStats;
 using fractos::LogLevel;
+
+struct NameItem {
+  uint8_t kind;
+  uint64_t req;
+  std::string name;
+  fractos::NameRecord r;
+};
 
 struct LogItem {
   LogLevel level;
@@ -72,6 +87,7 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
                                     InstanceMethod("connectedPeers", &ControllerHost::ConnectedPeers),
                                     InstanceMethod("addPeer", &ControllerHost::AddPeer),
                                     InstanceMethod("failPeer", &ControllerHost::FailPeer),
+                                    InstanceMethod("nameDone", &ControllerHost::NameDone),
                                     InstanceMethod("close", &ControllerHost::Close)});
     exports.Set("ControllerHost", f);
     return exports;
@@ -124,6 +140,27 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
         ho.peers.emplace_back(pid, std::move(ad));
       }
     }
+    Napi::Value nv = o.Get("names");
+    if (nv.IsFunction()) {
+      namesTsfn_ = Napi::ThreadSafeFunction::New(env, nv.As<Napi::Function>(), "fractos controller names", 0, 1);
+      namesLive_ = true;
+      names_ = std::make_unique<fractos::JsNameStore>(u32(o, "namesTimeoutMs", 3000), [this](fractos::JsNameStore::Kind k, uint64_t req, const std::string& name, const fractos::NameRecord& r) {
+        if (!namesLive_) return false;
+        auto* item = new NameItem{uint8_t(k), req, name, r};
+        napi_status s = namesTsfn_.NonBlockingCall(item, [](Napi::Env env, Napi::Function fn, NameItem* it) {
+          if (env != nullptr && fn != nullptr) {
+            fn.Call({Napi::Number::New(env, it->kind), Napi::Number::New(env, double(it->req)), Napi::Buffer<char>::Copy(env, it->name.data(), it->name.size()),
+                     Napi::Number::New(env, it->r.origin), Napi::Number::New(env, it->r.originEpoch), Napi::Number::New(env, it->r.ownerProc),
+                     Napi::Number::New(env, it->r.refController), Napi::Number::New(env, it->r.refEpoch),
+                     Napi::String::New(env, std::to_string(it->r.refId))});
+          }
+          delete it;
+        });
+        if (s != napi_ok) delete item;
+        return s == napi_ok;
+      });
+      ho.core.names = names_.get();
+    }
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "fractos controller log", 0, 1);
     live_ = true;
     host_ = std::make_unique<HostImpl>(std::move(ho), [this](LogLevel lv, std::string msg, std::string fields) {
@@ -138,6 +175,7 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
       });
       if (s != napi_ok) delete item;
     });
+    if (names_) names_->attach(host_.get());
     napi_add_env_cleanup_hook(env, CleanupHook, this);
   }
 
@@ -152,6 +190,11 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
   void Shutdown() {
     if (host_) host_->stop();
     host_.reset();
+    if (names_) names_->clear();  // the loop and the core are gone: nothing answers them
+    if (namesLive_) {
+      namesLive_ = false;
+      namesTsfn_.Release();
+    }
     if (live_) {
       live_ = false;
       tsfn_.Release();
@@ -295,11 +338,34 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
     return env.Undefined();
   }
 
+  // nameDone(req, code, msg, origin, originEpoch, ownerProc, refController, refEpoch, refId, revision, createRevision)
+  Napi::Value NameDone(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!host_ || !names_) return env.Undefined();  // closed meanwhile: dropped
+    uint64_t req = uint64_t(info[0].As<Napi::Number>().DoubleValue());
+    uint16_t code = uint16_t(info[1].As<Napi::Number>().Uint32Value());
+    std::string msg = info[2].As<Napi::String>().Utf8Value();
+    fractos::NameRecord r;
+    r.origin = info[3].As<Napi::Number>().Uint32Value();
+    r.originEpoch = info[4].As<Napi::Number>().Uint32Value();
+    r.ownerProc = info[5].As<Napi::Number>().Uint32Value();
+    r.refController = info[6].As<Napi::Number>().Uint32Value();
+    r.refEpoch = info[7].As<Napi::Number>().Uint32Value();
+    r.refId = std::strtoull(info[8].As<Napi::String>().Utf8Value().c_str(), nullptr, 10);
+    r.revision = info[9].As<Napi::Number>().Int64Value();
+    r.createRevision = info[10].As<Napi::Number>().Int64Value();
+    host_->call([&] { names_->answer(req, code, msg, r); });
+    return env.Undefined();
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shutdown();
     return info.Env().Undefined();
   }
 
+  std::unique_ptr<fractos::JsNameStore> names_;  // outlives host_ (declared first, cleared after its stop)
+  Napi::ThreadSafeFunction namesTsfn_;
+  bool namesLive_ = false;
   std::unique_ptr<HostImpl> host_;
   Napi::ThreadSafeFunction tsfn_;
   bool live_ = false;

@@ -4,6 +4,12 @@
 // P_KV_PUT only ever names entries whose origin is that peer (EPROTO otherwise), its delete
 // removes only an entry still of that same owner, and a local owner's entry is replaced by a
 // peer's put only by the conflict rule of docs/protocol.md (an earlier claim).
+//
+// With an external name store (CoreConfig.names: etcd in cluster mode, docs/cluster.md
+// "Names in etcd") the store holds every name, one value per name cluster-wide; kv_ keeps
+// only this Controller's own published names (their pins, for republish and removal when
+// the publisher goes), KV_PUT and KV_GET are answered when the store answers, and nothing
+// is replicated with P_KV_PUT.
 #include <chrono>
 
 #include "core.h"
@@ -23,9 +29,14 @@ uint64_t wallMs() {
 }
 }  // namespace
 
-Err CoreImpl::kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view nameView, const std::shared_ptr<Target>& t) {
+/** Bytes of a name's UTF-8 (256 characters of at most 4 bytes). */
+constexpr size_t kMaxNameBytes = 1024;
+/** kv_put/kv_get of one Process waiting for the external name store at once (EAGAIN beyond). */
+constexpr uint32_t kMaxNameOpsPerProcess = 64;
+
+Err CoreImpl::kvCheck(const std::shared_ptr<Proc>& proc, std::string_view nameView) const {
   size_t n = chars(nameView);
-  if (n == 0 || n > 256) return Err(kInval, "name must be 1..256 characters");
+  if (n == 0 || n > 256 || nameView.size() > kMaxNameBytes) return Err(kInval, "name must be 1..256 characters (at most 1024 bytes)");
   std::string name(nameView);
   auto it = kv_.find(name);
   const KvEntry* old = it == kv_.end() ? nullptr : &it->second;
@@ -42,6 +53,90 @@ Err CoreImpl::kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view nam
   }
   if (!old && proc->names.size() >= kMaxNamesPerProcess)
     return Err(kNoSpc, "process " + std::to_string(proc->id) + " already publishes " + std::to_string(kMaxNamesPerProcess) + " names");
+  return Err();
+}
+
+Err CoreImpl::kvPut(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view name, const std::shared_ptr<Target>& t) {
+  if (!store_) {
+    if (Err e = kvPutLocal(proc, name, t)) return e;
+    replyOk(*proc, seq);
+    return Err();
+  }
+  if (Err e = kvCheck(proc, name)) return e;
+  if (proc->nameOps >= kMaxNameOpsPerProcess)
+    return Err(kAgain, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxNameOpsPerProcess) + " name operations in flight");
+  std::string n(name);
+  if (putting_.count(n)) return Err(kBusy, "a kv_put of '" + n + "' is in flight");
+  kvPutStore(proc, seq, std::move(n), t);
+  return Err();
+}
+
+NameRecord CoreImpl::kvRecord(const std::string&, const KvEntry& e) const {
+  NameRecord r;
+  r.origin = e.origin;
+  r.originEpoch = e.originEpoch;
+  r.ownerProc = e.ownerProc;
+  r.refController = e.ref.controller;
+  r.refEpoch = e.ref.epoch;
+  r.refId = e.ref.id;
+  return r;
+}
+
+void CoreImpl::kvPutStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name, const std::shared_ptr<Target>& t) {
+  KvEntry e;
+  e.ref = objects_.refOf(t.get());
+  e.origin = id_;
+  e.originEpoch = epoch_;
+  e.ownerProc = proc->id;
+  e.pinned = t;
+  objects_.pin(t.get());  // while the put is in flight
+  putting_.insert(name);
+  proc->nameOps++;
+  store_->put(name, kvRecord(name, e), [this, proc, seq, name, e](uint16_t code, const std::string& msg, const NameRecord& r) {
+    if (closing_) return;
+    putting_.erase(name);
+    proc->nameOps--;
+    if (code == kOk && !proc->alive) {
+      store_->remove(name, r);  // its publisher went while the put was in flight
+    } else if (code == kOk) {
+      kvSet(name, &e);
+      proc->names.insert(name);
+      log(LogLevel::Debug, "name '" + name + "' published at revision " + std::to_string(r.revision),
+          "{\"proc\":" + std::to_string(proc->id) + ",\"revision\":" + std::to_string(r.revision) + "}");
+    }
+    objects_.unpin(e.pinned.get());
+    if (!proc->alive) return;
+    if (code == kOk) replyOk(*proc, seq);
+    else replyErr(proc->conn, seq, Err(code, msg));
+  });
+}
+
+void CoreImpl::kvGetStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name) {
+  if (chars(name) == 0 || chars(name) > 256 || name.size() > kMaxNameBytes)
+    return replyErr(proc->conn, seq, Err(kInval, "name must be 1..256 characters (at most 1024 bytes)"));
+  if (proc->nameOps >= kMaxNameOpsPerProcess)
+    return replyErr(proc->conn, seq, Err(kAgain, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxNameOpsPerProcess) + " name operations in flight"));
+  proc->nameOps++;
+  store_->get(name, [this, proc, seq, name](uint16_t code, const std::string& msg, const NameRecord& r) {
+    if (closing_) return;
+    proc->nameOps--;
+    if (!proc->alive) return;
+    if (code != kOk) return replyErr(proc->conn, seq, Err(code, msg));
+    // A name of this Controller's earlier epoch, or of a peer's earlier epoch, names
+    // objects that are gone (its lease has not expired yet): as if absent.
+    Peer* origin = r.origin == id_ ? nullptr : peerOf(r.origin);
+    if ((r.origin == id_ && r.originEpoch != epoch_) || (origin && origin->epoch != r.originEpoch))
+      return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + name + "' (its publisher's controller " +
+                                                       std::to_string(r.origin) + " restarted)"));
+    kvAnswer(proc, seq, targetFromRef(Ref{r.refController, r.refEpoch, r.refId}));
+  });
+}
+
+Err CoreImpl::kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view nameView, const std::shared_ptr<Target>& t) {
+  if (Err e = kvCheck(proc, nameView)) return e;
+  std::string name(nameView);
+  auto it = kv_.find(name);
+  const KvEntry* old = it == kv_.end() ? nullptr : &it->second;
   uint64_t ts = wallMs() * 1024 + (kvClock_++ % 1024);
   KvEntry e;
   e.ref = objects_.refOf(t.get());
@@ -68,9 +163,13 @@ void CoreImpl::kvSet(const std::string& name, const KvEntry* e) {
 }
 
 void CoreImpl::kvGet(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view nameView) {
+  if (store_) return kvGetStore(proc, seq, std::string(nameView));
   auto it = kv_.find(std::string(nameView));
   if (it == kv_.end()) return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + std::string(nameView) + "'"));
-  std::shared_ptr<Target> t = targetFromRef(it->second.ref);
+  kvAnswer(proc, seq, targetFromRef(it->second.ref));
+}
+
+void CoreImpl::kvAnswer(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t) {
   uint32_t cid;
   if (t->revoked) {
     if (Err e = install(*proc, t, &cid)) {
@@ -111,11 +210,16 @@ void CoreImpl::kvProcGone(Proc& proc) {
     KvEntry e = it->second;
     if (e.origin != id_ || e.originEpoch != epoch_ || e.ownerProc != proc.id) continue;  // lost to an earlier remote claim
     kvSet(name, nullptr);
+    if (store_) {
+      store_->remove(name, kvRecord(name, e));
+      continue;
+    }
     for (auto& [id, p] : peers_) sendKv(*p, name, e, true);
   }
 }
 
 Err CoreImpl::kvFromPeer(Peer& peer, std::string_view nameView, const KvEntry& n, bool del) {
+  if (store_) return Err();  // names live in the external store; a peer without one replicates nothing here
   size_t nc = chars(nameView);
   if (nc == 0 || nc > 256) return Err(kProto, "P_KV_PUT name must be 1..256 characters");
   if (n.origin != peer.id)
@@ -151,6 +255,7 @@ Err CoreImpl::kvFromPeer(Peer& peer, std::string_view nameView, const KvEntry& n
 }
 
 void CoreImpl::kvPeerGone(uint32_t peerId) {
+  if (store_) return;  // the store drops them with the peer's lease
   std::vector<std::string> gone;
   for (auto& [name, e] : kv_)
     if (e.origin == peerId) gone.push_back(name);
@@ -158,6 +263,7 @@ void CoreImpl::kvPeerGone(uint32_t peerId) {
 }
 
 void CoreImpl::kvPeerUp(Peer& peer) {
+  if (store_) return;
   // Names of an older epoch of this peer are stale; it sends its current ones.
   std::vector<std::string> stale;
   for (auto& [name, e] : kv_)
