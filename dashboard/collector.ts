@@ -18,7 +18,12 @@ export interface CollectorOptions {
   windowMs?: number;
   /** Process name the dashboard connects with (default 'dashboard'). */
   name?: string;
+  /** Controllers come later as well (`watch`, e.g. from etcd: dashboard/discover.ts): `controllers` may be empty. */
+  discovered?: boolean;
 }
+
+/** Controllers one Collector watches at most (each costs a channel and a poll). */
+export const MAX_WATCHED = 1024;
 
 /** One Process in a snapshot. */
 export interface ProcessView {
@@ -149,7 +154,7 @@ export class Collector extends EventEmitter {
   /** Errors: EINVAL (no controllers, bad interval or window). */
   constructor(opts: CollectorOptions) {
     super();
-    if (!opts.controllers.length) throw new FractosError('EINVAL', 'the dashboard needs at least one --controller');
+    if (!opts.controllers.length && !opts.discovered) throw new FractosError('EINVAL', 'the dashboard needs at least one --controller (or --etcd)');
     this.intervalMs = opts.intervalMs ?? 500;
     this.windowMs = opts.windowMs ?? 10_000;
     if (!Number.isInteger(this.intervalMs) || this.intervalMs < 50 || this.intervalMs > 60_000) throw new FractosError('EINVAL', `interval must be 50..60000 ms, got ${opts.intervalMs}`);
@@ -157,6 +162,22 @@ export class Collector extends EventEmitter {
     this.#name = opts.name ?? 'dashboard';
     this.#watched = [...new Set(opts.controllers)].map((a) => new Watched(a));
     this.#last = { time: Date.now(), intervalMs: this.intervalMs, windowMs: this.windowMs, nodes: [], links: [], edges: [] };
+  }
+
+  /**
+   * Watch one more Controller from the next poll on (a node found later, dashboard/discover.ts).
+   * Returns false when it is watched already. Errors: ENOSPC (MAX_WATCHED).
+   */
+  watch(address: string): boolean {
+    if (this.#watched.some((w) => w.address === address)) return false;
+    if (this.#watched.length >= MAX_WATCHED) throw new FractosError('ENOSPC', `the dashboard watches ${MAX_WATCHED} controllers already`);
+    this.#watched.push(new Watched(address));
+    return true;
+  }
+
+  /** Addresses watched. */
+  get watched(): string[] {
+    return this.#watched.map((w) => w.address);
   }
 
   /** The latest snapshot. */
