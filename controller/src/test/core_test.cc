@@ -426,11 +426,130 @@ static void testCore() {
   delete core;
 }
 
+// ---- names through an external store (host.h NameStore: etcd in cluster mode) --------------------
+
+class FakeStore : public NameStore {
+ public:
+  struct Op {
+    std::string name;
+    NameRecord r;
+    Answer cb;
+  };
+  std::vector<Op> puts, gets, removes;
+  void put(const std::string& name, const NameRecord& r, Answer cb) override { puts.push_back(Op{name, r, std::move(cb)}); }
+  void get(const std::string& name, Answer cb) override { gets.push_back(Op{name, NameRecord{}, std::move(cb)}); }
+  void remove(const std::string& name, const NameRecord& r) override { removes.push_back(Op{name, r, nullptr}); }
+};
+
+static void testNameStore() {
+  FakeHost host;
+  FakeStore store;
+  CoreConfig cfg;
+  cfg.id = 1;
+  cfg.epoch = 5;
+  cfg.names = &store;
+  Core* core = newCore(&host, cfg);
+  uint32_t p1 = hello(core, host, 10, 0);
+  uint32_t p2 = hello(core, host, 11, 0);
+  Frame f;
+  f.start(op::REQUEST_CREATE, 1).u32(77).u16(0).u16(0).finish();
+  call(core, 10, f);
+  uint32_t req = u32At(host.last(10), 16);
+
+  // kv_put goes to the store; the Process is answered when it answers
+  size_t before = host.sent.size();
+  f.start(op::KV_PUT, 2).u32(req).str("svc").finish();
+  call(core, 10, f);
+  CHECK_EQ(host.sent.size(), before);
+  CHECK_EQ(store.puts.size(), size_t(1));
+  CHECK_EQ(store.puts[0].name, std::string("svc"));
+  CHECK_EQ(store.puts[0].r.origin, 1u);
+  CHECK_EQ(store.puts[0].r.originEpoch, 5u);
+  CHECK_EQ(store.puts[0].r.ownerProc, p1);
+  CHECK_EQ(store.puts[0].r.refController, 1u);
+  CHECK_EQ(store.puts[0].r.refEpoch, 5u);
+  // a second put of the same name while the first is in flight: EBUSY at once
+  f.start(op::KV_PUT, 3).u32(req).str("svc").finish();
+  call(core, 10, f);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(kBusy));
+  NameRecord stored = store.puts[0].r;
+  stored.revision = 7;
+  store.puts[0].cb(0, "", stored);
+  CHECK_EQ(codeOf(host.last(10)), uint16_t(0));
+  CHECK_EQ(host.last(10).size(), size_t(16));  // the REPLY of seq 2
+  CHECK_EQ(u32At(host.last(10), 8), 2u);
+  // another local Process: EEXIST without asking the store
+  f.start(op::REQUEST_CREATE, 4).u32(78).u16(0).u16(0).finish();
+  call(core, 11, f);
+  uint32_t req2 = u32At(host.last(11), 16);
+  f.start(op::KV_PUT, 5).u32(req2).str("svc").finish();
+  call(core, 11, f);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kExist));
+  CHECK_EQ(store.puts.size(), size_t(1));
+
+  // kv_get: answered from the store's record (a revocation-tree child of the local object)
+  f.start(op::KV_GET, 6).str("svc").finish();
+  call(core, 11, f);
+  CHECK_EQ(store.gets.size(), size_t(1));
+  store.gets[0].cb(0, "", stored);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(0));
+  CHECK_EQ(u32At(host.last(11), 8), 6u);
+  // absent; the store's errors pass through typed; a record of this Controller's earlier epoch is absent
+  f.start(op::KV_GET, 7).str("nope").finish();
+  call(core, 11, f);
+  store.gets[1].cb(kNoEnt, "no cap published as 'nope'", NameRecord{});
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kNoEnt));
+  f.start(op::KV_GET, 8).str("svc").finish();
+  call(core, 11, f);
+  NameRecord old = stored;
+  old.originEpoch = 4;
+  old.refEpoch = 4;
+  store.gets[2].cb(0, "", old);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kNoEnt));
+  // at most 64 in flight per Process: EAGAIN beyond; an ETIMEDOUT answer reaches the Process
+  size_t g0 = store.gets.size();
+  for (uint32_t i = 0; i < 64; i++) {
+    f.start(op::KV_GET, 100 + i).str("svc").finish();
+    call(core, 11, f);
+  }
+  CHECK_EQ(store.gets.size(), g0 + 64);
+  f.start(op::KV_GET, 200).str("svc").finish();
+  call(core, 11, f);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kAgain));
+  CHECK_EQ(store.gets.size(), g0 + 64);
+  for (size_t i = g0; i < store.gets.size(); i++) store.gets[i].cb(kTimedOut, "etcd did not answer", NameRecord{});
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kTimedOut));
+  // a name longer than 1024 bytes (few characters: continuation bytes) is EINVAL, not stored
+  f.start(op::KV_PUT, 9).u32(req2).str("a" + std::string(1100, '\x80')).finish();
+  call(core, 11, f);
+  CHECK_EQ(codeOf(host.last(11)), uint16_t(kInval));
+  CHECK_EQ(store.puts.size(), size_t(1));
+
+  // a publisher that goes while its put is in flight: the stored name is removed again
+  f.start(op::KV_PUT, 10).u32(req2).str("svc2").finish();
+  call(core, 11, f);
+  CHECK_EQ(store.puts.size(), size_t(2));
+  core->processClosed(11);
+  NameRecord r2 = store.puts[1].r;
+  store.puts[1].cb(0, "", r2);
+  CHECK_EQ(store.removes.size(), size_t(1));
+  CHECK_EQ(store.removes[0].name, std::string("svc2"));
+  CHECK_EQ(store.removes[0].r.ownerProc, p2);
+  // the publisher goes: its name is removed from the store (only its own value)
+  core->processClosed(10);
+  CHECK_EQ(store.removes.size(), size_t(2));
+  CHECK_EQ(store.removes[1].name, std::string("svc"));
+  CHECK_EQ(store.removes[1].r.ownerProc, p1);
+  CHECK_EQ(core->objectCount(), uint64_t(0));
+  delete core;
+}
+
 int main() {
   testWire();
   testCids();
   testResolveOrder();
   testCore();
+  testNameStore();
   std::printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
