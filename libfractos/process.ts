@@ -55,6 +55,19 @@ export type MonitorEvent = 'revoked' | 'owner-failed' | 'delegates-gone';
 
 const RPC_TAG_BIT = 0x80000000;
 
+/** One bootstrap name as `kvList()` reports it. */
+export interface ListedName {
+  name: string;
+  /** Publishing Controller, its epoch, and the publishing Process's id there. */
+  controller: number;
+  epoch: number;
+  proc: number;
+  /** The etcd mod revision (external store), or the last-writer-wins clock of the replicated map. */
+  revision: number;
+  /** The etcd create revision, or the time of the first claim (ms * 1024). */
+  since: number;
+}
+
 /** Per-link counters as reported by `stats()`. */
 export interface ControllerStats {
   controller: number;
@@ -525,6 +538,34 @@ export class Process extends EventEmitter {
    */
   async introspect(since = 0): Promise<Introspection> {
     return decodeIntrospect(await this.#call(Op.INTROSPECT, 8, (f) => writeU64(f, since, 16)));
+  }
+
+  /**
+   * kv_list: the bootstrap names this Controller holds, sorted by name (paged: at most
+   * 64 KiB of entries per call). `external`: the names live in etcd and these are only
+   * this Controller's own (list the cluster's with `fractos names --etcd`); otherwise the
+   * Controller's replicated map (every name it knows). Errors: EPERM (not a Process of the
+   * Controller's uid on a unix socket, as INTROSPECT).
+   */
+  async kvList(): Promise<{ external: boolean; names: ListedName[] }> {
+    const names: ListedName[] = [];
+    for (;;) {
+      const start = names.length;
+      const r = await this.#call(Op.KV_LIST, 4, (f) => f.writeUInt32LE(start, 16));
+      const external = (r.readUInt8(16) & 1) !== 0;
+      const total = r.readUInt32LE(17);
+      const n = r.readUInt16LE(21);
+      let o = 23;
+      for (let i = 0; i < n; i++) {
+        const len = r.readUInt16LE(o + 28);
+        names.push({
+          controller: r.readUInt32LE(o), epoch: r.readUInt32LE(o + 4), proc: r.readUInt32LE(o + 8),
+          revision: readU64(r, o + 12), since: readU64(r, o + 20), name: r.toString('utf8', o + 30, o + 30 + len),
+        });
+        o += 30 + len;
+      }
+      if (n === 0 || names.length >= total) return { external, names };
+    }
   }
 
   /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */

@@ -37,6 +37,7 @@ export const Op = {
   MONITOR_RECEIVE: 0x41,
   KV_PUT: 0x50,
   KV_GET: 0x51,
+  KV_LIST: 0x52,
   DELIVER_ACK: 0x60, // one-way: credits returned
   CAP_DROP_MANY: 0x61, // one-way: drop a batch of the caller's cids
   // Controller -> Process

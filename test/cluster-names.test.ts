@@ -89,6 +89,11 @@ test('names across Controllers on etcd: put on one, get on another; EEXIST for a
     t.is((await cli.exit).code, 0, cli.out());
     const listed = JSON.parse(cli.out()) as { name: string; controller: number; revision: number }[];
     t.like(listed.find((n) => n.name === 'svc.who'), { controller: 1, revision: second!.revision });
+    // one Controller's view (KV_LIST): its own names, with the etcd revisions
+    const own = await a.kvList();
+    t.true(own.external);
+    t.deepEqual(own.names.map((n) => [n.name, n.revision, n.since]), [['svc.who', second!.revision, second!.createRevision]]);
+    t.deepEqual((await z.kvList()).names, []);
     // bad names: typed errors, nothing stored
     t.is(await codeOf(m.kvPut('x'.repeat(257), await m.requestCreate(7))), 'EINVAL');
     t.is(await codeOf(z.kvGet('y'.repeat(300))), 'EINVAL');

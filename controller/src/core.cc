@@ -452,6 +452,13 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
       replyIntrospect(*proc, seq, ld64(f + 16));
       return Err();
 
+    case op::KV_LIST:
+      // u32 start -> docs/protocol.md KV_LIST; EPERM unless the host allows INTROSPECT
+      if ((e = need(len, 4))) return e;
+      if (!host_->mayIntrospect(proc->conn)) return Err(kPerm, "KV_LIST is for Processes of the Controller's uid on a unix socket");
+      kvList(*proc, seq, ld32(f + 16));
+      return Err();
+
     case op::HELLO:
       return Err(kProto, "HELLO sent twice");
 

@@ -95,8 +95,8 @@ struct Peer {
 /** A bootstrap name (names.cc). */
 struct KvEntry {
   Ref ref;
-  uint64_t ts = 0;
-  uint64_t since = 0;
+  uint64_t ts = 0;     // last-writer-wins clock; with an external store its revision (etcd mod_revision)
+  uint64_t since = 0;  // first claim; with an external store its create revision
   uint32_t origin = 0;
   uint32_t originEpoch = 0;
   uint32_t ownerProc = 0;
@@ -219,6 +219,8 @@ class CoreImpl final : public Core, public ObjectEvents {
   /** Answer a KV_GET with a new cap on `t` (a revocation-tree child of a local object, a proxy's child via its origin). */
   void kvAnswer(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
   NameRecord kvRecord(const std::string& name, const KvEntry& e) const;
+  /** KV_LIST: the names this Controller holds, sorted, from index `start` (as many as fit in 64 KiB). */
+  void kvList(Proc& proc, uint32_t seq, uint32_t start);
   Err kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view name, const std::shared_ptr<Target>& t);
   void kvGet(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string_view name);
   void kvSet(const std::string& name, const KvEntry* e);

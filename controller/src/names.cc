@@ -99,7 +99,10 @@ void CoreImpl::kvPutStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::
     if (code == kOk && !proc->alive) {
       store_->remove(name, r);  // its publisher went while the put was in flight
     } else if (code == kOk) {
-      kvSet(name, &e);
+      KvEntry stored = e;
+      stored.ts = uint64_t(r.revision);
+      stored.since = uint64_t(r.createRevision);
+      kvSet(name, &stored);
       proc->names.insert(name);
       log(LogLevel::Debug, "name '" + name + "' published at revision " + std::to_string(r.revision),
           "{\"proc\":" + std::to_string(proc->id) + ",\"revision\":" + std::to_string(r.revision) + "}");
@@ -221,7 +224,7 @@ void CoreImpl::kvProcGone(Proc& proc) {
 Err CoreImpl::kvFromPeer(Peer& peer, std::string_view nameView, const KvEntry& n, bool del) {
   if (store_) return Err();  // names live in the external store; a peer without one replicates nothing here
   size_t nc = chars(nameView);
-  if (nc == 0 || nc > 256) return Err(kProto, "P_KV_PUT name must be 1..256 characters");
+  if (nc == 0 || nc > 256 || nameView.size() > kMaxNameBytes) return Err(kProto, "P_KV_PUT name must be 1..256 characters (at most 1024 bytes)");
   if (n.origin != peer.id)
     return Err(kProto, "P_KV_PUT from controller " + std::to_string(peer.id) + " names origin " + std::to_string(n.origin));
   std::string name(nameView);
@@ -276,6 +279,33 @@ void CoreImpl::kvPeerUp(Peer& peer) {
 void CoreImpl::sendKv(Peer& peer, const std::string& name, const KvEntry& e, bool del) {
   encodePKvPut(out_, e.ts, e.since, e.origin, e.ownerProc, del, e.ref, name);
   send(peer.conn, out_);
+}
+
+/** Bytes of KV_LIST entries in one reply (the client asks again from where it stopped). */
+constexpr size_t kMaxListBytes = 64 * 1024;
+
+void CoreImpl::kvList(Proc& proc, uint32_t seq, uint32_t start) {
+  // u8 flags (1: an external store holds the names; these are this Controller's own), u32 total,
+  // u16 n, n x (u32 origin, u32 epoch, u32 proc, u64 revision, u64 since, u16 nameLen, name)
+  Frame& f = out_;
+  f.start(op::REPLY, seq).u8(store_ ? 1 : 0).u32(uint32_t(kv_.size()));
+  size_t nAt = f.size();
+  f.u16(0);
+  uint16_t n = 0;
+  size_t bytes = 0;
+  uint32_t i = 0;
+  for (auto& [name, e] : kv_) {
+    if (i++ < start) continue;
+    size_t one = 4 + 4 + 4 + 8 + 8 + 2 + name.size();
+    if (n == 0xffff || (n > 0 && bytes + one > kMaxListBytes)) break;
+    f.u32(e.origin).u32(e.originEpoch).u32(e.ownerProc).u64(e.ts).u64(e.since).u16(uint16_t(name.size())).str(name);
+    bytes += one;
+    n++;
+  }
+  f.b[nAt] = uint8_t(n);
+  f.b[nAt + 1] = uint8_t(n >> 8);
+  f.finish();
+  send(proc.conn, f);
 }
 
 }  // namespace fractos
