@@ -8,7 +8,10 @@
  *   holds, until that Process's monitor fires 'owner-failed'; median of `trials`; baseline:
  *   the lease TTL (2 s), the bound etcd membership guarantees when no socket closes.
  * - `kv_get_rtt` (us): kv_get of a name published on another node, median over `iters`
- *   calls; baseline: the null operation on the same Controller, same run.
+ *   calls; baseline: the null operation on the same Controller, same run; once with the
+ *   replicated map (static peers) and once with names in etcd (a linearizable read each).
+ * - `kv_put_rtt` (us): kv_put of the publisher's own name again (names in etcd: a txn, one
+ *   fsync'd write), median over `iters` / 4; baseline: the null operation.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -78,6 +81,24 @@ export async function runClusterBench(o: ClusterBenchOptions = {}): Promise<Benc
     const a = await connect(n1.unix, { name: 'bench-client' });
     const times: number[] = [];
     try {
+      // names in etcd: kv_get (a linearizable etcd read through the Controller's JS host) and kv_put
+      const pub = await connect(n2.unix, { name: 'bench-pub' });
+      try {
+        const q = await pub.requestCreate(1);
+        await pub.kvPut('bench.name', q);
+        await a.kvWait('bench.name', 10_000);
+        await timedCalls(200, () => a.nullOp());
+        const nul = await timedCalls(iters, () => a.nullOp());
+        const get = await timedCalls(iters, () => a.kvGet('bench.name'));
+        say(`kv_get (etcd) ${get.toFixed(1)} us, null op ${nul.toFixed(1)} us`);
+        out.push(benchRecord('cluster', 'kv_get_rtt', get, 'us', nul, { published_on: 'other node', names: 'etcd' }));
+        const pnul = await timedCalls(iters, () => pub.nullOp());
+        const put = await timedCalls(Math.max(1, iters >> 2), () => pub.kvPut('bench.name', q));
+        say(`kv_put (etcd) ${put.toFixed(1)} us, null op ${pnul.toFixed(1)} us`);
+        out.push(benchRecord('cluster', 'kv_put_rtt', put, 'us', pnul, { names: 'etcd', republish: 'own name' }));
+      } finally {
+        await pub.close();
+      }
       for (let i = 0; i < Math.min(trials, 3); i++) {
         const prov = await spawnNode([provider, n2.unix, `p${i}`], /^ready/, { prefix: ['ip', 'netns', 'exec', n2.ns] });
         const cap = await a.kvWait(`p${i}`, 20_000);
