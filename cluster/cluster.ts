@@ -377,11 +377,26 @@ export async function heal(dir: string, node: number, timeoutMs = 20_000): Promi
   const s = loadState(dir);
   const procs = nodeProcs(s, node);
   const ctl = procs.find((p) => p.role === 'controller' || p.role === 'etcd');
-  if (!ctl || procState(ctl) !== null) return [];
+  if (!ctl) return [];
+  // A Controller that logged 'fenced' is on its way out (exit 75): wait for it, then start it again.
+  if (procState(ctl) !== null && fencedSince(ctl)) {
+    const gone = Date.now() + 5000;
+    while (procState(ctl) !== null && Date.now() < gone) await sleep(20);
+  }
+  if (procState(ctl) !== null) return [];
   // its services follow their Controller out (lost channel): wait for them, then start all
   const end = Date.now() + 5000;
   while (procs.some((p) => procState(p) !== null) && Date.now() < end) await sleep(20);
   return startNode(dir, node, timeoutMs);
+}
+
+/** Whether `p` logged that it fenced itself since it started. */
+function fencedSince(p: ProcRecord): boolean {
+  try {
+    return readFileSync(p.log).subarray(p.logFrom).includes(' fenced: ');
+  } catch {
+    return false;
+  }
 }
 
 /** Partition (`up` false: the node's veth end in the hub down) or heal node `node` (0: etcd). */

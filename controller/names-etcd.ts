@@ -193,7 +193,7 @@ export class EtcdNames implements ExternalNameStore {
       }
       const swap = await this.#call(`put '${name}'`,
         c.if(key, 'Mod', '==', kv.mod_revision).then(this.#o.lease.put(key).value(value)).options(this.#opts()).commit());
-      if (swap.succeeded) return done(swap.header.revision, own ? kv.create_revision : swap.header.revision);
+      if (swap.succeeded) return done(swap.header.revision, kv.create_revision); // a put on an existing key keeps its create revision
     }
     throw new FractosError('EAGAIN', `put '${name}': the key kept changing under 3 attempts`);
   }

@@ -33,6 +33,8 @@ uint64_t wallMs() {
 constexpr size_t kMaxNameBytes = 1024;
 /** kv_put/kv_get of one Process waiting for the external name store at once (EAGAIN beyond). */
 constexpr uint32_t kMaxNameOpsPerProcess = 64;
+/** Names all Processes of one Controller publish in the external store (ENOSPC beyond): at most ~64 MiB of etcd. */
+constexpr size_t kMaxStoredNamesPerController = 65536;
 
 Err CoreImpl::kvCheck(const std::shared_ptr<Proc>& proc, std::string_view nameView) const {
   size_t n = chars(nameView);
@@ -67,6 +69,8 @@ Err CoreImpl::kvPut(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string
     return Err(kAgain, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxNameOpsPerProcess) + " name operations in flight");
   std::string n(name);
   if (putting_.count(n)) return Err(kBusy, "a kv_put of '" + n + "' is in flight");
+  if (!kv_.count(n) && kv_.size() + putting_.size() >= kMaxStoredNamesPerController)
+    return Err(kNoSpc, "this controller's processes publish " + std::to_string(kMaxStoredNamesPerController) + " names already");
   kvPutStore(proc, seq, std::move(n), t);
   return Err();
 }
@@ -125,10 +129,10 @@ void CoreImpl::kvGetStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::
     proc->nameOps--;
     if (!proc->alive) return;
     if (code != kOk) return replyErr(proc->conn, seq, Err(code, msg));
-    // A name of this Controller's earlier epoch, or of a peer's earlier epoch, names
-    // objects that are gone (its lease has not expired yet): as if absent.
+    // A name of this Controller's earlier epoch, or of an earlier epoch of a peer linked at
+    // a newer one, names objects that are gone (its lease has not expired yet): as if absent.
     Peer* origin = r.origin == id_ ? nullptr : peerOf(r.origin);
-    if ((r.origin == id_ && r.originEpoch != epoch_) || (origin && origin->epoch != r.originEpoch))
+    if ((r.origin == id_ && r.originEpoch != epoch_) || (origin && origin->epoch > r.originEpoch))
       return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + name + "' (its publisher's controller " +
                                                        std::to_string(r.origin) + " restarted)"));
     kvAnswer(proc, seq, targetFromRef(Ref{r.refController, r.refEpoch, r.refId}));
