@@ -191,7 +191,7 @@ test('etcd restarted during traffic: kv ops fail typed (EAGAIN/ETIMEDOUT) within
 
 test('a Controller restarted before its lease expired does not serve its earlier epoch\'s names; its Processes take them over at once', async (t) => {
   const b = await bed(t);
-  const LONG = 6000; // the restart below takes well under this
+  const LONG = 8000; // the restart below takes well under this (5 s under the sanitizers)
   const c1 = await b.start(1, LONG);
   await b.start(2);
   const a = await connect(b.unix(1), { name: 'svc' });
