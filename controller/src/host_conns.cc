@@ -225,6 +225,12 @@ void HostImpl::readConn(Conn* c) {
   // Bounded reads per event: a flooding connection cannot starve the others.
   for (int round = 0; round < 16; round++) {
     if (c->state == ConnState::Lingering || c->paused) return;
+    if (c->sinking) {
+      int s = readSink(c);  // a peer frame's payload straight into a mapping (host_peers.cc)
+      if (s < 0) return;
+      if (s == 0) break;
+      continue;
+    }
     // how much room: the whole current frame when its length is known, else a chunk
     size_t want = kReadChunk;
     if (c->inLen >= 4) {
@@ -264,7 +270,15 @@ void HostImpl::readConn(Conn* c) {
         closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
         return;
       }
-      if (c->inLen - off < len) break;
+      if (c->inLen - off < len) {
+        if (c->state == ConnState::Peer && len >= kPeerSinkMinBytes && !c->plainFrame &&
+            c->inLen - off >= kPeerSinkPeekBytes) {
+          if (startSink(c, off, len)) c->inLen = off;  // the frame's buffered bytes are consumed
+          else c->plainFrame = true;
+        }
+        break;
+      }
+      c->plainFrame = false;
       c->st.framesIn++;
       handleFrame(c, h, len);
       off += len;
@@ -274,6 +288,7 @@ void HostImpl::readConn(Conn* c) {
       memmove(c->in.data(), c->in.data() + off, c->inLen - off);
       c->inLen -= off;
     }
+    if (c->sinking) continue;
     if (size_t(r) < room) break;  // the socket is probably empty
   }
   // An idle connection keeps a small buffer (a 16 MiB frame's buffer goes with it).
@@ -459,6 +474,7 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   if (c->fd >= 0 && was != ConnState::Connecting) flushConn(c);
   c->paused = false;
   c->above = false;
+  c->sinking = false;
   c->out.clear();
   c->outHead = 0;
   // `in` stays: the core may still read the frame it was handed when it closed the conn

@@ -109,6 +109,12 @@ struct Conn {
   uint8_t myNonce[kNonceBytes] = {};
   uint8_t theirNonce[kNonceBytes] = {};
   std::vector<uint8_t> sockaddr;  // dialer: where to connect
+  // zero-copy receive of a peer frame's payload (Core::peerSinkOpen; host_peers.cc)
+  bool sinking = false;     // the payload of the current frame goes to sinkDst
+  bool sinkFault = false;   // the mapping faulted: the rest is read and dropped
+  bool plainFrame = false;  // the core declined the current frame: reassembled whole
+  uint8_t* sinkDst = nullptr;
+  size_t sinkLeft = 0;
 
   uint64_t backlog() const { return out.size() - outHead; }
 };
@@ -193,6 +199,8 @@ class HostImpl final : public Host {
   void peerLinkClosed(Conn* c);
   void handshakeClosed(Conn* c, ConnState was);
   bool peerListed(uint32_t id) const;
+  bool startSink(Conn* c, size_t off, uint32_t len);
+  int readSink(Conn* c);
   const HostAddr* peerAddr(uint32_t id) const;
 
   HostOptions opts_;
