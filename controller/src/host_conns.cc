@@ -34,6 +34,8 @@ namespace {
 constexpr uint64_t kListenerTag = 1ull << 62;
 /** Size of a read when the frame length is not known yet, and the input buffer kept when idle. */
 constexpr size_t kReadChunk = 64 * 1024;
+/** Size of a read on a peer link outside a reassembled frame (zero-copy receive, startSink). */
+constexpr size_t kPeerReadChunk = 4096;
 
 uint32_t rd32(const uint8_t* p) {
   uint32_t v;
@@ -244,7 +246,10 @@ void HostImpl::readConn(Conn* c) {
       want = std::max<size_t>(len, kReadChunk);
     }
     if (c->in.size() < want) c->in.resize(want);
-    const size_t room = c->in.size() - c->inLen;
+    size_t room = c->in.size() - c->inLen;
+    // A peer link reads a little at a time unless it reassembles a frame: the payload of a
+    // copy chunk then goes from the socket to its mapping (startSink), not through `in`.
+    if (c->state == ConnState::Peer && !c->plainFrame) room = std::min(room, kPeerReadChunk);
     ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
     if (r == 0) {
       closeConn(c, "", LogLevel::Debug);
