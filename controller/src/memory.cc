@@ -237,6 +237,10 @@ ConnId CoreImpl::peerConnOf(const Target* t) const {
 
 void CoreImpl::copyPump(const std::shared_ptr<CopyJob>& job) {
   while (!job->failed && job->inflight < kCopyWindow && job->next < job->size) {
+    if (job->dst->revoked) {  // e.g. its peer went away while the copy waited for the link
+      job->failed = true;
+      return job->done(Err(kRevoked, "memory_copy destination was revoked during the copy"));
+    }
     // Chunks to a peer wait while its link holds more than maxOutboundBytes unsent; drained()
     // resumes them (many copies at once queue at most that much, plus one chunk each).
     if (ConnId pc = peerConnOf(job->dst.get()); pc && host_->backlog(pc) > limits_.maxOutboundBytes) {

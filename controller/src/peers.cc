@@ -51,8 +51,6 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
   }
   peer->sink = Peer::Sink{};
   peer->calls.failAll(host_, kDisconnected, "controller " + std::to_string(peer->id) + " disconnected");
-  // Copies waiting for this link to drain go on (their next chunk fails: no such peer).
-  drained(peer->conn);
   std::vector<std::shared_ptr<Proxy>> gone;
   for (auto& [ref, p] : proxies_)
     if (ref.controller == peer->id) gone.push_back(p);
@@ -70,6 +68,8 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
     }
     objects_.released(o.get());
   }
+  // Copies waiting for this link to drain go on: their destination is revoked now, they fail.
+  drained(peer->conn);
 }
 
 void CoreImpl::peerFrame(ConnId c, const uint8_t* f, size_t len) {
