@@ -272,6 +272,7 @@ class CoreImpl final : public Core, public ObjectEvents {
   bool closing_ = false;
   Frame out_;         // scratch for frames built and sent at once (nothing called in between)
   Frame deliverOut_;  // scratch for DELIVER (installs send P_HOLDs while it is built)
+  Frame chunkHead_;   // scratch for the head of a copy chunk (P_MEM_WRITE, MEM_WRITE)
   Args args_;   // scratch for parsed args
 };
 

@@ -334,10 +334,9 @@ void CoreImpl::writeChunk(const std::shared_ptr<Target>& t, uint64_t off, uint64
     const Ref ref = static_cast<Proxy*>(t.get())->ref;
     Peer* owner = peerOf(ref.controller);
     if (!owner) return cb(Err(kRevoked, "controller " + std::to_string(ref.controller) + " is not connected"));
-    uint32_t seq = owner->calls.add([cb](const Err& e, const uint8_t*, size_t) { cb(e); });
-    Frame head;
-    encodePMemWriteHead(head, seq, ref, off, total, len);
-    sendv(owner->conn, head, data, len);
+    uint32_t seq = owner->calls.add([cb = std::move(cb)](const Err& e, const uint8_t*, size_t) { cb(e); });
+    encodePMemWriteHead(chunkHead_, seq, ref, off, total, len);
+    sendv(owner->conn, chunkHead_, data, len);
     return;
   }
   writeLocal(std::static_pointer_cast<Obj>(t), off, data, len, std::move(cb));
@@ -365,9 +364,8 @@ void CoreImpl::writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const u
   uint32_t seq = owner->calls.addWithDeadline(
       host_, [cb](const Err& e, const uint8_t*, size_t) { cb(e); }, servedTimeoutMs_,
       "served write of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
-  Frame head;
-  encodeMemWriteHead(head, seq, m.servedKey, m.offset + off, len);
-  sendv(owner->conn, head, data, len);
+  encodeMemWriteHead(chunkHead_, seq, m.servedKey, m.offset + off, len);
+  sendv(owner->conn, chunkHead_, data, len);
 }
 
 void CoreImpl::regionsOfPidGone(uint32_t pid) {
