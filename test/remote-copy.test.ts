@@ -175,19 +175,22 @@ test('a peer killed in the middle of copies: they fail with a typed error, the s
     await p.b.kvPut('remote-copy-dying', far.cid);
     const farCid = await p.a.kvWait('remote-copy-dying');
     await p.a.memoryCopy(src.cid, farCid);
-    // Copies back to back until one fails; the peer dies while they run.
-    let copies = 0;
-    const loop = (async (): Promise<{ code: string; message: string }> => {
-      for (;;) {
-        const r = await failure(p.a.memoryCopy(src.cid, farCid));
-        if (r.code !== 'no error') return r;
-        copies++;
-      }
-    })();
-    while (copies < 2) await new Promise((r) => setTimeout(r, 1));
+    // Copies back to back until one fails, both ways: pushes stream from controller 1 into
+    // the dying peer, pulls stream from the dying peer into controller 1 (whose receive of a
+    // chunk's payload into the mapping is cut off mid-frame). The peer dies while they run.
+    const copies = { push: 0, pull: 0 };
+    const loop = (dir: 'push' | 'pull'): Promise<{ code: string; message: string }> =>
+      (async () => {
+        for (;;) {
+          const r = await failure(dir === 'push' ? p.a.memoryCopy(src.cid, farCid) : p.a.memoryCopy(farCid, src.cid));
+          if (r.code !== 'no error') return r;
+          copies[dir]++;
+        }
+      })();
+    const loops = [loop('push'), loop('pull')];
+    while (copies.push < 2 || copies.pull < 2) await new Promise((r) => setTimeout(r, 1));
     await p.c2.kill9();
-    const r = await loop;
-    t.true(['EDISCONNECTED', 'EREVOKED'].includes(r.code), `${r.code}: ${r.message}`);
+    for (const r of await Promise.all(loops)) t.true(['EDISCONNECTED', 'EREVOKED'].includes(r.code), `${r.code}: ${r.message}`);
     t.true(alive(p.c1), p.c1.output());
     await p.a.nullOp();
     const x = await p.a.memoryCreateShared(MiB);
