@@ -1,11 +1,12 @@
 /**
  * memory_copy across two Controllers (OS processes, TCP peer link; issue #8 item 7): the
- * receiving Controller reads each P_MEM_WRITE payload from the socket straight into the
+ * sending Controller writes each P_MEM_WRITE chunk to the socket straight from the source
+ * mapping and the receiving one reads its payload from the socket straight into the
  * destination mapping (docs/core.md "Copies across Controllers"). Sizes 0, 1, 4095, 4 MiB
  * and 16 MiB at unaligned offsets arrive intact both ways and nothing outside the
  * destination range changes; many copies at once (more than the peer link's backlog bound,
- * so chunks wait for it to drain) all complete; a destination truncated by its owner
- * during the stream is EFAULT and the link carries the next copy; a peer killed in the
+ * so chunks wait for it to drain) all complete; a destination or a source truncated by its
+ * owner is EFAULT in the middle of the stream and the link carries the next copy; a peer killed in the
  * middle of copies fails them with a typed error and the surviving Controller keeps working.
  */
 import test from 'ava';
@@ -139,7 +140,7 @@ test('many copies to one peer at once (beyond its link backlog bound) all comple
   }
 });
 
-test('a destination truncated by its owner is EFAULT in the middle of a 4 MiB stream; both Controllers live and the link carries the next copy', async (t) => {
+test('a destination or a source truncated by its owner is EFAULT in the middle of a 4 MiB stream; both Controllers live and the link carries the next copy', async (t) => {
   t.timeout(120_000);
   const p = await pair();
   try {
@@ -159,8 +160,21 @@ test('a destination truncated by its owner is EFAULT in the middle of a 4 MiB st
     // The same link still streams: a healthy destination gets every byte.
     const ok = await p.b.memoryCreateShared(4 * MiB, Perm.RW);
     await p.b.kvPut('remote-copy-ok', ok.cid);
-    await p.a.memoryCopy(src.cid, await p.a.kvWait('remote-copy-ok'));
+    const okCid = await p.a.kvWait('remote-copy-ok');
+    await p.a.memoryCopy(src.cid, okCid);
     t.true(Buffer.from(ok.region.bytes).equals(Buffer.from(src.region.bytes)));
+
+    // A source truncated by its owner: chunks are sent straight from its mapping, the kernel
+    // answers EFAULT past the end, the frame still goes out whole (zeros), the copy is EFAULT.
+    const shortSrc = await p.a.memoryCreateShared(4 * MiB, Perm.RW);
+    fillPattern(shortSrc.region.bytes, 11);
+    truncateRegion(shortSrc.region, 2 * MiB + 4096 + 1);
+    const s2 = await failure(p.a.memoryCopy(shortSrc.cid, okCid));
+    t.is(s2.code, 'EFAULT', s2.message);
+    t.true(alive(p.c1) && alive(p.c2), `a Controller died:\n${p.c1.output()}\n${p.c2.output()}`);
+    fillPattern(src.region.bytes, 13);
+    await p.a.memoryCopy(src.cid, okCid);
+    t.true(Buffer.from(ok.region.bytes).equals(Buffer.from(src.region.bytes)), 'the link is framed after the faulted chunks');
   } finally {
     await p.stop();
   }

@@ -209,6 +209,7 @@ class CoreImpl final : public Core, public ObjectEvents {
   struct CopyJob;
   void copyPump(const std::shared_ptr<CopyJob>& job);
   void copyFinish(const std::shared_ptr<CopyJob>& job, const Err& e);
+  void sendChunkFromMapping(const std::shared_ptr<CopyJob>& job, uint64_t off, uint32_t len);
   std::shared_ptr<std::vector<uint8_t>> takeChunkBuf();
   void giveChunkBuf(std::shared_ptr<std::vector<uint8_t>> b);
   /** The link a copy chunk to `t` goes out on (0: not a proxy, or its peer is not connected). */

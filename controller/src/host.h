@@ -80,6 +80,20 @@ class Host {
    */
   virtual void send(ConnId c, const struct iovec* iov, int iovcnt) = 0;
 
+  /**
+   * send() of a frame whose parts after the first may lie in a mapping its owner can
+   * truncate (a copy chunk sent straight from the source mapping): the kernel reads them
+   * (a truncated page is EFAULT there, never SIGBUS) and what it does not take is copied to
+   * the queue under the SIGBUS guard (native/include/sigbus_guard.h). Returns true when a
+   * part faulted: the frame still goes out whole, with zeros in place of what could not be
+   * read, so the link stays framed; the caller fails what the frame was for.
+   * Default (hosts of tests): send() without a guard.
+   */
+  virtual bool sendFromMapping(ConnId c, const struct iovec* iov, int iovcnt) {
+    send(c, iov, iovcnt);
+    return false;
+  }
+
   /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
   virtual uint64_t backlog(ConnId c) const = 0;
 

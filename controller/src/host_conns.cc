@@ -27,6 +27,7 @@
 #include <cstring>
 
 #include "host_impl.h"
+#include "sigbus_guard.h"
 
 namespace fractos {
 
@@ -345,11 +346,15 @@ bool HostImpl::sendRaw(Conn* c, const uint8_t* p, size_t n) {
   return c->state != ConnState::Lingering;
 }
 
-void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
+void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) { sendImpl(id, iov, iovcnt, false); }
+
+bool HostImpl::sendFromMapping(ConnId id, const struct iovec* iov, int iovcnt) { return sendImpl(id, iov, iovcnt, true); }
+
+bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool guarded) {
   auto it = conns_.find(id);
-  if (it == conns_.end()) return;
+  if (it == conns_.end()) return false;
   Conn* c = it->second.get();
-  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0) return;
+  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0) return false;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
@@ -361,14 +366,15 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     mh.msg_iovlen = size_t(iovcnt);
     ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
-      if (errno != EAGAIN && errno != EINTR) {
+      // EFAULT (guarded): nothing taken; the guarded copy below finds the fault.
+      if (errno != EAGAIN && errno != EINTR && !(guarded && errno == EFAULT)) {
         closeConn(c, "", LogLevel::Debug);
-        return;
+        return false;
       }
       w = 0;
     }
     done = size_t(w);
-    if (done == total) return;
+    if (done == total) return false;
   }
   // queue the rest (copied: the caller reuses its buffers)
   if (c->outHead > 0 && c->outHead >= c->out.size() / 2) {
@@ -376,6 +382,7 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     c->outHead = 0;
   }
   size_t skip = done;
+  bool faulted = false;
   for (int i = 0; i < iovcnt; i++) {
     const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
     size_t n = iov[i].iov_len;
@@ -383,7 +390,17 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
       skip -= n;
       continue;
     }
-    c->out.insert(c->out.end(), p + skip, p + n);
+    if (guarded && i > 0) {
+      // zeros where the mapping cannot be read (and after a fault: the frame stays whole)
+      const size_t at = c->out.size();
+      c->out.resize(at + (n - skip));
+      if (!faulted && guardedMove(c->out.data() + at, p + skip, n - skip)) {
+        faulted = true;
+        std::memset(c->out.data() + at, 0, n - skip);
+      }
+    } else {
+      c->out.insert(c->out.end(), p + skip, p + n);
+    }
     skip = 0;
   }
   if (!(c->epollMask & EPOLLOUT)) {
@@ -391,6 +408,7 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     updateMask(c);
   }
   afterBacklogChange(c);
+  return faulted;
 }
 
 uint64_t HostImpl::backlog(ConnId id) const {

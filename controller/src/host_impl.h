@@ -155,6 +155,7 @@ class HostImpl final : public Host {
 
   // ---- Host (loop thread) ----
   void send(ConnId c, const struct iovec* iov, int iovcnt) override;
+  bool sendFromMapping(ConnId c, const struct iovec* iov, int iovcnt) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;
@@ -185,6 +186,7 @@ class HostImpl final : public Host {
   void finishConn(ConnId id);
   void runDeferred();
   bool sendRaw(Conn* c, const uint8_t* p, size_t n);
+  bool sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool guarded);
   // host_peers.cc
   void startPeers();
   void dialPeer(size_t idx, uint32_t attempt);

@@ -254,6 +254,10 @@ void CoreImpl::copyPump(const std::shared_ptr<CopyJob>& job) {
     uint32_t len = uint32_t(std::min(job->chunk, job->size - off));
     job->next += len;
     job->inflight++;
+    if (job->src->mem->map && job->dst->isProxy) {
+      sendChunkFromMapping(job, off, len);
+      continue;
+    }
     // One pooled buffer per chunk in flight (no allocation per chunk once the pool is warm).
     std::shared_ptr<std::vector<uint8_t>> buf = takeChunkBuf();
     uint8_t* into = buf->data();
@@ -267,6 +271,23 @@ void CoreImpl::copyPump(const std::shared_ptr<CopyJob>& job) {
       giveChunkBuf(buf);
     });
   }
+}
+
+void CoreImpl::sendChunkFromMapping(const std::shared_ptr<CopyJob>& job, uint64_t off, uint32_t len) {
+  // P_MEM_WRITE: ref, u64 offset, u64 total, data -- the data straight from the source
+  // mapping (Host::sendFromMapping: no copy of ours; a truncated source is EFAULT, and the
+  // frame goes out whole with zeros, the copy fails here).
+  const Ref ref = static_cast<Proxy*>(job->dst.get())->ref;
+  Peer* owner = peerOf(ref.controller);
+  if (!owner) return copyFinish(job, Err(kRevoked, "controller " + std::to_string(ref.controller) + " is not connected"));
+  const MemInfo& sm = *job->src->mem;
+  uint32_t seq = owner->calls.add([this, job](const Err& e, const uint8_t*, size_t) { copyFinish(job, e); });
+  encodePMemWriteHead(chunkHead_, seq, ref, off, job->size, len);
+  struct iovec iov[2] = {{const_cast<uint8_t*>(chunkHead_.data()), chunkHead_.size()}, {sm.map->base + sm.offset + off, len}};
+  if (!host_->sendFromMapping(owner->conn, iov, 2) || job->failed) return;
+  // The chunk's REPLY still comes (and is ignored): the copy fails now.
+  job->failed = true;
+  job->done(regionFault(sm, false));
 }
 
 void CoreImpl::drained(ConnId c) {
