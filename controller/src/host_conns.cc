@@ -281,6 +281,7 @@ void HostImpl::readConn(Conn* c) {
             c->inLen - off >= kPeerSinkPeekBytes) {
           if (startSink(c, off, len)) c->inLen = off;  // the frame's buffered bytes are consumed
           else c->plainFrame = true;
+          if (c->state == ConnState::Lingering) return;
         }
         break;
       }
