@@ -11,7 +11,7 @@ npx tsc -p tsconfig.json
 asan=$(gcc -print-file-name=libasan.so)
 ubsan=$(gcc -print-file-name=libubsan.so)
 if [ $# -gt 0 ]; then files=("$@"); else
-  files=(dist/test/controller-host.test.js dist/test/core.test.js dist/test/multi.test.js dist/test/names-store.test.js)
+  files=(dist/test/controller-host.test.js dist/test/core.test.js dist/test/multi.test.js dist/test/names-store.test.js dist/test/remote-copy.test.js)
   for f in dist/test/field-core-*.test.js dist/test/field-hostile-*.test.js; do files+=("$f"); done
 fi
 # Node itself leaks by design at exit: leak checks off; anything else aborts the worker.

@@ -16,7 +16,8 @@ export function register(program: Command): void {
     .option('--rounds <n>', 'passes over 0..8 delegated caps for the per-cap slope (reported only where significant)', '3')
     .option('--max-revoke-n <n>', 'largest N for revocation', '1000')
     .option('--only <groups>', 'comma-separated: null,invoke,delegate,revoke,memcpy')
-    .action(async (o: { json?: boolean; maxTime: string; trials: string; rounds: string; maxRevokeN: string; only?: string }) => {
+    .option('--idle-s <s>', 'memcpy: also measure the remote 4 MiB copy after every link idled this long (the issue: 60)', '0')
+    .action(async (o: { json?: boolean; maxTime: string; trials: string; rounds: string; maxRevokeN: string; only?: string; idleS: string }) => {
       cleanupOnSignals('fractos bench micro');
       try {
         const records = await runMicro({
@@ -25,6 +26,7 @@ export function register(program: Command): void {
           rounds: Number(o.rounds),
           maxRevokeN: Number(o.maxRevokeN),
           only: o.only?.split(',').map((x) => x.trim()),
+          idleS: Number(o.idleS),
           progress: (l) => process.stderr.write(`bench: ${l}\n`),
         });
         if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');

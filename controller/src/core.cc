@@ -537,8 +537,6 @@ void CoreImpl::procGone(const std::shared_ptr<Proc>& proc) {
   if (!samePid && proc->pid != 0) regionsOfPidGone(proc->pid);
 }
 
-void CoreImpl::drained(ConnId) {}
-
 // ---- tables -------------------------------------------------------------------------------
 
 std::string CoreImpl::tableSizesJson() const {
@@ -611,7 +609,10 @@ void CoreImpl::shutdown() {
   for (auto& [id, p] : peers_) {
     p->alive = false;
     p->calls.cancelAll(host_);
+    p->sink = Peer::Sink{};
   }
+  copyWaiters_.clear();
+  chunkPool_.clear();
   kv_.clear();
   remoteMonitors_.clear();
   objects_.clear();

@@ -90,6 +90,13 @@ struct Peer {
   ConnId conn = 0;
   bool alive = true;
   Calls calls;
+  /** The P_MEM_WRITE whose payload the host is receiving straight into `map` (peerSinkOpen). */
+  struct Sink {
+    bool open = false;
+    uint32_t seq = 0;
+    std::shared_ptr<Obj> obj;
+    std::shared_ptr<Region> map;  // kept mapped until the payload is in
+  } sink;
 };
 
 /** A bootstrap name (names.cc). */
@@ -127,6 +134,8 @@ class CoreImpl final : public Core, public ObjectEvents {
   void peerFrame(ConnId c, const uint8_t* frame, size_t len) override;
   void peerClosed(ConnId c) override;
   void drained(ConnId c) override;
+  bool peerSinkOpen(ConnId c, const uint8_t* head, size_t have, size_t len, PeerSink* sink) override;
+  void peerSinkDone(ConnId c, bool faulted) override;
   std::string tableSizesJson() const override;
   uint64_t objectCount() const override { return objects_.size(); }
   void queuedDeliveryBytes(uint32_t procId, uint64_t* provider, uint64_t* invoker) const override;
@@ -194,14 +203,18 @@ class CoreImpl final : public Core, public ObjectEvents {
   void memoryStat(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
   void learnMem(const std::shared_ptr<Proxy>& t, std::function<void(const Err&, const RemoteMem*)> cb);
   void execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<Target>& dst, Done done);
-  void readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len,
-                 std::function<void(const Err&, std::shared_ptr<std::vector<uint8_t>>)> cb);
+  void readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len, uint8_t* into, Done cb);
   void writeChunk(const std::shared_ptr<Target>& t, uint64_t off, uint64_t total, const uint8_t* data, size_t len, Done cb);
   void writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const uint8_t* data, size_t len, Done cb);
   Err regionFault(const MemInfo& m, bool other);
   struct CopyJob;
   void copyPump(const std::shared_ptr<CopyJob>& job);
   void copyFinish(const std::shared_ptr<CopyJob>& job, const Err& e);
+  void sendChunkFromMapping(const std::shared_ptr<CopyJob>& job, uint64_t off, uint32_t len);
+  std::shared_ptr<std::vector<uint8_t>> takeChunkBuf();
+  void giveChunkBuf(std::shared_ptr<std::vector<uint8_t>> b);
+  /** The link a copy chunk to `t` goes out on (0: not a proxy, or its peer is not connected). */
+  ConnId peerConnOf(const Target* t) const;
   void regionsOfPidGone(uint32_t pid);
 
   // ---- monitors.cc
@@ -264,11 +277,17 @@ class CoreImpl final : public Core, public ObjectEvents {
   std::unordered_map<uint32_t, RemoteMonitor> remoteMonitors_;
   uint32_t nextRemoteToken_ = 1;
   std::unordered_map<std::string, std::shared_ptr<Region>> regions_;
+  /** Copies waiting for a peer link's backlog to drain (drained()), by the link. */
+  std::unordered_map<ConnId, std::vector<std::shared_ptr<CopyJob>>> copyWaiters_;
+  /** Chunk buffers (kCopyChunkBytes each) of copies, reused; at most kChunkPoolMax kept. */
+  static constexpr size_t kChunkPoolMax = 2 * kCopyWindow;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> chunkPool_;
   /** Bytes of invocations queued for credits per invoker (its ConnId). */
   std::unordered_map<uint64_t, uint64_t> queuedByInvoker_;
   bool closing_ = false;
   Frame out_;         // scratch for frames built and sent at once (nothing called in between)
   Frame deliverOut_;  // scratch for DELIVER (installs send P_HOLDs while it is built)
+  Frame chunkHead_;   // scratch for the head of a copy chunk (P_MEM_WRITE, MEM_WRITE)
   Args args_;   // scratch for parsed args
 };
 

@@ -24,6 +24,11 @@ namespace fractos {
 /** Names one connection for the life of the Controller (never reused; 0 = none). */
 using ConnId = uint64_t;
 
+/** Peer frames of at least this many bytes may be received zero-copy (Core::peerSinkOpen). */
+constexpr size_t kPeerSinkMinBytes = 16 * 1024;
+/** Bytes of a frame the host has buffered before it asks Core::peerSinkOpen. */
+constexpr size_t kPeerSinkPeekBytes = 64;
+
 /** Receive-side and queueing limits (libfractos/protocol.ts DEFAULT_LIMITS, same names). */
 struct Limits {
   uint32_t maxFrameBytes = 16 * 1024 * 1024 + 4096;
@@ -116,6 +121,20 @@ class Host {
    */
   virtual void send(ConnId c, const struct iovec* iov, int iovcnt) = 0;
 
+  /**
+   * send() of a frame whose parts after the first may lie in a mapping its owner can
+   * truncate (a copy chunk sent straight from the source mapping): the kernel reads them
+   * (a truncated page is EFAULT there, never SIGBUS) and what it does not take is copied to
+   * the queue under the SIGBUS guard (native/include/sigbus_guard.h). Returns true when a
+   * part faulted: the frame still goes out whole, with zeros in place of what could not be
+   * read, so the link stays framed; the caller fails what the frame was for.
+   * Default (hosts of tests): send() without a guard.
+   */
+  virtual bool sendFromMapping(ConnId c, const struct iovec* iov, int iovcnt) {
+    send(c, iov, iovcnt);
+    return false;
+  }
+
   /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
   virtual uint64_t backlog(ConnId c) const = 0;
 
@@ -192,8 +211,35 @@ class Core {
   /** An authenticated peer link closed. */
   virtual void peerClosed(ConnId c) = 0;
 
-  /** `c`'s backlog fell to at most maxOutboundBytes after having been above it. */
+  /**
+   * `c`'s backlog fell to at most maxOutboundBytes after having been above it: work that
+   * waited for it resumes (copy chunks to a peer are not queued beyond that bound).
+   */
   virtual void drained(ConnId c) = 0;
+
+  /**
+   * Zero-copy receive (docs/core.md "Copies across Controllers"). The host calls this for a
+   * peer frame of `len` >= kPeerSinkMinBytes bytes that is not complete yet, once its first
+   * `have` >= kPeerSinkPeekBytes bytes are buffered, at most once per frame. Returning true
+   * with `sink` filled, the core takes the payload [sink->headBytes, len) as bytes written
+   * straight from the socket to sink->dst (a mapping it keeps valid until peerSinkDone), and
+   * the frame is not passed to peerFrame; false: the frame comes whole through peerFrame.
+   * Default: false (every frame whole).
+   */
+  struct PeerSink {
+    uint8_t* dst = nullptr;
+    size_t headBytes = 0;
+  };
+  virtual bool peerSinkOpen(ConnId c, const uint8_t* head, size_t have, size_t len, PeerSink* sink) {
+    (void)c, (void)head, (void)have, (void)len, (void)sink;
+    return false;
+  }
+  /**
+   * The payload of the frame accepted by peerSinkOpen arrived. `faulted`: writing into the
+   * mapping failed (EFAULT, a truncated region); the rest of the payload was read and
+   * dropped. Not called when the link closes first (peerClosed is).
+   */
+  virtual void peerSinkDone(ConnId c, bool faulted) { (void)c, (void)faulted; }
 
   /** Tables for leak checks (controller.ts tableSizes), as a JSON object text. */
   virtual std::string tableSizesJson() const = 0;

@@ -27,6 +27,7 @@
 #include <cstring>
 
 #include "host_impl.h"
+#include "sigbus_guard.h"
 
 namespace fractos {
 
@@ -34,6 +35,8 @@ namespace {
 constexpr uint64_t kListenerTag = 1ull << 62;
 /** Size of a read when the frame length is not known yet, and the input buffer kept when idle. */
 constexpr size_t kReadChunk = 64 * 1024;
+/** Size of a read on a peer link outside a reassembled frame (zero-copy receive, startSink). */
+constexpr size_t kPeerReadChunk = 4096;
 
 uint32_t rd32(const uint8_t* p) {
   uint32_t v;
@@ -225,6 +228,12 @@ void HostImpl::readConn(Conn* c) {
   // Bounded reads per event: a flooding connection cannot starve the others.
   for (int round = 0; round < 16; round++) {
     if (c->state == ConnState::Lingering || c->paused) return;
+    if (c->sinking) {
+      int s = readSink(c);  // a peer frame's payload straight into a mapping (host_peers.cc)
+      if (s < 0) return;
+      if (s == 0) break;
+      continue;
+    }
     // how much room: the whole current frame when its length is known, else a chunk
     size_t want = kReadChunk;
     if (c->inLen >= 4) {
@@ -238,7 +247,10 @@ void HostImpl::readConn(Conn* c) {
       want = std::max<size_t>(len, kReadChunk);
     }
     if (c->in.size() < want) c->in.resize(want);
-    const size_t room = c->in.size() - c->inLen;
+    size_t room = c->in.size() - c->inLen;
+    // A peer link reads a little at a time unless it reassembles a frame: the payload of a
+    // copy chunk then goes from the socket to its mapping (startSink), not through `in`.
+    if (c->state == ConnState::Peer && !c->plainFrame) room = std::min(room, kPeerReadChunk);
     ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
     if (r == 0) {
       closeConn(c, "", LogLevel::Debug);
@@ -264,7 +276,16 @@ void HostImpl::readConn(Conn* c) {
         closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
         return;
       }
-      if (c->inLen - off < len) break;
+      if (c->inLen - off < len) {
+        if (c->state == ConnState::Peer && len >= kPeerSinkMinBytes && !c->plainFrame &&
+            c->inLen - off >= kPeerSinkPeekBytes) {
+          if (startSink(c, off, len)) c->inLen = off;  // the frame's buffered bytes are consumed
+          else c->plainFrame = true;
+          if (c->state == ConnState::Lingering) return;
+        }
+        break;
+      }
+      c->plainFrame = false;
       c->st.framesIn++;
       handleFrame(c, h, len);
       off += len;
@@ -274,6 +295,7 @@ void HostImpl::readConn(Conn* c) {
       memmove(c->in.data(), c->in.data() + off, c->inLen - off);
       c->inLen -= off;
     }
+    if (c->sinking) continue;
     if (size_t(r) < room) break;  // the socket is probably empty
   }
   // An idle connection keeps a small buffer (a 16 MiB frame's buffer goes with it).
@@ -325,11 +347,15 @@ bool HostImpl::sendRaw(Conn* c, const uint8_t* p, size_t n) {
   return c->state != ConnState::Lingering;
 }
 
-void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
+void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) { sendImpl(id, iov, iovcnt, false); }
+
+bool HostImpl::sendFromMapping(ConnId id, const struct iovec* iov, int iovcnt) { return sendImpl(id, iov, iovcnt, true); }
+
+bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool guarded) {
   auto it = conns_.find(id);
-  if (it == conns_.end()) return;
+  if (it == conns_.end()) return false;
   Conn* c = it->second.get();
-  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0) return;
+  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0) return false;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
@@ -341,14 +367,15 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     mh.msg_iovlen = size_t(iovcnt);
     ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
-      if (errno != EAGAIN && errno != EINTR) {
+      // EFAULT (guarded): nothing taken; the guarded copy below finds the fault.
+      if (errno != EAGAIN && errno != EINTR && !(guarded && errno == EFAULT)) {
         closeConn(c, "", LogLevel::Debug);
-        return;
+        return false;
       }
       w = 0;
     }
     done = size_t(w);
-    if (done == total) return;
+    if (done == total) return false;
   }
   // queue the rest (copied: the caller reuses its buffers)
   if (c->outHead > 0 && c->outHead >= c->out.size() / 2) {
@@ -356,6 +383,7 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     c->outHead = 0;
   }
   size_t skip = done;
+  bool faulted = false;
   for (int i = 0; i < iovcnt; i++) {
     const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
     size_t n = iov[i].iov_len;
@@ -363,7 +391,17 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
       skip -= n;
       continue;
     }
-    c->out.insert(c->out.end(), p + skip, p + n);
+    if (guarded && i > 0) {
+      // zeros where the mapping cannot be read (and after a fault: the frame stays whole)
+      const size_t at = c->out.size();
+      c->out.resize(at + (n - skip));
+      if (!faulted && guardedMove(c->out.data() + at, p + skip, n - skip)) {
+        faulted = true;
+        std::memset(c->out.data() + at, 0, n - skip);
+      }
+    } else {
+      c->out.insert(c->out.end(), p + skip, p + n);
+    }
     skip = 0;
   }
   if (!(c->epollMask & EPOLLOUT)) {
@@ -371,6 +409,7 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     updateMask(c);
   }
   afterBacklogChange(c);
+  return faulted;
 }
 
 uint64_t HostImpl::backlog(ConnId id) const {
@@ -459,6 +498,7 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   if (c->fd >= 0 && was != ConnState::Connecting) flushConn(c);
   c->paused = false;
   c->above = false;
+  c->sinking = false;
   c->out.clear();
   c->outHead = 0;
   // `in` stays: the core may still read the frame it was handed when it closed the conn

@@ -109,6 +109,12 @@ struct Conn {
   uint8_t myNonce[kNonceBytes] = {};
   uint8_t theirNonce[kNonceBytes] = {};
   std::vector<uint8_t> sockaddr;  // dialer: where to connect
+  // zero-copy receive of a peer frame's payload (Core::peerSinkOpen; host_peers.cc)
+  bool sinking = false;     // the payload of the current frame goes to sinkDst
+  bool sinkFault = false;   // the mapping faulted: the rest is read and dropped
+  bool plainFrame = false;  // the core declined the current frame: reassembled whole
+  uint8_t* sinkDst = nullptr;
+  size_t sinkLeft = 0;
 
   uint64_t backlog() const { return out.size() - outHead; }
 };
@@ -149,6 +155,7 @@ class HostImpl final : public Host {
 
   // ---- Host (loop thread) ----
   void send(ConnId c, const struct iovec* iov, int iovcnt) override;
+  bool sendFromMapping(ConnId c, const struct iovec* iov, int iovcnt) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;
@@ -179,6 +186,7 @@ class HostImpl final : public Host {
   void finishConn(ConnId id);
   void runDeferred();
   bool sendRaw(Conn* c, const uint8_t* p, size_t n);
+  bool sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool guarded);
   // host_peers.cc
   void startPeers();
   void dialPeer(size_t idx, uint32_t attempt);
@@ -193,6 +201,8 @@ class HostImpl final : public Host {
   void peerLinkClosed(Conn* c);
   void handshakeClosed(Conn* c, ConnState was);
   bool peerListed(uint32_t id) const;
+  bool startSink(Conn* c, size_t off, uint32_t len);
+  int readSink(Conn* c);
   const HostAddr* peerAddr(uint32_t id) const;
 
   HostOptions opts_;

@@ -32,6 +32,7 @@
 #include <cstring>
 
 #include "host_impl.h"
+#include "sigbus_guard.h"
 
 namespace fractos {
 
@@ -393,6 +394,63 @@ void HostImpl::peerAuthenticated(Conn* c) {
   livePeers_[id] = c->id;
   log(LogLevel::Info, "peer connected",
       "{\"peer\":" + std::to_string(id) + ",\"epoch\":" + std::to_string(c->peerEpoch) + "}");
+}
+
+// ---- zero-copy receive (Core::peerSinkOpen): a peer frame's payload straight into a mapping --
+
+bool HostImpl::startSink(Conn* c, size_t off, uint32_t len) {
+  const uint8_t* f = c->in.data() + off;
+  const size_t have = c->inLen - off;
+  Core::PeerSink sink;
+  if (!core_->peerSinkOpen(c->id, f, have, len, &sink)) return false;
+  if (sink.headBytes > have || sink.headBytes > len) {  // a core bug; the frame would be lost
+    closeConn(c, "zero-copy receive: head of " + std::to_string(sink.headBytes) + " bytes", LogLevel::Warn);
+    return false;
+  }
+  c->sinking = true;
+  c->sinkFault = false;
+  c->sinkDst = sink.dst;
+  c->sinkLeft = len - sink.headBytes;
+  // The payload bytes read with the head go first (a copy of at most one read chunk).
+  const size_t early = have - sink.headBytes;
+  if (early) {
+    if (guardedMove(c->sinkDst, f + sink.headBytes, early)) c->sinkFault = true;
+    c->sinkDst += early;
+    c->sinkLeft -= early;
+  }
+  if (c->in.size() < 4096) c->in.resize(4096);  // where a faulted payload is dropped
+  return true;
+}
+
+int HostImpl::readSink(Conn* c) {
+  while (c->sinkLeft > 0) {
+    ssize_t r;
+    // A truncated mapping makes recv fail with EFAULT (the kernel copies; no SIGBUS); the
+    // bytes it did not take stay in the socket and are dropped from then on.
+    if (!c->sinkFault) r = ::recv(c->fd, c->sinkDst, c->sinkLeft, MSG_DONTWAIT);
+    else r = ::recv(c->fd, c->in.data(), std::min(c->sinkLeft, c->in.size()), MSG_DONTWAIT);
+    if (r == 0) {
+      closeConn(c, "", LogLevel::Debug);
+      return -1;
+    }
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) return 0;
+      if (errno == EFAULT && !c->sinkFault) {
+        c->sinkFault = true;
+        continue;
+      }
+      closeConn(c, "", LogLevel::Debug);
+      return -1;
+    }
+    c->st.bytesIn += uint64_t(r);
+    if (!c->sinkFault) c->sinkDst += r;
+    c->sinkLeft -= size_t(r);
+  }
+  c->sinking = false;
+  c->sinkDst = nullptr;
+  c->st.framesIn++;
+  core_->peerSinkDone(c->id, c->sinkFault);
+  return c->state == ConnState::Lingering ? -1 : 1;
 }
 
 void HostImpl::peerLinkClosed(Conn* c) {

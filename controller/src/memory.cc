@@ -170,6 +170,7 @@ struct CoreImpl::CopyJob {
   uint64_t size = 0, chunk = 0, next = 0;
   int inflight = 0;
   bool failed = false;
+  bool waiting = false;  // in copyWaiters_ until its peer link's backlog drains
 };
 
 void CoreImpl::execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<Target>& dst, Done done) {
@@ -217,16 +218,86 @@ void CoreImpl::execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<T
   copyPump(job);
 }
 
+std::shared_ptr<std::vector<uint8_t>> CoreImpl::takeChunkBuf() {
+  if (chunkPool_.empty()) return std::make_shared<std::vector<uint8_t>>(kCopyChunkBytes);
+  std::shared_ptr<std::vector<uint8_t>> b = std::move(chunkPool_.back());
+  chunkPool_.pop_back();
+  return b;
+}
+
+void CoreImpl::giveChunkBuf(std::shared_ptr<std::vector<uint8_t>> b) {
+  if (chunkPool_.size() < kChunkPoolMax) chunkPool_.push_back(std::move(b));
+}
+
+ConnId CoreImpl::peerConnOf(const Target* t) const {
+  if (!t->isProxy) return 0;
+  Peer* p = peerOf(static_cast<const Proxy*>(t)->ref.controller);
+  return p ? p->conn : 0;
+}
+
 void CoreImpl::copyPump(const std::shared_ptr<CopyJob>& job) {
   while (!job->failed && job->inflight < kCopyWindow && job->next < job->size) {
+    if (job->dst->revoked) {  // e.g. its peer went away while the copy waited for the link
+      job->failed = true;
+      return job->done(Err(kRevoked, "memory_copy destination was revoked during the copy"));
+    }
+    // Chunks to a peer wait while its link holds more than maxOutboundBytes unsent; drained()
+    // resumes them (many copies at once queue at most that much, plus one chunk each).
+    if (ConnId pc = peerConnOf(job->dst.get()); pc && host_->backlog(pc) > limits_.maxOutboundBytes) {
+      if (!job->waiting) {
+        job->waiting = true;
+        copyWaiters_[pc].push_back(job);
+      }
+      return;
+    }
     uint64_t off = job->next;
     uint32_t len = uint32_t(std::min(job->chunk, job->size - off));
     job->next += len;
     job->inflight++;
-    readChunk(job->src, off, len, [this, job, off](const Err& e, std::shared_ptr<std::vector<uint8_t>> bytes) {
-      if (e || job->failed) return copyFinish(job, e);
-      writeChunk(job->dst, off, job->size, bytes->data(), bytes->size(), [this, job, bytes](const Err& we) { copyFinish(job, we); });
+    if (job->src->mem->map && job->dst->isProxy) {
+      sendChunkFromMapping(job, off, len);
+      continue;
+    }
+    // One pooled buffer per chunk in flight (no allocation per chunk once the pool is warm).
+    std::shared_ptr<std::vector<uint8_t>> buf = takeChunkBuf();
+    uint8_t* into = buf->data();
+    readChunk(job->src, off, len, into, [this, job, off, len, buf](const Err& e) {
+      if (e || job->failed) {
+        giveChunkBuf(buf);
+        return copyFinish(job, e);
+      }
+      // writeChunk is done with `buf` when it returns (the host copies what the kernel does not take).
+      writeChunk(job->dst, off, job->size, buf->data(), len, [this, job](const Err& we) { copyFinish(job, we); });
+      giveChunkBuf(buf);
     });
+  }
+}
+
+void CoreImpl::sendChunkFromMapping(const std::shared_ptr<CopyJob>& job, uint64_t off, uint32_t len) {
+  // P_MEM_WRITE: ref, u64 offset, u64 total, data -- the data straight from the source
+  // mapping (Host::sendFromMapping: no copy of ours; a truncated source is EFAULT, and the
+  // frame goes out whole with zeros, the copy fails here).
+  const Ref ref = static_cast<Proxy*>(job->dst.get())->ref;
+  Peer* owner = peerOf(ref.controller);
+  if (!owner) return copyFinish(job, Err(kRevoked, "controller " + std::to_string(ref.controller) + " is not connected"));
+  const MemInfo& sm = *job->src->mem;
+  uint32_t seq = owner->calls.add([this, job](const Err& e, const uint8_t*, size_t) { copyFinish(job, e); });
+  encodePMemWriteHead(chunkHead_, seq, ref, off, job->size, len);
+  struct iovec iov[2] = {{const_cast<uint8_t*>(chunkHead_.data()), chunkHead_.size()}, {sm.map->base + sm.offset + off, len}};
+  if (!host_->sendFromMapping(owner->conn, iov, 2) || job->failed) return;
+  // The chunk's REPLY still comes (and is ignored): the copy fails now.
+  job->failed = true;
+  job->done(regionFault(sm, false));
+}
+
+void CoreImpl::drained(ConnId c) {
+  auto it = copyWaiters_.find(c);
+  if (it == copyWaiters_.end()) return;
+  std::vector<std::shared_ptr<CopyJob>> jobs = std::move(it->second);
+  copyWaiters_.erase(it);
+  for (auto& job : jobs) {
+    job->waiting = false;
+    copyPump(job);
   }
 }
 
@@ -241,28 +312,26 @@ void CoreImpl::copyFinish(const std::shared_ptr<CopyJob>& job, const Err& e) {
   copyPump(job);
 }
 
-void CoreImpl::readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len,
-                         std::function<void(const Err&, std::shared_ptr<std::vector<uint8_t>>)> cb) {
+void CoreImpl::readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len, uint8_t* into, Done cb) {
   const MemInfo& m = *obj->mem;
   if (m.map) {
     // Into bytes of our own (never a view of a mapping: a truncated region must fail here).
-    auto out = std::make_shared<std::vector<uint8_t>>(len);
     const uint8_t* from = m.map->base + m.offset + off;
-    void* fault = guardedMove(out->data(), from, len);
-    if (!fault) return cb(Err(), out);
-    return cb(regionFault(m, !inRange(fault, from, len)), nullptr);
+    void* fault = guardedMove(into, from, len);
+    if (!fault) return cb(Err());
+    return cb(regionFault(m, !inRange(fault, from, len)));
   }
   std::shared_ptr<Proc> owner = obj->owner;
-  if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"), nullptr);
+  if (!owner->alive) return cb(Err(kFault, "process " + std::to_string(owner->id) + " is gone"));
   // MEM_READ: u64 servedKey, u64 offset, u32 length -> REPLY data
   uint32_t seq = owner->calls.addWithDeadline(
       host_,
-      [len, cb](const Err& e, const uint8_t* f, size_t flen) {
-        if (e) return cb(e, nullptr);
+      [len, into, cb](const Err& e, const uint8_t* f, size_t flen) {
+        if (e) return cb(e);
         if (flen - kHeaderBytes != len)
-          return cb(Err(kFault, "served read returned " + std::to_string(flen - kHeaderBytes) + " of " + std::to_string(len) + " bytes"),
-                    nullptr);
-        cb(Err(), std::make_shared<std::vector<uint8_t>>(f + kHeaderBytes, f + flen));
+          return cb(Err(kFault, "served read returned " + std::to_string(flen - kHeaderBytes) + " of " + std::to_string(len) + " bytes"));
+        memcpy(into, f + kHeaderBytes, len);
+        cb(Err());
       },
       servedTimeoutMs_, "served read of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
   encodeMemRead(out_, seq, m.servedKey, m.offset + off, len);
@@ -286,10 +355,9 @@ void CoreImpl::writeChunk(const std::shared_ptr<Target>& t, uint64_t off, uint64
     const Ref ref = static_cast<Proxy*>(t.get())->ref;
     Peer* owner = peerOf(ref.controller);
     if (!owner) return cb(Err(kRevoked, "controller " + std::to_string(ref.controller) + " is not connected"));
-    uint32_t seq = owner->calls.add([cb](const Err& e, const uint8_t*, size_t) { cb(e); });
-    Frame head;
-    encodePMemWriteHead(head, seq, ref, off, total, len);
-    sendv(owner->conn, head, data, len);
+    uint32_t seq = owner->calls.add([cb = std::move(cb)](const Err& e, const uint8_t*, size_t) { cb(e); });
+    encodePMemWriteHead(chunkHead_, seq, ref, off, total, len);
+    sendv(owner->conn, chunkHead_, data, len);
     return;
   }
   writeLocal(std::static_pointer_cast<Obj>(t), off, data, len, std::move(cb));
@@ -317,9 +385,8 @@ void CoreImpl::writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const u
   uint32_t seq = owner->calls.addWithDeadline(
       host_, [cb](const Err& e, const uint8_t*, size_t) { cb(e); }, servedTimeoutMs_,
       "served write of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
-  Frame head;
-  encodeMemWriteHead(head, seq, m.servedKey, m.offset + off, len);
-  sendv(owner->conn, head, data, len);
+  encodeMemWriteHead(chunkHead_, seq, m.servedKey, m.offset + off, len);
+  sendv(owner->conn, chunkHead_, data, len);
 }
 
 void CoreImpl::regionsOfPidGone(uint32_t pid) {

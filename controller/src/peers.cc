@@ -49,6 +49,7 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
     peers_.erase(it);
     kvPeerGone(peer->id);
   }
+  peer->sink = Peer::Sink{};
   peer->calls.failAll(host_, kDisconnected, "controller " + std::to_string(peer->id) + " disconnected");
   std::vector<std::shared_ptr<Proxy>> gone;
   for (auto& [ref, p] : proxies_)
@@ -67,6 +68,8 @@ void CoreImpl::peerGone(const std::shared_ptr<Peer>& peer) {
     }
     objects_.released(o.get());
   }
+  // Copies waiting for this link to drain go on: their destination is revoked now, they fail.
+  drained(peer->conn);
 }
 
 void CoreImpl::peerFrame(ConnId c, const uint8_t* f, size_t len) {
@@ -294,6 +297,54 @@ Err CoreImpl::onPeerFrame(const std::shared_ptr<Peer>& peer, const uint8_t* f, s
     default:
       return Err(kProto, "unknown peer op " + opName(h.op));
   }
+}
+
+// ---- zero-copy receive of P_MEM_WRITE (host.h Core::peerSinkOpen) -----------------------------
+
+bool CoreImpl::peerSinkOpen(ConnId c, const uint8_t* f, size_t have, size_t len, PeerSink* sink) {
+  // Only the case that succeeds goes straight into the mapping; every error (and a served
+  // destination) takes the frame whole through onPeerFrame, which answers it as before.
+  auto it = peerByConn_.find(c);
+  if (it == peerByConn_.end() || !it->second->alive || it->second->sink.open) return false;
+  Peer& peer = *it->second;
+  const Header h = readHeader(f);
+  if (h.op != op::P_MEM_WRITE) return false;
+  // P_MEM_WRITE: ref, u64 offset, u64 total, bytes
+  Reader r(f, have);
+  Ref ref = r.ref();
+  uint64_t off = r.u64(), total = r.u64();
+  if (r.bad) return false;
+  const size_t head = r.off;
+  std::shared_ptr<Obj> obj;
+  if (localObj(ref, &obj)) return false;
+  if (!obj->mem || !(obj->mem->perms & kWrite) || !obj->mem->map) return false;
+  const MemInfo& m = *obj->mem;
+  const uint64_t n = len - head;
+  // The bounds of writeLocal, and the mapping's own length (a hostile peer writes nowhere else).
+  if (total > m.size || off > m.size || n > m.size - off || n == 0) return false;
+  if (m.offset + off + n > m.map->len) return false;
+  peer.sink.open = true;
+  peer.sink.seq = h.seq;
+  peer.sink.obj = obj;
+  peer.sink.map = m.map;
+  sink->dst = m.map->base + m.offset + off;
+  sink->headBytes = head;
+  return true;
+}
+
+void CoreImpl::peerSinkDone(ConnId c, bool faulted) {
+  auto it = peerByConn_.find(c);
+  if (it == peerByConn_.end()) return;
+  std::shared_ptr<Peer> peer = it->second;
+  if (!peer->sink.open) return;
+  Peer::Sink s = std::move(peer->sink);
+  peer->sink = Peer::Sink{};
+  if (!peer->alive) return;
+  // Revoked while its bytes were arriving: they landed, but the copy is reported failed.
+  if (s.obj->revoked) return replyErr(peer->conn, s.seq, Err(kRevoked, "memory_copy destination was revoked during the copy"));
+  if (faulted) return replyErr(peer->conn, s.seq, regionFault(*s.obj->mem, false));
+  out_.start(op::REPLY, s.seq).finish();
+  send(peer->conn, out_);
 }
 
 void CoreImpl::sendRevoked(uint32_t peerId, const Ref& ref, uint16_t reason) {

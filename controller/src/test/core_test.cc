@@ -4,6 +4,10 @@
 // and the core behind a recording host: HELLO, NULL, error order of calls, credits (an
 // over-ACK is EPROTO and closes only that channel), a Request invoked and delivered.
 // Exit status 0 when every check holds; each failed check prints file:line.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -268,7 +272,11 @@ class FakeHost : public Host {
     for (int i = 0; i < n; i++) s.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     sent.push_back(Sent{c, s});
   }
-  uint64_t backlog(ConnId) const override { return 0; }
+  uint64_t backlog(ConnId c) const override {
+    auto it = backlogs.find(c);
+    return it == backlogs.end() ? 0 : it->second;
+  }
+  std::map<ConnId, uint64_t> backlogs;
   void close(ConnId c, const std::string&) override { closed.push_back(c); }
   void setLinkInfo(ConnId, bool, uint32_t, const std::string&) override {}
   std::vector<LinkStats> linkStats() const override { return {}; }
@@ -542,6 +550,192 @@ static void testNameStore() {
   CHECK_EQ(store.removes[1].r.ownerProc, p1);
   CHECK_EQ(core->objectCount(), uint64_t(0));
   delete core;
+// ---- copies across Controllers: zero-copy receive (peerSinkOpen/Done) and drained() ----------
+
+static Ref refAt(const std::string& f, size_t o) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(f.data()) + o;
+  Ref r;
+  r.controller = ld32(p);
+  r.epoch = ld32(p + 4);
+  std::memcpy(&r.id, p + 8, 8);
+  return r;
+}
+
+/** How many frames with `op` were sent on `c` from index `from` on. */
+static size_t countOp(const FakeHost& host, ConnId c, uint16_t op, size_t from = 0) {
+  size_t n = 0;
+  for (size_t i = from; i < host.sent.size(); i++) n += host.sent[i].c == c && opOf(host.sent[i].bytes) == op;
+  return n;
+}
+
+static void testPeerCopies() {
+  FakeHost host;
+  CoreConfig cfg;
+  cfg.id = 1;
+  cfg.epoch = 5;
+  cfg.peerIds = {2};
+  Core* core = newCore(&host, cfg);
+  const ConnId P = 50, C = 10;
+  CHECK(core->peerUp(P, 2, 1));
+  hello(core, host, C, kFeatureMemoryDescriptors);  // kernel pid 4242
+
+  // A shared region of "pid 4242" (the name the Controller accepts from that Process).
+  const size_t kSize = 1 << 20;
+  std::string name = "/fractos-4242-core-test-" + std::to_string(getpid());
+  int fd = shm_open(name.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+  CHECK(fd >= 0);
+  CHECK_EQ(ftruncate(fd, kSize), 0);
+  auto* mine = static_cast<uint8_t*>(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  CHECK(mine != MAP_FAILED);
+  close(fd);
+  Frame f;
+  f.start(op::MEMORY_CREATE, 2).u8(kShared).u8(kRW).u16(0).u32(0).u64(0).u64(kSize).u64(0).str(name).finish();
+  call(core, C, f);
+  CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
+  uint32_t memCid = u32At(host.last(C), 16);
+  // Published: the name goes to the peer with the object's ref.
+  f.start(op::KV_PUT, 3).u32(memCid).str("m").finish();
+  call(core, C, f);
+  CHECK_EQ(opOf(host.last(P)), uint16_t(op::P_KV_PUT));
+  const Ref ref = refAt(host.last(P), 16 + 32);
+  CHECK_EQ(ref.controller, 1u);
+
+  // A P_MEM_WRITE of 20000 bytes at 100: its payload goes to the mapping at 100.
+  const size_t n = 20000;
+  std::vector<uint8_t> head(kPeerSinkPeekBytes, 0xab);
+  auto headOf = [&](uint32_t seq, const Ref& r, uint64_t off, uint64_t total, size_t len) {
+    Frame h;
+    encodePMemWriteHead(h, seq, r, off, total, len);
+    std::memcpy(head.data(), h.data(), h.size());
+    return h.size();
+  };
+  Core::PeerSink sink;
+  CHECK_EQ(headOf(77, ref, 100, 1000, n), size_t(48));
+  CHECK(core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));
+  CHECK_EQ(sink.headBytes, size_t(48));
+  Core::PeerSink second;
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &second));  // one at a time per link
+  std::memset(sink.dst, 0x5c, n);
+  CHECK_EQ(mine[99], uint8_t(0));
+  CHECK_EQ(mine[100], uint8_t(0x5c));
+  CHECK_EQ(mine[100 + n - 1], uint8_t(0x5c));
+  CHECK_EQ(mine[100 + n], uint8_t(0));
+  size_t before = host.sent.size();
+  core->peerSinkDone(P, false);
+  CHECK_EQ(host.sent.size(), before + 1);
+  CHECK_EQ(opOf(host.last(P)), uint16_t(op::REPLY));
+  CHECK_EQ(u32At(host.last(P), 8), 77u);
+  CHECK_EQ(codeOf(host.last(P)), uint16_t(0));
+  core->peerSinkDone(P, false);  // nothing open: nothing sent
+  CHECK_EQ(host.sent.size(), before + 1);
+  // A fault (truncated mapping) answers EFAULT.
+  headOf(78, ref, 0, n, n);
+  CHECK(core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));
+  core->peerSinkDone(P, true);
+  CHECK_EQ(codeOf(host.last(P)), uint16_t(kFault));
+  // A hostile peer writes nowhere outside the Memory: every bound declines (the frame then
+  // comes whole and is answered with its error, as before).
+  headOf(79, ref, kSize - 10, kSize, n);
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));       // past the end
+  headOf(79, ref, ~uint64_t(0) - 5, kSize, n);
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));       // offset wraps
+  headOf(79, ref, 0, kSize + 1, n);
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));       // total beyond size
+  headOf(79, Ref{1, 5, 999999}, 0, n, n);
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));       // no such object
+  headOf(79, ref, 0, n, n);
+  CHECK(!core->peerSinkOpen(P + 1, head.data(), head.size(), 48 + n, &sink));   // not a peer link
+  CHECK(!core->peerSinkOpen(P, head.data(), 40, 48 + n, &sink));                // short head
+  Frame other;
+  other.start(op::P_NULL, 80).finish();
+  std::memcpy(head.data(), other.data(), other.size());
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));       // another op
+  // The declined frame, whole: ERANGE, and the mapping's bytes past the end untouched.
+  std::vector<uint8_t> whole(48 + 16, 0x77);
+  Frame h;
+  encodePMemWriteHead(h, 81, ref, kSize - 10, kSize, 16);
+  std::memcpy(whole.data(), h.data(), h.size());
+  core->peerFrame(P, whole.data(), whole.size());
+  CHECK_EQ(codeOf(host.last(P)), uint16_t(kRange));
+  CHECK_EQ(mine[kSize - 10], uint8_t(0));
+  // A read-only view of it: declined, then EPERM.
+  f.start(op::MEMORY_DIMINISH, 4).u32(memCid).u8(kWrite).u8(0).u16(0).u64(0).u64(4096).finish();
+  call(core, C, f);
+  CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
+  f.start(op::KV_PUT, 5).u32(u32At(host.last(C), 16)).str("ro").finish();
+  call(core, C, f);
+  const Ref roRef = refAt(host.last(P), 16 + 32);
+  headOf(82, roRef, 0, n, n);
+  CHECK(!core->peerSinkOpen(P, head.data(), head.size(), 48 + n, &sink));
+
+  // drained(): a copy to a peer whose link has more than maxOutboundBytes unsent waits, and
+  // goes on when the link drains. Source: served Memory of the Process (MEM_READ to it).
+  f.start(op::MEMORY_CREATE, 6).u8(kServed).u8(kRW).u16(0).u32(0).u64(0).u64(kSize).u64(9).finish();
+  call(core, C, f);
+  CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
+  uint32_t src = u32At(host.last(C), 16);
+  encodePKvPut(f, 1, 1, 2, 1, false, Ref{2, 1, 99}, "far");
+  core->peerFrame(P, f.data(), f.size());
+  f.start(op::KV_GET, 7).str("far").finish();
+  call(core, C, f);
+  // a remote name: the getter's cap is a revtree child made at the owner (P_REVTREE)
+  CHECK_EQ(opOf(host.last(P)), uint16_t(op::P_REVTREE));
+  encodeRefReply(f, u32At(host.last(P), 8), Ref{2, 1, 100});
+  core->peerFrame(P, f.data(), f.size());
+  CHECK_EQ(u32At(host.last(C), 8), 7u);
+  CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
+  uint32_t far = u32At(host.last(C), 16);
+  host.backlogs[P] = cfg.limits.maxOutboundBytes + 1;
+  before = host.sent.size();
+  f.start(op::MEMORY_COPY, 8).u32(src).u32(far).finish();
+  call(core, C, f);
+  CHECK_EQ(countOp(host, C, op::MEM_READ, before), size_t(0));  // waiting for the link
+  host.backlogs[P] = 0;
+  core->drained(P);
+  CHECK_EQ(countOp(host, C, op::MEM_READ, before), size_t(4));  // 1 MiB in 4 chunks of 256 KiB
+  // Answer the reads; each becomes a P_MEM_WRITE; the peer's REPLYs finish the copy.
+  std::vector<uint32_t> reads;
+  for (size_t i = before; i < host.sent.size(); i++)
+    if (host.sent[i].c == C && opOf(host.sent[i].bytes) == op::MEM_READ) reads.push_back(u32At(host.sent[i].bytes, 8));
+  std::vector<uint8_t> reply(16 + (256 << 10), 0x33);
+  for (uint32_t seq : reads) {
+    Frame r;
+    r.start(op::REPLY, seq).finish(256 << 10);
+    std::memcpy(reply.data(), r.data(), 16);
+    size_t at = host.sent.size();
+    core->processFrame(C, reply.data(), reply.size());
+    CHECK_EQ(countOp(host, P, op::P_MEM_WRITE, at), size_t(1));
+  }
+  std::vector<uint32_t> writes;
+  for (size_t i = before; i < host.sent.size(); i++)
+    if (host.sent[i].c == P && opOf(host.sent[i].bytes) == op::P_MEM_WRITE) writes.push_back(u32At(host.sent[i].bytes, 8));
+  CHECK_EQ(writes.size(), size_t(4));
+  for (uint32_t seq : writes) {
+    Frame r;
+    r.start(op::REPLY, seq).finish();
+    core->peerFrame(P, r.data(), r.size());
+  }
+  CHECK_EQ(opOf(host.last(C)), uint16_t(op::REPLY));
+  CHECK_EQ(u32At(host.last(C), 8), 8u);
+  CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
+
+  // A copy waiting on a link that closes fails (no such peer) instead of hanging.
+  host.backlogs[P] = cfg.limits.maxOutboundBytes + 1;
+  before = host.sent.size();
+  f.start(op::MEMORY_COPY, 9).u32(src).u32(far).finish();
+  call(core, C, f);
+  CHECK_EQ(host.sent.size(), before);
+  core->peerClosed(P);
+  bool answered = false;
+  for (size_t i = before; i < host.sent.size(); i++)
+    if (host.sent[i].c == C && opOf(host.sent[i].bytes) == op::REPLY && u32At(host.sent[i].bytes, 8) == 9u)
+      answered = codeOf(host.sent[i].bytes) != 0;
+  CHECK(answered);
+
+  core->processClosed(C);
+  delete core;
+  munmap(mine, kSize);
+  shm_unlink(name.c_str());
 }
 
 int main() {
@@ -550,6 +744,7 @@ int main() {
   testResolveOrder();
   testCore();
   testNameStore();
+  testPeerCopies();
   std::printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
