@@ -66,6 +66,8 @@ export class Namespace {
   #files = 0;
   #entryOps: (string | number)[] = [];
   #removed: number[] = [];
+  /** Inodes marked dirty since the last image or delta (Inode.changes points here). */
+  readonly #changed = new Set<Inode>();
 
   constructor(deps: NamespaceDeps) {
     this.#deps = deps;
@@ -101,6 +103,8 @@ export class Namespace {
 
   #put(ino: Inode): void {
     this.#inodes.set(ino.id, ino);
+    ino.changes = this.#changed;
+    if (ino.dirty) this.#changed.add(ino);
     this.#metaBytes += META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
     if (isReg(ino)) this.#files++;
   }
@@ -175,6 +179,7 @@ export class Namespace {
     const files: Inode[] = [];
     for (const ino of this.#inodes.values()) {
       this.#metaBytes += META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
+      ino.changes = this.#changed;
       ino.dirty = false;
       if (isReg(ino)) {
         this.#files++;
@@ -191,6 +196,7 @@ export class Namespace {
     }
     this.#entryOps = [];
     this.#removed = [];
+    this.#changed.clear();
     return files;
   }
 
@@ -246,6 +252,7 @@ export class Namespace {
       inodes.push(this.#tuple(i, true));
       i.dirty = false;
     }
+    this.#changed.clear();
     this.#entryOps = [];
     this.#removed = [];
     return { nextIno: this.#nextIno, inodes };
@@ -254,11 +261,13 @@ export class Namespace {
   /** The changes since the last image or delta (a log record), and reset the tracking. */
   delta(): MetaDelta {
     const i: MetaInode[] = [];
-    for (const ino of this.#inodes.values()) {
-      if (!ino.dirty) continue;
+    // Only inodes in the namespace (an unlinked open file's changes are not persisted).
+    for (const ino of this.#changed) {
+      if (!ino.dirty || this.#inodes.get(ino.id) !== ino) continue;
       i.push(this.#tuple(ino, false));
       ino.dirty = false;
     }
+    this.#changed.clear();
     const d: MetaDelta = { n: this.#nextIno, i, e: this.#entryOps, r: this.#removed };
     this.#entryOps = [];
     this.#removed = [];

@@ -163,10 +163,14 @@ export class Opens {
     if (this.#handles.size >= MAX_OPENS) throw new FractosError('ENFILE', `${MAX_OPENS} open handles`);
     const p = this.#proc;
     const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
-    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
-    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
-    const close = await p.createRequest(Close, { handle: h.id });
-    const map = dax ? await p.createRequest(DaxMap, { handle: h.id }) : 0;
+    // One round trip for all of them (pipelined request_creates).
+    const none = Promise.resolve(0);
+    const [read, write, close, map] = await Promise.all([
+      mode & OpenMode.READ ? p.createRequest(Read, { handle: h.id }) : none,
+      mode & OpenMode.WRITE ? p.createRequest(Write, { handle: h.id }) : none,
+      p.createRequest(Close, { handle: h.id }),
+      dax ? p.createRequest(DaxMap, { handle: h.id }) : none,
+    ]);
     h.cids.push(...[read, write, close, map].filter(Boolean));
     const caps: Record<string, number> = { read, write, close, map };
     const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);

@@ -140,8 +140,8 @@ export class FsService {
     return this.#extents.pooled;
   }
 
-  /** Metadata writes so far: whole images (checkpoints) and log records, for tests and stats. */
-  get metaWrites(): { checkpoints: number; records: number } {
+  /** Metadata writes so far: whole images (checkpoints) and log records, and how many of them were FUA (`flushes`), for tests and stats. */
+  get metaWrites(): { checkpoints: number; records: number; flushes: number } {
     return { ...this.#meta.counts };
   }
 
@@ -326,10 +326,11 @@ export class FsService {
     p.serve(Fsync, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
         ns.get(imms.ino);
-        // Mediated writes are FUA and answered after their size is durable; the image write
-        // (FUA: a device flush after it) makes the attributes durable and flushes the device's
-        // cache for every write completed before it, DAX writes included.
-        await this.#meta.persist();
+        // Mediated writes are answered once on the device with their size recorded; this FUA
+        // record (a device flush after it) makes the attributes durable and flushes the
+        // device's cache for every write completed before it: data, metadata records and
+        // DAX writes alike.
+        await this.#meta.persist(true);
         await p.invoke(caps.onSuccess, DoneReply);
       }),
     );

@@ -415,6 +415,7 @@ vtest('metadata log: 2,200 operations fill the log and cross checkpoints; a rest
     await fs.close(o, true);
     const w = e.fs!.metaWrites;
     t.true(w.checkpoints >= 2 && w.records > 1024, `${w.checkpoints} checkpoints, ${w.records} log records`);
+    t.is(w.flushes, w.checkpoints, 'namespace operations and writes are not FUA: only checkpoints flush the device');
     const before = await checkTree(t, fs);
     const names = async (ino: number): Promise<string[]> => (await fs.readdirAll(ino)).map((x) => `${x.name}:${x.ino}:${x.cookie}`);
     const listing = [await names(many.ino), await names(other.ino)];
@@ -437,6 +438,10 @@ vtest('metadata log: 2,200 operations fill the log and cross checkpoints; a rest
     // And it goes on appending after the replayed records.
     await fs.mknod(many.ino, 'after', 0o644);
     t.is(e.fs.metaWrites.records, 1);
+    t.is(e.fs.metaWrites.flushes, 0);
+    // fsync: a FUA record (the device flush covers every write completed before it).
+    await fs.fsync(d.ino);
+    t.deepEqual(e.fs.metaWrites, { checkpoints: 0, records: 2, flushes: 1 });
   } finally {
     await teardown(e);
   }
