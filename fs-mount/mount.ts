@@ -129,7 +129,7 @@ export class FsMount extends EventEmitter {
   #session: FuseSession | null = null;
   #closing = false;
   /** Per-op counters, for stats and tests. */
-  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0 };
+  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0 };
 
   private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[]) {
     super();
@@ -326,6 +326,7 @@ export class FsMount extends EventEmitter {
     const fs = this.fs;
     switch (op) {
       case FuseOp.LOOKUP:
+        this.counts.lookups++;
         fs.lookup(ino, name, who).then(entry, (e: unknown) => {
           // A negative entry, cached for the entry timeout (the kernel drops it on a create here).
           if ((e as { code?: string }).code === 'ENOENT' && this.#session) {
@@ -408,7 +409,9 @@ export class FsMount extends EventEmitter {
         return;
       }
       case FuseOp.READDIR:
-        this.#readdir(id, ino, a, b, who);
+      case FuseOp.READDIRPLUS:
+        if (op === FuseOp.READDIRPLUS) this.counts.readdirPlus++;
+        this.#readdir(id, ino, a, b, who, op === FuseOp.READDIRPLUS);
         return;
       case FuseOp.RELEASEDIR:
         this.#handles.delete(a);
@@ -421,7 +424,7 @@ export class FsMount extends EventEmitter {
         }, fail);
         return;
       default:
-        // ACCESS (default_permissions: the kernel checks), READDIRPLUS (not asked for), FALLOCATE.
+        // ACCESS (default_permissions: the kernel checks), FALLOCATE.
         fail({ code: op === FuseOp.FALLOCATE ? 'EOPNOTSUPP' : 'ENOSYS' });
     }
   }
@@ -453,8 +456,13 @@ export class FsMount extends EventEmitter {
     await this.fs.close(h.file, true);
   }
 
-  #readdir(id: number, ino: number, size: number, off: number, who: Who): void {
-    this.fs.readdir(ino, off, 0, who).then(({ entries }) => {
+  /**
+   * readdir / readdirplus (`plus`: the FS's readdir with attributes, answered as entries: the
+   * kernel caches them for the timeouts, so `ls -l` or stat after readdir needs no lookup).
+   * Every entry packed by readdirplus but '.' and '..' counts one lookup (as lookup does).
+   */
+  #readdir(id: number, ino: number, size: number, off: number, who: Who, plus: boolean): void {
+    this.fs.readdir(ino, off, 0, who, plus).then(({ entries }) => {
       this.#inflight.delete(id);
       if (!this.#session) return;
       const names: string[] = [];
@@ -462,11 +470,21 @@ export class FsMount extends EventEmitter {
       entries.forEach((e, i) => {
         names.push(e.name);
         const at = i * (ATTR_LEN + 1);
-        f[at + Attr.INO] = e.ino;
-        f[at + Attr.MODE] = e.type === DirType.DIR ? S_IFDIR : e.type === DirType.LNK ? S_IFLNK : S_IFREG;
+        if (e.attr) this.#attrArray(e.attr, f.subarray(at, at + ATTR_LEN));
+        else {
+          f[at + Attr.INO] = e.ino;
+          f[at + Attr.MODE] = e.type === DirType.DIR ? S_IFDIR : e.type === DirType.LNK ? S_IFLNK : S_IFREG;
+        }
         f[at + ATTR_LEN] = e.cookie;
       });
-      this.#fuse.replyDir(this.#session, id, size, false, names, f, 0, 0);
+      const t = this.#opts.attrTimeout;
+      const packed = this.#fuse.replyDir(this.#session, id, size, plus, names, f, t, t);
+      if (plus) {
+        for (let i = 0; i < packed; i++) {
+          const e = entries[i]!;
+          if (e.attr && e.name !== '.' && e.name !== '..') this.#node(e.attr).nlookup++;
+        }
+      }
     }, (e: unknown) => this.#fail(id, e));
   }
 

@@ -26,12 +26,13 @@
  *   (no allocation; holes read as zeros), the path-based truncate allocates (as before).
  */
 import { FractosError } from '../libfractos/errors.js';
+import { writeU64 } from '../libfractos/protocol.js';
 import {
-  DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
+  DIRENT_ATTR_BYTES, DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
 } from './contract.js';
 import { allocatedOf, BLOCK, newInode, serialized, type Dir, type Extent, type Inode } from './inode.js';
 import { META_SLOT_BYTES, type MetaDelta, type MetaImage, type MetaInode } from './metadata.js';
-import { access, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
+import { access, attrOf, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
 
 /** What the namespace's operations need from the rest of the FS. */
 export interface NamespaceDeps {
@@ -567,32 +568,47 @@ export class Namespace {
    * records (contract.ts ReaddirReply) into `out`, at most `max` (0: no limit). Errors:
    * ENOENT, ENOTDIR, EACCES.
    */
-  readdir(id: number, cookie: number, max: number, who: Who, out: Buffer): { count: number; bytes: number; end: boolean } {
+  readdir(id: number, cookie: number, max: number, who: Who, out: Buffer, plus = false): { count: number; bytes: number; end: boolean } {
     const d = this.#dirOf(id);
     access(d, who, R);
     const lim = max > 0 ? max : Infinity;
+    const extra = plus ? DIRENT_ATTR_BYTES : 0;
     let count = 0;
     let o = 0;
-    const put = (ino: number, c: number, type: number, name: string): boolean => {
+    const put = (ino: Inode, c: number, type: number, name: string): boolean => {
       const nb = Buffer.byteLength(name);
-      if (count >= lim || o + 19 + nb > Math.min(out.length, DIRENT_BYTES)) return false;
-      out.writeUInt32LE(ino % 0x100000000, o);
-      out.writeUInt32LE(Math.floor(ino / 0x100000000), o + 4);
-      out.writeUInt32LE(c % 0x100000000, o + 8);
-      out.writeUInt32LE(Math.floor(c / 0x100000000), o + 12);
+      if (count >= lim || o + 19 + nb + extra > Math.min(out.length, DIRENT_BYTES)) return false;
+      writeU64(out, ino.id, o);
+      writeU64(out, c, o + 8);
       out[o + 16] = type;
       out.writeUInt16LE(nb, o + 17);
       out.write(name, o + 19, 'utf8');
       o += 19 + nb;
+      if (plus) {
+        const a = attrOf(ino);
+        out.writeUInt32LE(a.mode!, o);
+        out.writeUInt32LE(a.nlink!, o + 4);
+        out.writeUInt32LE(a.uid!, o + 8);
+        out.writeUInt32LE(a.gid!, o + 12);
+        writeU64(out, a.size!, o + 16);
+        writeU64(out, a.blocks!, o + 24);
+        writeU64(out, a.atimeSec!, o + 32);
+        out.writeUInt32LE(a.atimeNsec!, o + 40);
+        writeU64(out, a.mtimeSec!, o + 44);
+        out.writeUInt32LE(a.mtimeNsec!, o + 52);
+        writeU64(out, a.ctimeSec!, o + 56);
+        out.writeUInt32LE(a.ctimeNsec!, o + 64);
+        o += DIRENT_ATTR_BYTES;
+      }
       count++;
       return true;
     };
-    if (cookie < 1 && !put(d.id, 1, DirType.DIR, '.')) return { count, bytes: o, end: false };
-    if (cookie < 2 && !put(d.dir.parent, 2, DirType.DIR, '..')) return { count, bytes: o, end: false };
+    if (cookie < 1 && !put(d, 1, DirType.DIR, '.')) return { count, bytes: o, end: false };
+    if (cookie < 2 && !put(this.#inodes.get(d.dir.parent) ?? d, 2, DirType.DIR, '..')) return { count, bytes: o, end: false };
     for (const [name, e] of d.dir.entries) {
       if (e.cookie <= cookie) continue;
       const c = this.#inodes.get(e.ino)!;
-      if (!put(e.ino, e.cookie, typeOf(c), name)) return { count, bytes: o, end: false };
+      if (!put(c, e.cookie, typeOf(c), name)) return { count, bytes: o, end: false };
     }
     return { count, bytes: o, end: true };
   }

@@ -337,7 +337,7 @@ export class FsService {
     const dirents = Buffer.alloc(DIRENT_BYTES);
     p.serve(Readdir, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
-        const r = ns.readdir(imms.ino, imms.cookie, imms.max, who(imms), dirents);
+        const r = ns.readdir(imms.ino, imms.cookie, imms.max, who(imms), dirents, imms.plus !== 0);
         await p.invoke(caps.onSuccess, ReaddirReply, { count: r.count, end: r.end ? 1 : 0, bytes: r.bytes, entries: dirents.subarray(0, r.bytes) });
       }),
     );

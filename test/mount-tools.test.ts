@@ -166,6 +166,44 @@ mtest('concurrent writers to one file (disjoint ranges) and to one directory', a
   }
 });
 
+mtest('readdirplus: ls -l of 200 files takes every entry\'s attributes from the listing, not a lookup each; sizes, modes, links and times as written', async (t) => {
+  const mp = point('rdp');
+  const m = await mount(stack!, mp);
+  try {
+    const w = await sh('mkdir rdp && cd rdp && for i in $(seq 1 200); do head -c $i /dev/zero > f$i; done && chmod 600 f7 && ln f9 hard9 && ln -s f1 link && touch -d "2001-02-03 04:05:06" f5', mp);
+    t.is(w.code, 0, w.err);
+  } finally {
+    await m.stop();
+  }
+  // A new mount: nothing of rdp is in the kernel's caches.
+  const m2 = await mount(stack!, mp);
+  let out: string;
+  try {
+    const r = await sh('ls -ln --time-style=+%s rdp', mp);
+    t.is(r.code, 0, r.err);
+    out = r.out;
+    await sh('rm -r rdp', mp);
+  } finally {
+    await m2.stop();
+  }
+  const rows = new Map(out.trim().split('\n').slice(1).map((l) => {
+    const f = l.trim().split(/\s+/);
+    return [f[6]!, { mode: f[0]!, links: Number(f[1]), size: Number(f[4]), mtime: Number(f[5]) }];
+  }));
+  t.is(rows.size, 202);
+  for (let i = 1; i <= 200; i++) t.is(rows.get(`f${i}`)?.size, i, `f${i}`);
+  t.is(rows.get('f7')?.mode, '-rw-------');
+  t.is(rows.get('f9')?.links, 2);
+  t.is(rows.get('hard9')?.links, 2);
+  t.is(rows.get('link')?.mode.slice(0, 1), 'l');
+  t.is(rows.get('f5')?.mtime, Math.floor(new Date('2001-02-03T04:05:06').getTime() / 1000));
+  const lookups = Number(/lookups=(\d+)/.exec(m2.output())?.[1] ?? 'NaN');
+  const plus = Number(/readdirPlus=(\d+)/.exec(m2.output())?.[1] ?? 'NaN');
+  t.true(plus >= 1, `readdirplus answered (${plus})`);
+  t.true(lookups < 20, `${lookups} lookups for ls -l of 202 entries (readdirplus answered the rest)`);
+  t.log(`ls -l of 202 entries: ${plus} readdirplus, ${lookups} lookups`);
+});
+
 mtest('--dax: file data through the DAX Requests; the same bytes as a mediated mount sees', async (t) => {
   const mp = point('m5');
   const md = point('m5dax');
