@@ -381,8 +381,12 @@ export class Namespace {
     return d;
   }
 
-  /** mknod: a regular file. Errors: ENOTSUP (another type), those of #forNew. */
-  async mknod(parent: number, name: string, mode: number, umask: number, who: Who): Promise<Inode> {
+  /**
+   * mknod: a regular file. `alongside(ino)` (create + open) runs while the new entry is made
+   * durable; both are waited for (the first error is thrown after both settled, so the caller
+   * can undo what `alongside` made). Errors: ENOTSUP (another type), those of #forNew.
+   */
+  async mknod(parent: number, name: string, mode: number, umask: number, who: Who, alongside?: (ino: Inode) => Promise<void>): Promise<Inode> {
     const type = mode & S_IFMT;
     if (type !== 0 && type !== S_IFREG) throw new FractosError('ENOTSUP', `file type ${type.toString(8)} not supported (regular files, directories, symlinks)`);
     const d = this.#forNew(parent, name, who, 0);
@@ -390,7 +394,13 @@ export class Namespace {
     this.#put(ino);
     this.#addEntry(d, name, ino);
     touch(d, true);
-    await this.#deps.persist();
+    if (!alongside) {
+      await this.#deps.persist();
+      return ino;
+    }
+    const [durable, side] = await Promise.allSettled([this.#deps.persist(), alongside(ino)]);
+    if (durable.status === 'rejected') throw durable.reason;
+    if (side.status === 'rejected') throw side.reason;
     return ino;
   }
 

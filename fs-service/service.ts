@@ -39,7 +39,7 @@ import { BlockCache } from './cache.js';
 import { MetadataStore } from './metadata.js';
 import { Namespace } from './namespace.js';
 import { Extents } from './extents.js';
-import { checkOpenMode, Opens } from './opens.js';
+import { checkOpenMode, Opens, type PreparedOpen } from './opens.js';
 import { Mediated } from './mediated.js';
 import { Staging } from './staging.js';
 
@@ -315,6 +315,20 @@ export class FsService {
           if (imms.flags & OpenFlags.EXCL) throw new FractosError('EEXIST', `'${imms.name}' exists`);
         } catch (err) {
           if ((err as FractosError).code !== 'ENOENT') throw err;
+          if (imms.dax === 0) {
+            // A new file, mediated: its open's Requests are made while the entry is made durable.
+            let prepared: PreparedOpen | null = null;
+            try {
+              await ns.mknod(imms.parent, imms.name, imms.fileMode, imms.umask, w, async (i) => {
+                prepared = await this.#opens.prepare(i, imms.mode, false);
+              });
+            } catch (e) {
+              if (prepared) await this.#opens.abandon(prepared);
+              throw e;
+            }
+            await this.#opens.answer(prepared!, caps.onSuccess);
+            return;
+          }
           ino = await ns.mknod(imms.parent, imms.name, imms.fileMode, imms.umask, w);
           made = true;
         }
