@@ -363,12 +363,17 @@ export class Namespace {
 
   /** lookup(parent, name). Errors: ENOENT, ENOTDIR, ENAMETOOLONG, EINVAL, EACCES. */
   lookup(parent: number, name: string, who: Who): Inode {
+    const c = this.find(parent, name, who);
+    if (!c) throw new FractosError('ENOENT', `no '${name}' in '${this.get(parent).path}'`);
+    return c;
+  }
+
+  /** As `lookup`, but a missing name is undefined, not an error (create's check: no Error made). */
+  find(parent: number, name: string, who: Who): Inode | undefined {
     const d = this.#dirOf(parent);
     checkName(name, false);
     access(d, who, X);
-    const c = this.#child(d, name);
-    if (!c) throw new FractosError('ENOENT', `no '${name}' in '${d.path}'`);
-    return c;
+    return this.#child(d, name);
   }
 
   /** The directory `parent` ready for a new entry `name` by `who`. Errors: ENOENT, ENOTDIR, EINVAL, ENAMETOOLONG, EACCES, EEXIST, ENOSPC. */

@@ -258,7 +258,11 @@ export class FsService {
     const p = this.proc;
     const ns = this.#ns;
     const who = (imms: Who): Who => ({ uid: imms.uid, gid: imms.gid });
-    p.serve(Lookup, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#attr(caps.onSuccess, ns.lookup(imms.parent, imms.name, who(imms)))));
+    p.serve(Lookup, ({ imms, caps }) => this.#ctl(caps.onError, () => {
+      // A missing name (every create looks one up first) is answered without making an Error.
+      const c = ns.find(imms.parent, imms.name, who(imms));
+      return c ? this.#attr(caps.onSuccess, c) : p.replyError(caps.onError, 'ENOENT', `no '${imms.name}' in '${ns.get(imms.parent).path}'`);
+    }));
     p.serve(GetAttr, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#attr(caps.onSuccess, ns.get(imms.ino))));
     p.serve(SetAttrReq, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
@@ -308,13 +312,10 @@ export class FsService {
       this.#ctl(caps.onError, async () => {
         checkOpenMode(imms.mode);
         const w = who(imms);
-        let ino: Inode;
+        let ino = ns.find(imms.parent, imms.name, w);
         let made = false;
-        try {
-          ino = ns.lookup(imms.parent, imms.name, w);
-          if (imms.flags & OpenFlags.EXCL) throw new FractosError('EEXIST', `'${imms.name}' exists`);
-        } catch (err) {
-          if ((err as FractosError).code !== 'ENOENT') throw err;
+        if (ino && imms.flags & OpenFlags.EXCL) throw new FractosError('EEXIST', `'${imms.name}' exists`);
+        if (!ino) {
           if (imms.dax === 0) {
             // A new file, mediated: its open's Requests are made while the entry is made durable.
             let prepared: PreparedOpen | null = null;

@@ -725,7 +725,13 @@ export class Process extends EventEmitter {
           } catch (err) {
             e = { code: errorCodeToWire('EPROTO'), message: `malformed error reply: ${(err as Error).message}` };
           }
-          w.reject(new FractosError(errorCodeFromWire(e.code), e.message));
+          // No stack trace: it would only name this delivery path, not the caller, and
+          // capturing one is most of an error reply's cost (negative lookups are common).
+          const limit = Error.stackTraceLimit;
+          Error.stackTraceLimit = 0;
+          const err = new FractosError(errorCodeFromWire(e.code), e.message);
+          Error.stackTraceLimit = limit;
+          w.reject(err);
           dropAll();
         } else {
           // The RPC's caller owns the reply's caps: nothing is dropped automatically.
