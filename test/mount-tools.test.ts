@@ -175,8 +175,9 @@ mtest('readdirplus: ls -l of 200 files takes every entry\'s attributes from the 
   } finally {
     await m.stop();
   }
-  // A new mount: nothing of rdp is in the kernel's caches.
-  const m2 = await mount(stack!, mp);
+  // A new mount: nothing of rdp is in the kernel's caches. Long timeouts: on a loaded machine
+  // ls may take more than the default 1 s between reading the directory and its lstats.
+  const m2 = await mount(stack!, mp, ['--attr-timeout', '60']);
   let out: string;
   try {
     const r = await sh('ls -ln --time-style=+%s rdp', mp);
