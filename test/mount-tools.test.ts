@@ -141,6 +141,33 @@ mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EI
   }
 });
 
+mtest('create without an FS open until the first I/O: touch needs no open; a file created read-only by another user is written through its creating fd; O_EXCL and ftruncate through the fd', async (t) => {
+  const mp = point('m5');
+  const m = await mount(stack!, mp);
+  try {
+    const r = await sh(`
+      mkdir -m 1777 c && cd c
+      for i in $(seq 1 50); do touch t$i; done
+      test "$(ls | wc -l)" = 50
+      setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'umask 0222; echo hi > ro; cat ro; test "$(stat -c %a ro)" = 444; (echo again > ro) 2>&1 || true'
+      set -o noclobber; (echo x > t1) 2>&1 || true; set +o noclobber
+      python3 -c 'import os; fd = os.open("tr", os.O_CREAT | os.O_WRONLY, 0o600); os.ftruncate(fd, 5000); os.write(fd, b"ab"); os.close(fd)'
+      test "$(stat -c %s tr)" = 5000 && test "$(head -c 2 tr)" = ab
+      cd .. && rm -r c
+    `, mp);
+    t.is(r.code, 0, r.err);
+    t.regex(r.out, /^hi$/m, 'the creator wrote through its fd into a file whose mode says r--');
+    t.regex(r.out, /ro: Permission denied/, 'a later open for writing is refused');
+    t.regex(r.out, /t1: cannot overwrite existing file/, 'O_EXCL on an existing name');
+  } finally {
+    await m.stop();
+  }
+  // The 50 touches opened nothing in the FS: the opens are ro's and tr's first I/O (deferred)
+  // and the reads by cat and head (every create opened one before).
+  const opens = Number(/opens=(\d+)/.exec(m.output())?.[1] ?? 'NaN');
+  t.is(opens, 4, `${opens} FS opens for 52 creates and 2 reads`);
+});
+
 mtest('concurrent writers to one file (disjoint ranges) and to one directory', async (t) => {
   const mp = point('m4');
   const m = await mount(stack!, mp);
