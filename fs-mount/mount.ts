@@ -6,7 +6,9 @@
  *   lookup -> lookup            getattr -> getattr        setattr -> setattr (valid = to_set)
  *   mknod -> mknod              mkdir -> mkdir            symlink -> symlink
  *   readlink -> readlink        link -> link              unlink / rmdir -> unlink / rmdir
- *   rename -> rename (flags)    open -> openino           create -> createino
+ *   rename -> rename (flags)    open -> openino
+ *   create -> mknod, the FS open deferred to the handle's first read/write/truncate
+ *     (createino with --dax, or when the name appeared meanwhile)
  *   read / write -> the open's read / write Requests (mediated), or with --dax the blockdev
  *     Requests of the file's extents (DAX: the FS is not on the data path)
  *   release -> the open's close    fsync / fsyncdir -> fsync    readdir -> readdir (cookies)
