@@ -371,13 +371,13 @@ export class FsMount extends EventEmitter {
         fs.link(ino, a, name, who).then(entry, fail);
         return;
       case FuseOp.UNLINK:
-        fs.unlink(ino, name, who).then(ok, fail);
+        this.#openDeferred().then(() => fs.unlink(ino, name, who)).then(ok, fail);
         return;
       case FuseOp.RMDIR:
         fs.rmdir(ino, name, who).then(ok, fail);
         return;
       case FuseOp.RENAME:
-        fs.rename(ino, name, a, name2, b, who).then(ok, fail);
+        this.#openDeferred().then(() => fs.rename(ino, name, a, name2, b, who)).then(ok, fail);
         return;
       case FuseOp.OPEN:
         fs.openIno(ino, this.#mode(a), { flags: a & O_TRUNC ? OpenFlags.TRUNC : 0, dax: this.#opts.dax }, who).then((f) => {
@@ -494,6 +494,21 @@ export class FsMount extends EventEmitter {
       return f;
     });
     d.opening.then((f) => run(h, f), fail);
+  }
+
+  /**
+   * Make the FS opens of every deferred handle (before an unlink or a rename that may drop a
+   * file's last link: the FS keeps an unlinked file only while it is open, and a created
+   * file must stay writable through its fd after `rm`, as with mkstemp + unlink). Resolves
+   * at once when there is none (a create that was closed is not a handle any more).
+   */
+  #openDeferred(): Promise<void> {
+    let all: Promise<unknown>[] | null = null;
+    for (const [fh, h] of this.#handles) {
+      if (!h.deferred || h.file) continue;
+      (all ??= []).push(new Promise<void>((r) => this.#withFile(fh, () => r(), () => r())));
+    }
+    return all ? Promise.all(all).then(() => {}) : Promise.resolve();
   }
 
   #setattr(id: number, ino: number, toSet: number, fh: number, hasFh: number, v: Float64Array, who: Who): void {

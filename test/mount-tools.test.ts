@@ -153,19 +153,22 @@ mtest('create without an FS open until the first I/O: touch needs no open; a fil
       set -o noclobber; (echo x > t1) 2>&1 || true; set +o noclobber
       python3 -c 'import os; fd = os.open("tr", os.O_CREAT | os.O_WRONLY, 0o600); os.ftruncate(fd, 5000); os.write(fd, b"ab"); os.close(fd)'
       test "$(stat -c %s tr)" = 5000 && test "$(head -c 2 tr)" = ab
+      python3 -c 'import os; fd = os.open("tmp", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600); os.unlink("tmp"); os.write(fd, b"still here"); os.lseek(fd, 0, 0); print(os.read(fd, 100).decode()); os.close(fd)'
+      test ! -e tmp
       cd .. && rm -r c
     `, mp);
     t.is(r.code, 0, r.err);
     t.regex(r.out, /^hi$/m, 'the creator wrote through its fd into a file whose mode says r--');
     t.regex(r.out, /ro: Permission denied/, 'a later open for writing is refused');
     t.regex(r.out, /t1: cannot overwrite existing file/, 'O_EXCL on an existing name');
+    t.regex(r.out, /^still here$/m, 'a created file unlinked before its first write keeps working through its fd');
   } finally {
     await m.stop();
   }
-  // The 50 touches opened nothing in the FS: the opens are ro's and tr's first I/O (deferred)
-  // and the reads by cat and head (every create opened one before).
+  // The 50 touches opened nothing in the FS: the opens are ro's, tr's and tmp's (deferred:
+  // first I/O, or the unlink) and the reads by cat and head (every create opened one before).
   const opens = Number(/opens=(\d+)/.exec(m.output())?.[1] ?? 'NaN');
-  t.is(opens, 4, `${opens} FS opens for 52 creates and 2 reads`);
+  t.is(opens, 5, `${opens} FS opens for 53 creates and 2 reads`);
 });
 
 mtest('concurrent writers to one file (disjoint ranges) and to one directory', async (t) => {
