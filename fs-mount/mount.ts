@@ -6,7 +6,9 @@
  *   lookup -> lookup            getattr -> getattr        setattr -> setattr (valid = to_set)
  *   mknod -> mknod              mkdir -> mkdir            symlink -> symlink
  *   readlink -> readlink        link -> link              unlink / rmdir -> unlink / rmdir
- *   rename -> rename (flags)    open -> openino           create -> createino
+ *   rename -> rename (flags)    open -> openino
+ *   create -> mknod, the FS open deferred to the handle's first read/write/truncate
+ *     (createino with --dax, or when the name appeared meanwhile)
  *   read / write -> the open's read / write Requests (mediated), or with --dax the blockdev
  *     Requests of the file's extents (DAX: the FS is not on the data path)
  *   release -> the open's close    fsync / fsyncdir -> fsync    readdir -> readdir (cookies)
@@ -102,6 +104,13 @@ interface Node {
 interface Handle {
   ino: number;
   file: OpenFile | null;
+  /**
+   * A file CREATE made (mknod) without opening it in the FS: the FS open (OpenMode `mode`) is
+   * made by the first op that needs it (read, write, a truncate through the handle), so a
+   * create + close (touch, tar of empty files, lock files) costs one RPC, not an open and a
+   * close too. `opening` is that open in flight.
+   */
+  deferred?: { mode: number; opening?: Promise<OpenFile> };
   /** Largest size this handle knows of (DAX: writes within it need no FS). */
   size: number;
   /** A DAX write happened: the FS is told the new mtime at release. */
@@ -129,7 +138,7 @@ export class FsMount extends EventEmitter {
   #session: FuseSession | null = null;
   #closing = false;
   /** Per-op counters, for stats and tests. */
-  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0 };
+  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0 };
 
   private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[]) {
     super();
@@ -278,6 +287,7 @@ export class FsMount extends EventEmitter {
   }
 
   #newHandle(ino: number, file: OpenFile | null): number {
+    if (file) this.counts.opens++;
     const fh = this.#nextFh++;
     this.#handles.set(fh, { ino, file, size: file?.size ?? 0, daxWritten: false, remapping: false });
     return fh;
@@ -326,6 +336,7 @@ export class FsMount extends EventEmitter {
     const fs = this.fs;
     switch (op) {
       case FuseOp.LOOKUP:
+        this.counts.lookups++;
         fs.lookup(ino, name, who).then(entry, (e: unknown) => {
           // A negative entry, cached for the entry timeout (the kernel drops it on a create here).
           if ((e as { code?: string }).code === 'ENOENT' && this.#session) {
@@ -360,13 +371,13 @@ export class FsMount extends EventEmitter {
         fs.link(ino, a, name, who).then(entry, fail);
         return;
       case FuseOp.UNLINK:
-        fs.unlink(ino, name, who).then(ok, fail);
+        this.#openDeferred().then(() => fs.unlink(ino, name, who)).then(ok, fail);
         return;
       case FuseOp.RMDIR:
         fs.rmdir(ino, name, who).then(ok, fail);
         return;
       case FuseOp.RENAME:
-        fs.rename(ino, name, a, name2, b, who).then(ok, fail);
+        this.#openDeferred().then(() => fs.rename(ino, name, a, name2, b, who)).then(ok, fail);
         return;
       case FuseOp.OPEN:
         fs.openIno(ino, this.#mode(a), { flags: a & O_TRUNC ? OpenFlags.TRUNC : 0, dax: this.#opts.dax }, who).then((f) => {
@@ -376,6 +387,10 @@ export class FsMount extends EventEmitter {
         }, fail);
         return;
       case FuseOp.CREATE:
+        if (!this.#opts.dax) {
+          this.#createDeferred(id, ino, name, a, b, who);
+          return;
+        }
         fs.createIno(ino, name, (a & 0o7777) | S_IFREG, this.#mode(b), { flags: (b & O_TRUNC ? OpenFlags.TRUNC : 0) | (b & O_EXCL ? OpenFlags.EXCL : 0), dax: this.#opts.dax }, who).then((f) => {
           this.#inflight.delete(id);
           const fh = this.#newHandle(f.attr.ino, f);
@@ -408,7 +423,9 @@ export class FsMount extends EventEmitter {
         return;
       }
       case FuseOp.READDIR:
-        this.#readdir(id, ino, a, b, who);
+      case FuseOp.READDIRPLUS:
+        if (op === FuseOp.READDIRPLUS) this.counts.readdirPlus++;
+        this.#readdir(id, ino, a, b, who, op === FuseOp.READDIRPLUS);
         return;
       case FuseOp.RELEASEDIR:
         this.#handles.delete(a);
@@ -421,7 +438,7 @@ export class FsMount extends EventEmitter {
         }, fail);
         return;
       default:
-        // ACCESS (default_permissions: the kernel checks), READDIRPLUS (not asked for), FALLOCATE.
+        // ACCESS (default_permissions: the kernel checks), FALLOCATE.
         fail({ code: op === FuseOp.FALLOCATE ? 'EOPNOTSUPP' : 'ENOSYS' });
     }
   }
@@ -433,8 +450,73 @@ export class FsMount extends EventEmitter {
     return acc === O_RDWR ? OpenMode.RW : acc === O_WRONLY ? OpenMode.WRITE : OpenMode.READ;
   }
 
+  /**
+   * CREATE of a mediated mount: mknod, answered with a handle whose FS open is deferred
+   * (Handle.deferred). The name existing already (a race with another client: the kernel
+   * sends CREATE after a negative lookup) is EEXIST with O_EXCL, else an ordinary createino.
+   */
+  #createDeferred(id: number, parent: number, name: string, mode: number, flags: number, who: Who): void {
+    this.fs.mknod(parent, name, (mode & 0o7777) | S_IFREG, who).then((attr) => {
+      this.#inflight.delete(id);
+      const fh = this.#nextFh++;
+      this.#handles.set(fh, { ino: attr.ino, file: null, deferred: { mode: this.#mode(flags) }, size: 0, daxWritten: false, remapping: false });
+      const t = this.#opts.attrTimeout;
+      if (this.#session && this.#fuse.replyCreate(this.#session, id, attr.ino, 1, this.#attrArray(attr), t, t, fh, 0)) this.#node(attr).nlookup++;
+      else this.#handles.delete(fh);
+    }, (e: unknown) => {
+      if ((e as { code?: string }).code !== 'EEXIST' || flags & O_EXCL) return this.#fail(id, e);
+      this.fs.createIno(parent, name, (mode & 0o7777) | S_IFREG, this.#mode(flags), { flags: flags & O_TRUNC ? OpenFlags.TRUNC : 0 }, who).then((f) => {
+        this.#inflight.delete(id);
+        const fh = this.#newHandle(f.attr.ino, f);
+        const t = this.#opts.attrTimeout;
+        if (this.#session && this.#fuse.replyCreate(this.#session, id, f.attr.ino, 1, this.#attrArray(f.attr), t, t, fh, this.#openFlags(f.attr.ino, f))) this.#node(f.attr).nlookup++;
+        else this.#release(fh);
+      }, (e2: unknown) => this.#fail(id, e2));
+    });
+  }
+
+  /**
+   * `run` with the FS open of handle `fh`, opening it first when CREATE deferred it. The
+   * deferred open asserts root: the kernel already let the caller create the file with this
+   * access mode, which open(2) grants whatever the new file's mode bits say (as the FS's own
+   * createino does); `fail` gets EBADF (no such handle) or the open's error.
+   */
+  #withFile(fh: number, run: (h: Handle, f: OpenFile) => void, fail: (e: unknown) => void): void {
+    const h = this.#handles.get(fh);
+    if (h?.file) return run(h, h.file);
+    if (!h?.deferred) return fail({ code: 'EBADF' });
+    const d = h.deferred;
+    d.opening ??= this.fs.openIno(h.ino, d.mode, { dax: false }, { uid: 0, gid: 0 }).then((f) => {
+      this.counts.opens++;
+      h.file = f;
+      h.size = Math.max(h.size, f.size);
+      if (!this.#handles.has(fh)) this.fs.close(f, true).catch(() => {}); // released meanwhile
+      return f;
+    });
+    d.opening.then((f) => run(h, f), fail);
+  }
+
+  /**
+   * Make the FS opens of every deferred handle (before an unlink or a rename that may drop a
+   * file's last link: the FS keeps an unlinked file only while it is open, and a created
+   * file must stay writable through its fd after `rm`, as with mkstemp + unlink). Resolves
+   * at once when there is none (a create that was closed is not a handle any more).
+   */
+  #openDeferred(): Promise<void> {
+    let all: Promise<unknown>[] | null = null;
+    for (const [fh, h] of this.#handles) {
+      if (!h.deferred || h.file) continue;
+      (all ??= []).push(new Promise<void>((r) => this.#withFile(fh, () => r(), () => r())));
+    }
+    return all ? Promise.all(all).then(() => {}) : Promise.resolve();
+  }
+
   #setattr(id: number, ino: number, toSet: number, fh: number, hasFh: number, v: Float64Array, who: Who): void {
     const valid = toSet & (SetAttr.MODE | SetAttr.UID | SetAttr.GID | SetAttr.SIZE | SetAttr.ATIME | SetAttr.MTIME | SetAttr.ATIME_NOW | SetAttr.MTIME_NOW | SetAttr.CTIME);
+    // A truncate through a handle is allowed by that handle's open: make a deferred one now.
+    if (hasFh && valid & SetAttr.SIZE && this.#handles.get(fh)?.deferred && !this.#handles.get(fh)!.file) {
+      return this.#withFile(fh, () => this.#setattr(id, ino, toSet, fh, hasFh, v, who), (e) => this.#fail(id, e));
+    }
     const h = hasFh ? this.#handles.get(fh) : undefined;
     this.fs.setattr(ino, {
       valid, mode: v[0]! & 0o7777, uid: v[1], gid: v[2], size: v[3], atime: [v[4]!, v[5]!], mtime: [v[6]!, v[7]!], handle: h?.file?.handle ?? 0,
@@ -447,14 +529,20 @@ export class FsMount extends EventEmitter {
   async #release(fh: number): Promise<void> {
     const h = this.#handles.get(fh);
     this.#handles.delete(fh);
+    // A deferred open still being made is closed by #withFile once it is there.
     if (!h?.file) return;
     // DAX writes bypass the FS: record their mtime now (the FS updates it for mediated writes).
     if (h.daxWritten) await this.fs.setattr(h.ino, { valid: SetAttr.MTIME_NOW }).catch(() => {});
     await this.fs.close(h.file, true);
   }
 
-  #readdir(id: number, ino: number, size: number, off: number, who: Who): void {
-    this.fs.readdir(ino, off, 0, who).then(({ entries }) => {
+  /**
+   * readdir / readdirplus (`plus`: the FS's readdir with attributes, answered as entries: the
+   * kernel caches them for the timeouts, so `ls -l` or stat after readdir needs no lookup).
+   * Every entry packed by readdirplus but '.' and '..' counts one lookup (as lookup does).
+   */
+  #readdir(id: number, ino: number, size: number, off: number, who: Who, plus: boolean): void {
+    this.fs.readdir(ino, off, 0, who, plus).then(({ entries }) => {
       this.#inflight.delete(id);
       if (!this.#session) return;
       const names: string[] = [];
@@ -462,11 +550,21 @@ export class FsMount extends EventEmitter {
       entries.forEach((e, i) => {
         names.push(e.name);
         const at = i * (ATTR_LEN + 1);
-        f[at + Attr.INO] = e.ino;
-        f[at + Attr.MODE] = e.type === DirType.DIR ? S_IFDIR : e.type === DirType.LNK ? S_IFLNK : S_IFREG;
+        if (e.attr) this.#attrArray(e.attr, f.subarray(at, at + ATTR_LEN));
+        else {
+          f[at + Attr.INO] = e.ino;
+          f[at + Attr.MODE] = e.type === DirType.DIR ? S_IFDIR : e.type === DirType.LNK ? S_IFLNK : S_IFREG;
+        }
         f[at + ATTR_LEN] = e.cookie;
       });
-      this.#fuse.replyDir(this.#session, id, size, false, names, f, 0, 0);
+      const t = this.#opts.attrTimeout;
+      const packed = this.#fuse.replyDir(this.#session, id, size, plus, names, f, t, t);
+      if (plus) {
+        for (let i = 0; i < packed; i++) {
+          const e = entries[i]!;
+          if (e.attr && e.name !== '.' && e.name !== '..') this.#node(e.attr).nlookup++;
+        }
+      }
     }, (e: unknown) => this.#fail(id, e));
   }
 
@@ -530,9 +628,10 @@ export class FsMount extends EventEmitter {
   }
 
   #read(id: number, size: number, off: number, fh: number): void {
-    const h = this.#handles.get(fh);
-    if (!h?.file) return this.#fail(id, { code: 'EBADF' });
-    const f = h.file;
+    this.#withFile(fh, (h, f) => this.#readFile(id, size, off, h, f), (e) => this.#fail(id, e));
+  }
+
+  #readFile(id: number, size: number, off: number, h: Handle, f: OpenFile): void {
     size = Math.min(size, this.#opts.maxWrite);
     this.#slot((s) => {
       const done = (err: FractosError | null, n: number): void => {
@@ -568,9 +667,10 @@ export class FsMount extends EventEmitter {
   }
 
   #write(id: number, data: Buffer, off: number, fh: number): void {
-    const h = this.#handles.get(fh);
-    if (!h?.file) return this.#fail(id, { code: 'EBADF' });
-    const f = h.file;
+    this.#withFile(fh, (h, f) => this.#writeFile(id, data, off, h, f), (e) => this.#fail(id, e));
+  }
+
+  #writeFile(id: number, data: Buffer, off: number, h: Handle, f: OpenFile): void {
     const len = data.length;
     if (len > this.#opts.maxWrite) return this.#fail(id, { code: 'EINVAL' });
     this.#slot((s) => {

@@ -8,7 +8,7 @@ import type { Process } from '../libfractos/process.js';
 import type { Invocation } from '../libfractos/schema.js';
 import { Close, Create, Delete, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Stat, StatReply, Truncate } from './schema.js';
 import {
-  AttrReply, DaxMap, DaxMapReply, DirType, LinkReply, NAME_MAX, NS_OPS, ReaddirReply, StatfsReply, SYMLINK_MAX,
+  AttrReply, DaxMap, DaxMapReply, DIRENT_ATTR_BYTES, DirType, LinkReply, NAME_MAX, NS_OPS, ReaddirReply, StatfsReply, SYMLINK_MAX,
   type Attr, type NsOp,
 } from './contract.js';
 
@@ -55,6 +55,8 @@ export interface Dirent {
   cookie: number;
   type: number;
   name: string;
+  /** The entry's attributes (readdir with `plus`). */
+  attr?: Attr;
 }
 
 /** statfs's answer, in `bsize` blocks and inodes. */
@@ -97,18 +99,32 @@ function attrOf(imms: Attr): Attr {
   return { ino, generation, mode, nlink, uid, gid, size, blocks, blksize, atimeSec, atimeNsec, mtimeSec, mtimeNsec, ctimeSec, ctimeNsec };
 }
 
-/** Decode ReaddirReply's `entries` (see contract.ts). */
-export function decodeDirents(entries: Uint8Array, count: number): Dirent[] {
+/** Decode ReaddirReply's `entries` (see contract.ts); `plus`: the records carry attributes. Errors: EPROTO (records past the bytes). */
+export function decodeDirents(entries: Uint8Array, count: number, plus = false): Dirent[] {
   const b = Buffer.from(entries.buffer, entries.byteOffset, entries.length);
   const out: Dirent[] = [];
+  const u64 = (at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 0x100000000;
   let o = 0;
-  for (let i = 0; i < count; i++) {
-    const ino = b.readUInt32LE(o) + b.readUInt32LE(o + 4) * 0x100000000;
-    const cookie = b.readUInt32LE(o + 8) + b.readUInt32LE(o + 12) * 0x100000000;
-    const type = b[o + 16]!;
-    const len = b.readUInt16LE(o + 17);
-    out.push({ ino, cookie, type, name: b.toString('utf8', o + 19, o + 19 + len) });
-    o += 19 + len;
+  try {
+    for (let i = 0; i < count; i++) {
+      const ino = u64(o);
+      const cookie = u64(o + 8);
+      const type = b[o + 16]!;
+      const len = b.readUInt16LE(o + 17);
+      const d: Dirent = { ino, cookie, type, name: b.toString('utf8', o + 19, o + 19 + len) };
+      o += 19 + len;
+      if (plus) {
+        d.attr = {
+          ino, generation: 1, mode: b.readUInt32LE(o), nlink: b.readUInt32LE(o + 4), uid: b.readUInt32LE(o + 8), gid: b.readUInt32LE(o + 12),
+          size: u64(o + 16), blocks: u64(o + 24), blksize: 4096,
+          atimeSec: u64(o + 32), atimeNsec: b.readUInt32LE(o + 40), mtimeSec: u64(o + 44), mtimeNsec: b.readUInt32LE(o + 52), ctimeSec: u64(o + 56), ctimeNsec: b.readUInt32LE(o + 64),
+        };
+        o += DIRENT_ATTR_BYTES;
+      }
+      out.push(d);
+    }
+  } catch (err) {
+    throw new FractosError('EPROTO', `readdir reply: ${count} records do not fit ${b.length} bytes: ${(err as Error).message}`);
   }
   return out;
 }
@@ -295,11 +311,11 @@ export class FsClient {
     return this.#done('fsync', { ino, datasync: datasync ? 1 : 0 }, who);
   }
 
-  /** One readdir page after `cookie` (0: from the start); `end` when the listing is complete. */
-  async readdir(ino: number, cookie = 0, max = 0, who = ROOT): Promise<{ entries: Dirent[]; end: boolean }> {
-    const inv = await this.proc.rpc(this.roots.readdir, NS_OPS.readdir, { ino, cookie, max, uid: who.uid, gid: who.gid }, {}, { timeoutMs: T });
+  /** One readdir page after `cookie` (0: from the start); `end` when the listing is complete; `plus`: each entry with its `attr`. */
+  async readdir(ino: number, cookie = 0, max = 0, who = ROOT, plus = false): Promise<{ entries: Dirent[]; end: boolean }> {
+    const inv = await this.proc.rpc(this.roots.readdir, NS_OPS.readdir, { ino, cookie, max, uid: who.uid, gid: who.gid, plus: plus ? 1 : 0 }, {}, { timeoutMs: T });
     const r = ReaddirReply.decode(inv).imms;
-    return { entries: decodeDirents(r.entries, r.count), end: r.end !== 0 };
+    return { entries: decodeDirents(r.entries, r.count, plus), end: r.end !== 0 };
   }
 
   /** Every entry of directory `ino` ('.' and '..' included), paging readdir. */

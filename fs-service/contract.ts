@@ -164,19 +164,26 @@ export const CreateIno = defineRequest('fs.createino', { parent: 'u64', name: NA
  */
 export const Fsync = defineRequest('fs.fsync', { ino: 'u64', datasync: 'u8', ...WHO }, DONE_CAPS);
 /**
- * readdir(ino, cookie) -> ReaddirReply: entries after `cookie` (0 = from the start) in a stable
- * order, as many as fit DIRENT_BYTES and `max` (0 = no limit). '.' (cookie 1) and '..'
- * (cookie 2) come first. Each entry's cookie stays its own until it is removed (a rename
+ * readdir(ino, cookie, max, plus) -> ReaddirReply: entries after `cookie` (0 = from the start)
+ * in a stable order, as many as fit DIRENT_BYTES and `max` (0 = no limit). '.' (cookie 1) and
+ * '..' (cookie 2) come first. Each entry's cookie stays its own until it is removed (a rename
  * gives the new entry a new cookie), so entries neither added nor removed during a listing
- * are returned exactly once. Needs R on the directory. Errors: ENOENT, ENOTDIR, EACCES.
+ * are returned exactly once. `plus` = 1 (readdirplus): each record also carries the entry's
+ * attributes (DIRENT_ATTR_BYTES), so a client needs no lookup per entry. Needs R on the
+ * directory. Errors: ENOENT, ENOTDIR, EACCES.
  */
-export const Readdir = defineRequest('fs.readdir', { ino: 'u64', cookie: 'u64', max: 'u32', ...WHO }, DONE_CAPS);
+export const Readdir = defineRequest('fs.readdir', { ino: 'u64', cookie: 'u64', max: 'u32', ...WHO, plus: 'u8' }, DONE_CAPS);
+/**
+ * Bytes of the attributes after a readdirplus record's name, little-endian: u32 mode, nlink,
+ * uid, gid; u64 size, blocks (512 B); atime, mtime, ctime each u64 s + u32 ns.
+ */
+export const DIRENT_ATTR_BYTES = 68;
 /** Bytes of a ReaddirReply's `entries`. */
 export const DIRENT_BYTES = 16384;
 /**
  * `entries`: `count` records, little-endian: u64 ino, u64 cookie (pass it back to continue
- * after this entry), u8 type (DirType), u16 name length, the name's bytes. `end` = 1 when
- * the listing is complete.
+ * after this entry), u8 type (DirType), u16 name length, the name's bytes, and with `plus`
+ * the entry's attributes (DIRENT_ATTR_BYTES). `end` = 1 when the listing is complete.
  */
 export const ReaddirReply = defineReply('fs.dirents', { count: 'u32', end: 'u8', bytes: 'u32', entries: { bytes: DIRENT_BYTES } }, [] as const);
 /** statfs() -> StatfsReply (counts in `bsize` blocks; `files` = inodes in use, `ffree` what the metadata still holds, estimated). */

@@ -80,9 +80,12 @@ export interface Inode {
   /**
    * Changed since the last metadata write (a persisted field: attributes, size, extents,
    * nlink, a directory's parent or cookie counter): the next log record carries its tuple.
-   * Whoever changes such a field sets it (attrs.ts `touch` does).
+   * Whoever changes such a field sets it (attrs.ts `touch` does). Setting it true also puts
+   * the inode in `changes` (an accessor), so a record costs O(changes), not O(inodes).
    */
   dirty: boolean;
+  /** The namespace's set of inodes changed since the last metadata write (set by Namespace when the inode joins it). */
+  changes?: Set<Inode>;
   /** Serializes changes of the extents: allocation, a pooled file made private, a shrink (`serialized`). */
   alloc: Promise<unknown>;
   /** Mediated reads of a file with pooled extents in flight (their device part), so `makePrivate` frees the old ranges only after them. */
@@ -107,7 +110,18 @@ export function now(): Time {
 /** A fresh inode record: `mode` (type | perm), owner, nlink, times now, no extents. */
 export function newInode(id: number, path: string, mode: number, uid: number, gid: number, nlink: number): Inode {
   const t = now();
-  return { id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], dirty: true, alloc: Promise.resolve(), writing: 0, wgen: 0 };
+  let dirty = true;
+  const ino: Inode = {
+    id, path, mode, uid, gid, nlink, atime: t, mtime: [...t], ctime: [...t], size: 0, extents: [], alloc: Promise.resolve(), writing: 0, wgen: 0,
+    get dirty(): boolean {
+      return dirty;
+    },
+    set dirty(v: boolean) {
+      dirty = v;
+      if (v) ino.changes?.add(ino);
+    },
+  };
+  return ino;
 }
 
 /** Run `fn` after every extent change of `ino` queued before it (and before any queued after); answers its result. */

@@ -6,8 +6,11 @@
  * Invariants:
  * - An operation holds one staging slot, keyed by its open handle (StageKey.ZERO for
  *   zeroing), from before its first copy until its device I/O is done.
- * - Device I/O is block-aligned, of allocated ranges only; writes are FUA, so a write is
- *   durable when its IoReply goes out (with the metadata too when it grew the file).
+ * - Device I/O is block-aligned, of allocated ranges only. A write's device I/O has completed
+ *   (and, when it grew the file, the metadata record with its size) when its IoReply goes
+ *   out: it survives kill -9 of any Process. Data writes are not FUA: the device's volatile
+ *   cache is flushed by fsync (metadata.ts persist(true)), as POSIX asks; zeroing and the
+ *   copy of makePrivate stay FUA (they come before metadata that names the blocks).
  * - Block-range lock: a mediated write holds the blocks [a, b) it covers (`ino.busy`) from
  *   before its read-modify-write of the partial head/tail blocks until its write-back: two
  *   writes sharing a block never write back a stale copy of each other's bytes.
@@ -146,7 +149,7 @@ export class Mediated {
         buf = await this.#proc.memoryDiminish(buf, s - a + stageOff, e - s);
         drops.push(buf);
       }
-      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, x.volOffset + s - x.fileOffset, e - s, buf, write ? WriteFlags.FUA : 0));
+      ios.push(this.#port.ioAsync(write ? v.write : v.read, write, x.volOffset + s - x.fileOffset, e - s, buf, 0));
     }
     try {
       await Promise.all(ios);
@@ -214,8 +217,8 @@ export class Mediated {
 
   /**
    * Mediated write of `length` bytes (1 .. MAX_MEDIATED) from Memory `buffer` at file `offset`
-   * of the open `h`, durable (FUA, and the metadata when it grows the file) when IoReply is
-   * answered on `ok`. Errors: EINVAL, EPERM (buffer not readable), ERANGE, ENOSPC, EAGAIN, EIO.
+   * of the open `h`, on the device (and the metadata too when it grows the file: survives
+   * kill -9 of any Process; fsync for power loss) when IoReply is answered on `ok`. Errors: EINVAL, EPERM (buffer not readable), ERANGE, ENOSPC, EAGAIN, EIO.
    */
   async write(h: OpenHandle, offset: number, length: number, buffer: number, ok: number, desc?: MemoryDescriptor): Promise<void> {
     const { id: handle, ino } = h;

@@ -16,7 +16,7 @@
  *   2 * META_SLOT_BYTES + META_LOG_BYTES (new devices; an older 8 MiB volume has none and
  *   writes a whole image every time) holds, after the slots, records of the changes since the
  *   checkpoint image of generation g: record k (k = 1, 2, ...) is written right after record
- *   k - 1, block-aligned, with FUA, tagged (g, k) with a crc32 of its JSON payload
+ *   k - 1, block-aligned, tagged (g, k) with a crc32 of its JSON payload
  *   (MetaDelta). Loading replays, after the newest valid image g, the records tagged g with
  *   k = 1, 2, ... while they are whole; the first that is not (torn, older generation,
  *   garbage) ends the log. A checkpoint (a whole image, generation g + 1, in the other slot)
@@ -26,6 +26,13 @@
  * - `persist()` resolves only once an image taken after the call began is durable (group
  *   commit: one write covers every caller waiting when it starts; the next waits for it),
  *   and rejects (ENOSPC, EIO) when that write failed. One image write is in flight at most.
+ * - Durable means two things (docs/storage.md "Durability classes"): a record is written
+ *   without FUA, so once it completed it survives kill -9 of any Process (the O_DIRECT write
+ *   is in the device) but not a power loss that drops the device's volatile cache; a
+ *   `persist(true)` (fsync) record, and every checkpoint, is FUA: the blockdev flushes the
+ *   device after it, covering every write completed before it. Checkpoints stay FUA because
+ *   the records of g + 1 overwrite those of g: image g + 1 must outlive a power loss first.
+ *   A power loss keeps a prefix of the records (replay stops at the first missing one).
  * - The image is taken at write time from the `image` callback: what a caller changed in
  *   memory before calling `persist()` is in it.
  */
@@ -144,8 +151,10 @@ export class MetadataStore {
   #checkpoint = true;
   #persisting = false;
   #waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
-  /** Checkpoints and log records written (for tests and stats). */
-  readonly counts = { checkpoints: 0, records: 0 };
+  /** A waiter of the next write asked for a device flush (FUA). */
+  #flushWanted = false;
+  /** Checkpoints and log records written, and the writes of either that were FUA (for tests and stats). */
+  readonly counts = { checkpoints: 0, records: 0, flushes: 0 };
 
   private constructor(proc: Process, port: IoPort, source: MetaSource, region: SharedRegion, cid: number) {
     this.#proc = proc;
@@ -245,10 +254,17 @@ export class MetadataStore {
     return out;
   }
 
-  /** Make the current in-memory metadata durable (group commit). Errors: ENOSPC, EIO. */
-  persist(): Promise<void> {
+  /**
+   * Make the current in-memory metadata durable (group commit). Without `flush` the record
+   * is written without FUA: once answered it survives the crash (kill -9) of any Process,
+   * not the loss of the device's volatile cache. With `flush` (fsync, fdatasync) the write
+   * is FUA: the blockdev flushes the device after it, which covers every write completed
+   * before it, data included. Errors: ENOSPC, EIO.
+   */
+  persist(flush = false): Promise<void> {
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
+      if (flush) this.#flushWanted = true;
       if (!this.#persisting) void this.#loop();
     });
   }
@@ -257,9 +273,11 @@ export class MetadataStore {
     this.#persisting = true;
     while (this.#waiters.length) {
       const batch = this.#waiters;
+      const flush = this.#flushWanted;
       this.#waiters = [];
+      this.#flushWanted = false;
       try {
-        await this.#write();
+        await this.#write(flush);
         for (const w of batch) w.resolve();
       } catch (err) {
         this.#checkpoint = true; // what the failed write carried is only in memory now
@@ -269,7 +287,7 @@ export class MetadataStore {
     this.#persisting = false;
   }
 
-  async #write(): Promise<void> {
+  async #write(flush: boolean): Promise<void> {
     const bytes = this.#region.bytes;
     const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
     if (!this.#checkpoint && this.#logBytes > 0) {
@@ -286,10 +304,11 @@ export class MetadataStore {
         b.writeUInt32LE(crc32(json), 24);
         json.copy(b, META_HEADER);
         b.fill(0, META_HEADER + json.length, total);
-        await this.#port.ioAsync(this.#volume.write, true, 2 * META_SLOT_BYTES + this.#logOff, total, this.#cid, WriteFlags.FUA);
+        await this.#port.ioAsync(this.#volume.write, true, 2 * META_SLOT_BYTES + this.#logOff, total, this.#cid, flush ? WriteFlags.FUA : 0);
         this.#logOff += total;
         this.#seq = seq;
         this.counts.records++;
+        if (flush) this.counts.flushes++;
         return;
       }
       // Too large or the log is full: the checkpoint below holds these changes too.
@@ -302,5 +321,6 @@ export class MetadataStore {
     this.#seq = 0;
     this.#checkpoint = false;
     this.counts.checkpoints++;
+    this.counts.flushes++;
   }
 }

@@ -26,12 +26,13 @@
  *   (no allocation; holes read as zeros), the path-based truncate allocates (as before).
  */
 import { FractosError } from '../libfractos/errors.js';
+import { writeU64 } from '../libfractos/protocol.js';
 import {
-  DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
+  DIRENT_ATTR_BYTES, DIRENT_BYTES, DIRENT_OVERHEAD, DirType, MAX_DIR_BYTES, MAX_LINKS, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SYMLINK_MAX,
 } from './contract.js';
 import { allocatedOf, BLOCK, newInode, serialized, type Dir, type Extent, type Inode } from './inode.js';
 import { META_SLOT_BYTES, type MetaDelta, type MetaImage, type MetaInode } from './metadata.js';
-import { access, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
+import { access, attrOf, checkName, isDir, isLnk, isReg, newGid, newMode, R, ROOT_WHO, sticky, touch, W, X, type Who } from './attrs.js';
 
 /** What the namespace's operations need from the rest of the FS. */
 export interface NamespaceDeps {
@@ -66,6 +67,8 @@ export class Namespace {
   #files = 0;
   #entryOps: (string | number)[] = [];
   #removed: number[] = [];
+  /** Inodes marked dirty since the last image or delta (Inode.changes points here). */
+  readonly #changed = new Set<Inode>();
 
   constructor(deps: NamespaceDeps) {
     this.#deps = deps;
@@ -101,6 +104,8 @@ export class Namespace {
 
   #put(ino: Inode): void {
     this.#inodes.set(ino.id, ino);
+    ino.changes = this.#changed;
+    if (ino.dirty) this.#changed.add(ino);
     this.#metaBytes += META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
     if (isReg(ino)) this.#files++;
   }
@@ -175,6 +180,7 @@ export class Namespace {
     const files: Inode[] = [];
     for (const ino of this.#inodes.values()) {
       this.#metaBytes += META_INODE + (ino.target ? Buffer.byteLength(ino.target) : 0);
+      ino.changes = this.#changed;
       ino.dirty = false;
       if (isReg(ino)) {
         this.#files++;
@@ -191,6 +197,7 @@ export class Namespace {
     }
     this.#entryOps = [];
     this.#removed = [];
+    this.#changed.clear();
     return files;
   }
 
@@ -246,6 +253,7 @@ export class Namespace {
       inodes.push(this.#tuple(i, true));
       i.dirty = false;
     }
+    this.#changed.clear();
     this.#entryOps = [];
     this.#removed = [];
     return { nextIno: this.#nextIno, inodes };
@@ -254,11 +262,13 @@ export class Namespace {
   /** The changes since the last image or delta (a log record), and reset the tracking. */
   delta(): MetaDelta {
     const i: MetaInode[] = [];
-    for (const ino of this.#inodes.values()) {
-      if (!ino.dirty) continue;
+    // Only inodes in the namespace (an unlinked open file's changes are not persisted).
+    for (const ino of this.#changed) {
+      if (!ino.dirty || this.#inodes.get(ino.id) !== ino) continue;
       i.push(this.#tuple(ino, false));
       ino.dirty = false;
     }
+    this.#changed.clear();
     const d: MetaDelta = { n: this.#nextIno, i, e: this.#entryOps, r: this.#removed };
     this.#entryOps = [];
     this.#removed = [];
@@ -353,12 +363,17 @@ export class Namespace {
 
   /** lookup(parent, name). Errors: ENOENT, ENOTDIR, ENAMETOOLONG, EINVAL, EACCES. */
   lookup(parent: number, name: string, who: Who): Inode {
+    const c = this.find(parent, name, who);
+    if (!c) throw new FractosError('ENOENT', `no '${name}' in '${this.get(parent).path}'`);
+    return c;
+  }
+
+  /** As `lookup`, but a missing name is undefined, not an error (create's check: no Error made). */
+  find(parent: number, name: string, who: Who): Inode | undefined {
     const d = this.#dirOf(parent);
     checkName(name, false);
     access(d, who, X);
-    const c = this.#child(d, name);
-    if (!c) throw new FractosError('ENOENT', `no '${name}' in '${d.path}'`);
-    return c;
+    return this.#child(d, name);
   }
 
   /** The directory `parent` ready for a new entry `name` by `who`. Errors: ENOENT, ENOTDIR, EINVAL, ENAMETOOLONG, EACCES, EEXIST, ENOSPC. */
@@ -371,8 +386,12 @@ export class Namespace {
     return d;
   }
 
-  /** mknod: a regular file. Errors: ENOTSUP (another type), those of #forNew. */
-  async mknod(parent: number, name: string, mode: number, umask: number, who: Who): Promise<Inode> {
+  /**
+   * mknod: a regular file. `alongside(ino)` (create + open) runs while the new entry is made
+   * durable; both are waited for (the first error is thrown after both settled, so the caller
+   * can undo what `alongside` made). Errors: ENOTSUP (another type), those of #forNew.
+   */
+  async mknod(parent: number, name: string, mode: number, umask: number, who: Who, alongside?: (ino: Inode) => Promise<void>): Promise<Inode> {
     const type = mode & S_IFMT;
     if (type !== 0 && type !== S_IFREG) throw new FractosError('ENOTSUP', `file type ${type.toString(8)} not supported (regular files, directories, symlinks)`);
     const d = this.#forNew(parent, name, who, 0);
@@ -380,7 +399,13 @@ export class Namespace {
     this.#put(ino);
     this.#addEntry(d, name, ino);
     touch(d, true);
-    await this.#deps.persist();
+    if (!alongside) {
+      await this.#deps.persist();
+      return ino;
+    }
+    const [durable, side] = await Promise.allSettled([this.#deps.persist(), alongside(ino)]);
+    if (durable.status === 'rejected') throw durable.reason;
+    if (side.status === 'rejected') throw side.reason;
     return ino;
   }
 
@@ -558,32 +583,47 @@ export class Namespace {
    * records (contract.ts ReaddirReply) into `out`, at most `max` (0: no limit). Errors:
    * ENOENT, ENOTDIR, EACCES.
    */
-  readdir(id: number, cookie: number, max: number, who: Who, out: Buffer): { count: number; bytes: number; end: boolean } {
+  readdir(id: number, cookie: number, max: number, who: Who, out: Buffer, plus = false): { count: number; bytes: number; end: boolean } {
     const d = this.#dirOf(id);
     access(d, who, R);
     const lim = max > 0 ? max : Infinity;
+    const extra = plus ? DIRENT_ATTR_BYTES : 0;
     let count = 0;
     let o = 0;
-    const put = (ino: number, c: number, type: number, name: string): boolean => {
+    const put = (ino: Inode, c: number, type: number, name: string): boolean => {
       const nb = Buffer.byteLength(name);
-      if (count >= lim || o + 19 + nb > Math.min(out.length, DIRENT_BYTES)) return false;
-      out.writeUInt32LE(ino % 0x100000000, o);
-      out.writeUInt32LE(Math.floor(ino / 0x100000000), o + 4);
-      out.writeUInt32LE(c % 0x100000000, o + 8);
-      out.writeUInt32LE(Math.floor(c / 0x100000000), o + 12);
+      if (count >= lim || o + 19 + nb + extra > Math.min(out.length, DIRENT_BYTES)) return false;
+      writeU64(out, ino.id, o);
+      writeU64(out, c, o + 8);
       out[o + 16] = type;
       out.writeUInt16LE(nb, o + 17);
       out.write(name, o + 19, 'utf8');
       o += 19 + nb;
+      if (plus) {
+        const a = attrOf(ino);
+        out.writeUInt32LE(a.mode!, o);
+        out.writeUInt32LE(a.nlink!, o + 4);
+        out.writeUInt32LE(a.uid!, o + 8);
+        out.writeUInt32LE(a.gid!, o + 12);
+        writeU64(out, a.size!, o + 16);
+        writeU64(out, a.blocks!, o + 24);
+        writeU64(out, a.atimeSec!, o + 32);
+        out.writeUInt32LE(a.atimeNsec!, o + 40);
+        writeU64(out, a.mtimeSec!, o + 44);
+        out.writeUInt32LE(a.mtimeNsec!, o + 52);
+        writeU64(out, a.ctimeSec!, o + 56);
+        out.writeUInt32LE(a.ctimeNsec!, o + 64);
+        o += DIRENT_ATTR_BYTES;
+      }
       count++;
       return true;
     };
-    if (cookie < 1 && !put(d.id, 1, DirType.DIR, '.')) return { count, bytes: o, end: false };
-    if (cookie < 2 && !put(d.dir.parent, 2, DirType.DIR, '..')) return { count, bytes: o, end: false };
+    if (cookie < 1 && !put(d, 1, DirType.DIR, '.')) return { count, bytes: o, end: false };
+    if (cookie < 2 && !put(this.#inodes.get(d.dir.parent) ?? d, 2, DirType.DIR, '..')) return { count, bytes: o, end: false };
     for (const [name, e] of d.dir.entries) {
       if (e.cookie <= cookie) continue;
       const c = this.#inodes.get(e.ino)!;
-      if (!put(e.ino, e.cookie, typeOf(c), name)) return { count, bytes: o, end: false };
+      if (!put(c, e.cookie, typeOf(c), name)) return { count, bytes: o, end: false };
     }
     return { count, bytes: o, end: true };
   }

@@ -46,6 +46,15 @@ export interface OpenHandle {
   readonly ino: Inode;
 }
 
+/** An open made by `Opens.prepare`, not yet answered (`answer`) or given up (`abandon`). */
+export interface PreparedOpen {
+  readonly h: Handle;
+  readonly caps: Record<string, number>;
+  /** DAX extents in `ext` (first page). */
+  readonly n: number;
+  readonly ext: Buffer;
+}
+
 interface Handle extends OpenHandle {
   mode: number;
   dax: boolean;
@@ -160,13 +169,26 @@ export class Opens {
    * Errors: ENFILE (MAX_OPENS), what delivering the reply answers (the open is then closed again).
    */
   async open(ino: Inode, mode: number, dax: boolean, ok: number): Promise<void> {
+    await this.answer(await this.prepare(ino, mode, dax), ok);
+  }
+
+  /**
+   * The first part of `open`: the open's Requests made and their monitors armed, not yet
+   * handed out (create runs it while the new file is made durable). Follow with `answer`,
+   * or `abandon` when the open is not to be answered. Errors: ENFILE.
+   */
+  async prepare(ino: Inode, mode: number, dax: boolean): Promise<PreparedOpen> {
     if (this.#handles.size >= MAX_OPENS) throw new FractosError('ENFILE', `${MAX_OPENS} open handles`);
     const p = this.#proc;
     const h: Handle = { id: this.#nextHandle++, ino, mode, dax, cids: [], daxByVolume: new Map(), live: new Set() };
-    const read = mode & OpenMode.READ ? await p.createRequest(Read, { handle: h.id }) : 0;
-    const write = mode & OpenMode.WRITE ? await p.createRequest(Write, { handle: h.id }) : 0;
-    const close = await p.createRequest(Close, { handle: h.id });
-    const map = dax ? await p.createRequest(DaxMap, { handle: h.id }) : 0;
+    // One round trip for all of them (pipelined request_creates).
+    const none = Promise.resolve(0);
+    const [read, write, close, map] = await Promise.all([
+      mode & OpenMode.READ ? p.createRequest(Read, { handle: h.id }) : none,
+      mode & OpenMode.WRITE ? p.createRequest(Write, { handle: h.id }) : none,
+      p.createRequest(Close, { handle: h.id }),
+      dax ? p.createRequest(DaxMap, { handle: h.id }) : none,
+    ]);
     h.cids.push(...[read, write, close, map].filter(Boolean));
     const caps: Record<string, number> = { read, write, close, map };
     const ext = Buffer.alloc(16 * MAX_DAX_EXTENTS);
@@ -187,12 +209,28 @@ export class Opens {
     const nonzero = Object.fromEntries(Object.entries(caps).filter(([, c]) => c !== 0));
     try {
       await Promise.all(h.cids.map((c) => p.monitorDelegate(c, () => this.#delegatesGone(hid, c))));
-      await p.invoke(ok, OpenReply, { ...attrOf(ino), handle: h.id, dax: dax ? 1 : 0, blockSize: BLOCK, total: dax ? ino.extents.length : 0, nExtents: n, extents: ext }, nonzero);
     } catch (err) {
-      await this.#revoke(h); // Not armed or not delivered: nobody can use this open.
+      await this.#revoke(h); // Not armed: nobody can use this open.
+      throw err;
+    }
+    return { h, caps: nonzero, n, ext };
+  }
+
+  /** Hand a prepared open to its client: OpenReply on `ok` (the file's attributes as they are now). On failure the open is closed again. */
+  async answer(o: PreparedOpen, ok: number): Promise<void> {
+    const { h, n, ext } = o;
+    try {
+      await this.#proc.invoke(ok, OpenReply, { ...attrOf(h.ino), handle: h.id, dax: h.dax ? 1 : 0, blockSize: BLOCK, total: h.dax ? h.ino.extents.length : 0, nExtents: n, extents: ext }, o.caps);
+    } catch (err) {
+      await this.#revoke(h); // Not delivered: nobody can use this open.
       throw err;
     }
     // The FS keeps its own entries (to revoke them later): the reply only delegated them.
+  }
+
+  /** Close a prepared open that is not answered (its Requests revoked). */
+  async abandon(o: PreparedOpen): Promise<void> {
+    if (this.#handles.get(o.h.id) === o.h) await this.#revoke(o.h);
   }
 
   /**

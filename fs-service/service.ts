@@ -39,7 +39,7 @@ import { BlockCache } from './cache.js';
 import { MetadataStore } from './metadata.js';
 import { Namespace } from './namespace.js';
 import { Extents } from './extents.js';
-import { checkOpenMode, Opens } from './opens.js';
+import { checkOpenMode, Opens, type PreparedOpen } from './opens.js';
 import { Mediated } from './mediated.js';
 import { Staging } from './staging.js';
 
@@ -140,8 +140,8 @@ export class FsService {
     return this.#extents.pooled;
   }
 
-  /** Metadata writes so far: whole images (checkpoints) and log records, for tests and stats. */
-  get metaWrites(): { checkpoints: number; records: number } {
+  /** Metadata writes so far: whole images (checkpoints) and log records, and how many of them were FUA (`flushes`), for tests and stats. */
+  get metaWrites(): { checkpoints: number; records: number; flushes: number } {
     return { ...this.#meta.counts };
   }
 
@@ -258,7 +258,11 @@ export class FsService {
     const p = this.proc;
     const ns = this.#ns;
     const who = (imms: Who): Who => ({ uid: imms.uid, gid: imms.gid });
-    p.serve(Lookup, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#attr(caps.onSuccess, ns.lookup(imms.parent, imms.name, who(imms)))));
+    p.serve(Lookup, ({ imms, caps }) => this.#ctl(caps.onError, () => {
+      // A missing name (every create looks one up first) is answered without making an Error.
+      const c = ns.find(imms.parent, imms.name, who(imms));
+      return c ? this.#attr(caps.onSuccess, c) : p.replyError(caps.onError, 'ENOENT', `no '${imms.name}' in '${ns.get(imms.parent).path}'`);
+    }));
     p.serve(GetAttr, ({ imms, caps }) => this.#ctl(caps.onError, () => this.#attr(caps.onSuccess, ns.get(imms.ino))));
     p.serve(SetAttrReq, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
@@ -308,13 +312,24 @@ export class FsService {
       this.#ctl(caps.onError, async () => {
         checkOpenMode(imms.mode);
         const w = who(imms);
-        let ino: Inode;
+        let ino = ns.find(imms.parent, imms.name, w);
         let made = false;
-        try {
-          ino = ns.lookup(imms.parent, imms.name, w);
-          if (imms.flags & OpenFlags.EXCL) throw new FractosError('EEXIST', `'${imms.name}' exists`);
-        } catch (err) {
-          if ((err as FractosError).code !== 'ENOENT') throw err;
+        if (ino && imms.flags & OpenFlags.EXCL) throw new FractosError('EEXIST', `'${imms.name}' exists`);
+        if (!ino) {
+          if (imms.dax === 0) {
+            // A new file, mediated: its open's Requests are made while the entry is made durable.
+            let prepared: PreparedOpen | null = null;
+            try {
+              await ns.mknod(imms.parent, imms.name, imms.fileMode, imms.umask, w, async (i) => {
+                prepared = await this.#opens.prepare(i, imms.mode, false);
+              });
+            } catch (e) {
+              if (prepared) await this.#opens.abandon(prepared);
+              throw e;
+            }
+            await this.#opens.answer(prepared!, caps.onSuccess);
+            return;
+          }
           ino = await ns.mknod(imms.parent, imms.name, imms.fileMode, imms.umask, w);
           made = true;
         }
@@ -326,17 +341,18 @@ export class FsService {
     p.serve(Fsync, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
         ns.get(imms.ino);
-        // Mediated writes are FUA and answered after their size is durable; the image write
-        // (FUA: a device flush after it) makes the attributes durable and flushes the device's
-        // cache for every write completed before it, DAX writes included.
-        await this.#meta.persist();
+        // Mediated writes are answered once on the device with their size recorded; this FUA
+        // record (a device flush after it) makes the attributes durable and flushes the
+        // device's cache for every write completed before it: data, metadata records and
+        // DAX writes alike.
+        await this.#meta.persist(true);
         await p.invoke(caps.onSuccess, DoneReply);
       }),
     );
     const dirents = Buffer.alloc(DIRENT_BYTES);
     p.serve(Readdir, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {
-        const r = ns.readdir(imms.ino, imms.cookie, imms.max, who(imms), dirents);
+        const r = ns.readdir(imms.ino, imms.cookie, imms.max, who(imms), dirents, imms.plus !== 0);
         await p.invoke(caps.onSuccess, ReaddirReply, { count: r.count, end: r.end ? 1 : 0, bytes: r.bytes, entries: dirents.subarray(0, r.bytes) });
       }),
     );

@@ -54,6 +54,12 @@ export type MemoryStat = MemoryDescriptor;
 export type MonitorEvent = 'revoked' | 'owner-failed' | 'delegates-gone';
 
 const RPC_TAG_BIT = 0x80000000;
+/** `rpc` continuation pairs made ahead: refilled to HIGH when fewer than LOW are left. */
+const RPC_POOL_LOW = 8;
+const RPC_POOL_HIGH = 24;
+/** Finished calls' continuations are revoked in batches of this many cids, or after RPC_REVOKE_MS. */
+const RPC_REVOKE_BATCH = 32;
+const RPC_REVOKE_MS = 2;
 
 /** One bootstrap name as `kvList()` reports it. */
 export interface ListedName {
@@ -105,6 +111,12 @@ export class Process extends EventEmitter {
   #ackScheduled = false;
   #nextRpc = 1;
   readonly #rpcs = new Map<number, { resolve: (inv: Invocation) => void; reject: (e: Error) => void }>();
+  /** Continuation pairs made ahead for `rpc` (#refillContinuations). */
+  #contPool: { id: number; ok: number; fail: number }[] = [];
+  #contRefill: Promise<void> | null = null;
+  /** Continuations of finished calls waiting for their batched revocation (#revokeLater). */
+  #revokes: number[] = [];
+  #revokeTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #paused = false;
   readonly name: string;
@@ -389,7 +401,9 @@ export class Process extends EventEmitter {
    * and `onError` continuation Requests, invoke `cid` with them in the schema's
    * `onSuccess`/`onError` slots plus `imms`/`caps`, and resolve with the invocation of
    * `onSuccess`, or reject with the FractosError carried by `onError`. The continuations
-   * are revoked afterwards. Errors: those of request_invoke, the callee's code, ETIMEDOUT.
+   * are made ahead (a small pool, so the call does not wait for their creation), used by
+   * this call only, and revoked afterwards. Errors: those of request_invoke, the callee's
+   * code, ETIMEDOUT.
    */
   async rpc<I extends Record<string, FieldType>, C extends readonly string[]>(
     cid: number,
@@ -398,10 +412,9 @@ export class Process extends EventEmitter {
     caps: Partial<CapValues<C>> = {},
     opts: { timeoutMs?: number } = {},
   ): Promise<Invocation> {
-    const id = this.#nextRpc;
-    this.#nextRpc = this.#nextRpc >= 0x3fffffff ? 1 : this.#nextRpc + 1;
-    const okTag = (RPC_TAG_BIT | (id << 1)) >>> 0;
-    const [ok, fail] = await Promise.all([this.requestCreate(okTag), this.requestCreate(okTag | 1)]);
+    const pair = this.#contPool.pop() ?? (await this.#newContinuations());
+    this.#refillContinuations();
+    const { id, ok, fail } = pair;
     let timer: NodeJS.Timeout | undefined;
     try {
       const reply = new Promise<Invocation>((resolve, reject) => {
@@ -417,11 +430,78 @@ export class Process extends EventEmitter {
     } finally {
       clearTimeout(timer);
       this.#rpcs.delete(id);
-      // One-shot: revoke both continuations (not awaited: off the critical path).
-      this.capRevoke(ok).catch(() => {});
-      this.capRevoke(fail).catch(() => {});
-      this.capDrop(ok, fail).catch(() => {});
+      // One-shot: revoke both continuations, off the critical path and batched.
+      this.#revokeLater(ok, fail);
     }
+  }
+
+  /**
+   * Revoke finished calls' continuations in batches: at RPC_REVOKE_BATCH pending cids or
+   * RPC_REVOKE_MS after the first, whichever comes first (one write for the batch instead of
+   * a wake-up of the Controller per call), then drop this Process's entries. Until then a
+   * late reply finds no call under its tag and is dropped (call ids are unique).
+   */
+  #revokeLater(...cids: number[]): void {
+    this.#revokes.push(...cids);
+    if (this.#revokes.length >= RPC_REVOKE_BATCH) this.#flushRevokes();
+    else this.#revokeTimer ??= setTimeout(this.#flushRevokes, RPC_REVOKE_MS).unref();
+  }
+
+  readonly #flushRevokes = (): Promise<unknown> => {
+    clearTimeout(this.#revokeTimer);
+    this.#revokeTimer = undefined;
+    const cids = this.#revokes;
+    this.#revokes = [];
+    if (this.#closed) return Promise.resolve();
+    return Promise.all(cids.map((c) => {
+      const drop = (): void => this.#dropLater(c);
+      return this.capRevoke(c).then(drop, drop);
+    }));
+  };
+
+  /**
+   * Revoke now the continuations `rpc` made ahead and those of finished calls (batched
+   * otherwise), and resolve once the Controller has dropped them: it then holds no `rpc`
+   * continuation of this Process but those of calls in flight. The next `rpc` makes new ones.
+   * For a Process going idle, and for tests that count the Controller's objects.
+   */
+  async rpcSettle(): Promise<void> {
+    while (this.#contRefill) await this.#contRefill;
+    for (const c of this.#contPool) this.#revokes.push(c.ok, c.fail);
+    this.#contPool = [];
+    await this.#flushRevokes();
+    if (!this.#closed) await this.nullOp(); // after the batched CAP_DROP_MANY
+  }
+
+  /**
+   * A fresh pair of one-shot continuations for one call: `ok` and `fail` Requests served
+   * here under tags that name the call id (RPC_TAG_BIT | id << 1, | 1 for fail). Call ids
+   * are not reused for 2^30 calls, and each pair is revoked after its call, so a late or
+   * forged reply never answers another call.
+   */
+  async #newContinuations(): Promise<{ id: number; ok: number; fail: number }> {
+    const id = this.#nextRpc;
+    this.#nextRpc = this.#nextRpc >= 0x3fffffff ? 1 : this.#nextRpc + 1;
+    const okTag = (RPC_TAG_BIT | (id << 1)) >>> 0;
+    const [ok, fail] = await Promise.all([this.requestCreate(okTag), this.requestCreate(okTag | 1)]);
+    return { id, ok, fail };
+  }
+
+  /**
+   * Keep RPC_POOL_LOW..RPC_POOL_HIGH pairs made ahead (after the first rpc), so a call does not wait for
+   * their creation: the request_creates are pipelined in the background. Each pair is still
+   * used by one call only and revoked after it. Bounded: RPC_POOL_HIGH pairs (2 Requests each).
+   */
+  #refillContinuations(): void {
+    if (this.#contRefill || this.#closed || this.#contPool.length >= RPC_POOL_LOW) return;
+    const n = RPC_POOL_HIGH - this.#contPool.length;
+    const made: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) made.push(this.#newContinuations().then((pair) => {
+      if (!this.#closed) this.#contPool.push(pair);
+    }));
+    this.#contRefill = Promise.allSettled(made).then(() => {
+      this.#contRefill = null;
+    });
   }
 
   // ---------------------------------------------------------------------------------
@@ -686,7 +766,13 @@ export class Process extends EventEmitter {
           } catch (err) {
             e = { code: errorCodeToWire('EPROTO'), message: `malformed error reply: ${(err as Error).message}` };
           }
-          w.reject(new FractosError(errorCodeFromWire(e.code), e.message));
+          // No stack trace: it would only name this delivery path, not the caller, and
+          // capturing one is most of an error reply's cost (negative lookups are common).
+          const limit = Error.stackTraceLimit;
+          Error.stackTraceLimit = 0;
+          const err = new FractosError(errorCodeFromWire(e.code), e.message);
+          Error.stackTraceLimit = limit;
+          w.reject(err);
           dropAll();
         } else {
           // The RPC's caller owns the reply's caps: nothing is dropped automatically.
@@ -789,6 +875,9 @@ export class Process extends EventEmitter {
     this.#calls.failAll('EDISCONNECTED', err ? `channel closed: ${err.message}` : 'channel closed');
     for (const w of this.#rpcs.values()) w.reject(new FractosError('EDISCONNECTED', 'channel closed'));
     this.#rpcs.clear();
+    this.#contPool = [];
+    clearTimeout(this.#revokeTimer);
+    this.#revokes = [];
     for (const name of this.#regions) {
       try {
         shmUnlink(name);

@@ -362,13 +362,44 @@ test('objects do not leak: one-shot RPC continuations and dropped derived object
   const e = await env();
   const { a, b, ea } = await echoPair(e);
   await a.rpc(ea, Echo, { x: 1 });
-  await a.nullOp();
+  await a.rpcSettle();
   const before = e.c.objectCount;
   for (let i = 0; i < 50; i++) await a.rpc(ea, Echo, { x: i });
+  t.true(e.c.objectCount <= before + 2 * (24 + 32 + 2), 'continuations made ahead and awaiting their batched revocation are bounded');
   for (let i = 0; i < 50; i++) await a.capDrop(await a.requestDerive(ea, Echo.args({ x: i })));
-  await a.nullOp();
+  await a.rpcSettle();
   await b.nullOp();
   t.is(e.c.objectCount, before);
+  await teardown(e);
+});
+
+test('rpc continuations made ahead: a callee that keeps a finished call\'s continuation cannot answer a later call; rpcSettle revokes it', async (t) => {
+  const e = await env();
+  const [a, b] = [await e.proc('a'), await e.proc('b')];
+  const kept: number[] = [];
+  let held: (() => void) | null = null;
+  b.serve(Echo, async ({ imms, caps }, inv) => {
+    if (imms.x === 1) {
+      inv.retain(caps.onSuccess); // a hostile callee keeps its continuation after answering
+      kept.push(caps.onSuccess);
+    }
+    if (imms.x === 2) await new Promise<void>((r) => (held = r)); // answer only when told
+    await b.invoke(caps.onSuccess, EchoReply, { y: imms.x * 2 });
+  });
+  const echo = await b.createRequest(Echo);
+  await b.kvPut('echo', echo);
+  const ea = await a.kvGet('echo');
+  t.is(EchoReply.decode(await a.rpc(ea, Echo, { x: 1 })).imms.y, 2);
+  // Call 2 waits in b; b replays call 1's continuation meanwhile: call 2 must not take it.
+  const second = a.rpc(ea, Echo, { x: 2 });
+  for (let i = 0; i < 100 && !held; i++) await new Promise((r) => setTimeout(r, 5));
+  await b.invoke(kept[0]!, EchoReply, { y: 999 }).catch(() => {});
+  await new Promise((r) => setTimeout(r, 20));
+  held!();
+  t.is(EchoReply.decode(await second).imms.y, 4, 'the later call got its own answer, not the replayed one');
+  // Revoked at the latest by rpcSettle (else in the next batch).
+  await a.rpcSettle();
+  await code(t, b.invoke(kept[0]!, EchoReply, { y: 7 }), 'EREVOKED');
   await teardown(e);
 });
 

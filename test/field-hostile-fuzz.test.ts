@@ -477,7 +477,8 @@ async function echoLoop(addr: string, fail: Fail): Promise<EchoLoop> {
       paused = true;
       await new Promise<void>((r) => (gate.idle = r));
       gate.idle = null;
-      await b.nullOp(); // the rpc's revokes and drops (not awaited by rpc) are done by now
+      await a.rpcSettle(); // the rpc's continuations (made ahead, revoked in batches) are gone by now
+      await b.nullOp();
       await a.nullOp();
     },
     resume: () => {

@@ -12,7 +12,7 @@ import { connect } from '../libfractos/index.js';
 import { adminClaim, adminRelease, IoPort, volumeCreate } from '../blockdev-adaptor/client.js';
 import { FsService } from '../fs-service/service.js';
 import {
-  DirType, FsClient, NS_OPS, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr, type Attr, type OpenFile,
+  DirType, FsClient, NS_OPS, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SetAttr, type Attr, type Dirent, type OpenFile,
 } from '../fs-service/index.js';
 import { deviceDir } from './helpers/devices.js';
 import { until } from './helpers/wait.js';
@@ -127,6 +127,23 @@ vtest('readdir: cookie paging is stable while the directory changes', async (t) 
     const all = await fs.readdirAll(big.ino);
     t.is(all.length, 302);
     t.is(new Set(all.map((x) => x.name)).size, 302);
+    // readdirplus: every entry with the attributes getattr answers; fewer entries per reply.
+    await fs.setattr(all[5]!.ino, { valid: SetAttr.MODE | SetAttr.MTIME, mode: 0o600, mtime: [1_000_000_000, 7] });
+    let cookie2 = 0;
+    let pages = 0;
+    const plus: Dirent[] = [];
+    for (;;) {
+      const { entries, end } = await fs.readdir(big.ino, cookie2, 0, { uid: 0, gid: 0 }, true);
+      plus.push(...entries);
+      pages++;
+      if (end) break;
+      cookie2 = entries[entries.length - 1]!.cookie;
+    }
+    t.deepEqual(plus.map((x) => x.name), all.map((x) => x.name));
+    t.true(pages >= 3, `${pages} pages of 16 KiB for 302 entries with attributes`);
+    for (const x of [plus[0]!, plus[1]!, plus[5]!, plus[301]!]) t.deepEqual(x.attr, await fs.getattr(x.ino), x.name);
+    t.is(plus[5]!.attr!.mode & 0o7777, 0o600);
+    t.is(plus[5]!.attr!.mtimeNsec, 7);
   } finally {
     await teardown(e);
   }
@@ -415,6 +432,7 @@ vtest('metadata log: 2,200 operations fill the log and cross checkpoints; a rest
     await fs.close(o, true);
     const w = e.fs!.metaWrites;
     t.true(w.checkpoints >= 2 && w.records > 1024, `${w.checkpoints} checkpoints, ${w.records} log records`);
+    t.is(w.flushes, w.checkpoints, 'namespace operations and writes are not FUA: only checkpoints flush the device');
     const before = await checkTree(t, fs);
     const names = async (ino: number): Promise<string[]> => (await fs.readdirAll(ino)).map((x) => `${x.name}:${x.ino}:${x.cookie}`);
     const listing = [await names(many.ino), await names(other.ino)];
@@ -437,6 +455,10 @@ vtest('metadata log: 2,200 operations fill the log and cross checkpoints; a rest
     // And it goes on appending after the replayed records.
     await fs.mknod(many.ino, 'after', 0o644);
     t.is(e.fs.metaWrites.records, 1);
+    t.is(e.fs.metaWrites.flushes, 0);
+    // fsync: a FUA record (the device flush covers every write completed before it).
+    await fs.fsync(d.ino);
+    t.deepEqual(e.fs.metaWrites, { checkpoints: 0, records: 2, flushes: 1 });
   } finally {
     await teardown(e);
   }

@@ -141,6 +141,36 @@ mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EI
   }
 });
 
+mtest('create without an FS open until the first I/O: touch needs no open; a file created read-only by another user is written through its creating fd; O_EXCL and ftruncate through the fd', async (t) => {
+  const mp = point('m5');
+  const m = await mount(stack!, mp);
+  try {
+    const r = await sh(`
+      mkdir -m 1777 c && cd c
+      for i in $(seq 1 50); do touch t$i; done
+      test "$(ls | wc -l)" = 50
+      setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'umask 0222; echo hi > ro; cat ro; test "$(stat -c %a ro)" = 444; (echo again > ro) 2>&1 || true'
+      set -o noclobber; (echo x > t1) 2>&1 || true; set +o noclobber
+      python3 -c 'import os; fd = os.open("tr", os.O_CREAT | os.O_WRONLY, 0o600); os.ftruncate(fd, 5000); os.write(fd, b"ab"); os.close(fd)'
+      test "$(stat -c %s tr)" = 5000 && test "$(head -c 2 tr)" = ab
+      python3 -c 'import os; fd = os.open("tmp", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600); os.unlink("tmp"); os.write(fd, b"still here"); os.lseek(fd, 0, 0); print(os.read(fd, 100).decode()); os.close(fd)'
+      test ! -e tmp
+      cd .. && rm -r c
+    `, mp);
+    t.is(r.code, 0, r.err);
+    t.regex(r.out, /^hi$/m, 'the creator wrote through its fd into a file whose mode says r--');
+    t.regex(r.out, /ro: Permission denied/, 'a later open for writing is refused');
+    t.regex(r.out, /t1: cannot overwrite existing file/, 'O_EXCL on an existing name');
+    t.regex(r.out, /^still here$/m, 'a created file unlinked before its first write keeps working through its fd');
+  } finally {
+    await m.stop();
+  }
+  // The 50 touches opened nothing in the FS: the opens are ro's, tr's and tmp's (deferred:
+  // first I/O, or the unlink) and the reads by cat and head (every create opened one before).
+  const opens = Number(/opens=(\d+)/.exec(m.output())?.[1] ?? 'NaN');
+  t.is(opens, 5, `${opens} FS opens for 53 creates and 2 reads`);
+});
+
 mtest('concurrent writers to one file (disjoint ranges) and to one directory', async (t) => {
   const mp = point('m4');
   const m = await mount(stack!, mp);
@@ -164,6 +194,45 @@ mtest('concurrent writers to one file (disjoint ranges) and to one directory', a
   } finally {
     await m.stop();
   }
+});
+
+mtest('readdirplus: ls -l of 200 files takes every entry\'s attributes from the listing, not a lookup each; sizes, modes, links and times as written', async (t) => {
+  const mp = point('rdp');
+  const m = await mount(stack!, mp);
+  try {
+    const w = await sh('mkdir rdp && cd rdp && for i in $(seq 1 200); do head -c $i /dev/zero > f$i; done && chmod 600 f7 && ln f9 hard9 && ln -s f1 link && touch -d "2001-02-03 04:05:06" f5', mp);
+    t.is(w.code, 0, w.err);
+  } finally {
+    await m.stop();
+  }
+  // A new mount: nothing of rdp is in the kernel's caches. Long timeouts: on a loaded machine
+  // ls may take more than the default 1 s between reading the directory and its lstats.
+  const m2 = await mount(stack!, mp, ['--attr-timeout', '60']);
+  let out: string;
+  try {
+    const r = await sh('ls -ln --time-style=+%s rdp', mp);
+    t.is(r.code, 0, r.err);
+    out = r.out;
+    await sh('rm -r rdp', mp);
+  } finally {
+    await m2.stop();
+  }
+  const rows = new Map(out.trim().split('\n').slice(1).map((l) => {
+    const f = l.trim().split(/\s+/);
+    return [f[6]!, { mode: f[0]!, links: Number(f[1]), size: Number(f[4]), mtime: Number(f[5]) }];
+  }));
+  t.is(rows.size, 202);
+  for (let i = 1; i <= 200; i++) t.is(rows.get(`f${i}`)?.size, i, `f${i}`);
+  t.is(rows.get('f7')?.mode, '-rw-------');
+  t.is(rows.get('f9')?.links, 2);
+  t.is(rows.get('hard9')?.links, 2);
+  t.is(rows.get('link')?.mode.slice(0, 1), 'l');
+  t.is(rows.get('f5')?.mtime, Math.floor(new Date('2001-02-03T04:05:06').getTime() / 1000));
+  const lookups = Number(/lookups=(\d+)/.exec(m2.output())?.[1] ?? 'NaN');
+  const plus = Number(/readdirPlus=(\d+)/.exec(m2.output())?.[1] ?? 'NaN');
+  t.true(plus >= 1, `readdirplus answered (${plus})`);
+  t.true(lookups < 20, `${lookups} lookups for ls -l of 202 entries (readdirplus answered the rest)`);
+  t.log(`ls -l of 202 entries: ${plus} readdirplus, ${lookups} lookups`);
 });
 
 mtest('--dax: file data through the DAX Requests; the same bytes as a mediated mount sees', async (t) => {

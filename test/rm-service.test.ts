@@ -139,8 +139,10 @@ test.serial('hostile registrant: bad fields, Memory caps, a taken name, preset a
   t.is(await code(h.rpc(c.registerCid, Register, { session: 999, kind: 'echo', name: 'h', capacity: 1, names: 'who' }, { r0: req }, { timeoutMs: 5000 })), 'EARGSET');
   const first = await c.register({ kind: 'echo', name: 'h1', requests: { who: req } });
   // Another session cannot take a live instance's name.
-  const other = await RmClient.connect(await proc('other'));
-  t.is(await code(other.register({ kind: 'echo', name: 'h1', requests: { who: req } })), 'EEXIST');
+  // (With a Request of its own: `req` is a cid of h's space, which means nothing, or something else, in other's.)
+  const op = await proc('other');
+  const other = await RmClient.connect(op);
+  t.is(await code(other.register({ kind: 'echo', name: 'h1', requests: { who: await serveWho(op, 'o') } })), 'EEXIST');
   // ... nor update or end it: those Requests carry their registration preset.
   t.is(await code(h.rpc(first.updateCid, Update, { reg: 12345, load: 1 }, {}, { timeoutMs: 5000 })), 'EARGSET');
   await c.register({ kind: 'echo', name: 'h2', requests: { who: req } });

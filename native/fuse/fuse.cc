@@ -145,9 +145,11 @@ void LlInit(void* ud, fuse_conn_info* conn) {
   if (s->splice) want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
   conn->want |= want & conn->capable;
   if (!s->splice) conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
-  // readdir without attributes: the kernel looks up what it needs (fs-mount answers READDIRPLUS
-  // too, but one getattr per entry costs more than the lookups ls and find do).
-  conn->want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+  // readdirplus on every page (not the adaptive mode: ls reads every page before it stats an
+  // entry, so only the first page would carry attributes): the FS's readdir answers the
+  // entries' attributes in the same reply, so ls -l or find -ls need no lookup per entry.
+  conn->want |= FUSE_CAP_READDIRPLUS & conn->capable;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   // Without locks implemented here the kernel keeps POSIX and flock locks local to this mount.
   conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
   Ev* ev = new Ev();
