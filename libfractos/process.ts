@@ -5,8 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { PendingCalls } from './calls.js';
-import { FractosError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
-import { Link, dial, parseAddress } from './link.js';
+import { FractosError, NativeUnavailableError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
+import { Link, dial, parseAddress, type FrameLink } from './link.js';
+import { UnixLink } from './unix-link.js';
 import {
   Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
@@ -15,6 +16,7 @@ import {
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { decodeIntrospect, type Introspection } from './introspect.js';
 import { shmCreate, shmUnlink } from '../native/shm/index.js';
+import { closeFd } from '../native/queue/index.js';
 
 /** Options of `connect`. */
 export interface ConnectOptions {
@@ -68,17 +70,35 @@ export interface ControllerStats {
  * Errors: EINVAL (address), EDISCONNECTED (refused), ETIMEDOUT.
  */
 export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
-  const sock = await dial(parseAddress(address), opts.timeoutMs ?? 10_000);
-  const p = new Process(new Link(sock, DEFAULT_LIMITS.maxFrameBytes), opts.name ?? `pid${process.pid}`);
+  const p = new Process(await openLink(address, opts.timeoutMs ?? 10_000), opts.name ?? `pid${process.pid}`);
   await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
   return p;
+}
+
+/**
+ * The transport of a channel: on `unix:` the socket owned by the queue addon (frames with
+ * fds, docs/protocol.md "Frames with file descriptors"), a net.Socket when the addon is not
+ * built; on tcp a net.Socket.
+ */
+async function openLink(address: string, timeoutMs: number): Promise<FrameLink> {
+  const a = parseAddress(address);
+  if (a.kind === 'unix') {
+    try {
+      return await UnixLink.connect(a.path, DEFAULT_LIMITS.maxFrameBytes, timeoutMs);
+    } catch (e) {
+      if (!(e instanceof NativeUnavailableError)) throw e;
+    }
+  }
+  return new Link(await dial(a, timeoutMs), DEFAULT_LIMITS.maxFrameBytes);
 }
 
 /** How long `kvPut(name, cid, { republish: true })` retries a name still held by another Process (ms). */
 export const REPUBLISH_WAIT_MS = 5000;
 
 export class Process extends EventEmitter {
-  readonly #link: Link;
+  readonly #link: FrameLink;
+  /** The fds that came with the frame being handled (#onFrame), taken by setting entries to -1. */
+  #frameFds: number[] | undefined;
   readonly #calls = new PendingCalls();
   readonly #handlers = new Map<number, RequestHandler>();
   readonly #served = new Map<number, ServedBacking>();
@@ -103,11 +123,18 @@ export class Process extends EventEmitter {
   #limits = DEFAULT_LIMITS;
 
   /** @internal use `connect()` */
-  constructor(link: Link, name: string) {
+  constructor(link: FrameLink, name: string) {
     super();
     this.#link = link;
     this.name = name;
-    link.onFrame = (f) => this.#onFrame(f);
+    link.onFrame = (f, fds) => {
+      this.#frameFds = fds;
+      try {
+        this.#onFrame(f);
+      } finally {
+        this.#frameFds = undefined;
+      }
+    };
     link.onClose = (err) => this.#onClose(err);
   }
 
@@ -147,6 +174,42 @@ export class Process extends EventEmitter {
       if (write) write(f);
       this.#link.send(f);
     });
+  }
+
+  /**
+   * @internal A call whose frame carries `fds` (1..8, sent with SCM_RIGHTS on a unix channel;
+   * the caller keeps them) and whose REPLY's fds are returned (the caller owns and must close
+   * them). docs/protocol.md "Frames with file descriptors". Errors: the call's, ENOTSUP (a
+   * channel that cannot carry fds: tcp).
+   */
+  callWithFds(op: number, bodyBytes: number, write: ((f: Buffer) => void) | null, fds: number[] = []): Promise<{ reply: Buffer; fds: number[] }> {
+    if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
+    return new Promise((resolve, reject) => {
+      const seq = this.#calls.add((err, frame) => {
+        const got = this.#takeFrameFds();
+        if (err) {
+          for (const fd of got) closeFd(fd);
+          reject(err);
+        } else resolve({ reply: frame!, fds: got });
+      });
+      const f = allocFrame(op, seq, bodyBytes);
+      if (write) write(f);
+      try {
+        if (fds.length) this.#link.sendWithFds(f, fds);
+        else this.#link.send(f);
+      } catch (e) {
+        this.#calls.fail(seq, e as FractosError);
+      }
+    });
+  }
+
+  /** The fds of the frame being handled, taken (the link closes those not taken). */
+  #takeFrameFds(): number[] {
+    const f = this.#frameFds;
+    if (!f) return [];
+    const got = f.filter((fd) => fd >= 0);
+    f.fill(-1);
+    return got;
   }
 
   #callCid(op: number, cid: number, extra = 0, write: ((f: Buffer) => void) | null = null): Promise<Buffer> {
@@ -530,21 +593,18 @@ export class Process extends EventEmitter {
   /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */
   pause(): void {
     this.#paused = true;
-    this.#link.socket.pause();
+    this.#link.pause();
   }
   resume(): void {
     this.#paused = false;
-    this.#link.socket.resume();
+    this.#link.resume();
   }
 
   /** Close the channel; the Controller revokes every object this Process owns. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#link.close();
-    await new Promise<void>((r) => {
-      if (this.#link.socket.destroyed) r();
-      else this.#link.socket.once('close', () => r());
-    });
+    await this.#link.released();
   }
 
   // ---------------------------------------------------------------------------------
