@@ -29,7 +29,21 @@ export interface ConnectOptions {
    * and map delegated buffers save a memory_stat round trip per invocation.
    */
   memoryDescriptors?: boolean;
+  /**
+   * On `unix:` addresses, ask for a shared-memory queue pair (docs/queues.md). Default: true
+   * when the queue addon loads, unless the environment says FRACTOS_QUEUE=0.
+   */
+  queue?: boolean;
+  /**
+   * Poll mode (like fio's hipri, queue pairs only): after sending calls, spin up to ~50 µs in
+   * C for their answers before falling back to the doorbell. Costs CPU; for latency-critical
+   * clients. Default false.
+   */
+  poll?: boolean;
 }
+
+/** Spin of poll mode (ns): at most this long per flush before the doorbell watch takes over. */
+const POLL_SPIN_NS = 50_000;
 
 /** A handler of delivered Requests. A returned Promise delays dropping the delivered cids until it settles. */
 export type RequestHandler = (inv: Invocation) => void | Promise<unknown>;
@@ -70,8 +84,10 @@ export interface ControllerStats {
  * Errors: EINVAL (address), EDISCONNECTED (refused), ETIMEDOUT.
  */
 export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
-  const p = new Process(await openLink(address, opts.timeoutMs ?? 10_000), opts.name ?? `pid${process.pid}`);
-  await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
+  const link = await openLink(address, opts.timeoutMs ?? 10_000);
+  const p = new Process(link, opts.name ?? `pid${process.pid}`);
+  const queue = link instanceof UnixLink && (opts.queue ?? process.env.FRACTOS_QUEUE !== '0');
+  await p.hello((opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0) | (queue ? Feature.QUEUE : 0), opts.poll ? POLL_SPIN_NS : 0);
   return p;
 }
 
@@ -139,13 +155,28 @@ export class Process extends EventEmitter {
   }
 
   /** @internal */
-  async hello(features = 0): Promise<void> {
+  async hello(features = 0, pollNs = 0): Promise<void> {
     const name = Buffer.from(this.name.slice(0, 64), 'utf8');
-    const r = await this.#call(Op.HELLO, 8 + name.length, (f) => {
+    const { reply: r, fds } = await this.callWithFds(Op.HELLO, 8 + name.length, (f) => {
       f.writeUInt32LE(process.pid, 16);
       f.writeUInt32LE(features, 20);
       name.copy(f, 24);
     });
+    try {
+      // A queue pair: [memfd, our doorbell, the Controller's doorbell] (docs/queues.md).
+      const granted = r.length >= 52 ? r.readUInt32LE(44) : 0;
+      if (granted & Feature.QUEUE) {
+        if (fds.length !== 3 || !(this.#link instanceof UnixLink)) throw new FractosError('EPROTO', `HELLO reply: queue granted with ${fds.length} fds`);
+        this.#link.attachQueue(fds[0]!, fds[1]!, fds[2]!, r.readUInt32LE(48), pollNs);
+        const link = this.#link;
+        link.outstanding = () => this.#calls.size > 0;
+      }
+    } catch (e) {
+      this.#link.close(e as Error);
+      throw e;
+    } finally {
+      for (const fd of fds) closeFd(fd);
+    }
     this.controllerId = r.readUInt32LE(16);
     this.epoch = r.readUInt32LE(20);
     this.processId = r.readUInt32LE(24);

@@ -74,6 +74,12 @@ export function opName(op: number): string {
 export const Feature = {
   /** DELIVER frames carry a descriptor of each local Memory cap argument (no memory_stat round trip). */
   MEMORY_DESCRIPTORS: 1,
+  /**
+   * A queue pair (docs/queues.md): unix Processes only; the HELLO reply carries the pair
+   * memfd and two eventfds (SCM_RIGHTS) and, after the 7 u32 fields, u32 features granted
+   * and u32 ring bytes.
+   */
+  QUEUE: 2,
 } as const;
 
 /** Memory permissions: a bitmask. */

@@ -31,6 +31,11 @@ export class UnixLink implements FrameLink {
   #backlogHigh = 0;
   #readPaused = false;
   #userPaused = false;
+  #queue_ = false;
+  /** Poll mode: spin this long (ns) after a flush while `outstanding()` (0: off). */
+  #pollNs = 0;
+  /** Calls waiting for an answer (set by the Process): poll only while some are. */
+  outstanding: () => boolean = () => false;
 
   /**
    * Connect to `unix:path`. Errors: EDISCONNECTED (refused, no such socket), ETIMEDOUT,
@@ -53,6 +58,29 @@ export class UnixLink implements FrameLink {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Whether frames go on a queue pair (attachQueue). */
+  get queued(): boolean {
+    return this.#queue_;
+  }
+
+  /**
+   * Switch to the queue pair the Controller sent with the HELLO reply (docs/queues.md):
+   * frames (but those with fds) go on ring 0, ring 1's frames arrive through `onFrame` like
+   * the socket's. The fds stay the caller's. `pollNs` > 0: poll mode (after each flush with
+   * calls outstanding, spin up to that long for their answers and handle them at once).
+   * Errors: EPROTO (not a sealed pair of `ringBytes` per ring), EINVAL.
+   */
+  attachQueue(memfd: number, ownDoorbell: number, peerDoorbell: number, ringBytes: number, pollNs = 0): void {
+    this.#sock.attachQueue(memfd, ownDoorbell, peerDoorbell, ringBytes);
+    this.#queue_ = true;
+    this.#pollNs = pollNs;
+  }
+
+  /** Counters of the native side (wake-ups, polls). */
+  nativeStats(): ReturnType<NativeSock['stats']> {
+    return this.#sock.stats();
   }
 
   #onFrames = (buf: Buffer, fds: number[] | null): void => {
@@ -149,7 +177,17 @@ export class UnixLink implements FrameLink {
     this.#queueBytes = 0;
     this.#sock.writev(q);
     this.#checkBacklog();
+    if (this.#pollNs) this.#poll();
   };
+
+  /** Poll mode: answers that come within the spin are handled now, not after a doorbell. */
+  #poll(): void {
+    for (let i = 0; i < 64 && !this.#closed && this.outstanding(); i++) {
+      const b = this.#sock.poll(this.#pollNs);
+      if (!b) return;
+      this.#onFrames(b, null);
+    }
+  }
 
   /** Same rule as Link: above the high-water mark, stop reading until the queue drained. */
   #checkBacklog(): void {

@@ -59,8 +59,8 @@ async function buildAndRun(t: import('ava').ExecutionContext, sources: string[],
 
 (hasGxx ? test : test.skip)('native host: fds beside frames (takeFd, sendWithFds, 8-fd bound, fds queued behind a backlog) pass under ASan/UBSan', async (t) => {
   t.timeout(300_000);
-  // The real host (loop, conns, peers; not the N-API addon) around the test core of host_fd_test.cc.
-  const sources = ['host_loop.cc', 'host_conns.cc', 'host_peers.cc'].map((f) => join(src, f));
+  // The real host (loop, conns, peers, queues; not the N-API addon) around the test core of host_fd_test.cc.
+  const sources = ['host_loop.cc', 'host_conns.cc', 'host_peers.cc', 'host_queue.cc'].map((f) => join(src, f));
   sources.push(join(src, 'test', 'host_fd_test.cc'));
   await buildAndRun(t, sources, 'host_fd_test', ['-lcrypto', '-lpthread']);
 });

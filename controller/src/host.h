@@ -36,6 +36,8 @@ struct Limits {
   uint64_t maxQueuedDeliveryBytes = 32ull * 1024 * 1024;
   uint64_t maxQueuedBytesPerInvoker = 8ull * 1024 * 1024;
   uint64_t maxOutboundBytes = 4ull * 1024 * 1024;
+  /** Bytes per ring of a Process's queue pair (docs/queues.md; a power of two in [4 KiB, 64 MiB]). */
+  uint32_t queueRingBytes = 1u << 20;
 };
 
 /** What the core needs to know about its own Controller. */
@@ -95,6 +97,18 @@ class Host {
    * it (EPROTO). docs/protocol.md "Frames with file descriptors".
    */
   virtual int takeFd(ConnId c) = 0;
+
+  /**
+   * During `Core::processHello(c, ...)` of a unix Process conn that asked for HELLO feature
+   * QUEUE: give it a queue pair (docs/queues.md "The Controller's side"). Fills fds[0..2]
+   * with the pair memfd, the Process's doorbell and the Controller's doorbell (owned by the
+   * host: send them with the HELLO reply through sendWithFds, do not close them) and
+   * *ringBytes. From then on every frame `send` passes for `c` goes on the completion ring
+   * (frames with fds still go on the socket), and the Process's frames are read from both.
+   * @return false (nothing changed: answer without the bit) on tcp, outside processHello, or
+   * when the pair cannot be made (logged).
+   */
+  virtual bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) = 0;
 
   /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
   virtual uint64_t backlog(ConnId c) const = 0;

@@ -264,37 +264,8 @@ void HostImpl::readConn(Conn* c) {
     c->inLen += size_t(r);
     c->sockIn += uint64_t(r);
     c->st.bytesIn += uint64_t(r);
-    // stream position of in[0]
-    const uint64_t base = c->sockIn - c->inLen;
-    size_t off = 0;
-    while (c->inLen - off >= kHeaderBytes) {
-      const uint8_t* h = c->in.data() + off;
-      uint32_t len = rd32(h);
-      if (len < kHeaderBytes || len > maxFrame) {
-        closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]",
-                  LogLevel::Debug);
-        return;
-      }
-      if (rd16(h + 6) != 0 || rd16(h + 14) != 0) {
-        closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
-        return;
-      }
-      if (c->inLen - off < len) break;
-      c->st.framesIn++;
-      fdConn_ = c->id;
-      fdStart_ = base + off;
-      fdStop_ = base + off + len;
-      handleFrame(c, h, len);
-      fdConn_ = 0;
-      // the fds of this frame (and of none later) that the core did not take
-      if (c->rxFds.n) c->rxFds.dropThrough(base + off + len);
-      off += len;
-      if (c->state == ConnState::Lingering) return;
-    }
-    if (off) {
-      memmove(c->in.data(), c->in.data() + off, c->inLen - off);
-      c->inLen -= off;
-    }
+    // stream position of in[0]: the fds of a frame are found by it (fd_stream.h)
+    if (!takeFrames(c, c->in, c->inLen, c->sockIn - c->inLen, true)) return;
     if (size_t(r) < room) break;  // the socket is probably empty
   }
   // An idle connection keeps a small buffer (a 16 MiB frame's buffer goes with it).
@@ -302,6 +273,45 @@ void HostImpl::readConn(Conn* c) {
     c->in.resize(kReadChunk);
     c->in.shrink_to_fit();
   }
+}
+
+bool HostImpl::takeFrames(Conn* c, std::vector<uint8_t>& in, size_t& inLen, uint64_t base, bool sock) {
+  const uint32_t maxFrame = opts_.core.limits.maxFrameBytes;
+  size_t off = 0;
+  bool open = true;
+  while (inLen - off >= kHeaderBytes) {
+    const uint8_t* h = in.data() + off;
+    uint32_t len = rd32(h);
+    if (len < kHeaderBytes || len > maxFrame) {
+      closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]", LogLevel::Debug);
+      return false;
+    }
+    if (rd16(h + 6) != 0 || rd16(h + 14) != 0) {
+      closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
+      return false;
+    }
+    if (inLen - off < len) break;
+    c->st.framesIn++;
+    if (sock) {
+      fdConn_ = c->id;
+      fdStart_ = base + off;
+      fdStop_ = base + off + len;
+    }
+    handleFrame(c, h, len);
+    fdConn_ = 0;
+    // the fds of this frame (and of none later) that the core did not take
+    if (sock && c->rxFds.n) c->rxFds.dropThrough(base + off + len);
+    off += len;
+    if (c->state == ConnState::Lingering) {
+      open = false;
+      break;
+    }
+  }
+  if (off && open) {
+    memmove(in.data(), in.data() + off, inLen - off);
+    inLen -= off;
+  }
+  return open;
 }
 
 void HostImpl::handleFrame(Conn* c, const uint8_t* f, size_t len) {
@@ -316,7 +326,9 @@ void HostImpl::handleFrame(Conn* c, const uint8_t* f, size_t len) {
         c->limitBacklog = true;
         c->counted = true;
         c->st.peer = false;
+        helloConn_ = c->id;  // attachQueue is allowed during this call
         core_->processHello(c->id, c->kernelPid, c->unixSock, f, len);
+        helloConn_ = 0;
       } else if (op == kOpPeerHello) {
         acceptPeerHello(c, f, len);
       } else {
@@ -355,8 +367,9 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
   c->st.bytesOut += total;
+  if (c->q && c->state == ConnState::Process) return queueSend(c, iov, iovcnt, total);  // host_queue.cc
   size_t done = 0;
-  if (c->backlog() == 0) {
+  if (c->out.size() == 0) {
     struct msghdr mh{};
     mh.msg_iov = const_cast<struct iovec*>(iov);
     mh.msg_iovlen = size_t(iovcnt);
@@ -398,7 +411,7 @@ void HostImpl::sendWithFds(ConnId id, const struct iovec* iov, int iovcnt, const
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
   c->st.bytesOut += total;
-  if (c->backlog() == 0) {
+  if (c->out.size() == 0) {
     ssize_t w = fdstream::sendWithFds(c->fd, iov, iovcnt, fds, nfds);
     if (w < 0 && w != -EAGAIN) {
       closeConn(c, "", LogLevel::Debug);
@@ -439,7 +452,7 @@ void HostImpl::flushConn(Conn* c) {
     return;
   }
   if (c->state == ConnState::Lingering) return;
-  if (c->backlog() == 0 && (c->epollMask & EPOLLOUT)) {
+  if (c->out.size() == 0 && (c->epollMask & EPOLLOUT)) {
     c->epollMask &= ~uint32_t(EPOLLOUT);
     updateMask(c);
   }
@@ -465,6 +478,10 @@ void HostImpl::afterBacklogChange(Conn* c) {
       c->paused = false;
       c->epollMask |= EPOLLIN | EPOLLRDHUP;
       updateMask(c);
+      if (c->q && !c->q->ready) {  // read ring 0 again before the loop sleeps
+        c->q->ready = true;
+        readyQueues_.push_back(c->id);
+      }
     }
     if (c->state == ConnState::Process || c->state == ConnState::Peer) core_->drained(c->id);
   }
@@ -505,6 +522,13 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   c->above = false;
   c->out.clear();
   c->rxFds.closeAll();
+  if (c->q) {
+    // no more rings: the doorbell leaves epoll now; the mapping stays until finishConn (the
+    // core may still read the frame it was handed from q->in when it closed the conn)
+    epoll_ctl(ep_, EPOLL_CTL_DEL, c->q->ctlEfd, nullptr);
+    c->q->out.clear();
+    c->q->outHead = 0;
+  }
   // `in` stays: the core may still read the frame it was handed when it closed the conn
   // (freed when the linger reads, or with the conn)
   c->inLen = 0;
@@ -550,6 +574,7 @@ void HostImpl::finishConn(ConnId id) {
   c->fd = -1;
   c->timer = 0;
   c->state = ConnState::Lingering;
+  if (c->q) c->q.reset();  // unmap, close the memfd and doorbells (out of epoll since closeConn)
   // erased by runDeferred, after the event that closed it (callers may still hold `c`)
   dead_.push_back(id);
 }

@@ -201,8 +201,9 @@ void encodeError(Frame& f, uint32_t seq, const Err& e) {
 }
 
 void encodeHelloReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoch, uint32_t procId, uint32_t maxFrame,
-                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits) {
-  f.start(op::REPLY, seq).u32(controller).u32(epoch).u32(procId).u32(maxFrame).u32(maxImm).u32(maxSlots).u32(credits).finish();
+                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits, uint32_t features, uint32_t ringBytes) {
+  f.start(op::REPLY, seq).u32(controller).u32(epoch).u32(procId).u32(maxFrame).u32(maxImm).u32(maxSlots).u32(credits);
+  f.u32(features).u32(ringBytes).finish();
 }
 
 void encodeCidReply(Frame& f, uint32_t seq, uint32_t cid) { f.start(op::REPLY, seq).u32(cid).finish(); }

@@ -70,6 +70,8 @@ enum class Kind : uint8_t { Any = 0, Memory = 1, Request = 2 };
 enum Reason : uint16_t { kReasonRevoked = 1, kReasonOwnerFailed = 2, kReasonDelegatesGone = 3 };
 /** HELLO feature bit: DELIVER carries Memory descriptors. */
 constexpr uint32_t kFeatureMemoryDescriptors = 1;
+/** HELLO feature: a queue pair (docs/queues.md), unix Processes only; the HELLO reply carries its fds. */
+constexpr uint32_t kFeatureQueue = 2;
 
 /** ref: u32 controller, u32 epoch, u64 object id (< 2^53). */
 struct Ref {
@@ -185,9 +187,9 @@ uint64_t queuedDeliveryBytes(const Args& a);
 
 /** REPLY with an error code and message (truncated to 512 bytes on a UTF-8 boundary). */
 void encodeError(Frame& f, uint32_t seq, const Err& e);
-/** REPLY to HELLO: u32 controller, u32 epoch, u32 process id, u32 maxFrameBytes, u32 maxImmBytes, u32 maxCapSlots, u32 credits. */
+/** REPLY to HELLO: u32 controller, u32 epoch, u32 process id, u32 maxFrameBytes, u32 maxImmBytes, u32 maxCapSlots, u32 credits, u32 features granted, u32 queue ring bytes (0: no queue pair). */
 void encodeHelloReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoch, uint32_t procId, uint32_t maxFrame,
-                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits);
+                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits, uint32_t features, uint32_t ringBytes);
 /** REPLY: u32 cid. */
 void encodeCidReply(Frame& f, uint32_t seq, uint32_t cid);
 /** REPLY: ref. */

@@ -64,6 +64,11 @@ export interface NativeSock {
   setReading(on: boolean): void;
   close(): void;
   fd(): number;
+  /** Queue mode: ring 0 carries writev's frames, ring 1's frames come through onFrames. Errors: EPROTO. */
+  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
+  /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
+  poll(spinNs: number): Buffer | null;
+  stats(): { queue: boolean; ringBytes: number; maxEntry: number; wakes: number; polls: number; pollHits: number; queuedBytes: number };
 }
 
 interface QueueBinding {

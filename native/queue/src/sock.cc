@@ -37,11 +37,14 @@ Napi::Function Sock::Init(Napi::Env env) {
                      {InstanceMethod<&Sock::Connect>("connect"), InstanceMethod<&Sock::Start>("start"),
                       InstanceMethod<&Sock::Writev>("writev"), InstanceMethod<&Sock::SendFds>("sendWithFds"),
                       InstanceMethod<&Sock::Backlog>("backlog"), InstanceMethod<&Sock::SetReading>("setReading"),
-                      InstanceMethod<&Sock::Close>("close"), InstanceMethod<&Sock::Fd>("fd")});
+                      InstanceMethod<&Sock::Close>("close"), InstanceMethod<&Sock::Fd>("fd"),
+                      InstanceMethod<&Sock::AttachQueue>("attachQueue"), InstanceMethod<&Sock::Poll>("poll"),
+                      InstanceMethod<&Sock::Stats>("stats")});
 }
 
 // new Sock(maxFrameBytes)
-Sock::Sock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sock>(info), in_(16 * 1024 * 1024 + 4096) {
+Sock::Sock(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<Sock>(info), in_(16 * 1024 * 1024 + 4096), qin_(16 * 1024 * 1024 + 4096) {
   if (info.Length() < 1 || !info[0].IsNumber()) {
     Napi::TypeError::New(info.Env(), "Sock(maxFrameBytes)").ThrowAsJavaScriptException();
     return;
@@ -49,6 +52,7 @@ Sock::Sock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sock>(info), in_(1
   uint32_t m = info[0].As<Napi::Number>().Uint32Value();
   if (m < FRAME_HEADER) m = FRAME_HEADER;
   in_ = FrameSplitter(m);
+  qin_ = FrameSplitter(m);
   napi_get_uv_event_loop(info.Env(), &loop_);
   env_ = info.Env();
 }
@@ -270,9 +274,10 @@ Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
       iov_[i].iov_len = t.ByteLength();
       total += t.ByteLength();
     }
-    Write(iov_.data(), int(n), total, nullptr, 0);
+    if (map_.base) PushFrames(iov_.data(), int(n), total);
+    else Write(iov_.data(), int(n), total, nullptr, 0);
   }
-  return Napi::Number::New(env, double(out_.size()));
+  return Napi::Number::New(env, double(out_.size() + qout_.size() - qoutHead_));
 }
 
 // sendWithFds(frame, fds: number[]) -> backlog bytes
@@ -365,14 +370,24 @@ void Sock::Flush() {
 
 // backlog(wantDrain) -> bytes queued; with wantDrain, onClose('drain') runs once it is empty
 Napi::Value Sock::Backlog(const Napi::CallbackInfo& info) {
-  size_t b = out_.size();
+  size_t b = out_.size() + qout_.size() - qoutHead_;
   if (info.Length() > 0 && info[0].ToBoolean() && b > 0) drainWanted_ = true;
   return Napi::Number::New(info.Env(), double(b));
 }
 
 // setReading(on)
 Napi::Value Sock::SetReading(const Napi::CallbackInfo& info) {
-  reading_ = info.Length() > 0 && info[0].ToBoolean();
+  bool on = info.Length() > 0 && info[0].ToBoolean();
+  if (qpoll_ && on != reading_ && state_ == St::Open) {
+    // the rings too: a paused Process reads neither (its Controller sees ring 1 fill up)
+    if (on) {
+      uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
+      Kick();  // frames may have come while paused
+    } else {
+      uv_poll_stop(qpoll_);
+    }
+  }
+  reading_ = on;
   UpdatePoll();
   return info.Env().Undefined();
 }
@@ -384,6 +399,7 @@ Napi::Value Sock::Close(const Napi::CallbackInfo& info) {
   if (state_ == St::Open) {
     state_ = St::Closing;
     reading_ = false;
+    if (qpoll_) uv_poll_stop(qpoll_);  // the rings are done; the socket lingers
     Flush();
     if (state_ == St::Closing) {
       uv_timer_start(timer_, [](uv_timer_t* t) { static_cast<Sock*>(t->data)->Finish(); }, kLingerMs, 0);
@@ -437,6 +453,7 @@ void Sock::Finish() {
   }
   rx_.closeAll();
   out_.clear();
+  ReleaseQueue();
   if (closing && !closeCb_.IsEmpty()) {  // a close() asked by JS is over: the fd is closed
     Napi::HandleScope scope(env_);
     closeCb_.MakeCallback(Value(), {Napi::String::New(env_, "done"), env_.Null()});
@@ -459,6 +476,257 @@ void Sock::ReleaseHandles() {
     released_ = true;
     Unref();
   }
+}
+
+// ---- queue mode (docs/queues.md "The Process's side") -------------------------------------
+
+// attachQueue(memfd, ownEfd, peerEfd, ringBytes): from now on writev() pushes to ring 0 and
+// ring 1's frames arrive through onFrames like the socket's. The fds stay the caller's (the
+// pair is mapped, the doorbells duplicated). Errors: EPROTO (not a sealed pair of that size).
+Napi::Value Sock::AttachQueue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto fail = [&](const std::string& what, int e) {
+    Napi::Error err = Napi::Error::New(env, "attachQueue: " + what + ": " + strerror(e));
+    err.Set("code", Napi::String::New(env, codeOf(e)));
+    err.ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber())
+    return fail("(memfd, ownEfd, peerEfd, ringBytes)", EINVAL);
+  if (state_ != St::Open || !poll_ || map_.base) return fail("not an open, started Sock without a queue", EINVAL);
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int own = info[1].As<Napi::Number>().Int32Value();
+  int peer = info[2].As<Napi::Number>().Int32Value();
+  uint32_t rb = info[3].As<Napi::Number>().Uint32Value();
+  if (int e = map_.map(fd, rb)) return fail("map", -e);
+  ownEfd_ = fcntl(own, F_DUPFD_CLOEXEC, 0);
+  peerEfd_ = fcntl(peer, F_DUPFD_CLOEXEC, 0);
+  if (ownEfd_ < 0 || peerEfd_ < 0) {
+    int e = errno;
+    ReleaseQueue();
+    return fail("dup", e);
+  }
+  maxEntry_ = default_max_entry(map_.ring_bytes);
+  ep_ = Endpoint(map_.base, map_.ring_bytes, SIDE_PROCESS, maxEntry_, ownEfd_, peerEfd_);
+  if (ep_.rx.error() || ep_.tx.error()) {
+    ReleaseQueue();
+    return fail("indices", EPROTO);
+  }
+  entry_.resize(maxEntry_);
+  qpoll_ = new uv_poll_t;
+  if (int e = uv_poll_init(loop_, qpoll_, ownEfd_)) {
+    delete qpoll_;
+    qpoll_ = nullptr;
+    ReleaseQueue();
+    return fail("uv_poll_init", -e);
+  }
+  qpoll_->data = this;
+  uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
+  if (ep_.rx.arm()) Kick();  // frames already there (sent right after the HELLO reply)
+  return env.Undefined();
+}
+
+void Sock::Kick() {
+  uint64_t one = 1;
+  ssize_t r = ::write(ownEfd_, &one, sizeof one);
+  (void)r;
+}
+
+// Frames (whole, in order) into ring 0 as entries of at most maxEntry bytes: a frame larger
+// than that is split over several (the Controller appends payloads to one stream). Published
+// once per call (JS calls once per tick). What does not fit waits in qout_ with space-wanted
+// armed: the Controller's commit rings our doorbell.
+void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total) {
+  counters_.bytesOut += total;
+  size_t done = 0;
+  if (qout_.size() == qoutHead_) {
+    while (done < total) {
+      uint32_t n = uint32_t(std::min<size_t>(total - done, maxEntry_));
+      int r = ep_.tx.push_gather(iov, iovcnt, done, n);
+      if (r == -EAGAIN) break;
+      if (r < 0) {
+        ep_.tx.publish();
+        Fail(EPROTO, "the controller broke the request ring");
+        return;
+      }
+      done += n;
+    }
+    ep_.tx.publish();
+    if (done == total) return;
+  }
+  if (qoutHead_ > 0 && qoutHead_ >= qout_.size() / 2) {
+    qout_.erase(qout_.begin(), qout_.begin() + long(qoutHead_));
+    qoutHead_ = 0;
+  }
+  size_t skip = done;
+  for (int i = 0; i < iovcnt; i++) {
+    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    size_t n = iov[i].iov_len;
+    if (skip >= n) {
+      skip -= n;
+      continue;
+    }
+    qout_.insert(qout_.end(), p + skip, p + n);
+    skip = 0;
+  }
+  FlushQ();
+}
+
+void Sock::FlushQ() {
+  while (qout_.size() > qoutHead_) {
+    uint32_t n = uint32_t(std::min<size_t>(qout_.size() - qoutHead_, maxEntry_));
+    int r = ep_.tx.push(qout_.data() + qoutHead_, n);
+    if (r == -EAGAIN) {
+      ep_.tx.publish();
+      if (spaceArmed_) return;
+      if (ep_.tx.arm_space(n)) continue;  // freed meanwhile
+      spaceArmed_ = true;
+      return;
+    }
+    if (r < 0) {
+      Fail(EPROTO, "the controller broke the request ring");
+      return;
+    }
+    qoutHead_ += n;
+  }
+  ep_.tx.publish();
+  qout_.clear();
+  qoutHead_ = 0;
+  if (qout_.capacity() > (1u << 20)) qout_.shrink_to_fit();
+  if (state_ == St::Open && drainWanted_ && out_.size() == 0) {
+    drainWanted_ = false;
+    Napi::HandleScope scope(env_);
+    closeCb_.MakeCallback(Value(), {Napi::String::New(env_, "drain"), env_.Null()});
+    FatalIfThrown();
+  }
+}
+
+// Ring 1 entries into the second stream; whole frames into `b`. Acknowledges what it read
+// (commit: wakes the Controller only if it waits for space). 0 or -EPROTO.
+int Sock::DrainQ(FrameBatch& b) {
+  int n = 0;
+  int err = 0;
+  for (; n < 1024; n++) {
+    uint32_t len = 0;
+    int r = ep_.rx.pop(entry_.data(), maxEntry_, &len);
+    if (r == 0) break;
+    if (r < 0) {
+      err = r;
+      break;
+    }
+    counters_.bytesIn += len;
+    qin_.append(entry_.data(), len);
+    if (int e = qin_.split(b, nullptr)) {
+      err = e;
+      break;
+    }
+    if (b.size() >= (4u << 20)) break;  // a batch of about 4 MiB at most
+  }
+  ep_.rx.commit();
+  return err;
+}
+
+void Sock::OnDoorbell(uv_poll_t* h, int status, int) {
+  auto* self = static_cast<Sock*>(h->data);
+  if (status < 0 || self->state_ != St::Open) return;
+  self->OnQueueWake();
+}
+
+void Sock::OnQueueWake() {
+  uint64_t v;
+  ssize_t rd = ::read(ownEfd_, &v, sizeof v);  // clear the doorbell
+  (void)rd;
+  wakes_++;
+  if (spaceArmed_) {
+    spaceArmed_ = false;
+    ep_.tx.disarm_space();
+    FlushQ();
+    if (state_ != St::Open) return;
+  }
+  for (int round = 0; round < 16; round++) {
+    ep_.rx.disarm();
+    FrameBatch b;
+    int err = DrainQ(b);
+    if (b.frames) Deliver(b);
+    delete b.bytes;
+    if (state_ != St::Open || !map_.base) return;
+    if (err) {
+      Fail(EPROTO, "the controller broke the completion ring");
+      return;
+    }
+    if (!ep_.rx.arm()) return;  // asleep in the event loop: the Controller rings the doorbell
+  }
+  Kick();  // still busy after 16 batches: let the loop run other work first
+}
+
+// poll(spinNs) -> Buffer | null: spin (bounded, within the spinner budget of wake.h) until
+// ring 1 holds frames, then hand the whole ones to JS synchronously (fio's hipri). null when
+// none came in time (the doorbell watch still delivers them later).
+Napi::Value Sock::Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!map_.base || state_ != St::Open || !reading_) return env.Null();
+  uint64_t ns = info.Length() > 0 && info[0].IsNumber() ? uint64_t(std::max(0.0, info[0].As<Napi::Number>().DoubleValue())) : 0;
+  if (ns > 1'000'000) ns = 1'000'000;  // at most 1 ms per call
+  polls_++;
+  if (!ep_.rx.readable()) {
+    auto& n = spinners();
+    bool mine = n.fetch_add(1, std::memory_order_relaxed) < max_spinners();
+    bool got = false;
+    if (mine) {
+      uint64_t end = now_ns() + ns;
+      for (unsigned i = 0;; i++) {
+        if (ep_.rx.readable()) {
+          got = true;
+          break;
+        }
+        cpu_relax();
+        if ((i & 15) == 15 && now_ns() >= end) break;
+      }
+    }
+    n.fetch_sub(1, std::memory_order_relaxed);
+    if (!got) return env.Null();
+  }
+  pollHits_++;
+  FrameBatch b;
+  int err = DrainQ(b);
+  if (err) {
+    uv_timer_start(timer_, [](uv_timer_t* t) { static_cast<Sock*>(t->data)->Fail(EPROTO, "the controller broke the completion ring"); }, 0, 0);
+  }
+  if (!b.frames) {
+    delete b.bytes;
+    return env.Null();
+  }
+  auto* v = b.bytes;
+  counters_.framesIn += b.frames;
+  return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* vec) { delete vec; }, v);
+}
+
+Napi::Value Sock::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("queue", Napi::Boolean::New(env, map_.base != nullptr));
+  o.Set("ringBytes", Napi::Number::New(env, map_.ring_bytes));
+  o.Set("maxEntry", Napi::Number::New(env, maxEntry_));
+  o.Set("wakes", Napi::Number::New(env, double(wakes_)));
+  o.Set("polls", Napi::Number::New(env, double(polls_)));
+  o.Set("pollHits", Napi::Number::New(env, double(pollHits_)));
+  o.Set("queuedBytes", Napi::Number::New(env, double(qout_.size() - qoutHead_)));
+  return o;
+}
+
+void Sock::ReleaseQueue() {
+  if (qpoll_) {
+    uv_poll_stop(qpoll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(qpoll_), deletePoll);
+    qpoll_ = nullptr;
+  }
+  ep_ = Endpoint();
+  map_.unmap();
+  if (ownEfd_ >= 0) ::close(ownEfd_);
+  if (peerEfd_ >= 0) ::close(peerEfd_);
+  ownEfd_ = peerEfd_ = -1;
+  qout_.clear();
+  qoutHead_ = 0;
 }
 
 }  // namespace fractos::queue

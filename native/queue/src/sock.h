@@ -12,6 +12,9 @@
 
 #include "fd_stream.h"
 #include "frames.h"
+#include "memfd.h"
+#include "ring.h"
+#include "wake.h"
 
 namespace fractos::queue {
 
@@ -35,6 +38,9 @@ class Sock : public Napi::ObjectWrap<Sock> {
   Napi::Value SetReading(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
+  Napi::Value AttachQueue(const Napi::CallbackInfo& info);
+  Napi::Value Poll(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
 
   void TryConnect();
   static void OnConnectTimer(uv_timer_t* t);
@@ -50,6 +56,14 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void Finish();
   void ReleaseHandles();
   void FatalIfThrown();
+  // queue mode (docs/queues.md "The Process's side")
+  void PushFrames(const struct iovec* iov, int iovcnt, size_t total);
+  void FlushQ();
+  static void OnDoorbell(uv_poll_t* h, int status, int events);
+  int DrainQ(FrameBatch& b);
+  void OnQueueWake();
+  void Kick();
+  void ReleaseQueue();
 
   uv_loop_t* loop_ = nullptr;
   Napi::Env env_ = nullptr;
@@ -72,6 +86,18 @@ class Sock : public Napi::ObjectWrap<Sock> {
   fdstream::RxFds rx_;
   // output
   fdstream::OutQueue out_;
+  // queue mode
+  PairMap map_;
+  Endpoint ep_;
+  int ownEfd_ = -1, peerEfd_ = -1;
+  uint32_t maxEntry_ = 0;
+  uv_poll_t* qpoll_ = nullptr;
+  FrameSplitter qin_;
+  std::vector<uint8_t> qout_;  // bytes that did not fit ring 0: [qoutHead_, size)
+  size_t qoutHead_ = 0;
+  bool spaceArmed_ = false;
+  std::vector<uint8_t> entry_;
+  uint64_t wakes_ = 0, polls_ = 0, pollHits_ = 0;
   std::vector<struct iovec> iov_;
   struct {
     uint64_t bytesIn = 0, bytesOut = 0, framesIn = 0;
