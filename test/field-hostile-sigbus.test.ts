@@ -12,7 +12,7 @@
 import test from 'ava';
 import { closeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, FractosError, type Process, type SharedRegion } from '../libfractos/index.js';
+import { connect, type Process, type SharedRegion } from '../libfractos/index.js';
 import { clusterSpecs, spawnFractos, startController, tempDir, type Spawned } from './helpers/spawn.js';
 import { Controller } from '../controller/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
@@ -30,17 +30,6 @@ function truncateRegion(region: SharedRegion, size: number): string {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code ?? String(err);
   }
-}
-
-/** The code and message of the FractosError `p` rejects with ('no error' when it resolves). */
-async function failure(p: Promise<unknown>): Promise<{ code: string; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof FractosError) return { code: err.code, message: err.message };
-    return { code: `not a FractosError: ${String(err)}`, message: '' };
-  }
-  return { code: 'no error', message: '' };
 }
 
 function alive(c: Spawned): boolean {
