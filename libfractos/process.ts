@@ -234,9 +234,13 @@ export class Process extends EventEmitter {
     if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
     return new Promise((resolve, reject) => {
       f.writeUInt32LE(this.#calls.add((err, frame) => (err ? reject(err) : resolve(frame!))), 8);
-      // A tcp link carries no fds: the frame goes without, and the Controller answers EPERM.
-      if (fds && this.#link.sendWithFds) this.#link.sendWithFds(f, fds);
-      else this.#link.send(f);
+      if (!fds) return this.#link.send(f);
+      try {
+        this.#link.sendWithFds(f, fds);
+      } catch (err) {
+        // A link that cannot carry fds (tcp; a unix socket without the queue addon) throws ENOTSUP.
+        this.#calls.complete(errorReply(frameSeq(f), errorCodeToWire('EPERM'), `shared Memory needs a channel that passes the region's fd (${(err as Error).message})`));
+      }
     });
   }
 
@@ -438,16 +442,12 @@ export class Process extends EventEmitter {
         // Synchronous: the fds are those of the REPLY being completed.
         const fds = this.#replyFds;
         this.#replyFds = null;
-        if (err) {
-          closeAll(fds);
-          return reject(err);
-        }
-        if (!fds || fds.length !== 1) {
-          closeAll(fds);
-          return reject(new FractosError('EPROTO', `memory_map reply came with ${fds?.length ?? 0} fds, not 1`));
-        }
+        if (err) return reject(err);
+        if (!fds || fds.length !== 1) return reject(new FractosError('EPROTO', `memory_map reply came with ${fds?.length ?? 0} fds, not 1`));
+        const fd = fds[0]!;
+        fds[0] = -1; // ours now: the link closes the others
         const f = frame!;
-        resolve({ fd: fds[0]!, regionKey: readU64(f, 16), regionSize: readU64(f, 24), regionOffset: readU64(f, 32), size: readU64(f, 40), perms: f.readUInt8(48) });
+        resolve({ fd, regionKey: readU64(f, 16), regionSize: readU64(f, 24), regionOffset: readU64(f, 32), size: readU64(f, 40), perms: f.readUInt8(48) });
       });
       const f = allocFrame(Op.MEMORY_MAP, seq, 4);
       f.writeUInt32LE(cid, 16);
@@ -731,17 +731,16 @@ export class Process extends EventEmitter {
 
   #onFrame(f: Buffer, fds?: number[]): void {
     const op = frameOp(f);
-    if (fds?.length && op !== Op.REPLY) closeAll(fds); // only replies carry fds
     try {
       switch (op) {
         case Op.REPLY:
           if (fds?.length) {
-            // Only MEMORY_MAP's reply carries an fd; its callback takes it, any other closes it.
+            // Only MEMORY_MAP's reply carries an fd: its callback takes it (sets the entry to
+            // -1); the link closes every fd left in the array when this returns.
             this.#replyFds = fds;
             try {
               this.#calls.complete(f);
             } finally {
-              closeAll(this.#replyFds);
               this.#replyFds = null;
             }
           } else this.#calls.complete(f);
@@ -964,9 +963,7 @@ function decodeMemoryDescriptor(f: Buffer, at: number, perms: number, backing: n
   };
 }
 
-function closeAll(fds: readonly number[] | null | undefined): void {
-  if (fds) for (const fd of fds) closeSync(fd);
-}
+
 
 /** Bytes [offset, offset+length) of an immediate area given as ranges: a view when one range covers it, else assembled (zeros where unset). */
 function immView(segs: readonly ImmRange[], offset: number, length: number): Buffer {

@@ -4,16 +4,18 @@
  * name anywhere; MEMORY_MAP hands a region's fd to a holder of a cap to it on this host, read-only
  * for a read-only cap, and only for a cap covering the whole region unless its owner shares it
  * whole; regions over 4 GiB work; every fd the Controller took is closed when the Memory on it
- * and the channel are gone. (Refused fds at registration: test/memory-memfd-raw.test.ts and the
- * C++ unit tests.)
+ * and the channel are gone; forged fds (a plain file, a pipe, unsealed memfds, read-only fds, a
+ * wrong size) are refused and closed (also in the C++ unit tests, controller/src/test/core_test.cc).
  */
 import test from 'ava';
-import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, constants as fsc, ftruncateSync, openSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { RegionMaps } from '../libfractos/region-maps.js';
-import { fdSeals, mapFd, REGION_SEALS } from '../native/shm/index.js';
+import { Backing, MemCreateFlag, Op, writeU64 } from '../libfractos/protocol.js';
+import { createRegionFd, fdSeals, mapFd, REGION_SEALS, Seal } from '../native/shm/index.js';
 import { codeOf } from './helpers/errors.js';
 import { removeTempDir, tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
@@ -245,5 +247,61 @@ test('no fd leak: every region fd the Controller took is closed once the channel
     t.true(await until(() => openFds() === before, 5000), `${openFds()} fds open, ${before} before`);
   } finally {
     await e.close();
+  }
+});
+
+/** MEMORY_CREATE of shared Memory, as libfractos sends it, with `fds` attached by the test. */
+function forgedCreate(p: Process, id: number, fds: number[], size: number, regionSize = size, flags = MemCreateFlag.FD): Promise<string> {
+  return codeOf(
+    p.callWithFds(Op.MEMORY_CREATE, 32, (f) => {
+      f.writeUInt8(Backing.SHARED, 16);
+      f.writeUInt8(Perm.RW, 17);
+      f.writeUInt8(flags, 18);
+      f.writeUInt8(0, 19);
+      f.writeUInt32LE(id, 20);
+      writeU64(f, 0, 24);
+      writeU64(f, size, 32);
+      writeU64(f, regionSize, 40);
+    }, fds),
+  );
+}
+
+test('registration refuses forged fds, each closed by the Controller: a plain file, a pipe, an unsealed memfd, one without F_SEAL_SHRINK, a read-only fd, a wrong size', async (t) => {
+  const e = await env();
+  const dir = tempDir('fractos-memfd-forged-');
+  try {
+    const p = await e.proc('forger');
+    await p.nullOp();
+    const before = openFds();
+    const file = openSync(join(dir, 'plain'), 'w+');
+    ftruncateSync(file, 4096);
+    t.is(spawnSync('mkfifo', [join(dir, 'fifo')]).status, 0);
+    const fifo = openSync(join(dir, 'fifo'), fsc.O_RDWR | fsc.O_NONBLOCK);
+    const unsealed = createRegionFd(4096, 0);
+    const growOnly = createRegionFd(4096, Seal.GROW | Seal.SEAL);
+    const sealed = createRegionFd(4096);
+    const readOnly = openSync(`/proc/self/fd/${sealed}`, 'r');
+    t.is(await forgedCreate(p, 1, [file], 4096), 'EBADF', 'a plain file');
+    t.is(await forgedCreate(p, 2, [fifo], 4096), 'EBADF', 'a pipe');
+    t.is(await forgedCreate(p, 3, [unsealed], 4096), 'EINVAL', 'an unsealed memfd');
+    t.is(ftruncateSync(unsealed, 0), undefined, 'which its owner could have truncated');
+    t.is(await forgedCreate(p, 4, [growOnly], 4096), 'EINVAL', 'sealed, but not against shrinking');
+    t.is(await forgedCreate(p, 5, [readOnly], 4096), 'EBADF', 'a read-only fd');
+    t.is(await forgedCreate(p, 6, [sealed], 4096, 8192), 'EINVAL', 'a size that is not the memfd\'s');
+    t.is(await forgedCreate(p, 7, [sealed], 4096), 'OK', 'the same memfd, told right');
+    t.is(await forgedCreate(p, 7, [sealed], 4096), 'EEXIST', 'registered already');
+    // An fd on a frame that takes none (NULL) is closed by the Controller's host.
+    t.is(await codeOf(p.callWithFds(Op.NULL, 0, null, [sealed])), 'OK');
+    for (const fd of [file, fifo, unsealed, growOnly, readOnly]) closeSync(fd);
+    t.true(await until(() => openFds() === before + 1, 2000), `${openFds()} fds, ${before} + the registered region before`);
+    closeSync(sealed);
+    // Saying an fd is attached and sending none: EPROTO, the channel closes (only it).
+    const liar = await e.proc('liar');
+    t.is(await forgedCreate(liar, 1, [], 4096), 'EPROTO');
+    t.true(await until(() => liar.closed));
+    await p.nullOp();
+  } finally {
+    await e.close();
+    removeTempDir(dir);
   }
 });
