@@ -74,6 +74,14 @@ export class PendingCalls {
     else cb(null, frame);
   }
 
+  /** Fail one call in flight (its frame could not be sent); unknown seqs are ignored. */
+  fail(seq: number, err: FractosError): void {
+    const cb = this.#pending.get(seq);
+    if (!cb || cb === EXPIRED) return;
+    this.#pending.delete(seq);
+    cb(err, null);
+  }
+
   /** Fail every call in flight with `code` (the link went away). */
   failAll(code: 'EDISCONNECTED' | 'EFAULT', message: string): void {
     const cbs = [...this.#pending.values()].filter((cb) => cb !== EXPIRED);

@@ -5,8 +5,9 @@
 import { closeSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { PendingCalls } from './calls.js';
-import { FractosError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
-import { Link, dial, parseAddress } from './link.js';
+import { FractosError, NativeUnavailableError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
+import { Link, dial, parseAddress, type FrameLink } from './link.js';
+import { UnixLink } from './unix-link.js';
 import {
   Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MemCreateFlag, MemFlag, MonitorReason, Op, Perm,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
@@ -15,6 +16,7 @@ import {
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { decodeIntrospect, type Introspection } from './introspect.js';
 import { createRegionFd, mapFd } from '../native/shm/index.js';
+import { closeFd } from '../native/queue/index.js';
 
 /** Options of `connect`. */
 export interface ConnectOptions {
@@ -147,17 +149,35 @@ export interface ControllerStats {
  * Errors: EINVAL (address), EDISCONNECTED (refused), ETIMEDOUT.
  */
 export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
-  const sock = await dial(parseAddress(address), opts.timeoutMs ?? 10_000);
-  const p = new Process(new Link(sock, DEFAULT_LIMITS.maxFrameBytes), opts.name ?? `pid${process.pid}`);
+  const p = new Process(await openLink(address, opts.timeoutMs ?? 10_000), opts.name ?? `pid${process.pid}`);
   await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
   return p;
+}
+
+/**
+ * The transport of a channel: on `unix:` the socket owned by the queue addon (frames with
+ * fds, docs/protocol.md "Frames with file descriptors"), a net.Socket when the addon is not
+ * built; on tcp a net.Socket.
+ */
+async function openLink(address: string, timeoutMs: number): Promise<FrameLink> {
+  const a = parseAddress(address);
+  if (a.kind === 'unix') {
+    try {
+      return await UnixLink.connect(a.path, DEFAULT_LIMITS.maxFrameBytes, timeoutMs);
+    } catch (e) {
+      if (!(e instanceof NativeUnavailableError)) throw e;
+    }
+  }
+  return new Link(await dial(a, timeoutMs), DEFAULT_LIMITS.maxFrameBytes);
 }
 
 /** How long `kvPut(name, cid, { republish: true })` retries a name still held by another Process (ms). */
 export const REPUBLISH_WAIT_MS = 5000;
 
 export class Process extends EventEmitter {
-  readonly #link: Link;
+  readonly #link: FrameLink;
+  /** The fds that came with the frame being handled (#onFrame), taken by setting entries to -1. */
+  #frameFds: number[] | undefined;
   readonly #calls = new PendingCalls();
   readonly #handlers = new Map<number, RequestHandler>();
   readonly #served = new Map<number, ServedBacking>();
@@ -166,8 +186,6 @@ export class Process extends EventEmitter {
   #nextMonitor = 1;
   readonly #regions = new Map<number, Region>();
   #regionSeq = 1;
-  /** fds that came with the REPLY being completed (MEMORY_MAP); taken by its callback. */
-  #replyFds: number[] | null = null;
   #acks = 0;
   #ackScheduled = false;
   #nextRpc = 1;
@@ -183,11 +201,18 @@ export class Process extends EventEmitter {
   #limits = DEFAULT_LIMITS;
 
   /** @internal use `connect()` */
-  constructor(link: Link, name: string) {
+  constructor(link: FrameLink, name: string) {
     super();
     this.#link = link;
     this.name = name;
-    link.onFrame = (f, fds) => this.#onFrame(f, fds);
+    link.onFrame = (f, fds) => {
+      this.#frameFds = fds;
+      try {
+        this.#onFrame(f);
+      } finally {
+        this.#frameFds = undefined;
+      }
+    };
     link.onClose = (err) => this.#onClose(err);
   }
 
@@ -229,19 +254,40 @@ export class Process extends EventEmitter {
     });
   }
 
-  /** Send a call frame built by the caller (its seq is set here), with `fds` attached when given (unix channels). */
-  #send(f: Buffer, fds: number[] | null): Promise<Buffer> {
+  /**
+   * @internal A call whose frame carries `fds` (1..8, sent with SCM_RIGHTS on a unix channel;
+   * the caller keeps them) and whose REPLY's fds are returned (the caller owns and must close
+   * them). docs/protocol.md "Frames with file descriptors". Errors: the call's, ENOTSUP (a
+   * channel that cannot carry fds: tcp).
+   */
+  callWithFds(op: number, bodyBytes: number, write: ((f: Buffer) => void) | null, fds: number[] = []): Promise<{ reply: Buffer; fds: number[] }> {
     if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
     return new Promise((resolve, reject) => {
-      f.writeUInt32LE(this.#calls.add((err, frame) => (err ? reject(err) : resolve(frame!))), 8);
-      if (!fds) return this.#link.send(f);
+      const seq = this.#calls.add((err, frame) => {
+        const got = this.#takeFrameFds();
+        if (err) {
+          for (const fd of got) closeFd(fd);
+          reject(err);
+        } else resolve({ reply: frame!, fds: got });
+      });
+      const f = allocFrame(op, seq, bodyBytes);
+      if (write) write(f);
       try {
-        this.#link.sendWithFds(f, fds);
-      } catch (err) {
-        // A link that cannot carry fds (tcp; a unix socket without the queue addon) throws ENOTSUP.
-        this.#calls.complete(errorReply(frameSeq(f), errorCodeToWire('EPERM'), `shared Memory needs a channel that passes the region's fd (${(err as Error).message})`));
+        if (fds.length) this.#link.sendWithFds(f, fds);
+        else this.#link.send(f);
+      } catch (e) {
+        this.#calls.fail(seq, e as FractosError);
       }
     });
+  }
+
+  /** The fds of the frame being handled, taken (the link closes those not taken). */
+  #takeFrameFds(): number[] {
+    const f = this.#frameFds;
+    if (!f) return [];
+    const got = f.filter((fd) => fd >= 0);
+    f.fill(-1);
+    return got;
   }
 
   #callCid(op: number, cid: number, extra = 0, write: ((f: Buffer) => void) | null = null): Promise<Buffer> {
@@ -329,16 +375,23 @@ export class Process extends EventEmitter {
 
   async #memoryCreateShared(r: Region, perms: number, offset: number, size: number, withFd: boolean): Promise<number> {
     if (r.fd < 0) throw new FractosError('EBADF', `region ${r.id} was freed`);
-    const f = allocFrame(Op.MEMORY_CREATE, 0, 32);
-    f.writeUInt8(Backing.SHARED, 16);
-    f.writeUInt8(perms & Perm.RW, 17);
-    f.writeUInt8((withFd ? MemCreateFlag.FD : 0) | (r.shareWhole ? MemCreateFlag.SHARE_WHOLE : 0), 18);
-    f.writeUInt8(0, 19);
-    f.writeUInt32LE(r.id, 20);
-    writeU64(f, offset, 24);
-    writeU64(f, size, 32);
-    writeU64(f, r.size, 40);
-    const reply = await this.#send(f, withFd ? [r.fd] : null);
+    let reply: Buffer;
+    try {
+      ({ reply } = await this.callWithFds(Op.MEMORY_CREATE, 32, (f) => {
+        f.writeUInt8(Backing.SHARED, 16);
+        f.writeUInt8(perms & Perm.RW, 17);
+        f.writeUInt8((withFd ? MemCreateFlag.FD : 0) | (r.shareWhole ? MemCreateFlag.SHARE_WHOLE : 0), 18);
+        f.writeUInt8(0, 19);
+        f.writeUInt32LE(r.id, 20);
+        writeU64(f, offset, 24);
+        writeU64(f, size, 32);
+        writeU64(f, r.size, 40);
+      }, withFd ? [r.fd] : []));
+    } catch (err) {
+      // A link that cannot carry fds (tcp; unix without the queue addon): as the Controller says on tcp.
+      if ((err as FractosError).code === 'ENOTSUP') throw new FractosError('EPERM', `shared Memory needs a channel that passes the region's fd: ${(err as Error).message}`);
+      throw err;
+    }
     const key = readU64(reply, 24);
     if (key) r.key = key;
     return reply.readUInt32LE(16);
@@ -434,25 +487,14 @@ export class Process extends EventEmitter {
    * the fd. Errors: EBADCAP, EREVOKED, ETYPE, ENOTLOCAL (Memory on another Controller), EPERM
    * (served Memory, tcp channel, no READ, a part of a region not shared whole), EPROTO (no fd came).
    */
-  memoryMap(cid: number): Promise<MemoryMapping> {
+  async memoryMap(cid: number): Promise<MemoryMapping> {
     checkCid(cid);
-    if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
-    return new Promise((resolve, reject) => {
-      const seq = this.#calls.add((err, frame) => {
-        // Synchronous: the fds are those of the REPLY being completed.
-        const fds = this.#replyFds;
-        this.#replyFds = null;
-        if (err) return reject(err);
-        if (!fds || fds.length !== 1) return reject(new FractosError('EPROTO', `memory_map reply came with ${fds?.length ?? 0} fds, not 1`));
-        const fd = fds[0]!;
-        fds[0] = -1; // ours now: the link closes the others
-        const f = frame!;
-        resolve({ fd, regionKey: readU64(f, 16), regionSize: readU64(f, 24), regionOffset: readU64(f, 32), size: readU64(f, 40), perms: f.readUInt8(48) });
-      });
-      const f = allocFrame(Op.MEMORY_MAP, seq, 4);
-      f.writeUInt32LE(cid, 16);
-      this.#link.send(f);
-    });
+    const { reply: f, fds } = await this.callWithFds(Op.MEMORY_MAP, 4, (b) => b.writeUInt32LE(cid, 16));
+    if (fds.length !== 1) {
+      for (const fd of fds) closeFd(fd);
+      throw new FractosError('EPROTO', `memory_map reply came with ${fds.length} fds, not 1`);
+    }
+    return { fd: fds[0]!, regionKey: readU64(f, 16), regionSize: readU64(f, 24), regionOffset: readU64(f, 32), size: readU64(f, 40), perms: f.readUInt8(48) };
   }
 
   // ---------------------------------------------------------------------------------
@@ -709,41 +751,29 @@ export class Process extends EventEmitter {
   /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */
   pause(): void {
     this.#paused = true;
-    this.#link.socket.pause();
+    this.#link.pause();
   }
   resume(): void {
     this.#paused = false;
-    this.#link.socket.resume();
+    this.#link.resume();
   }
 
   /** Close the channel; the Controller revokes every object this Process owns. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#link.close();
-    await new Promise<void>((r) => {
-      if (this.#link.socket.destroyed) r();
-      else this.#link.socket.once('close', () => r());
-    });
+    await this.#link.released();
   }
 
   // ---------------------------------------------------------------------------------
   // Incoming frames
 
-  #onFrame(f: Buffer, fds?: number[]): void {
+  #onFrame(f: Buffer): void {
     const op = frameOp(f);
     try {
       switch (op) {
         case Op.REPLY:
-          if (fds?.length) {
-            // Only MEMORY_MAP's reply carries an fd: its callback takes it (sets the entry to
-            // -1); the link closes every fd left in the array when this returns.
-            this.#replyFds = fds;
-            try {
-              this.#calls.complete(f);
-            } finally {
-              this.#replyFds = null;
-            }
-          } else this.#calls.complete(f);
+          this.#calls.complete(f);
           return;
         case Op.DELIVER:
           this.#onDeliver(f);

@@ -239,7 +239,19 @@ void HostImpl::readConn(Conn* c) {
     }
     if (c->in.size() < want) c->in.resize(want);
     const size_t room = c->in.size() - c->inLen;
-    ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
+    ssize_t r;
+    if (c->unixSock) {
+      // fds beside the stream (docs/protocol.md "Frames with file descriptors")
+      r = fdstream::recvWithFds(c->fd, c->in.data() + c->inLen, room, c->rxFds, c->sockIn);
+      if (r == -EPROTO) {
+        closeConn(c, "bad control message (fds): more than " + std::to_string(fdstream::kMaxFds) +
+                         " fds held, a truncated or a foreign one (EPROTO)", LogLevel::Info);
+        return;
+      }
+      if (r < 0) errno = int(-r);
+    } else {
+      r = ::read(c->fd, c->in.data() + c->inLen, room);
+    }
     if (r == 0) {
       closeConn(c, "", LogLevel::Debug);
       return;
@@ -250,7 +262,10 @@ void HostImpl::readConn(Conn* c) {
       return;
     }
     c->inLen += size_t(r);
+    c->sockIn += uint64_t(r);
     c->st.bytesIn += uint64_t(r);
+    // stream position of in[0]
+    const uint64_t base = c->sockIn - c->inLen;
     size_t off = 0;
     while (c->inLen - off >= kHeaderBytes) {
       const uint8_t* h = c->in.data() + off;
@@ -266,7 +281,13 @@ void HostImpl::readConn(Conn* c) {
       }
       if (c->inLen - off < len) break;
       c->st.framesIn++;
+      fdConn_ = c->id;
+      fdStart_ = base + off;
+      fdStop_ = base + off + len;
       handleFrame(c, h, len);
+      fdConn_ = 0;
+      // the fds of this frame (and of none later) that the core did not take
+      if (c->rxFds.n) c->rxFds.dropThrough(base + off + len);
       off += len;
       if (c->state == ConnState::Lingering) return;
     }
@@ -350,27 +371,59 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
     done = size_t(w);
     if (done == total) return;
   }
+  queueOut(c, iov, iovcnt, done);
+}
+
+void HostImpl::queueOut(Conn* c, const struct iovec* iov, int iovcnt, size_t skip) {
   // queue the rest (copied: the caller reuses its buffers)
-  if (c->outHead > 0 && c->outHead >= c->out.size() / 2) {
-    c->out.erase(c->out.begin(), c->out.begin() + long(c->outHead));
-    c->outHead = 0;
-  }
-  size_t skip = done;
-  for (int i = 0; i < iovcnt; i++) {
-    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
-    size_t n = iov[i].iov_len;
-    if (skip >= n) {
-      skip -= n;
-      continue;
-    }
-    c->out.insert(c->out.end(), p + skip, p + n);
-    skip = 0;
-  }
+  c->out.append(iov, iovcnt, skip);
   if (!(c->epollMask & EPOLLOUT)) {
     c->epollMask |= EPOLLOUT;
     updateMask(c);
   }
   afterBacklogChange(c);
+}
+
+void HostImpl::sendWithFds(ConnId id, const struct iovec* iov, int iovcnt, const int* fds, int nfds) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (nfds <= 0) return send(id, iov, iovcnt);
+  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0 || !c->unixSock) return;
+  if (nfds > fdstream::kMaxFds) {
+    log(LogLevel::Warn, "sendWithFds: more than 8 fds in one frame (dropped)", "{\"conn\":" + std::to_string(id) + "}");
+    return;
+  }
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  c->st.framesOut++;
+  c->st.bytesOut += total;
+  if (c->backlog() == 0) {
+    ssize_t w = fdstream::sendWithFds(c->fd, iov, iovcnt, fds, nfds);
+    if (w < 0 && w != -EAGAIN) {
+      closeConn(c, "", LogLevel::Debug);
+      return;
+    }
+    if (w > 0) {  // the fds went with the first byte
+      if (size_t(w) < total) queueOut(c, iov, iovcnt, size_t(w));
+      return;
+    }
+  }
+  // queued: duplicates of the fds leave with the frame's first byte (flushConn)
+  if (int e = c->out.mark(total, fds, nfds)) {
+    closeConn(c, e == -EMFILE ? "more than " + std::to_string(fdstream::kMaxQueuedFds) + " fds waiting to be read"
+                              : std::string("dup of an fd to send: ") + strerror(-e),
+              LogLevel::Info);
+    return;
+  }
+  queueOut(c, iov, iovcnt, 0);
+}
+
+int HostImpl::takeFd(ConnId id) {
+  if (id != fdConn_ || id == 0) return -1;
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return -1;
+  return it->second->rxFds.take(fdStart_, fdStop_);
 }
 
 uint64_t HostImpl::backlog(ConnId id) const {
@@ -380,19 +433,10 @@ uint64_t HostImpl::backlog(ConnId id) const {
 }
 
 void HostImpl::flushConn(Conn* c) {
-  while (c->backlog() > 0) {
-    ssize_t w = ::send(c->fd, c->out.data() + c->outHead, c->backlog(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno == EAGAIN || errno == EINTR) break;
-      if (c->state != ConnState::Lingering) closeConn(c, "", LogLevel::Debug);
-      return;
-    }
-    c->outHead += size_t(w);
-  }
-  if (c->backlog() == 0) {
-    c->out.clear();
-    c->outHead = 0;
-    if (c->out.capacity() > kReadChunk) c->out.shrink_to_fit();
+  // fds leave with their frame's first byte and no byte of another frame (fd_stream.h)
+  if (c->out.flush(c->fd) < 0) {
+    if (c->state != ConnState::Lingering) closeConn(c, "", LogLevel::Debug);
+    return;
   }
   if (c->state == ConnState::Lingering) return;
   if (c->backlog() == 0 && (c->epollMask & EPOLLOUT)) {
@@ -460,7 +504,7 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   c->paused = false;
   c->above = false;
   c->out.clear();
-  c->outHead = 0;
+  c->rxFds.closeAll();
   // `in` stays: the core may still read the frame it was handed when it closed the conn
   // (freed when the linger reads, or with the conn)
   c->inLen = 0;

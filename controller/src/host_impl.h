@@ -27,6 +27,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "fd_stream.h"
 #include "host.h"
 
 namespace fractos {
@@ -89,9 +90,12 @@ struct Conn {
   // input: bytes [0, inLen) of `in`, at most one frame (bounded by maxFrameBytes)
   std::vector<uint8_t> in;
   size_t inLen = 0;
-  // output not yet taken by the kernel: bytes [outHead, out.size())
-  std::vector<uint8_t> out;
-  size_t outHead = 0;
+  // output not yet taken by the kernel, with the fds of frames among it (fd_stream.h)
+  fdstream::OutQueue out;
+  // fds received on a unix socket (fd_stream.h), tagged with stream positions (sockIn =
+  // bytes read from the socket so far)
+  fdstream::RxFds rxFds;
+  uint64_t sockIn = 0;
   bool limitBacklog = false;  // a Process: stop reading while backlog > maxOutboundBytes
   bool paused = false;
   bool above = false;         // backlog went above maxOutboundBytes (drained() when back)
@@ -110,7 +114,7 @@ struct Conn {
   uint8_t theirNonce[kNonceBytes] = {};
   std::vector<uint8_t> sockaddr;  // dialer: where to connect
 
-  uint64_t backlog() const { return out.size() - outHead; }
+  uint64_t backlog() const { return out.size(); }
 };
 
 class HostImpl final : public Host {
@@ -149,6 +153,8 @@ class HostImpl final : public Host {
 
   // ---- Host (loop thread) ----
   void send(ConnId c, const struct iovec* iov, int iovcnt) override;
+  void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
+  int takeFd(ConnId c) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;
@@ -179,6 +185,7 @@ class HostImpl final : public Host {
   void finishConn(ConnId id);
   void runDeferred();
   bool sendRaw(Conn* c, const uint8_t* p, size_t n);
+  void queueOut(Conn* c, const struct iovec* iov, int iovcnt, size_t skip);
   // host_peers.cc
   void startPeers();
   void dialPeer(size_t idx, uint32_t attempt);
@@ -216,6 +223,9 @@ class HostImpl final : public Host {
   std::unordered_map<ConnId, std::unique_ptr<Conn>> conns_;
   uint64_t loopNow_ = 0;  // monoMs() when epoll_wait last returned (loopMs)
   ConnId nextConn_ = 1;
+  /** The frame being handed to the core (takeFd): its conn and socket stream range. */
+  ConnId fdConn_ = 0;
+  uint64_t fdStart_ = 0, fdStop_ = 0;
   std::vector<ConnId> deferred_;  // closed conns whose core callback is pending
   std::vector<ConnId> dead_;      // conns whose fd is closed, erased by runDeferred
   std::vector<LinkStats> closedStats_;

@@ -285,6 +285,8 @@ class FakeHost : public Host {
     for (int i = 0; i < n; i++) s.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     sent.push_back(Sent{c, s});
   }
+  void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
+  int takeFd(ConnId) override { return -1; }
   uint64_t backlog(ConnId) const override { return 0; }
   void close(ConnId c, const std::string&) override { closed.push_back(c); }
   void setLinkInfo(ConnId, bool, uint32_t, const std::string&) override {}
