@@ -9,8 +9,9 @@
  *    the volume (ERANGE);
  * 2. `memoryStat(buffer)`: perms (EPERM: a read needs WRITE on the buffer, a write needs READ),
  *    size >= length (ERANGE);
- * 3. direct: a shared Memory object on this host whose view is 4 KiB-aligned is mapped
- *    (`shmOpen`, cached per region name) and the device DMAs straight into / out of it;
+ * 3. direct: a shared Memory object on this host whose view is 4 KiB-aligned and whose
+ *    region's fd the Controller hands us (`mappable`: memory_map, libfractos/region-maps.ts,
+ *    cached per region key) is mapped and the device DMAs straight into / out of it;
  *    otherwise a bounce slot of the adaptor's own shared region is used with `memoryCopy`;
  * 4. the continuation (`onSuccess` with IoReply, or `onError` with a code) is invoked; a
  *    write with WriteFlags.FUA is followed by a (coalesced) device flush first.
@@ -20,7 +21,7 @@ import { FractosError, errnoFromCode, errnoFromError, errorCodeFromErrno, type E
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
-import { shmOpen } from '../native/shm/index.js';
+import { RegionMaps } from '../libfractos/region-maps.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 import { claimDevice, type DeviceClaim } from './device-claim.js';
 import { FairSlots, mayStall } from './fair-slots.js';
@@ -49,8 +50,6 @@ export const BOUNCE_PER_VOLUME = 2;
 export const BOUNCE_MAX_STALLING = BOUNCE_SLOTS / 2;
 /** Least time between two warn lines about deliveries dropped for want of an onError cap (ms). */
 const DROP_LOG_MS = 10_000;
-/** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
-const MAX_MAPPINGS = 256;
 
 /** Options of `BlockdevService.start`. */
 export interface BlockdevOptions {
@@ -152,7 +151,8 @@ export class BlockdevService {
   #claim: Claim | null = null;
   #claiming = false;
   #claimGen = 0;
-  readonly #maps = new Map<string, Uint8Array>();
+  /** Client regions mapped for direct I/O (by region key, bounded). */
+  readonly #maps: RegionMaps;
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
@@ -160,6 +160,10 @@ export class BlockdevService {
   readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME, undefined, BOUNCE_MAX_STALLING);
   #closed = false;
   #device: DeviceClaim | null = null;
+  /** Client regions mapped / MEMORY_MAPs refused (for tests and stats). */
+  get regionMaps(): { mapped: number; refused: number; size: number } {
+    return { mapped: this.#maps.mapped, refused: this.#maps.refused, size: this.#maps.size };
+  }
   /** Ops served through the direct path / the bounce path (for tests and stats). */
   readonly counts = { direct: 0, bounce: 0, errors: 0, dropped: 0 };
   /** Failures with no onError cap not yet reported, and when the last report was made (ms). */
@@ -175,6 +179,7 @@ export class BlockdevService {
     this.#secret = opts.adminSecret && opts.adminSecret.length > 0 ? Buffer.from(opts.adminSecret) : null;
     this.formatted = formatted;
     this.#flusher = new Flusher(backend);
+    this.#maps = new RegionMaps(proc);
   }
 
   /**
@@ -523,15 +528,21 @@ export class BlockdevService {
       const withStat = (st: MemoryDescriptor): void => {
           if ((st.perms & (write ? Perm.READ : Perm.WRITE)) === 0) return this.#failCode(fail, 'EPERM', `buffer lacks ${write ? 'READ' : 'WRITE'} permission`, resolve);
           if (st.size < length) return this.#failCode(fail, 'ERANGE', `buffer of ${st.size} bytes < length ${length}`, resolve);
-          const view = st.local && st.backing === 'shared' && st.region ? this.#mapView(st.region, st.regionOffset, length) : null;
-          if (view) {
+          const direct = (view: Uint8Array): void => {
             this.counts.direct++;
             if (write) this.backend.write(view, devOff, done);
             else this.backend.read(view, devOff, done);
-            return;
-          }
-          this.counts.bounce++;
-          this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
+          };
+          const bounce = (): void => {
+            this.counts.bounce++;
+            this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
+          };
+          // A read stores into the client's Memory: its mapping must be writable.
+          const aligned = st.regionOffset % Math.max(this.backend.memAlign, 512) === 0;
+          const view = aligned ? this.#maps.cached(st, length, !write) : null;
+          if (view) return direct(view);
+          if (!aligned || !st.mappable) return bounce();
+          this.#maps.view(buffer, st, length, !write).then((v) => (v ? direct(v) : bounce()), bounce);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -542,28 +553,6 @@ export class BlockdevService {
 
   #failCode(cid: number, code: ErrorCode, msg: string, resolve: () => void): void {
     this.#fail(cid, new FractosError(code, msg)).then(resolve, resolve);
-  }
-
-  /** A view of `length` bytes at `offset` of a client region, or null when it is not usable for O_DIRECT. */
-  #mapView(region: string, offset: number, length: number): Uint8Array | null {
-    const align = Math.max(this.backend.memAlign, 512);
-    if (offset % align !== 0) return null;
-    let m = this.#maps.get(region);
-    if (!m) {
-      try {
-        m = new Uint8Array(shmOpen(region));
-      } catch {
-        return null;
-      }
-      if (this.#maps.size >= MAX_MAPPINGS) this.#maps.delete(this.#maps.keys().next().value!);
-      this.#maps.set(region, m);
-    }
-    if (offset + length > m.length) {
-      // The region may have been re-created under the same name with another size: remap once.
-      this.#maps.delete(region);
-      return null;
-    }
-    return m.subarray(offset, offset + length);
   }
 
   /**

@@ -27,6 +27,7 @@ export const Op = {
   MEMORY_DIMINISH: 0x11,
   MEMORY_COPY: 0x12,
   MEMORY_STAT: 0x13,
+  MEMORY_MAP: 0x14, // reply carries the region's fd (unix channels)
   REQUEST_CREATE: 0x20,
   REQUEST_DERIVE: 0x21,
   REQUEST_INVOKE: 0x22,
@@ -87,6 +88,12 @@ export const Perm = { READ: 1, WRITE: 2, RW: 3 } as const;
 
 /** Memory backings. */
 export const Backing = { SHARED: 0, SERVED: 1 } as const;
+
+/** MEMORY_CREATE flags (shared backing): the region's fd is attached; holders of any view may map the whole region. */
+export const MemCreateFlag = { FD: 1, SHARE_WHOLE: 2 } as const;
+
+/** Flags of memory_stat replies and DELIVER's Memory descriptors. */
+export const MemFlag = { LOCAL: 1, SELF: 2, MAPPABLE: 4 } as const;
 
 /** Object kinds. */
 export const Kind = { MEMORY: 1, REQUEST: 2 } as const;

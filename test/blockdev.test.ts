@@ -76,7 +76,8 @@ async function integrity(t: ExecutionContext, device: string): Promise<void> {
     const port = new IoPort(p);
     const QD = 32;
     const BS = 4096;
-    const { cid, region } = await p.memoryCreateShared(QD * BS);
+    // Slots of one region shared whole: the blockdev maps the region once (memory_map) and DMAs into each slot.
+    const { cid, region } = await p.memoryCreateShared(QD * BS, Perm.RW, { shareWhole: true });
     const bufs = await Promise.all(Array.from({ length: QD }, (_, i) => p.memoryDiminish(cid, i * BS, BS)));
     const nblocks = v.size / BS;
     const written = new Map<number, string>(); // block -> sha of what the last completed write stored

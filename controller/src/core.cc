@@ -236,7 +236,9 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
       return Err();
 
     case op::MEMORY_CREATE:
-      // u8 backing, u8 perms, u16 0, u32 0, u64 offset, u64 size, u64 servedKey, utf8 region -> u32 cid
+      // u8 backing, u8 perms, u8 flags (1 fd attached, 2 share whole), u8 0, u32 region id,
+      // u64 offset, u64 size, u64 servedKey (served) | regionSize (shared)
+      //   -> u32 cid, u32 0, u64 regionKey
       return memoryCreate(proc, seq, f, len);
 
     case op::MEMORY_DIMINISH: {
@@ -289,12 +291,21 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
     }
 
     case op::MEMORY_STAT: {
-      // u32 cid -> u64 size, u8 perms, u8 backing, u8 flags, u8 0, u32 0, u64 regionOffset, u64 servedKey, utf8 region
+      // u32 cid -> u64 size, u8 perms, u8 backing, u8 flags, u8 0, u32 0, u64 regionOffset, u64 servedKey, u64 regionKey
       if ((e = need(len, 4))) return e;
       std::shared_ptr<Target> t;
       if ((e = target(*proc, ld32(f + 16), &t))) return e;
       memoryStat(proc, seq, t);
       return Err();
+    }
+
+    case op::MEMORY_MAP: {
+      // u32 cid -> u64 regionKey, u64 regionSize, u64 regionOffset, u64 size, u8 perms, u8 0, u16 0, u32 0
+      //   with the region's fd attached (read-only unless the cap may write)
+      if ((e = need(len, 4))) return e;
+      std::shared_ptr<Target> t;
+      if ((e = target(*proc, ld32(f + 16), &t))) return e;
+      return memoryMap(proc, seq, t);
     }
 
     case op::REQUEST_CREATE: {
@@ -537,11 +548,8 @@ void CoreImpl::procGone(const std::shared_ptr<Proc>& proc) {
   std::deque<Delivery> q = std::move(proc->queue);
   proc->queue.clear();
   for (auto& d : q) d.fail(Err(kRevoked, "provider went away"));
-  // Its shared regions: drop our mappings and the names it can no longer unlink (kill -9).
-  bool samePid = false;
-  for (auto& [id, p] : procs_)
-    if (p->pid == proc->pid) samePid = true;
-  if (!samePid && proc->pid != 0) regionsOfPidGone(proc->pid);
+  // Its shared regions: the Memory objects revoked above still hold them until collected.
+  proc->regions.clear();
 }
 
 void CoreImpl::drained(ConnId) {}
@@ -628,7 +636,6 @@ void CoreImpl::shutdown() {
   procByConn_.clear();
   peers_.clear();
   peerByConn_.clear();
-  regions_.clear();
 }
 
 }  // namespace fractos
