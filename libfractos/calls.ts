@@ -20,10 +20,13 @@ export class PendingCalls {
   /** Seqs of calls that timed out (oldest first): a late REPLY to one is consumed silently. */
   readonly #expired: number[] = [];
 
-  /** Register a callback; returns the seq to put in the call's header. */
+  /**
+   * Register a callback; returns the seq to put in the call's header, in [1, 2^31): seqs
+   * with the top bit set belong to a native loop on the same channel (native/include/frame_hook.h).
+   */
   add(cb: ReplyCb): number {
     const seq = this.#seq;
-    this.#seq = (this.#seq + 1) >>> 0 || 1;
+    this.#seq = (this.#seq + 1) & 0x7fffffff || 1;
     this.#pending.set(seq, cb);
     return seq;
   }

@@ -263,6 +263,19 @@ export class Process extends EventEmitter {
     this.#limits = { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots };
   }
 
+  /**
+   * @internal Let a native I/O loop take frames off this Process's channel before JS
+   * (native/include/frame_hook.h, docs/blockdev-backend.md "The native I/O loop"): `hook` is
+   * the loop's napi External, `owner` its JS object (kept alive while attached); null
+   * detaches. False when the channel cannot (tcp, no queue addon, closed). Errors: EINVAL,
+   * EBUSY (the hook serves another channel).
+   */
+  setFrameHook(hook: object | null, owner?: object): boolean {
+    if (this.#closed || !(this.#link instanceof UnixLink)) return false;
+    this.#link.setFrameHook(hook, owner);
+    return true;
+  }
+
   /** Frames and bytes on this Process's channel, both ways. */
   get counters(): Readonly<LinkCounters> {
     return this.#link.counters;

@@ -39,6 +39,10 @@ export interface RegionMapsOptions {
   maxBytes?: number;
   /** Most regions mapped at once (default DEFAULT_MAPPED_REGIONS). */
   maxRegions?: number;
+  /** A region was mapped and cached (the whole mapping, `size` bytes): e.g. registered with a native I/O loop. */
+  onMap?: (key: number, buffer: ArrayBuffer, size: number, writable: boolean) => void;
+  /** A cached mapping left the cache (evicted, replaced, forgotten). */
+  onDrop?: (key: number, buffer: ArrayBuffer) => void;
 }
 
 export class RegionMaps {
@@ -46,6 +50,7 @@ export class RegionMaps {
   readonly #cache: LRUCache<number, Entry>;
   /** MEMORY_MAPs in flight by region key, read-only / writable. */
   readonly #pending: [Map<number, Promise<Entry | null>>, Map<number, Promise<Entry | null>>] = [new Map(), new Map()];
+  readonly #onMap: RegionMapsOptions['onMap'];
   /** Regions mapped (MEMORY_MAP calls that succeeded) since start. */
   mapped = 0;
   /** MEMORY_MAP calls that failed (the caller then copies through memory_copy). */
@@ -57,7 +62,9 @@ export class RegionMaps {
       max: opts.maxRegions ?? DEFAULT_MAPPED_REGIONS,
       maxSize: opts.maxBytes ?? DEFAULT_MAPPED_BYTES,
       sizeCalculation: (e) => Math.max(1, e.size),
+      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => opts.onDrop!(key, e.buffer) } : {}),
     });
+    this.#onMap = opts.onMap;
   }
 
   /** Regions mapped now. */
@@ -116,7 +123,10 @@ export class RegionMaps {
       const e: Entry = { buffer: mapFd(m.fd, m.regionSize, (m.perms & Perm.WRITE) !== 0), size: m.regionSize, writable: (m.perms & Perm.WRITE) !== 0 };
       const old = this.#cache.get(m.regionKey);
       // A read-only mapping never replaces a writable one of the same region.
-      if (!old || e.writable || !old.writable) this.#cache.set(m.regionKey, e);
+      if (!old || e.writable || !old.writable) {
+        this.#cache.set(m.regionKey, e);
+        this.#onMap?.(m.regionKey, e.buffer, e.size, e.writable);
+      }
       this.mapped++;
       return e;
     } catch {

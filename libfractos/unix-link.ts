@@ -78,6 +78,21 @@ export class UnixLink implements FrameLink {
     this.#pollNs = pollNs;
   }
 
+  /**
+   * Let a native I/O loop take frames off this channel before JS (native/include/frame_hook.h;
+   * `hook` is the loop's napi External, `owner` its JS object, kept alive while attached);
+   * null detaches. Errors: EINVAL, EBUSY (see NativeSock.setFrameHook).
+   */
+  setFrameHook(hook: object | null, owner?: object): void {
+    if (this.#closed) return;
+    try {
+      this.#sock.setFrameHook(hook, owner);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      throw linkError(e.code ?? 'EINVAL', e.message);
+    }
+  }
+
   /** Counters of the native side (wake-ups, polls). */
   nativeStats(): ReturnType<NativeSock['stats']> {
     return this.#sock.stats();

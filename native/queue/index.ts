@@ -68,7 +68,13 @@ export interface NativeSock {
   attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
   /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
   poll(spinNs: number): Buffer | null;
-  stats(): { queue: boolean; ringBytes: number; maxEntry: number; wakes: number; polls: number; pollHits: number; queuedBytes: number };
+  stats(): { queue: boolean; ringBytes: number; maxEntry: number; wakes: number; polls: number; pollHits: number; queuedBytes: number; hooked: number };
+  /**
+   * Offer every later whole frame (but those with fds) to a native loop's frame hook
+   * (native/include/frame_hook.h, a napi External) before JS; `owner` is kept alive while
+   * attached; null detaches. Errors: EINVAL (not a hook of this ABI, channel not open), EBUSY.
+   */
+  setFrameHook(hook: object | null, owner?: object): void;
 }
 
 interface QueueBinding {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fd_stream.h"
+#include "frame_hook.h"
 
 namespace fractos::queue {
 
@@ -22,11 +23,14 @@ struct FrameBatch {
   std::vector<uint8_t>* bytes = nullptr;  // allocated lazily; handed to JS (which frees it)
   std::vector<std::pair<uint32_t, int>> fds;
   uint32_t frames = 0;
+  /** Frames taken by the native hook (frame_hook.h) in this batch: its `flush` is due. */
+  uint32_t hooked = 0;
   size_t size() const { return bytes ? bytes->size() : 0; }
   void clear() {
     bytes = nullptr;
     fds.clear();
     frames = 0;
+    hooked = 0;
   }
 };
 
@@ -84,6 +88,14 @@ class FrameSplitter {
         break;
       }
       if (len_ - off < n) break;
+      // A native I/O loop (frame_hook.h) may take the frame before JS sees it; never one
+      // that came with fds.
+      if (hook_ && !(rx && rx->n && rx->q[0].end > base + off && rx->q[0].end <= base + off + n) &&
+          hook_->on_frame(hook_->ctx, h, n) == 1) {
+        out.hooked++;
+        off += n;
+        continue;
+      }
       if (!out.bytes) out.bytes = new std::vector<uint8_t>();
       uint32_t at = uint32_t(out.bytes->size());
       out.bytes->insert(out.bytes->end(), h, h + n);
@@ -110,6 +122,9 @@ class FrameSplitter {
     return err;
   }
 
+  /** Offer every later whole frame to `hook` first (frame_hook.h); nullptr: none. */
+  void setHook(const fractos_frame_hook* hook) { hook_ = hook; }
+
   /** Bytes that entered the stream so far (the position tags of received fds). */
   uint64_t pos() const { return pos_; }
   /** Bytes of a partial frame held. */
@@ -117,6 +132,7 @@ class FrameSplitter {
 
  private:
   uint32_t max_;
+  const fractos_frame_hook* hook_ = nullptr;
   std::vector<uint8_t> buf_;
   size_t len_ = 0;
   uint64_t pos_ = 0;

@@ -39,7 +39,7 @@ Napi::Function Sock::Init(Napi::Env env) {
                       InstanceMethod<&Sock::Backlog>("backlog"), InstanceMethod<&Sock::SetReading>("setReading"),
                       InstanceMethod<&Sock::Close>("close"), InstanceMethod<&Sock::Fd>("fd"),
                       InstanceMethod<&Sock::AttachQueue>("attachQueue"), InstanceMethod<&Sock::Poll>("poll"),
-                      InstanceMethod<&Sock::Stats>("stats")});
+                      InstanceMethod<&Sock::Stats>("stats"), InstanceMethod<&Sock::SetFrameHook>("setFrameHook")});
 }
 
 // new Sock(maxFrameBytes)
@@ -59,6 +59,7 @@ Sock::Sock(const Napi::CallbackInfo& info)
 
 Sock::~Sock() {
   // Only reached once no handle refers to us (Unref after every handle closed).
+  DetachHook();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -225,7 +226,13 @@ void Sock::Read() {
     }
     if (size_t(r) < room) break;
   }
-  if (batch.frames) Deliver(batch);
+  if (batch.hooked) HookFlush(batch.hooked);
+  if (batch.frames && state_ == St::Open) {
+    Deliver(batch);
+  } else {
+    delete batch.bytes;
+    for (auto& p : batch.fds) ::close(p.second);
+  }
   if (state_ != St::Open) return;
   if (err) Fail(err, err == EPROTO ? "bad frame or control message from the controller" : strerror(err));
   else if (eof) Fail(EDISCONNECTED_ERR, "the controller closed the channel");
@@ -453,6 +460,7 @@ void Sock::Finish() {
   }
   rx_.closeAll();
   out_.clear();
+  DetachHook();
   ReleaseQueue();
   if (closing && !closeCb_.IsEmpty()) {  // a close() asked by JS is over: the fd is closed
     Napi::HandleScope scope(env_);
@@ -647,7 +655,8 @@ void Sock::OnQueueWake() {
     ep_.rx.disarm();
     FrameBatch b;
     int err = DrainQ(b);
-    if (b.frames) Deliver(b);
+    if (b.hooked) HookFlush(b.hooked);
+    if (b.frames && state_ == St::Open) Deliver(b);
     delete b.bytes;
     if (state_ != St::Open || !map_.base) return;
     if (err) {
@@ -689,6 +698,7 @@ Napi::Value Sock::Poll(const Napi::CallbackInfo& info) {
   pollHits_++;
   FrameBatch b;
   int err = DrainQ(b);
+  if (b.hooked) HookFlush(b.hooked);
   if (err) {
     uv_timer_start(timer_, [](uv_timer_t* t) { static_cast<Sock*>(t->data)->Fail(EPROTO, "the controller broke the completion ring"); }, 0, 0);
   }
@@ -711,6 +721,7 @@ Napi::Value Sock::Stats(const Napi::CallbackInfo& info) {
   o.Set("polls", Napi::Number::New(env, double(polls_)));
   o.Set("pollHits", Napi::Number::New(env, double(pollHits_)));
   o.Set("queuedBytes", Napi::Number::New(env, double(qout_.size() - qoutHead_)));
+  o.Set("hooked", Napi::Number::New(env, double(hooked_)));
   return o;
 }
 
@@ -727,6 +738,68 @@ void Sock::ReleaseQueue() {
   ownEfd_ = peerEfd_ = -1;
   qout_.clear();
   qoutHead_ = 0;
+}
+
+// ---- native I/O loop (native/include/frame_hook.h; docs/blockdev-backend.md) -----------------
+
+// setFrameHook(hook: External | null, owner?: object): offer every later whole frame (but
+// those with fds) to a native loop before JS, on the socket and the rings; `owner` (the loop's
+// JS object) is kept alive while attached. null detaches. Errors: EINVAL (not a hook of this
+// ABI, or the Sock is not open), EBUSY (the hook serves another channel).
+Napi::Value Sock::SetFrameHook(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto fail = [&](const std::string& what, const char* code) {
+    Napi::Error err = Napi::Error::New(env, "setFrameHook: " + what);
+    err.Set("code", Napi::String::New(env, code));
+    err.ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (info.Length() < 1) return fail("(hook, owner)", "EINVAL");
+  if (info[0].IsNull() || info[0].IsUndefined()) {
+    DetachHook();
+    return env.Undefined();
+  }
+  if (!info[0].IsExternal()) return fail("not an External", "EINVAL");
+  if (state_ != St::Open) return fail("the channel is not open", "EINVAL");
+  auto* h = info[0].As<Napi::External<fractos_frame_hook>>().Data();
+  if (!h || h->magic != FRACTOS_FRAME_HOOK_MAGIC || h->abi != FRACTOS_FRAME_HOOK_ABI || h->size < sizeof(fractos_frame_hook) ||
+      !h->attach || !h->detach || !h->on_frame || !h->flush)
+    return fail("not a frame hook of ABI " + std::to_string(FRACTOS_FRAME_HOOK_ABI), "EINVAL");
+  DetachHook();
+  chanOps_ = fractos_chan_ops{FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_chan_ops), this, &Sock::ChanSend};
+  if (int e = h->attach(h->ctx, &chanOps_)) return fail(std::string("attach: ") + strerror(-e), codeOf(-e));
+  hook_ = h;
+  hookRef_ = Napi::Persistent(info[0]);
+  if (info.Length() > 1 && info[1].IsObject()) hookOwner_ = Napi::Persistent(info[1]);
+  in_.setHook(h);
+  qin_.setHook(h);
+  return env.Undefined();
+}
+
+void Sock::DetachHook() {
+  if (!hook_) return;
+  const fractos_frame_hook* h = hook_;
+  hook_ = nullptr;
+  in_.setHook(nullptr);
+  qin_.setHook(nullptr);
+  h->detach(h->ctx);
+  hookRef_.Reset();
+  hookOwner_.Reset();
+}
+
+void Sock::HookFlush(uint32_t hooked) {
+  hooked_ += hooked;
+  if (hook_) hook_->flush(hook_->ctx);
+}
+
+int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt) {
+  auto* s = static_cast<Sock*>(chan);
+  if (s->state_ != St::Open || iovcnt <= 0) return -EPIPE;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  if (s->map_.base) s->PushFrames(iov, iovcnt, total);
+  else s->Write(iov, iovcnt, total, nullptr, 0);
+  return s->state_ == St::Open ? 0 : -EPIPE;
 }
 
 }  // namespace fractos::queue

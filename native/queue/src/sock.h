@@ -41,6 +41,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   Napi::Value AttachQueue(const Napi::CallbackInfo& info);
   Napi::Value Poll(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value SetFrameHook(const Napi::CallbackInfo& info);
 
   void TryConnect();
   static void OnConnectTimer(uv_timer_t* t);
@@ -64,6 +65,10 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void OnQueueWake();
   void Kick();
   void ReleaseQueue();
+  // native I/O loop (native/include/frame_hook.h)
+  static int ChanSend(void* chan, const struct iovec* iov, int iovcnt);
+  void HookFlush(uint32_t hooked);
+  void DetachHook();
 
   uv_loop_t* loop_ = nullptr;
   Napi::Env env_ = nullptr;
@@ -99,6 +104,10 @@ class Sock : public Napi::ObjectWrap<Sock> {
   std::vector<uint8_t> entry_;
   uint64_t wakes_ = 0, polls_ = 0, pollHits_ = 0;
   std::vector<struct iovec> iov_;
+  const fractos_frame_hook* hook_ = nullptr;
+  fractos_chan_ops chanOps_{};
+  Napi::Reference<Napi::Value> hookRef_, hookOwner_;
+  uint64_t hooked_ = 0;
   struct {
     uint64_t bytesIn = 0, bytesOut = 0, framesIn = 0;
   } counters_;
