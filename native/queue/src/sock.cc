@@ -58,8 +58,10 @@ Sock::Sock(const Napi::CallbackInfo& info)
 }
 
 Sock::~Sock() {
-  // Only reached once no handle refers to us (Unref after every handle closed).
-  DetachHook();
+  // Only reached once no handle refers to us (Unref after every handle closed). A hook still
+  // set here is not called (Finish detached it on every normal path; at environment teardown
+  // its loop may be gone already).
+  hook_ = nullptr;
   if (fd_ >= 0) ::close(fd_);
 }
 
