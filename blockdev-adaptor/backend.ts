@@ -14,6 +14,7 @@
  * of `blockSize`, and the buffer's address a multiple of `memAlign`; otherwise the device
  * (the kernel) completes the op with -EINVAL. Use `alloc()` for buffers, `isAligned()` to check.
  */
+import type { IoLoopError, NativeIoLoop } from '../native/uring/index.js';
 
 /** Completion of one op: bytes transferred, or -errno. */
 export type IoCallback = (res: number) => void;
@@ -49,6 +50,14 @@ export interface BlockBackend {
   registerBuffers?(bufs: Uint8Array[]): void;
   /** A zero-filled buffer of `size` bytes suitable for I/O on this backend (aligned to memAlign and blockSize). */
   alloc(size: number): Uint8Array;
+  /**
+   * Optional: a native I/O loop over this device (docs/blockdev-backend.md "The native I/O
+   * loop"): the C ABI of native/include/frame_hook.h is where it meets the Process's channel,
+   * so any backend with a native data path (io_uring today, an SPDK poller) plugs in here.
+   * `cfg` and `onError` as in native/uring/index.ts UringBinding.IoLoop. Null when this
+   * backend has none. Errors (thrown): ENODEV, the ring's setup errors.
+   */
+  nativeLoop?(cfg: Uint32Array, onError: IoLoopError): NativeIoLoop | null;
   /** Waits for every queued and in-flight op to complete, then releases the device. Idempotent. */
   close(): Promise<void>;
 }

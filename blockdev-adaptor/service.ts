@@ -9,19 +9,28 @@
  *    the volume (ERANGE);
  * 2. `memoryStat(buffer)`: perms (EPERM: a read needs WRITE on the buffer, a write needs READ),
  *    size >= length (ERANGE);
- * 3. direct: a shared Memory object on this host whose view is 4 KiB-aligned is mapped
- *    (`shmOpen`, cached per region name) and the device DMAs straight into / out of it;
+ * 3. direct: a shared Memory object on this host whose view is 4 KiB-aligned and whose
+ *    region's fd the Controller hands us (`mappable`: memory_map, libfractos/region-maps.ts,
+ *    cached per region key) is mapped and the device DMAs straight into / out of it;
  *    otherwise a bounce slot of the adaptor's own shared region is used with `memoryCopy`;
  * 4. the continuation (`onSuccess` with IoReply, or `onError` with a code) is invoked; a
  *    write with WriteFlags.FUA is followed by a (coalesced) device flush first.
  * Every failure goes to onError; nothing a client sends can crash the adaptor.
+ *
+ * The plain case of this path (all checks pass, a descriptor of a region already mapped here,
+ * aligned, no FUA) runs natively when the backend has a native I/O loop
+ * (`BlockBackend.nativeLoop`, native/uring/src/ioloop.cc, docs/blockdev-backend.md "The native
+ * I/O loop"): deliveries are taken off the channel in C++, the I/O goes straight into the
+ * mapping and the continuation is invoked, with no JS; everything else comes here as before.
+ * FRACTOS_BLOCKDEV_NATIVE=0 (or `native: false`) turns it off.
  */
 import { FractosError, errnoFromCode, errnoFromError, errorCodeFromErrno, type ErrorCode } from '../libfractos/errors.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
-import { shmOpen } from '../native/shm/index.js';
+import { RegionMaps } from '../libfractos/region-maps.js';
 import type { BlockBackend, IoCallback } from './backend.js';
+import type { IoLoopStats, NativeIoLoop } from '../native/uring/index.js';
 import { claimDevice, type DeviceClaim } from './device-claim.js';
 import { FairSlots, mayStall } from './fair-slots.js';
 import { proofMatches } from './admin-secret.js';
@@ -49,8 +58,6 @@ export const BOUNCE_PER_VOLUME = 2;
 export const BOUNCE_MAX_STALLING = BOUNCE_SLOTS / 2;
 /** Least time between two warn lines about deliveries dropped for want of an onError cap (ms). */
 const DROP_LOG_MS = 10_000;
-/** Most mapped client regions kept (oldest unmapped first, by dropping the reference). */
-const MAX_MAPPINGS = 256;
 
 /** Options of `BlockdevService.start`. */
 export interface BlockdevOptions {
@@ -72,6 +79,12 @@ export interface BlockdevOptions {
    * (start warns so).
    */
   adminSecret?: Uint8Array;
+  /**
+   * Serve the plain read/write case in the native I/O loop (docs/blockdev-backend.md); default
+   * true unless the environment says FRACTOS_BLOCKDEV_NATIVE=0. Needs a unix channel and a
+   * backend with `nativeLoop`; otherwise every I/O takes the JS path.
+   */
+  native?: boolean;
   /** Log sink. */
   log?: { info: (o: object, m?: string) => void; warn: (o: object, m?: string) => void };
 }
@@ -152,7 +165,8 @@ export class BlockdevService {
   #claim: Claim | null = null;
   #claiming = false;
   #claimGen = 0;
-  readonly #maps = new Map<string, Uint8Array>();
+  /** Client regions mapped for direct I/O (by region key, bounded). */
+  readonly #maps: RegionMaps;
   readonly #flusher: Flusher;
   #bounce!: SharedRegion;
   readonly #bounceCids: number[] = [];
@@ -160,8 +174,29 @@ export class BlockdevService {
   readonly bounceSlots = new FairSlots<number>(BOUNCE_SLOTS, BOUNCE_PER_VOLUME, undefined, BOUNCE_MAX_STALLING);
   #closed = false;
   #device: DeviceClaim | null = null;
-  /** Ops served through the direct path / the bounce path (for tests and stats). */
-  readonly counts = { direct: 0, bounce: 0, errors: 0, dropped: 0 };
+  /** Client regions mapped / MEMORY_MAPs refused (for tests and stats). */
+  get regionMaps(): { mapped: number; refused: number; size: number } {
+    return { mapped: this.#maps.mapped, refused: this.#maps.refused, size: this.#maps.size };
+  }
+  readonly #counts = { direct: 0, bounce: 0, errors: 0, dropped: 0 };
+  /**
+   * Ops served through the direct path (JS or native) / the bounce path, errors answered,
+   * failures dropped for want of an onError cap; `native`: ops the native loop served (for
+   * tests and stats).
+   */
+  get counts(): { direct: number; bounce: number; errors: number; dropped: number; native: number } {
+    const n = this.nativeStats;
+    const served = n ? n.reads + n.writes + n.ioErrors : 0;
+    return { ...this.#counts, direct: this.#counts.direct + served, native: served };
+  }
+  /** The native I/O loop (null when off or unavailable). */
+  #native: NativeIoLoop | null = null;
+  #nativeStats: IoLoopStats | null = null;
+  /** Counters of the native I/O loop, or null when it is not in use (for tests and stats). */
+  get nativeStats(): IoLoopStats | null {
+    return this.#native ? this.#native.stats() : this.#nativeStats;
+  }
+  readonly #wantNative: boolean;
   /** Failures with no onError cap not yet reported, and when the last report was made (ms). */
   #drops = { unreported: 0, lastLogMs: -Infinity };
 
@@ -175,6 +210,19 @@ export class BlockdevService {
     this.#secret = opts.adminSecret && opts.adminSecret.length > 0 ? Buffer.from(opts.adminSecret) : null;
     this.formatted = formatted;
     this.#flusher = new Flusher(backend);
+    this.#wantNative = opts.native ?? process.env.FRACTOS_BLOCKDEV_NATIVE !== '0';
+    // Mappings made for the JS path are registered with the native loop, which then serves
+    // later I/O into them; a mapping that leaves the cache leaves the loop (after its I/O).
+    this.#maps = new RegionMaps(proc, {
+      onMap: (key, buffer, _size, writable) => {
+        try {
+          this.#native?.registerRegion(key, buffer, writable);
+        } catch (err) {
+          this.#log?.warn({ err: (err as Error).message }, 'native loop: region not registered');
+        }
+      },
+      onDrop: (key, buffer) => this.#native?.unregisterRegion(key, buffer),
+    });
   }
 
   /**
@@ -253,9 +301,43 @@ export class BlockdevService {
     p.serve(VolumeList, ({ imms, caps }) => this.#admin(imms.claim, caps.onError, () => this.#list(caps.onSuccess, caps.onError)));
     p.serve(AdminClaim, ({ imms, caps }) => this.#claimAdmin(imms.proof, caps.onSuccess, caps.onError));
     p.on('handlerError', (err: Error) => this.#log?.warn({ err: err.message }, 'handler error'));
+    if (this.#wantNative) this.#startNative();
     await p.kvPut(`${this.name}.admin_claim`, await p.createRequest(AdminClaim), { republish: true });
     if (!this.#secret) this.#log?.warn({}, `no admin secret (--admin-secret-file): any local Process can claim the volume administration of '${this.name}' while no FS holds it`);
   }
+
+  /**
+   * Start the native I/O loop and attach it to the channel: every volume is registered with
+   * it; without a native-capable backend or channel (tcp) everything stays in JS (logged).
+   */
+  #startNative(): void {
+    const b = this.backend;
+    let loop: NativeIoLoop | null = null;
+    try {
+      const cfg = Uint32Array.of(VolumeRead.tag, VolumeWrite.tag, F_VOLUME, F_OFFSET, F_LENGTH, F_FLAGS, S_BUFFER, S_OK, S_ERR, IO_REPLY_OFF, MAX_IO_BYTES, b.blockSize, b.memAlign, WriteFlags.FUA);
+      loop = b.nativeLoop?.(cfg, this.#nativeError) ?? null;
+      if (!loop) return;
+      for (const v of this.table.list()) loop.setVolume(v.id, v.start, v.length);
+      if (!this.proc.setFrameHook(loop.hook(), loop)) {
+        this.#log?.info({}, 'native I/O loop not used: the channel is not a unix socket of the queue addon');
+        loop.close(() => {});
+        return;
+      }
+      this.#native = loop;
+    } catch (err) {
+      this.#log?.warn({ err: (err as Error).message }, 'native I/O loop unavailable; every I/O takes the JS path');
+      loop?.close(() => {});
+    }
+  }
+
+  /**
+   * A native read/write whose result was not the full length: onError with the code and
+   * message of the JS path (`done2`), then the delivered caps go.
+   */
+  #nativeError = (write: boolean, volId: number, offset: number, _length: number, res: number, buf: number, ok: number, fail: number): void => {
+    const err = new FractosError(res < 0 ? errorCodeFromErrno(res) : 'EIO', `${write ? 'write' : 'read'} of volume ${volId} at ${offset}: res ${res}`);
+    this.#fail(fail, err).catch(() => {}).finally(() => this.proc.capDrop(buf, ok, fail).catch(() => {}));
+  };
 
   /** True while a Process holds the volume-administration claim (for tests and stats). */
   get adminHeld(): boolean {
@@ -327,6 +409,12 @@ export class BlockdevService {
     this.#closed = true;
     try {
       await this.proc.close();
+      const loop = this.#native;
+      if (loop) {
+        this.#native = null;
+        await new Promise<void>((r) => loop.close(r));
+        this.#nativeStats = loop.stats();
+      }
       await this.backend.close();
     } finally {
       this.#device?.release();
@@ -383,6 +471,7 @@ export class BlockdevService {
   async #create(claim: Claim, size: number, ok: number, fail: number): Promise<void> {
     try {
       const vol = await this.table.create(size);
+      this.#native?.setVolume(vol.id, vol.start, vol.length);
       if (this.#zero) await this.#zeroVolume(vol);
       await this.#reply(claim, vol, ok);
     } catch (err) {
@@ -414,6 +503,7 @@ export class BlockdevService {
   async #delete(id: number, ok: number, fail: number): Promise<void> {
     try {
       this.table.get(id);
+      this.#native?.removeVolume(id); // from now on its deliveries come to JS (ENOENT once deleted)
       // Revoke first: from now on, every holder of this volume's Requests (revtree children
       // and derived Requests included) gets EREVOKED, whoever gets the extent next.
       const c = this.#caps.get(id);
@@ -450,7 +540,7 @@ export class BlockdevService {
   }
 
   async #fail(cid: number, err: unknown): Promise<void> {
-    this.counts.errors++;
+    this.#counts.errors++;
     const code: ErrorCode = err instanceof FractosError ? err.code : 'EIO';
     if (!cid) return this.#logDropped(err instanceof Error ? err.message : String(err));
     await this.proc.replyError(cid, code, err instanceof Error ? err.message : String(err));
@@ -461,7 +551,7 @@ export class BlockdevService {
    * most one per DROP_LOG_MS, counting the drops since the previous line.
    */
   #logDropped(why: string): void {
-    this.counts.dropped++;
+    this.#counts.dropped++;
     this.#drops.unreported++;
     const now = Date.now();
     if (now - this.#drops.lastLogMs < DROP_LOG_MS) return;
@@ -523,15 +613,21 @@ export class BlockdevService {
       const withStat = (st: MemoryDescriptor): void => {
           if ((st.perms & (write ? Perm.READ : Perm.WRITE)) === 0) return this.#failCode(fail, 'EPERM', `buffer lacks ${write ? 'READ' : 'WRITE'} permission`, resolve);
           if (st.size < length) return this.#failCode(fail, 'ERANGE', `buffer of ${st.size} bytes < length ${length}`, resolve);
-          const view = st.local && st.backing === 'shared' && st.region ? this.#mapView(st.region, st.regionOffset, length) : null;
-          if (view) {
-            this.counts.direct++;
+          const direct = (view: Uint8Array): void => {
+            this.#counts.direct++;
             if (write) this.backend.write(view, devOff, done);
             else this.backend.read(view, devOff, done);
-            return;
-          }
-          this.counts.bounce++;
-          this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
+          };
+          const bounce = (): void => {
+            this.#counts.bounce++;
+            this.#bounceIo(volId, mayStall(st), write, buffer, st.size, devOff, length, done, done2);
+          };
+          // A read stores into the client's Memory: its mapping must be writable.
+          const aligned = st.regionOffset % Math.max(this.backend.memAlign, 512) === 0;
+          const view = aligned ? this.#maps.cached(st, length, !write) : null;
+          if (view) return direct(view);
+          if (!aligned || !st.mappable) return bounce();
+          this.#maps.view(buffer, st, length, !write).then((v) => (v ? direct(v) : bounce()), bounce);
       };
       // The delivery describes a local buffer (memoryDescriptors); a remote one needs a memory_stat.
       const desc = inv.memory(S_BUFFER);
@@ -542,28 +638,6 @@ export class BlockdevService {
 
   #failCode(cid: number, code: ErrorCode, msg: string, resolve: () => void): void {
     this.#fail(cid, new FractosError(code, msg)).then(resolve, resolve);
-  }
-
-  /** A view of `length` bytes at `offset` of a client region, or null when it is not usable for O_DIRECT. */
-  #mapView(region: string, offset: number, length: number): Uint8Array | null {
-    const align = Math.max(this.backend.memAlign, 512);
-    if (offset % align !== 0) return null;
-    let m = this.#maps.get(region);
-    if (!m) {
-      try {
-        m = new Uint8Array(shmOpen(region));
-      } catch {
-        return null;
-      }
-      if (this.#maps.size >= MAX_MAPPINGS) this.#maps.delete(this.#maps.keys().next().value!);
-      this.#maps.set(region, m);
-    }
-    if (offset + length > m.length) {
-      // The region may have been re-created under the same name with another size: remap once.
-      this.#maps.delete(region);
-      return null;
-    }
-    return m.subarray(offset, offset + length);
   }
 
   /**

@@ -11,7 +11,7 @@
  * - I/O into a sub-range of a registered buffer uses READ_FIXED / WRITE_FIXED.
  */
 import { FractosError, errorCodeFromErrno } from '../libfractos/errors.js';
-import { UringRing, allocAligned } from '../native/uring/index.js';
+import { UringRing, allocAligned, loadUring, type IoLoopError, type NativeIoLoop } from '../native/uring/index.js';
 import type { BlockBackend, IoCallback } from './backend.js';
 
 /** Options of `UringBackend.open`. */
@@ -144,6 +144,18 @@ export class UringBackend implements BlockBackend {
     const r = this.#ring.registerBuffers(bufs);
     if (r < 0) throw new FractosError(errorCodeFromErrno(r), `io_uring_register_buffers failed (errno ${-r})`);
     this.#registered = bufs.map((b) => ({ buffer: b.buffer, start: b.byteOffset, end: b.byteOffset + b.byteLength }));
+  }
+
+  /**
+   * See BlockBackend.nativeLoop: an IoLoop (native/uring/src/ioloop.cc) on a duplicate of this
+   * ring's device fd, with its own io_uring of `queueDepth` entries (at least 64). Errors:
+   * ENODEV (closed, or an addon without the loop), the ring's setup errors.
+   */
+  nativeLoop(cfg: Uint32Array, onError: IoLoopError): NativeIoLoop {
+    if (this.#closing) throw new FractosError('ENODEV', 'backend closed');
+    const { IoLoop } = loadUring();
+    if (!IoLoop) throw new FractosError('ENODEV', 'the uring addon has no IoLoop (rebuild: node native/build.mjs uring)');
+    return new IoLoop(this.#ring.native.fd, Math.max(64, this.queueDepth), cfg, onError);
   }
 
   /** A zero-filled buffer of `size` bytes aligned to max(4096, blockSize, memAlign). */

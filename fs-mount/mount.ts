@@ -40,6 +40,7 @@ import { EventEmitter } from 'node:events';
 import { constants as osc } from 'node:os';
 import { FractosError } from '../libfractos/errors.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
+import { Perm } from '../libfractos/protocol.js';
 import { IoPort } from '../blockdev-adaptor/client.js';
 import {
   FsClient, OpenFlags, OpenMode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFREG, DirType, SetAttr,
@@ -168,7 +169,8 @@ export class FsMount extends EventEmitter {
     const proc = await connect(opts.controller, { name: `mount:${opts.mountpoint}`.slice(0, 64) });
     try {
       const fs = await FsClient.connect(proc, opts.fs ?? 'fs', opts.waitMs ?? 30_000);
-      const { cid, region } = await proc.memoryCreateShared(opts.slots * opts.maxWrite);
+      // Shared whole: the FS given a slot maps the region and copies straight into it (no memory_copy).
+      const { cid, region } = await proc.memoryCreateShared(opts.slots * opts.maxWrite, Perm.RW, { shareWhole: true });
       const slotCids: number[] = [];
       for (let i = 0; i < opts.slots; i++) slotCids.push(await proc.memoryDiminish(cid, i * opts.maxWrite, opts.maxWrite));
       const m = new FsMount(opts, proc, fs, region, slotCids);

@@ -12,15 +12,18 @@
  *   up to the served / peer timeout) hold at most STAGE_MAX_STALLING slots together, so
  *   copies with shared Memory on this host always find STAGE_SLOTS - STAGE_MAX_STALLING,
  *   however many opens a stalling client holds.
- * - Client Memory on this host in shared memory is copied directly through a mapping (at
- *   most 256 regions mapped, oldest dropped first; a region smaller than the range is
- *   unmapped and copied with memory_copy instead); anything else through memory_copy, on
- *   caps diminished to the range and dropped after.
+ * - Client Memory on this host in shared memory whose region's fd the Controller hands the FS
+ *   (`mappable`: memory_map) is copied directly through a mapping (libfractos/region-maps.ts:
+ *   cached by region key, bounded in regions and bytes); anything else through memory_copy,
+ *   on caps diminished to the range and dropped after.
+ * - The staging region is shared whole (`shareWhole`): the blockdev, given a slot or a part of
+ *   one, maps the region and does device I/O straight into it.
  */
 import { FractosError } from '../libfractos/errors.js';
 import type { MemoryStat, Process, SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
-import { CopyFault, copyGuarded, shmOpen } from '../native/shm/index.js';
+import { CopyFault, copyGuarded } from '../native/shm/index.js';
+import { RegionMaps } from '../libfractos/region-maps.js';
 import { FairSlots, mayStall } from '../blockdev-adaptor/fair-slots.js';
 import { BLOCK, MAX_MEDIATED } from './inode.js';
 
@@ -48,17 +51,18 @@ export class Staging {
   readonly #proc: Process;
   readonly #stage: SharedRegion;
   readonly #cids: number[];
-  readonly #maps = new Map<string, Uint8Array>();
+  readonly #maps: RegionMaps;
 
   private constructor(proc: Process, stage: SharedRegion, cids: number[]) {
     this.#proc = proc;
+    this.#maps = new RegionMaps(proc);
     this.#stage = stage;
     this.#cids = cids;
   }
 
   /** Allocate the staging slots (shared Memory, one Memory object a slot). */
   static async create(proc: Process): Promise<Staging> {
-    const stage = proc.allocShared(STAGE_SLOTS * STAGE_BYTES);
+    const stage = proc.allocShared(STAGE_SLOTS * STAGE_BYTES, { shareWhole: true });
     const cids: number[] = [];
     for (let i = 0; i < STAGE_SLOTS; i++) cids.push(await proc.memoryCreate(stage, Perm.RW, i * STAGE_BYTES, STAGE_BYTES));
     return new Staging(proc, stage, cids);
@@ -94,26 +98,6 @@ export class Staging {
     return Buffer.from(b.buffer, b.byteOffset + slot * STAGE_BYTES, STAGE_BYTES);
   }
 
-  /** A mapping of a client's shared Memory on this host, or null. */
-  #clientView(st: MemoryStat, length: number): Uint8Array | null {
-    if (!st.local || st.backing !== 'shared' || !st.region) return null;
-    let m = this.#maps.get(st.region);
-    if (!m) {
-      try {
-        m = new Uint8Array(shmOpen(st.region));
-      } catch {
-        return null;
-      }
-      if (this.#maps.size >= 256) this.#maps.delete(this.#maps.keys().next().value!);
-      this.#maps.set(st.region, m);
-    }
-    if (st.regionOffset + length > m.length) {
-      this.#maps.delete(st.region);
-      return null;
-    }
-    return m.subarray(st.regionOffset, st.regionOffset + length);
-  }
-
   /**
    * Copy between a stage slot and a client's mapping under the SIGBUS guard (native/shm
    * copyGuarded): a client that truncated its region gets EFAULT and the mapping is forgotten,
@@ -121,13 +105,13 @@ export class Staging {
    */
   #guarded(dst: Uint8Array, src: Uint8Array, st: MemoryStat): void {
     if (copyGuarded(dst, src) === CopyFault.NONE) return;
-    this.#maps.delete(st.region!);
-    throw new FractosError('EFAULT', `client region ${st.region} was truncated under its Memory`);
+    this.#maps.forget(st.regionKey);
+    throw new FractosError('EFAULT', `client region ${st.regionKey} faulted under its Memory`);
   }
 
   /** Copy stage slot bytes [off, off + n) into client Memory `buffer` (described by `st`). */
   async toClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
+    const view = this.#maps.cached(st, n, true) ?? (await this.#maps.view(buffer, st, n, true));
     if (view) return this.#guarded(view, this.bytes(slot).subarray(off, off + n), st);
     const src = await this.#proc.memoryDiminish(this.cid(slot), off, n);
     try {
@@ -139,7 +123,7 @@ export class Staging {
 
   /** Copy the first `n` bytes of client Memory `buffer` (described by `st`) into stage slot bytes [off, off + n). */
   async fromClient(slot: number, off: number, n: number, buffer: number, st: MemoryStat): Promise<void> {
-    const view = this.#clientView(st, n);
+    const view = this.#maps.cached(st, n, false) ?? (await this.#maps.view(buffer, st, n, false));
     if (view) return this.#guarded(this.bytes(slot).subarray(off, off + n), view, st);
     const src = st.size > n ? await this.#proc.memoryDiminish(buffer, 0, n) : buffer;
     const dst = await this.#proc.memoryDiminish(this.cid(slot), off, n);

@@ -6,7 +6,7 @@
  * - `alloc(size)` -> a Memory cap on device memory. cuda: *served* Memory (the Controller
  *   cannot map device memory: it calls this Process for every copy touching it, and the
  *   backing calls backend.read/write). cpu: "device memory" is host memory, so it is a
- *   POSIX shm region registered as *shared* Memory (allocShared + memoryCreate) and wrapped
+ *   memfd region registered as *shared* Memory (allocShared + memoryCreate) and wrapped
  *   by the backend (allocExternal): the Controller copies into it, and a same-host blockdev
  *   reads O_DIRECT into it, with no frames to this Process.
  * - `load(kernel)` -> an invoke Request (context and kernel preset).
@@ -22,8 +22,7 @@
  * No client input crashes the service: every handler error becomes an onError reply.
  */
 import { FractosError, type ErrorCode } from '../libfractos/errors.js';
-import type { Process } from '../libfractos/process.js';
-import { shmUnlink } from '../native/shm/index.js';
+import type { Process, SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
 import type { Invocation, MemoryDescriptor } from '../libfractos/schema.js';
 import { IMAGE_BYTES, IMAGE_HEIGHT, IMAGE_WIDTH, histogramBytes, type BufferArg, type GpuBackend, type Kernel, type KernelName } from './backend.js';
@@ -59,10 +58,10 @@ interface Allocation {
   handle: number;
   size: number;
   cid: number;
-  /** Table key: `s:<servedKey>` (served) or `r:<region name>` (shared). */
+  /** Table key: `s:<servedKey>` (served) or `r:<region key>` (shared). */
   key: string;
-  /** Shared backing: the region (unlinked when freed). */
-  region: string | null;
+  /** Shared backing: the region (freed with the allocation). */
+  region: SharedRegion | null;
   freed: boolean;
 }
 
@@ -112,7 +111,7 @@ export class GpuService {
   readonly #maxContextBytes: number;
   readonly #log: GpuServiceOptions['log'];
   readonly #contexts = new Map<number, Context>();
-  /** `s:<servedKey>` / `r:<region name>` -> allocation. */
+  /** `s:<servedKey>` / `r:<region key>` -> allocation. */
   readonly #allocs = new Map<string, Allocation>();
   readonly #shared: boolean;
   readonly #barriers = new Map<string, Barrier>();
@@ -251,7 +250,7 @@ export class GpuService {
   }
 
   /**
-   * cpu: device memory = a page-aligned shm region (zero-filled) registered as shared
+   * cpu: device memory = a page-aligned memfd region (zero-filled) registered as shared
    * Memory, wrapped by the backend in place. Rounded up to 4 KiB so that O_DIRECT reads
    * into block-aligned views of it stay aligned; the Memory object is exactly `size`.
    */
@@ -259,12 +258,12 @@ export class GpuService {
     const region = this.#p.allocShared(Math.ceil(size / 4096) * 4096);
     let handle = 0;
     try {
-      handle = this.#backend.allocExternal(region.bytes.buffer as ArrayBuffer, region.bytes.byteOffset, size);
+      handle = this.#backend.allocExternal(region.buffer, 0, size);
       const cid = await this.#p.memoryCreate(region, Perm.RW, 0, size);
-      return { ctx, handle, size, cid, key: `r:${region.name}`, region: region.name, freed: false };
+      return { ctx, handle, size, cid, key: `r:${region.key}`, region, freed: false };
     } catch (err) {
       if (handle) this.#backend.free(handle);
-      unlinkQuietly(region.name);
+      this.#p.freeShared(region);
       throw err;
     }
   }
@@ -307,7 +306,7 @@ export class GpuService {
     a.ctx.allocs.delete(a);
     a.ctx.bytes -= a.size;
     this.#allocs.delete(a.key);
-    if (a.region) unlinkQuietly(a.region); // the mapping lives on until the last reference goes
+    if (a.region) this.#p.freeShared(a.region); // the mapping lives on until the last reference goes
     else this.#p.releaseServed(Number(a.key.slice(2)));
     const tryFree = (left: number): void => {
       try {
@@ -334,9 +333,9 @@ export class GpuService {
         throw new FractosError(e.code, `${role}: ${e.message}`);
       }
     }
-    // Ours: owned by this Process, and the served key or the region name is in our table
-    // (a region name is only trusted for an object we own: memoryStat's `self`).
-    const a = !st.self ? undefined : st.backing === 'served' ? this.#allocs.get(`s:${st.servedKey}`) : st.region ? this.#allocs.get(`r:${st.region}`) : undefined;
+    // Ours: owned by this Process, and the served key or the region key is in our table
+    // (a region key is only trusted for an object we own: memoryStat's `self`).
+    const a = !st.self ? undefined : st.backing === 'served' ? this.#allocs.get(`s:${st.servedKey}`) : st.regionKey ? this.#allocs.get(`r:${st.regionKey}`) : undefined;
     if (!a) throw new FractosError('EPERM', `${role} is not device memory of this adaptor`);
     if (!(st.perms & need)) throw new FractosError('EPERM', `${role} lacks ${need & Perm.WRITE ? 'write' : 'read'} permission`);
     return { alloc: a, offset: st.regionOffset, size: st.size, perms: st.perms };
@@ -504,13 +503,6 @@ export class GpuService {
   }
 }
 
-function unlinkQuietly(name: string): void {
-  try {
-    shmUnlink(name);
-  } catch {
-    // already gone (the Process unlinks its regions again when it closes)
-  }
-}
 
 function asFractos(err: unknown): FractosError {
   if (err instanceof FractosError) return err;

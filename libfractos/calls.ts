@@ -20,10 +20,13 @@ export class PendingCalls {
   /** Seqs of calls that timed out (oldest first): a late REPLY to one is consumed silently. */
   readonly #expired: number[] = [];
 
-  /** Register a callback; returns the seq to put in the call's header. */
+  /**
+   * Register a callback; returns the seq to put in the call's header, in [1, 2^31): seqs
+   * with the top bit set belong to a native loop on the same channel (native/include/frame_hook.h).
+   */
   add(cb: ReplyCb): number {
     const seq = this.#seq;
-    this.#seq = (this.#seq + 1) >>> 0 || 1;
+    this.#seq = (this.#seq + 1) & 0x7fffffff || 1;
     this.#pending.set(seq, cb);
     return seq;
   }
@@ -72,6 +75,14 @@ export class PendingCalls {
     const code = frameCode(frame);
     if (code !== 0) cb(new FractosError(errorCodeFromWire(code), frame.toString('utf8', HEADER_BYTES)), null);
     else cb(null, frame);
+  }
+
+  /** Fail one call in flight (its frame could not be sent); unknown seqs are ignored. */
+  fail(seq: number, err: FractosError): void {
+    const cb = this.#pending.get(seq);
+    if (!cb || cb === EXPIRED) return;
+    this.#pending.delete(seq);
+    cb(err, null);
   }
 
   /** Fail every call in flight with `code` (the link went away). */

@@ -1,6 +1,8 @@
 /** libfractos: the Process library and wire protocol of FractOS-TS. */
 export { connect, Process } from './process.js';
-export type { ConnectOptions, RequestHandler, ServedBacking, SharedRegion, MemoryStat, MonitorEvent, ControllerStats, ListedName } from './process.js';
+export type { ConnectOptions, RequestHandler, ServedBacking, SharedRegion, SharedRegionOptions, MemoryMapping, MemoryStat, MonitorEvent, ControllerStats, ListedName } from './process.js';
+export { RegionMaps } from './region-maps.js';
+export type { RegionMapsOptions } from './region-maps.js';
 export { FractosError, NativeUnavailableError, ERROR_CODES, errorCodeFromErrno, errnoFromCode, errnoFromError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { Perm, DEFAULT_LIMITS } from './protocol.js';

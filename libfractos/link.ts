@@ -56,13 +56,43 @@ export function dial(addr: Address, timeoutMs = 10_000): Promise<net.Socket> {
 }
 
 /**
+ * What a Process's channel needs from its transport: `Link` (a net.Socket, unix or tcp),
+ * `UnixLink` (libfractos/unix-link.ts: the unix socket owned by the queue addon, with fds).
+ *
+ * Frames with file descriptors (docs/protocol.md "Frames with file descriptors"): `onFrame`
+ * gets the fds that came with a frame in `fds` (absent when none); the handler takes an fd
+ * by setting its entry to -1, and the link closes every fd still in the array when the
+ * handler returns. `sendWithFds(frame, fds)` sends one frame with 1..8 fds attached (the
+ * caller keeps its fds); a link that cannot carry fds (tcp) throws ENOTSUP.
+ */
+export interface FrameLink {
+  readonly counters: LinkCounters;
+  /** Times reading was paused because the backlog passed its high-water mark. */
+  readonly readPauses: number;
+  onFrame: (frame: Buffer, fds?: number[]) => void;
+  onClose: (err?: Error) => void;
+  readonly closed: boolean;
+  send(frame: Buffer): void;
+  sendv(head: Buffer, payload: Uint8Array): void;
+  sendWithFds(frame: Buffer, fds: number[]): void;
+  readonly backlogBytes: number;
+  limitBacklog(highBytes: number): void;
+  /** Stop / start reading (tests of back-pressure). */
+  pause(): void;
+  resume(): void;
+  close(err?: Error): void;
+  /** Resolves once the transport released its socket (after `close` or a failure). */
+  released(): Promise<void>;
+}
+
+/**
  * A framed link. Outgoing frames are queued and written in one batch per tick
  * (cork/uncork: one writev), incoming bytes are split into frames by FrameDecoder.
  * A decoding error closes the link (the caller learns it through `onClose(err)`); no frame
  * is handed to `onFrame` once the link is closed, not even the rest of the chunk that held
  * the frame that closed it.
  */
-export class Link {
+export class Link implements FrameLink {
   readonly counters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 };
   readonly socket: net.Socket;
   #decoder: FrameDecoder;
@@ -76,7 +106,7 @@ export class Link {
   #readPaused = false;
   /** Times reading was paused because the backlog passed its high-water mark. */
   readPauses = 0;
-  onFrame: (frame: Buffer) => void = () => {};
+  onFrame: (frame: Buffer, fds?: number[]) => void = () => {};
   onClose: (err?: Error) => void = () => {};
 
   /** `scratchOps`: see FrameDecoder (frames of these ops are valid only during onFrame). */
@@ -203,6 +233,26 @@ export class Link {
       this.#flushScheduled = true;
       process.nextTick(this.#flush);
     }
+  }
+
+  /** A net.Socket cannot carry fds: ENOTSUP (tcp, or a unix Process without the queue addon). */
+  sendWithFds(_frame: Buffer, _fds: number[]): void {
+    throw new FractosError('ENOTSUP', 'this link cannot carry file descriptors (tcp, or no queue addon)');
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  released(): Promise<void> {
+    return new Promise<void>((r) => {
+      if (this.socket.destroyed) r();
+      else this.socket.once('close', () => r());
+    });
   }
 
   /** Close the link; `err` is passed to onClose (EPROTO for a malformed stream). */

@@ -2,19 +2,21 @@
  * A FractOS Process: a channel to one Controller and every system call of DESIGN.md §3
  * as an async method. Errors are `FractosError`s with a `code`.
  */
-import { randomBytes } from 'node:crypto';
+import { closeSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { PendingCalls } from './calls.js';
-import { FractosError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
-import { Link, dial, parseAddress } from './link.js';
+import { FractosError, NativeUnavailableError, errorCodeFromWire, errorCodeToWire, withoutCode, type ErrorCode } from './errors.js';
+import { Link, dial, parseAddress, type FrameLink } from './link.js';
+import { UnixLink } from './unix-link.js';
 import {
-  Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MonitorReason, Op, Perm,
+  Backing, DEFAULT_LIMITS, Feature, HEADER_BYTES, MemCreateFlag, MemFlag, MonitorReason, Op, Perm,
   allocFrame, argsBytes, errorReply, frameOp, frameSeq, readArgs, readCid, readU64, writeArgs, writeCid, writeU64,
   type ImmRange, type LinkCounters, type RequestArgs,
 } from './protocol.js';
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { decodeIntrospect, type Introspection } from './introspect.js';
-import { shmCreate, shmUnlink } from '../native/shm/index.js';
+import { createRegionFd, mapFd } from '../native/shm/index.js';
+import { closeFd } from '../native/queue/index.js';
 
 /** Options of `connect`. */
 export interface ConnectOptions {
@@ -27,7 +29,21 @@ export interface ConnectOptions {
    * and map delegated buffers save a memory_stat round trip per invocation.
    */
   memoryDescriptors?: boolean;
+  /**
+   * On `unix:` addresses, ask for a shared-memory queue pair (docs/queues.md). Default: true
+   * when the queue addon loads, unless the environment says FRACTOS_QUEUE=0.
+   */
+  queue?: boolean;
+  /**
+   * Poll mode (like fio's hipri, queue pairs only): after sending calls, spin up to ~50 µs in
+   * C for their answers before falling back to the doorbell. Costs CPU; for latency-critical
+   * clients. Default false.
+   */
+  poll?: boolean;
 }
+
+/** Spin of poll mode (ns): at most this long per flush before the doorbell watch takes over. */
+const POLL_SPIN_NS = 50_000;
 
 /** A handler of delivered Requests. A returned Promise delays dropping the delivered cids until it settles. */
 export type RequestHandler = (inv: Invocation) => void | Promise<unknown>;
@@ -40,11 +56,90 @@ export interface ServedBacking {
   write(offset: number, data: Uint8Array): void | Promise<void>;
 }
 
-/** A shared-memory region the Process created (`allocShared`). */
+/** Options of `allocShared`. */
+export interface SharedRegionOptions {
+  /**
+   * Let a holder of a cap to any part of this region, on this host, be handed the fd of the
+   * whole region (MEMORY_MAP, with that cap's rights): for regions cut into buffers that all go
+   * to the same adaptors (slots), so that device I/O into a part stays zero-copy. Default false:
+   * only a cap covering the whole region gets its fd (docs/core.md "Shared regions").
+   */
+  shareWhole?: boolean;
+}
+
+/**
+ * A shared-memory region the Process created (`allocShared`): a sealed memfd (no name
+ * anywhere), mapped here, passed to the Controller with its first `memoryCreate`.
+ */
 export interface SharedRegion {
-  readonly name: string;
+  /** This Process's id of the region (> 0; MEMORY_CREATE names it). */
+  readonly id: number;
+  /** Bytes (may exceed 4 GiB). */
+  readonly size: number;
   /** The whole region, mapped. */
+  readonly buffer: ArrayBuffer;
+  /** The whole region as bytes. Errors: ERANGE for a region over 4 GiB (use `view`). */
   readonly bytes: Uint8Array;
+  /** The Controller's key of the region (memory_stat's `regionKey`) once registered, else 0. */
+  readonly key: number;
+  /** See SharedRegionOptions.shareWhole. */
+  readonly shareWhole: boolean;
+  /** This Process's fd of the memfd (-1 once freed): the Process closes it, never the caller. */
+  readonly fd: number;
+  /** Bytes [offset, offset + length) of the region (length <= 2^32). Errors: ERANGE. */
+  view(offset: number, length: number): Uint8Array;
+}
+
+/** Largest Uint8Array over a mapping (V8's typed-array limit), bytes. */
+const MAX_VIEW_BYTES = 2 ** 32;
+
+class Region implements SharedRegion {
+  readonly id: number;
+  readonly size: number;
+  readonly buffer: ArrayBuffer;
+  readonly shareWhole: boolean;
+  key = 0;
+  /** Our fd of the memfd (-1 once freed): kept to register the region again if the Controller forgot it. */
+  fd: number;
+  /** Whether the Controller has it (the last MEMORY_CREATE with its fd succeeded). */
+  registered = false;
+  /** The MEMORY_CREATE with the fd in flight: later ones wait for it (fds travel on the socket, other frames may not). */
+  pending: Promise<unknown> | null = null;
+  #bytes: Uint8Array | null = null;
+
+  constructor(id: number, size: number, fd: number, buffer: ArrayBuffer, shareWhole: boolean) {
+    this.id = id;
+    this.size = size;
+    this.fd = fd;
+    this.buffer = buffer;
+    this.shareWhole = shareWhole;
+  }
+
+  get bytes(): Uint8Array {
+    if (this.size > MAX_VIEW_BYTES) throw new FractosError('ERANGE', `region of ${this.size} bytes is over 4 GiB: use view()`);
+    return (this.#bytes ??= new Uint8Array(this.buffer));
+  }
+
+  view(offset: number, length: number): Uint8Array {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || length > MAX_VIEW_BYTES || offset + length > this.size)
+      throw new FractosError('ERANGE', `view ${offset}+${length} of a region of ${this.size} bytes`);
+    return new Uint8Array(this.buffer, offset, length);
+  }
+}
+
+/** What `memoryMap` hands over: an fd of a Memory cap's region, to map and close. */
+export interface MemoryMapping {
+  /** The fd (owned by the caller: close it; a mapping made from it stays valid). */
+  fd: number;
+  /** The Controller's key of the region (memory_stat's `regionKey`), for caches. */
+  regionKey: number;
+  /** Bytes of the whole region. */
+  regionSize: number;
+  /** Where the cap's view starts in the region, and its length (bytes). */
+  regionOffset: number;
+  size: number;
+  /** Rights of the fd: Perm.READ (read-only fd: map it read-only) or Perm.RW. */
+  perms: number;
 }
 
 /** What `memoryStat` tells about a Memory cap (the same as a delivery's descriptor). */
@@ -87,26 +182,45 @@ export interface ControllerStats {
  * Errors: EINVAL (address), EDISCONNECTED (refused), ETIMEDOUT.
  */
 export async function connect(address: string, opts: ConnectOptions = {}): Promise<Process> {
-  const sock = await dial(parseAddress(address), opts.timeoutMs ?? 10_000);
-  const p = new Process(new Link(sock, DEFAULT_LIMITS.maxFrameBytes), opts.name ?? `pid${process.pid}`);
-  await p.hello(opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0);
+  const link = await openLink(address, opts.timeoutMs ?? 10_000);
+  const p = new Process(link, opts.name ?? `pid${process.pid}`);
+  const queue = link instanceof UnixLink && (opts.queue ?? process.env.FRACTOS_QUEUE !== '0');
+  await p.hello((opts.memoryDescriptors ? Feature.MEMORY_DESCRIPTORS : 0) | (queue ? Feature.QUEUE : 0), opts.poll ? POLL_SPIN_NS : 0);
   return p;
+}
+
+/**
+ * The transport of a channel: on `unix:` the socket owned by the queue addon (frames with
+ * fds, docs/protocol.md "Frames with file descriptors"), a net.Socket when the addon is not
+ * built; on tcp a net.Socket.
+ */
+async function openLink(address: string, timeoutMs: number): Promise<FrameLink> {
+  const a = parseAddress(address);
+  if (a.kind === 'unix') {
+    try {
+      return await UnixLink.connect(a.path, DEFAULT_LIMITS.maxFrameBytes, timeoutMs);
+    } catch (e) {
+      if (!(e instanceof NativeUnavailableError)) throw e;
+    }
+  }
+  return new Link(await dial(a, timeoutMs), DEFAULT_LIMITS.maxFrameBytes);
 }
 
 /** How long `kvPut(name, cid, { republish: true })` retries a name still held by another Process (ms). */
 export const REPUBLISH_WAIT_MS = 5000;
 
 export class Process extends EventEmitter {
-  readonly #link: Link;
+  readonly #link: FrameLink;
+  /** The fds that came with the frame being handled (#onFrame), taken by setting entries to -1. */
+  #frameFds: number[] | undefined;
   readonly #calls = new PendingCalls();
   readonly #handlers = new Map<number, RequestHandler>();
   readonly #served = new Map<number, ServedBacking>();
   #nextServedKey = 1;
   readonly #monitors = new Map<number, (ev: MonitorEvent) => void>();
   #nextMonitor = 1;
-  readonly #regions: string[] = [];
-  #regionSeq = 0;
-  readonly #regionTag = randomBytes(4).toString('hex');
+  readonly #regions = new Map<number, Region>();
+  #regionSeq = 1;
   #acks = 0;
   #ackScheduled = false;
   #nextRpc = 1;
@@ -128,28 +242,63 @@ export class Process extends EventEmitter {
   #limits = DEFAULT_LIMITS;
 
   /** @internal use `connect()` */
-  constructor(link: Link, name: string) {
+  constructor(link: FrameLink, name: string) {
     super();
     this.#link = link;
     this.name = name;
-    link.onFrame = (f) => this.#onFrame(f);
+    link.onFrame = (f, fds) => {
+      this.#frameFds = fds;
+      try {
+        this.#onFrame(f);
+      } finally {
+        this.#frameFds = undefined;
+      }
+    };
     link.onClose = (err) => this.#onClose(err);
   }
 
   /** @internal */
-  async hello(features = 0): Promise<void> {
+  async hello(features = 0, pollNs = 0): Promise<void> {
     const name = Buffer.from(this.name.slice(0, 64), 'utf8');
-    const r = await this.#call(Op.HELLO, 8 + name.length, (f) => {
+    const { reply: r, fds } = await this.callWithFds(Op.HELLO, 8 + name.length, (f) => {
       f.writeUInt32LE(process.pid, 16);
       f.writeUInt32LE(features, 20);
       name.copy(f, 24);
     });
+    try {
+      // A queue pair: [memfd, our doorbell, the Controller's doorbell] (docs/queues.md).
+      const granted = r.length >= 52 ? r.readUInt32LE(44) : 0;
+      if (granted & Feature.QUEUE) {
+        if (fds.length !== 3 || !(this.#link instanceof UnixLink)) throw new FractosError('EPROTO', `HELLO reply: queue granted with ${fds.length} fds`);
+        this.#link.attachQueue(fds[0]!, fds[1]!, fds[2]!, r.readUInt32LE(48), pollNs);
+        const link = this.#link;
+        link.outstanding = () => this.#calls.size > 0;
+      }
+    } catch (e) {
+      this.#link.close(e as Error);
+      throw e;
+    } finally {
+      for (const fd of fds) closeFd(fd);
+    }
     this.controllerId = r.readUInt32LE(16);
     this.epoch = r.readUInt32LE(20);
     this.processId = r.readUInt32LE(24);
     this.maxImmBytes = r.readUInt32LE(32);
     this.maxCapSlots = r.readUInt32LE(36);
     this.#limits = { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots };
+  }
+
+  /**
+   * @internal Let a native I/O loop take frames off this Process's channel before JS
+   * (native/include/frame_hook.h, docs/blockdev-backend.md "The native I/O loop"): `hook` is
+   * the loop's napi External, `owner` its JS object (kept alive while attached); null
+   * detaches. False when the channel cannot (tcp, no queue addon, closed). Errors: EINVAL,
+   * EBUSY (the hook serves another channel).
+   */
+  setFrameHook(hook: object | null, owner?: object): boolean {
+    if (this.#closed || !(this.#link instanceof UnixLink)) return false;
+    this.#link.setFrameHook(hook, owner);
+    return true;
   }
 
   /** Frames and bytes on this Process's channel, both ways. */
@@ -174,6 +323,42 @@ export class Process extends EventEmitter {
     });
   }
 
+  /**
+   * @internal A call whose frame carries `fds` (1..8, sent with SCM_RIGHTS on a unix channel;
+   * the caller keeps them) and whose REPLY's fds are returned (the caller owns and must close
+   * them). docs/protocol.md "Frames with file descriptors". Errors: the call's, ENOTSUP (a
+   * channel that cannot carry fds: tcp).
+   */
+  callWithFds(op: number, bodyBytes: number, write: ((f: Buffer) => void) | null, fds: number[] = []): Promise<{ reply: Buffer; fds: number[] }> {
+    if (this.#closed) return Promise.reject(new FractosError('EDISCONNECTED', 'channel closed'));
+    return new Promise((resolve, reject) => {
+      const seq = this.#calls.add((err, frame) => {
+        const got = this.#takeFrameFds();
+        if (err) {
+          for (const fd of got) closeFd(fd);
+          reject(err);
+        } else resolve({ reply: frame!, fds: got });
+      });
+      const f = allocFrame(op, seq, bodyBytes);
+      if (write) write(f);
+      try {
+        if (fds.length) this.#link.sendWithFds(f, fds);
+        else this.#link.send(f);
+      } catch (e) {
+        this.#calls.fail(seq, e as FractosError);
+      }
+    });
+  }
+
+  /** The fds of the frame being handled, taken (the link closes those not taken). */
+  #takeFrameFds(): number[] {
+    const f = this.#frameFds;
+    if (!f) return [];
+    const got = f.filter((fd) => fd >= 0);
+    f.fill(-1);
+    return got;
+  }
+
   #callCid(op: number, cid: number, extra = 0, write: ((f: Buffer) => void) | null = null): Promise<Buffer> {
     checkCid(cid);
     return this.#call(op, 4 + extra, (f) => {
@@ -191,40 +376,108 @@ export class Process extends EventEmitter {
   // Memory
 
   /**
-   * Create a shared-memory region of `size` bytes (page-aligned, zero-filled) that this
-   * Process and its Controller both map. Register (parts of) it with `memoryCreate`.
-   * Errors: EINVAL, ENOSPC, ENODEV (native addon missing).
+   * Create a shared-memory region of `size` bytes (zero-filled, sparse, page-aligned): a memfd
+   * sealed against shrinking and growing, mapped here; its fd goes to the Controller with the
+   * first `memoryCreate` of it. Register (parts of) it with `memoryCreate`; `freeShared` when
+   * done. Errors: EINVAL (size), ENOSPC, EMFILE as EIO, ENODEV (native addon missing).
    */
-  allocShared(size: number): SharedRegion {
-    const name = `/fractos-${process.pid}-${this.#regionTag}-${this.#regionSeq++}`;
-    const bytes = new Uint8Array(shmCreate(name, size));
-    this.#regions.push(name);
-    return { name, bytes };
+  allocShared(size: number, opts: SharedRegionOptions = {}): SharedRegion {
+    if (this.#closed) throw new FractosError('EDISCONNECTED', 'channel closed');
+    const fd = createRegionFd(size);
+    let buffer: ArrayBuffer;
+    try {
+      buffer = mapFd(fd, size, true);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    const id = this.#regionSeq++;
+    const r = new Region(id, size, fd, buffer, opts.shareWhole ?? false);
+    this.#regions.set(id, r);
+    return r;
+  }
+
+  /**
+   * Close this Process's fd of a region (its mapping stays valid while referenced): the memory
+   * goes once the Controller's Memory objects on it are gone too. Registering it again is EBADF.
+   */
+  freeShared(region: SharedRegion): void {
+    const r = this.#regions.get(region.id);
+    if (r !== region) return;
+    this.#regions.delete(r.id);
+    if (r.fd >= 0) closeSync(r.fd);
+    r.fd = -1;
   }
 
   /**
    * memory_create: register `size` bytes at `offset` of a shared region with `perms`
-   * (Perm.READ | Perm.WRITE). Returns a Memory cid. Errors: ERANGE, EPERM, ENOSPC.
+   * (Perm.READ | Perm.WRITE). Returns a Memory cid. The first registration of a region passes
+   * its fd (and is awaited by any other in flight); a later one names the region's id, and
+   * passes the fd again if the Controller forgot the region (ENOENT: every Memory object on it
+   * was gone). Errors: ERANGE, EPERM (tcp channel), EBADF (region freed, or not of this
+   * Process), ENOSPC.
    */
-  async memoryCreate(region: SharedRegion, perms: number = Perm.RW, offset = 0, size = region.bytes.length - offset): Promise<number> {
-    const name = Buffer.from(region.name, 'utf8');
-    const r = await this.#call(Op.MEMORY_CREATE, 32 + name.length, (f) => {
-      f.writeUInt8(Backing.SHARED, 16);
-      f.writeUInt8(perms & Perm.RW, 17);
-      f.writeUInt16LE(0, 18);
-      f.writeUInt32LE(0, 20);
-      writeU64(f, offset, 24);
-      writeU64(f, size, 32);
-      writeU64(f, 0, 40);
-      name.copy(f, 48);
-    });
-    return r.readUInt32LE(16);
+  async memoryCreate(region: SharedRegion, perms: number = Perm.RW, offset = 0, size = region.size - offset): Promise<number> {
+    const r = this.#regions.get(region.id);
+    if (r !== region || r.fd < 0) throw new FractosError('EBADF', `region ${region.id} is not a live region of this Process`);
+    for (let tries = 0; ; tries++) {
+      while (r.pending) await r.pending.catch(() => {});
+      if (!r.registered) {
+        const p = this.#memoryCreateShared(r, perms, offset, size, true);
+        r.pending = p;
+        try {
+          const cid = await p;
+          r.registered = true;
+          return cid;
+        } finally {
+          r.pending = null;
+        }
+      }
+      try {
+        return await this.#memoryCreateShared(r, perms, offset, size, false);
+      } catch (err) {
+        if ((err as FractosError).code !== 'ENOENT' || tries > 0) throw err;
+        r.registered = false;
+      }
+    }
   }
 
-  /** allocShared + memoryCreate of the whole region. Returns the cid and the mapped bytes. */
-  async memoryCreateShared(size: number, perms: number = Perm.RW): Promise<{ cid: number; region: SharedRegion }> {
-    const region = this.allocShared(size);
-    return { cid: await this.memoryCreate(region, perms), region };
+  async #memoryCreateShared(r: Region, perms: number, offset: number, size: number, withFd: boolean): Promise<number> {
+    if (r.fd < 0) throw new FractosError('EBADF', `region ${r.id} was freed`);
+    let reply: Buffer;
+    try {
+      ({ reply } = await this.callWithFds(Op.MEMORY_CREATE, 32, (f) => {
+        f.writeUInt8(Backing.SHARED, 16);
+        f.writeUInt8(perms & Perm.RW, 17);
+        f.writeUInt8((withFd ? MemCreateFlag.FD : 0) | (r.shareWhole ? MemCreateFlag.SHARE_WHOLE : 0), 18);
+        f.writeUInt8(0, 19);
+        f.writeUInt32LE(r.id, 20);
+        writeU64(f, offset, 24);
+        writeU64(f, size, 32);
+        writeU64(f, r.size, 40);
+      }, withFd ? [r.fd] : []));
+    } catch (err) {
+      // A link that cannot carry fds (tcp; unix without the queue addon): as the Controller says on tcp.
+      if ((err as FractosError).code === 'ENOTSUP') throw new FractosError('EPERM', `shared Memory needs a channel that passes the region's fd: ${(err as Error).message}`);
+      throw err;
+    }
+    const key = readU64(reply, 24);
+    if (key) r.key = key;
+    return reply.readUInt32LE(16);
+  }
+
+  /**
+   * allocShared + memoryCreate of the whole region. Returns the cid and the mapped bytes.
+   * Errors: those of both.
+   */
+  async memoryCreateShared(size: number, perms: number = Perm.RW, opts: SharedRegionOptions = {}): Promise<{ cid: number; region: SharedRegion }> {
+    const region = this.allocShared(size, opts);
+    try {
+      return { cid: await this.memoryCreate(region, perms), region };
+    } catch (err) {
+      this.freeShared(region);
+      throw err;
+    }
   }
 
   /**
@@ -238,7 +491,7 @@ export class Process extends EventEmitter {
       const r = await this.#call(Op.MEMORY_CREATE, 32, (f) => {
         f.writeUInt8(Backing.SERVED, 16);
         f.writeUInt8(perms & Perm.RW, 17);
-        f.writeUInt16LE(0, 18);
+        f.writeUInt16LE(0, 18); // flags, 0
         f.writeUInt32LE(0, 20);
         writeU64(f, 0, 24);
         writeU64(f, size, 32);
@@ -285,20 +538,32 @@ export class Process extends EventEmitter {
     });
   }
 
-  /** memory_stat: size, perms and backing of a Memory cap (region name when it can be mapped from here). Errors: EBADCAP, EREVOKED, ETYPE. */
+  /**
+   * memory_stat: size, perms and backing of a Memory cap; for Memory on this Controller also
+   * where it lies in its region (`regionOffset`, `regionKey`) and whether `memoryMap` would
+   * hand its fd (`mappable`). Errors: EBADCAP, EREVOKED, ETYPE.
+   */
   async memoryStat(cid: number): Promise<MemoryStat> {
     const r = await this.#callCid(Op.MEMORY_STAT, cid);
-    const flags = r.readUInt8(26);
-    return {
-      size: readU64(r, 16),
-      perms: r.readUInt8(24),
-      backing: r.readUInt8(25) === Backing.SHARED ? 'shared' : 'served',
-      local: (flags & 1) !== 0,
-      self: (flags & 2) !== 0,
-      regionOffset: readU64(r, 32),
-      servedKey: readU64(r, 40),
-      region: r.toString('utf8', 48),
-    };
+    return decodeMemoryDescriptor(r, 16, r.readUInt8(24), r.readUInt8(25), r.readUInt8(26), 32);
+  }
+
+  /**
+   * memory_map: an fd of the shared region under Memory cap `cid`, to map for device I/O
+   * straight into it (adaptors; see libfractos/region-maps.ts). Given only for shared Memory on
+   * this Controller, over a unix socket, to a cap that may read and covers the whole region
+   * (or a region its owner shares whole); read-only unless the cap may write. The caller owns
+   * the fd. Errors: EBADCAP, EREVOKED, ETYPE, ENOTLOCAL (Memory on another Controller), EPERM
+   * (served Memory, tcp channel, no READ, a part of a region not shared whole), EPROTO (no fd came).
+   */
+  async memoryMap(cid: number): Promise<MemoryMapping> {
+    checkCid(cid);
+    const { reply: f, fds } = await this.callWithFds(Op.MEMORY_MAP, 4, (b) => b.writeUInt32LE(cid, 16));
+    if (fds.length !== 1) {
+      for (const fd of fds) closeFd(fd);
+      throw new FractosError('EPROTO', `memory_map reply came with ${fds.length} fds, not 1`);
+    }
+    return { fd: fds[0]!, regionKey: readU64(f, 16), regionSize: readU64(f, 24), regionOffset: readU64(f, 32), size: readU64(f, 40), perms: f.readUInt8(48) };
   }
 
   // ---------------------------------------------------------------------------------
@@ -651,21 +916,18 @@ export class Process extends EventEmitter {
   /** Stop reading the channel (tests of back-pressure); `resume()` starts again. */
   pause(): void {
     this.#paused = true;
-    this.#link.socket.pause();
+    this.#link.pause();
   }
   resume(): void {
     this.#paused = false;
-    this.#link.socket.resume();
+    this.#link.resume();
   }
 
   /** Close the channel; the Controller revokes every object this Process owns. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#link.close();
-    await new Promise<void>((r) => {
-      if (this.#link.socket.destroyed) r();
-      else this.#link.socket.once('close', () => r());
-    });
+    await this.#link.released();
   }
 
   // ---------------------------------------------------------------------------------
@@ -709,23 +971,12 @@ export class Process extends EventEmitter {
     this.#ack();
     let descs: MemoryDescriptor[] | null = null;
     if (end + 2 <= f.length) {
+      // u16 n, n x (u16 slot, u8 perms, u8 backing, u8 flags, u8 0, u16 0, u64 size, u64 regionOffset, u64 servedKey, u64 regionKey)
       const n = f.readUInt16LE(end);
-      let o = end + 2;
+      if (end + 2 + n * DESCRIPTOR_BYTES > f.length) throw new FractosError('EPROTO', `DELIVER of ${f.length} bytes with ${n} Memory descriptors`);
       descs = [];
-      for (let i = 0; i < n; i++) {
-        const nameLen = f.readUInt8(o + 5);
-        const flags = f.readUInt8(o + 4);
-        descs[f.readUInt16LE(o)] = {
-          perms: f.readUInt8(o + 2),
-          backing: f.readUInt8(o + 3) === Backing.SHARED ? 'shared' : 'served',
-          local: (flags & 1) !== 0,
-          self: (flags & 2) !== 0,
-          size: readU64(f, o + 8),
-          regionOffset: readU64(f, o + 16),
-          servedKey: readU64(f, o + 24),
-          region: f.toString('utf8', o + 32, o + 32 + nameLen),
-        };
-        o += 32 + nameLen;
+      for (let i = 0, o = end + 2; i < n; i++, o += DESCRIPTOR_BYTES) {
+        descs[f.readUInt16LE(o)] = decodeMemoryDescriptor(f, o + 8, f.readUInt8(o + 2), f.readUInt8(o + 3), f.readUInt8(o + 4), o + 16);
       }
     }
     const segs = args.imms ?? NO_IMMS;
@@ -878,14 +1129,12 @@ export class Process extends EventEmitter {
     this.#contPool = [];
     clearTimeout(this.#revokeTimer);
     this.#revokes = [];
-    for (const name of this.#regions) {
-      try {
-        shmUnlink(name);
-      } catch {
-        // already gone
-      }
+    // Our fds of the regions (their mappings stay valid while referenced).
+    for (const r of this.#regions.values()) {
+      if (r.fd >= 0) closeSync(r.fd);
+      r.fd = -1;
     }
-    this.#regions.length = 0;
+    this.#regions.clear();
     this.emit('close', err);
   }
 
@@ -896,6 +1145,29 @@ export class Process extends EventEmitter {
 }
 
 const NO_IMMS: ImmRange[] = [];
+
+/** Bytes of one Memory descriptor in DELIVER. */
+const DESCRIPTOR_BYTES = 40;
+
+/**
+ * A Memory descriptor (memory_stat's reply and DELIVER's): u64 size at `at`, then from `keys`:
+ * u64 regionOffset, u64 servedKey, u64 regionKey.
+ */
+function decodeMemoryDescriptor(f: Buffer, at: number, perms: number, backing: number, flags: number, keys: number): MemoryDescriptor {
+  return {
+    size: readU64(f, at),
+    perms,
+    backing: backing === Backing.SHARED ? 'shared' : 'served',
+    local: (flags & MemFlag.LOCAL) !== 0,
+    self: (flags & MemFlag.SELF) !== 0,
+    mappable: (flags & MemFlag.MAPPABLE) !== 0,
+    regionOffset: readU64(f, keys),
+    servedKey: readU64(f, keys + 8),
+    regionKey: readU64(f, keys + 16),
+  };
+}
+
+
 
 /** Bytes [offset, offset+length) of an immediate area given as ranges: a view when one range covers it, else assembled (zeros where unset). */
 function immView(segs: readonly ImmRange[], offset: number, length: number): Buffer {

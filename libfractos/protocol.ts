@@ -27,6 +27,7 @@ export const Op = {
   MEMORY_DIMINISH: 0x11,
   MEMORY_COPY: 0x12,
   MEMORY_STAT: 0x13,
+  MEMORY_MAP: 0x14, // reply carries the region's fd (unix channels)
   REQUEST_CREATE: 0x20,
   REQUEST_DERIVE: 0x21,
   REQUEST_INVOKE: 0x22,
@@ -75,6 +76,12 @@ export function opName(op: number): string {
 export const Feature = {
   /** DELIVER frames carry a descriptor of each local Memory cap argument (no memory_stat round trip). */
   MEMORY_DESCRIPTORS: 1,
+  /**
+   * A queue pair (docs/queues.md): unix Processes only; the HELLO reply carries the pair
+   * memfd and two eventfds (SCM_RIGHTS) and, after the 7 u32 fields, u32 features granted
+   * and u32 ring bytes.
+   */
+  QUEUE: 2,
 } as const;
 
 /** Memory permissions: a bitmask. */
@@ -82,6 +89,12 @@ export const Perm = { READ: 1, WRITE: 2, RW: 3 } as const;
 
 /** Memory backings. */
 export const Backing = { SHARED: 0, SERVED: 1 } as const;
+
+/** MEMORY_CREATE flags (shared backing): the region's fd is attached; holders of any view may map the whole region. */
+export const MemCreateFlag = { FD: 1, SHARE_WHOLE: 2 } as const;
+
+/** Flags of memory_stat replies and DELIVER's Memory descriptors. */
+export const MemFlag = { LOCAL: 1, SELF: 2, MAPPABLE: 4 } as const;
 
 /** Object kinds. */
 export const Kind = { MEMORY: 1, REQUEST: 2 } as const;

@@ -40,14 +40,23 @@ export interface Invocation {
 
 /** A Memory cap's description (see Process.memoryStat). */
 export interface MemoryDescriptor {
+  /** Bytes of the view. */
   size: number;
+  /** Perm bits. */
   perms: number;
   backing: 'shared' | 'served';
+  /** The object lives on the Controller that answered (offsets and keys below are meaningful). */
   local: boolean;
+  /** The asking Process owns it (servedKey is told). */
   self: boolean;
-  region: string;
+  /** memory_map would hand the asking Process the fd of its region (shared, local, readable, whole or shared whole, unix channel). */
+  mappable: boolean;
+  /** Where the view starts in its shared region (bytes). */
   regionOffset: number;
+  /** The owner's key of served Memory (owner only), else 0. */
   servedKey: number;
+  /** The Controller's key of the shared region (unique for the Controller's life; a cache key for memory_map), else 0. */
+  regionKey: number;
 }
 
 function widthOf(t: FieldType): number {

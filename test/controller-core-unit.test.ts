@@ -4,7 +4,8 @@
  * cids), the fixed order of resolve, and the core behind a recording host (credits, error
  * order, cleanup). Built here with g++ under AddressSanitizer and UBSan (leaks included),
  * one compiler per CPU at a time, then run; skipped with the reason when no g++ is
- * installed.
+ * installed. Also the host's fds beside frames (controller/src/test/host_fd_test.cc: the real
+ * host around a test core, a raw unix client).
  */
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
@@ -28,11 +29,8 @@ function gxx(args: string[]): Promise<{ status: number | null; stderr: string }>
   });
 }
 
-(hasGxx ? test : test.skip)('native core: C++ unit tests (wire goldens, cid table, resolve order, credits) pass under ASan/UBSan', async (t) => {
-  t.timeout(300_000); // ~30 s of compiling on an idle 2-core machine
-  // The core's sources: every src/*.cc that is not the host's (host_*.cc need N-API).
-  const sources = readdirSync(src).filter((f) => f.endsWith('.cc') && !f.startsWith('host')).map((f) => join(src, f));
-  sources.push(join(src, 'test', 'core_test.cc'));
+/** Compile `sources` (one compiler per CPU at a time), link them with `libs`, run the binary; every step asserted. */
+async function buildAndRun(t: import('ava').ExecutionContext, sources: string[], name: string, libs: string[] = []): Promise<void> {
   const dir = tempDir();
   const objs = sources.map((s) => join(dir, basename(s, '.cc') + '.o'));
   // At most one compiler per CPU: a dozen at once starved the other test files' timers.
@@ -43,10 +41,26 @@ function gxx(args: string[]): Promise<{ status: number | null; stderr: string }>
   };
   await Promise.all(Array.from({ length: Math.max(1, availableParallelism()) }, worker));
   for (const b of built) t.is(b.status, 0, b.stderr);
-  const exe = join(dir, 'core_test');
-  const link = await gxx([...FLAGS, '-o', exe, ...objs]);
+  const exe = join(dir, name);
+  const link = await gxx([...FLAGS, '-o', exe, ...objs, ...libs]);
   t.is(link.status, 0, link.stderr);
   const run = spawnSync(exe, [], { encoding: 'utf8', timeout: 60_000 });
   t.log(run.stdout.trim());
   t.is(run.status, 0, run.stderr + run.stdout);
+}
+
+(hasGxx ? test : test.skip)('native core: C++ unit tests (wire goldens, cid table, resolve order, credits) pass under ASan/UBSan', async (t) => {
+  t.timeout(300_000); // ~30 s of compiling on an idle 2-core machine
+  // The core's sources: every src/*.cc that is not the host's (host_*.cc need N-API).
+  const sources = readdirSync(src).filter((f) => f.endsWith('.cc') && !f.startsWith('host')).map((f) => join(src, f));
+  sources.push(join(src, 'test', 'core_test.cc'));
+  await buildAndRun(t, sources, 'core_test');
+});
+
+(hasGxx ? test : test.skip)('native host: fds beside frames (takeFd, sendWithFds, 8-fd bound, fds queued behind a backlog) pass under ASan/UBSan', async (t) => {
+  t.timeout(300_000);
+  // The real host (loop, conns, peers, queues; not the N-API addon) around the test core of host_fd_test.cc.
+  const sources = ['host_loop.cc', 'host_conns.cc', 'host_peers.cc', 'host_queue.cc'].map((f) => join(src, f));
+  sources.push(join(src, 'test', 'host_fd_test.cc'));
+  await buildAndRun(t, sources, 'host_fd_test', ['-lcrypto', '-lpthread']);
 });

@@ -445,7 +445,8 @@ test('deliveries carry Memory descriptors to a Process that asks for them', asyn
   const ro = await a.memoryDiminish(mem, 4096, 4096, Perm.WRITE);
   await a.invoke(await a.kvGet('r'), Echo, {}, { buf: ro, onSuccess: await a.requestCreate(3) });
   const [d, none] = await seen;
-  t.deepEqual(d, { perms: Perm.READ, backing: 'shared', local: true, self: false, size: 4096, regionOffset: 8192, servedKey: 0, region: region.name });
+  t.deepEqual(d, { perms: Perm.READ, backing: 'shared', local: true, self: false, mappable: false, size: 4096, regionOffset: 8192, servedKey: 0, regionKey: region.key });
+  t.true(region.key > 0);
   t.is(none, undefined, 'a Request cap has no descriptor');
   await teardown(e);
 });

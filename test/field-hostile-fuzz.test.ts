@@ -91,7 +91,7 @@ export class Rng {
 // ---------------------------------------------------------------------------------------
 // Frames
 
-const PROC_OPS = [Op.NULL, Op.STATS, Op.MEMORY_CREATE, Op.MEMORY_DIMINISH, Op.MEMORY_COPY, Op.MEMORY_STAT, Op.REQUEST_CREATE, Op.REQUEST_DERIVE,
+const PROC_OPS = [Op.NULL, Op.STATS, Op.MEMORY_CREATE, Op.MEMORY_DIMINISH, Op.MEMORY_COPY, Op.MEMORY_STAT, Op.MEMORY_MAP, Op.REQUEST_CREATE, Op.REQUEST_DERIVE,
   Op.REQUEST_INVOKE, Op.CAP_REVTREE, Op.CAP_REVOKE, Op.CAP_DROP, Op.MONITOR_DELEGATE, Op.MONITOR_RECEIVE, Op.KV_PUT, Op.KV_GET, Op.DELIVER_ACK,
   Op.CAP_DROP_MANY] as const;
 const OTHER_OPS = [Op.REPLY, Op.HELLO, Op.DELIVER, Op.MONITOR_FIRE, Op.MEM_READ, Op.MEM_WRITE, Op.PEER_HELLO, Op.PEER_AUTH, Op.P_NULL, Op.P_INVOKE,
@@ -148,14 +148,15 @@ function procBody(r: Rng, op: number, k: Knowledge): Buffer {
   };
   switch (op) {
     case Op.MEMORY_CREATE: {
-      const region = r.chance(0.3) ? Buffer.from(`/fractos-${process.pid}-fuzz${r.int(4)}`) : r.chance(0.5) ? Buffer.from(`/fractos-${r.int(99999)}-x`) : Buffer.alloc(0);
-      const b = Buffer.alloc(32 + region.length);
+      // backing, perms, flags (1 says an fd is attached: none ever is on a raw channel), region id
+      const b = Buffer.alloc(r.chance(0.9) ? 32 : 32 + r.int(16));
       b.writeUInt8(r.chance(0.8) ? 1 : r.int(4), 0);
       b.writeUInt8(r.int(4), 1);
+      b.writeUInt8(r.chance(0.7) ? 0 : r.int(4), 2);
+      b.writeUInt32LE(r.chance(0.8) ? r.int(4) : r.u32(), 4);
       writeU64(b, r.chance(0.8) ? r.int(4096) : r.edgy(), 8);
       writeU64(b, r.chance(0.8) ? r.int(65536) : r.edgy(), 16);
       writeU64(b, r.int(1000), 24);
-      region.copy(b, 32);
       return b;
     }
     case Op.MEMORY_DIMINISH: {
@@ -171,6 +172,7 @@ function procBody(r: Rng, op: number, k: Knowledge): Buffer {
     case Op.MONITOR_RECEIVE:
       return u32(c(), op === Op.MEMORY_COPY ? c() : r.u32());
     case Op.MEMORY_STAT:
+    case Op.MEMORY_MAP:
     case Op.CAP_REVTREE:
     case Op.CAP_REVOKE:
     case Op.CAP_DROP:
@@ -549,7 +551,7 @@ async function fuzzProcChannel(r: Rng, target: string | { host: string; port: nu
 
 /** Shortest body (bytes) of each Process call; shorter is EPROTO (docs/protocol.md). */
 const MIN_BODY: ReadonlyMap<number, number> = new Map<number, number>([
-  [Op.MEMORY_CREATE, 32], [Op.MEMORY_DIMINISH, 24], [Op.MEMORY_COPY, 8], [Op.MEMORY_STAT, 4], [Op.REQUEST_CREATE, 8], [Op.REQUEST_DERIVE, 8],
+  [Op.MEMORY_CREATE, 32], [Op.MEMORY_DIMINISH, 24], [Op.MEMORY_COPY, 8], [Op.MEMORY_STAT, 4], [Op.MEMORY_MAP, 4], [Op.REQUEST_CREATE, 8], [Op.REQUEST_DERIVE, 8],
   [Op.REQUEST_INVOKE, 8], [Op.CAP_REVTREE, 4], [Op.CAP_REVOKE, 4], [Op.CAP_DROP, 4], [Op.MONITOR_DELEGATE, 8], [Op.MONITOR_RECEIVE, 8],
   [Op.KV_PUT, 5], [Op.KV_GET, 1], [Op.DELIVER_ACK, 4], [Op.CAP_DROP_MANY, 0], [Op.NULL, 0], [Op.STATS, 0],
 ]);

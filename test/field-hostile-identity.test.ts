@@ -4,8 +4,9 @@
  * - a connection that says PEER_HELLO with a peer's id is nobody until it proves it holds
  *   the cluster secret (mutual HMAC challenge-response, controller/peer-auth.ts): without
  *   the proof it reads no name, copies no Memory, revokes nothing, replaces no live link;
- * - a Process is who the kernel says (SO_PEERCRED), not the pid in its HELLO: claiming
- *   another process's pid does not let it register that process's shm region.
+ * - a Process is who the kernel says (SO_PEERCRED), not the pid in its HELLO; and shared
+ *   regions come only from fds a Process passed itself (memfds, SCM_RIGHTS): claiming another
+ *   process's pid, or naming another channel's region id, reaches no region.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -21,8 +22,7 @@ import {
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { errorCodeToWire } from '../libfractos/errors.js';
 import { parseAddress } from '../libfractos/link.js';
-import { Backing, FrameDecoder, Op, REF_BYTES, allocFrame, frameOp, writeRef, writeU64, type ObjectRef } from '../libfractos/protocol.js';
-import { shmCreate, shmUnlink } from '../native/shm/index.js';
+import { Backing, FrameDecoder, MemCreateFlag, Op, REF_BYTES, allocFrame, frameOp, writeRef, writeU64, type ObjectRef } from '../libfractos/protocol.js';
 import { codeOf } from './helpers/errors.js';
 import { FRACTOS_BIN, REPO_ROOT, spawnNode, tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
@@ -329,17 +329,17 @@ async function rawProcess(addr: string, pid: number): Promise<{ raw: RawLink; ca
   };
 }
 
-function sharedCreate(seq: number, region: string, size: number): Buffer {
-  const name = Buffer.from(region);
-  const f = allocFrame(Op.MEMORY_CREATE, seq, 32 + name.length);
+/** MEMORY_CREATE of shared Memory: `size` bytes at 0 of region `id` (of `regionSize` bytes), with `flags`. */
+function sharedCreate(seq: number, id: number, size: number, flags = 0, regionSize = size): Buffer {
+  const f = allocFrame(Op.MEMORY_CREATE, seq, 32);
   f.writeUInt8(Backing.SHARED, 16);
   f.writeUInt8(Perm.RW, 17);
-  f.writeUInt16LE(0, 18);
-  f.writeUInt32LE(0, 20);
+  f.writeUInt8(flags, 18);
+  f.writeUInt8(0, 19);
+  f.writeUInt32LE(id, 20);
   writeU64(f, 0, 24);
   writeU64(f, size, 32);
-  writeU64(f, 0, 40);
-  name.copy(f, 48);
+  writeU64(f, regionSize, 40);
   return f;
 }
 
@@ -351,20 +351,25 @@ async function oneController(listen: string[] = []): Promise<{ c: Controller; ad
   return { c, addr, lines: s.lines };
 }
 
-test('a Process that claims another live process\'s pid cannot register that process\'s region (EPERM); the real owner can', async (t) => {
+test('a Process that claims another live process\'s pid reaches none of its regions: region ids are per channel (ENOENT), memory_stat tells no name', async (t) => {
   const { c, addr } = await oneController();
   const owner = await spawnNode([PROVIDER, addr, 'owner'], /^ready/);
   const p = await connect(addr, { name: 'reader' });
   try {
-    // The owner (another OS process) registered its region: that works. Anyone it gave the
-    // cap to learns the region's name from memory_stat.
+    // The owner (another OS process) registered its region (its first, id 1): that works. Anyone
+    // it gave the cap to learns a region key (a number for caches), no name to open.
     const mem = await p.kvWait('owner.mem');
     const st = await p.memoryStat(mem);
-    t.regex(st.region, new RegExp(`^/fractos-${owner.child.pid}-`));
+    t.false('region' in st);
+    t.true(st.regionKey > 0);
     const hostile = await rawProcess(addr, owner.child.pid!);
-    t.is(await hostile.call(sharedCreate(9, st.region, st.size)), errorCodeToWire('EPERM'), 'the hello pid does not make it the owner');
+    for (const id of [1, 2, st.regionKey]) {
+      t.is(await hostile.call(sharedCreate(9, id, 4096, 0, 1 << 20)), errorCodeToWire('ENOENT'), `region id ${id} is nothing on another channel`);
+    }
     t.false(hostile.raw.closed);
-    hostile.raw.close();
+    // Saying an fd comes and sending none: EPROTO, and only that channel closes.
+    t.is(await hostile.call(sharedCreate(10, 1, 4096, MemCreateFlag.FD, 1 << 20)), errorCodeToWire('EPROTO'));
+    t.true(await until(() => hostile.raw.closed));
     // The owner's Memory is intact and still works.
     const { cid: dst, region } = await p.memoryCreateShared(4096);
     await p.memoryCopy(await p.memoryDiminish(mem, 0, 4096), dst);
@@ -376,30 +381,30 @@ test('a Process that claims another live process\'s pid cannot register that pro
   }
 });
 
-test('a Process is who the kernel says: the HELLO pid is ignored (logged) and its own regions register', async (t) => {
+test('a Process is who the kernel says: the HELLO pid is ignored (logged); it registers only regions whose fd it passed', async (t) => {
   const { c, addr, lines } = await oneController();
-  const name = `/fractos-${process.pid}-hostile-identity-${Date.now()}`;
-  shmCreate(name, 4096);
+  const p = await connect(addr, { name: 'honest' });
   try {
     const liar = await rawProcess(addr, 1);
-    t.is(await liar.call(sharedCreate(9, name, 4096)), 0, 'its own region, by the kernel\'s pid');
-    t.is(await liar.call(sharedCreate(10, '/fractos-1-x', 4096)), errorCodeToWire('EPERM'), 'not the claimed pid\'s');
     t.truthy(lines.find((l) => l.o['claimedPid'] === 1 && l.o['pid'] === process.pid), JSON.stringify(lines));
+    // Another Process of the same OS process has a region: the liar's channel does not.
+    const mine = await p.memoryCreateShared(4096);
+    t.is(await liar.call(sharedCreate(9, mine.region.id, 4096)), errorCodeToWire('ENOENT'));
     liar.raw.close();
+    t.true((await p.memoryStat(mine.cid)).regionKey > 0);
   } finally {
-    shmUnlink(name);
+    await p.close();
     await c.close();
   }
 });
 
-test('over tcp the Controller knows no pid: shared Memory by region name is EPERM whatever the HELLO says; served Memory works', async (t) => {
+test('over tcp no fd travels: shared Memory is EPERM whatever the HELLO says; served Memory works', async (t) => {
   const { c } = await oneController(['tcp://127.0.0.1:0']);
-  const name = `/fractos-${process.pid}-hostile-tcp-${Date.now()}`;
-  shmCreate(name, 4096);
   try {
     const tcp = await rawProcess(c.addresses[1]!, process.pid);
-    t.is(await tcp.call(sharedCreate(9, name, 4096)), errorCodeToWire('EPERM'));
-    const served = allocFrame(Op.MEMORY_CREATE, 10, 32);
+    t.is(await tcp.call(sharedCreate(9, 1, 4096, MemCreateFlag.FD)), errorCodeToWire('EPERM'));
+    t.is(await tcp.call(sharedCreate(10, 1, 4096)), errorCodeToWire('EPERM'));
+    const served = allocFrame(Op.MEMORY_CREATE, 11, 32);
     served.fill(0, 16);
     served.writeUInt8(Backing.SERVED, 16);
     served.writeUInt8(Perm.RW, 17);
@@ -407,8 +412,11 @@ test('over tcp the Controller knows no pid: shared Memory by region name is EPER
     writeU64(served, 1, 40);
     t.is(await tcp.call(served), 0);
     tcp.raw.close();
+    // A real Process over tcp: allocShared works locally, registering it is EPERM.
+    const p = await connect(c.addresses[1]!, { name: 'tcp' });
+    t.is(await codeOf(p.memoryCreateShared(4096)), 'EPERM');
+    await p.close();
   } finally {
-    shmUnlink(name);
     await c.close();
   }
 });

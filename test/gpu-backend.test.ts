@@ -3,10 +3,10 @@
 // and the cuda backend against the cpu backend bit for bit when a device exists.
 // Missing pieces are skips with the reason printed: the addon not built, no CUDA device.
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
-import { shmCreate, shmUnlink } from '../native/shm/index.js';
+import { createRegionFd, mapFd } from '../native/shm/index.js';
 import { chiSquare, lbpHistogram, readPgm } from '../facever-app/lbp.js';
 import { DEFAULT_GRID, orlPairs } from '../facever-app/accuracy.js';
 import { datasetForTests } from '../facever-app/dataset.js';
@@ -192,15 +192,14 @@ cpuOnly('cpu backend: alloc/write/read round trip and typed errors on bad input'
   t.is(code(t.throws(() => b.alloc(0))), 'EINVAL');
 });
 
-cpuTest('cpu backend on external memory (a shm region, as the adaptor uses it) == TS reference bit for bit', async (t) => {
+cpuTest('cpu backend on external memory (a memfd region, as the adaptor uses it) == TS reference bit for bit', async (t) => {
   const b = cpu.backend!;
   t.true(b.hostAddressable);
   const { gridX: gx, gridY: gy } = DEFAULT_GRID;
-  // One shm region, as GpuService allocates device memory for the cpu backend: probes,
+  // One region, as GpuService allocates device memory for the cpu backend: probes,
   // enrolled and scores at page-aligned offsets of the same mapping.
-  const name = `/fractos-test-ext-${process.pid}`;
-  const ab = shmCreate(name, 3 * 4096 * Math.ceil((N * IMAGE_BYTES) / 4096));
-  try {
+  const ab = mapRegion(3 * 4096 * Math.ceil((N * IMAGE_BYTES) / 4096));
+  {
     const bytes = new Uint8Array(ab);
     const seg = 4096 * Math.ceil((N * IMAGE_BYTES) / 4096);
     bytes.set(batch!.probes, 0);
@@ -226,16 +225,22 @@ cpuTest('cpu backend on external memory (a shm region, as the adaptor uses it) =
     for (const h of [pr, en, sc]) b.free(h);
     t.is(code(t.throws(() => b.free(pr))), 'ENOENT');
     t.deepEqual([...bytes.subarray(5, 7)], [7, 8]);
-  } finally {
-    shmUnlink(name);
   }
 });
 
+/** A fresh memfd region of `size` bytes, mapped (page-aligned); its fd closed (the mapping lives on). */
+function mapRegion(size: number): ArrayBuffer {
+  const fd = createRegionFd(size);
+  try {
+    return mapFd(fd, size, true);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 cpuOnly('cpu backend allocExternal: bad inputs are typed errors', async (t) => {
   const b = cpu.backend!;
-  const name = `/fractos-test-bad-${process.pid}`;
-  const ab = shmCreate(name, 4096); // page-aligned (a plain ArrayBuffer need not be 64-byte aligned)
-  shmUnlink(name);
+  const ab = mapRegion(4096); // page-aligned (a plain ArrayBuffer need not be 64-byte aligned)
   // size 0, outside the buffer, offset past the end, not 64-byte aligned, not an ArrayBuffer
   t.is(code(t.throws(() => b.allocExternal(ab, 0, 0))), 'EINVAL');
   t.is(code(t.throws(() => b.allocExternal(ab, 0, 4097))), 'ERANGE');

@@ -194,7 +194,7 @@ test('deliveries describe Memory caps owned by another Controller (no memory_sta
     const { cid } = await app.memoryCreateShared(16384);
     const view = await app.memoryDiminish(cid, 4096, 8192, Perm.WRITE);
     await app.invoke(await app.kvWait('dev'), Echo, { x: 1 }, { buf: view });
-    t.deepEqual(await seen, { perms: Perm.READ, backing: 'shared', local: false, self: false, size: 8192, regionOffset: 0, servedKey: 0, region: '' });
+    t.deepEqual(await seen, { perms: Perm.READ, backing: 'shared', local: false, self: false, mappable: false, size: 8192, regionOffset: 0, servedKey: 0, regionKey: 0 });
   } finally {
     await c.stop();
   }

@@ -63,6 +63,7 @@ test('error codes keep their wire numbers', (t) => {
     [0, 1, 2, 3, 4, 5, 6, 7],
   );
   t.is(errorCodeFromWire(60000), 'EPROTO');
+  t.is(errorCodeToWire('EBADF'), 31);
 });
 
 test('u64 fields: safe integers only', (t) => {

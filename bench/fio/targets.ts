@@ -14,6 +14,7 @@ import { FractosError } from '../../libfractos/errors.js';
 import type { Process } from '../../libfractos/process.js';
 import { IoPort } from '../../blockdev-adaptor/client.js';
 import type { IoTarget } from './workload.js';
+import { Perm } from '../../libfractos/protocol.js';
 
 /** A contiguous piece of the target's address space served by one read/write Request pair. */
 export interface TargetExtent {
@@ -74,7 +75,8 @@ export class RequestTarget implements IoTarget {
   /** Set up the slots (shared region, per-slot views and continuations). */
   static async create(p: Process, extents: TargetExtent[], o: RequestTargetOptions): Promise<RequestTarget> {
     const bs = Math.ceil(o.bs / 4096) * 4096;
-    const { cid, region } = await p.memoryCreateShared(o.slots * bs);
+    // Shared whole: the adaptor given a slot maps the region and does device I/O straight into it.
+    const { cid, region } = await p.memoryCreateShared(o.slots * bs, Perm.RW, { shareWhole: true });
     const bufs: number[] = [];
     for (let i = 0; i < o.slots; i++) bufs.push(await p.memoryDiminish(cid, i * bs, bs));
     const port = new IoPort(p);

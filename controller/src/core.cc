@@ -162,9 +162,21 @@ void CoreImpl::processHello(ConnId c, uint32_t kernelPid, bool unixSocket, const
   procs_[proc->id] = proc;
   procByConn_[c] = proc;
   host_->setLinkInfo(c, false, proc->id, proc->name);
+  // Features granted: Memory descriptors as asked; a queue pair only on a unix socket, its
+  // three fds sent with this reply (docs/queues.md), frames after it on the rings.
+  uint32_t granted = proc->features & kFeatureMemoryDescriptors;
+  int qfds[3];
+  uint32_t ringBytes = 0;
+  if ((proc->features & kFeatureQueue) && unixSocket && host_->attachQueue(c, qfds, &ringBytes)) granted |= kFeatureQueue;
+  proc->features = granted;
   encodeHelloReply(out_, h.seq, id_, epoch_, proc->id, limits_.maxFrameBytes, limits_.maxImmBytes, limits_.maxCapSlots,
-                   limits_.maxOutstandingDeliveries);
-  send(c, out_);
+                   limits_.maxOutstandingDeliveries, granted, ringBytes);
+  if (granted & kFeatureQueue) {
+    struct iovec iov{const_cast<uint8_t*>(out_.data()), out_.size()};
+    host_->sendWithFds(c, &iov, 1, qfds, 3);
+  } else {
+    send(c, out_);
+  }
 }
 
 // ---- Process frames -----------------------------------------------------------------------
@@ -224,7 +236,9 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
       return Err();
 
     case op::MEMORY_CREATE:
-      // u8 backing, u8 perms, u16 0, u32 0, u64 offset, u64 size, u64 servedKey, utf8 region -> u32 cid
+      // u8 backing, u8 perms, u8 flags (1 fd attached, 2 share whole), u8 0, u32 region id,
+      // u64 offset, u64 size, u64 servedKey (served) | regionSize (shared)
+      //   -> u32 cid, u32 0, u64 regionKey
       return memoryCreate(proc, seq, f, len);
 
     case op::MEMORY_DIMINISH: {
@@ -277,12 +291,21 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
     }
 
     case op::MEMORY_STAT: {
-      // u32 cid -> u64 size, u8 perms, u8 backing, u8 flags, u8 0, u32 0, u64 regionOffset, u64 servedKey, utf8 region
+      // u32 cid -> u64 size, u8 perms, u8 backing, u8 flags, u8 0, u32 0, u64 regionOffset, u64 servedKey, u64 regionKey
       if ((e = need(len, 4))) return e;
       std::shared_ptr<Target> t;
       if ((e = target(*proc, ld32(f + 16), &t))) return e;
       memoryStat(proc, seq, t);
       return Err();
+    }
+
+    case op::MEMORY_MAP: {
+      // u32 cid -> u64 regionKey, u64 regionSize, u64 regionOffset, u64 size, u8 perms, u8 0, u16 0, u32 0
+      //   with the region's fd attached (read-only unless the cap may write)
+      if ((e = need(len, 4))) return e;
+      std::shared_ptr<Target> t;
+      if ((e = target(*proc, ld32(f + 16), &t))) return e;
+      return memoryMap(proc, seq, t);
     }
 
     case op::REQUEST_CREATE: {
@@ -530,11 +553,8 @@ void CoreImpl::procGone(const std::shared_ptr<Proc>& proc) {
   std::deque<Delivery> q = std::move(proc->queue);
   proc->queue.clear();
   for (auto& d : q) d.fail(Err(kRevoked, "provider went away"));
-  // Its shared regions: drop our mappings and the names it can no longer unlink (kill -9).
-  bool samePid = false;
-  for (auto& [id, p] : procs_)
-    if (p->pid == proc->pid) samePid = true;
-  if (!samePid && proc->pid != 0) regionsOfPidGone(proc->pid);
+  // Its shared regions: the Memory objects revoked above still hold them until collected.
+  proc->regions.clear();
 }
 
 // ---- tables -------------------------------------------------------------------------------
@@ -622,7 +642,6 @@ void CoreImpl::shutdown() {
   procByConn_.clear();
   peers_.clear();
   peerByConn_.clear();
-  regions_.clear();
 }
 
 }  // namespace fractos

@@ -81,7 +81,12 @@ struct Proc : ProcBase {
   Calls calls;
   std::unordered_set<std::string> names;  // bootstrap names it publishes
   uint32_t nameOps = 0;                   // its kv_put/kv_get waiting for the external name store
+  /** Its shared regions by its own region id (memory.cc); an entry lives while a Memory object uses it. */
+  std::unordered_map<uint32_t, std::weak_ptr<Region>> regions;
 };
+
+/** Shared regions one Process may have registered at once (each holds an fd and a mapping here). */
+constexpr size_t kMaxRegionsPerProcess = 4096;
 
 /** An authenticated link to a peer Controller. */
 struct Peer {
@@ -201,6 +206,9 @@ class CoreImpl final : public Core, public ObjectEvents {
   Err memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, const uint8_t* f, size_t len);
   Err diminish(const std::shared_ptr<Obj>& obj, uint8_t drop, uint64_t off, uint64_t size, std::shared_ptr<Obj>* out);
   void memoryStat(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
+  Err memoryMap(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
+  /** MemFlag bits of a local Memory object as `to` sees it (MEMORY_STAT, DELIVER descriptors). */
+  uint8_t memFlags(const Obj& o, const Proc& to) const;
   void learnMem(const std::shared_ptr<Proxy>& t, std::function<void(const Err&, const RemoteMem*)> cb);
   void execCopy(const std::shared_ptr<Obj>& src, const std::shared_ptr<Target>& dst, Done done);
   void readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t len, uint8_t* into, Done cb);
@@ -215,7 +223,6 @@ class CoreImpl final : public Core, public ObjectEvents {
   void giveChunkBuf(std::shared_ptr<std::vector<uint8_t>> b);
   /** The link a copy chunk to `t` goes out on (0: not a proxy, or its peer is not connected). */
   ConnId peerConnOf(const Target* t) const;
-  void regionsOfPidGone(uint32_t pid);
 
   // ---- monitors.cc
   void monitorReceive(const std::shared_ptr<Proc>& proc, const std::shared_ptr<Target>& t, uint32_t token);
@@ -276,12 +283,12 @@ class CoreImpl final : public Core, public ObjectEvents {
   };
   std::unordered_map<uint32_t, RemoteMonitor> remoteMonitors_;
   uint32_t nextRemoteToken_ = 1;
-  std::unordered_map<std::string, std::shared_ptr<Region>> regions_;
   /** Copies waiting for a peer link's backlog to drain (drained()), by the link. */
   std::unordered_map<ConnId, std::vector<std::shared_ptr<CopyJob>>> copyWaiters_;
   /** Chunk buffers (kCopyChunkBytes each) of copies, reused; at most kChunkPoolMax kept. */
   static constexpr size_t kChunkPoolMax = 2 * kCopyWindow;
   std::vector<std::shared_ptr<std::vector<uint8_t>>> chunkPool_;
+  uint64_t nextRegionKey_ = 1;
   /** Bytes of invocations queued for credits per invoker (its ConnId). */
   std::unordered_map<uint64_t, uint64_t> queuedByInvoker_;
   bool closing_ = false;

@@ -41,6 +41,8 @@ struct Limits {
   uint64_t maxQueuedDeliveryBytes = 32ull * 1024 * 1024;
   uint64_t maxQueuedBytesPerInvoker = 8ull * 1024 * 1024;
   uint64_t maxOutboundBytes = 4ull * 1024 * 1024;
+  /** Bytes per ring of a Process's queue pair (docs/queues.md; a power of two in [4 KiB, 64 MiB]). */
+  uint32_t queueRingBytes = 1u << 20;
 };
 
 /**
@@ -134,6 +136,39 @@ class Host {
     send(c, iov, iovcnt);
     return false;
   }
+
+  /**
+   * Send one frame on the socket of `c` with `nfds` (1..8) file descriptors attached
+   * (SCM_RIGHTS; docs/protocol.md "Frames with file descriptors"). Only on a unix socket
+   * (tcp, unknown or closed conn: the frame is dropped silently, like `send`). The fds go
+   * with the frame's first byte, never inside another frame: when output is queued, the
+   * frame and duplicates of the fds wait in the queue and leave with that byte. The caller
+   * keeps its fds (close them when you like after this returns). A conn with more than 64
+   * fds waiting in its queue (a Process that does not read) is closed.
+   */
+  virtual void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) = 0;
+
+  /**
+   * During `Core::processFrame(c, ...)` (or processHello) only: the oldest fd that came with
+   * the frame being handled, removed from the conn (the caller owns it and must close it);
+   * -1 when none is left (or outside that call, or another conn). Fds of a frame that the
+   * core did not take are closed by the host once the call returns. A unix conn holds at most
+   * 8 received fds; more, a control message that is not SCM_RIGHTS or a truncated one close
+   * it (EPROTO). docs/protocol.md "Frames with file descriptors".
+   */
+  virtual int takeFd(ConnId c) = 0;
+
+  /**
+   * During `Core::processHello(c, ...)` of a unix Process conn that asked for HELLO feature
+   * QUEUE: give it a queue pair (docs/queues.md "The Controller's side"). Fills fds[0..2]
+   * with the pair memfd, the Process's doorbell and the Controller's doorbell (owned by the
+   * host: send them with the HELLO reply through sendWithFds, do not close them) and
+   * *ringBytes. From then on every frame `send` passes for `c` goes on the completion ring
+   * (frames with fds still go on the socket), and the Process's frames are read from both.
+   * @return false (nothing changed: answer without the bit) on tcp, outside processHello, or
+   * when the pair cannot be made (logged).
+   */
+  virtual bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) = 0;
 
   /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
   virtual uint64_t backlog(ConnId c) const = 0;

@@ -251,7 +251,19 @@ void HostImpl::readConn(Conn* c) {
     // A peer link reads a little at a time unless it reassembles a frame: the payload of a
     // copy chunk then goes from the socket to its mapping (startSink), not through `in`.
     if (c->state == ConnState::Peer && !c->plainFrame) room = std::min(room, kPeerReadChunk);
-    ssize_t r = ::read(c->fd, c->in.data() + c->inLen, room);
+    ssize_t r;
+    if (c->unixSock) {
+      // fds beside the stream (docs/protocol.md "Frames with file descriptors")
+      r = fdstream::recvWithFds(c->fd, c->in.data() + c->inLen, room, c->rxFds, c->sockIn);
+      if (r == -EPROTO) {
+        closeConn(c, "bad control message (fds): more than " + std::to_string(fdstream::kMaxFds) +
+                         " fds held, a truncated or a foreign one (EPROTO)", LogLevel::Info);
+        return;
+      }
+      if (r < 0) errno = int(-r);
+    } else {
+      r = ::read(c->fd, c->in.data() + c->inLen, room);
+    }
     if (r == 0) {
       closeConn(c, "", LogLevel::Debug);
       return;
@@ -262,39 +274,10 @@ void HostImpl::readConn(Conn* c) {
       return;
     }
     c->inLen += size_t(r);
+    c->sockIn += uint64_t(r);
     c->st.bytesIn += uint64_t(r);
-    size_t off = 0;
-    while (c->inLen - off >= kHeaderBytes) {
-      const uint8_t* h = c->in.data() + off;
-      uint32_t len = rd32(h);
-      if (len < kHeaderBytes || len > maxFrame) {
-        closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]",
-                  LogLevel::Debug);
-        return;
-      }
-      if (rd16(h + 6) != 0 || rd16(h + 14) != 0) {
-        closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
-        return;
-      }
-      if (c->inLen - off < len) {
-        if (c->state == ConnState::Peer && len >= kPeerSinkMinBytes && !c->plainFrame &&
-            c->inLen - off >= kPeerSinkPeekBytes) {
-          if (startSink(c, off, len)) c->inLen = off;  // the frame's buffered bytes are consumed
-          else c->plainFrame = true;
-          if (c->state == ConnState::Lingering) return;
-        }
-        break;
-      }
-      c->plainFrame = false;
-      c->st.framesIn++;
-      handleFrame(c, h, len);
-      off += len;
-      if (c->state == ConnState::Lingering) return;
-    }
-    if (off) {
-      memmove(c->in.data(), c->in.data() + off, c->inLen - off);
-      c->inLen -= off;
-    }
+    // stream position of in[0]: the fds of a frame are found by it (fd_stream.h)
+    if (!takeFrames(c, c->in, c->inLen, c->sockIn - c->inLen, true)) return;
     if (c->sinking) continue;
     if (size_t(r) < room) break;  // the socket is probably empty
   }
@@ -303,6 +286,56 @@ void HostImpl::readConn(Conn* c) {
     c->in.resize(kReadChunk);
     c->in.shrink_to_fit();
   }
+}
+
+bool HostImpl::takeFrames(Conn* c, std::vector<uint8_t>& in, size_t& inLen, uint64_t base, bool sock) {
+  const uint32_t maxFrame = opts_.core.limits.maxFrameBytes;
+  size_t off = 0;
+  bool open = true;
+  while (inLen - off >= kHeaderBytes) {
+    const uint8_t* h = in.data() + off;
+    uint32_t len = rd32(h);
+    if (len < kHeaderBytes || len > maxFrame) {
+      closeConn(c, "frame length " + std::to_string(len) + " outside [16, " + std::to_string(maxFrame) + "]", LogLevel::Debug);
+      return false;
+    }
+    if (rd16(h + 6) != 0 || rd16(h + 14) != 0) {
+      closeConn(c, "reserved header fields must be 0", LogLevel::Debug);
+      return false;
+    }
+    if (inLen - off < len) {
+      // A large peer frame not complete yet: a copy chunk's payload may go from the socket
+      // straight to its mapping (startSink), its buffered bytes consumed.
+      if (sock && c->state == ConnState::Peer && len >= kPeerSinkMinBytes && !c->plainFrame &&
+          inLen - off >= kPeerSinkPeekBytes) {
+        if (startSink(c, off, len)) inLen = off;
+        else c->plainFrame = true;
+        if (c->state == ConnState::Lingering) return false;
+      }
+      break;
+    }
+    c->plainFrame = false;
+    c->st.framesIn++;
+    if (sock) {
+      fdConn_ = c->id;
+      fdStart_ = base + off;
+      fdStop_ = base + off + len;
+    }
+    handleFrame(c, h, len);
+    fdConn_ = 0;
+    // the fds of this frame (and of none later) that the core did not take
+    if (sock && c->rxFds.n) c->rxFds.dropThrough(base + off + len);
+    off += len;
+    if (c->state == ConnState::Lingering) {
+      open = false;
+      break;
+    }
+  }
+  if (off && open) {
+    memmove(in.data(), in.data() + off, inLen - off);
+    inLen -= off;
+  }
+  return open;
 }
 
 void HostImpl::handleFrame(Conn* c, const uint8_t* f, size_t len) {
@@ -317,7 +350,9 @@ void HostImpl::handleFrame(Conn* c, const uint8_t* f, size_t len) {
         c->limitBacklog = true;
         c->counted = true;
         c->st.peer = false;
+        helloConn_ = c->id;  // attachQueue is allowed during this call
         core_->processHello(c->id, c->kernelPid, c->unixSock, f, len);
+        helloConn_ = 0;
       } else if (op == kOpPeerHello) {
         acceptPeerHello(c, f, len);
       } else {
@@ -360,8 +395,12 @@ bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool gua
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
   c->st.bytesOut += total;
+  if (c->q && c->state == ConnState::Process) {
+    queueSend(c, iov, iovcnt, total);  // host_queue.cc
+    return false;
+  }
   size_t done = 0;
-  if (c->backlog() == 0) {
+  if (c->out.size() == 0) {
     struct msghdr mh{};
     mh.msg_iov = const_cast<struct iovec*>(iov);
     mh.msg_iovlen = size_t(iovcnt);
@@ -377,32 +416,33 @@ bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool gua
     done = size_t(w);
     if (done == total) return false;
   }
+  return queueOut(c, iov, iovcnt, done, guarded);
+}
+
+bool HostImpl::queueOut(Conn* c, const struct iovec* iov, int iovcnt, size_t skip, bool guarded) {
   // queue the rest (copied: the caller reuses its buffers)
-  if (c->outHead > 0 && c->outHead >= c->out.size() / 2) {
-    c->out.erase(c->out.begin(), c->out.begin() + long(c->outHead));
-    c->outHead = 0;
-  }
-  size_t skip = done;
   bool faulted = false;
-  for (int i = 0; i < iovcnt; i++) {
-    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
-    size_t n = iov[i].iov_len;
-    if (skip >= n) {
-      skip -= n;
-      continue;
-    }
-    if (guarded && i > 0) {
-      // zeros where the mapping cannot be read (and after a fault: the frame stays whole)
-      const size_t at = c->out.size();
-      c->out.resize(at + (n - skip));
-      if (!faulted && guardedMove(c->out.data() + at, p + skip, n - skip)) {
-        faulted = true;
-        std::memset(c->out.data() + at, 0, n - skip);
+  if (!guarded) {
+    c->out.append(iov, iovcnt, skip);
+  } else {
+    for (int i = 0; i < iovcnt; i++) {
+      const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
+      size_t n = iov[i].iov_len;
+      if (skip >= n) {
+        skip -= n;
+        continue;
       }
-    } else {
-      c->out.insert(c->out.end(), p + skip, p + n);
+      if (i == 0) {
+        struct iovec part{const_cast<uint8_t*>(p + skip), n - skip};
+        c->out.append(&part, 1, 0);
+      } else {
+        // zeros where the mapping cannot be read (and after a fault: the frame stays whole)
+        uint8_t* at = c->out.extend(n - skip);
+        if (!faulted && guardedMove(at, p + skip, n - skip)) faulted = true;
+        if (faulted) std::memset(at, 0, n - skip);
+      }
+      skip = 0;
     }
-    skip = 0;
   }
   if (!(c->epollMask & EPOLLOUT)) {
     c->epollMask |= EPOLLOUT;
@@ -412,6 +452,48 @@ bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool gua
   return faulted;
 }
 
+void HostImpl::sendWithFds(ConnId id, const struct iovec* iov, int iovcnt, const int* fds, int nfds) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (nfds <= 0) return send(id, iov, iovcnt);
+  if (c->state == ConnState::Lingering || c->state == ConnState::Connecting || c->fd < 0 || !c->unixSock) return;
+  if (nfds > fdstream::kMaxFds) {
+    log(LogLevel::Warn, "sendWithFds: more than 8 fds in one frame (dropped)", "{\"conn\":" + std::to_string(id) + "}");
+    return;
+  }
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  c->st.framesOut++;
+  c->st.bytesOut += total;
+  if (c->out.size() == 0) {
+    ssize_t w = fdstream::sendWithFds(c->fd, iov, iovcnt, fds, nfds);
+    if (w < 0 && w != -EAGAIN) {
+      closeConn(c, "", LogLevel::Debug);
+      return;
+    }
+    if (w > 0) {  // the fds went with the first byte
+      if (size_t(w) < total) queueOut(c, iov, iovcnt, size_t(w));
+      return;
+    }
+  }
+  // queued: duplicates of the fds leave with the frame's first byte (flushConn)
+  if (int e = c->out.mark(total, fds, nfds)) {
+    closeConn(c, e == -EMFILE ? "more than " + std::to_string(fdstream::kMaxQueuedFds) + " fds waiting to be read"
+                              : std::string("dup of an fd to send: ") + strerror(-e),
+              LogLevel::Info);
+    return;
+  }
+  queueOut(c, iov, iovcnt, 0);
+}
+
+int HostImpl::takeFd(ConnId id) {
+  if (id != fdConn_ || id == 0) return -1;
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return -1;
+  return it->second->rxFds.take(fdStart_, fdStop_);
+}
+
 uint64_t HostImpl::backlog(ConnId id) const {
   auto it = conns_.find(id);
   if (it == conns_.end() || it->second->state == ConnState::Lingering) return 0;
@@ -419,22 +501,13 @@ uint64_t HostImpl::backlog(ConnId id) const {
 }
 
 void HostImpl::flushConn(Conn* c) {
-  while (c->backlog() > 0) {
-    ssize_t w = ::send(c->fd, c->out.data() + c->outHead, c->backlog(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno == EAGAIN || errno == EINTR) break;
-      if (c->state != ConnState::Lingering) closeConn(c, "", LogLevel::Debug);
-      return;
-    }
-    c->outHead += size_t(w);
-  }
-  if (c->backlog() == 0) {
-    c->out.clear();
-    c->outHead = 0;
-    if (c->out.capacity() > kReadChunk) c->out.shrink_to_fit();
+  // fds leave with their frame's first byte and no byte of another frame (fd_stream.h)
+  if (c->out.flush(c->fd) < 0) {
+    if (c->state != ConnState::Lingering) closeConn(c, "", LogLevel::Debug);
+    return;
   }
   if (c->state == ConnState::Lingering) return;
-  if (c->backlog() == 0 && (c->epollMask & EPOLLOUT)) {
+  if (c->out.size() == 0 && (c->epollMask & EPOLLOUT)) {
     c->epollMask &= ~uint32_t(EPOLLOUT);
     updateMask(c);
   }
@@ -460,6 +533,10 @@ void HostImpl::afterBacklogChange(Conn* c) {
       c->paused = false;
       c->epollMask |= EPOLLIN | EPOLLRDHUP;
       updateMask(c);
+      if (c->q && !c->q->ready) {  // read ring 0 again before the loop sleeps
+        c->q->ready = true;
+        readyQueues_.push_back(c->id);
+      }
     }
     if (c->state == ConnState::Process || c->state == ConnState::Peer) core_->drained(c->id);
   }
@@ -500,7 +577,14 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   c->above = false;
   c->sinking = false;
   c->out.clear();
-  c->outHead = 0;
+  c->rxFds.closeAll();
+  if (c->q) {
+    // no more rings: the doorbell leaves epoll now; the mapping stays until finishConn (the
+    // core may still read the frame it was handed from q->in when it closed the conn)
+    epoll_ctl(ep_, EPOLL_CTL_DEL, c->q->ctlEfd, nullptr);
+    c->q->out.clear();
+    c->q->outHead = 0;
+  }
   // `in` stays: the core may still read the frame it was handed when it closed the conn
   // (freed when the linger reads, or with the conn)
   c->inLen = 0;
@@ -546,6 +630,7 @@ void HostImpl::finishConn(ConnId id) {
   c->fd = -1;
   c->timer = 0;
   c->state = ConnState::Lingering;
+  if (c->q) c->q.reset();  // unmap, close the memfd and doorbells (out of epoll since closeConn)
   // erased by runDeferred, after the event that closed it (callers may still hold `c`)
   dead_.push_back(id);
 }

@@ -6,6 +6,7 @@
 //   host_loop.cc   the loop thread, epoll, the eventfd of commands from the JS thread, timers
 //   host_conns.cc  listeners, accept, framing (header bounds), output queues, backpressure,
 //                  hello timeout, closing (linger), link counters
+//   host_queue.cc  queue pairs of unix Processes (docs/queues.md): rings in, rings out, doorbells
 //   host_peers.cc  static peers: dialling with backoff, wait warnings, the handshake (HMAC)
 //   host_addon.cc  the N-API class used by controller/controller.ts, the log bridge
 //
@@ -27,6 +28,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../../native/queue/src/memfd.h"
+#include "fd_stream.h"
 #include "host.h"
 
 namespace fractos {
@@ -45,6 +48,8 @@ constexpr uint32_t kPeerAuthTimeoutMs = 5000;
 constexpr uint32_t kDialTimeoutMs = 5000;
 /** How long a closed socket lingers (reading and dropping) after its FIN (ms). */
 constexpr uint32_t kLingerMs = 1000;
+/** epoll data of a queued conn's doorbell: kQueueTag | ConnId (listeners: 1 << 62, commands: 1 << 63). */
+constexpr uint64_t kQueueTag = 1ull << 61;
 /** Closed links whose counters `stats` keeps (the oldest go first). */
 constexpr size_t kMaxClosedStats = 4096;
 
@@ -77,6 +82,36 @@ enum class ConnState : uint8_t {
   Lingering,    // closed: FIN sent, input dropped until EOF or kLingerMs
 };
 
+/**
+ * The queue pair of a Process conn (host_queue.cc, docs/queues.md): ring 0 (requests) is a
+ * second input stream beside the socket, ring 1 (completions, deliveries) carries every frame
+ * sent without fds. Bytes that do not fit ring 1 wait in `out` (counted in the conn's
+ * backlog, bounded like the socket's).
+ */
+struct ConnQueue {
+  queue::PairMap map;
+  queue::Endpoint ep;
+  int memfd = -1, procEfd = -1, ctlEfd = -1;
+  uint32_t maxEntry = 0;
+  // ring 0 input: at most one partial frame plus one entry
+  std::vector<uint8_t> in;
+  size_t inLen = 0;
+  // ring 1 output waiting for space: bytes [outHead, out.size())
+  std::vector<uint8_t> out;
+  size_t outHead = 0;
+  bool touched = false;     // entries pushed since the last publish
+  bool spaceArmed = false;  // waiting for the Process to free ring 1
+  bool ready = false;       // in readyQueues_: ring 0 may hold entries not read yet
+  ConnQueue() = default;
+  ConnQueue(const ConnQueue&) = delete;
+  ConnQueue& operator=(const ConnQueue&) = delete;
+  ~ConnQueue() {
+    for (int fd : {memfd, procEfd, ctlEfd})
+      if (fd >= 0) ::close(fd);
+  }
+  uint64_t backlog() const { return out.size() - outHead; }
+};
+
 struct Conn {
   ConnId id = 0;
   int fd = -1;
@@ -89,9 +124,12 @@ struct Conn {
   // input: bytes [0, inLen) of `in`, at most one frame (bounded by maxFrameBytes)
   std::vector<uint8_t> in;
   size_t inLen = 0;
-  // output not yet taken by the kernel: bytes [outHead, out.size())
-  std::vector<uint8_t> out;
-  size_t outHead = 0;
+  // output not yet taken by the kernel, with the fds of frames among it (fd_stream.h)
+  fdstream::OutQueue out;
+  // fds received on a unix socket (fd_stream.h), tagged with stream positions (sockIn =
+  // bytes read from the socket so far)
+  fdstream::RxFds rxFds;
+  uint64_t sockIn = 0;
   bool limitBacklog = false;  // a Process: stop reading while backlog > maxOutboundBytes
   bool paused = false;
   bool above = false;         // backlog went above maxOutboundBytes (drained() when back)
@@ -116,7 +154,9 @@ struct Conn {
   uint8_t* sinkDst = nullptr;
   size_t sinkLeft = 0;
 
-  uint64_t backlog() const { return out.size() - outHead; }
+  std::unique_ptr<ConnQueue> q;  // a queued Process conn (HELLO feature QUEUE)
+
+  uint64_t backlog() const { return out.size() + (q ? q->backlog() : 0); }
 };
 
 class HostImpl final : public Host {
@@ -156,6 +196,9 @@ class HostImpl final : public Host {
   // ---- Host (loop thread) ----
   void send(ConnId c, const struct iovec* iov, int iovcnt) override;
   bool sendFromMapping(ConnId c, const struct iovec* iov, int iovcnt) override;
+  void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
+  int takeFd(ConnId c) override;
+  bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;
@@ -187,6 +230,16 @@ class HostImpl final : public Host {
   void runDeferred();
   bool sendRaw(Conn* c, const uint8_t* p, size_t n);
   bool sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool guarded);
+  /** Queue iov after `skip` bytes; `guarded`: parts after the first are read under the SIGBUS guard (true: one faulted). */
+  bool queueOut(Conn* c, const struct iovec* iov, int iovcnt, size_t skip, bool guarded = false);
+  bool takeFrames(Conn* c, std::vector<uint8_t>& in, size_t& inLen, uint64_t base, bool sock);
+  // host_queue.cc
+  void queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total);
+  void onQueueEvent(ConnId id);
+  void drainRing(Conn* c);
+  void flushRing(Conn* c);
+  void publishRings();
+  void runReadyQueues();
   // host_peers.cc
   void startPeers();
   void dialPeer(size_t idx, uint32_t attempt);
@@ -226,6 +279,15 @@ class HostImpl final : public Host {
   std::unordered_map<ConnId, std::unique_ptr<Conn>> conns_;
   uint64_t loopNow_ = 0;  // monoMs() when epoll_wait last returned (loopMs)
   ConnId nextConn_ = 1;
+  /** Conns whose ring 1 got entries this iteration (published once at its end). */
+  std::vector<ConnId> touched_;
+  /** Conns whose ring 0 may hold entries not read yet (read before the next epoll_wait sleeps). */
+  std::vector<ConnId> readyQueues_;
+  /** processHello is running for this conn (attachQueue is allowed). */
+  ConnId helloConn_ = 0;
+  /** The frame being handed to the core (takeFd): its conn and socket stream range. */
+  ConnId fdConn_ = 0;
+  uint64_t fdStart_ = 0, fdStop_ = 0;
   std::vector<ConnId> deferred_;  // closed conns whose core callback is pending
   std::vector<ConnId> dead_;      // conns whose fd is closed, erased by runDeferred
   std::vector<LinkStats> closedStats_;

@@ -184,7 +184,11 @@ void HostImpl::run() {
   constexpr int kMaxEvents = 64;
   struct epoll_event evs[kMaxEvents];
   while (!stopping_) {
-    int n = epoll_wait(ep_, evs, kMaxEvents, nextTimeoutMs());
+    // rings: read what came while we were busy, publish what we pushed (host_queue.cc); the
+    // loop sleeps only when nothing is left of either
+    runReadyQueues();
+    publishRings();
+    int n = epoll_wait(ep_, evs, kMaxEvents, readyQueues_.empty() && touched_.empty() ? nextTimeoutMs() : 0);
     loopNow_ = monoMs();
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -195,6 +199,7 @@ void HostImpl::run() {
       uint64_t tag = evs[i].data.u64;
       if (tag == kEvTag) drainCommands();
       else if (tag & kListenerTag) onListener(size_t(tag & ~kListenerTag));
+      else if (tag & kQueueTag) onQueueEvent(tag & ~kQueueTag);
       else onConnEvent(tag, evs[i].events);
       runDeferred();
     }

@@ -1,10 +1,12 @@
 // Memory (paper §3.4): create (shared regions mapped here, served by their owner), diminish,
-// stat, and copies: one guarded memcpy between two mappings of this Controller, otherwise
-// chunked (one chunk up to 16 KiB, else size/4 within 16..256 KiB, 8 in flight) through
-// mappings, MEM_READ/MEM_WRITE calls to a served owner, or P_MEM_WRITE to a peer.
+// stat, map (a region's fd handed to a holder), and copies: one guarded memcpy between two
+// mappings of this Controller, otherwise chunked (one chunk up to 16 KiB, else size/4 within
+// 16..256 KiB, 8 in flight) through mappings, MEM_READ/MEM_WRITE calls to a served owner, or
+// P_MEM_WRITE to a peer.
 // Port of the former TS Controller (controller.ts before this core): #memoryCreate, #diminish, #memoryStat, #execCopy, ...
-// Copies between mappings go through the SIGBUS guard of native/include/sigbus_guard.h
-// (docs/core.md "Truncated regions").
+// Shared regions are sealed memfds passed with SCM_RIGHTS (native/include/memfd_region.h,
+// docs/core.md "Shared regions"); copies between mappings still go through the SIGBUS guard of
+// native/include/sigbus_guard.h (docs/core.md "Truncated regions").
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -16,86 +18,106 @@
 #include <mutex>
 
 #include "core.h"
+#include "memfd_region.h"
 #include "sigbus_guard.h"
 
 namespace fractos {
 
-// ---- the SIGBUS guard: native/include/sigbus_guard.h (guardedMove, inRange) ----------------
+// ---- create, diminish, stat, map -------------------------------------------------------------
+
 namespace {
-bool validRegionName(std::string_view n) {
-  if (n.size() < 2 || n.size() > 201 || n[0] != '/') return false;
-  for (char c : n.substr(1))
-    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
-      return false;
-  return true;
-}
+/** Closes an fd taken from the host unless released. */
+struct TakenFd {
+  int fd;
+  explicit TakenFd(int f) : fd(f) {}
+  TakenFd(const TakenFd&) = delete;
+  TakenFd& operator=(const TakenFd&) = delete;
+  ~TakenFd() {
+    if (fd >= 0) close(fd);
+  }
+  int release() {
+    int f = fd;
+    fd = -1;
+    return f;
+  }
+};
 }  // namespace
 
-// ---- create, diminish, stat ------------------------------------------------------------------
-
 Err CoreImpl::memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, const uint8_t* f, size_t len) {
-  // u8 backing, u8 perms, u16 0, u32 0, u64 offset, u64 size, u64 servedKey, utf8 region
+  // u8 backing, u8 perms, u8 flags, u8 0, u32 region id, u64 offset, u64 size, u64 servedKey | regionSize
   if (len < kHeaderBytes + 32) return Err(kProto, "frame body shorter than 32 bytes");
   Reader r(f, len);
   uint8_t backing = r.u8();
   uint8_t perms = r.u8() & kRW;
-  r.skip(6);
+  uint8_t flags = r.u8();
+  r.skip(1);
+  uint32_t regionId = r.u32();
   uint64_t offset = r.u64(), size = r.u64(), key = r.u64();
-  std::string_view region = r.rest();
   if (Err e = r.err()) return e;
+  // The fd that came with this frame, if it says one did: taken first, whatever else is wrong,
+  // so that it is closed (and not left for the next frame) when the frame is refused.
+  TakenFd fd((flags & kMemCreateFd) ? host_->takeFd(proc->conn) : -1);
+  if (len != kHeaderBytes + 32) return Err(kProto, "MEMORY_CREATE body is 32 bytes, not " + std::to_string(len - kHeaderBytes));
+  if (flags & ~uint8_t(kMemCreateFd | kMemCreateShareWhole)) return Err(kProto, "unknown MEMORY_CREATE flags " + std::to_string(flags));
   auto info = std::make_shared<MemInfo>();
   info->perms = perms;
   info->offset = offset;
   info->size = size;
+  uint64_t regionKey = 0;
   if (backing == kShared) {
-    // A Process may register only regions it created: names carry its OS pid, as the
-    // kernel told it; a tcp channel has none, so no region by name.
+    // A Process registers only regions it passed the fd of; a tcp channel passes none.
     if (proc->pid == 0)
-      return Err(kPerm, "shared Memory by region name needs a unix-socket channel (the Controller knows no pid for process " +
-                            std::to_string(proc->id) + "); use served Memory");
-    std::string prefix = "/fractos-" + std::to_string(proc->pid) + "-";
-    if (region.substr(0, prefix.size()) != prefix)
-      return Err(kPerm, "region '" + std::string(region) + "' does not belong to pid " + std::to_string(proc->pid));
-    std::string name(region);
+      return Err(kPerm, "shared Memory needs a unix-socket channel (it passes the region's fd); process " + std::to_string(proc->id) +
+                            " is on tcp: use served Memory");
+    if (regionId == 0) return Err(kInval, "region id 0");
     std::shared_ptr<Region> map;
-    auto it = regions_.find(name);
-    if (it != regions_.end()) {
-      map = it->second;
-    } else {
-      if (!validRegionName(name)) return Err(kInval, "bad shm region name '" + name + "'");
-      int fd = shm_open(name.c_str(), O_RDWR, 0);
-      if (fd < 0) {
-        int err = errno;
-        return Err(err == ENOENT ? kNoEnt : err == EACCES ? kPerm : kIo, "shm_open " + name + ": " + strerror(err));
+    auto it = proc->regions.find(regionId);
+    if (it != proc->regions.end()) map = it->second.lock();
+    if (flags & kMemCreateFd) {
+      if (fd.fd < 0) return Err(kProto, "MEMORY_CREATE says an fd is attached and none came with it");
+      if (map) return Err(kExist, "region " + std::to_string(regionId) + " is registered already (name its id without an fd)");
+      uint64_t fsize = 0;
+      if (int rc = region::check(fd.fd, &fsize); rc < 0) {
+        if (rc == -EBADF) return Err(kBadFd, "region " + std::to_string(regionId) + ": the fd is not a memfd open read-write");
+        if (rc == -EINVAL) return Err(kInval, "region " + std::to_string(regionId) + ": the memfd is not sealed against shrinking (F_SEAL_SHRINK)");
+        return Err(kIo, "region " + std::to_string(regionId) + ": " + strerror(-rc));
       }
-      struct stat st;
-      if (fstat(fd, &st) != 0) {
-        int err = errno;
-        close(fd);
-        return Err(kIo, "fstat " + name + ": " + strerror(err));
+      if (fsize != key)
+        return Err(kInval, "region " + std::to_string(regionId) + " is " + std::to_string(fsize) + " bytes, not " + std::to_string(key) + " as said");
+      if (fsize > SIZE_MAX / 2) return Err(kRange, "region of " + std::to_string(fsize) + " bytes");
+      if (it == proc->regions.end() && proc->regions.size() >= kMaxRegionsPerProcess) {
+        for (auto i = proc->regions.begin(); i != proc->regions.end();) i = i->second.expired() ? proc->regions.erase(i) : std::next(i);
+        if (proc->regions.size() >= kMaxRegionsPerProcess)
+          return Err(kNoSpc, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxRegionsPerProcess) + " shared regions");
       }
       map = std::make_shared<Region>();
-      map->name = name;
-      map->len = size_t(st.st_size);
+      map->len = size_t(fsize);
       if (map->len > 0) {
-        void* p = mmap(nullptr, map->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        // MAP_NORESERVE: a sparse region costs the pages touched, not its size.
+        void* p = mmap(nullptr, map->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.fd, 0);
         if (p == MAP_FAILED) {
           int err = errno;
-          close(fd);
           map->len = 0;
-          return Err(kIo, "mmap " + name + ": " + strerror(err));
+          return Err(err == ENOMEM ? kNoSpc : kIo, "mmap of region " + std::to_string(regionId) + ": " + strerror(err));
         }
         map->base = static_cast<uint8_t*>(p);
       }
-      close(fd);
-      regions_[name] = map;
+      map->fd = fd.release();
+      map->key = nextRegionKey_++;
+      map->shareWhole = (flags & kMemCreateShareWhole) != 0;
+      proc->regions[regionId] = map;
+    } else if (!map) {
+      if (it != proc->regions.end()) proc->regions.erase(it);
+      return Err(kNoEnt, "region " + std::to_string(regionId) +
+                             " is not registered (its first MEMORY_CREATE passes its fd; a region whose Memory objects are all gone is forgotten)");
     }
-    if (offset + size > map->len)
+    if (offset > map->len || size > map->len - offset)
       return Err(kRange, std::to_string(offset) + "+" + std::to_string(size) + " beyond region of " + std::to_string(map->len) + " bytes");
     info->backing = kShared;
-    info->region = map->name;
     info->map = map;
+    regionKey = map->key;
   } else if (backing == kServed) {
+    if (flags) return Err(kProto, "MEMORY_CREATE flags are for shared Memory");
     info->backing = kServed;
     info->servedKey = key;
   } else {
@@ -108,7 +130,8 @@ Err CoreImpl::memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, cons
     objects_.revoke(obj.get(), kReasonRevoked);
     return e;
   }
-  replyCid(*proc, seq, cid);
+  encodeMemCreateReply(out_, seq, cid, regionKey);
+  send(proc->conn, out_);
   return Err();
 }
 
@@ -125,12 +148,21 @@ Err CoreImpl::diminish(const std::shared_ptr<Obj>& obj, uint8_t drop, uint64_t o
   return Err();
 }
 
+uint8_t CoreImpl::memFlags(const Obj& o, const Proc& to) const {
+  const MemInfo& m = *o.mem;
+  uint8_t fl = kMemLocal;
+  if (o.owner.get() == &to) fl |= kMemSelf;
+  // MEMORY_MAP would hand `to` the region's fd (memoryMap's rule).
+  if (m.map && to.pid != 0 && (m.perms & kRead) && (m.map->shareWhole || (m.offset == 0 && m.size == m.map->len))) fl |= kMemMappable;
+  return fl;
+}
+
 void CoreImpl::memoryStat(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t) {
   if (t->isProxy) {
     learnMem(std::static_pointer_cast<Proxy>(t), [this, proc, seq](const Err& e, const RemoteMem* m) {
       if (!proc->alive) return;
       if (e) return replyErr(proc->conn, seq, e);
-      encodeMemStatReply(out_, seq, m->size, m->perms, m->backing, 0, 0, 0, {});
+      encodeMemStatReply(out_, seq, m->size, m->perms, m->backing, 0, 0, 0, 0);
       send(proc->conn, out_);
     });
     return;
@@ -138,11 +170,41 @@ void CoreImpl::memoryStat(const std::shared_ptr<Proc>& proc, uint32_t seq, const
   auto* o = static_cast<Obj*>(t.get());
   if (!o->mem) return replyErr(proc->conn, seq, Err(kType, "memory_stat needs a Memory cap"));
   const MemInfo& m = *o->mem;
-  bool self = o->owner == proc;
-  // Region name and offset are told only on this Controller, or to the owner (served key).
-  encodeMemStatReply(out_, seq, m.size, m.perms, m.backing, uint8_t(1 | (self ? 2 : 0)), m.offset, self ? m.servedKey : 0,
-                     m.backing == kShared ? std::string_view(m.region) : std::string_view());
+  uint8_t fl = memFlags(*o, *proc);
+  // Offset and region key are told only on this Controller; the served key only to the owner.
+  encodeMemStatReply(out_, seq, m.size, m.perms, m.backing, fl, m.offset, (fl & kMemSelf) ? m.servedKey : 0, m.map ? m.map->key : 0);
   send(proc->conn, out_);
+}
+
+Err CoreImpl::memoryMap(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t) {
+  // Rule (docs/core.md "Shared regions"): the fd of a shared region on this Controller goes to
+  // a holder on a unix socket whose cap may read, and covers the whole region or a region its
+  // owner registered with "share whole"; a cap without WRITE gets a read-only fd.
+  if (t->isProxy) return Err(kNotLocal, "memory_map of Memory on another Controller");
+  auto* o = static_cast<Obj*>(t.get());
+  if (!o->mem) return Err(kType, "memory_map needs a Memory cap");
+  const MemInfo& m = *o->mem;
+  if (!m.map) return Err(kPerm, "memory_map of served Memory (its owner serves the bytes; nothing to map)");
+  if (proc->pid == 0) return Err(kPerm, "memory_map needs a unix-socket channel (fds cannot travel over tcp)");
+  if (!(m.perms & kRead)) return Err(kPerm, "memory_map of a Memory cap without READ");
+  if (!m.map->shareWhole && !(m.offset == 0 && m.size == m.map->len))
+    return Err(kPerm, "memory_map of a view of " + std::to_string(m.size) + " bytes at " + std::to_string(m.offset) + " of a region of " +
+                          std::to_string(m.map->len) + " bytes: the fd would expose the rest (its owner did not share it whole)");
+  Region& g = *m.map;
+  int fd = g.fd;
+  uint8_t perms = m.perms & kRW;
+  if (!(perms & kWrite)) {
+    if (g.roFd < 0) {
+      int ro = region::reopenReadOnly(g.fd);
+      if (ro < 0) return Err(kPerm, std::string("no read-only fd of the region: ") + strerror(-ro));
+      g.roFd = ro;
+    }
+    fd = g.roFd;
+  }
+  encodeMemMapReply(out_, seq, g.key, g.len, m.offset, m.size, perms);
+  struct iovec iov{out_.b.data(), out_.size()};
+  host_->sendWithFds(proc->conn, &iov, 1, &fd, 1);
+  return Err();
 }
 
 void CoreImpl::learnMem(const std::shared_ptr<Proxy>& t, std::function<void(const Err&, const RemoteMem*)> cb) {
@@ -339,14 +401,13 @@ void CoreImpl::readChunk(const std::shared_ptr<Obj>& obj, uint64_t off, uint32_t
 }
 
 Err CoreImpl::regionFault(const MemInfo& m, bool other) {
-  // Logged once per mapping: a hostile owner can fault its region at every copy.
-  auto it = regions_.find(m.region);
-  if (it != regions_.end() && it->second == m.map) {
-    regions_.erase(it);
-    log(LogLevel::Warn, "copy faulted on a shared region (truncated by its owner?); region mapping dropped",
-        std::string("{\"region\":\"") + m.region + "\",\"other\":" + (other ? "true" : "false") + "}");
+  // Logged once per region: a sealed region cannot shrink, so this is a second line only.
+  if (m.map && !m.map->faulted) {
+    m.map->faulted = true;
+    log(LogLevel::Warn, "copy faulted on a shared region (its file shrank?)",
+        "{\"region\":" + std::to_string(m.map->key) + ",\"other\":" + (other ? "true" : "false") + "}");
   }
-  return Err(kFault, "shared region '" + m.region + "' faulted at access (truncated by its owner?)");
+  return Err(kFault, "shared region " + std::to_string(m.map ? m.map->key : 0) + " faulted at access");
 }
 
 void CoreImpl::writeChunk(const std::shared_ptr<Target>& t, uint64_t off, uint64_t total, const uint8_t* data, size_t len, Done cb) {
@@ -387,18 +448,6 @@ void CoreImpl::writeLocal(const std::shared_ptr<Obj>& obj, uint64_t off, const u
       "served write of " + std::to_string(len) + " bytes by process " + std::to_string(owner->id) + " (" + owner->name + ")");
   encodeMemWriteHead(chunkHead_, seq, m.servedKey, m.offset + off, len);
   sendv(owner->conn, chunkHead_, data, len);
-}
-
-void CoreImpl::regionsOfPidGone(uint32_t pid) {
-  std::string prefix = "/fractos-" + std::to_string(pid) + "-";
-  for (auto it = regions_.begin(); it != regions_.end();) {
-    if (it->first.compare(0, prefix.size(), prefix) != 0) {
-      ++it;
-      continue;
-    }
-    shm_unlink(it->first.c_str());  // already unlinked by its owner: ignored
-    it = regions_.erase(it);
-  }
 }
 
 }  // namespace fractos

@@ -3,6 +3,7 @@
 #include "objects.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -12,6 +13,8 @@ namespace fractos {
 
 Region::~Region() {
   if (base != nullptr && len > 0) munmap(base, len);
+  if (fd >= 0) close(fd);
+  if (roFd >= 0) close(roFd);
 }
 
 void Target::addEntry(const ProcBase* p) {

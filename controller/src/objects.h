@@ -29,19 +29,29 @@ struct ProcBase {
   std::unordered_set<Obj*> owned;
 };
 
-/** A shared region mapped by the Controller (whole region; unmapped when the last Memory goes). */
+/**
+ * A shared region: a sealed memfd its owner passed with its first MEMORY_CREATE, mapped whole
+ * by the Controller (memory.cc). Kept alive by the Memory objects on it; the fds are closed and
+ * the mapping dropped when the last one goes.
+ */
 struct Region {
-  std::string name;
+  uint64_t key = 0;        // Controller-unique, never reused (MEMORY_STAT, descriptors, MEMORY_MAP)
+  int fd = -1;             // the owner's memfd, read-write (handed by MEMORY_MAP)
+  int roFd = -1;           // a read-only reopen of it, made on the first read-only MEMORY_MAP
   uint8_t* base = nullptr;
   size_t len = 0;
+  bool shareWhole = false; // the owner lets holders of any view map the whole region
+  bool faulted = false;    // a copy faulted on it (logged once)
+  Region() = default;
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
   ~Region();
 };
 
 /** Memory payload: where the bytes are and what a holder may do. */
 struct MemInfo {
   uint8_t backing = kShared;
-  std::string region;            // shm name (shared)
-  std::shared_ptr<Region> map;   // the Controller's mapping (shared), or null
+  std::shared_ptr<Region> map;   // the region (shared), or null
   uint64_t servedKey = 0;        // the owner's key (served)
   uint64_t offset = 0;           // of this view in the region / served object (bytes)
   uint64_t size = 0;

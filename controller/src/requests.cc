@@ -149,8 +149,8 @@ Err CoreImpl::acked(Proc& p, uint32_t n) {
 
 Err CoreImpl::deliver(const std::shared_ptr<Proc>& provider, const RequestInfo& info) {
   // DELIVER: u32 tag, args (caps as new cids in the provider's space), then with
-  // feature 1: u16 n, n x (u16 slot, u8 perms, u8 backing, u8 flags, u8 nameLen, u16 0,
-  // u64 size, u64 regionOffset, u64 servedKey, name)
+  // feature 1: u16 n, n x DeliverDesc (wire.h: u16 slot, u8 perms, u8 backing, u8 flags,
+  // u8 0, u16 0, u64 size, u64 regionOffset, u64 servedKey, u64 regionKey)
   Frame& f = deliverOut_;
   f.start(op::DELIVER, 0).u32(info.tag);
   uint16_t nCaps = 0;
@@ -181,16 +181,14 @@ Err CoreImpl::deliver(const std::shared_ptr<Proc>& provider, const RequestInfo& 
       if (t->isProxy) {
         auto* p = static_cast<const Proxy*>(t);
         if (!p->mem) continue;
-        f.u16(uint16_t(slot)).u8(p->mem->perms).u8(p->mem->backing).u8(0).u8(0).u16(0).u64(p->mem->size).u64(0).u64(0);
+        encodeDeliverDesc(f, DeliverDesc{uint16_t(slot), p->mem->perms, p->mem->backing, 0, p->mem->size, 0, 0, 0});
       } else {
         auto* o = static_cast<const Obj*>(t);
         if (!o->mem) continue;
         const MemInfo& m = *o->mem;
-        bool self = o->owner == provider;
-        std::string_view name = m.backing == kShared ? std::string_view(m.region) : std::string_view();
-        if (name.size() > 255) name = name.substr(0, 255);
-        f.u16(uint16_t(slot)).u8(m.perms).u8(m.backing).u8(uint8_t(1 | (self ? 2 : 0))).u8(uint8_t(name.size())).u16(0);
-        f.u64(m.size).u64(m.offset).u64(self ? m.servedKey : 0).str(name);
+        uint8_t fl = memFlags(*o, *provider);
+        encodeDeliverDesc(f, DeliverDesc{uint16_t(slot), m.perms, m.backing, fl, m.size, m.offset, (fl & kMemSelf) ? m.servedKey : 0,
+                                         m.map ? m.map->key : 0});
       }
       n++;
     }

@@ -10,7 +10,7 @@ const char* codeName(uint16_t code) {
       "OK",        "EBADCAP", "EREVOKED", "EPERM",  "ERANGE", "EARGSET",  "EPROTO",    "EDISCONNECTED",
       "ETYPE",     "ENOSPC",  "EAGAIN",   "ENOENT", "EEXIST", "EINVAL",   "EIO",       "ENODEV",
       "ETIMEDOUT", "ENOTLOCAL", "EBUSY",  "ENOTSUP", "EFAULT", "EISDIR",  "ENOTDIR",   "ENOTEMPTY",
-      "EADDRINUSE"};
+      "EADDRINUSE", "ENAMETOOLONG", "EACCES", "EXDEV",  "EMLINK",  "ENFILE",  "ELOOP",     "EBADF"};
   return code < sizeof names / sizeof names[0] ? names[code] : "E?";
 }
 
@@ -19,7 +19,7 @@ std::string opName(uint16_t o) {
 #define N(x) \
   case op::x: \
     return #x;
-    N(REPLY) N(HELLO) N(STATS) N(MEMORY_CREATE) N(MEMORY_DIMINISH) N(MEMORY_COPY) N(MEMORY_STAT) N(REQUEST_CREATE)
+    N(REPLY) N(HELLO) N(STATS) N(MEMORY_CREATE) N(MEMORY_DIMINISH) N(MEMORY_COPY) N(MEMORY_STAT) N(MEMORY_MAP) N(REQUEST_CREATE)
     N(REQUEST_DERIVE) N(REQUEST_INVOKE) N(CAP_REVTREE) N(CAP_REVOKE) N(CAP_DROP) N(MONITOR_DELEGATE) N(MONITOR_RECEIVE)
     N(KV_PUT) N(KV_GET) N(DELIVER_ACK) N(CAP_DROP_MANY) N(DELIVER) N(MONITOR_FIRE) N(MEM_READ) N(MEM_WRITE)
     N(PEER_HELLO) N(P_NULL) N(P_INVOKE) N(P_DERIVE) N(P_REVTREE) N(P_REVOKE) N(P_DIMINISH) N(P_COPY) N(P_MEM_WRITE)
@@ -201,17 +201,31 @@ void encodeError(Frame& f, uint32_t seq, const Err& e) {
 }
 
 void encodeHelloReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoch, uint32_t procId, uint32_t maxFrame,
-                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits) {
-  f.start(op::REPLY, seq).u32(controller).u32(epoch).u32(procId).u32(maxFrame).u32(maxImm).u32(maxSlots).u32(credits).finish();
+                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits, uint32_t features, uint32_t ringBytes) {
+  f.start(op::REPLY, seq).u32(controller).u32(epoch).u32(procId).u32(maxFrame).u32(maxImm).u32(maxSlots).u32(credits);
+  f.u32(features).u32(ringBytes).finish();
 }
 
 void encodeCidReply(Frame& f, uint32_t seq, uint32_t cid) { f.start(op::REPLY, seq).u32(cid).finish(); }
 
 void encodeRefReply(Frame& f, uint32_t seq, const Ref& r) { f.start(op::REPLY, seq).ref(r).finish(); }
 
+void encodeMemCreateReply(Frame& f, uint32_t seq, uint32_t cid, uint64_t regionKey) {
+  f.start(op::REPLY, seq).u32(cid).u32(0).u64(regionKey).finish();
+}
+
 void encodeMemStatReply(Frame& f, uint32_t seq, uint64_t size, uint8_t perms, uint8_t backing, uint8_t flags, uint64_t off,
-                        uint64_t key, std::string_view region) {
-  f.start(op::REPLY, seq).u64(size).u8(perms).u8(backing).u8(flags).u8(0).u32(0).u64(off).u64(key).str(region).finish();
+                        uint64_t servedKey, uint64_t regionKey) {
+  f.start(op::REPLY, seq).u64(size).u8(perms).u8(backing).u8(flags).u8(0).u32(0).u64(off).u64(servedKey).u64(regionKey).finish();
+}
+
+void encodeMemMapReply(Frame& f, uint32_t seq, uint64_t regionKey, uint64_t regionSize, uint64_t off, uint64_t size,
+                       uint8_t perms) {
+  f.start(op::REPLY, seq).u64(regionKey).u64(regionSize).u64(off).u64(size).u8(perms).u8(0).u16(0).u32(0).finish();
+}
+
+void encodeDeliverDesc(Frame& f, const DeliverDesc& d) {
+  f.u16(d.slot).u8(d.perms).u8(d.backing).u8(d.flags).u8(0).u16(0).u64(d.size).u64(d.offset).u64(d.servedKey).u64(d.regionKey);
 }
 
 void encodePStatReply(Frame& f, uint32_t seq, uint64_t size, uint8_t perms, uint8_t backing) {

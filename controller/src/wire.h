@@ -29,7 +29,7 @@ constexpr size_t kMaxErrorMessageBytes = 512;
 enum Code : uint16_t {
   kOk = 0, kBadCap = 1, kRevoked = 2, kPerm = 3, kRange = 4, kArgSet = 5, kProto = 6, kDisconnected = 7,
   kType = 8, kNoSpc = 9, kAgain = 10, kNoEnt = 11, kExist = 12, kInval = 13, kIo = 14, kNoDev = 15,
-  kTimedOut = 16, kNotLocal = 17, kBusy = 18, kNotSup = 19, kFault = 20,
+  kTimedOut = 16, kNotLocal = 17, kBusy = 18, kNotSup = 19, kFault = 20, kAccess = 26, kBadFd = 31,
 };
 
 /** Name of a wire code ("EBADCAP"), for logs. */
@@ -48,7 +48,7 @@ namespace op {
 enum : uint16_t {
   REPLY = 0x7f,
   HELLO = 0x01, NUL = 0x02, STATS = 0x03, INTROSPECT = 0x04,
-  MEMORY_CREATE = 0x10, MEMORY_DIMINISH = 0x11, MEMORY_COPY = 0x12, MEMORY_STAT = 0x13,
+  MEMORY_CREATE = 0x10, MEMORY_DIMINISH = 0x11, MEMORY_COPY = 0x12, MEMORY_STAT = 0x13, MEMORY_MAP = 0x14,
   REQUEST_CREATE = 0x20, REQUEST_DERIVE = 0x21, REQUEST_INVOKE = 0x22,
   CAP_REVTREE = 0x30, CAP_REVOKE = 0x31, CAP_DROP = 0x32,
   MONITOR_DELEGATE = 0x40, MONITOR_RECEIVE = 0x41,
@@ -68,8 +68,14 @@ enum Perm : uint8_t { kRead = 1, kWrite = 2, kRW = 3 };
 enum Backing : uint8_t { kShared = 0, kServed = 1 };
 enum class Kind : uint8_t { Any = 0, Memory = 1, Request = 2 };
 enum Reason : uint16_t { kReasonRevoked = 1, kReasonOwnerFailed = 2, kReasonDelegatesGone = 3 };
+/** MEMORY_CREATE flags (shared backing): the region's fd comes with this frame; any view may be mapped whole. */
+enum MemCreateFlag : uint8_t { kMemCreateFd = 1, kMemCreateShareWhole = 2 };
+/** Flags of MEMORY_STAT and of DELIVER's Memory descriptors. */
+enum MemFlag : uint8_t { kMemLocal = 1, kMemSelf = 2, kMemMappable = 4 };
 /** HELLO feature bit: DELIVER carries Memory descriptors. */
 constexpr uint32_t kFeatureMemoryDescriptors = 1;
+/** HELLO feature: a queue pair (docs/queues.md), unix Processes only; the HELLO reply carries its fds. */
+constexpr uint32_t kFeatureQueue = 2;
 
 /** ref: u32 controller, u32 epoch, u64 object id (< 2^53). */
 struct Ref {
@@ -185,16 +191,27 @@ uint64_t queuedDeliveryBytes(const Args& a);
 
 /** REPLY with an error code and message (truncated to 512 bytes on a UTF-8 boundary). */
 void encodeError(Frame& f, uint32_t seq, const Err& e);
-/** REPLY to HELLO: u32 controller, u32 epoch, u32 process id, u32 maxFrameBytes, u32 maxImmBytes, u32 maxCapSlots, u32 credits. */
+/** REPLY to HELLO: u32 controller, u32 epoch, u32 process id, u32 maxFrameBytes, u32 maxImmBytes, u32 maxCapSlots, u32 credits, u32 features granted, u32 queue ring bytes (0: no queue pair). */
 void encodeHelloReply(Frame& f, uint32_t seq, uint32_t controller, uint32_t epoch, uint32_t procId, uint32_t maxFrame,
-                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits);
+                      uint32_t maxImm, uint32_t maxSlots, uint32_t credits, uint32_t features, uint32_t ringBytes);
 /** REPLY: u32 cid. */
 void encodeCidReply(Frame& f, uint32_t seq, uint32_t cid);
 /** REPLY: ref. */
 void encodeRefReply(Frame& f, uint32_t seq, const Ref& r);
-/** REPLY to MEMORY_STAT: u64 size, u8 perms, u8 backing, u8 flags, u8 0, u32 0, u64 regionOffset, u64 servedKey, utf8 region. */
+/** REPLY to MEMORY_CREATE: u32 cid, u32 0, u64 regionKey (0: served). */
+void encodeMemCreateReply(Frame& f, uint32_t seq, uint32_t cid, uint64_t regionKey);
+/**
+ * REPLY to MEMORY_STAT: u64 size, u8 perms, u8 backing, u8 flags (MemFlag), u8 0, u32 0,
+ * u64 regionOffset, u64 servedKey, u64 regionKey.
+ */
 void encodeMemStatReply(Frame& f, uint32_t seq, uint64_t size, uint8_t perms, uint8_t backing, uint8_t flags, uint64_t off,
-                        uint64_t key, std::string_view region);
+                        uint64_t servedKey, uint64_t regionKey);
+/**
+ * REPLY to MEMORY_MAP (sent with the region's fd): u64 regionKey, u64 regionSize, u64
+ * regionOffset, u64 size, u8 perms (of the fd: READ or READ|WRITE), u8 0, u16 0, u32 0.
+ */
+void encodeMemMapReply(Frame& f, uint32_t seq, uint64_t regionKey, uint64_t regionSize, uint64_t off, uint64_t size,
+                       uint8_t perms);
 /** REPLY to P_STAT: u64 size, u8 perms, u8 backing. */
 void encodePStatReply(Frame& f, uint32_t seq, uint64_t size, uint8_t perms, uint8_t backing);
 /** MONITOR_FIRE / P_MONITOR_FIRE: u32 token, u16 reason, u16 0. */
@@ -244,13 +261,17 @@ struct IntrospectTotals {
 void encodeIntrospectReply(Frame& f, uint32_t seq, const IntrospectTotals& t, const std::vector<IntrospectProc>& procs,
                            uint64_t firstSeq, uint64_t nextSeq, const std::vector<InvocationRecord>& recs, uint64_t nowMs);
 
-/** A Memory descriptor in DELIVER: u16 slot, u8 perms, u8 backing, u8 flags, u8 nameLen, u16 0, u64 size, u64 off, u64 key, name. */
+/**
+ * A Memory descriptor in DELIVER (40 bytes): u16 slot, u8 perms, u8 backing, u8 flags
+ * (MemFlag), u8 0, u16 0, u64 size, u64 regionOffset, u64 servedKey, u64 regionKey.
+ */
 struct DeliverDesc {
   uint16_t slot;
   uint8_t perms, backing, flags;
-  uint64_t size, offset, key;
-  std::string_view name;
+  uint64_t size, offset, servedKey, regionKey;
 };
+/** Append one DeliverDesc. */
+void encodeDeliverDesc(Frame& f, const DeliverDesc& d);
 /** A Memory descriptor on peer links: u16 slot, u8 perms, u8 backing, u32 0, u64 size. */
 struct PeerDesc {
   uint16_t slot;

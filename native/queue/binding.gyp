@@ -10,7 +10,7 @@
   'targets': [
     {
       'target_name': 'fractos_queue',
-      'sources': ['src/queue.cc'],
+      'sources': ['src/queue.cc', 'src/sock.cc'],
       'defines': ['NAPI_DISABLE_CPP_EXCEPTIONS'],
     },
     {

@@ -44,7 +44,41 @@ export interface QueueLayout {
   kindWrap: number;
 }
 
+/**
+ * The client's unix socket owned by the addon (src/sock.cc; used by libfractos/unix-link.ts).
+ * Callbacks run from the event loop. `onFrames(buf, fds)`: `buf` holds whole frames back to
+ * back (a new Buffer per batch, owned by JS); `fds` null or `[frameOffset, fd, ...]` (fds that
+ * came with the frame at that offset of `buf`). `onClose(code, message)`: `'drain'` (the
+ * output queue emptied after `backlog(true)`), `'done'` (a `close()` finished: the fd is
+ * closed), or an error code (EDISCONNECTED, EPROTO, ...: the channel is gone).
+ */
+export interface NativeSock {
+  connect(path: string, timeoutMs: number, cb: (code: string | null, message: string | null) => void): void;
+  start(onFrames: (buf: Buffer, fds: number[] | null) => void, onClose: (code: string, message: string | null) => void): void;
+  /** Write chunks (in order) now; what the kernel does not take is copied and queued. @returns backlog bytes */
+  writev(chunks: Uint8Array[]): number;
+  /** One frame with 1..8 fds (the caller keeps its fds). @returns backlog bytes */
+  sendWithFds(frame: Uint8Array, fds: number[]): number;
+  /** Bytes queued; with `wantDrain`, onClose('drain') runs once the queue is empty. */
+  backlog(wantDrain?: boolean): number;
+  setReading(on: boolean): void;
+  close(): void;
+  fd(): number;
+  /** Queue mode: ring 0 carries writev's frames, ring 1's frames come through onFrames. Errors: EPROTO. */
+  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
+  /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
+  poll(spinNs: number): Buffer | null;
+  stats(): { queue: boolean; ringBytes: number; maxEntry: number; wakes: number; polls: number; pollHits: number; queuedBytes: number; hooked: number };
+  /**
+   * Offer every later whole frame (but those with fds) to a native loop's frame hook
+   * (native/include/frame_hook.h, a napi External) before JS; `owner` is kept alive while
+   * attached; null detaches. Errors: EINVAL (not a hook of this ABI, channel not open), EBUSY.
+   */
+  setFrameHook(hook: object | null, owner?: object): void;
+}
+
 interface QueueBinding {
+  Sock: new (maxFrameBytes: number) => NativeSock;
   createPair(ringBytes: number): number;
   doorbell(): number;
   socketpair(): [number, number];
@@ -75,6 +109,11 @@ export interface QueueStats {
 /** Load the addon (native/loader.ts order). Throws NativeUnavailableError('queue') (ENODEV). */
 export function loadQueue(): QueueBinding {
   return loadNative<QueueBinding>('queue').binding;
+}
+
+/** A new natively owned unix socket (see NativeSock). Throws NativeUnavailableError (ENODEV) without the addon. */
+export function newNativeSock(maxFrameBytes: number): NativeSock {
+  return new (loadQueue().Sock)(maxFrameBytes);
 }
 
 /** Path of a helper executable of the addon build (pingpong, ring_test). */

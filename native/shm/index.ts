@@ -1,19 +1,20 @@
 /**
- * Shared-memory regions (POSIX shm, `/dev/shm`) mapped as ArrayBuffers, through the
- * `fractos_shm` addon. The owner of a Memory object creates a region; its Controller
- * opens the same name, so both see the same bytes. Also `peerCred`: who is at the other
- * end of a unix socket, from the kernel (SO_PEERCRED); and `flock` (the binding's), the lock
- * of the Controller's state dir and of the blockdev's device claims; and `copyGuarded`, a
- * copy that answers a fault code instead of dying of SIGBUS when a mapped region was
- * truncated by its owner.
+ * Shared Memory regions as sealed memfds (native/include/memfd_region.h) mapped as
+ * ArrayBuffers, through the `fractos_shm` addon. The owner of a Memory object creates a
+ * region (`createRegionFd`) and passes its fd to its Controller with the region's first
+ * MEMORY_CREATE, so both see the same bytes; no name in /dev/shm, nothing another process can
+ * open without being given the fd. Also `peerCred`: who is at the other end of a unix socket,
+ * from the kernel (SO_PEERCRED); and `flock` (the binding's), the lock of the Controller's
+ * state dir and of the blockdev's device claims; and `copyGuarded`, a copy that answers a
+ * fault code instead of dying of SIGBUS when a mapped file shrank under it.
  */
 import { FractosError } from '../../libfractos/errors.js';
 import { loadNative, nativeError } from '../loader.js';
 
 interface ShmBinding {
-  create(name: string, size: number): ArrayBuffer;
-  open(name: string): ArrayBuffer;
-  unlink(name: string): void;
+  memfdCreate(size: number, seals: number): number;
+  map(fd: number, size: number, writable: boolean): ArrayBuffer;
+  seals(fd: number): number;
   address(ab: ArrayBuffer): number;
   peerCred(fd: number): PeerCred;
   /** flock(2) on `fd`: exclusive or shared, waiting or not; 0, or -errno (-EWOULDBLOCK: held elsewhere). */
@@ -34,45 +35,61 @@ export function loadShm(): ShmBinding {
   return loadNative<ShmBinding>('shm').binding;
 }
 
-const NAME_RE = /^\/[A-Za-z0-9._-]{1,200}$/;
-
-function check(name: string): void {
-  if (!NAME_RE.test(name)) throw new FractosError('EINVAL', `bad shm region name '${name}'`);
-}
+/** memfd seals (fcntl F_ADD_SEALS / F_GET_SEALS bits, Linux ABI). */
+export const Seal = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8 } as const;
+/** Seals of a region made by `createRegionFd`: no shrinking (SIGBUS), no growing, no more seals. */
+export const REGION_SEALS = Seal.SHRINK | Seal.GROW | Seal.SEAL;
+/** Largest region (bytes): sizes travel as u64 on the wire but as safe integers in JS. */
+export const MAX_REGION_BYTES = Number.MAX_SAFE_INTEGER;
 
 function wrap(err: unknown): never {
   throw nativeError(err);
 }
 
-/** Create and map a new region of `size` bytes (zero-filled). Errors: EEXIST, EINVAL, ENOSPC, EPERM. */
-export function shmCreate(name: string, size: number): ArrayBuffer {
-  check(name);
+function checkSize(size: number): void {
   if (!Number.isSafeInteger(size) || size < 0) throw new FractosError('EINVAL', `bad region size ${size}`);
+}
+
+function checkFd(fd: number): void {
+  if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw new FractosError('EBADF', `bad fd ${fd}`);
+}
+
+/**
+ * A new region: a memfd of `size` bytes (zero-filled, sparse: pages cost memory once
+ * touched), mode 0600, close-on-exec, sealed with `seals` (default REGION_SEALS; tests pass
+ * others to make fds the Controller must refuse). The caller owns the fd (close it with
+ * fs.closeSync). Errors: EINVAL (size), ENOMEM, EMFILE, ENODEV (addon not built).
+ */
+export function createRegionFd(size: number, seals: number = REGION_SEALS): number {
+  checkSize(size);
   try {
-    return loadShm().create(name, size);
+    return loadShm().memfdCreate(size, seals);
   } catch (err) {
     return wrap(err);
   }
 }
 
-/** Map an existing region whole. Errors: ENOENT, EINVAL, EPERM. */
-export function shmOpen(name: string): ArrayBuffer {
-  check(name);
+/**
+ * Map bytes [0, size) of `fd` shared, read-write or read-only (a read-only fd can only be
+ * mapped read-only: EACCES otherwise). The mapping outlives `fd` (close it when done) and is
+ * unmapped when the ArrayBuffer is garbage-collected. A Uint8Array covers at most 2^32 bytes:
+ * view larger mappings in parts (`new Uint8Array(ab, offset, length)`).
+ * Errors: EINVAL (size), EBADF, EACCES, ENOMEM, ENODEV.
+ */
+export function mapFd(fd: number, size: number, writable: boolean): ArrayBuffer {
+  checkFd(fd);
+  checkSize(size);
   try {
-    return loadShm().open(name);
+    return loadShm().map(fd, size, writable);
   } catch (err) {
     return wrap(err);
   }
 }
 
-/** Remove a region's name; existing mappings stay valid until garbage-collected. */
-export function shmUnlink(name: string): void {
-  check(name);
-  try {
-    loadShm().unlink(name);
-  } catch (err) {
-    wrap(err);
-  }
+/** The seals of `fd` (Seal bits), or a negative errno (-EINVAL: not a memfd). */
+export function fdSeals(fd: number): number {
+  checkFd(fd);
+  return loadShm().seals(fd);
 }
 
 /** Where a guarded copy faulted: 0 none (all copied), or the operand whose access raised SIGBUS. */
@@ -84,7 +101,7 @@ let bound: ShmBinding | null = null;
 /**
  * Copy all of `src` to the start of `dst` (memmove: the two may overlap) under a SIGBUS
  * guard, in one native call. A mapping of a region that its owner truncated (ftruncate of
- * its /dev/shm object) raises SIGBUS on access past the new end; inside this copy the fault
+ * its file; a sealed region cannot shrink) raises SIGBUS on access past the new end; inside this copy the fault
  * ends the copy and is answered, anywhere else it still kills the process. The Controller
  * and the services copy from and to other Processes' regions only through here.
  * @param dst bytes written, at least `src.length` long
@@ -100,7 +117,7 @@ export function copyGuarded(dst: Uint8Array, src: Uint8Array): CopyFault {
 }
 
 /** Address of a mapping (mod 2^53), for O_DIRECT alignment checks. */
-export function shmAddress(ab: ArrayBuffer): number {
+export function mappingAddress(ab: ArrayBuffer): number {
   return loadShm().address(ab);
 }
 

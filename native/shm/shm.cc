@@ -1,26 +1,25 @@
-// fractos_shm: POSIX shared memory regions mapped as ArrayBuffers.
-// The owner Process creates a region, its Controller opens the same name and maps it,
-// so the Controller reads and writes registered Memory without waking the owner.
+// fractos_shm: shared Memory regions as sealed memfds (native/include/memfd_region.h) mapped
+// as ArrayBuffers. The owner Process creates a region and passes its fd to its Controller with
+// the region's first MEMORY_CREATE (SCM_RIGHTS), so the Controller reads and writes registered
+// Memory without waking the owner; an adaptor given the fd (MEMORY_MAP) maps it the same way.
 // Also the kernel's credentials of a unix-socket peer (SO_PEERCRED): the Controller takes a
-// Process's pid from the kernel, never from its HELLO, and region names carry that pid; and
-// flock(2), for the Controller's state-dir lock and the blockdev's device claims. And
-// copyGuarded: a memmove that survives a region its owner truncated (SIGBUS -> a result code).
-// Thin by design: names, sizes and error codes are validated in native/shm/index.ts.
+// Process's pid from the kernel, never from its HELLO; flock(2), for the Controller's state-dir
+// lock and the blockdev's device claims; and copyGuarded: a memmove that survives a mapping
+// whose file shrank under it (SIGBUS -> a result code; with sealed regions a second line only).
+// Thin by design: sizes, fds and error codes are validated in native/shm/index.ts.
 #include <napi.h>
-#include "sigbus_guard.h"
-#include <atomic>
-#include <cerrno>
-#include <csetjmp>
-#include <csignal>
-#include <cstring>
 #include <fcntl.h>
-#include <mutex>
-#include <string>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "memfd_region.h"
+#include "sigbus_guard.h"
 
 namespace {
 
@@ -32,18 +31,13 @@ Napi::Value ErrnoError(Napi::Env env, const char* what, int err) {
   return env.Undefined();
 }
 
-void Unmap(Napi::Env, void* data, size_t* len) {
-  munmap(data, *len);
-  delete len;
-}
+struct Mapping {
+  size_t len;
+};
 
-Napi::Value MapFd(Napi::Env env, int fd, size_t size) {
-  void* p = size ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : nullptr;
-  int err = errno;
-  close(fd);
-  if (size && p == MAP_FAILED) return ErrnoError(env, "mmap", err);
-  if (!size) return Napi::ArrayBuffer::New(env, 0);
-  return Napi::ArrayBuffer::New(env, p, size, Unmap, new size_t(size));
+void Unmap(Napi::Env, void* data, Mapping* m) {
+  munmap(data, m->len);
+  delete m;
 }
 
 // ---- Guarded copies: native/include/sigbus_guard.h (fractos::guardedMove, fractos::inRange)
@@ -76,43 +70,37 @@ Napi::Value CopyGuarded(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r);
 }
 
-// create(name: string, size: number) -> ArrayBuffer; fails with EEXIST if the name exists.
-Napi::Value Create(const Napi::CallbackInfo& info) {
+// memfdCreate(size: number, seals: number) -> fd: a memfd of `size` bytes (mode 0600,
+// close-on-exec) with `seals` (F_SEAL_* bits) added; the caller owns the fd.
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string name = info[0].As<Napi::String>();
-  size_t size = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
-  int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-  if (fd < 0) return ErrnoError(env, "shm_open", errno);
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int err = errno;
-    close(fd);
-    shm_unlink(name.c_str());
-    return ErrnoError(env, "ftruncate", err);
-  }
-  return MapFd(env, fd, size);
+  uint64_t size = uint64_t(info[0].As<Napi::Number>().Int64Value());
+  int seals = info[1].As<Napi::Number>().Int32Value();
+  int fd = fractos::region::create(size, seals);
+  if (fd < 0) return ErrnoError(env, "memfd_create", -fd);
+  return Napi::Number::New(env, fd);
 }
 
-// open(name: string) -> ArrayBuffer over the whole existing region.
-Napi::Value Open(const Napi::CallbackInfo& info) {
+// map(fd: number, size: number, writable: boolean) -> ArrayBuffer over bytes [0, size) of the
+// file, MAP_SHARED, PROT_READ (| PROT_WRITE); unmapped when the ArrayBuffer is collected. The
+// fd stays open (the mapping keeps the file alive after it is closed).
+Napi::Value Map(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string name = info[0].As<Napi::String>();
-  int fd = shm_open(name.c_str(), O_RDWR, 0);
-  if (fd < 0) return ErrnoError(env, "shm_open", errno);
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    int err = errno;
-    close(fd);
-    return ErrnoError(env, "fstat", err);
-  }
-  return MapFd(env, fd, static_cast<size_t>(st.st_size));
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  size_t size = size_t(info[1].As<Napi::Number>().Int64Value());
+  bool writable = info[2].ToBoolean();
+  if (size == 0) return Napi::ArrayBuffer::New(env, 0);
+  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return ErrnoError(env, "mmap", errno);
+  return Napi::ArrayBuffer::New(env, p, size, Unmap, new Mapping{size});
 }
 
-// unlink(name: string) -> void; the mappings stay valid until released.
-Napi::Value Unlink(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string name = info[0].As<Napi::String>();
-  if (shm_unlink(name.c_str()) != 0 && errno != ENOENT) return ErrnoError(env, "shm_unlink", errno);
-  return env.Undefined();
+// seals(fd: number) -> the F_SEAL_* bits of the file (F_GET_SEALS), or -errno (-EINVAL: a
+// file that does not support seals).
+Napi::Value Seals(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int s = fcntl(fd, F_GET_SEALS);
+  return Napi::Number::New(info.Env(), s < 0 ? -errno : s);
 }
 
 // address(ab: ArrayBuffer) -> number: the mapping's address mod 2^53 (for alignment checks).
@@ -155,9 +143,9 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("create", Napi::Function::New(env, Create));
-  exports.Set("open", Napi::Function::New(env, Open));
-  exports.Set("unlink", Napi::Function::New(env, Unlink));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
+  exports.Set("map", Napi::Function::New(env, Map));
+  exports.Set("seals", Napi::Function::New(env, Seals));
   exports.Set("address", Napi::Function::New(env, Address));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("flock", Napi::Function::New(env, Flock));

@@ -59,9 +59,60 @@ interface NativeRingCtor {
   ): NativeRing;
 }
 
+/**
+ * The blockdev's native I/O loop (src/ioloop.cc, docs/blockdev-backend.md "The native I/O
+ * loop"): takes read/write deliveries of volume Requests off a Process's channel through its
+ * frame hook (native/include/frame_hook.h), does io_uring straight into the client's
+ * registered mapping and invokes the continuation, without JS.
+ */
+export interface NativeIoLoop {
+  /** The frame hook, a napi External (for Process.setFrameHook). */
+  hook(): object;
+  /** Deliveries for volume `id` address the device bytes [start, start + length). */
+  setVolume(id: number, start: number, length: number): void;
+  /** Later deliveries for volume `id` go to JS; I/O in flight completes. */
+  removeVolume(id: number): void;
+  /** The whole mapping of region `key` (the Controller's region key); kept alive while registered or in use. Errors: RangeError (4096 regions). */
+  registerRegion(key: number, buffer: ArrayBuffer, writable: boolean): void;
+  /** Forget region `key` if `buffer` is the mapping registered for it. */
+  unregisterRegion(key: number, buffer: ArrayBuffer): void;
+  stats(): IoLoopStats;
+  /** Take no more deliveries; `cb` once the I/O in flight completed and the ring is closed. */
+  close(cb: () => void): void;
+}
+
+/** Counters of a NativeIoLoop. */
+export interface IoLoopStats {
+  /** Reads / writes served natively (full length). */
+  reads: number;
+  writes: number;
+  /** Native I/O whose result was not the full length (answered by JS's onError). */
+  ioErrors: number;
+  /** Continuations invoked natively that the Controller refused (EBADCAP, EREVOKED, ...). */
+  invokeErrors: number;
+  /** io_uring_submit calls (one per drained batch with I/O). */
+  submits: number;
+  inFlight: number;
+  regions: number;
+  volumes: number;
+  attached: boolean;
+  /** Deliveries of the volume tags passed to JS, by reason. */
+  fallbacks: { check: number; noDescriptor: number; unmapped: number; unaligned: number; fua: number; busy: number; shape: number };
+}
+
+/** I/O error callback of a NativeIoLoop: offsets and lengths in bytes, `res` the CQE result, the three delivered cids. */
+export type IoLoopError = (write: boolean, volume: number, offset: number, length: number, res: number, buf: number, ok: number, fail: number) => void;
+
 /** The addon's exports. */
 export interface UringBinding {
   Ring: NativeRingCtor;
+  /**
+   * new IoLoop(fd, entries, cfg, onError): `fd` the O_DIRECT device (duplicated), `cfg` a
+   * Uint32Array of 14: readTag, writeTag, volume/offset/length/flags immediate offsets,
+   * buffer/onSuccess/onError cap slots, IoReply's offset, max I/O bytes, block size, buffer
+   * alignment, the FUA flag bit.
+   */
+  IoLoop: new (fd: number, entries: number, cfg: Uint32Array, onError: IoLoopError) => NativeIoLoop;
   /** A zero-filled Buffer of `size` bytes whose address is a multiple of `align` (power of two >= 8), freed by its finalizer. */
   allocAligned(size: number, align: number): Buffer;
 }

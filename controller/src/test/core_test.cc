@@ -4,12 +4,15 @@
 // and the core behind a recording host: HELLO, NULL, error order of calls, credits (an
 // over-ACK is EPROTO and closes only that channel), a Request invoked and delivered.
 // Exit status 0 when every check holds; each failed check prints file:line.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -17,6 +20,7 @@
 #include "../caps.h"
 #include "../core.h"
 #include "../wire.h"
+#include "memfd_region.h"
 
 using namespace fractos;
 
@@ -161,9 +165,18 @@ static void testWire() {
   encodePKvPut(f, 10, 9, 2, 5, true, Ref{2, 1, 7}, "n");
   CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0a00000000000000") + "0900000000000000" + "02000000" + "05000000" +
                                                   "01000000" + "00000000" + "02000000" + "01000000" + "0700000000000000" + "6e");
-  encodeMemStatReply(f, 1, 4096, 3, 0, 3, 64, 0, "/r");
-  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0010000000000000") + "03" + "00" + "03" + "00" + "00000000" +
-                                                  "4000000000000000" + "0000000000000000" + "2f72");
+  encodeMemStatReply(f, 1, 4096, 3, 0, 7, 64, 0, 5);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0010000000000000") + "03" + "00" + "07" + "00" + "00000000" +
+                                                  "4000000000000000" + "0000000000000000" + "0500000000000000");
+  encodeMemCreateReply(f, 2, 9, 5);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("09000000") + "00000000" + "0500000000000000");
+  encodeMemMapReply(f, 3, 5, 0x3000, 0x1000, 0x2000, 1);
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0500000000000000") + "0030000000000000" + "0010000000000000" +
+                                                  "0020000000000000" + "01" + "00" + "0000" + "00000000");
+  f.start(op::DELIVER, 0);
+  encodeDeliverDesc(f, DeliverDesc{2, 3, 0, 5, 4096, 64, 0, 7});
+  CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0200") + "03" + "00" + "05" + "00" + "0000" + "0010000000000000" +
+                                                  "4000000000000000" + "0000000000000000" + "0700000000000000");
   encodePStatReply(f, 2, 8, 1, 1);
   CHECK_EQ(hex(f.data() + 16, f.size() - 16), std::string("0800000000000000") + "01" + "01");
   std::vector<StatsLink> links{{false, true, 3, 1, 2, 3, 4, "ab"}};
@@ -272,6 +285,9 @@ class FakeHost : public Host {
     for (int i = 0; i < n; i++) s.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     sent.push_back(Sent{c, s});
   }
+  void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
+  int takeFd(ConnId) override { return -1; }
+  bool attachQueue(ConnId, int*, uint32_t*) override { return false; }
   uint64_t backlog(ConnId c) const override {
     auto it = backlogs.find(c);
     return it == backlogs.end() ? 0 : it->second;
@@ -568,8 +584,48 @@ static size_t countOp(const FakeHost& host, ConnId c, uint16_t op, size_t from =
   return n;
 }
 
+/** A recording host whose connections carry fds: `incoming` is what takeFd hands out. */
+class FdHost : public FakeHost {
+ public:
+  std::deque<int> incoming;
+  struct FdFrame {
+    ConnId c;
+    std::string bytes;
+    int fd;  // a dup of the fd sent (ours to close)
+  };
+  std::vector<FdFrame> withFds;
+  int takeFd(ConnId) override {
+    if (incoming.empty()) return -1;
+    int fd = incoming.front();
+    incoming.pop_front();
+    return fd;
+  }
+  void sendWithFds(ConnId c, const struct iovec* iov, int n, const int* fds, int nfds) override {
+    std::string s;
+    for (int i = 0; i < n; i++) s.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    sent.push_back(Sent{c, s});
+    withFds.push_back(FdFrame{c, s, nfds == 1 ? dup(fds[0]) : -1});
+  }
+};
+
+static int openFds() {
+  int n = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (readdir(d)) n++;
+    closedir(d);
+  }
+  return n;
+}
+
+static bool fdOpen(int fd) { return fcntl(fd, F_GETFD) >= 0; }
+
+static Frame& memCreate(Frame& f, uint32_t seq, uint8_t flags, uint32_t id, uint64_t off, uint64_t size, uint64_t regionSize,
+                        uint8_t perms = kRW) {
+  return f.start(op::MEMORY_CREATE, seq).u8(kShared).u8(perms).u8(flags).u8(0).u32(id).u64(off).u64(size).u64(regionSize).finish();
+}
+
 static void testPeerCopies() {
-  FakeHost host;
+  FdHost host;
   CoreConfig cfg;
   cfg.id = 1;
   cfg.epoch = 5;
@@ -579,18 +635,15 @@ static void testPeerCopies() {
   CHECK(core->peerUp(P, 2, 1));
   hello(core, host, C, kFeatureMemoryDescriptors);  // kernel pid 4242
 
-  // A shared region of "pid 4242" (the name the Controller accepts from that Process).
+  // A sealed shared region of the Process (its fd goes to the Controller with MEMORY_CREATE).
   const size_t kSize = 1 << 20;
-  std::string name = "/fractos-4242-core-test-" + std::to_string(getpid());
-  int fd = shm_open(name.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+  int fd = region::create(kSize, region::kOwnerSeals);
   CHECK(fd >= 0);
-  CHECK_EQ(ftruncate(fd, kSize), 0);
   auto* mine = static_cast<uint8_t*>(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
   CHECK(mine != MAP_FAILED);
-  close(fd);
+  host.incoming.push_back(fd);  // the core owns it now
   Frame f;
-  f.start(op::MEMORY_CREATE, 2).u8(kShared).u8(kRW).u16(0).u32(0).u64(0).u64(kSize).u64(0).str(name).finish();
-  call(core, C, f);
+  call(core, C, memCreate(f, 2, kMemCreateFd, 1, 0, kSize, kSize));
   CHECK_EQ(codeOf(host.last(C)), uint16_t(0));
   uint32_t memCid = u32At(host.last(C), 16);
   // Published: the name goes to the peer with the object's ref.
@@ -735,7 +788,210 @@ static void testPeerCopies() {
   core->processClosed(C);
   delete core;
   munmap(mine, kSize);
-  shm_unlink(name.c_str());
+}
+
+// ---- shared Memory by fd (memory.cc): registration, MEMORY_MAP, regions over 4 GiB, cleanup ----
+
+static void testMemoryFds() {
+  int fdsBefore = openFds();
+  FdHost host;
+  CoreConfig cfg;
+  cfg.id = 1;
+  cfg.epoch = 1;
+  Core* core = newCore(&host, cfg);
+  hello(core, host, 20, kFeatureMemoryDescriptors);  // the owner (unix, pid 4242)
+  hello(core, host, 21, 0);                          // an adaptor (unix)
+  {
+    Frame h;
+    h.start(op::HELLO, 1).u32(1).u32(0).str("tcp").finish();
+    core->processHello(22, 0, false, h.data(), h.size());  // over tcp: no pid, no fds
+  }
+  Frame f;
+  const uint64_t kSize = 3 * 4096;
+
+  // A sealed memfd registers; its fd is the Controller's now; a part of it by id, no fd.
+  int fd = region::create(kSize, region::kOwnerSeals);
+  CHECK(fd >= 0);
+  host.incoming.push_back(fd);
+  call(core, 20, memCreate(f, 2, kMemCreateFd, 1, 0, kSize, kSize));
+  std::string r = host.last(20);
+  CHECK_EQ(codeOf(r), uint16_t(0));
+  CHECK_EQ(r.size(), size_t(32));
+  uint32_t whole = u32At(r, 16);
+  uint64_t key = ld64(reinterpret_cast<const uint8_t*>(r.data()) + 24);
+  CHECK(key != 0);
+  CHECK(host.incoming.empty());
+  call(core, 20, memCreate(f, 3, 0, 1, 4096, 4096, kSize));
+  r = host.last(20);
+  CHECK_EQ(codeOf(r), uint16_t(0));
+  uint32_t part = u32At(r, 16);
+  CHECK_EQ(ld64(reinterpret_cast<const uint8_t*>(r.data()) + 24), key);
+  // Beyond the region: ERANGE; an unknown id without fd: ENOENT; the same id with an fd again: EEXIST (that fd closed).
+  call(core, 20, memCreate(f, 4, 0, 1, 8192, 8192, kSize));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kRange));
+  call(core, 20, memCreate(f, 5, 0, 2, 0, 4096, kSize));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kNoEnt));
+  int again = region::create(kSize, region::kOwnerSeals);
+  host.incoming.push_back(again);
+  call(core, 20, memCreate(f, 6, kMemCreateFd, 1, 0, kSize, kSize));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kExist));
+  CHECK(!fdOpen(again));
+
+  // Refused fds, each closed: unsealed memfd (EINVAL), plain file and pipe (EBADF), a size
+  // that is not the region's (EINVAL), a read-only fd of a sealed memfd (EBADF).
+  int unsealed = region::create(4096, 0);
+  host.incoming.push_back(unsealed);
+  call(core, 20, memCreate(f, 7, kMemCreateFd, 3, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kInval));
+  CHECK(!fdOpen(unsealed));
+  char tmpl[] = "/tmp/fractos-core-test-XXXXXX";
+  int file = mkstemp(tmpl);
+  CHECK(file >= 0);
+  unlink(tmpl);
+  CHECK_EQ(ftruncate(file, 4096), 0);
+  host.incoming.push_back(file);
+  call(core, 20, memCreate(f, 8, kMemCreateFd, 4, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kBadFd));
+  CHECK(!fdOpen(file));
+  int pipefd[2];
+  CHECK_EQ(pipe(pipefd), 0);
+  host.incoming.push_back(pipefd[0]);
+  call(core, 20, memCreate(f, 9, kMemCreateFd, 5, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kBadFd));
+  CHECK(!fdOpen(pipefd[0]));
+  close(pipefd[1]);
+  int sized = region::create(4096, region::kOwnerSeals);
+  host.incoming.push_back(sized);
+  call(core, 20, memCreate(f, 10, kMemCreateFd, 6, 0, 4096, 8192));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kInval));
+  CHECK(!fdOpen(sized));
+  int rw = region::create(4096, region::kOwnerSeals);
+  int ro = region::reopenReadOnly(rw);
+  close(rw);
+  host.incoming.push_back(ro);
+  call(core, 20, memCreate(f, 11, kMemCreateFd, 7, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kBadFd));
+  CHECK(!fdOpen(ro));
+  // tcp: EPERM (an fd said to be attached and none there changes nothing: no pid, no fds).
+  call(core, 22, memCreate(f, 2, kMemCreateFd, 1, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(22)), uint16_t(kPerm));
+  CHECK(host.closed.empty());
+
+  // The seal: the owner cannot shrink (nor grow) its region.
+  {
+    int own = region::create(4096, region::kOwnerSeals);
+    CHECK(ftruncate(own, 0) != 0 && errno == EPERM);
+    CHECK(ftruncate(own, 8192) != 0 && errno == EPERM);
+    close(own);
+  }
+
+  // MEMORY_STAT: region key, mappable only for the whole region.
+  f.start(op::MEMORY_STAT, 12).u32(whole).finish();
+  call(core, 20, f);
+  r = host.last(20);
+  CHECK_EQ(r.size(), size_t(16 + 40));
+  CHECK_EQ(uint8_t(r[26]), uint8_t(kMemLocal | kMemSelf | kMemMappable));
+  CHECK_EQ(ld64(reinterpret_cast<const uint8_t*>(r.data()) + 48), key);
+  f.start(op::MEMORY_STAT, 13).u32(part).finish();
+  call(core, 20, f);
+  r = host.last(20);
+  CHECK_EQ(uint8_t(r[26]), uint8_t(kMemLocal | kMemSelf));
+  CHECK_EQ(ld64(reinterpret_cast<const uint8_t*>(r.data()) + 32), uint64_t(4096));
+
+  // MEMORY_MAP: the owner's whole RW cap gets a read-write fd of the same memfd.
+  f.start(op::MEMORY_MAP, 14).u32(whole).finish();
+  call(core, 20, f);
+  CHECK_EQ(host.withFds.size(), size_t(1));
+  CHECK_EQ(codeOf(host.withFds.back().bytes), uint16_t(0));
+  CHECK_EQ(host.withFds.back().bytes.size(), size_t(16 + 40));
+  int got = host.withFds.back().fd;
+  CHECK((fcntl(got, F_GETFL) & O_ACCMODE) == O_RDWR);
+  auto* m = static_cast<uint8_t*>(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, got, 0));
+  CHECK(m != MAP_FAILED);
+  m[4096] = 0x5a;  // seen through the Controller below
+  // A read-only whole view (WRITE dropped): a read-only fd, which cannot be mapped writable.
+  f.start(op::MEMORY_DIMINISH, 15).u32(whole).u8(kWrite).u8(0).u16(0).u64(0).u64(kSize).finish();
+  call(core, 20, f);
+  uint32_t roWhole = u32At(host.last(20), 16);
+  f.start(op::MEMORY_MAP, 16).u32(roWhole).finish();
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.withFds.back().bytes), uint16_t(0));
+  CHECK_EQ(uint8_t(host.withFds.back().bytes[48]), uint8_t(kRead));
+  int rofd = host.withFds.back().fd;
+  CHECK((fcntl(rofd, F_GETFL) & O_ACCMODE) == O_RDONLY);
+  CHECK(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, rofd, 0) == MAP_FAILED && errno == EACCES);
+  void* rom = mmap(nullptr, kSize, PROT_READ, MAP_SHARED, rofd, 0);
+  CHECK(rom != MAP_FAILED);
+  CHECK_EQ(static_cast<uint8_t*>(rom)[4096], uint8_t(0x5a));
+  CHECK(mprotect(rom, kSize, PROT_READ | PROT_WRITE) != 0);
+  munmap(rom, kSize);
+  close(rofd);
+  // A part of a region not shared whole: EPERM, no fd; a write-only cap: EPERM.
+  size_t nFds = host.withFds.size();
+  f.start(op::MEMORY_MAP, 17).u32(part).finish();
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kPerm));
+  f.start(op::MEMORY_DIMINISH, 18).u32(whole).u8(kRead).u8(0).u16(0).u64(0).u64(kSize).finish();
+  call(core, 20, f);
+  uint32_t woWhole = u32At(host.last(20), 16);
+  f.start(op::MEMORY_MAP, 19).u32(woWhole).finish();
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(kPerm));
+  CHECK_EQ(host.withFds.size(), nFds);
+
+  // A region shared whole: a part maps (the fd of the whole region, the view's offset).
+  int shared = region::create(kSize, region::kOwnerSeals);
+  host.incoming.push_back(shared);
+  call(core, 20, memCreate(f, 20, kMemCreateFd | kMemCreateShareWhole, 8, 4096, 4096, kSize));
+  uint32_t sharedPart = u32At(host.last(20), 16);
+  f.start(op::MEMORY_MAP, 21).u32(sharedPart).finish();
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.withFds.back().bytes), uint16_t(0));
+  CHECK_EQ(ld64(reinterpret_cast<const uint8_t*>(host.withFds.back().bytes.data()) + 24), kSize);          // regionSize
+  CHECK_EQ(ld64(reinterpret_cast<const uint8_t*>(host.withFds.back().bytes.data()) + 32), uint64_t(4096)); // regionOffset
+  close(host.withFds.back().fd);
+
+  // A region over 4 GiB (sparse: a few pages touched): copies at 4 GiB + 4096 both ways.
+  const uint64_t kBig = (uint64_t(5) << 30);
+  int big = region::create(kBig, region::kOwnerSeals);
+  CHECK(big >= 0);
+  int bigMine = dup(big);
+  host.incoming.push_back(big);
+  call(core, 20, memCreate(f, 22, kMemCreateFd, 9, (uint64_t(4) << 30) + 4096, 4096, kBig));
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(0));
+  uint32_t far = u32At(host.last(20), 16);
+  f.start(op::MEMORY_COPY, 23).u32(part).u32(far).finish();  // part = bytes [4096, 8192) of region 1: 0x5a first
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(0));
+  {
+    auto* b = static_cast<uint8_t*>(mmap(nullptr, kBig, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, bigMine, 0));
+    CHECK(b != MAP_FAILED);
+    CHECK_EQ(b[(uint64_t(4) << 30) + 4096], uint8_t(0x5a));
+    b[(uint64_t(4) << 30) + 4097] = 0x77;
+    munmap(b, kBig);
+  }
+  f.start(op::MEMORY_COPY, 24).u32(far).u32(part).finish();
+  call(core, 20, f);
+  CHECK_EQ(codeOf(host.last(20)), uint16_t(0));
+  CHECK_EQ(m[4097], uint8_t(0x77));
+  struct stat st;
+  CHECK_EQ(fstat(bigMine, &st), 0);
+  CHECK(uint64_t(st.st_blocks) * 512 <= 64 * 4096);  // sparse: a few pages
+  close(bigMine);
+  // A bad or short body: EPROTO closes the channel (the fd said to be there is not).
+  call(core, 21, memCreate(f, 2, kMemCreateFd, 1, 0, 4096, 4096));
+  CHECK_EQ(codeOf(host.last(21)), uint16_t(kProto));
+  CHECK_EQ(host.closed.back(), ConnId(21));
+  core->processClosed(21);
+
+  munmap(m, kSize);
+  close(got);
+  // The owner goes: its Memory objects are revoked and collected, every region fd closed.
+  core->processClosed(20);
+  core->processClosed(22);
+  CHECK_EQ(core->objectCount(), uint64_t(0));
+  CHECK_EQ(openFds(), fdsBefore);
+  delete core;
 }
 
 int main() {
@@ -745,6 +1001,7 @@ int main() {
   testCore();
   testNameStore();
   testPeerCopies();
+  testMemoryFds();
   std::printf("%d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }

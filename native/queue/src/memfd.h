@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../../include/fd_stream.h"
 #include "ring.h"
 
 namespace fractos::queue {
@@ -21,7 +22,7 @@ namespace fractos::queue {
 /** Seals every queue pair carries: no shrinking (SIGBUS), no growing, no further seals. */
 constexpr int REQUIRED_SEALS = F_SEAL_SHRINK | F_SEAL_GROW;
 /** Most fds one message may carry; more is refused (and all of them closed). */
-constexpr int MAX_FDS = 8;
+constexpr int MAX_FDS = fdstream::kMaxFds;
 
 /**
  * Create a queue pair memfd of pair_bytes(ring_bytes), initialised and sealed
@@ -113,18 +114,11 @@ inline int make_doorbell() {
 inline int send_fds(int sock, const int* fds, int n, const void* data, size_t len) {
   if (n < 1 || n > MAX_FDS || len < 1) return -EINVAL;
   alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-  std::memset(ctl, 0, sizeof ctl);
   iovec iov{const_cast<void*>(data), len};
   msghdr m{};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
-  m.msg_control = ctl;
-  m.msg_controllen = CMSG_SPACE(sizeof(int) * size_t(n));
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * size_t(n));
-  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * size_t(n));
+  fdstream::putRights(m, ctl, fds, n);
   ssize_t r;
   do r = sendmsg(sock, &m, MSG_NOSIGNAL);
   while (r < 0 && errno == EINTR);
@@ -152,22 +146,9 @@ inline ssize_t recv_fds(int sock, int* fds, int want, void* buf, size_t cap) {
   do r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
   while (r < 0 && errno == EINTR);
   if (r < 0) return -errno;
-  int got[MAX_FDS * 2];
-  int ngot = 0;
-  bool bad = (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k; i++) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        if (ngot < MAX_FDS * 2) got[ngot++] = fd;
-        else close(fd);
-      }
-    } else {
-      bad = true;  // SCM_CREDENTIALS etc.: not asked for
-    }
-  }
+  int got[MAX_FDS];
+  int ngot;
+  bool bad = fdstream::takeRights(m, got, MAX_FDS, &ngot) || (m.msg_flags & MSG_TRUNC) != 0;
   if (bad || ngot != want) {
     for (int i = 0; i < ngot; i++) close(got[i]);
     if (r == 0 && ngot == 0 && !bad) return 0;

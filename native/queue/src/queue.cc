@@ -9,6 +9,7 @@
 #include <string>
 
 #include "memfd.h"
+#include "sock.h"
 #include "ring.h"
 #include "wake.h"
 
@@ -431,6 +432,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvFds", Napi::Function::New<RecvFds>(env));
   exports.Set("mapRaw", Napi::Function::New<MapRaw>(env));
   exports.Set("Channel", Channel::Init(env));
+  exports.Set("Sock", Sock::Init(env));
   Napi::Object layout = Napi::Object::New(env);
   layout.Set("headerBytes", Napi::Number::New(env, double(PAIR_HEADER_BYTES)));
   layout.Set("ctlLine", Napi::Number::New(env, double(CTL_LINE)));

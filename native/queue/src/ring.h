@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <sys/uio.h>
 
 #include "wake.h"
 
@@ -254,6 +255,59 @@ class Producer {
     tail_ += need;
     return 0;
   }
+
+  /**
+   * push() of the n bytes that follow the first `skip` bytes of iov[0, iovcnt) (a gather:
+   * no contiguous copy of a frame first). Same results as push().
+   */
+  int push_gather(const iovec* iov, int iovcnt, size_t skip, uint32_t n) {
+    if (err_) return err_;
+    if (n > max_entry_) return -EMSGSIZE;
+    uint64_t total = cost(n);
+    if (c_.size - (tail_ - head_) < total) {
+      if (int e = refresh()) return e;
+      if (c_.size - (tail_ - head_) < total) return -EAGAIN;
+    }
+    uint32_t off = uint32_t(tail_ & (c_.size - 1));
+    uint64_t need = uint64_t(ENTRY_HEADER) + pad8(n);
+    if (need > c_.size - off) {
+      write_header(c_.data + off, 0, KIND_WRAP);
+      tail_ += c_.size - off;
+      off = 0;
+    }
+    uint8_t* dst = c_.data + off + ENTRY_HEADER;
+    uint32_t left = n;
+    for (int i = 0; i < iovcnt && left; i++) {
+      size_t len = iov[i].iov_len;
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      size_t k = len - skip < left ? len - skip : left;
+      std::memcpy(dst, static_cast<const uint8_t*>(iov[i].iov_base) + skip, k);
+      dst += k;
+      left -= uint32_t(k);
+      skip = 0;
+    }
+    write_header(c_.data + off, n - left, KIND_DATA);  // left is 0 unless iov was shorter
+    tail_ += uint64_t(ENTRY_HEADER) + pad8(n - left);
+    return 0;
+  }
+
+  /**
+   * Event-loop waiter for space: announce sleep on the producer word (the consumer's commit
+   * rings our doorbell) and re-check. @return true when an entry of n bytes fits now (then
+   * awake again: no wake-up will come).
+   */
+  bool arm_space(uint32_t n) {
+    bell_.announce();
+    if (fits(n)) {
+      bell_.awake();
+      return true;
+    }
+    return false;
+  }
+  void disarm_space() { bell_.awake(); }
 
   /** Make written entries visible (release) and wake the consumer iff it announced sleep. */
   void publish() {

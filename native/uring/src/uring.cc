@@ -30,6 +30,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+namespace fractos::ioloop {
+Napi::Function InitIoLoop(Napi::Env env);  // ioloop.cc
+}
+
 namespace {
 
 // Throws a JS Error carrying `errno` (negative, like io_uring results) and `syscall`.
@@ -493,6 +497,7 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Ring", Ring::Init(env));
+  exports.Set("IoLoop", fractos::ioloop::InitIoLoop(env));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
   return exports;
 }

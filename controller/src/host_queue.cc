@@ -1,0 +1,230 @@
+// Queue pairs of unix Process conns (docs/queues.md "The Controller's side"; issue #8 item 2).
+//
+// A Process that asks for HELLO feature QUEUE on a unix socket gets, with the HELLO reply,
+// a sealed pair memfd and two eventfds (attachQueue). From then on:
+//   - ring 0 (Process -> Controller) is a second input stream of the conn: entry payloads are
+//     appended to `q->in` and split into frames by the same code as socket bytes (takeFrames:
+//     same length bounds, same EPROTO handling); a ring that breaks the rules (ring.h) closes
+//     that conn only;
+//   - every frame `send` passes goes on ring 1 as entries of at most maxEntry bytes, without a
+//     system call; ring 1 is published once per loop iteration (publishRings), which rings
+//     the Process's doorbell only if it announced sleep (wake.h's Dekker fences);
+//   - ring 1 full: the rest waits in `q->out` (the conn's backlog: above maxOutboundBytes the
+//     conn is paused, neither ring 0 nor the socket is read) and the host arms space-wanted;
+//     the Process's consumer rings our doorbell when it frees space;
+//   - the Controller's doorbell (eventfd) is in the epoll set. The Controller's wait word on
+//     ring 0 is SLEEPING whenever it is not reading that ring: after each drain it announces
+//     sleep and re-checks (Consumer::arm); entries that arrived meanwhile are read before the
+//     loop sleeps (readyQueues_), so no wake-up is lost and an idle conn costs nothing.
+//   - frames with fds stay on the socket (sendWithFds), both ways.
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "host_impl.h"
+
+namespace fractos {
+
+namespace {
+/** Entries read from one ring 0 per turn (then the others get theirs; the rest waits in readyQueues_). */
+constexpr int kEntriesPerTurn = 256;
+}  // namespace
+
+bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || id != helloConn_) return false;
+  Conn* c = it->second.get();
+  if (!c->unixSock || c->q || c->state != ConnState::Process) return false;
+  const uint32_t rb = opts_.core.limits.queueRingBytes;
+  auto q = std::make_unique<ConnQueue>();
+  q->memfd = queue::create_pair_fd(rb);
+  q->procEfd = queue::make_doorbell();
+  q->ctlEfd = queue::make_doorbell();
+  int e = q->memfd < 0 ? q->memfd : q->procEfd < 0 ? q->procEfd : q->ctlEfd < 0 ? q->ctlEfd : q->map.map(q->memfd, rb);
+  if (e < 0) {
+    for (int* fd : {&q->memfd, &q->procEfd, &q->ctlEfd}) if (*fd < 0) *fd = -1;
+    log(LogLevel::Warn, std::string("queue pair: ") + strerror(-e) + " (the Process stays on its socket)",
+        "{\"conn\":" + std::to_string(id) + "}");
+    return false;
+  }
+  q->maxEntry = queue::default_max_entry(rb);
+  q->ep = queue::Endpoint(q->map.base, rb, queue::SIDE_CONTROLLER, q->maxEntry, q->ctlEfd, q->procEfd);
+  struct epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kQueueTag | id;
+  if (epoll_ctl(ep_, EPOLL_CTL_ADD, q->ctlEfd, &ev) != 0) {
+    log(LogLevel::Warn, std::string("queue pair: epoll: ") + strerror(errno), "{\"conn\":" + std::to_string(id) + "}");
+    return false;
+  }
+  q->ep.rx.arm();  // asleep on ring 0 until the Process rings
+  fds[0] = q->memfd;
+  fds[1] = q->procEfd;
+  fds[2] = q->ctlEfd;
+  *ringBytes = rb;
+  c->q = std::move(q);
+  return true;
+}
+
+void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total) {
+  ConnQueue& q = *c->q;
+  size_t done = 0;
+  if (q.backlog() == 0) {
+    while (done < total) {
+      uint32_t n = uint32_t(std::min<size_t>(total - done, q.maxEntry));
+      int r = q.ep.tx.push_gather(iov, iovcnt, done, n);
+      if (r == -EAGAIN) break;
+      if (r < 0) {
+        closeConn(c, "EPROTO: the Process broke its completion ring (head)", LogLevel::Info);
+        return;
+      }
+      done += n;
+    }
+    if (done && !q.touched) {
+      q.touched = true;
+      touched_.push_back(c->id);
+    }
+    if (done == total) return;
+  }
+  // ring 1 full: the rest waits (copied) in the conn's backlog until the Process frees space
+  if (q.outHead > 0 && q.outHead >= q.out.size() / 2) {
+    q.out.erase(q.out.begin(), q.out.begin() + long(q.outHead));
+    q.outHead = 0;
+  }
+  size_t skip = done;
+  for (int i = 0; i < iovcnt; i++) {
+    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    size_t n = iov[i].iov_len;
+    if (skip >= n) {
+      skip -= n;
+      continue;
+    }
+    q.out.insert(q.out.end(), p + skip, p + n);
+    skip = 0;
+  }
+  if (!q.touched) {  // arm space-wanted at the end of the iteration (publishRings)
+    q.touched = true;
+    touched_.push_back(c->id);
+  }
+  afterBacklogChange(c);
+}
+
+// Move what waits in q->out into ring 1 while it fits.
+void HostImpl::flushRing(Conn* c) {
+  ConnQueue& q = *c->q;
+  if (q.backlog() == 0) return;
+  size_t pushed = 0;
+  while (q.backlog() > 0) {
+    uint32_t n = uint32_t(std::min<uint64_t>(q.backlog(), q.maxEntry));
+    int r = q.ep.tx.push(q.out.data() + q.outHead, n);
+    if (r == -EAGAIN) break;
+    if (r < 0) {
+      closeConn(c, "EPROTO: the Process broke its completion ring (head)", LogLevel::Info);
+      return;
+    }
+    q.outHead += n;
+    pushed += n;
+  }
+  if (q.backlog() == 0) {
+    q.out.clear();
+    q.outHead = 0;
+    if (q.out.capacity() > (1u << 20)) q.out.shrink_to_fit();
+  }
+  if (!q.touched) {
+    q.touched = true;
+    touched_.push_back(c->id);
+  }
+  if (pushed) afterBacklogChange(c);
+}
+
+void HostImpl::onQueueEvent(ConnId id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn* c = it->second.get();
+  if (!c->q || c->state != ConnState::Process) return;
+  uint64_t v;
+  if (::read(c->q->ctlEfd, &v, sizeof v) < 0) { /* EAGAIN: a spurious wake */ }
+  // space freed in ring 1?
+  if (c->q->spaceArmed) {
+    c->q->spaceArmed = false;
+    c->q->ep.tx.disarm_space();
+  }
+  flushRing(c);
+  if (c->state != ConnState::Process || !c->q) return;
+  drainRing(c);
+}
+
+// Read up to kEntriesPerTurn entries of ring 0 into the conn's second input stream.
+void HostImpl::drainRing(Conn* c) {
+  ConnQueue& q = *c->q;
+  if (c->paused) return;  // resumed by afterBacklogChange (readyQueues_)
+  q.ep.rx.disarm();
+  int n = 0;
+  for (; n < kEntriesPerTurn; n++) {
+    if (q.in.size() < q.inLen + q.maxEntry) q.in.resize(q.inLen + q.maxEntry);
+    uint32_t len = 0;
+    int r = q.ep.rx.pop(q.in.data() + q.inLen, q.maxEntry, &len);
+    if (r == 0) break;
+    if (r < 0) {
+      closeConn(c, "EPROTO: the Process broke its request ring", LogLevel::Info);
+      return;
+    }
+    q.inLen += len;
+    c->st.bytesIn += len;
+    if (!takeFrames(c, q.in, q.inLen, 0, false)) return;  // closed (EPROTO or by the core)
+    if (c->paused) break;
+  }
+  q.ep.rx.commit();  // the acknowledgement; wakes the Process iff it waits for space
+  if (q.inLen == 0 && q.in.size() > 2 * size_t(q.maxEntry)) {
+    q.in.resize(q.maxEntry);
+    q.in.shrink_to_fit();
+  }
+  if (c->paused) return;
+  // announce sleep and re-check: what came meanwhile is read before the loop sleeps
+  if (n == kEntriesPerTurn || q.ep.rx.arm()) {
+    q.ep.rx.disarm();
+    if (!q.ready) {
+      q.ready = true;
+      readyQueues_.push_back(c->id);
+    }
+  }
+}
+
+void HostImpl::runReadyQueues() {
+  std::vector<ConnId> ids;
+  ids.swap(readyQueues_);
+  for (ConnId id : ids) {
+    auto it = conns_.find(id);
+    if (it == conns_.end() || !it->second->q) continue;
+    Conn* c = it->second.get();
+    c->q->ready = false;
+    if (c->state == ConnState::Process) drainRing(c);
+    runDeferred();
+  }
+}
+
+// Once per loop iteration: make the entries pushed to each ring 1 visible (one release store
+// and, only if the Process sleeps, one eventfd write), and arm space-wanted where bytes wait.
+void HostImpl::publishRings() {
+  std::vector<ConnId> ids;
+  ids.swap(touched_);
+  for (ConnId id : ids) {
+    auto it = conns_.find(id);
+    if (it == conns_.end() || !it->second->q) continue;
+    Conn* c = it->second.get();
+    ConnQueue& q = *c->q;
+    q.touched = false;
+    if (c->state != ConnState::Process) continue;
+    q.ep.tx.publish();
+    if (q.backlog() > 0 && !q.spaceArmed) {
+      uint32_t want = uint32_t(std::min<uint64_t>(q.backlog(), q.maxEntry));
+      if (q.ep.tx.arm_space(want)) {
+        flushRing(c);  // freed meanwhile: push now, publish at the next iteration
+      } else {
+        q.spaceArmed = true;
+      }
+    }
+  }
+}
+
+}  // namespace fractos
