@@ -185,6 +185,11 @@ export class Process extends EventEmitter {
     this.#limits = { ...DEFAULT_LIMITS, maxImmBytes: this.maxImmBytes, maxCapSlots: this.maxCapSlots };
   }
 
+  /** How this Process reaches its Controller: 'queue' (a shared-memory queue pair, docs/queues.md) or 'socket'. */
+  get transport(): 'queue' | 'socket' {
+    return this.#link instanceof UnixLink && this.#link.queued ? 'queue' : 'socket';
+  }
+
   /** Frames and bytes on this Process's channel, both ways. */
   get counters(): Readonly<LinkCounters> {
     return this.#link.counters;

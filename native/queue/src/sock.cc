@@ -378,16 +378,11 @@ Napi::Value Sock::Backlog(const Napi::CallbackInfo& info) {
 // setReading(on)
 Napi::Value Sock::SetReading(const Napi::CallbackInfo& info) {
   bool on = info.Length() > 0 && info[0].ToBoolean();
-  if (qpoll_ && on != reading_ && state_ == St::Open) {
-    // the rings too: a paused Process reads neither (its Controller sees ring 1 fill up)
-    if (on) {
-      uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
-      Kick();  // frames may have come while paused
-    } else {
-      uv_poll_stop(qpoll_);
-    }
-  }
+  bool resumed = on && !reading_;
+  // Ring 1 too: a paused Process does not read it (its Controller sees ring 1 fill up); the
+  // doorbell stays watched for space in ring 0 (a paused Process still sends).
   reading_ = on;
+  if (resumed && qpoll_ && state_ == St::Open) Kick();  // frames may have come while paused
   UpdatePoll();
   return info.Env().Undefined();
 }
@@ -642,6 +637,10 @@ void Sock::OnQueueWake() {
     ep_.tx.disarm_space();
     FlushQ();
     if (state_ != St::Open) return;
+  }
+  if (!reading_) {  // paused: ring 1 waits (no wake-up asked for it) until setReading(true)
+    ep_.rx.disarm();
+    return;
   }
   for (int round = 0; round < 16; round++) {
     ep_.rx.disarm();
