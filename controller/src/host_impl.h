@@ -109,6 +109,7 @@ struct ConnQueue {
   bool spaceArmed = false;  // waiting for the Process to free ring 1
   bool ready = false;       // in readyQueues_: ring 0 may hold entries not read yet
   bool recent = false;      // in recentQueues_: read entries this iteration (spinRings)
+  bool wantAll = false;     // the core waits for this Process's credits: wake for quiet entries too
   ConnQueue() = default;
   ConnQueue(const ConnQueue&) = delete;
   ConnQueue& operator=(const ConnQueue&) = delete;
@@ -199,6 +200,7 @@ class HostImpl final : public Host {
   void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
   int takeFd(ConnId c) override;
   bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) override;
+  void waitingForCredits(ConnId c, bool waiting) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;

@@ -66,6 +66,19 @@ bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
   return true;
 }
 
+void HostImpl::waitingForCredits(ConnId id, bool waiting) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || !it->second->q || it->second->q->wantAll == waiting) return;
+  Conn* c = it->second.get();
+  c->q->wantAll = waiting;
+  // read what it published quietly (its acknowledgements) before the loop sleeps; drainRing
+  // re-arms with the new kind of sleep
+  if (c->state == ConnState::Process && !c->q->ready) {
+    c->q->ready = true;
+    readyQueues_.push_back(id);
+  }
+}
+
 void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total) {
   ConnQueue& q = *c->q;
   size_t done = 0;
@@ -185,7 +198,7 @@ void HostImpl::drainRing(Conn* c) {
   }
   if (c->paused) return;
   // announce sleep and re-check: what came meanwhile is read before the loop sleeps
-  if (n == kEntriesPerTurn || q.ep.rx.arm()) {
+  if (n == kEntriesPerTurn || q.ep.rx.arm(q.wantAll)) {
     q.ep.rx.disarm();
     if (!q.ready) {
       q.ready = true;
@@ -264,7 +277,7 @@ void HostImpl::spinRings() {
   }
   if (opts_.queueSpinNs > 0) spinners.fetch_sub(1, std::memory_order_relaxed);
   for (Conn* c : watch) {
-    if (c->q->ep.rx.arm()) {
+    if (c->q->ep.rx.arm(c->q->wantAll)) {
       c->q->ep.rx.disarm();
       c->q->ready = true;
       readyQueues_.push_back(c->id);

@@ -251,7 +251,8 @@ void Sock::Deliver(FrameBatch& b) {
   FatalIfThrown();
 }
 
-// writev(chunks: Uint8Array[]) -> backlog bytes
+// writev(chunks: Uint8Array[], quiet = false) -> backlog bytes; quiet: on a queue pair, publish
+// without waking the Controller (frames nobody waits for: acknowledgements)
 Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArray()) {
@@ -274,7 +275,8 @@ Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
       iov_[i].iov_len = t.ByteLength();
       total += t.ByteLength();
     }
-    if (map_.base) PushFrames(iov_.data(), int(n), total);
+    bool quiet = info.Length() > 1 && info[1].ToBoolean();
+    if (map_.base) PushFrames(iov_.data(), int(n), total, quiet);
     else Write(iov_.data(), int(n), total, nullptr, 0);
   }
   return Napi::Number::New(env, double(out_.size() + qout_.size() - qoutHead_));
@@ -531,7 +533,7 @@ void Sock::Kick() {
 // than that is split over several (the Controller appends payloads to one stream). Published
 // once per call (JS calls once per tick). What does not fit waits in qout_ with space-wanted
 // armed: the Controller's commit rings our doorbell.
-void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total) {
+void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
   counters_.bytesOut += total;
   size_t done = 0;
   if (qout_.size() == qoutHead_) {
@@ -546,7 +548,8 @@ void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total) {
       }
       done += n;
     }
-    ep_.tx.publish();
+    if (quiet) ep_.tx.publish_quiet();
+    else ep_.tx.publish();
     if (done == total) return;
   }
   if (qoutHead_ > 0 && qoutHead_ >= qout_.size() / 2) {
