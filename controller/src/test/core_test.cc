@@ -288,6 +288,7 @@ class FakeHost : public Host {
   void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
   int takeFd(ConnId) override { return -1; }
   bool attachQueue(ConnId, int*, uint32_t*) override { return false; }
+  void waitingForCredits(ConnId, bool) override {}
   uint64_t backlog(ConnId c) const override {
     auto it = backlogs.find(c);
     return it == backlogs.end() ? 0 : it->second;

@@ -58,7 +58,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void ReleaseHandles();
   void FatalIfThrown();
   // queue mode (docs/queues.md "The Process's side")
-  void PushFrames(const struct iovec* iov, int iovcnt, size_t total);
+  void PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet);
   void FlushQ();
   static void OnDoorbell(uv_poll_t* h, int status, int events);
   int DrainQ(FrameBatch& b);
