@@ -111,8 +111,7 @@ test('across a peer link: after a refused truncation, copies from and to the reg
 test('the SIGBUS guard (second line): a guarded copy from or to a mapping whose unsealed file shrank answers the operand, the process lives', (t) => {
   const fd = createRegionFd(2 * 4096, 0); // no seals: only the test can do this to itself
   try {
-    const ab = mapFd(fd, 2 * 4096, true);
-    const mapped = new Uint8Array(ab);
+    const mapped = new Uint8Array(mapFd(fd, 2 * 4096, true).buffer);
     mapped.fill(7);
     const mine = new Uint8Array(2 * 4096);
     t.is(copyGuarded(mine, mapped), CopyFault.NONE);
