@@ -318,3 +318,27 @@ test.serial('registration refuses forged fds, each closed by the Controller: a p
     removeTempDir(dir);
   }
 });
+
+test('bounded: at most 1024 shared regions registered per Process (ENOSPC), another Process unaffected; freed ones make room', async (t) => {
+  const e = await env();
+  try {
+    const hog = await e.proc('hog');
+    const regions = [];
+    for (let i = 0; i < 1024; i++) {
+      const r = hog.allocShared(4096);
+      regions.push({ r, cid: await hog.memoryCreate(r) });
+    }
+    const extra = hog.allocShared(4096);
+    t.is(await codeOf(hog.memoryCreate(extra)), 'ENOSPC');
+    const other = await e.proc('other');
+    t.is(await codeOf(other.memoryCreateShared(4096)), 'OK');
+    // Memory gone (revoked and dropped): its region is forgotten, a new one registers.
+    await hog.capRevoke(regions[0]!.cid);
+    await hog.capDrop(regions[0]!.cid);
+    hog.freeShared(regions[0]!.r);
+    t.is(await codeOf(hog.memoryCreate(extra)), 'OK');
+    for (const { r } of regions) hog.freeShared(r);
+  } finally {
+    await e.close();
+  }
+});
