@@ -15,7 +15,7 @@
  */
 import { closeSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
-import { mapFd } from '../native/shm/index.js';
+import { mapFd, MAX_VIEW_BYTES, type RegionMapping } from '../native/shm/index.js';
 import type { Process } from './process.js';
 import { Perm } from './protocol.js';
 import type { MemoryDescriptor } from './schema.js';
@@ -24,12 +24,9 @@ import type { MemoryDescriptor } from './schema.js';
 export const DEFAULT_MAPPED_BYTES = 64 * 2 ** 30;
 /** Default bound on regions mapped at once. */
 export const DEFAULT_MAPPED_REGIONS = 256;
-/** Longest view (V8's typed-array limit), bytes. */
-const MAX_VIEW_BYTES = 2 ** 32;
 
 interface Entry {
-  buffer: ArrayBuffer;
-  size: number;
+  map: RegionMapping;
   writable: boolean;
 }
 
@@ -43,6 +40,11 @@ export interface RegionMapsOptions {
   onMap?: (key: number, buffer: ArrayBuffer, size: number, writable: boolean) => void;
   /** A cached mapping left the cache (evicted, replaced, forgotten). */
   onDrop?: (key: number, buffer: ArrayBuffer) => void;
+}
+
+/** The whole mapping as one ArrayBuffer, or null for a region over 4 GiB (viewed in windows only). */
+function wholeBuffer(map: RegionMapping): ArrayBuffer | null {
+  return map.size <= MAX_VIEW_BYTES ? map.buffer : null;
 }
 
 export class RegionMaps {
@@ -61,8 +63,8 @@ export class RegionMaps {
     this.#cache = new LRUCache<number, Entry>({
       max: opts.maxRegions ?? DEFAULT_MAPPED_REGIONS,
       maxSize: opts.maxBytes ?? DEFAULT_MAPPED_BYTES,
-      sizeCalculation: (e) => Math.max(1, e.size),
-      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => opts.onDrop!(key, e.buffer) } : {}),
+      sizeCalculation: (e) => Math.max(1, e.map.size),
+      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => { const b = wholeBuffer(e.map); if (b) opts.onDrop!(key, b); } } : {}),
     });
     this.#onMap = opts.onMap;
   }
@@ -120,12 +122,14 @@ export class RegionMaps {
       return null;
     }
     try {
-      const e: Entry = { buffer: mapFd(m.fd, m.regionSize, (m.perms & Perm.WRITE) !== 0), size: m.regionSize, writable: (m.perms & Perm.WRITE) !== 0 };
+      const writable = (m.perms & Perm.WRITE) !== 0;
+      const e: Entry = { map: mapFd(m.fd, m.regionSize, writable), writable };
       const old = this.#cache.get(m.regionKey);
       // A read-only mapping never replaces a writable one of the same region.
       if (!old || e.writable || !old.writable) {
         this.#cache.set(m.regionKey, e);
-        this.#onMap?.(m.regionKey, e.buffer, e.size, e.writable);
+        const whole = this.#onMap ? wholeBuffer(e.map) : null;
+        if (whole) this.#onMap!(m.regionKey, whole, e.map.size, e.writable);
       }
       this.mapped++;
       return e;
@@ -139,6 +143,9 @@ export class RegionMaps {
 }
 
 function viewOf(e: Entry, offset: number, length: number): Uint8Array | null {
-  if (offset + length > e.size || length > MAX_VIEW_BYTES) return null;
-  return new Uint8Array(e.buffer, offset, length);
+  try {
+    return e.map.view(offset, length);
+  } catch {
+    return null; // outside the mapping, or a view too long for it: memory_copy instead
+  }
 }
