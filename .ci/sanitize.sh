@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The native Controller built with AddressSanitizer and UBSan (no recovery: a report fails
-# the run) runs the Controller's tests (issue #8). The normal builds are left alone: the
+# The native Controller and the io_uring addon (with the blockdev's native I/O loop) built
+# with AddressSanitizer and UBSan (no recovery: a report fails the run) run the Controller's
+# tests and the native loop's (issue #8). The normal builds are left alone: the
 # sanitized addon goes to .sanitize/ and is loaded through FRACTOS_NATIVE_DIR.
 # Usage: .ci/sanitize.sh [ava test files...] (default: the Controller's tests);
 # SKIP_BUILD=1 reuses the last sanitized build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${SKIP_BUILD:-}" = 1 ] || node native/build.mjs --sanitize controller
+[ "${SKIP_BUILD:-}" = 1 ] || node native/build.mjs --sanitize controller uring
 npx tsc -p tsconfig.json
 asan=$(gcc -print-file-name=libasan.so)
 ubsan=$(gcc -print-file-name=libubsan.so)
 if [ $# -gt 0 ]; then files=("$@"); else
-  files=(dist/test/controller-host.test.js dist/test/core.test.js dist/test/multi.test.js dist/test/names-store.test.js dist/test/remote-copy.test.js)
+  files=(dist/test/controller-host.test.js dist/test/core.test.js dist/test/multi.test.js dist/test/names-store.test.js dist/test/remote-copy.test.js dist/test/blockdev-native.test.js)
   for f in dist/test/field-core-*.test.js dist/test/field-hostile-*.test.js; do files+=("$f"); done
 fi
 # Node itself leaks by design at exit: leak checks off; anything else aborts the worker.
