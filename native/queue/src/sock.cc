@@ -801,7 +801,7 @@ int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt) {
   if (s->state_ != St::Open || iovcnt <= 0) return -EPIPE;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
-  if (s->map_.base) s->PushFrames(iov, iovcnt, total);
+  if (s->map_.base) s->PushFrames(iov, iovcnt, total, false);
   else s->Write(iov, iovcnt, total, nullptr, 0);
   return s->state_ == St::Open ? 0 : -EPIPE;
 }
