@@ -579,6 +579,9 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
   c->out.clear();
   c->rxFds.closeAll();
   if (c->q) {
+    // entries pushed to ring 1 in this iteration (an error reply sent just before the close)
+    // still become visible, as a socket's last write does
+    if (c->q->touched && was == ConnState::Process) c->q->ep.tx.publish();
     // no more rings: the doorbell leaves epoll now; the mapping stays until finishConn (the
     // core may still read the frame it was handed from q->in when it closed the conn)
     epoll_ctl(ep_, EPOLL_CTL_DEL, c->q->ctlEfd, nullptr);

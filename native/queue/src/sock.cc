@@ -237,7 +237,19 @@ void Sock::Read() {
   }
   if (state_ != St::Open) return;
   if (err) Fail(err, err == EPROTO ? "bad frame or control message from the controller" : strerror(err));
-  else if (eof) Fail(EDISCONNECTED_ERR, "the controller closed the channel");
+  else if (eof) {
+    // What the Controller published on ring 1 before it closed (an error reply just before
+    // the close, as a socket's last write) still arrives, then the close.
+    if (map_.base && reading_) {
+      FrameBatch qb;
+      DrainQ(qb);
+      if (qb.hooked) HookFlush(qb.hooked);
+      if (qb.frames && state_ == St::Open) Deliver(qb);
+      delete qb.bytes;
+      if (state_ != St::Open) return;
+    }
+    Fail(EDISCONNECTED_ERR, "the controller closed the channel");
+  }
 }
 
 void Sock::Deliver(FrameBatch& b) {
