@@ -3,7 +3,11 @@
  * the same surface as `Link` (libfractos/link.ts FrameLink) plus file descriptors beside the
  * frames (docs/protocol.md "Frames with file descriptors"). The addon splits the stream into
  * whole frames in C++ and calls JS once per batch; frames queued in one tick leave in one
- * writev. Used by `connect()` for `unix:` addresses when the addon loads.
+ * writev. Used by `connect()` for `unix:` addresses when the addon loads. After a HELLO
+ * that was granted a queue pair it is also the Process's queue link (`attachQueue`): one
+ * class rather than a separate QueueLink because the socket stays under the rings (frames
+ * with fds, liveness) and both share the frame splitter, the fds, the backlog and the
+ * callbacks in one native object.
  */
 import { FractosError, type ErrorCode, ERROR_CODES } from './errors.js';
 import type { FrameLink } from './link.js';
@@ -93,6 +97,14 @@ export class UnixLink implements FrameLink {
       const e = err as Error & { code?: string };
       throw linkError(e.code ?? 'EINVAL', e.message);
     }
+  }
+
+  /**
+   * Which frames wake this Process when it sleeps on its queue pair: all (true, default) or
+   * all but quiet replies (false: a Process whose continuations will wake it).
+   */
+  setWakeAll(all: boolean): void {
+    this.#sock.setWakeAll(all);
   }
 
   /** Counters of the native side (wake-ups, polls). */

@@ -396,7 +396,7 @@ bool HostImpl::sendImpl(ConnId id, const struct iovec* iov, int iovcnt, bool gua
   c->st.framesOut++;
   c->st.bytesOut += total;
   if (c->q && c->state == ConnState::Process) {
-    queueSend(c, iov, iovcnt, total);  // host_queue.cc
+    queueSend(c, iov, iovcnt, total, false);  // host_queue.cc
     return false;
   }
   size_t done = 0;
