@@ -1,7 +1,8 @@
-/** `fractos bench micro`: the core microbenchmarks (bench/micro.ts); `fractos bench queue`: the shared-memory queues (bench/queue-pingpong.ts). */
+/** `fractos bench micro`: the core microbenchmarks (bench/micro.ts); `fractos bench queue`: the shared-memory queues (bench/queue-pingpong.ts); `fractos bench null`: null op and invoke over socket vs queue pair vs poll mode (bench/queue-stack.ts). */
 import type { Command } from 'commander';
 import { formatMicro, runMicro } from '../bench/micro.js';
 import { formatQueueBench, runQueueBench } from '../bench/queue-pingpong.js';
+import { formatStackBench, runStackBench } from '../bench/queue-stack.js';
 import { cleanupOnSignals } from '../testbed/scratch.js';
 import { die } from './log.js';
 
@@ -29,6 +30,22 @@ export function register(program: Command): void {
         });
         if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');
         else process.stdout.write(formatMicro(records) + '\n');
+      } catch (err) {
+        die(err);
+      }
+    });
+  bench
+    .command('null')
+    .description('null operation and invoke round trip over the socket, the queue pair and poll mode, next to the C ping-pong and a raw Node unix socket; idle stack CPU')
+    .option('--json', 'print DESIGN.md §6 records as one JSON array')
+    .option('--seconds <s>', 'seconds per case', '1')
+    .option('--idle-seconds <s>', 'seconds of the idle-CPU measurement', '5')
+    .action(async (o: { json?: boolean; seconds: string; idleSeconds: string }) => {
+      cleanupOnSignals('fractos bench null');
+      try {
+        const records = await runStackBench({ seconds: Number(o.seconds), idleSeconds: Number(o.idleSeconds), progress: (l) => process.stderr.write(`bench: ${l}\n`) });
+        if (o.json) process.stdout.write(JSON.stringify(records, null, 2) + '\n');
+        else process.stdout.write(formatStackBench(records) + '\n');
       } catch (err) {
         die(err);
       }

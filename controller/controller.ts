@@ -131,6 +131,7 @@ const LIMIT_MAX: Record<keyof Limits, number> = {
   maxOutstandingDeliveries: 0xffffffff, maxOutstandingDeliveryBytes: Number.MAX_SAFE_INTEGER,
   maxQueuedDeliveries: 0xffffffff, maxQueuedDeliveryBytes: Number.MAX_SAFE_INTEGER,
   maxQueuedBytesPerInvoker: Number.MAX_SAFE_INTEGER, maxOutboundBytes: Number.MAX_SAFE_INTEGER,
+  queueRingBytes: 1 << 26,
 };
 
 export class Controller {
@@ -188,6 +189,9 @@ export class Controller {
       if (!(k in LIMIT_MAX)) throw new FractosError('EINVAL', `unknown limit '${k}'`);
       if (!Number.isInteger(v) || v < 1 || v > LIMIT_MAX[k]) throw new FractosError('EINVAL', `limit ${k} must be an integer 1..${LIMIT_MAX[k]}, got ${v}`);
       limits[k] = v;
+    }
+    if (limits.queueRingBytes < 4096 || (limits.queueRingBytes & (limits.queueRingBytes - 1)) !== 0) {
+      throw new FractosError('EINVAL', `limit queueRingBytes must be a power of two in [4096, 2^26], got ${limits.queueRingBytes}`);
     }
     if (limits.maxFrameBytes < 64) throw new FractosError('EINVAL', `limit maxFrameBytes must be at least 64, got ${limits.maxFrameBytes}`);
     const secret = opts.clusterSecret === undefined ? null : checkClusterSecret(opts.clusterSecret);

@@ -276,6 +276,11 @@ export class Process extends EventEmitter {
     return true;
   }
 
+  /** How this Process reaches its Controller: 'queue' (a shared-memory queue pair, docs/queues.md) or 'socket'. */
+  get transport(): 'queue' | 'socket' {
+    return this.#link instanceof UnixLink && this.#link.queued ? 'queue' : 'socket';
+  }
+
   /** Frames and bytes on this Process's channel, both ways. */
   get counters(): Readonly<LinkCounters> {
     return this.#link.counters;
@@ -947,6 +952,12 @@ export class Process extends EventEmitter {
   }
 
   /** Return delivery credits, one DELIVER_ACK per tick. */
+  /**
+   * Acknowledge a delivery (one DELIVER_ACK per tick). On a queue pair the acks are
+   * published without waking the Controller (docs/queues.md "No wake-up for nothing"): a
+   * Controller that waits for this Process's credits sleeps with WAKE_SLEEPING_ALL and is
+   * woken by them; otherwise it reads them with its next woken batch.
+   */
   #ack(): void {
     this.#acks++;
     if (this.#ackScheduled) return;
@@ -956,7 +967,8 @@ export class Process extends EventEmitter {
       const f = allocFrame(Op.DELIVER_ACK, 0, 4);
       f.writeUInt32LE(this.#acks, 16);
       this.#acks = 0;
-      this.#link.send(f);
+      if (this.#link instanceof UnixLink) this.#link.sendQuiet(f);
+      else this.#link.send(f);
     });
   }
 

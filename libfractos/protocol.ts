@@ -136,6 +136,11 @@ export interface Limits {
    * reading that Process until the backlog has drained.
    */
   maxOutboundBytes: number;
+  /**
+   * Bytes per ring of a unix Process's queue pair (docs/queues.md): a power of two in
+   * [4 KiB, 64 MiB]; the most a Process can have in flight on its rings each way.
+   */
+  queueRingBytes: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -149,6 +154,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxQueuedDeliveryBytes: 32 * 1024 * 1024,
   maxQueuedBytesPerInvoker: 8 * 1024 * 1024,
   maxOutboundBytes: 4 * 1024 * 1024,
+  queueRingBytes: 1024 * 1024,
 };
 
 /** What a queued invocation counts against the queued-bytes limits: a fixed cost plus its arguments. */

@@ -32,6 +32,8 @@ export class UnixLink implements FrameLink {
   #readPaused = false;
   #userPaused = false;
   #queue_ = false;
+  /** Some frame of this tick wants its reader woken (all frames but sendQuiet's). */
+  #loud = false;
   /** Poll mode: spin this long (ns) after a flush while `outstanding()` (0: off). */
   #pollNs = 0;
   /** Calls waiting for an answer (set by the Process): poll only while some are. */
@@ -150,6 +152,7 @@ export class UnixLink implements FrameLink {
 
   send(frame: Buffer): void {
     if (this.#closed) return;
+    this.#loud = true;
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
     this.#queueBytes += frame.length;
@@ -159,10 +162,25 @@ export class UnixLink implements FrameLink {
 
   sendv(head: Buffer, payload: Uint8Array): void {
     if (this.#closed) return;
+    this.#loud = true;
     this.counters.framesOut++;
     this.counters.bytesOut += head.length + payload.length;
     this.#queueBytes += head.length + payload.length;
     this.#queue.push(head, payload);
+    this.#schedule();
+  }
+
+  /**
+   * Queue a frame nobody waits for (an acknowledgement): on a queue pair, a tick that holds
+   * only such frames is published without ringing the Controller's doorbell; the Controller
+   * reads them with its next woken batch (docs/queues.md "No wake-up for nothing").
+   */
+  sendQuiet(frame: Buffer): void {
+    if (this.#closed) return;
+    this.counters.framesOut++;
+    this.counters.bytesOut += frame.length;
+    this.#queueBytes += frame.length;
+    this.#queue.push(frame);
     this.#schedule();
   }
 
@@ -190,7 +208,9 @@ export class UnixLink implements FrameLink {
     if (this.#closed || q.length === 0) return;
     this.#queue = [];
     this.#queueBytes = 0;
-    this.#sock.writev(q);
+    const quiet = !this.#loud;
+    this.#loud = false;
+    this.#sock.writev(q, quiet);
     this.#checkBacklog();
     if (this.#pollNs) this.#poll();
   };

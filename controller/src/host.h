@@ -110,6 +110,14 @@ class Host {
    */
   virtual bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) = 0;
 
+  /**
+   * The core has deliveries for the Process on `c` waiting for its credits (true) or none
+   * any more (false). A queued Process acknowledges deliveries without waking the Controller
+   * (docs/queues.md "No wake-up for nothing"); while waiting, the host reads its request ring
+   * now and asks to be woken by every entry it publishes, acknowledgements included.
+   */
+  virtual void waitingForCredits(ConnId c, bool waiting) = 0;
+
   /** Bytes queued for `c` that the kernel has not taken yet (0 for unknown/closed). */
   virtual uint64_t backlog(ConnId c) const = 0;
 

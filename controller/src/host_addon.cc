@@ -18,6 +18,7 @@
 #include <napi.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -88,6 +89,8 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
     ho.core.id = u32(o, "id", 0);
     ho.core.servedTimeoutMs = u32(o, "servedTimeoutMs", 5000);
     ho.helloTimeoutMs = u32(o, "helloTimeoutMs", 5000);
+    // FRACTOS_QUEUE_SPIN_US: the Controller's spin on active request rings (docs/queues.md), 0 = never
+    if (const char* e = getenv("FRACTOS_QUEUE_SPIN_US")) ho.queueSpinNs = strtoull(e, nullptr, 10) * 1000;
     ho.peerWaitWarnMs = u32(o, "peerWaitWarnMs", 10000);
     Napi::Value lv = o.Get("limits");
     if (lv.IsObject()) {
@@ -103,6 +106,7 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
       L.maxQueuedDeliveryBytes = u64(l, "maxQueuedDeliveryBytes", L.maxQueuedDeliveryBytes);
       L.maxQueuedBytesPerInvoker = u64(l, "maxQueuedBytesPerInvoker", L.maxQueuedBytesPerInvoker);
       L.maxOutboundBytes = u64(l, "maxOutboundBytes", L.maxOutboundBytes);
+      L.queueRingBytes = u32(l, "queueRingBytes", L.queueRingBytes);
     }
     Napi::Value sv = o.Get("secret");
     if (sv.IsBuffer()) {

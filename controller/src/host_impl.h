@@ -66,6 +66,12 @@ struct HostAddr {
 struct HostOptions {
   CoreConfig core;  // epoch is set at start()
   uint32_t helloTimeoutMs = 5000;
+  /**
+   * After reading a Process's request ring, spin up to this long (ns) for its next entries
+   * before sleeping in epoll (docs/queues.md "The Controller's side"); 0: never. Bounded by
+   * the spinner budget (wake.h: CPUs - 1 per process).
+   */
+  uint64_t queueSpinNs = 0;
   uint32_t peerWaitWarnMs = 10000;
   std::vector<uint8_t> secret;  // empty: none (then no peers)
   std::vector<std::pair<uint32_t, HostAddr>> peers;
@@ -102,6 +108,8 @@ struct ConnQueue {
   bool touched = false;     // entries pushed since the last publish
   bool spaceArmed = false;  // waiting for the Process to free ring 1
   bool ready = false;       // in readyQueues_: ring 0 may hold entries not read yet
+  bool recent = false;      // in recentQueues_: read entries this iteration (spinRings)
+  bool wantAll = false;     // the core waits for this Process's credits: wake for quiet entries too
   ConnQueue() = default;
   ConnQueue(const ConnQueue&) = delete;
   ConnQueue& operator=(const ConnQueue&) = delete;
@@ -192,6 +200,7 @@ class HostImpl final : public Host {
   void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
   int takeFd(ConnId c) override;
   bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) override;
+  void waitingForCredits(ConnId c, bool waiting) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
   void setLinkInfo(ConnId c, bool peer, uint32_t id, const std::string& name) override;
@@ -231,6 +240,7 @@ class HostImpl final : public Host {
   void flushRing(Conn* c);
   void publishRings();
   void runReadyQueues();
+  void spinRings();
   // host_peers.cc
   void startPeers();
   void dialPeer(size_t idx, uint32_t attempt);
@@ -272,6 +282,8 @@ class HostImpl final : public Host {
   std::vector<ConnId> touched_;
   /** Conns whose ring 0 may hold entries not read yet (read before the next epoll_wait sleeps). */
   std::vector<ConnId> readyQueues_;
+  /** Conns whose ring 0 had entries in this iteration (spinRings watches them before sleeping). */
+  std::vector<ConnId> recentQueues_;
   /** processHello is running for this conn (attachQueue is allowed). */
   ConnId helloConn_ = 0;
   /** The frame being handed to the core (takeFd): its conn and socket stream range. */

@@ -188,6 +188,11 @@ void HostImpl::run() {
     // loop sleeps only when nothing is left of either
     runReadyQueues();
     publishRings();
+    if (readyQueues_.empty() && touched_.empty()) {
+      spinRings();
+      runReadyQueues();
+      publishRings();
+    }
     int n = epoll_wait(ep_, evs, kMaxEvents, readyQueues_.empty() && touched_.empty() ? nextTimeoutMs() : 0);
     loopNow_ = monoMs();
     if (n < 0) {

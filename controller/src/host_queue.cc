@@ -66,6 +66,19 @@ bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
   return true;
 }
 
+void HostImpl::waitingForCredits(ConnId id, bool waiting) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || !it->second->q || it->second->q->wantAll == waiting) return;
+  Conn* c = it->second.get();
+  c->q->wantAll = waiting;
+  // read what it published quietly (its acknowledgements) before the loop sleeps; drainRing
+  // re-arms with the new kind of sleep
+  if (c->state == ConnState::Process && !c->q->ready) {
+    c->q->ready = true;
+    readyQueues_.push_back(id);
+  }
+}
+
 void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total) {
   ConnQueue& q = *c->q;
   size_t done = 0;
@@ -175,13 +188,17 @@ void HostImpl::drainRing(Conn* c) {
     if (c->paused) break;
   }
   q.ep.rx.commit();  // the acknowledgement; wakes the Process iff it waits for space
+  if (n > 0 && !q.recent) {
+    q.recent = true;
+    recentQueues_.push_back(c->id);
+  }
   if (q.inLen == 0 && q.in.size() > 2 * size_t(q.maxEntry)) {
     q.in.resize(q.maxEntry);
     q.in.shrink_to_fit();
   }
   if (c->paused) return;
   // announce sleep and re-check: what came meanwhile is read before the loop sleeps
-  if (n == kEntriesPerTurn || q.ep.rx.arm()) {
+  if (n == kEntriesPerTurn || q.ep.rx.arm(q.wantAll)) {
     q.ep.rx.disarm();
     if (!q.ready) {
       q.ready = true;
@@ -223,6 +240,47 @@ void HostImpl::publishRings() {
       } else {
         q.spaceArmed = true;
       }
+    }
+  }
+}
+
+// Before the loop sleeps: the conns whose request ring had entries in this iteration are
+// watched for up to queueSpinNs (their wait words say awake, so their Processes make no
+// syscall to publish), then each announces sleep and re-checks (Consumer::arm). A ring that
+// gets entries meanwhile is read at once (readyQueues_). One spin per burst of activity: an
+// idle stack does not spin. Within the spinner budget of wake.h, else no spin.
+void HostImpl::spinRings() {
+  if (recentQueues_.empty()) return;
+  std::vector<Conn*> watch;
+  for (ConnId id : recentQueues_) {
+    auto it = conns_.find(id);
+    if (it == conns_.end() || !it->second->q) continue;
+    Conn* c = it->second.get();
+    c->q->recent = false;
+    if (c->state != ConnState::Process || c->paused || c->q->ready) continue;
+    watch.push_back(c);
+  }
+  recentQueues_.clear();
+  if (watch.empty()) return;
+  auto& spinners = queue::spinners();
+  bool mine = opts_.queueSpinNs > 0 && spinners.fetch_add(1, std::memory_order_relaxed) < queue::max_spinners();
+  if (mine) {
+    for (Conn* c : watch) c->q->ep.rx.disarm();
+    const uint64_t end = queue::now_ns() + opts_.queueSpinNs;
+    bool got = false;
+    for (unsigned i = 0; !got; i++) {
+      for (Conn* c : watch) got |= c->q->ep.rx.readable();
+      if (got) break;
+      queue::cpu_relax();
+      if ((i & 15) == 15 && queue::now_ns() >= end) break;
+    }
+  }
+  if (opts_.queueSpinNs > 0) spinners.fetch_sub(1, std::memory_order_relaxed);
+  for (Conn* c : watch) {
+    if (c->q->ep.rx.arm(c->q->wantAll)) {
+      c->q->ep.rx.disarm();
+      c->q->ready = true;
+      readyQueues_.push_back(c->id);
     }
   }
 }

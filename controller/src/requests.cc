@@ -126,6 +126,7 @@ void CoreImpl::invokeLocal(const std::shared_ptr<Obj>& obj, const Args& raw, con
         dequeued();
         done(e);
       }});
+  host_->waitingForCredits(provider->conn, true);
 }
 
 void CoreImpl::drainQueue(Proc& p) {
@@ -134,6 +135,7 @@ void CoreImpl::drainQueue(Proc& p) {
     p.queue.pop_front();
     d.run();
   }
+  if (p.queue.empty()) host_->waitingForCredits(p.conn, false);
 }
 
 Err CoreImpl::acked(Proc& p, uint32_t n) {

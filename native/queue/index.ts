@@ -56,7 +56,7 @@ export interface NativeSock {
   connect(path: string, timeoutMs: number, cb: (code: string | null, message: string | null) => void): void;
   start(onFrames: (buf: Buffer, fds: number[] | null) => void, onClose: (code: string, message: string | null) => void): void;
   /** Write chunks (in order) now; what the kernel does not take is copied and queued. @returns backlog bytes */
-  writev(chunks: Uint8Array[]): number;
+  writev(chunks: Uint8Array[], quiet?: boolean): number;
   /** One frame with 1..8 fds (the caller keeps its fds). @returns backlog bytes */
   sendWithFds(frame: Uint8Array, fds: number[]): number;
   /** Bytes queued; with `wantDrain`, onClose('drain') runs once the queue is empty. */

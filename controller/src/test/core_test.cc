@@ -288,6 +288,7 @@ class FakeHost : public Host {
   void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
   int takeFd(ConnId) override { return -1; }
   bool attachQueue(ConnId, int*, uint32_t*) override { return false; }
+  void waitingForCredits(ConnId, bool) override {}
   uint64_t backlog(ConnId) const override { return 0; }
   void close(ConnId c, const std::string&) override { closed.push_back(c); }
   void setLinkInfo(ConnId, bool, uint32_t, const std::string&) override {}

@@ -175,8 +175,8 @@ class Consumer {
     return wait_until([this] { return readable(); }, bell_, p, deadline_ns);
   }
   /** Announce sleep for an event-loop waiter; returns true if entries arrived meanwhile (then awake). */
-  bool arm() {
-    bell_.announce();
+  bool arm(bool all = false) {
+    bell_.announce(all ? WAKE_SLEEPING_ALL : WAKE_SLEEPING);
     if (readable()) {
       bell_.awake();
       return true;
@@ -315,6 +315,19 @@ class Producer {
     c_.tail->store(tail_, std::memory_order_release);
     published_ = tail_;
     peer_.notify();
+  }
+
+  /**
+   * Make written entries visible; wake the consumer only if it sleeps for every entry
+   * (WAKE_SLEEPING_ALL), not for ordinary sleep: for entries nobody waits for
+   * (acknowledgements; docs/queues.md "No wake-up for nothing"). They are read with the
+   * next woken batch.
+   */
+  void publish_quiet() {
+    if (published_ == tail_) return;
+    c_.tail->store(tail_, std::memory_order_release);
+    published_ = tail_;
+    peer_.notify(true);
   }
 
   /** Space check for waiting: true when an entry of n bytes fits (re-reads the head). */

@@ -260,7 +260,8 @@ void Sock::Deliver(FrameBatch& b) {
   FatalIfThrown();
 }
 
-// writev(chunks: Uint8Array[]) -> backlog bytes
+// writev(chunks: Uint8Array[], quiet = false) -> backlog bytes; quiet: on a queue pair, publish
+// without waking the Controller (frames nobody waits for: acknowledgements)
 Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArray()) {
@@ -283,7 +284,8 @@ Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
       iov_[i].iov_len = t.ByteLength();
       total += t.ByteLength();
     }
-    if (map_.base) PushFrames(iov_.data(), int(n), total);
+    bool quiet = info.Length() > 1 && info[1].ToBoolean();
+    if (map_.base) PushFrames(iov_.data(), int(n), total, quiet);
     else Write(iov_.data(), int(n), total, nullptr, 0);
   }
   return Napi::Number::New(env, double(out_.size() + qout_.size() - qoutHead_));
@@ -387,16 +389,11 @@ Napi::Value Sock::Backlog(const Napi::CallbackInfo& info) {
 // setReading(on)
 Napi::Value Sock::SetReading(const Napi::CallbackInfo& info) {
   bool on = info.Length() > 0 && info[0].ToBoolean();
-  if (qpoll_ && on != reading_ && state_ == St::Open) {
-    // the rings too: a paused Process reads neither (its Controller sees ring 1 fill up)
-    if (on) {
-      uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
-      Kick();  // frames may have come while paused
-    } else {
-      uv_poll_stop(qpoll_);
-    }
-  }
+  bool resumed = on && !reading_;
+  // Ring 1 too: a paused Process does not read it (its Controller sees ring 1 fill up); the
+  // doorbell stays watched for space in ring 0 (a paused Process still sends).
   reading_ = on;
+  if (resumed && qpoll_ && state_ == St::Open) Kick();  // frames may have come while paused
   UpdatePoll();
   return info.Env().Undefined();
 }
@@ -546,7 +543,7 @@ void Sock::Kick() {
 // than that is split over several (the Controller appends payloads to one stream). Published
 // once per call (JS calls once per tick). What does not fit waits in qout_ with space-wanted
 // armed: the Controller's commit rings our doorbell.
-void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total) {
+void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
   counters_.bytesOut += total;
   size_t done = 0;
   if (qout_.size() == qoutHead_) {
@@ -561,7 +558,8 @@ void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total) {
       }
       done += n;
     }
-    ep_.tx.publish();
+    if (quiet) ep_.tx.publish_quiet();
+    else ep_.tx.publish();
     if (done == total) return;
   }
   if (qoutHead_ > 0 && qoutHead_ >= qout_.size() / 2) {
@@ -652,6 +650,10 @@ void Sock::OnQueueWake() {
     ep_.tx.disarm_space();
     FlushQ();
     if (state_ != St::Open) return;
+  }
+  if (!reading_) {  // paused: ring 1 waits (no wake-up asked for it) until setReading(true)
+    ep_.rx.disarm();
+    return;
   }
   for (int round = 0; round < 16; round++) {
     ep_.rx.disarm();
@@ -794,12 +796,12 @@ void Sock::HookFlush(uint32_t hooked) {
   if (hook_) hook_->flush(hook_->ctx);
 }
 
-int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt) {
+int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags) {
   auto* s = static_cast<Sock*>(chan);
   if (s->state_ != St::Open || iovcnt <= 0) return -EPIPE;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
-  if (s->map_.base) s->PushFrames(iov, iovcnt, total);
+  if (s->map_.base) s->PushFrames(iov, iovcnt, total, (flags & FRACTOS_SEND_QUIET) != 0);
   else s->Write(iov, iovcnt, total, nullptr, 0);
   return s->state_ == St::Open ? 0 : -EPIPE;
 }

@@ -58,7 +58,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void ReleaseHandles();
   void FatalIfThrown();
   // queue mode (docs/queues.md "The Process's side")
-  void PushFrames(const struct iovec* iov, int iovcnt, size_t total);
+  void PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet);
   void FlushQ();
   static void OnDoorbell(uv_poll_t* h, int status, int events);
   int DrainQ(FrameBatch& b);
@@ -66,7 +66,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void Kick();
   void ReleaseQueue();
   // native I/O loop (native/include/frame_hook.h)
-  static int ChanSend(void* chan, const struct iovec* iov, int iovcnt);
+  static int ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
   void HookFlush(uint32_t hooked);
   void DetachHook();
 

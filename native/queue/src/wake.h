@@ -40,7 +40,12 @@
 namespace fractos::queue {
 
 /** Values of a wake word (u32 in shared memory). Anything else reads as AWAKE. */
-enum : uint32_t { WAKE_AWAKE = 0, WAKE_SLEEPING = 1 };
+/**
+ * WAKE_SLEEPING: wake me for what the peer publishes (but quiet publishes: acknowledgements
+ * nobody waits for). WAKE_SLEEPING_ALL: wake me for quiet publishes too (a Controller
+ * waiting for a provider's credits; docs/queues.md "No wake-up for nothing").
+ */
+enum : uint32_t { WAKE_AWAKE = 0, WAKE_SLEEPING = 1, WAKE_SLEEPING_ALL = 3 };
 
 /** How a waiter waits. Units: nanoseconds, counts. */
 struct WakePolicy {
@@ -106,10 +111,12 @@ struct Doorbell {
    * Notifier side, after its release store of the index: wake the waiter iff it announced
    * sleep. Returns true when a syscall was made.
    */
-  bool notify() const {
+  bool notify(bool quiet = false) const {
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (word->load(std::memory_order_relaxed) != WAKE_SLEEPING) return false;
-    if (word->exchange(WAKE_AWAKE, std::memory_order_acq_rel) != WAKE_SLEEPING) return false;
+    uint32_t w = word->load(std::memory_order_relaxed);
+    if (!(w == WAKE_SLEEPING_ALL || (!quiet && w == WAKE_SLEEPING))) return false;
+    w = word->exchange(WAKE_AWAKE, std::memory_order_acq_rel);
+    if (w != WAKE_SLEEPING && w != WAKE_SLEEPING_ALL) return false;
     if (efd >= 0) {
       uint64_t one = 1;
       ssize_t r = write(efd, &one, sizeof one);  // non-blocking: EAGAIN only at 2^64-2, harmless
@@ -121,8 +128,8 @@ struct Doorbell {
   }
 
   /** Waiter side: announce sleep (SLEEPING + seq_cst fence). Re-check the condition after. */
-  void announce() const {
-    word->store(WAKE_SLEEPING, std::memory_order_relaxed);
+  void announce(uint32_t how = WAKE_SLEEPING) const {
+    word->store(how, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
   void awake() const { word->store(WAKE_AWAKE, std::memory_order_relaxed); }

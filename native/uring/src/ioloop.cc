@@ -313,13 +313,15 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       if (r >= 0) self->prepped_ = 0;
       // r < 0 (EAGAIN/EBUSY: CQ overflow): the SQEs stay queued; the next flush or completion submits them
     }
+    // Our credits: only a DELIVER_ACK is due here (answers go out on completion), and nobody
+    // waits for it: published without waking the Controller (docs/queues.md).
     if (self->acks_) {
       uint8_t* p = self->Grow(HEADER + 4);
       header(p, HEADER + 4, OP_DELIVER_ACK, 0);
       st32(p + HEADER, self->acks_);
       self->acks_ = 0;
     }
-    self->Send();
+    self->Send(self->out_.size() == HEADER + 4 ? FRACTOS_SEND_QUIET : 0);
   }
 
   /** The plain case (see the file comment), or 0: JS serves the frame. */
@@ -519,11 +521,11 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     return out_.data() + at;
   }
 
-  void Send() {
+  void Send(uint32_t flags = 0) {
     if (out_.empty()) return;
     if (ops_) {
       struct iovec iov{out_.data(), out_.size()};
-      ops_->send(ops_->chan, &iov, 1);  // -EPIPE: the channel is closing; the Controller revokes everything
+      ops_->send(ops_->chan, &iov, 1, flags);  // -EPIPE: the channel is closing; the Controller revokes everything
     }
     out_.clear();
   }
