@@ -37,7 +37,7 @@ export const ERROR_CODES = [
   'EMLINK', // too many links
   'ENFILE', // too many open files (the service's bound)
   'ELOOP', // too many symlinks, or a directory moved under itself
-  'EBADF', // a file descriptor that is not what the operation needs (a region fd that is not a memfd, no fd where one is needed)
+  'EBADF', // an fd passed to the Controller is not what the operation needs (a region fd that is not a memfd open read-write); kernel errno 9 stays EIO (a device's bad-fd completion is an I/O failure)
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -93,7 +93,7 @@ export const FRACTOS_ERRNO_BASE = 4096;
 const CODE_ERRNO: ReadonlyMap<ErrorCode, number> = new Map<ErrorCode, number>([
   ['EPERM', 1], ['ENOENT', 2], ['EIO', 5], ['EAGAIN', 11], ['EBUSY', 16], ['EEXIST', 17], ['ENODEV', 19], ['ENOTDIR', 20],
   ['EISDIR', 21], ['EINVAL', 22], ['ENOSPC', 28], ['ERANGE', 34], ['ENOTEMPTY', 39], ['ENOTSUP', 95], ['ETIMEDOUT', 110],
-  ['ENAMETOOLONG', 36], ['EACCES', 13], ['EXDEV', 18], ['EMLINK', 31], ['ENFILE', 23], ['ELOOP', 40], ['EBADF', 9],
+  ['ENAMETOOLONG', 36], ['EACCES', 13], ['EXDEV', 18], ['EMLINK', 31], ['ENFILE', 23], ['ELOOP', 40],
 ]);
 
 /** Other errnos (name, Linux number) and the code of the closest meaning: many errnos, one code, one way only. */

@@ -15,7 +15,7 @@ import {
 } from './protocol.js';
 import { ErrorReply, type CapValues, type FieldType, type ImmValues, type Invocation, type MemoryDescriptor, type RequestSchema } from './schema.js';
 import { decodeIntrospect, type Introspection } from './introspect.js';
-import { createRegionFd, mapFd } from '../native/shm/index.js';
+import { createRegionFd, mapFd, type RegionMapping } from '../native/shm/index.js';
 import { closeFd } from '../native/queue/index.js';
 
 /** Options of `connect`. */
@@ -76,7 +76,7 @@ export interface SharedRegion {
   readonly id: number;
   /** Bytes (may exceed 4 GiB). */
   readonly size: number;
-  /** The whole region, mapped. */
+  /** The whole region, mapped. Errors: ERANGE for a region over 4 GiB (use `view`). */
   readonly buffer: ArrayBuffer;
   /** The whole region as bytes. Errors: ERANGE for a region over 4 GiB (use `view`). */
   readonly bytes: Uint8Array;
@@ -86,18 +86,18 @@ export interface SharedRegion {
   readonly shareWhole: boolean;
   /** This Process's fd of the memfd (-1 once freed): the Process closes it, never the caller. */
   readonly fd: number;
-  /** Bytes [offset, offset + length) of the region (length <= 2^32). Errors: ERANGE. */
+  /**
+   * Bytes [offset, offset + length) of the region, without a copy: up to 4 GiB long in a
+   * region up to 4 GiB, up to 2 GiB anywhere in a larger one (RegionMapping.view). Errors: ERANGE.
+   */
   view(offset: number, length: number): Uint8Array;
 }
-
-/** Largest Uint8Array over a mapping (V8's typed-array limit), bytes. */
-const MAX_VIEW_BYTES = 2 ** 32;
 
 class Region implements SharedRegion {
   readonly id: number;
   readonly size: number;
-  readonly buffer: ArrayBuffer;
   readonly shareWhole: boolean;
+  readonly #map: RegionMapping;
   key = 0;
   /** Our fd of the memfd (-1 once freed): kept to register the region again if the Controller forgot it. */
   fd: number;
@@ -107,23 +107,24 @@ class Region implements SharedRegion {
   pending: Promise<unknown> | null = null;
   #bytes: Uint8Array | null = null;
 
-  constructor(id: number, size: number, fd: number, buffer: ArrayBuffer, shareWhole: boolean) {
+  constructor(id: number, size: number, fd: number, map: RegionMapping, shareWhole: boolean) {
     this.id = id;
     this.size = size;
     this.fd = fd;
-    this.buffer = buffer;
+    this.#map = map;
     this.shareWhole = shareWhole;
   }
 
+  get buffer(): ArrayBuffer {
+    return this.#map.buffer;
+  }
+
   get bytes(): Uint8Array {
-    if (this.size > MAX_VIEW_BYTES) throw new FractosError('ERANGE', `region of ${this.size} bytes is over 4 GiB: use view()`);
-    return (this.#bytes ??= new Uint8Array(this.buffer));
+    return (this.#bytes ??= new Uint8Array(this.#map.buffer));
   }
 
   view(offset: number, length: number): Uint8Array {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || length > MAX_VIEW_BYTES || offset + length > this.size)
-      throw new FractosError('ERANGE', `view ${offset}+${length} of a region of ${this.size} bytes`);
-    return new Uint8Array(this.buffer, offset, length);
+    return this.#map.view(offset, length);
   }
 }
 
@@ -364,15 +365,15 @@ export class Process extends EventEmitter {
   allocShared(size: number, opts: SharedRegionOptions = {}): SharedRegion {
     if (this.#closed) throw new FractosError('EDISCONNECTED', 'channel closed');
     const fd = createRegionFd(size);
-    let buffer: ArrayBuffer;
+    let map: RegionMapping;
     try {
-      buffer = mapFd(fd, size, true);
+      map = mapFd(fd, size, true);
     } catch (err) {
       closeSync(fd);
       throw err;
     }
     const id = this.#regionSeq++;
-    const r = new Region(id, size, fd, buffer, opts.shareWhole ?? false);
+    const r = new Region(id, size, fd, map, opts.shareWhole ?? false);
     this.#regions.set(id, r);
     return r;
   }

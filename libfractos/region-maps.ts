@@ -15,7 +15,7 @@
  */
 import { closeSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
-import { mapFd } from '../native/shm/index.js';
+import { mapFd, type RegionMapping } from '../native/shm/index.js';
 import type { Process } from './process.js';
 import { Perm } from './protocol.js';
 import type { MemoryDescriptor } from './schema.js';
@@ -24,12 +24,9 @@ import type { MemoryDescriptor } from './schema.js';
 export const DEFAULT_MAPPED_BYTES = 64 * 2 ** 30;
 /** Default bound on regions mapped at once. */
 export const DEFAULT_MAPPED_REGIONS = 256;
-/** Longest view (V8's typed-array limit), bytes. */
-const MAX_VIEW_BYTES = 2 ** 32;
 
 interface Entry {
-  buffer: ArrayBuffer;
-  size: number;
+  map: RegionMapping;
   writable: boolean;
 }
 
@@ -39,10 +36,10 @@ export interface RegionMapsOptions {
   maxBytes?: number;
   /** Most regions mapped at once (default DEFAULT_MAPPED_REGIONS). */
   maxRegions?: number;
-  /** A region was mapped and cached (the whole mapping, `size` bytes): e.g. registered with a native I/O loop. */
-  onMap?: (key: number, buffer: ArrayBuffer, size: number, writable: boolean) => void;
+  /** A region was mapped and cached (the whole mapping): e.g. registered with a native I/O loop. */
+  onMap?: (key: number, map: RegionMapping) => void;
   /** A cached mapping left the cache (evicted, replaced, forgotten). */
-  onDrop?: (key: number, buffer: ArrayBuffer) => void;
+  onDrop?: (key: number, map: RegionMapping) => void;
 }
 
 export class RegionMaps {
@@ -61,8 +58,8 @@ export class RegionMaps {
     this.#cache = new LRUCache<number, Entry>({
       max: opts.maxRegions ?? DEFAULT_MAPPED_REGIONS,
       maxSize: opts.maxBytes ?? DEFAULT_MAPPED_BYTES,
-      sizeCalculation: (e) => Math.max(1, e.size),
-      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => opts.onDrop!(key, e.buffer) } : {}),
+      sizeCalculation: (e) => Math.max(1, e.map.size),
+      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => opts.onDrop!(key, e.map) } : {}),
     });
     this.#onMap = opts.onMap;
   }
@@ -120,12 +117,13 @@ export class RegionMaps {
       return null;
     }
     try {
-      const e: Entry = { buffer: mapFd(m.fd, m.regionSize, (m.perms & Perm.WRITE) !== 0), size: m.regionSize, writable: (m.perms & Perm.WRITE) !== 0 };
+      const writable = (m.perms & Perm.WRITE) !== 0;
+      const e: Entry = { map: mapFd(m.fd, m.regionSize, writable), writable };
       const old = this.#cache.get(m.regionKey);
       // A read-only mapping never replaces a writable one of the same region.
       if (!old || e.writable || !old.writable) {
         this.#cache.set(m.regionKey, e);
-        this.#onMap?.(m.regionKey, e.buffer, e.size, e.writable);
+        this.#onMap?.(m.regionKey, e.map);
       }
       this.mapped++;
       return e;
@@ -139,6 +137,9 @@ export class RegionMaps {
 }
 
 function viewOf(e: Entry, offset: number, length: number): Uint8Array | null {
-  if (offset + length > e.size || length > MAX_VIEW_BYTES) return null;
-  return new Uint8Array(e.buffer, offset, length);
+  try {
+    return e.map.view(offset, length);
+  } catch {
+    return null; // outside the mapping, or a view too long for it: memory_copy instead
+  }
 }

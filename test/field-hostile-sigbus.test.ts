@@ -12,7 +12,7 @@
 import test from 'ava';
 import { closeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Process, type SharedRegion } from '../libfractos/index.js';
+import { connect, Perm, type Process, type SharedRegion } from '../libfractos/index.js';
 import { clusterSpecs, spawnFractos, startController, tempDir, type Spawned } from './helpers/spawn.js';
 import { Controller } from '../controller/index.js';
 import { BlockdevService } from '../blockdev-adaptor/service.js';
@@ -111,8 +111,7 @@ test('across a peer link: after a refused truncation, copies from and to the reg
 test('the SIGBUS guard (second line): a guarded copy from or to a mapping whose unsealed file shrank answers the operand, the process lives', (t) => {
   const fd = createRegionFd(2 * 4096, 0); // no seals: only the test can do this to itself
   try {
-    const ab = mapFd(fd, 2 * 4096, true);
-    const mapped = new Uint8Array(ab);
+    const mapped = new Uint8Array(mapFd(fd, 2 * 4096, true).buffer);
     mapped.fill(7);
     const mine = new Uint8Array(2 * 4096);
     t.is(copyGuarded(mine, mapped), CopyFault.NONE);
@@ -150,6 +149,20 @@ devices.vtest('the blockdev maps a client region for direct I/O; the client\'s t
     t.true(region.bytes.every((x) => x === 0x5a), 'read back into the same region through the cached mapping');
     t.is(svc.counts.direct, direct + 2);
     t.is(svc.regionMaps.mapped, 1, 'one memory_map for both');
+
+    // A part of a region its owner did not share whole: no fd for the blockdev (it would
+    // expose the rest), so the bounce path (memory_copy); shared whole: direct.
+    const bounced = svc.counts.bounce;
+    const two = await p.memoryCreateShared(2 * SIZE);
+    const half = await p.memoryDiminish(two.cid, SIZE, SIZE);
+    t.is(await port.ioAsync(v.read, false, 0, SIZE, half), SIZE);
+    t.is(svc.counts.bounce, bounced + 1);
+    t.true(two.region.view(SIZE, SIZE).every((x) => x === 0x5a));
+    t.is(svc.regionMaps.refused, 0, 'not even asked: the descriptor said it is not mappable');
+    const slots = await p.memoryCreateShared(2 * SIZE, Perm.RW, { shareWhole: true });
+    t.is(await port.ioAsync(v.read, false, 0, SIZE, await p.memoryDiminish(slots.cid, SIZE, SIZE)), SIZE);
+    t.is(svc.counts.direct, direct + 3);
+    t.true(slots.region.view(SIZE, SIZE).every((x) => x === 0x5a));
   } finally {
     await p?.close();
     await svc?.close();

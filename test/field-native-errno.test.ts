@@ -105,9 +105,9 @@ test.serial('loader: $FRACTOS_NATIVE_DIR first; a file there that does not load 
     t.regex(e.message, /native addon 'broken' unavailable: .*fractos_broken\.node: /); // dlopen's error
     // A working copy there is the one loaded.
     copyFileSync(built, join(dir, 'fractos_shm.node'));
-    const { binding, path } = loadNative<{ create: unknown }>('shm');
+    const { binding, path } = loadNative<{ memfdCreate: unknown }>('shm');
     t.is(path, join(dir, 'fractos_shm.node'));
-    t.is(typeof binding.create, 'function');
+    t.is(typeof binding.memfdCreate, 'function');
     t.is(loadNative('shm').path, path, 'loaded once');
   } finally {
     if (saved === undefined) delete process.env[NATIVE_DIR_ENV];

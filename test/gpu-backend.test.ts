@@ -232,7 +232,7 @@ cpuTest('cpu backend on external memory (a memfd region, as the adaptor uses it)
 function mapRegion(size: number): ArrayBuffer {
   const fd = createRegionFd(size);
   try {
-    return mapFd(fd, size, true);
+    return mapFd(fd, size, true).buffer;
   } finally {
     closeSync(fd);
   }

@@ -4,12 +4,13 @@
  * name anywhere; MEMORY_MAP hands a region's fd to a holder of a cap to it on this host, read-only
  * for a read-only cap, and only for a cap covering the whole region unless its owner shares it
  * whole; regions over 4 GiB work; every fd the Controller took is closed when the Memory on it
- * and the channel are gone; forged fds (a plain file, a pipe, unsealed memfds, read-only fds, a
+ * and the channel are gone (serial tests: they count this process's fds, the Controller's
+ * included); forged fds (a plain file, a pipe, unsealed memfds, read-only fds, a
  * wrong size) are refused and closed (also in the C++ unit tests, controller/src/test/core_test.cc).
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants as fsc, ftruncateSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, constants as fsc, ftruncateSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
@@ -56,9 +57,13 @@ function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
+function fdList(): string {
+  return readdirSync('/proc/self/fd').map((fd) => { try { return `${fd}:${readlinkSync(`/proc/self/fd/${fd}`)}`; } catch { return fd; } }).join(' ');
+}
+
 function shmNames(): string[] {
   try {
-    return readdirSync('/dev/shm').filter((n) => n.startsWith('fractos-'));
+    return readdirSync('/dev/shm').filter((n) => n.startsWith(`fractos-${process.pid}-`));
   } catch {
     return [];
   }
@@ -67,12 +72,11 @@ function shmNames(): string[] {
 test('allocShared: a sealed memfd, mapped, no name in /dev/shm; the Controller copies through it', async (t) => {
   const e = await env();
   try {
-    const before = shmNames();
     const a = await e.proc('a');
     const x = await a.memoryCreateShared(8192);
     const y = await a.memoryCreateShared(8192);
     t.is(fdSeals(x.region.fd), REGION_SEALS, 'shrink, grow and seal sealed');
-    t.deepEqual(shmNames(), before, 'nothing in /dev/shm');
+    t.deepEqual(shmNames(), [], 'nothing of ours in /dev/shm (shm_open names carried the pid)');
     t.true(x.region.key > 0 && y.region.key > 0 && x.region.key !== y.region.key);
     x.region.bytes.fill(0x42);
     await a.memoryCopy(x.cid, y.cid);
@@ -102,7 +106,7 @@ test('memory_map: whole RW cap -> read-write fd of the same bytes; read-only cap
     t.is(m.perms, Perm.RW);
     t.is(m.regionKey, region.key);
     t.is(m.regionSize, 16384);
-    const mapped = new Uint8Array(mapFd(m.fd, m.regionSize, true));
+    const mapped = new Uint8Array(mapFd(m.fd, m.regionSize, true).buffer);
     mapped[5] = 77;
     t.is(region.bytes[5], 77, 'the adaptor writes into the owner\'s region');
     t.is(mapped[6], 9);
@@ -111,7 +115,7 @@ test('memory_map: whole RW cap -> read-write fd of the same bytes; read-only cap
     const r = await dev.memoryMap(ro);
     t.is(r.perms, Perm.READ);
     t.is(await codeOf(Promise.resolve().then(() => mapFd(r.fd, r.regionSize, true))), 'EACCES', 'no writable mapping of a read-only fd');
-    const rmap = new Uint8Array(mapFd(r.fd, r.regionSize, false));
+    const rmap = new Uint8Array(mapFd(r.fd, r.regionSize, false).buffer);
     t.is(rmap[5], 77);
 
     const part = await dev.memoryDiminish(rw, 4096, 4096);
@@ -130,7 +134,7 @@ test('memory_map: whole RW cap -> read-write fd of the same bytes; read-only cap
     const sm = await dev.memoryMap(s3);
     t.is(sm.regionOffset, 3 * 4096);
     t.is(sm.size, 4096);
-    t.is(new Uint8Array(mapFd(sm.fd, sm.regionSize, false))[3 * 4096], 5);
+    t.is(new Uint8Array(mapFd(sm.fd, sm.regionSize, false).buffer)[3 * 4096], 5);
     for (const x of [m, r, sm]) (await import('node:fs')).closeSync(x.fd);
 
     // Over tcp no fd travels.
@@ -203,6 +207,16 @@ test('a region over 4 GiB (sparse): Memory at 4 GiB + 4 KiB, copies both ways, a
     t.true(near.region.bytes.every((b) => b === 0x62));
     const whole = await a.memoryCreate(region, Perm.RW);
     t.is((await a.memoryStat(whole)).size, BIG);
+    // An adaptor maps it (memory_map, RegionMaps) and sees the same bytes past 4 GiB.
+    const dev = await e.proc('adaptor');
+    await a.kvPut('big', whole);
+    const dw = await dev.kvGet('big');
+    const dd = await dev.memoryStat(await dev.memoryDiminish(dw, 2 ** 32 + 4096, 4096));
+    t.false(dd.mappable, 'a part, not shared whole');
+    const maps = new RegionMaps(dev);
+    t.is((await maps.view(dw, await dev.memoryStat(dw), 4096, false))?.[0], 0, 'the whole region maps');
+    const far2 = maps.cached({ ...dd, mappable: true }, 4096, true);
+    t.true(far2?.every((b) => b === 0x62), 'its bytes at 4 GiB + 4 KiB through the cached mapping');
     const { statSync } = await import('node:fs');
     t.true(statSync(`/proc/self/fd/${region.fd}`).blocks * 512 < 1 << 20, 'sparse: only touched pages');
   } finally {
@@ -229,7 +243,7 @@ test('the Controller forgets a region once its Memory is gone; memoryCreate pass
   }
 });
 
-test('no fd leak: every region fd the Controller took is closed once the channel and its Memory are gone', async (t) => {
+test.serial('no fd leak: every region fd the Controller took is closed once the channel and its Memory are gone', async (t) => {
   const e = await env();
   try {
     const base = await e.proc('base'); // the Controller's own fds settle with a first channel
@@ -266,7 +280,7 @@ function forgedCreate(p: Process, id: number, fds: number[], size: number, regio
   );
 }
 
-test('registration refuses forged fds, each closed by the Controller: a plain file, a pipe, an unsealed memfd, one without F_SEAL_SHRINK, a read-only fd, a wrong size', async (t) => {
+test.serial('registration refuses forged fds, each closed by the Controller: a plain file, a pipe, an unsealed memfd, one without F_SEAL_SHRINK, a read-only fd, a wrong size', async (t) => {
   const e = await env();
   const dir = tempDir('fractos-memfd-forged-');
   try {
@@ -292,9 +306,8 @@ test('registration refuses forged fds, each closed by the Controller: a plain fi
     t.is(await forgedCreate(p, 7, [sealed], 4096), 'EEXIST', 'registered already');
     // An fd on a frame that takes none (NULL) is closed by the Controller's host.
     t.is(await codeOf(p.callWithFds(Op.NULL, 0, null, [sealed])), 'OK');
-    for (const fd of [file, fifo, unsealed, growOnly, readOnly]) closeSync(fd);
-    t.true(await until(() => openFds() === before + 1, 2000), `${openFds()} fds, ${before} + the registered region before`);
-    closeSync(sealed);
+    for (const fd of [file, fifo, unsealed, growOnly, readOnly, sealed]) closeSync(fd);
+    t.true(await until(() => openFds() === before + 1, 2000), `${openFds()} fds, ${before} + the registered region before: ${fdList()}`);
     // Saying an fd is attached and sending none: EPROTO, the channel closes (only it).
     const liar = await e.proc('liar');
     t.is(await forgedCreate(liar, 1, [], 4096), 'EPROTO');
@@ -303,5 +316,29 @@ test('registration refuses forged fds, each closed by the Controller: a plain fi
   } finally {
     await e.close();
     removeTempDir(dir);
+  }
+});
+
+test('bounded: at most 1024 shared regions registered per Process (ENOSPC), another Process unaffected; freed ones make room', async (t) => {
+  const e = await env();
+  try {
+    const hog = await e.proc('hog');
+    const regions = [];
+    for (let i = 0; i < 1024; i++) {
+      const r = hog.allocShared(4096);
+      regions.push({ r, cid: await hog.memoryCreate(r) });
+    }
+    const extra = hog.allocShared(4096);
+    t.is(await codeOf(hog.memoryCreate(extra)), 'ENOSPC');
+    const other = await e.proc('other');
+    t.is(await codeOf(other.memoryCreateShared(4096)), 'OK');
+    // Memory gone (revoked and dropped): its region is forgotten, a new one registers.
+    await hog.capRevoke(regions[0]!.cid);
+    await hog.capDrop(regions[0]!.cid);
+    hog.freeShared(regions[0]!.r);
+    t.is(await codeOf(hog.memoryCreate(extra)), 'OK');
+    for (const { r } of regions) hog.freeShared(r);
+  } finally {
+    await e.close();
   }
 });

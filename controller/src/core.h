@@ -85,7 +85,7 @@ struct Proc : ProcBase {
 };
 
 /** Shared regions one Process may have registered at once (each holds an fd and a mapping here). */
-constexpr size_t kMaxRegionsPerProcess = 4096;
+constexpr size_t kMaxRegionsPerProcess = 1024;
 
 /** An authenticated link to a peer Controller. */
 struct Peer {

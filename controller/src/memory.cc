@@ -9,6 +9,7 @@
 // native/include/sigbus_guard.h (docs/core.md "Truncated regions").
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +27,22 @@ namespace fractos {
 // ---- create, diminish, stat, map -------------------------------------------------------------
 
 namespace {
+/**
+ * Most fds all shared regions may hold in this OS process: half its RLIMIT_NOFILE (soft), so
+ * that Processes registering regions never starve the Controller of fds for connections.
+ */
+int64_t regionFdLimit() {
+  // Read at each registration (not a hot path): the limit may change at run time.
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return int64_t(1) << 20;
+  return int64_t(rl.rlim_cur / 2);
+}
+
+Err regionFdsFull() {
+  return Err(kNoSpc, "the Controller holds " + std::to_string(Region::openFds.load()) + " region fds (limit " + std::to_string(regionFdLimit()) +
+                         ": half its RLIMIT_NOFILE)");
+}
+
 /** Closes an fd taken from the host unless released. */
 struct TakenFd {
   int fd;
@@ -88,8 +105,9 @@ Err CoreImpl::memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, cons
       if (it == proc->regions.end() && proc->regions.size() >= kMaxRegionsPerProcess) {
         for (auto i = proc->regions.begin(); i != proc->regions.end();) i = i->second.expired() ? proc->regions.erase(i) : std::next(i);
         if (proc->regions.size() >= kMaxRegionsPerProcess)
-          return Err(kNoSpc, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxRegionsPerProcess) + " shared regions");
+          return Err(kNoSpc, "process " + std::to_string(proc->id) + " has " + std::to_string(kMaxRegionsPerProcess) + " shared regions registered");
       }
+      if (Region::openFds.load() >= regionFdLimit()) return regionFdsFull();
       map = std::make_shared<Region>();
       map->len = size_t(fsize);
       if (map->len > 0) {
@@ -103,6 +121,7 @@ Err CoreImpl::memoryCreate(const std::shared_ptr<Proc>& proc, uint32_t seq, cons
         map->base = static_cast<uint8_t*>(p);
       }
       map->fd = fd.release();
+      Region::openFds++;
       map->key = nextRegionKey_++;
       map->shareWhole = (flags & kMemCreateShareWhole) != 0;
       proc->regions[regionId] = map;
@@ -195,9 +214,11 @@ Err CoreImpl::memoryMap(const std::shared_ptr<Proc>& proc, uint32_t seq, const s
   uint8_t perms = m.perms & kRW;
   if (!(perms & kWrite)) {
     if (g.roFd < 0) {
+      if (Region::openFds.load() >= regionFdLimit()) return regionFdsFull();
       int ro = region::reopenReadOnly(g.fd);
       if (ro < 0) return Err(kPerm, std::string("no read-only fd of the region: ") + strerror(-ro));
       g.roFd = ro;
+      Region::openFds++;
     }
     fd = g.roFd;
   }

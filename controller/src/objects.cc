@@ -11,10 +11,18 @@
 
 namespace fractos {
 
+std::atomic<int64_t> Region::openFds{0};
+
 Region::~Region() {
   if (base != nullptr && len > 0) munmap(base, len);
-  if (fd >= 0) close(fd);
-  if (roFd >= 0) close(roFd);
+  if (fd >= 0) {
+    close(fd);
+    openFds--;
+  }
+  if (roFd >= 0) {
+    close(roFd);
+    openFds--;
+  }
 }
 
 void Target::addEntry(const ProcBase* p) {

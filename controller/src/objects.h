@@ -6,6 +6,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,6 +43,8 @@ struct Region {
   size_t len = 0;
   bool shareWhole = false; // the owner lets holders of any view map the whole region
   bool faulted = false;    // a copy faulted on it (logged once)
+  /** fds held by all Regions of this OS process (fd and roFd): bounded by memory.cc against RLIMIT_NOFILE. */
+  static std::atomic<int64_t> openFds;
   Region() = default;
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;

@@ -13,7 +13,7 @@ import { loadNative, nativeError } from '../loader.js';
 
 interface ShmBinding {
   memfdCreate(size: number, seals: number): number;
-  map(fd: number, size: number, writable: boolean): ArrayBuffer;
+  map(fd: number, size: number, writable: boolean): ArrayBuffer[];
   seals(fd: number): number;
   address(ab: ArrayBuffer): number;
   peerCred(fd: number): PeerCred;
@@ -69,18 +69,61 @@ export function createRegionFd(size: number, seals: number = REGION_SEALS): numb
   }
 }
 
+/** Longest Uint8Array (V8's typed-array limit) and largest N-API external ArrayBuffer, bytes. */
+export const MAX_VIEW_BYTES = 2 ** 32;
+const WINDOW_STEP = 2 ** 31;
+
 /**
- * Map bytes [0, size) of `fd` shared, read-write or read-only (a read-only fd can only be
- * mapped read-only: EACCES otherwise). The mapping outlives `fd` (close it when done) and is
- * unmapped when the ArrayBuffer is garbage-collected. A Uint8Array covers at most 2^32 bytes:
- * view larger mappings in parts (`new Uint8Array(ab, offset, length)`).
+ * A region mapped once, seen through ArrayBuffer windows (N-API makes no external ArrayBuffer
+ * over 4 GiB): one over everything up to 4 GiB, else one every 2 GiB, each 4 GiB long or to
+ * the end. Unmapped when every window is garbage-collected.
+ */
+export class RegionMapping {
+  readonly size: number;
+  readonly writable: boolean;
+  readonly #windows: ArrayBuffer[];
+
+  /** @internal use mapFd */
+  constructor(windows: ArrayBuffer[], size: number, writable: boolean) {
+    this.#windows = windows;
+    this.size = size;
+    this.writable = writable;
+  }
+
+  /** The whole mapping as one ArrayBuffer (regions up to 4 GiB). Errors: ERANGE. */
+  get buffer(): ArrayBuffer {
+    if (this.size > MAX_VIEW_BYTES) throw new FractosError('ERANGE', `a mapping of ${this.size} bytes is over 4 GiB: use view()`);
+    return this.#windows[0]!;
+  }
+
+  /**
+   * Bytes [offset, offset + length) of the mapping, without a copy: any range up to 4 GiB in
+   * a mapping up to 4 GiB; in a larger one any range up to 2 GiB (or up to 4 GiB starting at
+   * a multiple of 2 GiB). Errors: ERANGE.
+   */
+  view(offset: number, length: number): Uint8Array {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
+      throw new FractosError('ERANGE', `view ${offset}+${length} of a mapping of ${this.size} bytes`);
+    // The last window runs to the end: an offset past its start is in it.
+    const k = Math.min(Math.floor(offset / WINDOW_STEP), this.#windows.length - 1);
+    const w = this.#windows[k]!;
+    const at = offset - k * WINDOW_STEP;
+    if (at + length > w.byteLength) throw new FractosError('ERANGE', `view ${offset}+${length} crosses a 4 GiB window of a mapping of ${this.size} bytes`);
+    return new Uint8Array(w, at, length);
+  }
+}
+
+/**
+ * Map bytes [0, size) of `fd` shared (MAP_NORESERVE: a sparse region costs the pages
+ * touched), read-write or read-only (a read-only fd can only be mapped read-only: EACCES
+ * otherwise). The mapping outlives `fd` (close it when done).
  * Errors: EINVAL (size), EBADF, EACCES, ENOMEM, ENODEV.
  */
-export function mapFd(fd: number, size: number, writable: boolean): ArrayBuffer {
+export function mapFd(fd: number, size: number, writable: boolean): RegionMapping {
   checkFd(fd);
   checkSize(size);
   try {
-    return loadShm().map(fd, size, writable);
+    return new RegionMapping(loadShm().map(fd, size, writable), size, writable);
   } catch (err) {
     return wrap(err);
   }

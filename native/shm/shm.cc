@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -31,13 +32,18 @@ Napi::Value ErrnoError(Napi::Env env, const char* what, int err) {
   return env.Undefined();
 }
 
+// One mapping seen through one or more ArrayBuffers (windows): unmapped when the last goes.
 struct Mapping {
+  void* base;
   size_t len;
+  int refs;
 };
 
-void Unmap(Napi::Env, void* data, Mapping* m) {
-  munmap(data, m->len);
-  delete m;
+void Release(Napi::Env, void*, Mapping* m) {
+  if (--m->refs == 0) {
+    munmap(m->base, m->len);
+    delete m;
+  }
 }
 
 // ---- Guarded copies: native/include/sigbus_guard.h (fractos::guardedMove, fractos::inRange)
@@ -81,18 +87,45 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// map(fd: number, size: number, writable: boolean) -> ArrayBuffer over bytes [0, size) of the
-// file, MAP_SHARED, PROT_READ (| PROT_WRITE); unmapped when the ArrayBuffer is collected. The
-// fd stays open (the mapping keeps the file alive after it is closed).
+// map(fd: number, size: number, writable: boolean) -> ArrayBuffer[]: bytes [0, size) of the
+// file mapped once, MAP_SHARED | MAP_NORESERVE, PROT_READ (| PROT_WRITE), seen through windows
+// (N-API makes no external ArrayBuffer over 4 GiB): one over everything when size <= 4 GiB,
+// else one every 2 GiB, each 4 GiB long or to the end, so that any range of at most 2 GiB
+// lies inside one of them. Unmapped when every window is collected. The fd stays open (the
+// mapping keeps the file alive after it is closed).
 Napi::Value Map(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
   size_t size = size_t(info[1].As<Napi::Number>().Int64Value());
   bool writable = info[2].ToBoolean();
-  if (size == 0) return Napi::ArrayBuffer::New(env, 0);
-  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+  Napi::Array out = Napi::Array::New(env);
+  if (size == 0) {
+    out.Set(uint32_t(0), Napi::ArrayBuffer::New(env, 0));
+    return out;
+  }
+  void* p = mmap(nullptr, size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (p == MAP_FAILED) return ErrnoError(env, "mmap", errno);
-  return Napi::ArrayBuffer::New(env, p, size, Unmap, new Mapping{size});
+  constexpr size_t kWindow = size_t(1) << 32, kStep = size_t(1) << 31;
+  auto* m = new Mapping{p, size, 1};  // the 1 is ours until every window is made
+  uint32_t i = 0;
+  for (size_t off = 0; off < size; off += kStep) {
+    size_t len = std::min(kWindow, size - off);
+    m->refs++;
+    napi_value ab;
+    if (napi_create_external_arraybuffer(env, static_cast<uint8_t*>(p) + off, len,
+                                         [](napi_env e, void* d, void* h) { Release(Napi::Env(e), d, static_cast<Mapping*>(h)); },
+                                         m, &ab) != napi_ok) {
+      // Node may have run the finalizer already (it does when V8 refuses the buffer): the
+      // window's ref is not taken back here (at worst the mapping stays), only ours.
+      Release(env, nullptr, m);
+      Napi::Error::New(env, "napi_create_external_arraybuffer failed").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    out.Set(i++, Napi::Value(env, ab));
+    if (len == size - off) break;
+  }
+  Release(env, nullptr, m);
+  return out;
 }
 
 // seals(fd: number) -> the F_SEAL_* bits of the file (F_GET_SEALS), or -errno (-EINVAL: a

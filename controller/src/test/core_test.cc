@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -676,6 +677,27 @@ static void testMemoryFds() {
   CHECK_EQ(fstat(bigMine, &st), 0);
   CHECK(uint64_t(st.st_blocks) * 512 <= 64 * 4096);  // sparse: a few pages
   close(bigMine);
+  // The Controller's region fds are bounded by half its RLIMIT_NOFILE: ENOSPC beyond, the fd closed.
+  {
+    struct rlimit saved;
+    CHECK_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    int64_t held = Region::openFds.load();
+    struct rlimit low = saved;
+    low.rlim_cur = rlim_t(2 * (held + 2));  // room for two more regions
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    uint16_t codes[3];
+    for (uint32_t i = 0; i < 3; i++) {
+      int rfd = region::create(4096, region::kOwnerSeals);
+      host.incoming.push_back(rfd);
+      call(core, 20, memCreate(f, 30 + i, kMemCreateFd, 40 + i, 0, 4096, 4096));
+      codes[i] = codeOf(host.last(20));
+      if (codes[i] != 0) CHECK(!fdOpen(rfd));
+    }
+    CHECK_EQ(codes[0], uint16_t(0));
+    CHECK_EQ(codes[1], uint16_t(0));
+    CHECK_EQ(codes[2], uint16_t(kNoSpc));
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  }
   // A bad or short body: EPROTO closes the channel (the fd said to be there is not).
   call(core, 21, memCreate(f, 2, kMemCreateFd, 1, 0, 4096, 4096));
   CHECK_EQ(codeOf(host.last(21)), uint16_t(kProto));
