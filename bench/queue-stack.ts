@@ -151,7 +151,7 @@ export async function runStackBench(opts: StackBenchOptions = {}): Promise<Bench
     say(`idle stack CPU over ${idleSeconds} s`);
     const idle = await connect(spec!.unix, { name: 'bench-idle' });
     procs.push(idle);
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 2000)); // the closes of the runs above settle first
     const pid = ctl.child.pid!;
     const c0 = procCpuS(pid);
     const u0 = process.cpuUsage();

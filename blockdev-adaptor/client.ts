@@ -200,7 +200,8 @@ export class IoPort {
     h.writeUInt32LE(flags, 12);
     const args = write ? pair.argsW : pair.args;
     args.caps![0]!.cap = buffer;
-    this.#p.requestInvoke(req, args).catch((e: unknown) => {
+    // quiet: the continuation answers; the REPLY does not wake us by itself (docs/queues.md)
+    this.#p.requestInvoke(req, args, { quiet: true }).catch((e: unknown) => {
       if (pair.done !== done) return;
       pair.done = null;
       this.#free.push(pair);

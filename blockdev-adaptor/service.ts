@@ -606,7 +606,8 @@ export class BlockdevService {
         if (res === length) {
           const b = Buffer.allocUnsafe(4);
           b.writeUInt32LE(length, 0);
-          this.proc.requestInvoke(ok, { imms: [{ offset: IO_REPLY_OFF, bytes: b }] }).catch(() => {});
+          // quiet: nobody here waits for this REPLY (docs/queues.md "No wake-up for nothing")
+          this.proc.requestInvoke(ok, { imms: [{ offset: IO_REPLY_OFF, bytes: b }] }, { quiet: true }).catch(() => {});
           resolve();
         } else {
           const code: ErrorCode = err instanceof FractosError ? err.code : res < 0 ? errorCodeFromErrno(res) : 'EIO';

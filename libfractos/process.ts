@@ -573,15 +573,23 @@ export class Process extends EventEmitter {
    * request_invoke: deliver the Request (with `args` added) to its provider. Resolves once
    * delivered (one-way; results travel through continuations). Errors: EBADCAP, EREVOKED,
    * ETYPE, EARGSET, ERANGE, EAGAIN (provider's queue full).
+   *
+   * `quiet`: the caller waits for the invocation's continuation anyway, so on a queue pair
+   * its success REPLY does not wake this Process by itself; the promise resolves when the
+   * reply is read (with the next frame that wakes it). A Process with request handlers
+   * sleeps for loud frames only; one without handlers is woken by quiet replies too, so it
+   * never waits for nothing. Failures always wake (typed error). docs/queues.md "No
+   * wake-up for nothing".
    */
-  async requestInvoke(cid: number, args?: RequestArgs): Promise<void> {
+  async requestInvoke(cid: number, args?: RequestArgs, opts?: { quiet?: boolean }): Promise<void> {
     checkCid(cid);
-    await this.#argsCall(Op.REQUEST_INVOKE, cid, args);
+    await this.#argsCall(opts?.quiet ? Op.REQUEST_INVOKE_QUIET : Op.REQUEST_INVOKE, cid, args);
   }
 
   /** Register the handler of a tag (request_receive). */
   onRequest(tag: number, handler: RequestHandler): void {
     this.#handlers.set(tag >>> 0, handler);
+    if (this.#link instanceof UnixLink) this.#link.setWakeAll(false);
   }
 
   /**

@@ -31,6 +31,8 @@ export const Op = {
   REQUEST_CREATE: 0x20,
   REQUEST_DERIVE: 0x21,
   REQUEST_INVOKE: 0x22,
+  /** REQUEST_INVOKE whose success REPLY wakes nobody by itself (docs/queues.md "No wake-up for nothing"). */
+  REQUEST_INVOKE_QUIET: 0x23,
   CAP_REVTREE: 0x30,
   CAP_REVOKE: 0x31,
   CAP_DROP: 0x32,

@@ -95,6 +95,14 @@ export class UnixLink implements FrameLink {
     }
   }
 
+  /**
+   * Which frames wake this Process when it sleeps on its queue pair: all (true, default) or
+   * all but quiet replies (false: a Process whose continuations will wake it).
+   */
+  setWakeAll(all: boolean): void {
+    this.#sock.setWakeAll(all);
+  }
+
   /** Counters of the native side (wake-ups, polls). */
   nativeStats(): ReturnType<NativeSock['stats']> {
     return this.#sock.stats();

@@ -5,7 +5,7 @@
  * rings loses its channel and nobody else notices; a Process killed -9 in the middle of queue
  * traffic; the Controller OS process killed -9 (EDISCONNECTED); a Process that never drains
  * ring 1 (the Controller's backlog stays bounded, it stops reading that Process, others are
- * served, nothing is lost once it reads). Skipped with the reason when the queue addon is not
+ * served, nothing is lost once it reads); quiet invocations (REQUEST_INVOKE_QUIET). Skipped with the reason when the queue addon is not
  * built.
  */
 import test from 'ava';
@@ -240,6 +240,46 @@ qtest('a Process that never drains its ring: the Controller stays bounded and st
   } finally {
     await good.close();
     await flooder.close();
+    await close();
+  }
+});
+
+qtest('quiet invocations: the promise resolves, the continuation arrives, failures are typed errors; with or without handlers', async (t) => {
+  const { addr, close } = await start();
+  const procs: Process[] = [];
+  try {
+    const provider = await connect(addr, { name: 'provider' });
+    const client = await connect(addr, { name: 'client' });
+    const bare = await connect(addr, { name: 'bare' }); // no request handlers: woken by quiet replies too
+    procs.push(provider, client, bare);
+    const ECHO = 7;
+    const CONT = 8;
+    provider.onRequest(ECHO, (inv) => {
+      const cont = inv.caps[0]!;
+      void provider.requestInvoke(cont, {}, { quiet: true }).catch(() => {});
+    });
+    const echo = await provider.requestCreate(ECHO);
+    await provider.kvPut('echo', echo);
+    let got = 0;
+    let wake: (() => void) | null = null;
+    client.onRequest(CONT, () => {
+      got++;
+      wake?.();
+    });
+    const cont = await client.requestCreate(CONT);
+    const e = await client.kvGet('echo');
+    const N = 500;
+    for (let i = 0; i < N; i++) {
+      const arrived = new Promise<void>((r) => (wake = r));
+      await Promise.all([client.requestInvoke(e, { caps: [{ slot: 0, cap: cont }] }, { quiet: true }), arrived]);
+    }
+    t.is(got, N);
+    const e2 = await bare.kvGet('echo');
+    await bare.requestInvoke(e2, {}, { quiet: true }); // resolves although bare has no handlers
+    const err = await t.throwsAsync(client.requestInvoke(0xfffff, {}, { quiet: true }));
+    t.is((err as FractosError).code, 'EBADCAP');
+  } finally {
+    for (const p of procs) await p.close();
     await close();
   }
 });

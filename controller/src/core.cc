@@ -125,6 +125,16 @@ Done CoreImpl::replyDone(const std::shared_ptr<Proc>& proc, uint32_t seq) {
   };
 }
 
+Done CoreImpl::replyDoneQuiet(const std::shared_ptr<Proc>& proc, uint32_t seq) {
+  return [this, proc, seq](const Err& e) {
+    if (!proc->alive) return;
+    if (e) return replyErr(proc->conn, seq, e);  // a failure always wakes its invoker
+    out_.start(op::REPLY, seq).finish();
+    struct iovec iov{const_cast<uint8_t*>(out_.data()), out_.size()};
+    host_->sendQuiet(proc->conn, &iov, 1);
+  };
+}
+
 // ---- HELLO ------------------------------------------------------------------------------
 
 void CoreImpl::processHello(ConnId c, uint32_t kernelPid, bool unixSocket, const uint8_t* f, size_t len) {
@@ -330,7 +340,8 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
     }
 
     case op::REQUEST_DERIVE:
-    case op::REQUEST_INVOKE: {
+    case op::REQUEST_INVOKE:
+    case op::REQUEST_INVOKE_QUIET: {  // quiet: its success REPLY wakes nobody by itself (docs/queues.md)
       // u32 cid, args -> u32 cid (derive) | REPLY once delivered (invoke)
       // The whole body is parsed (EPROTO) before any cid is looked up (EBADCAP, EREVOKED);
       // the limits are checked when the args are merged, after the target's type.
@@ -357,7 +368,7 @@ Err CoreImpl::onProcFrame(const std::shared_ptr<Proc>& proc, const uint8_t* f, s
         replyCid(*proc, seq, out);
         return Err();
       }
-      Done done = replyDone(proc, seq);
+      Done done = h.op == op::REQUEST_INVOKE_QUIET ? replyDoneQuiet(proc, seq) : replyDone(proc, seq);
       if (!t->revoked) {
         if (t->isProxy) {
           const Ref& ref = static_cast<Proxy*>(t.get())->ref;

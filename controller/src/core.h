@@ -156,6 +156,8 @@ class CoreImpl final : public Core, public ObjectEvents {
   void replyErr(ConnId c, uint32_t seq, const Err& e);
   void replyCid(Proc& proc, uint32_t seq, uint32_t cid);
   Done replyDone(const std::shared_ptr<Proc>& proc, uint32_t seq);
+  /** replyDone of REQUEST_INVOKE_QUIET: a success goes with Host::sendQuiet. */
+  Done replyDoneQuiet(const std::shared_ptr<Proc>& proc, uint32_t seq);
   void replyStats(Proc& proc, uint32_t seq);
   void replyIntrospect(Proc& proc, uint32_t seq, uint64_t since);
   void send(ConnId c, const Frame& f);

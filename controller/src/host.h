@@ -78,6 +78,14 @@ class Host {
   virtual void send(ConnId c, const struct iovec* iov, int iovcnt) = 0;
 
   /**
+   * `send` of a frame that does not wake the Process by itself (the success REPLY of a
+   * REQUEST_INVOKE_QUIET): on a queue pair, a loop iteration that pushed only such frames to
+   * `c` publishes them without waking a Process that sleeps for loud frames only
+   * (docs/queues.md "No wake-up for nothing"). Elsewhere the same as send.
+   */
+  virtual void sendQuiet(ConnId c, const struct iovec* iov, int iovcnt) = 0;
+
+  /**
    * Send one frame on the socket of `c` with `nfds` (1..8) file descriptors attached
    * (SCM_RIGHTS; docs/protocol.md "Frames with file descriptors"). Only on a unix socket
    * (tcp, unknown or closed conn: the frame is dropped silently, like `send`). The fds go

@@ -367,7 +367,7 @@ void HostImpl::send(ConnId id, const struct iovec* iov, int iovcnt) {
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
   c->st.framesOut++;
   c->st.bytesOut += total;
-  if (c->q && c->state == ConnState::Process) return queueSend(c, iov, iovcnt, total);  // host_queue.cc
+  if (c->q && c->state == ConnState::Process) return queueSend(c, iov, iovcnt, total, false);  // host_queue.cc
   size_t done = 0;
   if (c->out.size() == 0) {
     struct msghdr mh{};

@@ -109,6 +109,7 @@ struct ConnQueue {
   bool spaceArmed = false;  // waiting for the Process to free ring 1
   bool ready = false;       // in readyQueues_: ring 0 may hold entries not read yet
   bool recent = false;      // in recentQueues_: read entries this iteration (spinRings)
+  bool loud = false;        // a frame that wakes the Process was pushed since the last publish
   bool wantAll = false;     // the core waits for this Process's credits: wake for quiet entries too
   ConnQueue() = default;
   ConnQueue(const ConnQueue&) = delete;
@@ -197,6 +198,7 @@ class HostImpl final : public Host {
 
   // ---- Host (loop thread) ----
   void send(ConnId c, const struct iovec* iov, int iovcnt) override;
+  void sendQuiet(ConnId c, const struct iovec* iov, int iovcnt) override;
   void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
   int takeFd(ConnId c) override;
   bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) override;
@@ -234,7 +236,7 @@ class HostImpl final : public Host {
   void queueOut(Conn* c, const struct iovec* iov, int iovcnt, size_t skip);
   bool takeFrames(Conn* c, std::vector<uint8_t>& in, size_t& inLen, uint64_t base, bool sock);
   // host_queue.cc
-  void queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total);
+  void queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total, bool quiet);
   void onQueueEvent(ConnId id);
   void drainRing(Conn* c);
   void flushRing(Conn* c);

@@ -79,8 +79,20 @@ void HostImpl::waitingForCredits(ConnId id, bool waiting) {
   }
 }
 
-void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total) {
+void HostImpl::sendQuiet(ConnId id, const struct iovec* iov, int iovcnt) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || !it->second->q || it->second->state != ConnState::Process) return send(id, iov, iovcnt);
+  Conn* c = it->second.get();
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  c->st.framesOut++;
+  c->st.bytesOut += total;
+  queueSend(c, iov, iovcnt, total, true);
+}
+
+void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
   ConnQueue& q = *c->q;
+  if (!quiet) q.loud = true;
   size_t done = 0;
   if (q.backlog() == 0) {
     while (done < total) {
@@ -143,6 +155,7 @@ void HostImpl::flushRing(Conn* c) {
     q.outHead = 0;
     if (q.out.capacity() > (1u << 20)) q.out.shrink_to_fit();
   }
+  if (pushed) q.loud = true;  // what waited may hold loud frames
   if (!q.touched) {
     q.touched = true;
     touched_.push_back(c->id);
@@ -232,7 +245,10 @@ void HostImpl::publishRings() {
     ConnQueue& q = *c->q;
     q.touched = false;
     if (c->state != ConnState::Process) continue;
-    q.ep.tx.publish();
+    // quiet frames only: visible, but a Process sleeping for loud frames is not woken
+    if (q.loud) q.ep.tx.publish();
+    else q.ep.tx.publish_quiet();
+    q.loud = false;
     if (q.backlog() > 0 && !q.spaceArmed) {
       uint32_t want = uint32_t(std::min<uint64_t>(q.backlog(), q.maxEntry));
       if (q.ep.tx.arm_space(want)) {

@@ -66,6 +66,8 @@ export interface NativeSock {
   fd(): number;
   /** Queue mode: ring 0 carries writev's frames, ring 1's frames come through onFrames. Errors: EPROTO. */
   attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
+  /** Sleep on ring 1 for every frame (true, default) or all but quiet replies (false). */
+  setWakeAll(all: boolean): void;
   /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
   poll(spinNs: number): Buffer | null;
   stats(): { queue: boolean; ringBytes: number; maxEntry: number; wakes: number; polls: number; pollHits: number; queuedBytes: number; hooked: number };

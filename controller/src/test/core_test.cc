@@ -146,9 +146,9 @@ static void testWire() {
   CHECK(kr.bad);
 
   // the frames the core sends
-  encodeHelloReply(f, 7, 1, 2, 3, 4, 5, 6, 256);
-  CHECK_EQ(hex(f), std::string("2c000000") + "7f00" + "0000" + "07000000" + "0000" + "0000" + "01000000" + "02000000" + "03000000" +
-                       "04000000" + "05000000" + "06000000" + "00010000");
+  encodeHelloReply(f, 7, 1, 2, 3, 4, 5, 6, 256, 2, 1u << 20);
+  CHECK_EQ(hex(f), std::string("34000000") + "7f00" + "0000" + "07000000" + "0000" + "0000" + "01000000" + "02000000" + "03000000" +
+                       "04000000" + "05000000" + "06000000" + "00010000" + "02000000" + "00001000");
   encodeMonitorFire(f, op::MONITOR_FIRE, 9, kReasonDelegatesGone);
   CHECK_EQ(hex(f), std::string("18000000") + "8100" + "0000" + "00000000" + "0000" + "0000" + "09000000" + "0300" + "0000");
   encodeMemRead(f, 4, 0x11, 0x22, 0x33);
@@ -288,6 +288,7 @@ class FakeHost : public Host {
   }
   void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
   int takeFd(ConnId) override { return -1; }
+  void sendQuiet(ConnId c, const struct iovec* iov, int n) override { send(c, iov, n); }
   bool attachQueue(ConnId, int*, uint32_t*) override { return false; }
   void waitingForCredits(ConnId, bool) override {}
   uint64_t backlog(ConnId) const override { return 0; }
@@ -324,7 +325,7 @@ static uint32_t hello(Core* core, FakeHost& host, ConnId c, uint32_t features) {
   core->processHello(c, 4242, true, f.data(), f.size());
   std::string r = host.last(c);
   CHECK_EQ(opOf(r), uint16_t(op::REPLY));
-  CHECK_EQ(r.size(), size_t(44));
+  CHECK_EQ(r.size(), size_t(52));
   return u32At(r, 24);
 }
 

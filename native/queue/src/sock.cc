@@ -39,7 +39,8 @@ Napi::Function Sock::Init(Napi::Env env) {
                       InstanceMethod<&Sock::Backlog>("backlog"), InstanceMethod<&Sock::SetReading>("setReading"),
                       InstanceMethod<&Sock::Close>("close"), InstanceMethod<&Sock::Fd>("fd"),
                       InstanceMethod<&Sock::AttachQueue>("attachQueue"), InstanceMethod<&Sock::Poll>("poll"),
-                      InstanceMethod<&Sock::Stats>("stats"), InstanceMethod<&Sock::SetFrameHook>("setFrameHook")});
+                      InstanceMethod<&Sock::Stats>("stats"), InstanceMethod<&Sock::SetFrameHook>("setFrameHook"),
+                      InstanceMethod<&Sock::SetWakeAll>("setWakeAll")});
 }
 
 // new Sock(maxFrameBytes)
@@ -529,7 +530,7 @@ Napi::Value Sock::AttachQueue(const Napi::CallbackInfo& info) {
   }
   qpoll_->data = this;
   uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
-  if (ep_.rx.arm()) Kick();  // frames already there (sent right after the HELLO reply)
+  if (ep_.rx.arm(wakeAll_)) Kick();  // frames already there (sent right after the HELLO reply)
   return env.Undefined();
 }
 
@@ -667,7 +668,7 @@ void Sock::OnQueueWake() {
       Fail(EPROTO, "the controller broke the completion ring");
       return;
     }
-    if (!ep_.rx.arm()) return;  // asleep in the event loop: the Controller rings the doorbell
+    if (!ep_.rx.arm(wakeAll_)) return;  // asleep in the event loop: the Controller rings the doorbell
   }
   Kick();  // still busy after 16 batches: let the loop run other work first
 }
@@ -713,6 +714,12 @@ Napi::Value Sock::Poll(const Napi::CallbackInfo& info) {
   auto* v = b.bytes;
   counters_.framesIn += b.frames;
   return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* vec) { delete vec; }, v);
+}
+
+// setWakeAll(all): which publishes of ring 1 wake us (docs/queues.md "No wake-up for nothing")
+Napi::Value Sock::SetWakeAll(const Napi::CallbackInfo& info) {
+  wakeAll_ = info.Length() < 1 || info[0].ToBoolean();
+  return info.Env().Undefined();
 }
 
 Napi::Value Sock::Stats(const Napi::CallbackInfo& info) {

@@ -42,6 +42,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   Napi::Value Poll(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value SetFrameHook(const Napi::CallbackInfo& info);
+  Napi::Value SetWakeAll(const Napi::CallbackInfo& info);
 
   void TryConnect();
   static void OnConnectTimer(uv_timer_t* t);
@@ -101,6 +102,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   std::vector<uint8_t> qout_;  // bytes that did not fit ring 0: [qoutHead_, size)
   size_t qoutHead_ = 0;
   bool spaceArmed_ = false;
+  bool wakeAll_ = true;  // ring 1 sleep: WAKE_SLEEPING_ALL (any frame) or WAKE_SLEEPING (loud frames only)
   std::vector<uint8_t> entry_;
   uint64_t wakes_ = 0, polls_ = 0, pollHits_ = 0;
   std::vector<struct iovec> iov_;

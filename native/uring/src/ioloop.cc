@@ -4,7 +4,7 @@
 // queue addon's frame splitter calls), checked exactly as blockdev-adaptor/service.ts checks
 // them, turned into io_uring SQEs that target the client's mapped Memory, submitted once per
 // drained batch, and on completion the continuation is invoked (a REQUEST_INVOKE frame with
-// IoReply's immediate), the delivered caps dropped (CAP_DROP_MANY) and the delivery credits
+// IoReply's immediate; REQUEST_INVOKE_QUIET, whose success REPLY wakes nobody), the delivered caps dropped (CAP_DROP_MANY) and the delivery credits
 // returned (DELIVER_ACK), without entering JS.
 //
 // Anything that is not the plain case is passed to JS unchanged (the hook returns 0), which
@@ -45,7 +45,8 @@ namespace {
 // Wire constants of docs/protocol.md (libfractos/protocol.ts Op, Perm, Backing, MemFlag).
 constexpr uint16_t OP_REPLY = 0x7f;
 constexpr uint16_t OP_DELIVER = 0x80;
-constexpr uint16_t OP_REQUEST_INVOKE = 0x22;
+/** REQUEST_INVOKE_QUIET: as REQUEST_INVOKE, but its success REPLY does not wake us by itself. */
+constexpr uint16_t OP_REQUEST_INVOKE_QUIET = 0x23;
 constexpr uint16_t OP_DELIVER_ACK = 0x60;
 constexpr uint16_t OP_CAP_DROP_MANY = 0x61;
 constexpr uint32_t HEADER = 16;
@@ -55,7 +56,7 @@ constexpr uint8_t MEMFLAG_LOCAL = 1;
 constexpr uint32_t DESCRIPTOR_BYTES = 40;
 /** Seqs of the loop's own calls: the top bit set (libfractos/calls.ts keeps JS's below it). */
 constexpr uint32_t SEQ_NATIVE = 0x80000000u;
-/** Bytes of one REQUEST_INVOKE the loop sends: header, u32 cid, u16 1 cap... see invokeFrame. */
+/** Bytes of one REQUEST_INVOKE_QUIET the loop sends (see Complete). */
 constexpr uint32_t INVOKE_BYTES = HEADER + 4 + 4 + 8 + 4;
 
 inline uint16_t ld16(const uint8_t* p) {
@@ -499,11 +500,14 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     MaybeFinishClose();
   }
 
-  /** The continuation with IoReply's length (service.ts done2), then the caps go. */
+  /**
+   * The continuation with IoReply's length (service.ts done2), then the caps go. Quiet: its
+   * success REPLY is taken with our next woken batch (a refused one still wakes us).
+   */
   void Complete(const Slot& s) {
     uint8_t* p = Grow(INVOKE_BYTES);
     // u32 cid, args: u16 0 caps, u16 1 imm, (u32 offset, u32 4, u32 length)
-    header(p, INVOKE_BYTES, OP_REQUEST_INVOKE, SEQ_NATIVE | (seq_++ & 0x7fffffffu));
+    header(p, INVOKE_BYTES, OP_REQUEST_INVOKE_QUIET, SEQ_NATIVE | (seq_++ & 0x7fffffffu));
     st32(p + 16, s.ok);
     st16(p + 20, 0);
     st16(p + 22, 1);
