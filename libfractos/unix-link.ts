@@ -3,7 +3,11 @@
  * the same surface as `Link` (libfractos/link.ts FrameLink) plus file descriptors beside the
  * frames (docs/protocol.md "Frames with file descriptors"). The addon splits the stream into
  * whole frames in C++ and calls JS once per batch; frames queued in one tick leave in one
- * writev. Used by `connect()` for `unix:` addresses when the addon loads.
+ * writev. Used by `connect()` for `unix:` addresses when the addon loads. After a HELLO
+ * that was granted a queue pair it is also the Process's queue link (`attachQueue`): one
+ * class rather than a separate QueueLink because the socket stays under the rings (frames
+ * with fds, liveness) and both share the frame splitter, the fds, the backlog and the
+ * callbacks in one native object.
  */
 import { FractosError, type ErrorCode, ERROR_CODES } from './errors.js';
 import type { FrameLink } from './link.js';
