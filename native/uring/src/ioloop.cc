@@ -190,7 +190,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       throw Napi::Error::New(env, "IoLoop: uv_poll_init");
     }
     poll_->data = this;
-    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // the channel keeps the process alive, not us
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // referenced only while I/O is in flight (close() waits for it)
     uv_poll_start(poll_, UV_READABLE, &IoLoop::OnPoll);
     hook_ = fractos_frame_hook{FRACTOS_FRAME_HOOK_MAGIC, FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_frame_hook), 0, this,
                                &IoLoop::HAttach, &IoLoop::HDetach, &IoLoop::HFrame, &IoLoop::HFlush};
@@ -422,7 +422,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     else io_uring_prep_read(sqe, fd_, addr, length, vol.start + offset);
     io_uring_sqe_set_data(sqe, reinterpret_cast<void*>(uintptr_t(si)));
     r->inflight++;
-    inflight_++;
+    if (inflight_++ == 0 && poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));  // the loop stays up while I/O is in flight
     prepped_++;
     acks_++;
     return 1;
@@ -468,7 +468,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
           failed_.push_back(Failed{s, res});
         }
         Release(s.region);
-        inflight_--;
+        if (--inflight_ == 0 && poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
         free_.push_back(si);
       }
       io_uring_cq_advance(&ring_, n);
