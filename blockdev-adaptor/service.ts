@@ -213,15 +213,19 @@ export class BlockdevService {
     this.#wantNative = opts.native ?? process.env.FRACTOS_BLOCKDEV_NATIVE !== '0';
     // Mappings made for the JS path are registered with the native loop, which then serves
     // later I/O into them; a mapping that leaves the cache leaves the loop (after its I/O).
+    // Regions over 4 GiB (mapped in windows) stay on the JS path.
     this.#maps = new RegionMaps(proc, {
-      onMap: (key, buffer, _size, writable) => {
+      onMap: (key, map) => {
+        if (!this.#native || map.size > 2 ** 32) return;
         try {
-          this.#native?.registerRegion(key, buffer, writable);
+          this.#native.registerRegion(key, map.buffer, map.writable);
         } catch (err) {
           this.#log?.warn({ err: (err as Error).message }, 'native loop: region not registered');
         }
       },
-      onDrop: (key, buffer) => this.#native?.unregisterRegion(key, buffer),
+      onDrop: (key, map) => {
+        if (this.#native && map.size <= 2 ** 32) this.#native.unregisterRegion(key, map.buffer);
+      },
     });
   }
 

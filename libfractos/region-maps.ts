@@ -15,7 +15,7 @@
  */
 import { closeSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
-import { mapFd, MAX_VIEW_BYTES, type RegionMapping } from '../native/shm/index.js';
+import { mapFd, type RegionMapping } from '../native/shm/index.js';
 import type { Process } from './process.js';
 import { Perm } from './protocol.js';
 import type { MemoryDescriptor } from './schema.js';
@@ -36,15 +36,10 @@ export interface RegionMapsOptions {
   maxBytes?: number;
   /** Most regions mapped at once (default DEFAULT_MAPPED_REGIONS). */
   maxRegions?: number;
-  /** A region was mapped and cached (the whole mapping, `size` bytes): e.g. registered with a native I/O loop. */
-  onMap?: (key: number, buffer: ArrayBuffer, size: number, writable: boolean) => void;
+  /** A region was mapped and cached (the whole mapping): e.g. registered with a native I/O loop. */
+  onMap?: (key: number, map: RegionMapping) => void;
   /** A cached mapping left the cache (evicted, replaced, forgotten). */
-  onDrop?: (key: number, buffer: ArrayBuffer) => void;
-}
-
-/** The whole mapping as one ArrayBuffer, or null for a region over 4 GiB (viewed in windows only). */
-function wholeBuffer(map: RegionMapping): ArrayBuffer | null {
-  return map.size <= MAX_VIEW_BYTES ? map.buffer : null;
+  onDrop?: (key: number, map: RegionMapping) => void;
 }
 
 export class RegionMaps {
@@ -64,7 +59,7 @@ export class RegionMaps {
       max: opts.maxRegions ?? DEFAULT_MAPPED_REGIONS,
       maxSize: opts.maxBytes ?? DEFAULT_MAPPED_BYTES,
       sizeCalculation: (e) => Math.max(1, e.map.size),
-      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => { const b = wholeBuffer(e.map); if (b) opts.onDrop!(key, b); } } : {}),
+      ...(opts.onDrop ? { dispose: (e: Entry, key: number) => opts.onDrop!(key, e.map) } : {}),
     });
     this.#onMap = opts.onMap;
   }
@@ -128,8 +123,7 @@ export class RegionMaps {
       // A read-only mapping never replaces a writable one of the same region.
       if (!old || e.writable || !old.writable) {
         this.#cache.set(m.regionKey, e);
-        const whole = this.#onMap ? wholeBuffer(e.map) : null;
-        if (whole) this.#onMap!(m.regionKey, whole, e.map.size, e.writable);
+        this.#onMap?.(m.regionKey, e.map);
       }
       this.mapped++;
       return e;

@@ -33,6 +33,9 @@ extern "C" {
 /** `magic` of fractos_frame_hook ("FHK1"): a napi External that is not a hook is refused. */
 #define FRACTOS_FRAME_HOOK_MAGIC 0x314b4846u
 
+/** `send` flag: nobody needs waking for these frames (delivery credits): published quietly. */
+#define FRACTOS_SEND_QUIET 1u
+
 /** The channel, as seen by the loop. */
 struct fractos_chan_ops {
   uint32_t abi;   /* FRACTOS_FRAME_HOOK_ABI */
@@ -42,9 +45,11 @@ struct fractos_chan_ops {
    * Send whole frames to the Controller, after every frame sent before (by JS or the loop).
    * `iov` holds the bytes of one or more whole frames back to back. Returns 0, or -EPIPE
    * when the channel is closed or closing (the frames are dropped). The channel copies or
-   * writes the bytes before returning: the caller may reuse its buffers at once.
+   * writes the bytes before returning: the caller may reuse its buffers at once. `flags`:
+   * 0, or FRACTOS_SEND_QUIET for frames nobody waits for (DELIVER_ACK alone): on a queue
+   * pair they are read with the Controller's next woken batch (docs/queues.md).
    */
-  int (*send)(void* chan, const struct iovec* iov, int iovcnt);
+  int (*send)(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
 };
 
 /** The loop, as seen by the channel. */

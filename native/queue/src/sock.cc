@@ -815,12 +815,12 @@ void Sock::HookFlush(uint32_t hooked) {
   if (hook_) hook_->flush(hook_->ctx);
 }
 
-int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt) {
+int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags) {
   auto* s = static_cast<Sock*>(chan);
   if (s->state_ != St::Open || iovcnt <= 0) return -EPIPE;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
-  if (s->map_.base) s->PushFrames(iov, iovcnt, total, false);
+  if (s->map_.base) s->PushFrames(iov, iovcnt, total, (flags & FRACTOS_SEND_QUIET) != 0);
   else s->Write(iov, iovcnt, total, nullptr, 0);
   return s->state_ == St::Open ? 0 : -EPIPE;
 }

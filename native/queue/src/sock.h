@@ -67,7 +67,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void Kick();
   void ReleaseQueue();
   // native I/O loop (native/include/frame_hook.h)
-  static int ChanSend(void* chan, const struct iovec* iov, int iovcnt);
+  static int ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
   void HookFlush(uint32_t hooked);
   void DetachHook();
 

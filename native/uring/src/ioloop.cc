@@ -4,7 +4,7 @@
 // queue addon's frame splitter calls), checked exactly as blockdev-adaptor/service.ts checks
 // them, turned into io_uring SQEs that target the client's mapped Memory, submitted once per
 // drained batch, and on completion the continuation is invoked (a REQUEST_INVOKE frame with
-// IoReply's immediate), the delivered caps dropped (CAP_DROP_MANY) and the delivery credits
+// IoReply's immediate; REQUEST_INVOKE_QUIET, whose success REPLY wakes nobody), the delivered caps dropped (CAP_DROP_MANY) and the delivery credits
 // returned (DELIVER_ACK), without entering JS.
 //
 // Anything that is not the plain case is passed to JS unchanged (the hook returns 0), which
@@ -45,7 +45,8 @@ namespace {
 // Wire constants of docs/protocol.md (libfractos/protocol.ts Op, Perm, Backing, MemFlag).
 constexpr uint16_t OP_REPLY = 0x7f;
 constexpr uint16_t OP_DELIVER = 0x80;
-constexpr uint16_t OP_REQUEST_INVOKE = 0x22;
+/** REQUEST_INVOKE_QUIET: as REQUEST_INVOKE, but its success REPLY does not wake us by itself. */
+constexpr uint16_t OP_REQUEST_INVOKE_QUIET = 0x23;
 constexpr uint16_t OP_DELIVER_ACK = 0x60;
 constexpr uint16_t OP_CAP_DROP_MANY = 0x61;
 constexpr uint32_t HEADER = 16;
@@ -55,7 +56,7 @@ constexpr uint8_t MEMFLAG_LOCAL = 1;
 constexpr uint32_t DESCRIPTOR_BYTES = 40;
 /** Seqs of the loop's own calls: the top bit set (libfractos/calls.ts keeps JS's below it). */
 constexpr uint32_t SEQ_NATIVE = 0x80000000u;
-/** Bytes of one REQUEST_INVOKE the loop sends: header, u32 cid, u16 1 cap... see invokeFrame. */
+/** Bytes of one REQUEST_INVOKE_QUIET the loop sends (see Complete). */
 constexpr uint32_t INVOKE_BYTES = HEADER + 4 + 4 + 8 + 4;
 
 inline uint16_t ld16(const uint8_t* p) {
@@ -189,7 +190,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       throw Napi::Error::New(env, "IoLoop: uv_poll_init");
     }
     poll_->data = this;
-    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // the channel keeps the process alive, not us
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // referenced only while I/O is in flight (close() waits for it)
     uv_poll_start(poll_, UV_READABLE, &IoLoop::OnPoll);
     hook_ = fractos_frame_hook{FRACTOS_FRAME_HOOK_MAGIC, FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_frame_hook), 0, this,
                                &IoLoop::HAttach, &IoLoop::HDetach, &IoLoop::HFrame, &IoLoop::HFlush};
@@ -313,13 +314,15 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       if (r >= 0) self->prepped_ = 0;
       // r < 0 (EAGAIN/EBUSY: CQ overflow): the SQEs stay queued; the next flush or completion submits them
     }
+    // Our credits: only a DELIVER_ACK is due here (answers go out on completion), and nobody
+    // waits for it: published without waking the Controller (docs/queues.md).
     if (self->acks_) {
       uint8_t* p = self->Grow(HEADER + 4);
       header(p, HEADER + 4, OP_DELIVER_ACK, 0);
       st32(p + HEADER, self->acks_);
       self->acks_ = 0;
     }
-    self->Send();
+    self->Send(self->out_.size() == HEADER + 4 ? FRACTOS_SEND_QUIET : 0);
   }
 
   /** The plain case (see the file comment), or 0: JS serves the frame. */
@@ -419,7 +422,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     else io_uring_prep_read(sqe, fd_, addr, length, vol.start + offset);
     io_uring_sqe_set_data(sqe, reinterpret_cast<void*>(uintptr_t(si)));
     r->inflight++;
-    inflight_++;
+    if (inflight_++ == 0 && poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));  // the loop stays up while I/O is in flight
     prepped_++;
     acks_++;
     return 1;
@@ -465,7 +468,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
           failed_.push_back(Failed{s, res});
         }
         Release(s.region);
-        inflight_--;
+        if (--inflight_ == 0 && poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
         free_.push_back(si);
       }
       io_uring_cq_advance(&ring_, n);
@@ -497,11 +500,14 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     MaybeFinishClose();
   }
 
-  /** The continuation with IoReply's length (service.ts done2), then the caps go. */
+  /**
+   * The continuation with IoReply's length (service.ts done2), then the caps go. Quiet: its
+   * success REPLY is taken with our next woken batch (a refused one still wakes us).
+   */
   void Complete(const Slot& s) {
     uint8_t* p = Grow(INVOKE_BYTES);
     // u32 cid, args: u16 0 caps, u16 1 imm, (u32 offset, u32 4, u32 length)
-    header(p, INVOKE_BYTES, OP_REQUEST_INVOKE, SEQ_NATIVE | (seq_++ & 0x7fffffffu));
+    header(p, INVOKE_BYTES, OP_REQUEST_INVOKE_QUIET, SEQ_NATIVE | (seq_++ & 0x7fffffffu));
     st32(p + 16, s.ok);
     st16(p + 20, 0);
     st16(p + 22, 1);
@@ -519,11 +525,11 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     return out_.data() + at;
   }
 
-  void Send() {
+  void Send(uint32_t flags = 0) {
     if (out_.empty()) return;
     if (ops_) {
       struct iovec iov{out_.data(), out_.size()};
-      ops_->send(ops_->chan, &iov, 1);  // -EPIPE: the channel is closing; the Controller revokes everything
+      ops_->send(ops_->chan, &iov, 1, flags);  // -EPIPE: the channel is closing; the Controller revokes everything
     }
     out_.clear();
   }
