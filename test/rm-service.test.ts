@@ -104,7 +104,9 @@ test.serial('kill -9 of an instance revokes its grants; a re-ask gets the surviv
   const lost = new Promise<MonitorEvent>((r) => void g.onLost(r));
   const before = rm.snapshot().grants;
   await children[0]!.kill9();
-  t.is(await lost, 'owner-failed');
+  // The Controller fires owner-failed; the RM, seeing the instance fail, revokes its grant:
+  // whichever reaches the holder first (load decides) is the event.
+  t.regex(await lost, /owner-failed|revoked/);
   t.regex(String(await code(who(g))), /EREVOKED|EDISCONNECTED/);
   await settled(() => !rm.snapshot().instances.some((i) => i.name === 'k1'), 'k1 removed');
   t.is(rm.snapshot().grants, before - 1, 'the dead instance\'s grant is gone from the RM');
@@ -164,9 +166,9 @@ test.serial('hostile registrant: bad fields, Memory caps, a taken name, preset a
   await h.close();
   t.regex(await lost, /revoked|owner-failed/);
   await settled(() => !rm.snapshot().instances.some((i) => i.name.startsWith('h')), 'hostile registrations removed');
-  const held = rm.snapshot().grants;
+  await settled(() => rm.snapshot().grants === 0, 'the grants of the gone instances revoked at the RM');
   for (const g of grants) g.drop();
-  t.is(held, 0, 'the grants of the gone instances are revoked at the RM');
+  t.is(rm.snapshot().grants, 0, 'the grants of the gone instances are revoked at the RM');
   await other.close();
   t.is(await code(other.acquire('echo')), 'EBADCAP', 'a closed session\'s Requests are dropped');
 });
