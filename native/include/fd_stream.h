@@ -14,7 +14,10 @@
 // rule needs no header field and stays exact when the reader's buffer ends inside the frame.
 //
 // Header-only, no exceptions; every call returns a value or -errno.
-#pragma once
+// An include guard, not #pragma once: the sanitizer build compiles a copy of controller/
+// that reaches this header by two paths (two files to #pragma once).
+#ifndef FRACTOS_INCLUDE_FD_STREAM_H
+#define FRACTOS_INCLUDE_FD_STREAM_H
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -293,3 +296,5 @@ class OutQueue {
 };
 
 }  // namespace fractos::fdstream
+
+#endif  // FRACTOS_INCLUDE_FD_STREAM_H

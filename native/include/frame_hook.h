@@ -19,7 +19,10 @@
 // u32 length in [16, maxFrameBytes], u16 op, u16 flags 0, u32 seq, u16 code, u16 0); the
 // body is untrusted bytes from the Controller's channel. A frame that came with file
 // descriptors is never offered to the hook.
-#pragma once
+// An include guard, not #pragma once: the sanitizer build compiles a copy of controller/
+// that reaches this header by two paths (two files to #pragma once).
+#ifndef FRACTOS_INCLUDE_FRAME_HOOK_H
+#define FRACTOS_INCLUDE_FRAME_HOOK_H
 
 #include <stdint.h>
 #include <sys/uio.h>
@@ -87,3 +90,5 @@ struct fractos_frame_hook {
 #ifdef __cplusplus
 }
 #endif
+
+#endif  // FRACTOS_INCLUDE_FRAME_HOOK_H

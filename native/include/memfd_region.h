@@ -11,7 +11,10 @@
 // else can be sealed later, e.g. F_SEAL_FUTURE_WRITE against an adaptor's writable mapping).
 //
 // Header-only; every function returns 0 / an fd, or -errno. Linux >= 3.17 (memfd_create).
-#pragma once
+// An include guard, not #pragma once: the sanitizer build compiles a copy of controller/
+// that reaches this header by two paths (two files to #pragma once).
+#ifndef FRACTOS_INCLUDE_MEMFD_REGION_H
+#define FRACTOS_INCLUDE_MEMFD_REGION_H
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -81,3 +84,5 @@ inline int reopenReadOnly(int fd) {
 }
 
 }  // namespace fractos::region
+
+#endif  // FRACTOS_INCLUDE_MEMFD_REGION_H

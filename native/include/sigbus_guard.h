@@ -11,7 +11,10 @@
 //
 // Header-only: each addon (a shared object with hidden visibility) gets its own copy of the
 // thread-local state and of the handler, installed once per addon on its first guarded copy.
-#pragma once
+// An include guard, not #pragma once: the sanitizer build compiles a copy of controller/
+// that reaches this header by two paths (two files to #pragma once).
+#ifndef FRACTOS_INCLUDE_SIGBUS_GUARD_H
+#define FRACTOS_INCLUDE_SIGBUS_GUARD_H
 #include <setjmp.h>
 #include <signal.h>
 
@@ -94,3 +97,5 @@ inline bool inRange(const void* p, const uint8_t* base, size_t n) {
 }
 
 }  // namespace fractos
+
+#endif  // FRACTOS_INCLUDE_SIGBUS_GUARD_H
