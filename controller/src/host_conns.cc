@@ -586,7 +586,6 @@ void HostImpl::closeConn(Conn* c, const std::string& why, LogLevel level) {
     // core may still read the frame it was handed from q->in when it closed the conn)
     epoll_ctl(ep_, EPOLL_CTL_DEL, c->q->ctlEfd, nullptr);
     c->q->out.clear();
-    c->q->outHead = 0;
   }
   // `in` stays: the core may still read the frame it was handed when it closed the conn
   // (freed when the linger reads, or with the conn)

@@ -102,9 +102,7 @@ struct ConnQueue {
   // ring 0 input: at most one partial frame plus one entry
   std::vector<uint8_t> in;
   size_t inLen = 0;
-  // ring 1 output waiting for space: bytes [outHead, out.size())
-  std::vector<uint8_t> out;
-  size_t outHead = 0;
+  fdstream::ByteQueue out;  // ring 1 output waiting for space
   bool touched = false;     // entries pushed since the last publish
   bool spaceArmed = false;  // waiting for the Process to free ring 1
   bool ready = false;       // in readyQueues_: ring 0 may hold entries not read yet
@@ -118,7 +116,7 @@ struct ConnQueue {
     for (int fd : {memfd, procEfd, ctlEfd})
       if (fd >= 0) ::close(fd);
   }
-  uint64_t backlog() const { return out.size() - outHead; }
+  uint64_t backlog() const { return out.size(); }
 };
 
 struct Conn {

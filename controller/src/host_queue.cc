@@ -112,21 +112,7 @@ void HostImpl::queueSend(Conn* c, const struct iovec* iov, int iovcnt, size_t to
     if (done == total) return;
   }
   // ring 1 full: the rest waits (copied) in the conn's backlog until the Process frees space
-  if (q.outHead > 0 && q.outHead >= q.out.size() / 2) {
-    q.out.erase(q.out.begin(), q.out.begin() + long(q.outHead));
-    q.outHead = 0;
-  }
-  size_t skip = done;
-  for (int i = 0; i < iovcnt; i++) {
-    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
-    size_t n = iov[i].iov_len;
-    if (skip >= n) {
-      skip -= n;
-      continue;
-    }
-    q.out.insert(q.out.end(), p + skip, p + n);
-    skip = 0;
-  }
+  q.out.append(iov, iovcnt, done);
   if (!q.touched) {  // arm space-wanted at the end of the iteration (publishRings)
     q.touched = true;
     touched_.push_back(c->id);
@@ -141,19 +127,17 @@ void HostImpl::flushRing(Conn* c) {
   size_t pushed = 0;
   while (q.backlog() > 0) {
     uint32_t n = uint32_t(std::min<uint64_t>(q.backlog(), q.maxEntry));
-    int r = q.ep.tx.push(q.out.data() + q.outHead, n);
+    int r = q.ep.tx.push(q.out.data(), n);
     if (r == -EAGAIN) break;
     if (r < 0) {
       closeConn(c, "EPROTO: the Process broke its completion ring (head)", LogLevel::Info);
       return;
     }
-    q.outHead += n;
+    q.out.consume(n);
     pushed += n;
   }
   if (q.backlog() == 0) {
-    q.out.clear();
-    q.outHead = 0;
-    if (q.out.capacity() > (1u << 20)) q.out.shrink_to_fit();
+    q.out.clear(1u << 20);
   }
   if (pushed) q.loud = true;  // what waited may hold loud frames
   if (!q.touched) {

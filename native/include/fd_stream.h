@@ -194,21 +194,17 @@ struct TxMark {
 };
 
 /**
- * The bytes of a socket not yet taken by the kernel, with the fds of the frames among them
- * (TxMark): a write stops before a mark, and a write that starts at a mark carries its fds
- * and covers only that frame (the rule of the file comment). Used by the Controller's conns
- * and the client's socket alike. Fds queued: at most kMaxQueuedFds (`mark` refuses more).
+ * Bytes waiting to be written somewhere that takes them a part at a time (a socket, a ring):
+ * [data(), data() + size()). Appending copies (the caller reuses its buffers); the consumed
+ * head is dropped when it is at least half the buffer, so appends stay amortised O(bytes).
+ * One implementation for the Controller's sockets and rings and the client's ring backlog.
  */
-class OutQueue {
+class ByteQueue {
  public:
-  OutQueue() = default;
-  OutQueue(const OutQueue&) = delete;
-  OutQueue& operator=(const OutQueue&) = delete;
-  ~OutQueue() { clear(); }
-
   size_t size() const { return buf_.size() - head_; }
+  const uint8_t* data() const { return buf_.data() + head_; }
 
-  /** Copy the bytes of iov after the first `skip` (those the kernel took). */
+  /** Copy the bytes of iov after the first `skip` (those already taken). */
   void append(const iovec* iov, int iovcnt, size_t skip) {
     compact();
     for (int i = 0; i < iovcnt; i++) {
@@ -230,6 +226,49 @@ class OutQueue {
     buf_.resize(at + n);
     return buf_.data() + at;
   }
+
+  /** The first `n` bytes (n <= size()) were taken. */
+  void consume(size_t n) { head_ += n; }
+
+  /** Empty; a buffer grown past `keepBytes` is given back. */
+  void clear(size_t keepBytes = 256 * 1024) {
+    buf_.clear();
+    head_ = 0;
+    if (buf_.capacity() > keepBytes) buf_.shrink_to_fit();
+  }
+
+ private:
+  void compact() {
+    if (head_ > 0 && head_ >= buf_.size() / 2) {
+      buf_.erase(buf_.begin(), buf_.begin() + long(head_));
+      head_ = 0;
+    }
+  }
+
+  std::vector<uint8_t> buf_;
+  size_t head_ = 0;
+};
+
+/**
+ * The bytes of a socket not yet taken by the kernel, with the fds of the frames among them
+ * (TxMark): a write stops before a mark, and a write that starts at a mark carries its fds
+ * and covers only that frame (the rule of the file comment). Used by the Controller's conns
+ * and the client's socket alike. Fds queued: at most kMaxQueuedFds (`mark` refuses more).
+ */
+class OutQueue {
+ public:
+  OutQueue() = default;
+  OutQueue(const OutQueue&) = delete;
+  OutQueue& operator=(const OutQueue&) = delete;
+  ~OutQueue() { clear(); }
+
+  size_t size() const { return bytes_.size(); }
+
+  /** Copy the bytes of iov after the first `skip` (those the kernel took). */
+  void append(const iovec* iov, int iovcnt, size_t skip) { bytes_.append(iov, iovcnt, skip); }
+
+  /** `n` more bytes at the end, for the caller to fill at once (e.g. a guarded copy). */
+  uint8_t* extend(size_t n) { return bytes_.extend(n); }
 
   /**
    * The next `frameBytes` appended are one frame that leaves with duplicates of fds[0, n).
@@ -253,7 +292,7 @@ class OutQueue {
       bool atMark = m && m->pos == pos_;
       if (m && !atMark) n = std::min<uint64_t>(n, m->pos - pos_);
       if (atMark) n = std::min<uint64_t>(n, m->len);
-      iovec iov{buf_.data() + head_, n};
+      iovec iov{const_cast<uint8_t*>(bytes_.data()), n};
       ssize_t w = sendWithFds(sock, &iov, 1, atMark ? m->fds : nullptr, atMark ? m->n : 0);
       if (w < 0) return w == -EAGAIN ? 0 : int(w);
       if (atMark && w > 0) {
@@ -261,36 +300,25 @@ class OutQueue {
         m->release();
         marks_.pop_front();
       }
-      head_ += size_t(w);
+      bytes_.consume(size_t(w));
       pos_ += uint64_t(w);
     }
-    buf_.clear();
-    head_ = 0;
-    if (buf_.capacity() > 256 * 1024) buf_.shrink_to_fit();
+    bytes_.clear();
     return 0;
   }
 
   /** Drop every queued byte and close every queued fd. */
   void clear() {
     pos_ += size();
-    buf_.clear();
-    head_ = 0;
+    bytes_.clear();
     for (auto& m : marks_) m.release();
     marks_.clear();
     nfds_ = 0;
   }
 
  private:
-  void compact() {
-    if (head_ > 0 && head_ >= buf_.size() / 2) {
-      buf_.erase(buf_.begin(), buf_.begin() + long(head_));
-      head_ = 0;
-    }
-  }
-
-  std::vector<uint8_t> buf_;
-  size_t head_ = 0;
-  uint64_t pos_ = 0;  // queue position of buf_[head_]
+  ByteQueue bytes_;
+  uint64_t pos_ = 0;  // queue position of bytes_.data()
   std::deque<TxMark> marks_;
   int nfds_ = 0;
 };

@@ -301,7 +301,7 @@ Napi::Value Sock::Writev(const Napi::CallbackInfo& info) {
     if (map_.base) PushFrames(iov_.data(), int(n), total, quiet);
     else Write(iov_.data(), int(n), total, nullptr, 0);
   }
-  return Napi::Number::New(env, double(out_.size() + qout_.size() - qoutHead_));
+  return Napi::Number::New(env, double(out_.size() + qout_.size()));
 }
 
 // sendWithFds(frame, fds: number[]) -> backlog bytes
@@ -394,7 +394,7 @@ void Sock::Flush() {
 
 // backlog(wantDrain) -> bytes queued; with wantDrain, onClose('drain') runs once it is empty
 Napi::Value Sock::Backlog(const Napi::CallbackInfo& info) {
-  size_t b = out_.size() + qout_.size() - qoutHead_;
+  size_t b = out_.size() + qout_.size();
   if (info.Length() > 0 && info[0].ToBoolean() && b > 0) drainWanted_ = true;
   return Napi::Number::New(info.Env(), double(b));
 }
@@ -559,7 +559,7 @@ void Sock::Kick() {
 void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
   counters_.bytesOut += total;
   size_t done = 0;
-  if (qout_.size() == qoutHead_) {
+  if (qout_.size() == 0) {
     while (done < total) {
       uint32_t n = uint32_t(std::min<size_t>(total - done, maxEntry_));
       int r = ep_.tx.push_gather(iov, iovcnt, done, n);
@@ -575,28 +575,14 @@ void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool qu
     else ep_.tx.publish();
     if (done == total) return;
   }
-  if (qoutHead_ > 0 && qoutHead_ >= qout_.size() / 2) {
-    qout_.erase(qout_.begin(), qout_.begin() + long(qoutHead_));
-    qoutHead_ = 0;
-  }
-  size_t skip = done;
-  for (int i = 0; i < iovcnt; i++) {
-    const uint8_t* p = static_cast<const uint8_t*>(iov[i].iov_base);
-    size_t n = iov[i].iov_len;
-    if (skip >= n) {
-      skip -= n;
-      continue;
-    }
-    qout_.insert(qout_.end(), p + skip, p + n);
-    skip = 0;
-  }
+  qout_.append(iov, iovcnt, done);
   FlushQ();
 }
 
 void Sock::FlushQ() {
-  while (qout_.size() > qoutHead_) {
-    uint32_t n = uint32_t(std::min<size_t>(qout_.size() - qoutHead_, maxEntry_));
-    int r = ep_.tx.push(qout_.data() + qoutHead_, n);
+  while (qout_.size() > 0) {
+    uint32_t n = uint32_t(std::min<size_t>(qout_.size(), maxEntry_));
+    int r = ep_.tx.push(qout_.data(), n);
     if (r == -EAGAIN) {
       ep_.tx.publish();
       if (spaceArmed_) return;
@@ -608,12 +594,10 @@ void Sock::FlushQ() {
       Fail(EPROTO, "the controller broke the request ring");
       return;
     }
-    qoutHead_ += n;
+    qout_.consume(n);
   }
   ep_.tx.publish();
-  qout_.clear();
-  qoutHead_ = 0;
-  if (qout_.capacity() > (1u << 20)) qout_.shrink_to_fit();
+  qout_.clear(1u << 20);
   if (state_ == St::Open && drainWanted_ && out_.size() == 0) {
     drainWanted_ = false;
     Napi::HandleScope scope(env_);
@@ -743,7 +727,7 @@ Napi::Value Sock::Stats(const Napi::CallbackInfo& info) {
   o.Set("wakes", Napi::Number::New(env, double(wakes_)));
   o.Set("polls", Napi::Number::New(env, double(polls_)));
   o.Set("pollHits", Napi::Number::New(env, double(pollHits_)));
-  o.Set("queuedBytes", Napi::Number::New(env, double(qout_.size() - qoutHead_)));
+  o.Set("queuedBytes", Napi::Number::New(env, double(qout_.size())));
   o.Set("hooked", Napi::Number::New(env, double(hooked_)));
   return o;
 }
@@ -760,7 +744,6 @@ void Sock::ReleaseQueue() {
   if (peerEfd_ >= 0) ::close(peerEfd_);
   ownEfd_ = peerEfd_ = -1;
   qout_.clear();
-  qoutHead_ = 0;
 }
 
 // ---- native I/O loop (native/include/frame_hook.h; docs/blockdev-backend.md) -----------------

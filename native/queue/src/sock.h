@@ -99,8 +99,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   uint32_t maxEntry_ = 0;
   uv_poll_t* qpoll_ = nullptr;
   FrameSplitter qin_;
-  std::vector<uint8_t> qout_;  // bytes that did not fit ring 0: [qoutHead_, size)
-  size_t qoutHead_ = 0;
+  fdstream::ByteQueue qout_;  // bytes that did not fit ring 0
   bool spaceArmed_ = false;
   bool wakeAll_ = true;  // ring 1 sleep: WAKE_SLEEPING_ALL (any frame) or WAKE_SLEEPING (loud frames only)
   std::vector<uint8_t> entry_;
