@@ -642,6 +642,8 @@ void CoreImpl::shutdown() {
     p->calls.cancelAll(host_);
     p->sink = Peer::Sink{};
   }
+  for (auto& [id, w] : joinWaiters_) host_->cancelTimer(w.timer);
+  joinWaiters_.clear();
   copyWaiters_.clear();
   chunkPool_.clear();
   kv_.clear();

@@ -238,6 +238,10 @@ class CoreImpl final : public Core, public ObjectEvents {
   Err kvCheck(const std::shared_ptr<Proc>& proc, std::string_view name) const;
   void kvPutStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name, const std::shared_ptr<Target>& t);
   void kvGetStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::string name);
+  /** Answer a KV_GET from the store whose cap lives on `ref`'s Controller (waits for its link, see kPeerJoinWaitMs). */
+  void kvGetAnswerRef(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::string& name, const Ref& ref);
+  /** Answer (or wait again) the KV_GETs that wait for a link to `peerId`. */
+  void kvJoinWaitersRun(uint32_t peerId);
   /** Answer a KV_GET with a new cap on `t` (a revocation-tree child of a local object, a proxy's child via its origin). */
   void kvAnswer(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::shared_ptr<Target>& t);
   NameRecord kvRecord(const std::string& name, const KvEntry& e) const;
@@ -276,6 +280,15 @@ class CoreImpl final : public Core, public ObjectEvents {
   std::map<std::string, KvEntry> kv_;
   NameStore* const store_;                   // the external name store, or null
   std::unordered_set<std::string> putting_;  // names with a put in flight to the store
+  /** A KV_GET answered by the store with a cap of a Controller this one has not linked to yet (names.cc). */
+  struct JoinWaiter {
+    std::shared_ptr<Proc> proc;
+    uint32_t seq;
+    std::string name;
+    Ref ref;
+    uint64_t timer;
+  };
+  std::unordered_multimap<uint32_t, JoinWaiter> joinWaiters_;  // by the awaited Controller's id
   /** Recent invocations for INTROSPECT (fixed size; recording allocates nothing). */
   InvocationRing invocations_{kInvocationRing};
   uint64_t kvClock_ = 0;

@@ -33,6 +33,8 @@ uint64_t wallMs() {
 constexpr size_t kMaxNameBytes = 1024;
 /** kv_put/kv_get of one Process waiting for the external name store at once (EAGAIN beyond). */
 constexpr uint32_t kMaxNameOpsPerProcess = 64;
+/** How long a KV_GET whose cap lives on a joining Controller waits for its link (then EREVOKED). */
+constexpr uint32_t kPeerJoinWaitMs = 5000;
 /** Names all Processes of one Controller publish in the external store (ENOSPC beyond): at most ~64 MiB of etcd. */
 constexpr size_t kMaxStoredNamesPerController = 65536;
 
@@ -135,8 +137,56 @@ void CoreImpl::kvGetStore(const std::shared_ptr<Proc>& proc, uint32_t seq, std::
     if ((r.origin == id_ && r.originEpoch != epoch_) || (origin && origin->epoch > r.originEpoch))
       return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + name + "' (its publisher's controller " +
                                                        std::to_string(r.origin) + " restarted)"));
-    kvAnswer(proc, seq, targetFromRef(Ref{r.refController, r.refEpoch, r.refId}));
+    proc->nameOps++;  // until answered: a waiter counts against the Process's bound
+    kvGetAnswerRef(proc, seq, name, Ref{r.refController, r.refEpoch, r.refId});
   });
+}
+
+// The store holds a name only while its Controller's lease lives, so a name of a Controller
+// this one has no link to (or only a link to an older epoch of) is of one that is joining:
+// membership (etcd's watch) and the name travel on different paths, and the name may win.
+// Its KV_GET waits for the link, up to kPeerJoinWaitMs, instead of answering a cap that
+// fails with "not connected".
+void CoreImpl::kvGetAnswerRef(const std::shared_ptr<Proc>& proc, uint32_t seq, const std::string& name, const Ref& ref) {
+  Peer* peer = ref.controller == id_ ? nullptr : peerOf(ref.controller);
+  if (ref.controller != id_ && (!peer || peer->epoch < ref.epoch)) {
+    uint32_t id = ref.controller;
+    uint64_t timer = host_->setTimer(kPeerJoinWaitMs, [this, id, seq, p = proc.get()]() {
+      auto range = joinWaiters_.equal_range(id);
+      for (auto it = range.first; it != range.second; ++it) {
+        if (it->second.proc.get() != p || it->second.seq != seq) continue;
+        JoinWaiter w = std::move(it->second);
+        joinWaiters_.erase(it);
+        w.proc->nameOps--;
+        if (w.proc->alive)
+          replyErr(w.proc->conn, w.seq,
+                   Err(kRevoked, "'" + w.name + "' names a cap of controller " + std::to_string(id) + " (epoch " +
+                                     std::to_string(w.ref.epoch) + "), which has not linked to this one in " +
+                                     std::to_string(kPeerJoinWaitMs) + " ms"));
+        return;
+      }
+    });
+    joinWaiters_.emplace(id, JoinWaiter{proc, seq, name, ref, timer});
+    return;
+  }
+  proc->nameOps--;
+  if (!proc->alive) return;
+  if (peer && peer->epoch > ref.epoch)
+    return replyErr(proc->conn, seq, Err(kNoEnt, "no cap published as '" + name + "' (its controller " +
+                                                     std::to_string(ref.controller) + " restarted)"));
+  kvAnswer(proc, seq, targetFromRef(ref));
+}
+
+void CoreImpl::kvJoinWaitersRun(uint32_t peerId) {
+  if (joinWaiters_.empty()) return;
+  auto range = joinWaiters_.equal_range(peerId);
+  std::vector<JoinWaiter> ws;
+  for (auto it = range.first; it != range.second; ++it) ws.push_back(std::move(it->second));
+  joinWaiters_.erase(range.first, range.second);
+  for (auto& w : ws) {
+    host_->cancelTimer(w.timer);
+    kvGetAnswerRef(w.proc, w.seq, w.name, w.ref);  // waits again if the link is still to an older epoch
+  }
 }
 
 Err CoreImpl::kvPutLocal(const std::shared_ptr<Proc>& proc, std::string_view nameView, const std::shared_ptr<Target>& t) {

@@ -30,6 +30,7 @@ bool CoreImpl::peerUp(ConnId c, uint32_t id, uint32_t epoch) {
     if (ref.controller == id && ref.epoch != epoch) stale.push_back(p);
   for (auto& p : stale) proxyRevoked(p.get(), kReasonOwnerFailed);
   kvPeerUp(*peer);
+  kvJoinWaitersRun(id);
   return true;
 }
 

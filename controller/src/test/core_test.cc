@@ -455,6 +455,13 @@ static void testCore() {
 
 // ---- names through an external store (host.h NameStore: etcd in cluster mode) --------------------
 
+/** How many frames with `op` were sent on `c` from index `from` on. */
+static size_t countOp(const FakeHost& host, ConnId c, uint16_t op, size_t from = 0) {
+  size_t n = 0;
+  for (size_t i = from; i < host.sent.size(); i++) n += host.sent[i].c == c && opOf(host.sent[i].bytes) == op;
+  return n;
+}
+
 class FakeStore : public NameStore {
  public:
   struct Op {
@@ -568,6 +575,46 @@ static void testNameStore() {
   CHECK_EQ(store.removes[1].name, std::string("svc"));
   CHECK_EQ(store.removes[1].r.ownerProc, p1);
   CHECK_EQ(core->objectCount(), uint64_t(0));
+
+  // A name of a Controller this one has no link to yet (it is joining: its lease lives, or
+  // the store would not hold the name): the KV_GET waits for the link instead of answering a
+  // cap that fails "not connected"; without a link in kPeerJoinWaitMs it is EREVOKED.
+  uint32_t p3 = hello(core, host, 12, 0);
+  (void)p3;
+  NameRecord remote;
+  remote.origin = remote.refController = 3;
+  remote.originEpoch = remote.refEpoch = 2;
+  remote.refId = 40;
+  remote.revision = 9;
+  size_t timers0 = host.timers.size();
+  before = host.sent.size();
+  f.start(op::KV_GET, 20).str("far").finish();
+  call(core, 12, f);
+  store.gets.back().cb(0, "", remote);
+  CHECK_EQ(host.sent.size(), before);  // not answered yet
+  CHECK_EQ(host.timers.size(), timers0 + 1);
+  const ConnId P3 = 50;
+  CHECK(core->peerUp(P3, 3, 2));
+  CHECK_EQ(host.timers.size(), timers0);    // the wait's timer is cancelled
+  CHECK_EQ(countOp(host, P3, op::P_REVTREE, before), size_t(1));  // the getter's child, made by its owner
+  // the link is to an older epoch than the name's: still waiting; the timer fires: EREVOKED
+  remote.originEpoch = remote.refEpoch = 3;
+  f.start(op::KV_GET, 21).str("far2").finish();
+  call(core, 12, f);
+  store.gets.back().cb(0, "", remote);
+  CHECK_EQ(host.timers.size(), timers0 + 1);
+  auto fire = std::move(host.timers.rbegin()->second);
+  host.timers.erase(std::prev(host.timers.end()));
+  fire();
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kRevoked));
+  CHECK_EQ(u32At(host.last(12), 8), 21u);
+  // a name of an epoch older than the link's: absent (its Controller restarted)
+  remote.originEpoch = remote.refEpoch = 1;
+  f.start(op::KV_GET, 22).str("far3").finish();
+  call(core, 12, f);
+  store.gets.back().cb(0, "", remote);
+  CHECK_EQ(codeOf(host.last(12)), uint16_t(kNoEnt));
+  core->processClosed(12);
   delete core;
 }
 
@@ -580,13 +627,6 @@ static Ref refAt(const std::string& f, size_t o) {
   r.epoch = ld32(p + 4);
   std::memcpy(&r.id, p + 8, 8);
   return r;
-}
-
-/** How many frames with `op` were sent on `c` from index `from` on. */
-static size_t countOp(const FakeHost& host, ConnId c, uint16_t op, size_t from = 0) {
-  size_t n = 0;
-  for (size_t i = from; i < host.sent.size(); i++) n += host.sent[i].c == c && opOf(host.sent[i].bytes) == op;
-  return n;
 }
 
 /** A recording host whose connections carry fds: `incoming` is what takeFd hands out. */
