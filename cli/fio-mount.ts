@@ -29,6 +29,11 @@ export interface MountFioOptions {
   runtimeMs?: number;
   compare?: boolean;
   dax?: boolean;
+  /**
+   * Mount with --exclusive (long kernel caches: the mount is the only client of the stack
+   * started here, docs/mount.md); false: the default 1 s caches of a shared FS.
+   */
+  exclusive?: boolean;
   json?: boolean;
   /** Replace every job's size, bytes (the file fio lays out through the mount first). */
   size?: number;
@@ -132,13 +137,13 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
   mkdirSync(dir);
   let m: Spawned;
   try {
-    m = await spawnFractos(['mount', dir, '--controller', stack.controller, ...(o.dax ? ['--dax'] : [])], /^ready mount/, { timeoutMs: 60_000 });
+    m = await spawnFractos(['mount', dir, '--controller', stack.controller, ...(o.dax ? ['--dax'] : []), ...(o.exclusive ? ['--exclusive'] : [])], /^ready mount/, { timeoutMs: 60_000 });
   } catch (e) {
     await stack.stop();
     throw e;
   }
   return {
-    name: o.dax ? 'mount --dax' : 'mount', dir,
+    name: `mount${o.dax ? ' --dax' : ''}${o.exclusive ? ' --exclusive' : ''}`, dir,
     down: async () => {
       await m.stop().catch(() => {});
       await stack.stop();

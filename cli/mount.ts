@@ -17,7 +17,8 @@ interface MountOpts {
   controller: string;
   fs: string;
   dax?: boolean;
-  attrTimeout: string;
+  attrTimeout?: string;
+  exclusive?: boolean;
   writeback?: boolean;
   slots: string;
 }
@@ -30,7 +31,8 @@ export function register(program: Command): void {
     .option('--controller <addr>', 'Controller address', DEFAULT_CONTROLLER)
     .option('--fs <name>', 'bootstrap prefix of the FS', 'fs')
     .option('--dax', 'file data through the file\'s DAX Requests (straight to the blockdev)')
-    .option('--attr-timeout <s>', 'kernel attribute/entry cache timeout, seconds (0: none)', '1')
+    .option('--attr-timeout <s>', 'kernel attribute/entry cache timeout, seconds (0: none; default 1, a day with --exclusive)')
+    .option('--exclusive', 'this mount is the only client that changes the FS: long attribute/entry caching (docs/mount.md)')
     .option('--writeback', 'FUSE writeback cache (see docs/mount.md: single-client only)')
     .option('--slots <n>', 'data slots of 1 MiB: reads/writes in flight', '32')
     .action(async (mountpoint: string, o: MountOpts) => {
@@ -39,7 +41,7 @@ export function register(program: Command): void {
         const inited = new Promise((r) => (ready = r));
         const m = await startService('mount', async () => {
           const m = await FsMount.mount({
-            controller: o.controller, mountpoint, fs: o.fs, dax: o.dax === true, attrTimeout: Number(o.attrTimeout),
+            controller: o.controller, mountpoint, fs: o.fs, dax: o.dax === true, attrTimeout: o.attrTimeout !== undefined ? Number(o.attrTimeout) : undefined, exclusive: o.exclusive === true,
             writeback: o.writeback === true, slots: Number(o.slots), log,
           });
           m.once('ready', (v) => ready?.(v));
@@ -48,7 +50,7 @@ export function register(program: Command): void {
           close: async () => {
             await m.close();
             const c = m.counts;
-            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads} daxWrites=${c.daxWrites} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens}\n`);
+            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads} daxWrites=${c.daxWrites} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens} dirAttrHits=${c.dirAttrHits}\n`);
           },
         }));
         if (!m) return;

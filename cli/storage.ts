@@ -138,6 +138,7 @@ interface FioOpts {
   fs: string;
   adminSecretFile?: string;
   dax?: boolean;
+  exclusive?: boolean;
   files?: string;
   size?: string;
 }
@@ -150,7 +151,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   if (kind === 'mount') {
     // Real fio through a `fractos mount`, against ext4 and passthrough_ll with --compare (cli/fio-mount.ts).
     const startMountStack = async (device: string): Promise<Stack> => startStack(device, 64, true);
-    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, size: o.size !== undefined ? parseSize(o.size) : undefined, startStack: startMountStack });
+    return runMountFio(profile, { runtimeMs, compare: o.compare, dax: o.dax, exclusive: o.exclusive !== false, json: o.json, files: o.files !== undefined ? Number(o.files) : undefined, size: o.size !== undefined ? parseSize(o.size) : undefined, startStack: startMountStack });
   }
   const jobs = await loadJobFile(profile, { device: o.device, runtimeMs });
   const device = o.device ?? jobs[0]?.filename ?? DEFAULT_FIO_FILENAME;
@@ -263,6 +264,7 @@ export function register(program: Command): void {
     .argument('<profile>', 'fio job file (fio-profiles/*.fio)')
     .option('--target <kind>', 'blockdev | fs | dax | mount (real fio through `fractos mount`; PROFILE `metadata`: create/stat/rename/unlink)', 'dax')
     .option('--dax', 'with --target mount: mount with --dax')
+    .option('--no-exclusive', 'with --target mount: mount without --exclusive (1 s kernel caches, as for a shared FS; the runner\'s stack is its own, so --exclusive by default)')
     .option('--files <n>', 'with --target mount and PROFILE metadata: files (default 10000)')
     .option('--size <bytes>', 'with --target mount: every job\'s size (fio suffixes: 64m)')
     .option('--device <path>', 'device or file (overrides the job filename)')

@@ -44,7 +44,7 @@ import { Perm } from '../libfractos/protocol.js';
 import { IoPort } from '../blockdev-adaptor/client.js';
 import {
   FsClient, OpenFlags, OpenMode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFREG, DirType, SetAttr,
-  type Attr as FsAttr, type OpenFile, type Who,
+  type Attr as FsAttr, type EntryAttr, type OpenFile, type Who,
 } from '../fs-service/index.js';
 import { Attr, ATTR_LEN, FuseOp, OpenReplyFlag, fuseMount, type FuseBinding, type FuseSession } from '../native/fuse/index.js';
 import { prepareMountpoint } from './mountpoint.js';
@@ -58,8 +58,15 @@ export interface MountOptions {
   fs?: string;
   /** File data through the file's DAX Requests (the blockdev's) instead of the FS. */
   dax?: boolean;
-  /** Attribute and entry cache timeout, seconds (default 1; 0 disables the kernel's caches). */
+  /** Attribute and entry cache timeout, seconds (default 1, or EXCLUSIVE_TIMEOUT with `exclusive`; 0 disables the kernel's caches). */
   attrTimeout?: number;
+  /**
+   * This mount is the only client that changes the FS (a stack of its own, as the fio runner
+   * starts): every change then goes through this kernel, which keeps its caches right, so
+   * attributes and entries (negative ones too) are cached for EXCLUSIVE_TIMEOUT unless
+   * `attrTimeout` is given. Another client's changes would stay invisible that long.
+   */
+  exclusive?: boolean;
   /** FUSE writeback cache (default false; see docs/mount.md). */
   writeback?: boolean;
   /** Data slots (default 32): reads and writes in flight at once. */
@@ -72,6 +79,11 @@ export interface MountOptions {
 }
 
 type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 'slots' | 'maxWrite'>> & MountOptions;
+
+/** Attribute and entry timeout of an `exclusive` mount, seconds (passthrough_ll's cache=always: a day). */
+export const EXCLUSIVE_TIMEOUT = 86400;
+/** Most directories whose attributes the mount keeps (#dirAttrs); past it the cache starts over. */
+const DIR_ATTRS_MAX = 4096;
 
 /** Why a mount ended by itself. */
 export type MountExit = 'fs-gone' | 'controller-gone' | 'unmounted';
@@ -132,6 +144,17 @@ export class FsMount extends EventEmitter {
   readonly #slotWaiters: ((slot: number) => void)[] = [];
   readonly #nodes = new Map<number, Node>();
   readonly #handles = new Map<number, Handle>();
+  /**
+   * Directory attributes as the FS answered them, and until when (performance.now() ms) they
+   * count as fresh: the attribute timeout after that answer. Every namespace change answers
+   * its directories' attributes (EntryReply, unlink/rmdir, RenameReply), so the GETATTR that
+   * `default_permissions` sends for a directory after each change (the kernel invalidates a
+   * changed directory's attributes) is answered from here, no Request: exactly as fresh as
+   * the kernel's own attribute cache would be. A change whose reply does not carry them
+   * (an error, createino) drops the entry; rename and rmdir drop them all (a moved or removed
+   * directory changes too). Bounded: DIR_ATTRS_MAX entries.
+   */
+  readonly #dirAttrs = new Map<number, { a: FsAttr; until: number }>();
   /** Requests in JS's hands: id -> op (for interrupts). */
   readonly #inflight = new Map<number, number>();
   #nextFh = 1;
@@ -139,7 +162,7 @@ export class FsMount extends EventEmitter {
   #session: FuseSession | null = null;
   #closing = false;
   /** Per-op counters, for stats and tests. */
-  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0 };
+  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0, dirAttrHits: 0 };
 
   private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[]) {
     super();
@@ -160,7 +183,7 @@ export class FsMount extends EventEmitter {
    * fuse_session_mount's errno (EPERM: not allowed to mount).
    */
   static async mount(o: MountOptions): Promise<FsMount> {
-    const opts = { attrTimeout: 1, dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, ...o };
+    const opts = { dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, ...o, attrTimeout: o.attrTimeout ?? (o.exclusive ? EXCLUSIVE_TIMEOUT : 1) };
     if (!(opts.slots >= 1 && opts.slots <= 1024 && Number.isInteger(opts.slots))) throw new FractosError('EINVAL', `slots ${opts.slots} not in 1..1024`);
     if (!(opts.maxWrite >= 4096 && opts.maxWrite <= (1 << 20) && opts.maxWrite % 4096 === 0)) throw new FractosError('EINVAL', `maxWrite ${opts.maxWrite} not a multiple of 4096 in 4 KiB..1 MiB`);
     if (!(opts.attrTimeout >= 0 && opts.attrTimeout <= 86400)) throw new FractosError('EINVAL', `attrTimeout ${opts.attrTimeout} not in 0..86400 s`);
@@ -278,6 +301,29 @@ export class FsMount extends EventEmitter {
     if (this.#session) this.#fuse.replyAttr(this.#session, id, this.#attrArray(a), this.#opts.attrTimeout);
   }
 
+  /** Note a directory's attributes as the FS just answered them (see #dirAttrs). */
+  #noteDir(a: FsAttr): void {
+    const t = this.#opts.attrTimeout;
+    if (t <= 0 || (a.mode & 0o170000) !== S_IFDIR) return;
+    if (this.#dirAttrs.size >= DIR_ATTRS_MAX && !this.#dirAttrs.has(a.ino)) this.#dirAttrs.clear();
+    this.#dirAttrs.set(a.ino, { a, until: performance.now() + t * 1000 });
+  }
+
+  /** Answer GETATTR of `ino` from #dirAttrs when fresh (for the rest of its timeout); false when not there. */
+  #cachedDir(id: number, ino: number): boolean {
+    const c = this.#dirAttrs.get(ino);
+    if (!c) return false;
+    const left = c.until - performance.now();
+    if (left <= 0) {
+      this.#dirAttrs.delete(ino);
+      return false;
+    }
+    this.counts.dirAttrHits++;
+    this.#inflight.delete(id);
+    if (this.#session) this.#fuse.replyAttr(this.#session, id, this.#attrArray(c.a), left / 1000);
+    return true;
+  }
+
   #openFlags(ino: number, f: OpenFile): number {
     const n = this.#node(f.attr);
     const mt = f.attr.mtimeSec * 1e9 + f.attr.mtimeNsec;
@@ -335,11 +381,23 @@ export class FsMount extends EventEmitter {
     const entry = (x: FsAttr): void => this.#entry(id, x);
     const attr = (x: FsAttr): void => this.#attr(id, x);
     const ok = (): void => this.#ok(id);
+    // A change in directory `ino`: answered with the entry and the directory's attributes, or failed (#dirAttrs).
+    const made = (x: EntryAttr): void => {
+      this.#noteDir(x.parent);
+      entry(x);
+    };
+    const dirFail = (e: unknown): void => {
+      this.#dirAttrs.delete(ino);
+      fail(e);
+    };
     const fs = this.fs;
     switch (op) {
       case FuseOp.LOOKUP:
         this.counts.lookups++;
-        fs.lookup(ino, name, who).then(entry, (e: unknown) => {
+        fs.lookup(ino, name, who).then((x) => {
+          this.#noteDir(x);
+          entry(x);
+        }, (e: unknown) => {
           // A negative entry, cached for the entry timeout (the kernel drops it on a create here).
           if ((e as { code?: string }).code === 'ENOENT' && this.#session) {
             this.#inflight.delete(id);
@@ -348,7 +406,11 @@ export class FsMount extends EventEmitter {
         });
         return;
       case FuseOp.GETATTR:
-        fs.getattr(ino, who).then(attr, fail);
+        if (this.#cachedDir(id, ino)) return;
+        fs.getattr(ino, who).then((x) => {
+          this.#noteDir(x);
+          attr(x);
+        }, fail);
         return;
       case FuseOp.SETATTR:
         this.#setattr(id, ino, a, b, c, data as Float64Array, who);
@@ -361,25 +423,47 @@ export class FsMount extends EventEmitter {
         return;
       case FuseOp.MKNOD:
         if ((a & 0o170000) !== 0 && (a & 0o170000) !== S_IFREG) return fail({ code: 'EPERM' });
-        fs.mknod(ino, name, a, who).then(entry, fail);
+        fs.mknod(ino, name, a, who).then(made, dirFail);
         return;
       case FuseOp.MKDIR:
-        fs.mkdir(ino, name, a | S_IFDIR, who).then(entry, fail);
+        fs.mkdir(ino, name, a | S_IFDIR, who).then(made, dirFail);
         return;
       case FuseOp.SYMLINK:
-        fs.symlink(ino, name, name2, who).then(entry, fail);
+        fs.symlink(ino, name, name2, who).then(made, dirFail);
         return;
       case FuseOp.LINK:
-        fs.link(ino, a, name, who).then(entry, fail);
+        // The entry goes into directory `a` (FUSE: ino is the file, a the new parent).
+        fs.link(ino, a, name, who).then(made, (e: unknown) => {
+          this.#dirAttrs.delete(a);
+          fail(e);
+        });
         return;
       case FuseOp.UNLINK:
-        this.#openDeferred().then(() => fs.unlink(ino, name, who)).then(ok, fail);
+        this.#openDeferred().then(() => fs.unlink(ino, name, who)).then((d) => {
+          this.#noteDir(d);
+          ok();
+        }, dirFail);
         return;
       case FuseOp.RMDIR:
-        fs.rmdir(ino, name, who).then(ok, fail);
+        fs.rmdir(ino, name, who).then((d) => {
+          this.#dirAttrs.clear();
+          this.#noteDir(d);
+          ok();
+        }, (e: unknown) => {
+          this.#dirAttrs.clear();
+          fail(e);
+        });
         return;
       case FuseOp.RENAME:
-        this.#openDeferred().then(() => fs.rename(ino, name, a, name2, b, who)).then(ok, fail);
+        this.#openDeferred().then(() => fs.rename(ino, name, a, name2, b, who)).then((r) => {
+          this.#dirAttrs.clear();
+          this.#noteDir(r.parent);
+          this.#noteDir(r.newParent);
+          ok();
+        }, (e: unknown) => {
+          this.#dirAttrs.clear();
+          fail(e);
+        });
         return;
       case FuseOp.OPEN:
         fs.openIno(ino, this.#mode(a), { flags: a & O_TRUNC ? OpenFlags.TRUNC : 0, dax: this.#opts.dax }, who).then((f) => {
@@ -393,6 +477,7 @@ export class FsMount extends EventEmitter {
           this.#createDeferred(id, ino, name, a, b, who);
           return;
         }
+        this.#dirAttrs.delete(ino);
         fs.createIno(ino, name, (a & 0o7777) | S_IFREG, this.#mode(b), { flags: (b & O_TRUNC ? OpenFlags.TRUNC : 0) | (b & O_EXCL ? OpenFlags.EXCL : 0), dax: this.#opts.dax }, who).then((f) => {
           this.#inflight.delete(id);
           const fh = this.#newHandle(f.attr.ino, f);
@@ -459,6 +544,7 @@ export class FsMount extends EventEmitter {
    */
   #createDeferred(id: number, parent: number, name: string, mode: number, flags: number, who: Who): void {
     this.fs.mknod(parent, name, (mode & 0o7777) | S_IFREG, who).then((attr) => {
+      this.#noteDir(attr.parent);
       this.#inflight.delete(id);
       const fh = this.#nextFh++;
       this.#handles.set(fh, { ino: attr.ino, file: null, deferred: { mode: this.#mode(flags) }, size: 0, daxWritten: false, remapping: false });
@@ -466,6 +552,7 @@ export class FsMount extends EventEmitter {
       if (this.#session && this.#fuse.replyCreate(this.#session, id, attr.ino, 1, this.#attrArray(attr), t, t, fh, 0)) this.#node(attr).nlookup++;
       else this.#handles.delete(fh);
     }, (e: unknown) => {
+      this.#dirAttrs.delete(parent);
       if ((e as { code?: string }).code !== 'EEXIST' || flags & O_EXCL) return this.#fail(id, e);
       this.fs.createIno(parent, name, (mode & 0o7777) | S_IFREG, this.#mode(flags), { flags: flags & O_TRUNC ? OpenFlags.TRUNC : 0 }, who).then((f) => {
         this.#inflight.delete(id);
@@ -524,8 +611,12 @@ export class FsMount extends EventEmitter {
       valid, mode: v[0]! & 0o7777, uid: v[1], gid: v[2], size: v[3], atime: [v[4]!, v[5]!], mtime: [v[6]!, v[7]!], handle: h?.file?.handle ?? 0,
     }, who).then((a) => {
       if (valid & SetAttr.SIZE) for (const x of this.#handles.values()) if (x.ino === ino) x.size = a.size;
+      this.#noteDir(a);
       this.#attr(id, a);
-    }, (e: unknown) => this.#fail(id, e));
+    }, (e: unknown) => {
+      this.#dirAttrs.delete(ino);
+      this.#fail(id, e);
+    });
   }
 
   async #release(fh: number): Promise<void> {
@@ -534,7 +625,10 @@ export class FsMount extends EventEmitter {
     // A deferred open still being made is closed by #withFile once it is there.
     if (!h?.file) return;
     // DAX writes bypass the FS: record their mtime now (the FS updates it for mediated writes).
-    if (h.daxWritten) await this.fs.setattr(h.ino, { valid: SetAttr.MTIME_NOW }).catch(() => {});
+    // The kernel's cached attributes do not have that mtime: drop them (attributes only).
+    if (h.daxWritten) {
+      await this.fs.setattr(h.ino, { valid: SetAttr.MTIME_NOW }).then(() => this.#session && this.#fuse.invalInode(this.#session, h.ino, -1, 0), () => {});
+    }
     await this.fs.close(h.file, true);
   }
 

@@ -92,6 +92,13 @@ export function attrOf(ino: Inode): Record<string, number> {
   };
 }
 
+/** `ino`'s attributes as `p`-prefixed fields (EntryReply's and RenameReply's pIno, pMode, ...), added to `into`. */
+export function prefixedAttrOf(p: string, ino: Inode, into: Record<string, number>): Record<string, number> {
+  const a = attrOf(ino);
+  for (const k in a) into[p + k[0]!.toUpperCase() + k.slice(1)] = a[k]!;
+  return into;
+}
+
 /** Mark `ino` changed (ctime now); with `modified`, its contents too (mtime). */
 export function touch(ino: Inode, modified: boolean): void {
   const t = now();

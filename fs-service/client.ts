@@ -8,7 +8,7 @@ import type { Process } from '../libfractos/process.js';
 import type { Invocation } from '../libfractos/schema.js';
 import { Close, Create, Delete, List, ListReply, MAX_DAX_EXTENTS, Open, OpenMode, OpenReply, Stat, StatReply, Truncate } from './schema.js';
 import {
-  AttrReply, DaxMap, DaxMapReply, DIRENT_ATTR_BYTES, DirType, LinkReply, NAME_MAX, NS_OPS, ReaddirReply, StatfsReply, SYMLINK_MAX,
+  AttrReply, DaxMap, DaxMapReply, DIRENT_ATTR_BYTES, DirType, EntryReply, LinkReply, NAME_MAX, NS_OPS, ReaddirReply, RenameReply, StatfsReply, SYMLINK_MAX,
   type Attr, type NsOp,
 } from './contract.js';
 
@@ -98,6 +98,17 @@ function attrOf(imms: Attr): Attr {
   const { ino, generation, mode, nlink, uid, gid, size, blocks, blksize, atimeSec, atimeNsec, mtimeSec, mtimeNsec, ctimeSec, ctimeNsec } = imms;
   return { ino, generation, mode, nlink, uid, gid, size, blocks, blksize, atimeSec, atimeNsec, mtimeSec, mtimeNsec, ctimeSec, ctimeNsec };
 }
+
+/** The attributes under `p`-prefixed names (EntryReply, RenameReply: pIno, pMode, ...). */
+function prefixedAttrOf(imms: Record<string, unknown>, p: string): Attr {
+  const a = {} as Record<string, unknown>;
+  for (const k of ATTR_KEYS) a[k] = imms[p + k[0]!.toUpperCase() + k.slice(1)];
+  return a as unknown as Attr;
+}
+const ATTR_KEYS = ['ino', 'generation', 'mode', 'nlink', 'uid', 'gid', 'size', 'blocks', 'blksize', 'atimeSec', 'atimeNsec', 'mtimeSec', 'mtimeNsec', 'ctimeSec', 'ctimeNsec'] as const;
+
+/** An entry made (mknod, mkdir, symlink, link): its inode's attributes and, in `parent`, its directory's after the change. */
+export type EntryAttr = Attr & { parent: Attr };
 
 /** Decode ReaddirReply's `entries` (see contract.ts); `plus`: the records carry attributes. Errors: EPROTO (records past the bytes). */
 export function decodeDirents(entries: Uint8Array, count: number, plus = false): Dirent[] {
@@ -239,6 +250,12 @@ export class FsClient {
     await this.proc.rpc(this.roots[op], NS_OPS[op] as never, { ...imms, uid: who.uid, gid: who.gid } as never, {}, { timeoutMs: T });
   }
 
+  async #entryAttr(op: NsOp, imms: Record<string, unknown>, who: Who): Promise<EntryAttr> {
+    const inv = await this.proc.rpc(this.roots[op], NS_OPS[op] as never, { ...imms, uid: who.uid, gid: who.gid } as never, {}, { timeoutMs: T });
+    const r = EntryReply.decode(inv).imms;
+    return { ...attrOf(r), parent: prefixedAttrOf(r, 'p') };
+  }
+
   async lookup(parent: number, name: string, who = ROOT): Promise<Attr> {
     return this.#attr('lookup', { parent, name: checkName(name) }, who);
   }
@@ -260,17 +277,17 @@ export class FsClient {
     }, who);
   }
 
-  async mknod(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
-    return this.#attr('mknod', { parent, name: checkName(name), mode, umask }, who);
+  async mknod(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<EntryAttr> {
+    return this.#entryAttr('mknod', { parent, name: checkName(name), mode, umask }, who);
   }
 
-  async mkdir(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<Attr> {
-    return this.#attr('mkdir', { parent, name: checkName(name), mode, umask }, who);
+  async mkdir(parent: number, name: string, mode: number, who = ROOT, umask = 0): Promise<EntryAttr> {
+    return this.#entryAttr('mkdir', { parent, name: checkName(name), mode, umask }, who);
   }
 
-  async symlink(parent: number, name: string, target: string, who = ROOT): Promise<Attr> {
+  async symlink(parent: number, name: string, target: string, who = ROOT): Promise<EntryAttr> {
     if (Buffer.byteLength(target, 'utf8') > SYMLINK_MAX) throw new FractosError('ENAMETOOLONG', `symlink target > ${SYMLINK_MAX} bytes`);
-    return this.#attr('symlink', { parent, name: checkName(name), target }, who);
+    return this.#entryAttr('symlink', { parent, name: checkName(name), target }, who);
   }
 
   async readlink(ino: number, who = ROOT): Promise<string> {
@@ -278,21 +295,25 @@ export class FsClient {
     return LinkReply.decode(inv).imms.target;
   }
 
-  async link(ino: number, newParent: number, newName: string, who = ROOT): Promise<Attr> {
-    return this.#attr('link', { ino, newParent, newName: checkName(newName) }, who);
+  async link(ino: number, newParent: number, newName: string, who = ROOT): Promise<EntryAttr> {
+    return this.#entryAttr('link', { ino, newParent, newName: checkName(newName) }, who);
   }
 
-  async unlink(parent: number, name: string, who = ROOT): Promise<void> {
-    return this.#done('unlink', { parent, name: checkName(name) }, who);
+  /** Answers the parent directory's attributes after the change. */
+  async unlink(parent: number, name: string, who = ROOT): Promise<Attr> {
+    return this.#attr('unlink', { parent, name: checkName(name) }, who);
   }
 
-  async rmdir(parent: number, name: string, who = ROOT): Promise<void> {
-    return this.#done('rmdir', { parent, name: checkName(name) }, who);
+  /** Answers the parent directory's attributes after the change. */
+  async rmdir(parent: number, name: string, who = ROOT): Promise<Attr> {
+    return this.#attr('rmdir', { parent, name: checkName(name) }, who);
   }
 
-  /** flags: RenameFlags bits. */
-  async rename(parent: number, name: string, newParent: number, newName: string, flags = 0, who = ROOT): Promise<void> {
-    return this.#done('rename', { parent, name: checkName(name), newParent, newName: checkName(newName), flags }, who);
+  /** flags: RenameFlags bits. Answers both directories' attributes after the move. */
+  async rename(parent: number, name: string, newParent: number, newName: string, flags = 0, who = ROOT): Promise<{ parent: Attr; newParent: Attr }> {
+    const imms = { parent, name: checkName(name), newParent, newName: checkName(newName), flags, uid: who.uid, gid: who.gid };
+    const r = RenameReply.decode(await this.proc.rpc(this.roots.rename, NS_OPS.rename, imms, {}, { timeoutMs: T })).imms;
+    return { parent: prefixedAttrOf(r, 'p'), newParent: prefixedAttrOf(r, 'n') };
   }
 
   /** open by ino: mode an OpenMode, flags OpenFlags. */

@@ -90,8 +90,26 @@ export interface Attr {
   ctimeNsec: number;
 }
 
-/** Reply of lookup/getattr/setattr/mknod/mkdir/symlink/link: the inode's attributes. */
+/**
+ * Reply of lookup/getattr/setattr: the inode's attributes. Also the reply of unlink and rmdir,
+ * with the parent directory's attributes after the change (so a client can answer the
+ * directory's next getattr without a Request: fs-mount's directory attribute cache).
+ */
 export const AttrReply = defineReply('fs.attr', ATTR_FIELDS, [] as const);
+
+type AttrKey = keyof typeof ATTR_FIELDS;
+/** ATTR_FIELDS under names prefixed with `p` (`p` + the capitalised name: pIno, pMode, ...). */
+export type PrefixedAttrFields<P extends string> = { [K in AttrKey as `${P}${Capitalize<K>}`]: (typeof ATTR_FIELDS)[K] };
+function prefixedAttrFields<P extends string>(p: P): PrefixedAttrFields<P> {
+  return Object.fromEntries(Object.entries(ATTR_FIELDS).map(([k, v]) => [p + k[0]!.toUpperCase() + k.slice(1), v])) as PrefixedAttrFields<P>;
+}
+/**
+ * Reply of mknod/mkdir/symlink/link: the new entry's inode's attributes (ATTR_FIELDS) and the
+ * parent directory's after the change (`p`-prefixed: pIno, pMode, ... pCtimeNsec).
+ */
+export const EntryReply = defineReply('fs.entry', { ...ATTR_FIELDS, ...prefixedAttrFields('p') }, [] as const);
+/** Reply of rename: both directories' attributes after the move (`p`: parent, `n`: newParent; the same directory twice for a rename within one). */
+export const RenameReply = defineReply('fs.renamed', { ...prefixedAttrFields('p'), ...prefixedAttrFields('n') }, [] as const);
 
 /** lookup(parent, name) -> AttrReply. Needs X on parent. Errors: ENOENT, ENOTDIR, ENAMETOOLONG, EINVAL, EACCES. */
 export const Lookup = defineRequest('fs.lookup', { parent: 'u64', name: NAME, ...WHO }, DONE_CAPS);
@@ -113,31 +131,31 @@ export const SetAttrReq = defineRequest('fs.setattr', {
   atimeSec: 'u64', atimeNsec: 'u32', mtimeSec: 'u64', mtimeNsec: 'u32', ctimeSec: 'u64', ctimeNsec: 'u32', handle: 'u32', ...WHO,
 }, DONE_CAPS);
 /**
- * mknod(parent, name, mode) -> AttrReply: a regular file (S_IFREG or type 0; other types
+ * mknod(parent, name, mode) -> EntryReply: a regular file (S_IFREG or type 0; other types
  * ENOTSUP), owned by (uid, gid) — gid of the parent when it is setgid —, mode & ~umask.
  * Needs W+X on parent. Errors: EEXIST, ENOENT, ENOTDIR, ENAMETOOLONG, EINVAL, EACCES, ENOSPC, ENOTSUP.
  */
 export const Mknod = defineRequest('fs.mknod', { parent: 'u64', name: NAME, mode: 'u32', umask: 'u32', ...WHO }, DONE_CAPS);
-/** mkdir(parent, name, mode) -> AttrReply (nlink 2; parent's nlink + 1). As mknod; EMLINK when the parent has MAX_LINKS. */
+/** mkdir(parent, name, mode) -> EntryReply (nlink 2; parent's nlink + 1). As mknod; EMLINK when the parent has MAX_LINKS. */
 export const Mkdir = defineRequest('fs.mkdir', { parent: 'u64', name: NAME, mode: 'u32', umask: 'u32', ...WHO }, DONE_CAPS);
-/** symlink(parent, name, target) -> AttrReply (mode 0777 | S_IFLNK, size = target bytes). Errors: as mknod; ENAMETOOLONG (target > SYMLINK_MAX), EINVAL (empty target). */
+/** symlink(parent, name, target) -> EntryReply (mode 0777 | S_IFLNK, size = target bytes). Errors: as mknod; ENAMETOOLONG (target > SYMLINK_MAX), EINVAL (empty target). */
 export const Symlink = defineRequest('fs.symlink', { parent: 'u64', name: NAME, target: { str: SYMLINK_MAX }, ...WHO }, DONE_CAPS);
 /** readlink(ino) -> LinkReply. Errors: ENOENT, EINVAL (not a symlink). */
 export const Readlink = defineRequest('fs.readlink', { ino: 'u64', ...WHO }, DONE_CAPS);
 export const LinkReply = defineReply('fs.linktarget', { target: { str: SYMLINK_MAX } }, [] as const);
-/** link(ino, newParent, newName) -> AttrReply (nlink + 1, ctime). Errors: EEXIST, EPERM (a directory), EMLINK, ENOENT, ENOTDIR, EACCES, ENAMETOOLONG, EINVAL, ENOSPC. */
+/** link(ino, newParent, newName) -> EntryReply (newParent as the parent; nlink + 1, ctime). Errors: EEXIST, EPERM (a directory), EMLINK, ENOENT, ENOTDIR, EACCES, ENAMETOOLONG, EINVAL, ENOSPC. */
 export const Link = defineRequest('fs.link', { ino: 'u64', newParent: 'u64', newName: NAME, ...WHO }, DONE_CAPS);
 /**
- * unlink(parent, name) -> DoneReply. A file whose last link goes keeps its data while opens
+ * unlink(parent, name) -> AttrReply of the parent. A file whose last link goes keeps its data while opens
  * of it remain (read/write keep working); the last close frees it. Sticky parent: only the
  * owner of the file or of the directory, or root (EACCES... as Linux: EPERM).
  * Errors: ENOENT, EISDIR, ENOTDIR, EACCES, EPERM, ENAMETOOLONG, EINVAL.
  */
 export const Unlink = defineRequest('fs.unlink', { parent: 'u64', name: NAME, ...WHO }, DONE_CAPS);
-/** rmdir(parent, name) -> DoneReply. Errors: ENOTEMPTY, ENOTDIR, ENOENT, EINVAL ('.'), EBUSY (the root), EACCES, EPERM. */
+/** rmdir(parent, name) -> AttrReply of the parent. Errors: ENOTEMPTY, ENOTDIR, ENOENT, EINVAL ('.'), EBUSY (the root), EACCES, EPERM. */
 export const Rmdir = defineRequest('fs.rmdir', { parent: 'u64', name: NAME, ...WHO }, DONE_CAPS);
 /**
- * rename(parent, name, newParent, newName, flags) -> DoneReply, atomic and durable: an
+ * rename(parent, name, newParent, newName, flags) -> RenameReply, atomic and durable: an
  * existing target is replaced in the same metadata image (a file by a file, a directory by
  * an empty directory), across directories too. NOREPLACE: EEXIST when the target exists;
  * EXCHANGE: both must exist, swapped. Both flags, or others: EINVAL. Moving a directory

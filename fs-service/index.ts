@@ -5,4 +5,4 @@
  */
 export * from './schema.js';
 export * from './contract.js';
-export { FsClient, decodeDirents, type DaxExtent, type Dirent, type OpenFile, type OpenOptions, type StatFs, type Who } from './client.js';
+export { FsClient, decodeDirents, type DaxExtent, type Dirent, type EntryAttr, type OpenFile, type OpenOptions, type StatFs, type Who } from './client.js';

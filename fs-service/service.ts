@@ -29,11 +29,11 @@ import { adminClaim, IoPort, type VolumeAdmin } from '../blockdev-adaptor/client
 import type { FairSlots } from '../blockdev-adaptor/fair-slots.js';
 import { Close, Create, Delete, DoneReply, List, Open, OpenMode, Read, Stat, Truncate, Write } from './schema.js';
 import {
-  AttrReply, CreateIno, DaxMap, DIRENT_BYTES, Fsync, GetAttr, Link, LinkReply, Lookup, Mkdir, Mknod, NAME_MAX, NS_OPS, OpenFlags, OpenIno, Readdir,
-  ReaddirReply, Readlink, Rename, Rmdir, SetAttr, SetAttrReq, Statfs, StatfsReply, Symlink, Unlink,
+  AttrReply, CreateIno, DaxMap, DIRENT_BYTES, EntryReply, Fsync, GetAttr, Link, LinkReply, Lookup, Mkdir, Mknod, NAME_MAX, NS_OPS, OpenFlags, OpenIno, Readdir,
+  ReaddirReply, Readlink, Rename, RenameReply, Rmdir, SetAttr, SetAttrReq, Statfs, StatfsReply, Symlink, Unlink,
 } from './contract.js';
 import { allocatedOf, BLOCK, type FsCounts, type FsLog, type Inode } from './inode.js';
-import { access, attrOf, isDir, isReg, planSetattr, R, W, type Who } from './attrs.js';
+import { access, attrOf, isDir, prefixedAttrOf, isReg, planSetattr, R, W, type Who } from './attrs.js';
 import { Paths } from './paths.js';
 import { BlockCache } from './cache.js';
 import { MetadataStore } from './metadata.js';
@@ -237,6 +237,16 @@ export class FsService {
   }
 
   /**
+   * Make an entry in `parent` (`make` answers its inode) and answer EntryReply on `ok`: the
+   * inode's and the parent's attributes as they are then (the parent is taken before the
+   * change: removed since, it answers nlink 0, never an error for a change that was made).
+   */
+  async #entry(ok: number, parent: Inode, make: () => Promise<Inode>): Promise<void> {
+    const ino = await make();
+    await this.proc.invoke(ok, EntryReply, prefixedAttrOf('p', parent, attrOf(ino)));
+  }
+
+  /**
    * Open regular file `ino` for `mode` (OpenMode) with `flags` (OpenFlags.TRUNC) and answer
    * OpenReply on `ok`; a DAX open first allocates the file's holes (DAX I/O needs extents).
    * Errors: EISDIR, EINVAL (not a regular file), ENOSPC, those of Opens.open.
@@ -283,22 +293,25 @@ export class FsService {
         await this.#attr(caps.onSuccess, ino);
       }),
     );
-    p.serve(Mknod, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#attr(caps.onSuccess, await ns.mknod(imms.parent, imms.name, imms.mode, imms.umask, who(imms)))));
-    p.serve(Mkdir, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#attr(caps.onSuccess, await ns.mkdir(imms.parent, imms.name, imms.mode, imms.umask, who(imms)))));
-    p.serve(Symlink, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#attr(caps.onSuccess, await ns.symlink(imms.parent, imms.name, imms.target, who(imms)))));
+    p.serve(Mknod, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#entry(caps.onSuccess, ns.get(imms.parent), () => ns.mknod(imms.parent, imms.name, imms.mode, imms.umask, who(imms)))));
+    p.serve(Mkdir, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#entry(caps.onSuccess, ns.get(imms.parent), () => ns.mkdir(imms.parent, imms.name, imms.mode, imms.umask, who(imms)))));
+    p.serve(Symlink, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#entry(caps.onSuccess, ns.get(imms.parent), () => ns.symlink(imms.parent, imms.name, imms.target, who(imms)))));
     p.serve(Readlink, ({ imms, caps }) => this.#ctl(caps.onError, () => p.invoke(caps.onSuccess, LinkReply, { target: ns.readlink(imms.ino) })));
-    p.serve(Link, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#attr(caps.onSuccess, await ns.link(imms.ino, imms.newParent, imms.newName, who(imms)))));
+    p.serve(Link, ({ imms, caps }) => this.#ctl(caps.onError, async () => this.#entry(caps.onSuccess, ns.get(imms.newParent), () => ns.link(imms.ino, imms.newParent, imms.newName, who(imms)))));
     p.serve(Unlink, ({ imms, caps }) => this.#ctl(caps.onError, async () => {
+      const d = ns.get(imms.parent);
       await ns.unlink(imms.parent, imms.name, who(imms));
-      await p.invoke(caps.onSuccess, DoneReply);
+      await this.#attr(caps.onSuccess, d);
     }));
     p.serve(Rmdir, ({ imms, caps }) => this.#ctl(caps.onError, async () => {
+      const d = ns.get(imms.parent);
       await ns.rmdir(imms.parent, imms.name, who(imms));
-      await p.invoke(caps.onSuccess, DoneReply);
+      await this.#attr(caps.onSuccess, d);
     }));
     p.serve(Rename, ({ imms, caps }) => this.#ctl(caps.onError, async () => {
+      const [d, nd] = [ns.get(imms.parent), ns.get(imms.newParent)];
       await ns.rename(imms.parent, imms.name, imms.newParent, imms.newName, imms.flags, who(imms));
-      await p.invoke(caps.onSuccess, DoneReply);
+      await p.invoke(caps.onSuccess, RenameReply, prefixedAttrOf('n', nd, prefixedAttrOf('p', d, {})));
     }));
     p.serve(OpenIno, ({ imms, caps }) =>
       this.#ctl(caps.onError, async () => {

@@ -45,7 +45,15 @@ vtest('directories: mkdir, mknod, lookup, getattr, nlink, readdir; the errors of
     t.is(f.mode, S_IFREG | 0o640);
     t.is(f.nlink, 1);
     t.is(f.size, 0);
-    t.deepEqual(await fs.lookup(a.ino, 'f'), f);
+    const { parent: fParent, ...fAttr } = f;
+    t.deepEqual(await fs.lookup(a.ino, 'f'), fAttr);
+    t.deepEqual(fParent, await fs.getattr(a.ino), 'mknod answers the parent\'s attributes after the change');
+    await fs.mknod(a.ino, 'h', S_IFREG | 0o640);
+    t.deepEqual(await fs.unlink(a.ino, 'h'), await fs.getattr(a.ino), 'unlink answers the parent\'s attributes');
+    const moved = await fs.rename(a.ino, 'f', ROOT_INO, 'f-moved');
+    t.deepEqual(moved, { parent: await fs.getattr(a.ino), newParent: await fs.getattr(ROOT_INO) }, 'rename answers both directories\' attributes');
+    await fs.rename(ROOT_INO, 'f-moved', a.ino, 'f');
+    t.is((await fs.lookup(a.ino, 'f')).ino, f.ino);
     t.is((await fs.lookup(a.ino, '..')).ino, ROOT_INO);
     t.is((await fs.lookup(a.ino, '.')).ino, a.ino);
     t.is((await fs.mkdir(a.ino, 'g', 0o777, undefined, 0o022)).mode, S_IFDIR | 0o755, 'umask applies');
