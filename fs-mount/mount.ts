@@ -43,7 +43,7 @@ import { connect, type Process, type SharedRegion } from '../libfractos/process.
 import { Perm } from '../libfractos/protocol.js';
 import { IoPort } from '../blockdev-adaptor/client.js';
 import {
-  FsClient, OpenFlags, OpenMode, ROOT_INO, S_IFDIR, S_IFLNK, S_IFREG, DirType, SetAttr,
+  FsClient, NAME_MAX, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFREG, DirType, SetAttr,
   type Attr as FsAttr, type EntryAttr, type OpenFile, type Who,
 } from '../fs-service/index.js';
 import { Attr, ATTR_LEN, FuseOp, OpenReplyFlag, fuseMount, type FuseBinding, type FuseSession } from '../native/fuse/index.js';
@@ -82,6 +82,8 @@ type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 's
 
 /** Attribute and entry timeout of an `exclusive` mount, seconds (passthrough_ll's cache=always: a day). */
 export const EXCLUSIVE_TIMEOUT = 86400;
+/** Most names an exclusive mount keeps in #names, all directories together; past it a directory's set is dropped. */
+const NAMES_MAX = 1 << 20;
 /** Most directories whose attributes the mount keeps (#dirAttrs); past it the cache starts over. */
 const DIR_ATTRS_MAX = 4096;
 
@@ -155,6 +157,16 @@ export class FsMount extends EventEmitter {
    * directory changes too). Bounded: DIR_ATTRS_MAX entries.
    */
   readonly #dirAttrs = new Map<number, { a: FsAttr; until: number }>();
+  /**
+   * Exclusive mounts only: every name of each directory this mount made (mkdir) and has seen
+   * every change of since (all of them go through this mount). A LOOKUP of a name not there
+   * is answered ENOENT (a negative entry) without a Request: the lookup the kernel sends
+   * before each create, and before a rename to a new name. A change that failed (the
+   * directory's state is then not known here) drops the directory's set; so does a directory
+   * past NAMES_MAX names in all.
+   */
+  readonly #names = new Map<number, Set<string>>();
+  #namesCount = 0;
   /** Requests in JS's hands: id -> op (for interrupts). */
   readonly #inflight = new Map<number, number>();
   #nextFh = 1;
@@ -162,7 +174,7 @@ export class FsMount extends EventEmitter {
   #session: FuseSession | null = null;
   #closing = false;
   /** Per-op counters, for stats and tests. */
-  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0, dirAttrHits: 0 };
+  readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0, dirAttrHits: 0, negativeHits: 0 };
 
   private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[]) {
     super();
@@ -309,6 +321,36 @@ export class FsMount extends EventEmitter {
     this.#dirAttrs.set(a.ino, { a, until: performance.now() + t * 1000 });
   }
 
+  #nameAdd(dir: number, name: string): void {
+    const set = this.#names.get(dir);
+    if (!set || set.has(name)) return;
+    if (this.#namesCount >= NAMES_MAX) return this.#namesDrop(dir);
+    set.add(name);
+    this.#namesCount++;
+  }
+
+  #nameDel(dir: number, name: string): void {
+    if (this.#names.get(dir)?.delete(name)) this.#namesCount--;
+  }
+
+  #namesDrop(dir: number): void {
+    const set = this.#names.get(dir);
+    if (!set) return;
+    this.#namesCount -= set.size;
+    this.#names.delete(dir);
+  }
+
+  /** Answer LOOKUP of `name` in `dir` ENOENT from #names when the directory is known whole and has no such name; false otherwise. */
+  #knownMissing(id: number, dir: number, name: string): boolean {
+    const set = this.#names.get(dir);
+    // Long names go to the FS (ENAMETOOLONG is its answer, not ENOENT).
+    if (!set || set.has(name) || Buffer.byteLength(name) > NAME_MAX) return false;
+    this.counts.negativeHits++;
+    this.#inflight.delete(id);
+    if (this.#session) this.#fuse.replyEntry(this.#session, id, 0, 0, null, 0, this.#opts.attrTimeout);
+    return true;
+  }
+
   /** Answer GETATTR of `ino` from #dirAttrs when fresh (for the rest of its timeout); false when not there. */
   #cachedDir(id: number, ino: number): boolean {
     const c = this.#dirAttrs.get(ino);
@@ -324,6 +366,16 @@ export class FsMount extends EventEmitter {
     return true;
   }
 
+  /**
+   * FOPEN_NOFLUSH on file opens unless the writeback cache is on: FLUSH (every close(2)) has
+   * nothing to do here (locks are the kernel's, writes are the FS's when answered), so the
+   * kernel need not send it: one request less per close. With --writeback the kernel sends
+   * it anyway (it writes dirty pages back first).
+   */
+  #noFlush(): number {
+    return this.#opts.writeback ? 0 : OpenReplyFlag.NOFLUSH;
+  }
+
   #openFlags(ino: number, f: OpenFile): number {
     const n = this.#node(f.attr);
     const mt = f.attr.mtimeSec * 1e9 + f.attr.mtimeNsec;
@@ -331,7 +383,7 @@ export class FsMount extends EventEmitter {
     n.openedMtime = mt;
     n.openedSize = f.attr.size;
     void ino;
-    return keep ? OpenReplyFlag.KEEP_CACHE : 0;
+    return (keep ? OpenReplyFlag.KEEP_CACHE : 0) | this.#noFlush();
   }
 
   #newHandle(ino: number, file: OpenFile | null): number {
@@ -384,16 +436,19 @@ export class FsMount extends EventEmitter {
     // A change in directory `ino`: answered with the entry and the directory's attributes, or failed (#dirAttrs).
     const made = (x: EntryAttr): void => {
       this.#noteDir(x.parent);
+      this.#nameAdd(ino, name);
       entry(x);
     };
     const dirFail = (e: unknown): void => {
       this.#dirAttrs.delete(ino);
+      this.#namesDrop(ino);
       fail(e);
     };
     const fs = this.fs;
     switch (op) {
       case FuseOp.LOOKUP:
         this.counts.lookups++;
+        if (this.#knownMissing(id, ino, name)) return;
         fs.lookup(ino, name, who).then((x) => {
           this.#noteDir(x);
           entry(x);
@@ -426,21 +481,31 @@ export class FsMount extends EventEmitter {
         fs.mknod(ino, name, a, who).then(made, dirFail);
         return;
       case FuseOp.MKDIR:
-        fs.mkdir(ino, name, a | S_IFDIR, who).then(made, dirFail);
+        fs.mkdir(ino, name, a | S_IFDIR, who).then((x) => {
+          // A directory this mount made is empty: known whole from now on (exclusive mounts).
+          if (this.#opts.exclusive && !this.#names.has(x.ino)) this.#names.set(x.ino, new Set());
+          made(x);
+        }, dirFail);
         return;
       case FuseOp.SYMLINK:
         fs.symlink(ino, name, name2, who).then(made, dirFail);
         return;
       case FuseOp.LINK:
         // The entry goes into directory `a` (FUSE: ino is the file, a the new parent).
-        fs.link(ino, a, name, who).then(made, (e: unknown) => {
+        fs.link(ino, a, name, who).then((x) => {
+          this.#noteDir(x.parent);
+          this.#nameAdd(a, name);
+          entry(x);
+        }, (e: unknown) => {
           this.#dirAttrs.delete(a);
+          this.#namesDrop(a);
           fail(e);
         });
         return;
       case FuseOp.UNLINK:
         this.#openDeferred().then(() => fs.unlink(ino, name, who)).then((d) => {
           this.#noteDir(d);
+          this.#nameDel(ino, name);
           ok();
         }, dirFail);
         return;
@@ -448,9 +513,11 @@ export class FsMount extends EventEmitter {
         fs.rmdir(ino, name, who).then((d) => {
           this.#dirAttrs.clear();
           this.#noteDir(d);
+          this.#nameDel(ino, name);
           ok();
         }, (e: unknown) => {
           this.#dirAttrs.clear();
+          this.#namesDrop(ino);
           fail(e);
         });
         return;
@@ -459,9 +526,16 @@ export class FsMount extends EventEmitter {
           this.#dirAttrs.clear();
           this.#noteDir(r.parent);
           this.#noteDir(r.newParent);
+          // EXCHANGE keeps both names; otherwise the name moves (over a target or not).
+          if (!(b & RenameFlags.EXCHANGE)) {
+            this.#nameDel(ino, name);
+            this.#nameAdd(a, name2);
+          }
           ok();
         }, (e: unknown) => {
           this.#dirAttrs.clear();
+          this.#namesDrop(ino);
+          this.#namesDrop(a);
           fail(e);
         });
         return;
@@ -479,13 +553,14 @@ export class FsMount extends EventEmitter {
         }
         this.#dirAttrs.delete(ino);
         fs.createIno(ino, name, (a & 0o7777) | S_IFREG, this.#mode(b), { flags: (b & O_TRUNC ? OpenFlags.TRUNC : 0) | (b & O_EXCL ? OpenFlags.EXCL : 0), dax: this.#opts.dax }, who).then((f) => {
+          this.#nameAdd(ino, name);
           this.#inflight.delete(id);
           const fh = this.#newHandle(f.attr.ino, f);
           const t = this.#opts.attrTimeout;
           const flags = this.#openFlags(f.attr.ino, f);
           if (this.#session && this.#fuse.replyCreate(this.#session, id, f.attr.ino, 1, this.#attrArray(f.attr), t, t, fh, flags)) this.#node(f.attr).nlookup++;
           else this.#release(fh);
-        }, fail);
+        }, dirFail);
         return;
       case FuseOp.READ:
         this.#read(id, a, b, c);
@@ -545,14 +620,16 @@ export class FsMount extends EventEmitter {
   #createDeferred(id: number, parent: number, name: string, mode: number, flags: number, who: Who): void {
     this.fs.mknod(parent, name, (mode & 0o7777) | S_IFREG, who).then((attr) => {
       this.#noteDir(attr.parent);
+      this.#nameAdd(parent, name);
       this.#inflight.delete(id);
       const fh = this.#nextFh++;
       this.#handles.set(fh, { ino: attr.ino, file: null, deferred: { mode: this.#mode(flags) }, size: 0, daxWritten: false, remapping: false });
       const t = this.#opts.attrTimeout;
-      if (this.#session && this.#fuse.replyCreate(this.#session, id, attr.ino, 1, this.#attrArray(attr), t, t, fh, 0)) this.#node(attr).nlookup++;
+      if (this.#session && this.#fuse.replyCreate(this.#session, id, attr.ino, 1, this.#attrArray(attr), t, t, fh, this.#noFlush())) this.#node(attr).nlookup++;
       else this.#handles.delete(fh);
     }, (e: unknown) => {
       this.#dirAttrs.delete(parent);
+      this.#namesDrop(parent);
       if ((e as { code?: string }).code !== 'EEXIST' || flags & O_EXCL) return this.#fail(id, e);
       this.fs.createIno(parent, name, (mode & 0o7777) | S_IFREG, this.#mode(flags), { flags: flags & O_TRUNC ? OpenFlags.TRUNC : 0 }, who).then((f) => {
         this.#inflight.delete(id);

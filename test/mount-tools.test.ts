@@ -141,6 +141,39 @@ mtest('POSIX errors from the shell: EEXIST, ENOTEMPTY, ENAMETOOLONG, ENOTDIR, EI
   }
 });
 
+mtest('--exclusive: names and directory attributes known to the mount answer lookups and getattrs (no Request), and stay right through create, mkdir, mv, ln, rm, rmdir and failed operations', async (t) => {
+  const mp = point('m-excl');
+  const m = await mount(stack!, mp, ['--exclusive']);
+  try {
+    const r = await sh(`
+      set -e
+      mkdir d && test "$(stat -c %h d)" = 2
+      t0=$(stat -c %y d); sleep 0.01
+      touch d/a && test "$(stat -c %y d)" != "$t0" && test -f d/a
+      test ! -e d/b
+      mv d/a d/b && test ! -e d/a && test -f d/b
+      ln d/b d/c && test "$(stat -c %h d/b)" = 2
+      mkdir d/sub && test "$(stat -c %h d)" = 3
+      mv d/c d/sub/c && test -f d/sub/c && test ! -e d/c && test "$(stat -c %h d/sub/c)" = 2
+      if mkdir d/b 2>/dev/null; then exit 11; fi
+      if rmdir d/sub 2>/dev/null; then exit 12; fi
+      if touch d/${'n'.repeat(256)} 2>/dev/null; then exit 13; fi
+      rm d/b && test ! -e d/b && test "$(stat -c %h d/sub/c)" = 1
+      echo x > d/b && test "$(cat d/b)" = x
+      rm d/sub/c && rmdir d/sub && test "$(stat -c %h d)" = 2 && test ! -e d/sub
+      test "$(ls d)" = b
+      rm -r d && test ! -e d
+    `, mp);
+    t.is(r.code, 0, r.err);
+  } finally {
+    await m.stop();
+  }
+  const c = /dirAttrHits=(\d+)/.exec(m.output());
+  const n = /negativeHits=(\d+)/.exec(m.output());
+  t.true(Number(c?.[1]) > 0, `directory getattrs answered by the mount: ${m.output()}`);
+  t.true(Number(n?.[1]) > 0, `negative lookups answered by the mount: ${m.output()}`);
+});
+
 mtest('create without an FS open until the first I/O: touch needs no open; a file created read-only by another user is written through its creating fd; O_EXCL and ftruncate through the fd', async (t) => {
   const mp = point('m5');
   const m = await mount(stack!, mp);
