@@ -92,10 +92,15 @@ export function attrOf(ino: Inode): Record<string, number> {
   };
 }
 
+/** [field, p-prefixed field] of each attribute, per prefix (made once). */
+const PREFIXED = new Map<string, [string, string][]>();
+
 /** `ino`'s attributes as `p`-prefixed fields (EntryReply's and RenameReply's pIno, pMode, ...), added to `into`. */
 export function prefixedAttrOf(p: string, ino: Inode, into: Record<string, number>): Record<string, number> {
   const a = attrOf(ino);
-  for (const k in a) into[p + k[0]!.toUpperCase() + k.slice(1)] = a[k]!;
+  let keys = PREFIXED.get(p);
+  if (!keys) PREFIXED.set(p, (keys = Object.keys(a).map((k) => [k, p + k[0]!.toUpperCase() + k.slice(1)])));
+  for (const [k, pk] of keys) into[pk] = a[k]!;
   return into;
 }
 

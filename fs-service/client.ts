@@ -100,12 +100,14 @@ function attrOf(imms: Attr): Attr {
 }
 
 /** The attributes under `p`-prefixed names (EntryReply, RenameReply: pIno, pMode, ...). */
-function prefixedAttrOf(imms: Record<string, unknown>, p: string): Attr {
+function prefixedAttrOf(imms: Record<string, unknown>, p: 'p' | 'n'): Attr {
   const a = {} as Record<string, unknown>;
-  for (const k of ATTR_KEYS) a[k] = imms[p + k[0]!.toUpperCase() + k.slice(1)];
+  for (const [k, pk] of PREFIXED[p]) a[k] = imms[pk];
   return a as unknown as Attr;
 }
 const ATTR_KEYS = ['ino', 'generation', 'mode', 'nlink', 'uid', 'gid', 'size', 'blocks', 'blksize', 'atimeSec', 'atimeNsec', 'mtimeSec', 'mtimeNsec', 'ctimeSec', 'ctimeNsec'] as const;
+const prefixedKeys = (p: string): [string, string][] => ATTR_KEYS.map((k) => [k, p + k[0]!.toUpperCase() + k.slice(1)]);
+const PREFIXED = { p: prefixedKeys('p'), n: prefixedKeys('n') };
 
 /** An entry made (mknod, mkdir, symlink, link): its inode's attributes and, in `parent`, its directory's after the change. */
 export type EntryAttr = Attr & { parent: Attr };
