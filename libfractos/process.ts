@@ -1026,7 +1026,6 @@ export class Process extends EventEmitter {
     if (args.caps) for (const c of args.caps) caps[c.slot] = c.cap;
     for (let i = 0; i < caps.length; i++) caps[i] ??= 0;
     const inv = new Delivered(tag, args.imms ?? NO_IMMS, caps, descs);
-    const dropAll = (): void => this.#dropDelivered(inv);
     if (tag & RPC_TAG_BIT) {
       const id = (tag & ~RPC_TAG_BIT) >>> 1;
       const w = this.#rpcs.get(id);
@@ -1045,18 +1044,18 @@ export class Process extends EventEmitter {
           const err = new FractosError(errorCodeFromWire(e.code), e.message);
           Error.stackTraceLimit = limit;
           w.reject(err);
-          dropAll();
+          this.#dropDelivered(inv);
         } else {
           // The RPC's caller owns the reply's caps: nothing is dropped automatically.
           w.resolve(inv);
         }
-      } else dropAll();
+      } else this.#dropDelivered(inv);
       return;
     }
     const h = this.#handlers.get(tag);
     if (!h) {
       this.emit('unhandled', inv);
-      dropAll();
+      this.#dropDelivered(inv);
       return;
     }
     let r: void | Promise<unknown>;
@@ -1064,15 +1063,18 @@ export class Process extends EventEmitter {
       r = h(inv);
     } catch (err) {
       this.emit('handlerError', err, inv);
-      dropAll();
+      this.#dropDelivered(inv);
       return;
     }
     if (r && typeof (r as Promise<unknown>).then === 'function') {
-      (r as Promise<unknown>).then(dropAll, (err) => {
-        this.emit('handlerError', err, inv);
-        dropAll();
-      });
-    } else dropAll();
+      (r as Promise<unknown>).then(
+        () => this.#dropDelivered(inv),
+        (err) => {
+          this.emit('handlerError', err, inv);
+          this.#dropDelivered(inv);
+        },
+      );
+    } else this.#dropDelivered(inv);
   }
 
   /** Drop the delivered cids of `inv` but those it retained. */
