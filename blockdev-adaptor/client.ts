@@ -114,6 +114,12 @@ interface Pair {
   head: Buffer; // offset u64 + length u32 (+ flags u32)
   args: RequestArgs;
   argsW: RequestArgs;
+  /**
+   * The invocation's REPLY, bound once: a refused invocation (nothing delivered, so no
+   * continuation will run) fails the op in flight. A success REPLY may be read after the
+   * continuation (quiet), even after the pair was reissued: it is ignored.
+   */
+  onReply: (err: FractosError | null) => void;
 }
 
 /**
@@ -161,6 +167,13 @@ export class IoPort {
         id, ok, err, done: null, head,
         args: { imms: [{ offset: F_OFFSET, bytes: head.subarray(0, 12) }], caps: [{ slot: S_BUFFER, cap: 0 }, { slot: S_OK, cap: ok }, { slot: S_ERR, cap: err }] },
         argsW: { imms: [{ offset: F_OFFSET, bytes: head.subarray(0, 12) }, { offset: F_FLAGS, bytes: head.subarray(12, 16) }], caps: [{ slot: S_BUFFER, cap: 0 }, { slot: S_OK, cap: ok }, { slot: S_ERR, cap: err }] },
+        onReply: (e) => {
+          const done = pair.done;
+          if (!e || !done) return;
+          pair.done = null;
+          this.#free.push(pair);
+          done(e, 0);
+        },
       };
       this.#pairs[id - 1] = pair;
       return pair;
@@ -201,12 +214,7 @@ export class IoPort {
     const args = write ? pair.argsW : pair.args;
     args.caps![0]!.cap = buffer;
     // quiet: the continuation answers; the REPLY does not wake us by itself (docs/queues.md)
-    this.#p.requestInvoke(req, args, { quiet: true }).catch((e: unknown) => {
-      if (pair.done !== done) return;
-      pair.done = null;
-      this.#free.push(pair);
-      done(e instanceof FractosError ? e : new FractosError('EIO', String(e)), 0);
-    });
+    this.#p.requestInvokeCb(req, args, true, pair.onReply);
   }
 
   #complete(inv: Invocation, failed: boolean): void {

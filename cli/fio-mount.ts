@@ -17,7 +17,11 @@ import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync,
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { FractosError } from '../libfractos/errors.js';
-import { compareRecords, formatCompareTable, formatTextReport, loadJobFile, runRealFio, type FioBenchRecord, type FioReport } from '../bench/fio/index.js';
+import {
+  CpuMeter, compareRecords, cpuPerIo, cpuRecord, fioJsonCpuNs, formatCompareTable, formatCpuPerIo, formatTextReport, loadJobFile, runRealFio, totalIos,
+  type CpuPerIo, type CpuProc, type FioBenchRecord, type FioReport,
+} from '../bench/fio/index.js';
+import { loadavg } from 'node:os';
 import { fuseMountAt, fusermountUnmount } from '../fs-mount/mountpoint.js';
 import { spawnFractos, type Spawned } from '../testbed/spawn.js';
 import { REPO_ROOT } from '../testbed/paths.js';
@@ -40,13 +44,15 @@ export interface MountFioOptions {
   /** metadata benchmark: files (default 10,000). */
   files?: number;
   /** Start Controller + blockdev + FS on `device` (the runner's startStack); returns its address and stop. */
-  startStack: (device: string) => Promise<{ controller: string; stop(): Promise<void> }>;
+  startStack: (device: string) => Promise<{ controller: string; procs: CpuProc[]; stop(): Promise<void> }>;
 }
 
 /** A file system under test: a folder to run in, and how to take it down. */
 interface Target {
   name: string;
   dir: string;
+  /** Its processes besides fio (for CPU per I/O): the stack and the mount, passthrough_ll. */
+  procs: CpuProc[];
   down(): Promise<void>;
 }
 
@@ -97,7 +103,7 @@ function ext4(scratch: string, bytes: number): Target {
     throw e;
   }
   return {
-    name: 'ext4', dir,
+    name: 'ext4', dir, procs: [],
     down: async () => {
       if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
       spawnSync('losetup', ['-d', loop]);
@@ -112,7 +118,7 @@ async function passthrough(scratch: string, under: string): Promise<Target> {
   const child = spawn(passthroughLl(), ['-f', '-o', `source=${under}`, dir], { stdio: 'ignore' });
   await waitMounted(dir, child);
   return {
-    name: 'passthrough_ll', dir,
+    name: 'passthrough_ll', dir, procs: [{ name: 'passthrough_ll', pid: child.pid ?? -1 }],
     down: async () => {
       try {
         fusermountUnmount(dir);
@@ -143,7 +149,7 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
     throw e;
   }
   return {
-    name: `mount${o.dax ? ' --dax' : ''}${o.exclusive ? ' --exclusive' : ''}`, dir,
+    name: `mount${o.dax ? ' --dax' : ''}${o.exclusive ? ' --exclusive' : ''}`, dir, procs: [...stack.procs, { name: 'mount', pid: m.child.pid ?? -1 }],
     down: async () => {
       await m.stop().catch(() => {});
       await stack.stop();
@@ -151,10 +157,17 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
   };
 }
 
-/** One fio run of `profile` on `t` (file `fio.dat` in its folder). */
-async function fioOn(profile: string, t: Target, runtimeMs?: number, size?: number): Promise<FioReport> {
+/**
+ * One fio run of `profile` on `t` (file `fio.dat` in its folder), and its CPU per I/O: fio's
+ * own (its JSON) plus `t`'s processes over the run (`fio` in the shares).
+ */
+async function fioOn(profile: string, t: Target, runtimeMs?: number, size?: number): Promise<{ report: FioReport; cpu: CpuPerIo }> {
   process.stderr.write(`fio: running ${basename(profile)} on ${t.name} (${t.dir})\n`);
-  return (await runRealFio(profile, { filename: join(t.dir, 'fio.dat'), runtimeMs, size })).report;
+  const meter = CpuMeter.start(t.procs);
+  const r = await runRealFio(profile, { filename: join(t.dir, 'fio.dat'), runtimeMs, size });
+  // The run includes fio's lay-out of fio.dat through t: an upper bound of t's share.
+  const shares = [...meter.stop(), { name: 'fio', pid: 0, cpuNs: fioJsonCpuNs(r.raw) }];
+  return { report: r.report, cpu: cpuPerIo(shares, totalIos(r.report), loadavg()[0]!) };
 }
 
 /** Files per second of each metadata phase over `n` empty files in a fresh folder of `t`. */
@@ -213,26 +226,34 @@ export async function runMountFio(profile: string, o: MountFioOptions): Promise<
       process.stdout.write(o.json ? JSON.stringify(records, null, 2) + '\n' : `metadata: ${n} files, files per second\n${rows.join('\n')}\n`);
       return;
     }
-    const mine = await fioOn(profile, ours, o.runtimeMs, o.size);
+    const { report: mine, cpu } = await fioOn(profile, ours, o.runtimeMs, o.size);
     if (!o.compare) {
-      process.stdout.write(formatTextReport(mine));
+      process.stdout.write(formatTextReport(mine) + formatCpuPerIo(cpu));
       return;
     }
+    let cpuText = `${ours.name}: ${formatCpuPerIo(cpu)}`;
     const records: FioBenchRecord[] = [];
     for (const t of targets) {
       // A baseline that fails is reported and left out: libfuse 3.14 hands passthrough_ll
       // O_DIRECT writes in a buffer that is not page-aligned, which ext4 refuses (EINVAL;
       // fixed upstream in 3.17.1), so direct-write profiles have no FUSE floor here.
       let r: FioReport;
+      let baseCpu: CpuPerIo;
       try {
-        r = await fioOn(profile, t, o.runtimeMs, o.size);
+        const b = await fioOn(profile, t, o.runtimeMs, o.size);
+        r = b.report;
+        cpuText += `${t.name}: ${formatCpuPerIo(b.cpu)}`;
+        baseCpu = b.cpu;
       } catch (e) {
         process.stderr.write(`fio: ${t.name} failed, left out: ${(e as Error).message.split('\n')[0]}\n`);
         continue;
       }
-      records.push(...compareRecords(mine, r, { profile: basename(profile).replace(/\.fio$/, ''), target: `${ours.name} vs ${t.name}` }));
+      const params = { profile: basename(profile).replace(/\.fio$/, ''), target: `${ours.name} vs ${t.name}` };
+      records.push(...compareRecords(mine, r, params));
+      const rec = cpuRecord({ ...cpu, fioPerIoNs: baseCpu.perIoNs }, params);
+      if (rec) records.push(rec);
     }
-    process.stdout.write(o.json ? JSON.stringify(records, null, 2) + '\n' : formatCompareTable(records).replace(/\bfio\b/, 'base'));
+    process.stdout.write(o.json ? JSON.stringify(records, null, 2) + '\n' : formatCompareTable(records).replace(/\bfio\b/, 'base') + cpuText);
   } finally {
     for (const t of downs) await t.down().catch(() => {});
     rmSync(scratch, { recursive: true, force: true });

@@ -13,8 +13,10 @@ import { OpenMode } from '../fs-service/schema.js';
 import { connect, FractosError, type Process } from '../libfractos/index.js';
 import {
   DEFAULT_FIO_FILENAME, parseSize, compareRecords, formatCompareTable, formatTextReport, loadJobFile, runJobs, runRealFio, toFioJson,
-  type FioJob, type FioReport, type IoTarget,
+  CpuMeter, cpuPerIo, cpuRecord, fioJsonCpuNs, formatCpuPerIo, totalIos,
+  type CpuProc, type CpuShare, type FioJob, type FioReport, type IoTarget,
 } from '../bench/fio/index.js';
+import { loadavg } from 'node:os';
 import { RequestTarget, type TargetExtent } from '../bench/fio/targets.js';
 import { spawnFractos, type Spawned } from '../testbed/spawn.js';
 import { cleanupOnSignals, removeOnExit, removeTempDir, tempDir } from '../testbed/scratch.js';
@@ -33,6 +35,8 @@ interface Stack {
   controller: string;
   /** The blockdev's admin secret (its `--admin-secret-file`, in the stack's scratch folder). */
   adminSecret: Buffer;
+  /** The stack's processes (Controller, blockdev, FS), for CPU per I/O. */
+  procs: CpuProc[];
   stop(): Promise<void>;
 }
 
@@ -56,7 +60,8 @@ async function startStack(device: string, queueDepth: number, withFs: boolean): 
     await stop();
     throw err;
   }
-  return { controller: addr, adminSecret: readAdminSecret(secretFile), stop };
+  const names = ['controller', 'blockdev', 'fs'];
+  return { controller: addr, adminSecret: readAdminSecret(secretFile), procs: procs.map((p, i) => ({ name: names[i]!, pid: p.child.pid ?? -1 })), stop };
 }
 
 /**
@@ -167,6 +172,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   }
   const cleanups: (() => Promise<void>)[] = [];
   let ours: FioReport;
+  let shares: CpuShare[];
   let p: Process | null = null;
   try {
     p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
@@ -175,27 +181,36 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
     const admin = adminFor(p, cleanups, stack?.adminSecret ?? (o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined));
     for (const j of jobs) targets.set(j, await targetFor(p, kind, j, j.size ?? region, fs, admin, cleanups));
     process.stderr.write(`fio: running ${basename(profile)} on target ${kind}\n`);
+    // CPU per I/O: every process of the stack (a running stack's are not known: the client only).
+    const meter = CpuMeter.start([...(stack?.procs ?? []), { name: 'client', pid: 0 }]);
     ours = await runJobs(jobs, (j) => targets.get(j)!, {
       runtimeMs,
       onProgress: (pr) => process.stderr.write(`fio: ${pr.job} ${(pr.elapsedMs / 1000).toFixed(1)} s, ${Math.round(pr.intervalIops)} IOPS\n`),
     });
+    shares = meter.stop();
   } finally {
     for (const c of cleanups) await c().catch(() => {});
     await p?.close();
     await stack?.stop();
   }
   if (!o.compare) {
-    process.stdout.write(o.json ? JSON.stringify(toFioJson(ours), null, 2) + '\n' : formatTextReport(ours));
+    const cpu = formatCpuPerIo(cpuPerIo(shares, totalIos(ours), loadavg()[0]!));
+    process.stdout.write(o.json ? JSON.stringify(toFioJson(ours), null, 2) + '\n' : formatTextReport(ours) + cpu);
+    if (o.json) process.stderr.write(cpu);
     return;
   }
   process.stderr.write(`fio: running real fio on ${device}\n`);
   const real = await runRealFio(profile, { filename: device, runtimeMs: runtimeMs ?? jobs[0]?.runtimeMs });
-  const records = compareRecords(ours, real.report, { profile: basename(profile).replace(/\.fio$/, ''), target: kind });
+  const params = { profile: basename(profile).replace(/\.fio$/, ''), target: kind };
+  const records = compareRecords(ours, real.report, params);
+  const cpu = cpuPerIo(shares, totalIos(ours), loadavg()[0]!, { cpuNs: fioJsonCpuNs(real.raw), ios: totalIos(real.report) });
+  const rec = cpuRecord(cpu, params);
+  if (rec) records.push(rec);
   if (o.json) {
     process.stdout.write(JSON.stringify(records, null, 2) + '\n');
     return;
   }
-  process.stdout.write(`=== FractOS (${kind}) ===\n${formatTextReport(ours)}\n=== real fio ===\n${formatTextReport(real.report)}\n${formatCompareTable(records)}`);
+  process.stdout.write(`=== FractOS (${kind}) ===\n${formatTextReport(ours)}\n=== real fio ===\n${formatTextReport(real.report)}\n${formatCompareTable(records)}${formatCpuPerIo(cpu)}`);
 }
 
 export function register(program: Command): void {

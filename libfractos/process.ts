@@ -611,6 +611,35 @@ export class Process extends EventEmitter {
     await this.#argsCall(opts?.quiet ? Op.REQUEST_INVOKE_QUIET : Op.REQUEST_INVOKE, cid, args);
   }
 
+  /**
+   * request_invoke for hot paths: `done(err)` instead of a promise (no promise, closure or
+   * async frame per call; `done` can be bound once per caller slot). `done(null)` once the
+   * REPLY is read, or the error requestInvoke would reject with (EBADCAP, EREVOKED, ...,
+   * EDISCONNECTED); never called synchronously. `quiet` as requestInvoke's.
+   */
+  requestInvokeCb(cid: number, args: RequestArgs | undefined, quiet: boolean, done: (err: FractosError | null) => void): void {
+    let err: FractosError | null = null;
+    if (this.#closed) err = new FractosError('EDISCONNECTED', 'channel closed');
+    else {
+      try {
+        checkCid(cid);
+        checkArgs(args);
+      } catch (e) {
+        err = e as FractosError;
+      }
+    }
+    if (err) {
+      const e = err;
+      queueMicrotask(() => done(e));
+      return;
+    }
+    const seq = this.#calls.add(done);
+    const f = allocFrame(quiet ? Op.REQUEST_INVOKE_QUIET : Op.REQUEST_INVOKE, seq, 4 + argsBytes(args, 4));
+    f.writeUInt32LE(cid, 16);
+    writeArgs(f, 20, args, writeCid, 4);
+    this.#link.send(f);
+  }
+
   /** Register the handler of a tag (request_receive). */
   onRequest(tag: number, handler: RequestHandler): void {
     this.#handlers.set(tag >>> 0, handler);
@@ -993,33 +1022,10 @@ export class Process extends EventEmitter {
         descs[f.readUInt16LE(o)] = decodeMemoryDescriptor(f, o + 8, f.readUInt8(o + 2), f.readUInt8(o + 3), f.readUInt8(o + 4), o + 16);
       }
     }
-    const segs = args.imms ?? NO_IMMS;
-    const ranges: { offset: number; length: number }[] = segs.map((r) => ({ offset: r.offset, length: r.bytes.length }));
-    let whole: Buffer | null = null;
     const caps: number[] = [];
     if (args.caps) for (const c of args.caps) caps[c.slot] = c.cap;
     for (let i = 0; i < caps.length; i++) caps[i] ??= 0;
-    let retained: Set<number> | null = null;
-    const inv: Invocation = {
-      tag,
-      get imms(): Buffer {
-        if (!whole) {
-          let size = 0;
-          for (const r of segs) size = Math.max(size, r.offset + r.bytes.length);
-          whole = Buffer.alloc(size);
-          for (const r of segs) whole.set(r.bytes, r.offset);
-        }
-        return whole;
-      },
-      view: (offset, length) => immView(segs, offset, length),
-      ranges,
-      caps,
-      retain: (cid) => (retained ??= new Set()).add(cid),
-      memory: (slot) => descs?.[slot],
-    };
-    const dropAll = (): void => {
-      for (const c of caps) if (c && !retained?.has(c)) this.#dropLater(c);
-    };
+    const inv = new Delivered(tag, args.imms ?? NO_IMMS, caps, descs);
     if (tag & RPC_TAG_BIT) {
       const id = (tag & ~RPC_TAG_BIT) >>> 1;
       const w = this.#rpcs.get(id);
@@ -1038,18 +1044,18 @@ export class Process extends EventEmitter {
           const err = new FractosError(errorCodeFromWire(e.code), e.message);
           Error.stackTraceLimit = limit;
           w.reject(err);
-          dropAll();
+          this.#dropDelivered(inv);
         } else {
           // The RPC's caller owns the reply's caps: nothing is dropped automatically.
           w.resolve(inv);
         }
-      } else dropAll();
+      } else this.#dropDelivered(inv);
       return;
     }
     const h = this.#handlers.get(tag);
     if (!h) {
       this.emit('unhandled', inv);
-      dropAll();
+      this.#dropDelivered(inv);
       return;
     }
     let r: void | Promise<unknown>;
@@ -1057,15 +1063,23 @@ export class Process extends EventEmitter {
       r = h(inv);
     } catch (err) {
       this.emit('handlerError', err, inv);
-      dropAll();
+      this.#dropDelivered(inv);
       return;
     }
     if (r && typeof (r as Promise<unknown>).then === 'function') {
-      (r as Promise<unknown>).then(dropAll, (err) => {
-        this.emit('handlerError', err, inv);
-        dropAll();
-      });
-    } else dropAll();
+      (r as Promise<unknown>).then(
+        () => this.#dropDelivered(inv),
+        (err) => {
+          this.emit('handlerError', err, inv);
+          this.#dropDelivered(inv);
+        },
+      );
+    } else this.#dropDelivered(inv);
+  }
+
+  /** Drop the delivered cids of `inv` but those it retained. */
+  #dropDelivered(inv: Delivered): void {
+    for (const c of inv.caps) if (c && !inv.retained?.has(c)) this.#dropLater(c);
   }
 
   #drops: number[] = [];
@@ -1166,6 +1180,54 @@ export class Process extends EventEmitter {
 }
 
 const NO_IMMS: ImmRange[] = [];
+
+/**
+ * A delivered invocation (Invocation): one object per DELIVER, its methods on the prototype
+ * and `imms`/`ranges` built on first use (the hot path reads a few fields with `view`).
+ */
+class Delivered implements Invocation {
+  readonly tag: number;
+  readonly caps: number[];
+  retained: Set<number> | null = null;
+  readonly #segs: readonly ImmRange[];
+  readonly #descs: MemoryDescriptor[] | null;
+  #whole: Buffer | null = null;
+  #ranges: { offset: number; length: number }[] | null = null;
+
+  constructor(tag: number, segs: readonly ImmRange[], caps: number[], descs: MemoryDescriptor[] | null) {
+    this.tag = tag;
+    this.#segs = segs;
+    this.caps = caps;
+    this.#descs = descs;
+  }
+
+  get imms(): Buffer {
+    if (!this.#whole) {
+      let size = 0;
+      for (const r of this.#segs) size = Math.max(size, r.offset + r.bytes.length);
+      const whole = Buffer.alloc(size);
+      for (const r of this.#segs) whole.set(r.bytes, r.offset);
+      this.#whole = whole;
+    }
+    return this.#whole;
+  }
+
+  get ranges(): readonly { offset: number; length: number }[] {
+    return (this.#ranges ??= this.#segs.map((r) => ({ offset: r.offset, length: r.bytes.length })));
+  }
+
+  view(offset: number, length: number): Buffer {
+    return immView(this.#segs, offset, length);
+  }
+
+  retain(cid: number): void {
+    (this.retained ??= new Set()).add(cid);
+  }
+
+  memory(slot: number): MemoryDescriptor | undefined {
+    return this.#descs?.[slot];
+  }
+}
 
 /** Bytes of one Memory descriptor in DELIVER. */
 const DESCRIPTOR_BYTES = 40;

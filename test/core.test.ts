@@ -76,6 +76,45 @@ test('invoke delivers immediates and delegated caps; sync RPC returns the contin
   await teardown(e);
 });
 
+test('requestInvokeCb: done(null) once delivered, typed errors through done (never synchronously); a delivery is one Invocation whose caps, ranges, imms and retain work as before', async (t) => {
+  const e = await env();
+  const [a, b] = [await e.proc('a'), await e.proc('b')];
+  const seen: { ranges: unknown; imms: Buffer; view: Buffer; caps: readonly number[]; kept: number }[] = [];
+  b.onRequest(0x5eed, (inv) => {
+    seen.push({ ranges: inv.ranges, imms: Buffer.from(inv.imms), view: Buffer.from(inv.view(2, 4)), caps: [...inv.caps], kept: inv.caps[1]! });
+    inv.retain(inv.caps[1]!);
+  });
+  const req = await b.requestCreate(0x5eed, { imms: [{ offset: 0, bytes: Buffer.from([1, 2]) }] });
+  await b.kvPut('cb', req);
+  const ra = await a.kvGet('cb');
+  const { cid: mem } = await a.memoryCreateShared(4096);
+  const invoke = (cid: number, args?: Parameters<Process['requestInvokeCb']>[1]): Promise<FractosError | null> =>
+    new Promise((resolve) => {
+      let sync = true;
+      a.requestInvokeCb(cid, args, true, (err) => {
+        t.false(sync, 'done is never called synchronously');
+        resolve(err);
+      });
+      sync = false;
+    });
+  t.is(await invoke(ra, { imms: [{ offset: 4, bytes: Buffer.from([3, 4]) }], caps: [{ slot: 1, cap: mem }] }), null);
+  while (seen.length < 1) await new Promise((r) => setTimeout(r, 5));
+  t.deepEqual(seen[0]!.ranges, [{ offset: 0, length: 2 }, { offset: 4, length: 2 }]);
+  t.deepEqual([...seen[0]!.imms], [1, 2, 0, 0, 3, 4]);
+  t.deepEqual([...seen[0]!.view], [0, 0, 3, 4]);
+  t.is(seen[0]!.caps.length, 2);
+  t.is(seen[0]!.caps[0], 0);
+  // The retained cap outlives the handler: b can still use it.
+  t.is((await b.memoryStat(seen[0]!.kept)).size, 4096);
+  t.is((await invoke(0xdead))?.code, 'EBADCAP');
+  t.is((await invoke(-1))?.code, 'EBADCAP');
+  await b.capRevoke(req);
+  t.is((await invoke(ra))?.code, 'EREVOKED');
+  await a.close();
+  t.is((await invoke(ra))?.code, 'EDISCONNECTED');
+  await teardown(e);
+});
+
 test('derived Requests can add arguments but never overwrite them (EARGSET)', async (t) => {
   const e = await env();
   const { a, ea } = await echoPair(e, { tag: 'fixed' });

@@ -96,11 +96,14 @@ vtest('fractos fio --target dax starts a whole stack, prints fio text and JSON',
   t.is(a.code, 0, a.err);
   t.regex(a.out, /read: IOPS=/);
   t.regex(a.out, /clat percentiles/);
+  // CPU per I/O of every process of the stack (bench/fio/cpu.ts): all four read.
+  t.regex(a.out, /^cpu per I\/O: [\d.]+ us \(controller [\d.]+, blockdev [\d.]+, fs [\d.]+, client [\d.]+; [1-9]\d* I\/Os\); load [\d.]+$/m);
   const b = await run(['--target', 'fs', '--device', device, '--json']);
   t.is(b.code, 0, b.err);
   const j = JSON.parse(b.out) as { jobs: { read: { iops: number; clat_ns: { percentile: Record<string, number> } } }[] };
   t.true(j.jobs[0]!.read.iops > 0);
   t.true(j.jobs[0]!.read.clat_ns.percentile['50.000000']! > 0);
+  t.regex(b.err, /^cpu per I\/O: /m);
   const bad = await run(['--target', 'nfs', '--device', device]);
   t.not(bad.code, 0);
   t.regex(bad.err, /--target must be one of/);

@@ -320,6 +320,7 @@ mtest('fractos fio --target mount: real fio through a mount of its own stack; th
   const iops = /read: IOPS=([\d.]+)(k?)/.exec(f.out);
   t.truthy(iops, f.out);
   t.true(Number(iops![1]) > 0);
+  t.regex(f.out, /^cpu per I\/O: [\d.]+ us \(controller [\d.]+, blockdev [\d.]+, fs [\d.]+, mount [\d.]+, fio [\d.]+; [1-9]\d* I\/Os\)/m, f.out);
   const m = await sh(`node ${REPO_ROOT}/bin/fractos.js fio metadata --target mount --files 50`, stack!.dir, 180_000);
   t.is(m.code, 0, m.out + m.err);
   for (const phase of ['create', 'stat', 'rename', 'unlink']) t.regex(m.out, new RegExp(`^${phase}\\s+[1-9]\\d*`, 'm'), m.out);

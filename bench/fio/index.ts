@@ -63,3 +63,15 @@ export {
   type FioBenchRecord,
   type CompareParams,
 } from './realfio.js';
+export {
+  CpuMeter,
+  procCpuNs,
+  totalIos,
+  fioJsonCpuNs,
+  cpuPerIo,
+  cpuRecord,
+  formatCpuPerIo,
+  type CpuProc,
+  type CpuShare,
+  type CpuPerIo,
+} from './cpu.js';

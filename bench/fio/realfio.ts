@@ -188,7 +188,8 @@ function claimIfExists(path: string): DeviceClaim | null {
 /** A DESIGN §6 record (bench/records.ts) narrowed to the fio comparison. */
 export interface FioBenchRecord extends BenchRecord {
   bench: 'fio';
-  metric: 'iops' | 'bw_bytes' | 'clat_p50_ns' | 'clat_p99_ns';
+  /** `cpu_per_io_ns`: every process of the stack together (bench/fio/cpu.ts), direction `all`. */
+  metric: 'iops' | 'bw_bytes' | 'clat_p50_ns' | 'clat_p99_ns' | 'cpu_per_io_ns';
   /** Our figure. */
   value: number;
   /** `IOPS`, `B/s` or `ns`. */
@@ -197,7 +198,7 @@ export interface FioBenchRecord extends BenchRecord {
   baseline: number;
   /** value / baseline; null when the baseline is 0. For latencies, > 1 means slower than fio. */
   ratio: number | null;
-  params: { profile: string; target: string; direction: 'read' | 'write'; job?: string };
+  params: { profile: string; target: string; direction: 'read' | 'write' | 'all'; job?: string; ios?: number; loadAvg?: number; [k: `ns_${string}`]: number };
 }
 
 /** Parameters of `compareRecords`. */
