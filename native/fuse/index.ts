@@ -95,6 +95,32 @@ interface FuseBinding {
   invalEntry(s: FuseSession, parent: number, name: string): number;
   invalInode(s: FuseSession, ino: number, off: number, len: number): number;
   pending(s: FuseSession): number;
+  /**
+   * The native DAX read path (fuse.cc "native DAX read path"; docs/mount.md "Native DAX
+   * reads"): `cfg` = [okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff, codeOff] (the
+   * continuation tags and the blockdev layout), slot i = `region`[at + i x slotBytes, +
+   * slotBytes), `caps` = 3 per slot (its Memory, onSuccess, onError; the continuations preset
+   * with the slot index, u32 at offset 0). Returns the frame hook (a napi External) for
+   * Process.setFrameHook(hook, session). Errors: EINVAL (shapes; a second setup).
+   */
+  daxSetup(s: FuseSession, cfg: Uint32Array, region: ArrayBuffer, at: number, slotBytes: number, caps: Uint32Array): object;
+  /** Reads of handle `fh` (ino, within `size` bytes) may be served natively; extents: 4 numbers each (fileOffset, length, readCid, writeCid). False: no native path or not attached. */
+  daxFile(s: FuseSession, fh: number, ino: number, size: number, blockSize: number, extents: Float64Array): boolean;
+  /** Handle `fh` is served by JS only from now on. */
+  daxForget(s: FuseSession, fh: number): void;
+  /** Counters of the native path (null: none). */
+  daxStats(s: FuseSession): DaxStats | null;
+}
+
+/** daxStats: reads served natively, ops handed to JS after an error (fallbacks), reads it did not take (declined: no extent, too large, no slot), ops answered with an error (detach, stop), in flight, handles registered, hook attached. */
+export interface DaxStats {
+  reads: number;
+  fallbacks: number;
+  declined: number;
+  errors: number;
+  inflight: number;
+  files: number;
+  attached: boolean;
 }
 
 export type { FuseBinding };
