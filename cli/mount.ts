@@ -49,7 +49,7 @@ export function register(program: Command): void {
             const n = m.nativeStats;
             await m.close();
             const c = m.counts;
-            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads + (n?.reads ?? 0)} daxWrites=${c.daxWrites} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens} nativeReads=${n?.reads ?? 0} nativeFallbacks=${n?.fallbacks ?? 0} nativeErrors=${n?.errors ?? 0}\n`);
+            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads + (n?.reads ?? 0)} daxWrites=${c.daxWrites} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens} nativeReads=${n?.reads ?? 0} nativeFallbacks=${n?.fallbacks ?? 0} nativeErrors=${n?.errors ?? 0}${n ? ` nativeDirect=${n.direct} nativeHandoffUs=${(n.handoffNs / 1e3).toFixed(1)} nativeServiceUs=${(n.serviceNs / 1e3).toFixed(1)}` : ''}\n`);
           },
         }));
         if (!m) return;

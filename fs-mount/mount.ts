@@ -73,12 +73,18 @@ export interface MountOptions {
    * default true, the environment's FRACTOS_MOUNT_NATIVE=0 turns it off).
    */
   nativeDax?: boolean;
+  /**
+   * Native DAX reads: the FUSE thread sends each invoke straight onto the Controller's ring
+   * when it can, instead of waking the channel's thread to send it (default true;
+   * FRACTOS_MOUNT_NATIVE=handoff turns it off).
+   */
+  nativeDirect?: boolean;
   /** How long to wait for the FS's Requests (ms, default 30 s). */
   waitMs?: number;
   log?: { info(o: object, m?: string): void; warn(o: object, m?: string): void };
 }
 
-type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 'slots' | 'maxWrite' | 'nativeDax'>> & MountOptions;
+type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 'slots' | 'maxWrite' | 'nativeDax' | 'nativeDirect'>> & MountOptions;
 
 /** Native DAX read slots: reads in flight natively at once, and the largest (bytes). */
 const NATIVE_SLOTS = 64;
@@ -184,7 +190,7 @@ export class FsMount extends EventEmitter {
    * fuse_session_mount's errno (EPERM: not allowed to mount).
    */
   static async mount(o: MountOptions): Promise<FsMount> {
-    const opts = { attrTimeout: 1, dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, nativeDax: process.env.FRACTOS_MOUNT_NATIVE !== '0', ...o };
+    const opts = { attrTimeout: 1, dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, nativeDax: process.env.FRACTOS_MOUNT_NATIVE !== '0', nativeDirect: process.env.FRACTOS_MOUNT_NATIVE !== 'handoff', ...o };
     if (!(opts.slots >= 1 && opts.slots <= 1024 && Number.isInteger(opts.slots))) throw new FractosError('EINVAL', `slots ${opts.slots} not in 1..1024`);
     if (!(opts.maxWrite >= 4096 && opts.maxWrite <= (1 << 20) && opts.maxWrite % 4096 === 0)) throw new FractosError('EINVAL', `maxWrite ${opts.maxWrite} not a multiple of 4096 in 4 KiB..1 MiB`);
     if (!(opts.attrTimeout >= 0 && opts.attrTimeout <= 86400)) throw new FractosError('EINVAL', `attrTimeout ${opts.attrTimeout} not in 0..86400 s`);
@@ -243,7 +249,7 @@ export class FsMount extends EventEmitter {
     const n = this.#nativeSetup;
     if (n) {
       const L = IO_LAYOUT;
-      const hook = binding.daxSetup(session, new Uint32Array([n.okTag, n.errTag, L.offset, L.buffer, L.onSuccess, L.onError, L.bytes, L.code]), this.#region.buffer, n.at, NATIVE_SLOT_BYTES, n.caps);
+      const hook = binding.daxSetup(session, new Uint32Array([n.okTag, n.errTag, L.offset, L.buffer, L.onSuccess, L.onError, L.bytes, L.code, this.#opts.nativeDirect ? 1 : 0]), this.#region.buffer, n.at, NATIVE_SLOT_BYTES, n.caps);
       this.#native = this.proc.setFrameHook(hook, session);
       if (!this.#native) this.#opts.log?.warn({ mountpoint: this.mountpoint }, 'native DAX reads off: the channel takes no frame hook (tcp)');
     }

@@ -58,7 +58,7 @@ mtest('native DAX reads: random offsets and sizes across extents and holes, the 
     await d.stop();
   }
   const c = counts(d.output());
-  t.log(c);
+  t.log(c, d.output().split("\n").filter((l) => l.includes("nativeReads")).join(""));
   t.true(c.native > 0, d.output());
   t.is(c.errors, 0, d.output());
   // The same checks with the native path off: every DAX read through JS.
@@ -106,7 +106,7 @@ mtest('native DAX reads: truncate under an open handle (old blocks never reappea
     await d.stop();
   }
   const c = counts(d.output());
-  t.log(c);
+  t.log(c, d.output().split("\n").filter((l) => l.includes("nativeReads")).join(""));
   t.true(c.native > 0, d.output());
 });
 

@@ -25,6 +25,7 @@
 #include <fuse_lowlevel.h>
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cerrno>
 #include <cstdarg>
@@ -203,7 +204,14 @@ struct DaxSlot {
   uint32_t cid = 0;                   // the extent's read Request
   uint64_t volOff = 0;
   uint32_t len = 0, skip = 0, n = 0;  // device bytes; answer = [skip, skip + n) of the slot
+  uint64_t tQueued = 0, tSent = 0;    // CLOCK_MONOTONIC ns (stats: hand-off and service time)
 };
+
+inline uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
 
 struct Dax {
   Session* s = nullptr;
@@ -220,16 +228,39 @@ struct Dax {
   bool open = false;  // attached and not stopped: new reads may be taken
   std::unordered_map<uint64_t, DaxFile> files;
   std::vector<uint32_t> freeSlots, queued;
+  uint32_t inflight = 0;
+  uint64_t direct = 0;  // invokes the FUSE thread sent itself (send_any_thread)
+  // The channel's send_any_thread (frame_hook.h), when it has one and `directSend` is on.
+  int (*sendAny)(void*, const struct iovec*, int, uint32_t) = nullptr;
+  void* chan = nullptr;
+  bool directSend = true;
   // Loop thread only.
   std::vector<uint32_t> sending;
   std::vector<uint8_t> out;
   std::vector<uint32_t> drops;
-  uint32_t acks = 0, inflight = 0;
+  uint32_t acks = 0;
   uint64_t reads = 0, fallbacks = 0, errors = 0, declined = 0;
+  uint64_t handoffNs = 0, serviceNs = 0, sent = 0;  // sums: FUSE thread to send, send to answer
   bool closed = false;
 };
 
 void DaxFallback(Dax* d, DaxSlot& sl);
+
+// The REQUEST_INVOKE_QUIET of slot si's read (DX_INVOKE_BYTES at p).
+void DaxInvokeFrame(const Dax* d, uint32_t si, uint8_t* p) {
+  const DaxSlot& sl = d->slots[si];
+  FrameHeader(p, DX_INVOKE_BYTES, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
+  st32(p + 16, sl.cid);
+  st16(p + 20, 3);
+  st16(p + 22, 1);
+  st16(p + 24, uint16_t(d->sBuffer)); st16(p + 26, 0); st32(p + 28, sl.mem);
+  st16(p + 32, uint16_t(d->sOk)); st16(p + 34, 0); st32(p + 36, sl.ok);
+  st16(p + 40, uint16_t(d->sErr)); st16(p + 42, 0); st32(p + 44, sl.err);
+  st32(p + 48, d->fOffset);
+  st32(p + 52, 12);
+  st64(p + 56, sl.volOff);
+  st32(p + 64, sl.len);
+}
 
 // FUSE thread: take the READ natively (true) or leave it to JS (false).
 bool DaxTryRead(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, uint64_t fh) {
@@ -276,6 +307,20 @@ bool DaxTryRead(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
     sl.len = uint32_t(aLen);
     sl.skip = uint32_t(o - aOff);
     sl.n = uint32_t(end - o);
+    sl.tQueued = NowNs();
+    // Straight onto the Controller's ring from this thread when the channel can take it now
+    // (no wake-up of the channel's thread to send); else through the hand-off below.
+    if (d->sendAny) {
+      uint8_t frame[DX_INVOKE_BYTES];
+      DaxInvokeFrame(d, si, frame);
+      struct iovec iov{frame, sizeof frame};
+      sl.tSent = sl.tQueued;
+      if (d->sendAny(d->chan, &iov, 1, 0) == 0) {
+        d->inflight++;
+        d->direct++;
+        return true;
+      }
+    }
     d->queued.push_back(si);
   }
   uv_async_send(d->async);
@@ -286,8 +331,8 @@ void DaxFreeSlot(Dax* d, uint32_t si) {
   DaxSlot& sl = d->slots[si];
   sl.busy = false;
   sl.req = nullptr;
-  d->inflight--;
   std::lock_guard<std::mutex> g(d->mu);
+  d->inflight--;
   d->freeSlots.push_back(si);
 }
 
@@ -312,28 +357,21 @@ void DaxOnAsync(uv_async_t* h) {
   {
     std::lock_guard<std::mutex> g(d->mu);
     d->sending.swap(d->queued);
+    d->inflight += uint32_t(d->sending.size());
   }
+  const uint64_t now = d->sending.empty() ? 0 : NowNs();
   for (uint32_t si : d->sending) {
     DaxSlot& sl = d->slots[si];
-    d->inflight++;
+    sl.tSent = now;
+    d->handoffNs += now - sl.tQueued;
+    d->sent++;
     if (!d->ops || d->closed) {  // detached meanwhile
       fuse_reply_err(sl.req, d->closed ? ENOTCONN : EIO);
       d->errors++;
       DaxFreeSlot(d, si);
       continue;
     }
-    uint8_t* p = DaxGrow(d, DX_INVOKE_BYTES);
-    FrameHeader(p, DX_INVOKE_BYTES, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
-    st32(p + 16, sl.cid);
-    st16(p + 20, 3);
-    st16(p + 22, 1);
-    st16(p + 24, uint16_t(d->sBuffer)); st16(p + 26, 0); st32(p + 28, sl.mem);
-    st16(p + 32, uint16_t(d->sOk)); st16(p + 34, 0); st32(p + 36, sl.ok);
-    st16(p + 40, uint16_t(d->sErr)); st16(p + 42, 0); st32(p + 44, sl.err);
-    st32(p + 48, d->fOffset);
-    st32(p + 52, 12);
-    st64(p + 56, sl.volOff);
-    st32(p + 64, sl.len);
+    DaxInvokeFrame(d, si, DaxGrow(d, DX_INVOKE_BYTES));
   }
   d->sending.clear();
   DaxSend(d, 0);
@@ -365,6 +403,8 @@ void DaxFailAll(Dax* d, int err) {
   {
     std::lock_guard<std::mutex> g(d->mu);
     d->open = false;
+    d->sendAny = nullptr;
+    d->chan = nullptr;
     d->files.clear();
     for (uint32_t si : d->queued) {  // queued by the FUSE thread, not sent yet
       d->slots[si].busy = false;
@@ -392,6 +432,11 @@ int DaxAttach(void* ctx, const fractos_chan_ops* ops) {
   d->ops = ops;
   std::lock_guard<std::mutex> g(d->mu);
   d->open = true;
+  // send_any_thread: present when the channel's table is large enough to hold it
+  if (d->directSend && ops->size >= offsetof(fractos_chan_ops, send_any_thread) + sizeof ops->send_any_thread && ops->send_any_thread) {
+    d->sendAny = ops->send_any_thread;
+    d->chan = ops->chan;
+  }
   return 0;
 }
 
@@ -478,6 +523,7 @@ int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
     return 1;
   }
   d->reads++;
+  d->serviceNs += NowNs() - sl.tSent;
   fuse_reply_buf(sl.req, reinterpret_cast<const char*>(d->base) + size_t(si) * d->slotBytes + sl.skip, sl.n);
   DaxFreeSlot(d, si);
   return 1;
@@ -1134,8 +1180,8 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
 
 // ---- native DAX reads: JS side ---------------------------------------------------------------
 
-// daxSetup(session, cfg: Uint32Array[8] (okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff,
-// codeOff), region: ArrayBuffer, at, slotBytes, caps: Uint32Array (3 per slot: Memory, onSuccess,
+// daxSetup(session, cfg: Uint32Array[9] (okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff,
+// codeOff, direct: 1 = the FUSE thread sends its invokes itself when the channel can), region: ArrayBuffer, at, slotBytes, caps: Uint32Array (3 per slot: Memory, onSuccess,
 // onError; the continuations preset with the slot index as a u32 at offset 0)) -> the frame hook
 // (an External, for Process.setFrameHook with the session as owner). Slot i is
 // region[at + i * slotBytes, + slotBytes). Once per session.
@@ -1146,8 +1192,8 @@ Napi::Value DaxSetup(const Napi::CallbackInfo& info) {
   if (info.Length() < 6 || !info[1].IsTypedArray() || !info[2].IsArrayBuffer() || !info[3].IsNumber() || !info[4].IsNumber() || !info[5].IsTypedArray())
     return Fail(env, "daxSetup(session, cfg, region, at, slotBytes, caps)", EINVAL);
   Napi::TypedArray cfgT = info[1].As<Napi::TypedArray>(), capsT = info[5].As<Napi::TypedArray>();
-  if (cfgT.TypedArrayType() != napi_uint32_array || cfgT.ElementLength() != 8 || capsT.TypedArrayType() != napi_uint32_array || capsT.ElementLength() % 3 != 0)
-    return Fail(env, "daxSetup: cfg Uint32Array(8), caps Uint32Array(3 per slot)", EINVAL);
+  if (cfgT.TypedArrayType() != napi_uint32_array || cfgT.ElementLength() != 9 || capsT.TypedArrayType() != napi_uint32_array || capsT.ElementLength() % 3 != 0)
+    return Fail(env, "daxSetup: cfg Uint32Array(9), caps Uint32Array(3 per slot)", EINVAL);
   const uint32_t* c = cfgT.As<Napi::Uint32Array>().Data();
   const uint32_t* caps = capsT.As<Napi::Uint32Array>().Data();
   size_t n = capsT.ElementLength() / 3;
@@ -1158,6 +1204,7 @@ Napi::Value DaxSetup(const Napi::CallbackInfo& info) {
   Dax* d = new Dax();
   d->s = s;
   d->okTag = c[0], d->errTag = c[1], d->fOffset = c[2], d->sBuffer = c[3], d->sOk = c[4], d->sErr = c[5], d->bytesOff = c[6], d->codeOff = c[7];
+  d->directSend = c[8] != 0;
   d->regionRef = Napi::Persistent(ab);
   d->base = static_cast<uint8_t*>(ab.Data()) + size_t(at);
   d->slotBytes = uint32_t(sb);
@@ -1215,7 +1262,8 @@ Napi::Value DaxForget(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// daxStats(session) -> {reads, fallbacks, declined, errors, inflight, files, attached} | null
+// daxStats(session) -> {reads, fallbacks, declined, errors, inflight, files, attached, handoffNs
+// (mean, FUSE thread to the invoke sent), serviceNs (mean, invoke sent to the kernel answered)} | null
 Napi::Value DaxStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Session* s = SessionOf(info);
@@ -1228,8 +1276,11 @@ Napi::Value DaxStats(const Napi::CallbackInfo& info) {
   o.Set("declined", Napi::Number::New(env, double(d->declined)));
   o.Set("errors", Napi::Number::New(env, double(d->errors)));
   o.Set("inflight", Napi::Number::New(env, double(d->inflight)));
+  o.Set("direct", Napi::Number::New(env, double(d->direct)));
   o.Set("files", Napi::Number::New(env, double(d->files.size())));
   o.Set("attached", Napi::Boolean::New(env, d->ops != nullptr));
+  o.Set("handoffNs", Napi::Number::New(env, d->sent ? double(d->handoffNs) / double(d->sent) : 0));
+  o.Set("serviceNs", Napi::Number::New(env, d->reads ? double(d->serviceNs) / double(d->reads) : 0));
   return o;
 }
 

@@ -97,8 +97,9 @@ interface FuseBinding {
   pending(s: FuseSession): number;
   /**
    * The native DAX read path (fuse.cc "native DAX read path"; docs/mount.md "Native DAX
-   * reads"): `cfg` = [okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff, codeOff] (the
-   * continuation tags and the blockdev layout), slot i = `region`[at + i x slotBytes, +
+   * reads"): `cfg` = [okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff, codeOff, direct] (the
+   * continuation tags, the blockdev layout, and 1 to let the FUSE thread send its invokes
+   * itself where the channel can: frame_hook.h's send_any_thread), slot i = `region`[at + i x slotBytes, +
    * slotBytes), `caps` = 3 per slot (its Memory, onSuccess, onError; the continuations preset
    * with the slot index, u32 at offset 0). Returns the frame hook (a napi External) for
    * Process.setFrameHook(hook, session). Errors: EINVAL (shapes; a second setup).
@@ -112,15 +113,21 @@ interface FuseBinding {
   daxStats(s: FuseSession): DaxStats | null;
 }
 
-/** daxStats: reads served natively, ops handed to JS after an error (fallbacks), reads it did not take (declined: no extent, too large, no slot), ops answered with an error (detach, stop), in flight, handles registered, hook attached. */
+/** daxStats: reads served natively, ops handed to JS after an error (fallbacks), reads it did not take (declined: no extent, too large, no slot), ops answered with an error (detach, stop), in flight, invokes sent by the FUSE thread itself, handles registered, hook attached. */
 export interface DaxStats {
   reads: number;
   fallbacks: number;
   declined: number;
   errors: number;
   inflight: number;
+  /** Invokes the FUSE thread sent itself (no hand-off). */
+  direct: number;
   files: number;
   attached: boolean;
+  /** Mean ns from the FUSE thread taking a read to its invoke sent on the channel's thread (the hand-off). */
+  handoffNs: number;
+  /** Mean ns from the invoke sent to the kernel answered (Controller, blockdev, continuation). */
+  serviceNs: number;
 }
 
 export type { FuseBinding };
