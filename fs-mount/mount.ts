@@ -249,7 +249,7 @@ export class FsMount extends EventEmitter {
     const n = this.#nativeSetup;
     if (n) {
       const L = IO_LAYOUT;
-      const hook = binding.daxSetup(session, new Uint32Array([n.okTag, n.errTag, L.offset, L.buffer, L.onSuccess, L.onError, L.bytes, L.code, this.#opts.nativeDirect ? 1 : 0]), this.#region.buffer, n.at, NATIVE_SLOT_BYTES, n.caps);
+      const hook = binding.daxSetup(session, new Uint32Array([n.okTag, n.errTag, L.offset, L.buffer, L.onSuccess, L.onError, L.bytes, L.code, this.#opts.nativeDirect ? 1 : 0, this.#opts.writeback ? 0xffffffff : L.flags]), this.#region.buffer, n.at, NATIVE_SLOT_BYTES, n.caps);
       this.#native = this.proc.setFrameHook(hook, session);
       if (!this.#native) this.#opts.log?.warn({ mountpoint: this.mountpoint }, 'native DAX reads off: the channel takes no frame hook (tcp)');
     }
@@ -269,8 +269,9 @@ export class FsMount extends EventEmitter {
     this.#fuse.daxFile(this.#session, h.fh, h.ino, h.size, f.blockSize || 4096, x);
   }
 
-  #nativeForget(fh: number): void {
-    if (this.#native && this.#session) this.#fuse.daxForget(this.#session, fh);
+  /** Stop native service of handle `fh` (`h`: record a native write for its mtime at release). */
+  #nativeForget(fh: number, h?: Handle): void {
+    if (this.#native && this.#session && this.#fuse.daxForget(this.#session, fh) && h) h.daxWritten = true;
   }
 
   /** Requests received and not answered yet. */
@@ -601,7 +602,7 @@ export class FsMount extends EventEmitter {
     const h = hasFh ? this.#handles.get(fh) : undefined;
     // A truncate revokes the DAX Requests of the blocks it frees: no native read from here on
     // (reads taken before complete as they would have); the extents are fetched again after it.
-    if (valid & SetAttr.SIZE) for (const x of this.#handles.values()) if (x.ino === ino) this.#nativeForget(x.fh);
+    if (valid & SetAttr.SIZE) for (const x of this.#handles.values()) if (x.ino === ino) this.#nativeForget(x.fh, x);
     this.fs.setattr(ino, {
       valid, mode: v[0]! & 0o7777, uid: v[1], gid: v[2], size: v[3], atime: [v[4]!, v[5]!], mtime: [v[6]!, v[7]!], handle: h?.file?.handle ?? 0,
     }, who).then((a) => {
@@ -619,7 +620,7 @@ export class FsMount extends EventEmitter {
   async #release(fh: number): Promise<void> {
     const h = this.#handles.get(fh);
     this.#handles.delete(fh);
-    this.#nativeForget(fh);
+    if (h) this.#nativeForget(fh, h);
     // A deferred open still being made is closed by #withFile once it is there.
     if (!h?.file) return;
     // DAX writes bypass the FS: record their mtime now (the FS updates it for mediated writes).
@@ -712,7 +713,7 @@ export class FsMount extends EventEmitter {
 
   /** A DAX Request was revoked under an open (a truncate): forget the extents, go on mediated (then remap). */
   #daxLost(h: Handle, retry: () => void): void {
-    this.#nativeForget(h.fh);
+    this.#nativeForget(h.fh, h);
     if (h.file) {
       h.file.extents = [];
       this.#remap(h);

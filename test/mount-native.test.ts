@@ -27,10 +27,10 @@ function point(name: string): string {
 
 const CHECK = join(REPO_ROOT, 'test', 'helpers', 'read-check.mjs');
 
-function counts(out: string): { dax: number; native: number; fallbacks: number; errors: number } {
-  const m = /daxReads=(\d+) .*nativeReads=(\d+) nativeFallbacks=(\d+) nativeErrors=(\d+)/.exec(out);
+function counts(out: string): { dax: number; native: number; nativeWrites: number; fallbacks: number; errors: number } {
+  const m = /daxReads=(\d+) .*nativeReads=(\d+) nativeWrites=(\d+) nativeFallbacks=(\d+) nativeErrors=(\d+)/.exec(out);
   if (!m) throw new Error(`no counts in: ${out}`);
-  return { dax: Number(m[1]), native: Number(m[2]), fallbacks: Number(m[3]), errors: Number(m[4]) };
+  return { dax: Number(m[1]), native: Number(m[2]), nativeWrites: Number(m[3]), fallbacks: Number(m[4]), errors: Number(m[5]) };
 }
 
 mtest('native DAX reads: random offsets and sizes across extents and holes, the same bytes with the path off', async (t) => {
@@ -72,6 +72,52 @@ mtest('native DAX reads: random offsets and sizes across extents and holes, the 
   const o = counts(off.output());
   t.is(o.native, 0);
   t.true(o.dax > 0, off.output());
+});
+
+mtest('native DAX writes: whole blocks inside the file (direct and buffered), read back through the path off and a mediated mount; mtime recorded at close', async (t) => {
+  const md = point('n4');
+  const mm = point('n4m');
+  const d = await mount(stack!, md, ['--dax']);
+  const m = await mount(stack!, mm);
+  try {
+    const r = await sh(`
+      head -c 4194304 /dev/urandom > src
+      cp src ${md}/w
+      t0=$(stat -c %Y.%y ${md}/w)
+      sleep 1.1
+      for i in $(seq 0 29); do
+        k=$(( (i * 37) % 1024 ))
+        head -c 4096 /dev/urandom > blk
+        dd if=blk of=${md}/w bs=4k seek=$k count=1 conv=notrunc oflag=direct status=none
+        dd if=blk of=src bs=4k seek=$k count=1 conv=notrunc status=none
+      done
+      # only native writes so far (blocks inside the file): their mtime reached the FS at each close
+      test "$(stat -c %Y.%y ${mm}/w)" != "$t0"
+      # a buffered write of 64 KiB at a block boundary, and a partial block (the FS's)
+      head -c 65536 /dev/urandom > blk
+      dd if=blk of=${md}/w bs=64k seek=7 count=1 conv=notrunc status=none
+      dd if=blk of=src bs=64k seek=7 count=1 conv=notrunc status=none
+      printf 'xyz' | dd of=${md}/w bs=1 seek=5000 conv=notrunc status=none
+      printf 'xyz' | dd of=src bs=1 seek=5000 conv=notrunc status=none
+      cmp src ${md}/w
+      cmp src ${mm}/w
+    `, stack!.dir);
+    t.is(r.code, 0, r.out + r.err);
+  } finally {
+    await d.stop();
+  }
+  const c = counts(d.output());
+  t.log(c);
+  t.true(c.nativeWrites > 0, d.output());
+  t.is(c.errors, 0, d.output());
+  const off = await mount(stack!, md, ['--dax'], { FRACTOS_MOUNT_NATIVE: '0' });
+  try {
+    const r = await sh(`cmp src ${md}/w && node ${CHECK} ${md}/w src 100 13 && rm ${md}/w src blk`, stack!.dir);
+    t.is(r.code, 0, r.out + r.err);
+  } finally {
+    await off.stop();
+    await m.stop();
+  }
 });
 
 mtest('native DAX reads: truncate under an open handle (old blocks never reappear), unlink of an open file, reads in flight', async (t) => {

@@ -165,8 +165,12 @@ constexpr uint16_t DX_OP_CAP_DROP_MANY = 0x61;
 constexpr uint32_t DX_HEADER = 16;
 /** Seqs of our own calls: the top bit (libfractos/calls.ts keeps JS's below it). */
 constexpr uint32_t DX_SEQ_NATIVE = 0x80000000u;
-/** u32 cid, u16 3 caps, u16 1 imm, 3 x (u16 slot, u16 0, u32 cid), (u32 off, u32 12, u64 offset, u32 length). */
+/**
+ * u32 cid, u16 3 caps, u16 1 imm, 3 x (u16 slot, u16 0, u32 cid), (u32 off, u32 12, u64 offset,
+ * u32 length); a write's immediate carries u32 flags (0) too: 4 bytes more.
+ */
 constexpr uint32_t DX_INVOKE_BYTES = DX_HEADER + 4 + 4 + 3 * 8 + 8 + 12;
+constexpr uint32_t DX_INVOKE_MAX = DX_INVOKE_BYTES + 4;
 constexpr uint32_t DX_MAX_SLOTS = 1024;
 
 inline uint16_t ld16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -191,12 +195,14 @@ struct DaxExtent {
 struct DaxFile {
   uint64_t ino = 0, size = 0;
   uint32_t blockSize = 4096;
+  bool written = false;  // a native write happened (JS records the mtime at release)
   std::vector<DaxExtent> extents;  // ascending fileOff
 };
 
 struct DaxSlot {
   uint32_t mem = 0, ok = 0, err = 0;  // caps: this slot's Memory, its continuation pair
   bool busy = false;
+  bool write = false;
   uint16_t gen = 0;                   // seq check of the invoke's REPLY
   fuse_req_t req = nullptr;
   uint64_t fh = 0, ino = 0, off = 0;  // the FUSE request (for the fallback to JS)
@@ -222,6 +228,7 @@ struct Dax {
   uint8_t* base = nullptr;  // the native slots' bytes (slot i at base + i * slotBytes)
   uint32_t slotBytes = 0;
   uint32_t okTag = 0, errTag = 0, fOffset = 0, sBuffer = 0, sOk = 0, sErr = 0, bytesOff = 0, codeOff = 0;
+  bool writes = false;  // native writes (the write layout's flags right after offset and length)
   std::vector<DaxSlot> slots;
   // Shared between the FUSE thread and the loop thread: under mu.
   std::mutex mu;
@@ -239,17 +246,20 @@ struct Dax {
   std::vector<uint8_t> out;
   std::vector<uint32_t> drops;
   uint32_t acks = 0;
-  uint64_t reads = 0, fallbacks = 0, errors = 0, declined = 0;
+  uint64_t reads = 0, writes_ = 0, fallbacks = 0, errors = 0, declined = 0;
   uint64_t handoffNs = 0, serviceNs = 0, sent = 0;  // sums: FUSE thread to send, send to answer
   bool closed = false;
 };
 
 void DaxFallback(Dax* d, DaxSlot& sl);
 
-// The REQUEST_INVOKE_QUIET of slot si's read (DX_INVOKE_BYTES at p).
+inline uint32_t DaxInvokeBytes(const DaxSlot& sl) { return sl.write ? DX_INVOKE_MAX : DX_INVOKE_BYTES; }
+
+// The REQUEST_INVOKE_QUIET of slot si's read or write (DaxInvokeBytes at p).
 void DaxInvokeFrame(const Dax* d, uint32_t si, uint8_t* p) {
   const DaxSlot& sl = d->slots[si];
-  FrameHeader(p, DX_INVOKE_BYTES, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
+  const uint32_t bytes = DaxInvokeBytes(sl);
+  FrameHeader(p, bytes, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
   st32(p + 16, sl.cid);
   st16(p + 20, 3);
   st16(p + 22, 1);
@@ -257,27 +267,33 @@ void DaxInvokeFrame(const Dax* d, uint32_t si, uint8_t* p) {
   st16(p + 32, uint16_t(d->sOk)); st16(p + 34, 0); st32(p + 36, sl.ok);
   st16(p + 40, uint16_t(d->sErr)); st16(p + 42, 0); st32(p + 44, sl.err);
   st32(p + 48, d->fOffset);
-  st32(p + 52, 12);
+  st32(p + 52, sl.write ? 16 : 12);
   st64(p + 56, sl.volOff);
   st32(p + 64, sl.len);
+  if (sl.write) st32(p + 68, 0);  // flags: no FUA (durable against a crash of any Process; docs/storage.md)
 }
 
-// FUSE thread: take the READ natively (true) or leave it to JS (false).
-bool DaxTryRead(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, uint64_t fh) {
+// FUSE thread: take the READ (wbuf null) or WRITE (wbuf: its bytes) natively (true) or leave
+// it to JS (false). A read: the whole blocks around the range, inside one extent, clamped to
+// the known size. A write: whole blocks inside one extent and the known size (growth, partial
+// blocks and FUA are the FS's: JS).
+bool DaxTake(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, uint64_t fh, const char* wbuf) {
   if (!d || size == 0 || off < 0) return false;
+  const bool write = wbuf != nullptr;
   uint32_t si;
   {
     std::lock_guard<std::mutex> g(d->mu);
-    if (!d->open) return false;
+    if (!d->open || (write && !d->writes)) return false;
     auto it = d->files.find(fh);
     if (it == d->files.end()) return false;
-    const DaxFile& f = it->second;
+    DaxFile& f = it->second;
     uint64_t o = uint64_t(off);
     uint64_t end = std::min<uint64_t>(o + size, f.size);
-    if (end <= o) return false;  // at or past the end: JS answers 0 bytes
+    if (end <= o) return false;  // at or past the end: JS answers 0 bytes (a read) or grows the file
     uint64_t bs = f.blockSize;
     uint64_t aOff = o - o % bs;
     uint64_t aLen = (end - aOff + bs - 1) / bs * bs;
+    if (write && (aOff != o || end != o + size || aLen != size)) return false;
     if (aLen > d->slotBytes) {
       d->declined++;
       return false;
@@ -288,7 +304,7 @@ bool DaxTryRead(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
         x = &e;
         break;
       }
-    if (!x || !x->read || d->freeSlots.empty()) {
+    if (!x || !(write ? x->write : x->read) || d->freeSlots.empty()) {
       d->declined++;
       return false;
     }
@@ -296,24 +312,29 @@ bool DaxTryRead(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
     d->freeSlots.pop_back();
     DaxSlot& sl = d->slots[si];
     sl.busy = true;
+    sl.write = write;
     sl.gen++;
     sl.req = req;
     sl.fh = fh;
     sl.ino = ino;
     sl.off = o;
     sl.size = size;
-    sl.cid = x->read;
+    sl.cid = write ? x->write : x->read;
     sl.volOff = aOff - x->fileOff;
     sl.len = uint32_t(aLen);
     sl.skip = uint32_t(o - aOff);
     sl.n = uint32_t(end - o);
+    if (write) {
+      std::memcpy(d->base + size_t(si) * d->slotBytes, wbuf, size);  // wbuf is libfuse's receive buffer: valid only now
+      f.written = true;
+    }
     sl.tQueued = NowNs();
     // Straight onto the Controller's ring from this thread when the channel can take it now
     // (no wake-up of the channel's thread to send); else through the hand-off below.
     if (d->sendAny) {
-      uint8_t frame[DX_INVOKE_BYTES];
+      uint8_t frame[DX_INVOKE_MAX];
       DaxInvokeFrame(d, si, frame);
-      struct iovec iov{frame, sizeof frame};
+      struct iovec iov{frame, DaxInvokeBytes(sl)};
       sl.tSent = sl.tQueued;
       if (d->sendAny(d->chan, &iov, 1, 0) == 0) {
         d->inflight++;
@@ -371,13 +392,14 @@ void DaxOnAsync(uv_async_t* h) {
       DaxFreeSlot(d, si);
       continue;
     }
-    DaxInvokeFrame(d, si, DaxGrow(d, DX_INVOKE_BYTES));
+    DaxInvokeFrame(d, si, DaxGrow(d, DaxInvokeBytes(sl)));
   }
   d->sending.clear();
   DaxSend(d, 0);
 }
 
-// An op JS serves instead: registered and posted as the READ the kernel sent.
+// An op JS serves instead: registered and posted as the READ or WRITE the kernel sent (a
+// write's bytes from its slot).
 void DaxFallback(Dax* d, DaxSlot& sl) {
   if (d->closed || d->s->stopped) {
     fuse_reply_err(sl.req, ENOTCONN);
@@ -385,17 +407,27 @@ void DaxFallback(Dax* d, DaxSlot& sl) {
     return;
   }
   d->fallbacks++;
-  Ev* ev = Begin(sl.req, OP_READ, sl.ino);
-  ev->a = static_cast<double>(sl.size);
+  Ev* ev = Begin(sl.req, sl.write ? OP_WRITE : OP_READ, sl.ino);
+  if (sl.write) {
+    const char* p = reinterpret_cast<const char*>(d->base) + size_t(&sl - d->slots.data()) * d->slotBytes;
+    ev->data.assign(p, p + sl.size);
+  } else {
+    ev->a = static_cast<double>(sl.size);
+  }
   ev->b = static_cast<double>(sl.off);
   ev->c = static_cast<double>(sl.fh);
   Send(sl.req, ev);
 }
 
-// Stop serving handle fh natively (its FS open is revoked or closed). Any thread.
-void DaxForgetFh(Dax* d, uint64_t fh) {
+// Stop serving handle fh natively (its FS open is revoked or closed). Any thread. Returns
+// whether it wrote natively.
+bool DaxForgetFh(Dax* d, uint64_t fh) {
   std::lock_guard<std::mutex> g(d->mu);
-  d->files.erase(fh);
+  auto it = d->files.find(fh);
+  if (it == d->files.end()) return false;
+  bool w = it->second.written;
+  d->files.erase(it);
+  return w;
 }
 
 // Every op in flight answered `err` (the channel went away, or a stop). Loop thread.
@@ -482,7 +514,11 @@ int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
     if (!sl.busy || !sl.req || (sl.gen & 0x7fff) != ((seq >> 16) & 0x7fff)) return 1;
     // The invoke was refused (EREVOKED after a truncate, EBADCAP, EAGAIN): no continuation
     // comes. Stop serving that handle natively (JS refetches the extents) and let JS serve it.
-    DaxForgetFh(d, sl.fh);
+    {
+      std::lock_guard<std::mutex> g(d->mu);  // no extents: every op of the handle goes to JS until it registers new ones
+      auto it = d->files.find(sl.fh);
+      if (it != d->files.end()) it->second.extents.clear();
+    }
     DaxFallback(d, sl);
     DaxFreeSlot(d, si);
     return 1;
@@ -522,9 +558,14 @@ int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
     DaxFreeSlot(d, si);
     return 1;
   }
-  d->reads++;
   d->serviceNs += NowNs() - sl.tSent;
-  fuse_reply_buf(sl.req, reinterpret_cast<const char*>(d->base) + size_t(si) * d->slotBytes + sl.skip, sl.n);
+  if (sl.write) {
+    d->writes_++;
+    fuse_reply_write(sl.req, sl.n);
+  } else {
+    d->reads++;
+    fuse_reply_buf(sl.req, reinterpret_cast<const char*>(d->base) + size_t(si) * d->slotBytes + sl.skip, sl.n);
+  }
   DaxFreeSlot(d, si);
   return 1;
 }
@@ -667,7 +708,7 @@ void LlOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void LlRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  if (DaxTryRead(Of(req)->dax.load(std::memory_order_acquire), req, ino, size, off, fi->fh)) return;
+  if (DaxTake(Of(req)->dax.load(std::memory_order_acquire), req, ino, size, off, fi->fh, nullptr)) return;
   Ev* ev = Begin(req, OP_READ, ino);
   ev->a = static_cast<double>(size);
   ev->b = static_cast<double>(off);
@@ -676,6 +717,7 @@ void LlRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 }
 
 void LlWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  if (!fi->writepage && DaxTake(Of(req)->dax.load(std::memory_order_acquire), req, ino, size, off, fi->fh, buf)) return;
   Ev* ev = Begin(req, OP_WRITE, ino);
   ev->data.assign(buf, buf + size);  // buf is the session's receive buffer: valid only now
   ev->b = static_cast<double>(off);
@@ -1181,7 +1223,8 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
 // ---- native DAX reads: JS side ---------------------------------------------------------------
 
 // daxSetup(session, cfg: Uint32Array[9] (okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff,
-// codeOff, direct: 1 = the FUSE thread sends its invokes itself when the channel can), region: ArrayBuffer, at, slotBytes, caps: Uint32Array (3 per slot: Memory, onSuccess,
+// codeOff, direct: 1 = the FUSE thread sends its invokes itself when the channel can, fFlags:
+// the write layout's flags, 0xffffffff = no native writes), region: ArrayBuffer, at, slotBytes, caps: Uint32Array (3 per slot: Memory, onSuccess,
 // onError; the continuations preset with the slot index as a u32 at offset 0)) -> the frame hook
 // (an External, for Process.setFrameHook with the session as owner). Slot i is
 // region[at + i * slotBytes, + slotBytes). Once per session.
@@ -1192,8 +1235,8 @@ Napi::Value DaxSetup(const Napi::CallbackInfo& info) {
   if (info.Length() < 6 || !info[1].IsTypedArray() || !info[2].IsArrayBuffer() || !info[3].IsNumber() || !info[4].IsNumber() || !info[5].IsTypedArray())
     return Fail(env, "daxSetup(session, cfg, region, at, slotBytes, caps)", EINVAL);
   Napi::TypedArray cfgT = info[1].As<Napi::TypedArray>(), capsT = info[5].As<Napi::TypedArray>();
-  if (cfgT.TypedArrayType() != napi_uint32_array || cfgT.ElementLength() != 9 || capsT.TypedArrayType() != napi_uint32_array || capsT.ElementLength() % 3 != 0)
-    return Fail(env, "daxSetup: cfg Uint32Array(9), caps Uint32Array(3 per slot)", EINVAL);
+  if (cfgT.TypedArrayType() != napi_uint32_array || cfgT.ElementLength() != 10 || capsT.TypedArrayType() != napi_uint32_array || capsT.ElementLength() % 3 != 0)
+    return Fail(env, "daxSetup: cfg Uint32Array(10), caps Uint32Array(3 per slot)", EINVAL);
   const uint32_t* c = cfgT.As<Napi::Uint32Array>().Data();
   const uint32_t* caps = capsT.As<Napi::Uint32Array>().Data();
   size_t n = capsT.ElementLength() / 3;
@@ -1205,6 +1248,7 @@ Napi::Value DaxSetup(const Napi::CallbackInfo& info) {
   d->s = s;
   d->okTag = c[0], d->errTag = c[1], d->fOffset = c[2], d->sBuffer = c[3], d->sOk = c[4], d->sErr = c[5], d->bytesOff = c[6], d->codeOff = c[7];
   d->directSend = c[8] != 0;
+  d->writes = c[9] == c[2] + 12;  // flags right after offset (u64) and length (u32): one immediate
   d->regionRef = Napi::Persistent(ab);
   d->base = static_cast<uint8_t*>(ab.Data()) + size_t(at);
   d->slotBytes = uint32_t(sb);
@@ -1250,16 +1294,18 @@ Napi::Value DaxFileJs(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i + 4 <= t.ElementLength(); i += 4) f.extents.push_back(DaxExtent{uint64_t(x[i]), uint64_t(x[i + 1]), uint32_t(x[i + 2]), uint32_t(x[i + 3])});
   std::lock_guard<std::mutex> g(d->mu);
   if (!d->open) return Napi::Boolean::New(env, false);
-  d->files[uint64_t(Num(info, 1))] = std::move(f);
+  DaxFile& slot = d->files[uint64_t(Num(info, 1))];
+  f.written = slot.written;
+  slot = std::move(f);
   return Napi::Boolean::New(env, true);
 }
 
-// daxForget(session, fh): handle fh is served by JS only from now on (reads taken before stay).
+// daxForget(session, fh) -> wrote: handle fh is served by JS only from now on (ops taken
+// before complete); true when it wrote natively since it was registered.
 Napi::Value DaxForget(const Napi::CallbackInfo& info) {
   Session* s = SessionOf(info);
   Dax* d = s ? s->dax.load() : nullptr;
-  if (d) DaxForgetFh(d, uint64_t(Num(info, 1)));
-  return info.Env().Undefined();
+  return Napi::Boolean::New(info.Env(), d ? DaxForgetFh(d, uint64_t(Num(info, 1))) : false);
 }
 
 // daxStats(session) -> {reads, fallbacks, declined, errors, inflight, files, attached, handoffNs
@@ -1272,6 +1318,7 @@ Napi::Value DaxStats(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   std::lock_guard<std::mutex> g(d->mu);
   o.Set("reads", Napi::Number::New(env, double(d->reads)));
+  o.Set("writes", Napi::Number::New(env, double(d->writes_)));
   o.Set("fallbacks", Napi::Number::New(env, double(d->fallbacks)));
   o.Set("declined", Napi::Number::New(env, double(d->declined)));
   o.Set("errors", Napi::Number::New(env, double(d->errors)));
