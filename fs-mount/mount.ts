@@ -75,8 +75,9 @@ export interface MountOptions {
   nativeDax?: boolean;
   /**
    * Native DAX reads: the FUSE thread sends each invoke straight onto the Controller's ring
-   * when it can, instead of waking the channel's thread to send it (default true;
-   * FRACTOS_MOUNT_NATIVE=handoff turns it off).
+   * when it can, instead of waking the channel's thread to send it (default false: not
+   * measured better than the hand-off yet, docs/mount.md; FRACTOS_MOUNT_NATIVE=direct turns
+   * it on).
    */
   nativeDirect?: boolean;
   /** How long to wait for the FS's Requests (ms, default 30 s). */
@@ -190,7 +191,7 @@ export class FsMount extends EventEmitter {
    * fuse_session_mount's errno (EPERM: not allowed to mount).
    */
   static async mount(o: MountOptions): Promise<FsMount> {
-    const opts = { attrTimeout: 1, dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, nativeDax: process.env.FRACTOS_MOUNT_NATIVE !== '0', nativeDirect: process.env.FRACTOS_MOUNT_NATIVE !== 'handoff', ...o };
+    const opts = { attrTimeout: 1, dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, nativeDax: process.env.FRACTOS_MOUNT_NATIVE !== '0', nativeDirect: process.env.FRACTOS_MOUNT_NATIVE === 'direct', ...o };
     if (!(opts.slots >= 1 && opts.slots <= 1024 && Number.isInteger(opts.slots))) throw new FractosError('EINVAL', `slots ${opts.slots} not in 1..1024`);
     if (!(opts.maxWrite >= 4096 && opts.maxWrite <= (1 << 20) && opts.maxWrite % 4096 === 0)) throw new FractosError('EINVAL', `maxWrite ${opts.maxWrite} not a multiple of 4096 in 4 KiB..1 MiB`);
     if (!(opts.attrTimeout >= 0 && opts.attrTimeout <= 86400)) throw new FractosError('EINVAL', `attrTimeout ${opts.attrTimeout} not in 0..86400 s`);

@@ -120,9 +120,9 @@ mtest('native DAX writes: whole blocks inside the file (direct and buffered), re
   }
 });
 
-mtest('native DAX reads: truncate under an open handle (old blocks never reappear), unlink of an open file, reads in flight', async (t) => {
+mtest('native DAX reads (the FUSE thread sending its invokes itself): truncate under an open handle (old blocks never reappear), unlink of an open file, reads in flight', async (t) => {
   const md = point('n2');
-  const d = await mount(stack!, md, ['--dax']);
+  const d = await mount(stack!, md, ['--dax'], { FRACTOS_MOUNT_NATIVE: 'direct' });
   try {
     const r = await sh(`
       head -c 4194304 /dev/urandom > src
