@@ -69,8 +69,9 @@ export interface MountOptions {
   /** Largest read/write the kernel sends, bytes (default 1 MiB, the most libfuse 3.14 takes). */
   maxWrite?: number;
   /**
-   * With `dax`: serve DAX reads in C++ without entering JS (docs/mount.md "Native DAX reads";
-   * default true, the environment's FRACTOS_MOUNT_NATIVE=0 turns it off).
+   * With `dax`: serve DAX reads and whole-block writes inside the file in C++, without
+   * entering JS (docs/mount.md "Native DAX reads"; default true, the environment's
+   * FRACTOS_MOUNT_NATIVE=0 turns it off). Unix channels only (the frame hook).
    */
   nativeDax?: boolean;
   /**
