@@ -105,6 +105,13 @@ const S_ERR = VolumeRead.slot('onError');
 const BYTES_OFF = IoReply.fields[0]!.offset;
 const CODE_OFF = ErrorReply.fields[0]!.offset;
 
+/**
+ * The read/write layout for native callers (the mount's native DAX path, fs-mount/): where
+ * offset (u64) and length (u32, right after it) go, a write's flags (u32), the cap slots of buffer and continuations,
+ * and where IoReply's bytes (u32) and ErrorReply's code (u16) arrive in the continuation.
+ */
+export const IO_LAYOUT = { offset: F_OFFSET, flags: F_FLAGS, buffer: S_BUFFER, onSuccess: S_OK, onError: S_ERR, bytes: BYTES_OFF, code: CODE_OFF } as const;
+
 interface Pair {
   id: number;
   ok: number;

@@ -152,6 +152,9 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
     name: `mount${o.dax ? ' --dax' : ''}${o.exclusive ? ' --exclusive' : ''}`, dir, procs: [...stack.procs, { name: 'mount', pid: m.child.pid ?? -1 }],
     down: async () => {
       await m.stop().catch(() => {});
+      // The mount's own counts (native DAX reads, hand-off and service times) for the log.
+      const counts = m.output().split('\n').find((l) => l.includes(' requests='));
+      if (counts) process.stderr.write(`fio: ${counts.trim()}\n`);
       await stack.stop();
     },
   };

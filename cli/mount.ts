@@ -3,7 +3,7 @@
  * `ready mount MOUNTPOINT fs=NAME dax=0|1` once the kernel's INIT is answered; runs until
  * SIGINT/SIGTERM/SIGHUP (unmounts, `mount: stopped on SIGNAL`, exit 0), or until the mount ends
  * by itself: the FS or the Controller went away, or `fusermount3 -u` (warns, exit 1). A stop
- * prints the mount's counts on stderr: `mount: MOUNTPOINT requests=N errors=N ... daxReads=N daxWrites=N lookups=N readdirPlus=N opens=N dirAttrHits=N negativeHits=N`.
+ * prints the mount's counts on stderr: `mount: MOUNTPOINT requests=N errors=N ... daxReads=N daxWrites=N lookups=N readdirPlus=N opens=N dirAttrHits=N negativeHits=N nativeReads=N nativeWrites=N nativeFallbacks=N nativeErrors=N` (daxReads/daxWrites count the native ones too).
  * Errors: EBUSY (a mount is live at MOUNTPOINT), ENOENT/ENOTDIR (MOUNTPOINT), ENOENT (no FS),
  * ENODEV (no fuse addon or /dev/fuse), EINVAL (options).
  */
@@ -48,9 +48,10 @@ export function register(program: Command): void {
           return m;
         }, (m) => ({
           close: async () => {
+            const n = m.nativeStats;
             await m.close();
             const c = m.counts;
-            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads} daxWrites=${c.daxWrites} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens} dirAttrHits=${c.dirAttrHits} negativeHits=${c.negativeHits}\n`);
+            process.stderr.write(`mount: ${mountpoint} requests=${c.requests} errors=${c.errors} interrupted=${c.interrupted} reads=${c.mediatedReads} writes=${c.mediatedWrites} daxReads=${c.daxReads + (n?.reads ?? 0)} daxWrites=${c.daxWrites + (n?.writes ?? 0)} lookups=${c.lookups} readdirPlus=${c.readdirPlus} opens=${c.opens} dirAttrHits=${c.dirAttrHits} negativeHits=${c.negativeHits} nativeReads=${n?.reads ?? 0} nativeWrites=${n?.writes ?? 0} nativeFallbacks=${n?.fallbacks ?? 0} nativeErrors=${n?.errors ?? 0}${n ? ` nativeDirect=${n.direct} nativeHandoffUs=${(n.handoffNs / 1e3).toFixed(1)} nativeServiceUs=${(n.serviceNs / 1e3).toFixed(1)}` : ''}\n`);
           },
         }));
         if (!m) return;

@@ -36,17 +36,19 @@
  * Request), when the Controller does (the Process channel closes), or when it is unmounted
  * underneath (fusermount3 -u): the mount point then answers ENOTCONN, never hangs.
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as osc } from 'node:os';
 import { FractosError } from '../libfractos/errors.js';
 import { connect, type Process, type SharedRegion } from '../libfractos/process.js';
 import { Perm } from '../libfractos/protocol.js';
-import { IoPort } from '../blockdev-adaptor/client.js';
+import { IO_LAYOUT, IoPort } from '../blockdev-adaptor/client.js';
+import { tagOf } from '../libfractos/schema.js';
 import {
   FsClient, NAME_MAX, OpenFlags, OpenMode, RenameFlags, ROOT_INO, S_IFDIR, S_IFLNK, S_IFREG, DirType, SetAttr,
   type Attr as FsAttr, type EntryAttr, type OpenFile, type Who,
 } from '../fs-service/index.js';
-import { Attr, ATTR_LEN, FuseOp, OpenReplyFlag, fuseMount, type FuseBinding, type FuseSession } from '../native/fuse/index.js';
+import { Attr, ATTR_LEN, FuseOp, OpenReplyFlag, fuseMount, type DaxStats, type FuseBinding, type FuseSession } from '../native/fuse/index.js';
 import { prepareMountpoint } from './mountpoint.js';
 
 export interface MountOptions {
@@ -73,12 +75,37 @@ export interface MountOptions {
   slots?: number;
   /** Largest read/write the kernel sends, bytes (default 1 MiB, the most libfuse 3.14 takes). */
   maxWrite?: number;
+  /**
+   * With `dax`: serve DAX reads and whole-block writes inside the file in C++, without
+   * entering JS (docs/mount.md "Native DAX reads"; default true, the environment's
+   * FRACTOS_MOUNT_NATIVE=0 turns it off). Unix channels only (the frame hook).
+   */
+  nativeDax?: boolean;
+  /**
+   * Native DAX reads: the FUSE thread sends each invoke straight onto the Controller's ring
+   * when it can, instead of waking the channel's thread to send it (default false: not
+   * measured better than the hand-off yet, docs/mount.md; FRACTOS_MOUNT_NATIVE=direct turns
+   * it on).
+   */
+  nativeDirect?: boolean;
   /** How long to wait for the FS's Requests (ms, default 30 s). */
   waitMs?: number;
   log?: { info(o: object, m?: string): void; warn(o: object, m?: string): void };
 }
 
-type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 'slots' | 'maxWrite'>> & MountOptions;
+type Opts = Required<Pick<MountOptions, 'attrTimeout' | 'dax' | 'writeback' | 'slots' | 'maxWrite' | 'nativeDax' | 'nativeDirect'>> & MountOptions;
+
+/** Native DAX read slots: reads in flight natively at once, and the largest (bytes). */
+const NATIVE_SLOTS = 64;
+const NATIVE_SLOT_BYTES = 256 * 1024;
+
+/** The native path's caps (fuse.cc daxSetup): per slot its Memory, onSuccess and onError. */
+interface NativeSetup {
+  okTag: number;
+  errTag: number;
+  at: number;
+  caps: Uint32Array;
+}
 
 /** Attribute and entry timeout of an `exclusive` mount, seconds (passthrough_ll's cache=always: a day). */
 export const EXCLUSIVE_TIMEOUT = 86400;
@@ -117,6 +144,7 @@ interface Node {
 }
 
 interface Handle {
+  fh: number;
   ino: number;
   file: OpenFile | null;
   /**
@@ -173,11 +201,15 @@ export class FsMount extends EventEmitter {
   #fuse!: FuseBinding;
   #session: FuseSession | null = null;
   #closing = false;
+  /** The native DAX read path is set up and attached to the Process's channel. */
+  #native = false;
+  readonly #nativeSetup: NativeSetup | null;
   /** Per-op counters, for stats and tests. */
   readonly counts = { requests: 0, errors: 0, interrupted: 0, daxReads: 0, daxWrites: 0, mediatedReads: 0, mediatedWrites: 0, lookups: 0, readdirPlus: 0, opens: 0, dirAttrHits: 0, negativeHits: 0 };
 
-  private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[]) {
+  private constructor(opts: Opts, proc: Process, fs: FsClient, region: SharedRegion, slotCids: number[], nativeSetup: NativeSetup | null) {
     super();
+    this.#nativeSetup = nativeSetup;
     this.mountpoint = opts.mountpoint;
     this.#opts = opts;
     this.proc = proc;
@@ -195,7 +227,7 @@ export class FsMount extends EventEmitter {
    * fuse_session_mount's errno (EPERM: not allowed to mount).
    */
   static async mount(o: MountOptions): Promise<FsMount> {
-    const opts = { dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, ...o, attrTimeout: o.attrTimeout ?? (o.exclusive ? EXCLUSIVE_TIMEOUT : 1) };
+    const opts = { dax: false, writeback: false, slots: 32, maxWrite: 1 << 20, nativeDax: process.env.FRACTOS_MOUNT_NATIVE !== '0', nativeDirect: process.env.FRACTOS_MOUNT_NATIVE === 'direct', ...o, attrTimeout: o.attrTimeout ?? (o.exclusive ? EXCLUSIVE_TIMEOUT : 1) };
     if (!(opts.slots >= 1 && opts.slots <= 1024 && Number.isInteger(opts.slots))) throw new FractosError('EINVAL', `slots ${opts.slots} not in 1..1024`);
     if (!(opts.maxWrite >= 4096 && opts.maxWrite <= (1 << 20) && opts.maxWrite % 4096 === 0)) throw new FractosError('EINVAL', `maxWrite ${opts.maxWrite} not a multiple of 4096 in 4 KiB..1 MiB`);
     if (!(opts.attrTimeout >= 0 && opts.attrTimeout <= 86400)) throw new FractosError('EINVAL', `attrTimeout ${opts.attrTimeout} not in 0..86400 s`);
@@ -205,10 +237,12 @@ export class FsMount extends EventEmitter {
     try {
       const fs = await FsClient.connect(proc, opts.fs ?? 'fs', opts.waitMs ?? 30_000);
       // Shared whole: the FS given a slot maps the region and copies straight into it (no memory_copy).
-      const { cid, region } = await proc.memoryCreateShared(opts.slots * opts.maxWrite, Perm.RW, { shareWhole: true });
+      const native = opts.dax && opts.nativeDax;
+      const at = opts.slots * opts.maxWrite;
+      const { cid, region } = await proc.memoryCreateShared(at + (native ? NATIVE_SLOTS * NATIVE_SLOT_BYTES : 0), Perm.RW, { shareWhole: true });
       const slotCids: number[] = [];
       for (let i = 0; i < opts.slots; i++) slotCids.push(await proc.memoryDiminish(cid, i * opts.maxWrite, opts.maxWrite));
-      const m = new FsMount(opts, proc, fs, region, slotCids);
+      const m = new FsMount(opts, proc, fs, region, slotCids, native ? await FsMount.#nativeCaps(proc, cid, at) : null);
       await m.#port.reserve(Math.min(opts.slots, 64));
       await m.#start();
       return m;
@@ -216,6 +250,25 @@ export class FsMount extends EventEmitter {
       await proc.close().catch(() => {});
       throw err;
     }
+  }
+
+  /** The native path's slots: a Memory cap and a continuation pair (preset with the slot index) each. */
+  static async #nativeCaps(proc: Process, cid: number, at: number): Promise<NativeSetup> {
+    const salt = randomBytes(6).toString('hex');
+    const okTag = tagOf(`mount.dax.ok.${salt}`);
+    const errTag = tagOf(`mount.dax.err.${salt}`);
+    const caps = new Uint32Array(NATIVE_SLOTS * 3);
+    await Promise.all(Array.from({ length: NATIVE_SLOTS }, async (_, i) => {
+      const id = Buffer.alloc(4);
+      id.writeUInt32LE(i, 0);
+      const [mem, ok, err] = await Promise.all([
+        proc.memoryDiminish(cid, at + i * NATIVE_SLOT_BYTES, NATIVE_SLOT_BYTES),
+        proc.requestCreate(okTag, { imms: [{ offset: 0, bytes: id }] }),
+        proc.requestCreate(errTag, { imms: [{ offset: 0, bytes: id }] }),
+      ]);
+      caps.set([mem, ok, err], 3 * i);
+    }));
+    return { okTag, errTag, at, caps };
   }
 
   async #start(): Promise<void> {
@@ -230,6 +283,32 @@ export class FsMount extends EventEmitter {
     }, (op, id, ino, a, b, c, d, name, name2, data, uid, gid) => this.#onEvent(op, id, ino, a, b, c, d, name, name2, data, uid, gid));
     this.#fuse = binding;
     this.#session = session;
+    const n = this.#nativeSetup;
+    if (n) {
+      const L = IO_LAYOUT;
+      const hook = binding.daxSetup(session, new Uint32Array([n.okTag, n.errTag, L.offset, L.buffer, L.onSuccess, L.onError, L.bytes, L.code, this.#opts.nativeDirect ? 1 : 0, this.#opts.writeback ? 0xffffffff : L.flags]), this.#region.buffer, n.at, NATIVE_SLOT_BYTES, n.caps);
+      this.#native = this.proc.setFrameHook(hook, session);
+      if (!this.#native) this.#opts.log?.warn({ mountpoint: this.mountpoint }, 'native DAX reads off: the channel takes no frame hook (tcp)');
+    }
+  }
+
+  /** Counters of the native DAX read path (null: off). */
+  get nativeStats(): DaxStats | null {
+    return this.#session && this.#native ? this.#fuse.daxStats(this.#session) : null;
+  }
+
+  /** Let the native path serve reads of `h` (a DAX open) within its size, with its extents. */
+  #nativeFile(h: Handle): void {
+    const f = h.file;
+    if (!this.#native || !this.#session || !f?.dax || !this.#handles.has(h.fh)) return;
+    const x = new Float64Array(f.extents.length * 4);
+    f.extents.forEach((e, i) => x.set([e.fileOffset, e.length, e.read, e.write], 4 * i));
+    this.#fuse.daxFile(this.#session, h.fh, h.ino, h.size, f.blockSize || 4096, x);
+  }
+
+  /** Stop native service of handle `fh` (`h`: record a native write for its mtime at release). */
+  #nativeForget(fh: number, h?: Handle): void {
+    if (this.#native && this.#session && this.#fuse.daxForget(this.#session, fh) && h) h.daxWritten = true;
   }
 
   /** Requests received and not answered yet. */
@@ -242,6 +321,7 @@ export class FsMount extends EventEmitter {
     if (this.#closing) return;
     this.#closing = true;
     if (this.#session) this.#fuse.stop(this.#session);
+    if (this.#native) this.proc.setFrameHook(null);
     this.#session = null;
     const files = [...this.#handles.values()].map((h) => h.file).filter((f): f is OpenFile => f !== null);
     this.#handles.clear();
@@ -389,7 +469,9 @@ export class FsMount extends EventEmitter {
   #newHandle(ino: number, file: OpenFile | null): number {
     if (file) this.counts.opens++;
     const fh = this.#nextFh++;
-    this.#handles.set(fh, { ino, file, size: file?.size ?? 0, daxWritten: false, remapping: false });
+    const h: Handle = { fh, ino, file, size: file?.size ?? 0, daxWritten: false, remapping: false };
+    this.#handles.set(fh, h);
+    this.#nativeFile(h);
     return fh;
   }
 
@@ -623,7 +705,7 @@ export class FsMount extends EventEmitter {
       this.#nameAdd(parent, name);
       this.#inflight.delete(id);
       const fh = this.#nextFh++;
-      this.#handles.set(fh, { ino: attr.ino, file: null, deferred: { mode: this.#mode(flags) }, size: 0, daxWritten: false, remapping: false });
+      this.#handles.set(fh, { fh, ino: attr.ino, file: null, deferred: { mode: this.#mode(flags) }, size: 0, daxWritten: false, remapping: false });
       const t = this.#opts.attrTimeout;
       if (this.#session && this.#fuse.replyCreate(this.#session, id, attr.ino, 1, this.#attrArray(attr), t, t, fh, this.#noFlush())) this.#node(attr).nlookup++;
       else this.#handles.delete(fh);
@@ -684,10 +766,19 @@ export class FsMount extends EventEmitter {
       return this.#withFile(fh, () => this.#setattr(id, ino, toSet, fh, hasFh, v, who), (e) => this.#fail(id, e));
     }
     const h = hasFh ? this.#handles.get(fh) : undefined;
+    // A truncate revokes the DAX Requests of the blocks it frees: no native read from here on
+    // (reads taken before complete as they would have); the extents are fetched again after it.
+    if (valid & SetAttr.SIZE) for (const x of this.#handles.values()) if (x.ino === ino) this.#nativeForget(x.fh, x);
     this.fs.setattr(ino, {
       valid, mode: v[0]! & 0o7777, uid: v[1], gid: v[2], size: v[3], atime: [v[4]!, v[5]!], mtime: [v[6]!, v[7]!], handle: h?.file?.handle ?? 0,
     }, who).then((a) => {
-      if (valid & SetAttr.SIZE) for (const x of this.#handles.values()) if (x.ino === ino) x.size = a.size;
+      if (valid & SetAttr.SIZE) {
+        for (const x of this.#handles.values()) {
+          if (x.ino !== ino) continue;
+          x.size = a.size;
+          if (this.#native && x.file?.dax) this.#remap(x);
+        }
+      }
       this.#noteDir(a);
       this.#attr(id, a);
     }, (e: unknown) => {
@@ -699,6 +790,7 @@ export class FsMount extends EventEmitter {
   async #release(fh: number): Promise<void> {
     const h = this.#handles.get(fh);
     this.#handles.delete(fh);
+    if (h) this.#nativeForget(fh, h);
     // A deferred open still being made is closed by #withFile once it is there.
     if (!h?.file) return;
     // DAX writes bypass the FS: record their mtime now (the FS updates it for mediated writes).
@@ -788,11 +880,13 @@ export class FsMount extends EventEmitter {
       const keep = new Set(xs.flatMap((x) => [x.read, x.write]));
       const gone = old.flatMap((x) => [x.read, x.write]).filter((c) => c && !keep.has(c));
       if (gone.length) this.proc.capDrop(...gone).catch(() => {});
+      this.#nativeFile(h);
     }, () => {}).finally(() => (h.remapping = false));
   }
 
   /** A DAX Request was revoked under an open (a truncate): forget the extents, go on mediated (then remap). */
   #daxLost(h: Handle, retry: () => void): void {
+    this.#nativeForget(h.fh, h);
     if (h.file) {
       h.file.extents = [];
       this.#remap(h);
@@ -851,7 +945,10 @@ export class FsMount extends EventEmitter {
       const done = (err: FractosError | null, n: number): void => {
         this.#freeSlot(s);
         if (err) return this.#fail(id, err);
-        if (off + n > h.size) h.size = off + n;
+        if (off + n > h.size) {
+          h.size = off + n;
+          this.#nativeFile(h);
+        }
         this.#inflight.delete(id);
         if (this.#session) this.#fuse.replyWrite(this.#session, id, n);
       };

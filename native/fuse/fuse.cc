@@ -21,8 +21,12 @@
 //
 // Thin by design: names, options and error codes are validated in native/fuse/index.ts.
 #include <napi.h>
+#include <uv.h>
 #include <fuse_lowlevel.h>
+#include <algorithm>
 #include <atomic>
+#include <cstddef>
+#include <cstdlib>
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
@@ -34,6 +38,8 @@
 #include <unistd.h>
 #include <unordered_map>
 #include <vector>
+
+#include "frame_hook.h"
 
 namespace {
 
@@ -52,6 +58,7 @@ constexpr int A_INO = 0, A_MODE = 1, A_NLINK = 2, A_UID = 3, A_GID = 4, A_RDEV =
               A_CTIME_S = 12, A_CTIME_NS = 13, A_FIELDS = 14;
 
 struct Session;
+struct Dax;
 
 // One kernel request (or event) on its way to JS.
 struct Ev {
@@ -85,6 +92,8 @@ struct Session {
   std::string mountpoint;
   // Freed when both the JS External and the threadsafe function are finalized (JS thread).
   int refs = 2;
+  // The native DAX read path (daxSetup), read by the loop thread.
+  std::atomic<Dax*> dax{nullptr};
 };
 
 // libfuse's log lines of the current mount call (fuse_session_new/mount print their reasons).
@@ -132,6 +141,435 @@ Ev* Begin(fuse_req_t req, uint32_t op, fuse_ino_t ino) {
 }
 
 void Send(fuse_req_t req, Ev* ev) { Post(Of(req), ev); }
+
+// ---- the native DAX read path (docs/mount.md "Native DAX reads") ---------------------------
+//
+// With `--dax`, JS registers each open file's DAX extents here (daxFile) and hands over a
+// share of the data region with its own Memory caps and continuation Requests (daxSetup).
+// A READ of whole blocks inside one extent, within the size JS knows, is then served without
+// JS: the FUSE thread takes a native slot and queues the op; the channel's libuv thread
+// (uv_async) builds the REQUEST_INVOKE_QUIET of the extent's blockdev Request and sends it on
+// the Process's channel through the frame hook (native/include/frame_hook.h); the
+// continuation's DELIVER is taken by the hook on that thread, which answers the kernel from
+// the slot (fuse_reply_buf) and returns the delivery credit. Anything else, and any error
+// (the invoke refused: EREVOKED after a truncate; the continuation's onError), goes to JS as
+// an ordinary READ event, which serves it exactly as before. daxForget (release, truncate)
+// stops native service of a handle at once; a detached channel (the Controller went away)
+// answers every op in flight EIO, a stop ENOTCONN.
+
+constexpr uint16_t DX_OP_REPLY = 0x7f;
+constexpr uint16_t DX_OP_DELIVER = 0x80;
+constexpr uint16_t DX_OP_INVOKE_QUIET = 0x23;
+constexpr uint16_t DX_OP_DELIVER_ACK = 0x60;
+constexpr uint16_t DX_OP_CAP_DROP_MANY = 0x61;
+constexpr uint32_t DX_HEADER = 16;
+/** Seqs of our own calls: the top bit (libfractos/calls.ts keeps JS's below it). */
+constexpr uint32_t DX_SEQ_NATIVE = 0x80000000u;
+/**
+ * u32 cid, u16 3 caps, u16 1 imm, 3 x (u16 slot, u16 0, u32 cid), (u32 off, u32 12, u64 offset,
+ * u32 length); a write's immediate carries u32 flags (0) too: 4 bytes more.
+ */
+constexpr uint32_t DX_INVOKE_BYTES = DX_HEADER + 4 + 4 + 3 * 8 + 8 + 12;
+constexpr uint32_t DX_INVOKE_MAX = DX_INVOKE_BYTES + 4;
+constexpr uint32_t DX_MAX_SLOTS = 1024;
+
+inline uint16_t ld16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
+inline uint32_t ld32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+inline void st16(uint8_t* p, uint16_t v) { memcpy(p, &v, 2); }
+inline void st32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
+inline void st64(uint8_t* p, uint64_t v) { memcpy(p, &v, 8); }
+
+void FrameHeader(uint8_t* f, uint32_t len, uint16_t op, uint32_t seq) {
+  st32(f, len);
+  st16(f + 4, op);
+  st16(f + 6, 0);
+  st32(f + 8, seq);
+  st32(f + 12, 0);
+}
+
+struct DaxExtent {
+  uint64_t fileOff, len;
+  uint32_t read, write;
+};
+
+struct DaxFile {
+  uint64_t ino = 0, size = 0;
+  uint32_t blockSize = 4096;
+  bool written = false;  // a native write happened (JS records the mtime at release)
+  std::vector<DaxExtent> extents;  // ascending fileOff
+};
+
+struct DaxSlot {
+  uint32_t mem = 0, ok = 0, err = 0;  // caps: this slot's Memory, its continuation pair
+  bool busy = false;
+  bool write = false;
+  uint16_t gen = 0;                   // seq check of the invoke's REPLY
+  fuse_req_t req = nullptr;
+  uint64_t fh = 0, ino = 0, off = 0;  // the FUSE request (for the fallback to JS)
+  size_t size = 0;
+  uint32_t cid = 0;                   // the extent's read Request
+  uint64_t volOff = 0;
+  uint32_t len = 0, skip = 0, n = 0;  // device bytes; answer = [skip, skip + n) of the slot
+  uint64_t tQueued = 0, tSent = 0;    // CLOCK_MONOTONIC ns (stats: hand-off and service time)
+};
+
+inline uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+struct Dax {
+  Session* s = nullptr;
+  fractos_frame_hook hook{};
+  const fractos_chan_ops* ops = nullptr;  // loop thread only
+  uv_async_t* async = nullptr;
+  Napi::Reference<Napi::ArrayBuffer> regionRef;
+  uint8_t* base = nullptr;  // the native slots' bytes (slot i at base + i * slotBytes)
+  uint32_t slotBytes = 0;
+  uint32_t okTag = 0, errTag = 0, fOffset = 0, sBuffer = 0, sOk = 0, sErr = 0, bytesOff = 0, codeOff = 0;
+  bool writes = false;  // native writes (the write layout's flags right after offset and length)
+  std::vector<DaxSlot> slots;
+  // Shared between the FUSE thread and the loop thread: under mu.
+  std::mutex mu;
+  bool open = false;  // attached and not stopped: new reads may be taken
+  std::unordered_map<uint64_t, DaxFile> files;
+  std::vector<uint32_t> freeSlots, queued;
+  uint32_t inflight = 0;
+  uint64_t direct = 0;  // invokes the FUSE thread sent itself (send_any_thread)
+  // The channel's send_any_thread (frame_hook.h), when it has one and `directSend` is on.
+  int (*sendAny)(void*, const struct iovec*, int, uint32_t) = nullptr;
+  void* chan = nullptr;
+  bool directSend = true;
+  // Loop thread only.
+  std::vector<uint32_t> sending;
+  std::vector<uint8_t> out;
+  std::vector<uint32_t> drops;
+  uint32_t acks = 0;
+  uint64_t reads = 0, writes_ = 0, fallbacks = 0, errors = 0, declined = 0;
+  uint64_t handoffNs = 0, serviceNs = 0, sent = 0;  // sums: FUSE thread to send, send to answer
+  bool closed = false;
+};
+
+void DaxFallback(Dax* d, DaxSlot& sl);
+
+inline uint32_t DaxInvokeBytes(const DaxSlot& sl) { return sl.write ? DX_INVOKE_MAX : DX_INVOKE_BYTES; }
+
+// The REQUEST_INVOKE_QUIET of slot si's read or write (DaxInvokeBytes at p).
+void DaxInvokeFrame(const Dax* d, uint32_t si, uint8_t* p) {
+  const DaxSlot& sl = d->slots[si];
+  const uint32_t bytes = DaxInvokeBytes(sl);
+  FrameHeader(p, bytes, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
+  st32(p + 16, sl.cid);
+  st16(p + 20, 3);
+  st16(p + 22, 1);
+  st16(p + 24, uint16_t(d->sBuffer)); st16(p + 26, 0); st32(p + 28, sl.mem);
+  st16(p + 32, uint16_t(d->sOk)); st16(p + 34, 0); st32(p + 36, sl.ok);
+  st16(p + 40, uint16_t(d->sErr)); st16(p + 42, 0); st32(p + 44, sl.err);
+  st32(p + 48, d->fOffset);
+  st32(p + 52, sl.write ? 16 : 12);
+  st64(p + 56, sl.volOff);
+  st32(p + 64, sl.len);
+  if (sl.write) st32(p + 68, 0);  // flags: no FUA (durable against a crash of any Process; docs/storage.md)
+}
+
+// FUSE thread: take the READ (wbuf null) or WRITE (wbuf: its bytes) natively (true) or leave
+// it to JS (false). A read: the whole blocks around the range, inside one extent, clamped to
+// the known size. A write: whole blocks inside one extent and the known size (growth, partial
+// blocks and FUA are the FS's: JS).
+bool DaxTake(Dax* d, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, uint64_t fh, const char* wbuf) {
+  if (!d || size == 0 || off < 0) return false;
+  const bool write = wbuf != nullptr;
+  uint32_t si;
+  {
+    std::lock_guard<std::mutex> g(d->mu);
+    if (!d->open || (write && !d->writes)) return false;
+    auto it = d->files.find(fh);
+    if (it == d->files.end()) return false;
+    DaxFile& f = it->second;
+    uint64_t o = uint64_t(off);
+    uint64_t end = std::min<uint64_t>(o + size, f.size);
+    if (end <= o) return false;  // at or past the end: JS answers 0 bytes (a read) or grows the file
+    uint64_t bs = f.blockSize;
+    uint64_t aOff = o - o % bs;
+    uint64_t aLen = (end - aOff + bs - 1) / bs * bs;
+    if (write && (aOff != o || end != o + size || aLen != size)) return false;
+    if (aLen > d->slotBytes) {
+      d->declined++;
+      return false;
+    }
+    const DaxExtent* x = nullptr;
+    for (const DaxExtent& e : f.extents)
+      if (aOff >= e.fileOff && aOff + aLen <= e.fileOff + e.len) {
+        x = &e;
+        break;
+      }
+    if (!x || !(write ? x->write : x->read) || d->freeSlots.empty()) {
+      d->declined++;
+      return false;
+    }
+    si = d->freeSlots.back();
+    d->freeSlots.pop_back();
+    DaxSlot& sl = d->slots[si];
+    sl.busy = true;
+    sl.write = write;
+    sl.gen++;
+    sl.req = req;
+    sl.fh = fh;
+    sl.ino = ino;
+    sl.off = o;
+    sl.size = size;
+    sl.cid = write ? x->write : x->read;
+    sl.volOff = aOff - x->fileOff;
+    sl.len = uint32_t(aLen);
+    sl.skip = uint32_t(o - aOff);
+    sl.n = uint32_t(end - o);
+    if (write) {
+      std::memcpy(d->base + size_t(si) * d->slotBytes, wbuf, size);  // wbuf is libfuse's receive buffer: valid only now
+      f.written = true;
+    }
+    sl.tQueued = NowNs();
+    // Straight onto the Controller's ring from this thread when the channel can take it now
+    // (no wake-up of the channel's thread to send); else through the hand-off below.
+    if (d->sendAny) {
+      uint8_t frame[DX_INVOKE_MAX];
+      DaxInvokeFrame(d, si, frame);
+      struct iovec iov{frame, DaxInvokeBytes(sl)};
+      sl.tSent = sl.tQueued;
+      if (d->sendAny(d->chan, &iov, 1, 0) == 0) {
+        d->inflight++;
+        d->direct++;
+        return true;
+      }
+    }
+    d->queued.push_back(si);
+  }
+  uv_async_send(d->async);
+  return true;
+}
+
+void DaxFreeSlot(Dax* d, uint32_t si) {
+  DaxSlot& sl = d->slots[si];
+  sl.busy = false;
+  sl.req = nullptr;
+  std::lock_guard<std::mutex> g(d->mu);
+  d->inflight--;
+  d->freeSlots.push_back(si);
+}
+
+uint8_t* DaxGrow(Dax* d, size_t n) {
+  size_t at = d->out.size();
+  d->out.resize(at + n);
+  return d->out.data() + at;
+}
+
+void DaxSend(Dax* d, uint32_t flags) {
+  if (d->out.empty()) return;
+  if (d->ops) {
+    struct iovec iov{d->out.data(), d->out.size()};
+    d->ops->send(d->ops->chan, &iov, 1, flags);  // -EPIPE: closing; detach answers what is in flight
+  }
+  d->out.clear();
+}
+
+// Loop thread: send the invokes the FUSE thread queued.
+void DaxOnAsync(uv_async_t* h) {
+  Dax* d = static_cast<Dax*>(h->data);
+  {
+    std::lock_guard<std::mutex> g(d->mu);
+    d->sending.swap(d->queued);
+    d->inflight += uint32_t(d->sending.size());
+  }
+  const uint64_t now = d->sending.empty() ? 0 : NowNs();
+  for (uint32_t si : d->sending) {
+    DaxSlot& sl = d->slots[si];
+    sl.tSent = now;
+    d->handoffNs += now - sl.tQueued;
+    d->sent++;
+    if (!d->ops || d->closed) {  // detached meanwhile
+      fuse_reply_err(sl.req, d->closed ? ENOTCONN : EIO);
+      d->errors++;
+      DaxFreeSlot(d, si);
+      continue;
+    }
+    DaxInvokeFrame(d, si, DaxGrow(d, DaxInvokeBytes(sl)));
+  }
+  d->sending.clear();
+  DaxSend(d, 0);
+}
+
+// An op JS serves instead: registered and posted as the READ or WRITE the kernel sent (a
+// write's bytes from its slot).
+void DaxFallback(Dax* d, DaxSlot& sl) {
+  if (d->closed || d->s->stopped) {
+    fuse_reply_err(sl.req, ENOTCONN);
+    d->errors++;
+    return;
+  }
+  d->fallbacks++;
+  Ev* ev = Begin(sl.req, sl.write ? OP_WRITE : OP_READ, sl.ino);
+  if (sl.write) {
+    const char* p = reinterpret_cast<const char*>(d->base) + size_t(&sl - d->slots.data()) * d->slotBytes;
+    ev->data.assign(p, p + sl.size);
+  } else {
+    ev->a = static_cast<double>(sl.size);
+  }
+  ev->b = static_cast<double>(sl.off);
+  ev->c = static_cast<double>(sl.fh);
+  Send(sl.req, ev);
+}
+
+// Stop serving handle fh natively (its FS open is revoked or closed). Any thread. Returns
+// whether it wrote natively.
+bool DaxForgetFh(Dax* d, uint64_t fh) {
+  std::lock_guard<std::mutex> g(d->mu);
+  auto it = d->files.find(fh);
+  if (it == d->files.end()) return false;
+  bool w = it->second.written;
+  d->files.erase(it);
+  return w;
+}
+
+// Every op in flight answered `err` (the channel went away, or a stop). Loop thread.
+void DaxFailAll(Dax* d, int err) {
+  {
+    std::lock_guard<std::mutex> g(d->mu);
+    d->open = false;
+    d->sendAny = nullptr;
+    d->chan = nullptr;
+    d->files.clear();
+    for (uint32_t si : d->queued) {  // queued by the FUSE thread, not sent yet
+      d->slots[si].busy = false;
+      fuse_reply_err(d->slots[si].req, err);
+      d->slots[si].req = nullptr;
+      d->freeSlots.push_back(si);
+      d->errors++;
+    }
+    d->queued.clear();
+  }
+  for (uint32_t si = 0; si < d->slots.size(); si++) {
+    DaxSlot& sl = d->slots[si];
+    if (!sl.busy || !sl.req) continue;
+    fuse_reply_err(sl.req, err);
+    d->errors++;
+    DaxFreeSlot(d, si);
+  }
+}
+
+int DaxAttach(void* ctx, const fractos_chan_ops* ops) {
+  Dax* d = static_cast<Dax*>(ctx);
+  if (!ops || ops->abi != FRACTOS_FRAME_HOOK_ABI || ops->size < sizeof(fractos_chan_ops) || !ops->send) return -EINVAL;
+  if (d->ops) return -EBUSY;
+  if (d->closed) return -EPIPE;
+  d->ops = ops;
+  std::lock_guard<std::mutex> g(d->mu);
+  d->open = true;
+  // send_any_thread: present when the channel's table is large enough to hold it
+  if (d->directSend && ops->size >= offsetof(fractos_chan_ops, send_any_thread) + sizeof ops->send_any_thread && ops->send_any_thread) {
+    d->sendAny = ops->send_any_thread;
+    d->chan = ops->chan;
+  }
+  return 0;
+}
+
+void DaxDetach(void* ctx) {
+  Dax* d = static_cast<Dax*>(ctx);
+  d->ops = nullptr;
+  d->acks = 0;
+  d->out.clear();
+  d->drops.clear();
+  DaxFailAll(d, EIO);
+}
+
+void DaxFlush(void* ctx) {
+  Dax* d = static_cast<Dax*>(ctx);
+  if (!d->ops) return;
+  if (!d->drops.empty()) {
+    uint32_t bytes = DX_HEADER + 4 * uint32_t(d->drops.size());
+    uint8_t* p = DaxGrow(d, bytes);
+    FrameHeader(p, bytes, DX_OP_CAP_DROP_MANY, 0);
+    for (size_t i = 0; i < d->drops.size(); i++) st32(p + DX_HEADER + 4 * i, d->drops[i]);
+    d->drops.clear();
+  }
+  bool onlyAck = d->out.empty();
+  if (d->acks) {
+    uint8_t* p = DaxGrow(d, DX_HEADER + 4);
+    FrameHeader(p, DX_HEADER + 4, DX_OP_DELIVER_ACK, 0);
+    st32(p + DX_HEADER, d->acks);
+    d->acks = 0;
+  }
+  DaxSend(d, onlyAck ? FRACTOS_SEND_QUIET : 0);  // credits alone: nobody waits for them
+}
+
+int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
+  Dax* d = static_cast<Dax*>(ctx);
+  const uint16_t op = ld16(f + 4);
+  if (op == DX_OP_REPLY) {
+    const uint32_t seq = ld32(f + 8);
+    if (!(seq & DX_SEQ_NATIVE)) return 0;
+    const uint16_t code = ld16(f + 12);
+    const uint32_t si = seq & 0xffff;
+    if (code == 0 || si >= d->slots.size()) return 1;
+    DaxSlot& sl = d->slots[si];
+    if (!sl.busy || !sl.req || (sl.gen & 0x7fff) != ((seq >> 16) & 0x7fff)) return 1;
+    // The invoke was refused (EREVOKED after a truncate, EBADCAP, EAGAIN): no continuation
+    // comes. Stop serving that handle natively (JS refetches the extents) and let JS serve it.
+    {
+      std::lock_guard<std::mutex> g(d->mu);  // no extents: every op of the handle goes to JS until it registers new ones
+      auto it = d->files.find(sl.fh);
+      if (it != d->files.end()) it->second.extents.clear();
+    }
+    DaxFallback(d, sl);
+    DaxFreeSlot(d, si);
+    return 1;
+  }
+  if (op != DX_OP_DELIVER || len < DX_HEADER + 8) return 0;
+  const uint32_t tag = ld32(f + 16);
+  const bool ok = tag == d->okTag;
+  if (!ok && tag != d->errTag) return 0;
+  d->acks++;
+  // args: u16 nCaps, u16 nImms, caps (u16 slot, u16 0, u32 cid), imms (u32 off, u32 len, bytes)
+  const uint8_t* end = f + len;
+  const uint8_t* p = f + 20;
+  const uint16_t nCaps = ld16(p), nImms = ld16(p + 2);
+  p += 4;
+  if (uint64_t(end - p) < uint64_t(nCaps) * 8) return 1;  // malformed: nothing to act on
+  for (uint16_t i = 0; i < nCaps; i++, p += 8) d->drops.push_back(ld32(p + 4));  // nobody asked for caps
+  const uint8_t* idp = nullptr;
+  const uint8_t* valp = nullptr;
+  const uint32_t valOff = ok ? d->bytesOff : d->codeOff, valLen = ok ? 4 : 2;
+  for (uint16_t i = 0; i < nImms && nImms <= 16; i++) {
+    if (end - p < 8) return 1;
+    uint32_t io = ld32(p), il = ld32(p + 4);
+    p += 8;
+    if (uint64_t(end - p) < il) return 1;
+    if (!idp && io == 0 && il >= 4) idp = p;
+    if (!valp && io <= valOff && uint64_t(valOff) + valLen <= uint64_t(io) + il) valp = p + (valOff - io);
+    p += il;
+  }
+  if (!idp) return 1;
+  uint32_t si = ld32(idp);
+  if (si >= d->slots.size()) return 1;
+  DaxSlot& sl = d->slots[si];
+  if (!sl.busy || !sl.req) return 1;  // late or duplicate: answered already
+  uint32_t got = ok && valp ? ld32(valp) : 0;
+  if (!ok || got != sl.len) {
+    DaxFallback(d, sl);  // JS serves it (and answers its error, if it has one too)
+    DaxFreeSlot(d, si);
+    return 1;
+  }
+  d->serviceNs += NowNs() - sl.tSent;
+  if (sl.write) {
+    d->writes_++;
+    fuse_reply_write(sl.req, sl.n);
+  } else {
+    d->reads++;
+    fuse_reply_buf(sl.req, reinterpret_cast<const char*>(d->base) + size_t(si) * d->slotBytes + sl.skip, sl.n);
+  }
+  DaxFreeSlot(d, si);
+  return 1;
+}
+
 
 void LlInit(void* ud, fuse_conn_info* conn) {
   Session* s = static_cast<Session*>(ud);
@@ -270,6 +708,7 @@ void LlOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void LlRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  if (DaxTake(Of(req)->dax.load(std::memory_order_acquire), req, ino, size, off, fi->fh, nullptr)) return;
   Ev* ev = Begin(req, OP_READ, ino);
   ev->a = static_cast<double>(size);
   ev->b = static_cast<double>(off);
@@ -278,6 +717,7 @@ void LlRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 }
 
 void LlWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  if (!fi->writepage && DaxTake(Of(req)->dax.load(std::memory_order_acquire), req, ino, size, off, fi->fh, buf)) return;
   Ev* ev = Begin(req, OP_WRITE, ino);
   ev->data.assign(buf, buf + size);  // buf is the session's receive buffer: valid only now
   ev->b = static_cast<double>(off);
@@ -470,8 +910,11 @@ Napi::Value Fail(Napi::Env env, const std::string& msg, int err) {
   return env.Undefined();
 }
 
+void DaxDelete(Dax* d);
 void Unref(Session* s) {
-  if (--s->refs == 0) delete s;
+  if (--s->refs != 0) return;
+  if (Dax* d = s->dax.load()) DaxDelete(d);
+  delete s;
 }
 void Finalize(Napi::Env, void*, Session* s) { Unref(s); }
 void StopSession(Session* s);
@@ -532,6 +975,12 @@ void StopSession(Session* s) {
   }
   s->loop.join();
   s->stopped = true;
+  if (Dax* d = s->dax.load()) {
+    d->closed = true;
+    DaxFailAll(d, ENOTCONN);
+    uv_close(reinterpret_cast<uv_handle_t*>(d->async), [](uv_handle_t* h) { std::free(h); });
+    d->async = nullptr;
+  }
   {
     std::lock_guard<std::mutex> g(s->mu);
     for (auto& [id, req] : s->reqs) fuse_reply_err(req, ENOTCONN);
@@ -770,6 +1219,123 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(s->reqs.size()));
 }
 
+
+// ---- native DAX reads: JS side ---------------------------------------------------------------
+
+// daxSetup(session, cfg: Uint32Array[9] (okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff,
+// codeOff, direct: 1 = the FUSE thread sends its invokes itself when the channel can, fFlags:
+// the write layout's flags, 0xffffffff = no native writes), region: ArrayBuffer, at, slotBytes, caps: Uint32Array (3 per slot: Memory, onSuccess,
+// onError; the continuations preset with the slot index as a u32 at offset 0)) -> the frame hook
+// (an External, for Process.setFrameHook with the session as owner). Slot i is
+// region[at + i * slotBytes, + slotBytes). Once per session.
+Napi::Value DaxSetup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = SessionOf(info);
+  if (!s || s->stopped || s->dax.load()) return Fail(env, "daxSetup: not a session, stopped, or set up already", EINVAL);
+  if (info.Length() < 6 || !info[1].IsTypedArray() || !info[2].IsArrayBuffer() || !info[3].IsNumber() || !info[4].IsNumber() || !info[5].IsTypedArray())
+    return Fail(env, "daxSetup(session, cfg, region, at, slotBytes, caps)", EINVAL);
+  Napi::TypedArray cfgT = info[1].As<Napi::TypedArray>(), capsT = info[5].As<Napi::TypedArray>();
+  if (cfgT.TypedArrayType() != napi_uint32_array || cfgT.ElementLength() != 10 || capsT.TypedArrayType() != napi_uint32_array || capsT.ElementLength() % 3 != 0)
+    return Fail(env, "daxSetup: cfg Uint32Array(10), caps Uint32Array(3 per slot)", EINVAL);
+  const uint32_t* c = cfgT.As<Napi::Uint32Array>().Data();
+  const uint32_t* caps = capsT.As<Napi::Uint32Array>().Data();
+  size_t n = capsT.ElementLength() / 3;
+  Napi::ArrayBuffer ab = info[2].As<Napi::ArrayBuffer>();
+  double at = info[3].As<Napi::Number>().DoubleValue(), sb = info[4].As<Napi::Number>().DoubleValue();
+  if (n == 0 || n > DX_MAX_SLOTS || !(sb >= 4096 && sb <= (1 << 20)) || !(at >= 0) || at + sb * double(n) > double(ab.ByteLength()))
+    return Fail(env, "daxSetup: slots outside the region, or not 1..1024 slots of 4 KiB..1 MiB", EINVAL);
+  Dax* d = new Dax();
+  d->s = s;
+  d->okTag = c[0], d->errTag = c[1], d->fOffset = c[2], d->sBuffer = c[3], d->sOk = c[4], d->sErr = c[5], d->bytesOff = c[6], d->codeOff = c[7];
+  d->directSend = c[8] != 0;
+  d->writes = c[9] == c[2] + 12;  // flags right after offset (u64) and length (u32): one immediate
+  d->regionRef = Napi::Persistent(ab);
+  d->base = static_cast<uint8_t*>(ab.Data()) + size_t(at);
+  d->slotBytes = uint32_t(sb);
+  d->slots.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    d->slots[i].mem = caps[3 * i];
+    d->slots[i].ok = caps[3 * i + 1];
+    d->slots[i].err = caps[3 * i + 2];
+  }
+  for (size_t i = n; i-- > 0;) d->freeSlots.push_back(uint32_t(i));
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  d->async = static_cast<uv_async_t*>(std::malloc(sizeof(uv_async_t)));
+  if (!d->async || uv_async_init(loop, d->async, DaxOnAsync) != 0) {
+    std::free(d->async);
+    delete d;
+    return Fail(env, "daxSetup: uv_async_init", EIO);
+  }
+  d->async->data = d;
+  uv_unref(reinterpret_cast<uv_handle_t*>(d->async));
+  d->hook = fractos_frame_hook{FRACTOS_FRAME_HOOK_MAGIC, FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_frame_hook), 0, d, DaxAttach, DaxDetach, DaxOnFrame, DaxFlush};
+  s->dax.store(d);
+  return Napi::External<fractos_frame_hook>::New(env, &d->hook);
+}
+
+// daxFile(session, fh, ino, size, blockSize, extents: Float64Array (fileOffset, length, readCid,
+// writeCid per extent)): reads of handle fh within `size` bytes may be served natively.
+Napi::Value DaxFileJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = SessionOf(info);
+  Dax* d = s ? s->dax.load() : nullptr;
+  if (!d) return Napi::Boolean::New(env, false);
+  if (info.Length() < 6 || !info[5].IsTypedArray()) return Fail(env, "daxFile(session, fh, ino, size, blockSize, extents)", EINVAL);
+  Napi::TypedArray t = info[5].As<Napi::TypedArray>();
+  if (t.TypedArrayType() != napi_float64_array || t.ElementLength() % 4 != 0) return Fail(env, "daxFile: extents Float64Array(4 per extent)", EINVAL);
+  const double* x = t.As<Napi::Float64Array>().Data();
+  DaxFile f;
+  f.ino = uint64_t(Num(info, 2));
+  f.size = uint64_t(Num(info, 3));
+  uint32_t bs = uint32_t(Num(info, 4));
+  if (bs < 512 || (bs & (bs - 1)) != 0) return Fail(env, "daxFile: block size not a power of two >= 512", EINVAL);
+  f.blockSize = bs;
+  for (size_t i = 0; i + 4 <= t.ElementLength(); i += 4) f.extents.push_back(DaxExtent{uint64_t(x[i]), uint64_t(x[i + 1]), uint32_t(x[i + 2]), uint32_t(x[i + 3])});
+  std::lock_guard<std::mutex> g(d->mu);
+  if (!d->open) return Napi::Boolean::New(env, false);
+  DaxFile& slot = d->files[uint64_t(Num(info, 1))];
+  f.written = slot.written;
+  slot = std::move(f);
+  return Napi::Boolean::New(env, true);
+}
+
+// daxForget(session, fh) -> wrote: handle fh is served by JS only from now on (ops taken
+// before complete); true when it wrote natively since it was registered.
+Napi::Value DaxForget(const Napi::CallbackInfo& info) {
+  Session* s = SessionOf(info);
+  Dax* d = s ? s->dax.load() : nullptr;
+  return Napi::Boolean::New(info.Env(), d ? DaxForgetFh(d, uint64_t(Num(info, 1))) : false);
+}
+
+// daxStats(session) -> {reads, fallbacks, declined, errors, inflight, files, attached, handoffNs
+// (mean, FUSE thread to the invoke sent), serviceNs (mean, invoke sent to the kernel answered)} | null
+Napi::Value DaxStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = SessionOf(info);
+  Dax* d = s ? s->dax.load() : nullptr;
+  if (!d) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  std::lock_guard<std::mutex> g(d->mu);
+  o.Set("reads", Napi::Number::New(env, double(d->reads)));
+  o.Set("writes", Napi::Number::New(env, double(d->writes_)));
+  o.Set("fallbacks", Napi::Number::New(env, double(d->fallbacks)));
+  o.Set("declined", Napi::Number::New(env, double(d->declined)));
+  o.Set("errors", Napi::Number::New(env, double(d->errors)));
+  o.Set("inflight", Napi::Number::New(env, double(d->inflight)));
+  o.Set("direct", Napi::Number::New(env, double(d->direct)));
+  o.Set("files", Napi::Number::New(env, double(d->files.size())));
+  o.Set("attached", Napi::Boolean::New(env, d->ops != nullptr));
+  o.Set("handoffNs", Napi::Number::New(env, d->sent ? double(d->handoffNs) / double(d->sent) : 0));
+  o.Set("serviceNs", Napi::Number::New(env, d->reads ? double(d->serviceNs) / double(d->reads) : 0));
+  return o;
+}
+
+void DaxDelete(Dax* d) {
+  d->regionRef.Reset();
+  delete d;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fuse_set_log_func(LogFunc);
   exports.Set("mount", Napi::Function::New(env, Mount));
@@ -787,6 +1353,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("invalEntry", Napi::Function::New(env, InvalEntry));
   exports.Set("invalInode", Napi::Function::New(env, InvalInode));
   exports.Set("pending", Napi::Function::New(env, Pending));
+  exports.Set("daxSetup", Napi::Function::New(env, DaxSetup));
+  exports.Set("daxFile", Napi::Function::New(env, DaxFileJs));
+  exports.Set("daxForget", Napi::Function::New(env, DaxForget));
+  exports.Set("daxStats", Napi::Function::New(env, DaxStats));
   return exports;
 }
 

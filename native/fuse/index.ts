@@ -95,6 +95,41 @@ interface FuseBinding {
   invalEntry(s: FuseSession, parent: number, name: string): number;
   invalInode(s: FuseSession, ino: number, off: number, len: number): number;
   pending(s: FuseSession): number;
+  /**
+   * The native DAX read path (fuse.cc "native DAX read path"; docs/mount.md "Native DAX
+   * reads"): `cfg` = [okTag, errTag, fOffset, sBuffer, sOk, sErr, bytesOff, codeOff, direct, fFlags]
+   * (the continuation tags, the blockdev layout, 1 to let the FUSE thread send its invokes
+   * itself where the channel can: frame_hook.h's send_any_thread, and the write layout's
+   * flags offset: native writes only when it is fOffset + 12, 0xffffffff for none), slot i = `region`[at + i x slotBytes, +
+   * slotBytes), `caps` = 3 per slot (its Memory, onSuccess, onError; the continuations preset
+   * with the slot index, u32 at offset 0). Returns the frame hook (a napi External) for
+   * Process.setFrameHook(hook, session). Errors: EINVAL (shapes; a second setup).
+   */
+  daxSetup(s: FuseSession, cfg: Uint32Array, region: ArrayBuffer, at: number, slotBytes: number, caps: Uint32Array): object;
+  /** Reads of handle `fh` (ino, within `size` bytes) may be served natively; extents: 4 numbers each (fileOffset, length, readCid, writeCid). False: no native path or not attached. */
+  daxFile(s: FuseSession, fh: number, ino: number, size: number, blockSize: number, extents: Float64Array): boolean;
+  /** Handle `fh` is served by JS only from now on; true when it wrote natively since it was registered. */
+  daxForget(s: FuseSession, fh: number): boolean;
+  /** Counters of the native path (null: none). */
+  daxStats(s: FuseSession): DaxStats | null;
+}
+
+/** daxStats: reads and writes served natively, ops handed to JS after an error (fallbacks), reads it did not take (declined: no extent, too large, no slot), ops answered with an error (detach, stop), in flight, invokes sent by the FUSE thread itself, handles registered, hook attached. */
+export interface DaxStats {
+  reads: number;
+  writes: number;
+  fallbacks: number;
+  declined: number;
+  errors: number;
+  inflight: number;
+  /** Invokes the FUSE thread sent itself (no hand-off). */
+  direct: number;
+  files: number;
+  attached: boolean;
+  /** Mean ns from the FUSE thread taking a read to its invoke sent on the channel's thread (the hand-off). */
+  handoffNs: number;
+  /** Mean ns from the invoke sent to the kernel answered (Controller, blockdev, continuation). */
+  serviceNs: number;
 }
 
 export type { FuseBinding };

@@ -11,7 +11,7 @@
 //
 // Threading: every call, both ways, happens on the JS thread of the environment that owns
 // the channel (the channel's libuv loop); a loop that reaps completions elsewhere must come
-// back to that thread before it calls `send`. No call may re-enter the other side's call
+// back to that thread before it calls `send`. The one exception is `send_any_thread`. No call may re-enter the other side's call
 // that is running (`send` is never called from inside `on_frame`: answers are sent from
 // `flush` or from the loop's own completion callback).
 //
@@ -53,6 +53,17 @@ struct fractos_chan_ops {
    * pair they are read with the Controller's next woken batch (docs/queues.md).
    */
   int (*send)(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
+  /**
+   * Optional (absent when `size` does not cover it, or NULL): `send` from ANY thread, for a
+   * loop whose work arrives on threads of its own (the FUSE mount's native reads,
+   * native/fuse/fuse.cc), so that it need not wake the channel's thread to send. Only frames
+   * that go out at once are taken: on a shared-memory queue pair with nothing waiting before
+   * them, that fit the ring now, at most one ring entry in all. Returns 0 (published; the
+   * Controller woken as by `send`) or -EAGAIN (not now, nothing sent: a socket channel,
+   * output waiting, the ring full or broken, the channel closing: use `send` from the
+   * channel's thread, which reports those). Never calls the hook.
+   */
+  int (*send_any_thread)(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
 };
 
 /** The loop, as seen by the channel. */

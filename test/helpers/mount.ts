@@ -76,9 +76,9 @@ export function mountDir(s: Stack, name: string): string {
   return d;
 }
 
-/** `fractos mount POINT` as a child, once it printed its ready line. */
-export function mount(s: Stack, point: string, extra: string[] = []): Promise<Spawned> {
-  return spawnFractos(['mount', point, '--controller', s.addr, ...extra], /^ready mount/, { timeoutMs: 60_000 });
+/** `fractos mount POINT` as a child, once it printed its ready line; `env`: variables added to this process's. */
+export function mount(s: Stack, point: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<Spawned> {
+  return spawnFractos(['mount', point, '--controller', s.addr, ...extra], /^ready mount/, { timeoutMs: 60_000, env });
 }
 
 /** Remove whatever FUSE mount is left at `point` (a test that failed half-way). */

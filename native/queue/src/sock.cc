@@ -432,6 +432,10 @@ Napi::Value Sock::SetReading(const Napi::CallbackInfo& info) {
 Napi::Value Sock::Close(const Napi::CallbackInfo& info) {
   if (state_ == St::Open) {
     state_ = St::Closing;
+    {
+      std::lock_guard<std::mutex> g(txMu_);
+      txOpen_ = false;  // other threads' sends go through the channel's thread (which refuses them) from now on
+    }
     reading_ = false;
     if (qpoll_) uv_poll_stop(qpoll_);  // the rings are done; the socket lingers
     Flush();
@@ -542,7 +546,10 @@ Napi::Value Sock::AttachQueue(const Napi::CallbackInfo& info) {
     return fail("dup", e);
   }
   maxEntry_ = default_max_entry(map_.ring_bytes);
-  ep_ = Endpoint(map_.base, map_.ring_bytes, SIDE_PROCESS, maxEntry_, ownEfd_, peerEfd_);
+  {
+    std::lock_guard<std::mutex> g(txMu_);
+    ep_ = Endpoint(map_.base, map_.ring_bytes, SIDE_PROCESS, maxEntry_, ownEfd_, peerEfd_);
+  }
   if (ep_.rx.error() || ep_.tx.error()) {
     ReleaseQueue();
     return fail("indices", EPROTO);
@@ -557,6 +564,10 @@ Napi::Value Sock::AttachQueue(const Napi::CallbackInfo& info) {
   }
   qpoll_->data = this;
   uv_poll_start(qpoll_, UV_READABLE, OnDoorbell);
+  {
+    std::lock_guard<std::mutex> g(txMu_);
+    txOpen_ = state_ == St::Open;
+  }
   if (ep_.rx.arm(wakeAll_)) Kick();  // frames already there (sent right after the HELLO reply)
   return env.Undefined();
 }
@@ -572,6 +583,18 @@ void Sock::Kick() {
 // once per call (JS calls once per tick). What does not fit waits in qout_ with space-wanted
 // armed: the Controller's commit rings our doorbell.
 void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
+  int r = 0;
+  {
+    std::lock_guard<std::mutex> g(txMu_);
+    r = PushFramesLocked(iov, iovcnt, total, quiet);
+  }
+  if (r < 0) Fail(EPROTO, "the controller broke the request ring");
+  else if (r == 1) DrainDone();
+}
+
+// Under txMu_: -EPROTO (the ring is broken), 0 (all sent, or some wait in qout_), 1 (qout_ was
+// flushed empty: DrainDone).
+int Sock::PushFramesLocked(const struct iovec* iov, int iovcnt, size_t total, bool quiet) {
   counters_.bytesOut += total;
   size_t done = 0;
   if (qout_.size() == 0) {
@@ -581,38 +604,48 @@ void Sock::PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool qu
       if (r == -EAGAIN) break;
       if (r < 0) {
         ep_.tx.publish();
-        Fail(EPROTO, "the controller broke the request ring");
-        return;
+        return -EPROTO;
       }
       done += n;
     }
     if (quiet) ep_.tx.publish_quiet();
     else ep_.tx.publish();
-    if (done == total) return;
+    if (done == total) return 0;
   }
   qout_.append(iov, iovcnt, done);
-  FlushQ();
+  return FlushQLocked();
 }
 
 void Sock::FlushQ() {
+  int r;
+  {
+    std::lock_guard<std::mutex> g(txMu_);
+    r = FlushQLocked();
+  }
+  if (r < 0) Fail(EPROTO, "the controller broke the request ring");
+  else if (r == 1) DrainDone();
+}
+
+int Sock::FlushQLocked() {
   while (qout_.size() > 0) {
     uint32_t n = uint32_t(std::min<size_t>(qout_.size(), maxEntry_));
     int r = ep_.tx.push(qout_.data(), n);
     if (r == -EAGAIN) {
       ep_.tx.publish();
-      if (spaceArmed_) return;
+      if (spaceArmed_) return 0;
       if (ep_.tx.arm_space(n)) continue;  // freed meanwhile
       spaceArmed_ = true;
-      return;
+      return 0;
     }
-    if (r < 0) {
-      Fail(EPROTO, "the controller broke the request ring");
-      return;
-    }
+    if (r < 0) return -EPROTO;
     qout_.consume(n);
   }
   ep_.tx.publish();
   qout_.clear(1u << 20);
+  return 1;
+}
+
+void Sock::DrainDone() {
   if (state_ == St::Open && drainWanted_ && out_.size() == 0) {
     drainWanted_ = false;
     Napi::HandleScope scope(env_);
@@ -658,8 +691,11 @@ void Sock::OnQueueWake() {
   (void)rd;
   wakes_++;
   if (spaceArmed_) {
-    spaceArmed_ = false;
-    ep_.tx.disarm_space();
+    {
+      std::lock_guard<std::mutex> g(txMu_);
+      spaceArmed_ = false;
+      ep_.tx.disarm_space();
+    }
     FlushQ();
     if (state_ != St::Open) return;
   }
@@ -752,12 +788,16 @@ void Sock::ReleaseQueue() {
     uv_close(reinterpret_cast<uv_handle_t*>(qpoll_), deletePoll);
     qpoll_ = nullptr;
   }
-  ep_ = Endpoint();
-  map_.unmap();
+  {
+    std::lock_guard<std::mutex> g(txMu_);
+    txOpen_ = false;
+    ep_ = Endpoint();
+    map_.unmap();
+    qout_.clear();
+  }
   if (ownEfd_ >= 0) ::close(ownEfd_);
   if (peerEfd_ >= 0) ::close(peerEfd_);
   ownEfd_ = peerEfd_ = -1;
-  qout_.clear();
 }
 
 // ---- native I/O loop (native/include/frame_hook.h; docs/blockdev-backend.md) -----------------
@@ -786,7 +826,7 @@ Napi::Value Sock::SetFrameHook(const Napi::CallbackInfo& info) {
       !h->attach || !h->detach || !h->on_frame || !h->flush)
     return fail("not a frame hook of ABI " + std::to_string(FRACTOS_FRAME_HOOK_ABI), "EINVAL");
   DetachHook();
-  chanOps_ = fractos_chan_ops{FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_chan_ops), this, &Sock::ChanSend};
+  chanOps_ = fractos_chan_ops{FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_chan_ops), this, &Sock::ChanSend, &Sock::ChanSendAnyThread};
   if (int e = h->attach(h->ctx, &chanOps_)) return fail(std::string("attach: ") + strerror(-e), codeOf(-e));
   hook_ = h;
   hookRef_ = Napi::Persistent(info[0]);
@@ -820,6 +860,22 @@ int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t fla
   if (s->map_.base) s->PushFrames(iov, iovcnt, total, (flags & FRACTOS_SEND_QUIET) != 0);
   else s->Write(iov, iovcnt, total, nullptr, 0);
   return s->state_ == St::Open ? 0 : -EPIPE;
+}
+
+// frame_hook.h's send_any_thread: one ring entry straight into ring 0 under txMu_, or -EAGAIN.
+int Sock::ChanSendAnyThread(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags) {
+  auto* s = static_cast<Sock*>(chan);
+  if (iovcnt <= 0) return -EAGAIN;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  std::lock_guard<std::mutex> g(s->txMu_);
+  if (!s->txOpen_ || s->qout_.size() != 0 || total == 0 || total > s->maxEntry_) return -EAGAIN;
+  // -EAGAIN (full) or a broken ring (sticky: the channel's thread fails the channel on its next push)
+  if (s->ep_.tx.push_gather(iov, iovcnt, 0, uint32_t(total)) < 0) return -EAGAIN;
+  if (flags & FRACTOS_SEND_QUIET) s->ep_.tx.publish_quiet();
+  else s->ep_.tx.publish();
+  s->counters_.bytesOut += total;
+  return 0;
 }
 
 }  // namespace fractos::queue

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,9 @@ class Sock : public Napi::ObjectWrap<Sock> {
   // queue mode (docs/queues.md "The Process's side")
   void PushFrames(const struct iovec* iov, int iovcnt, size_t total, bool quiet);
   void FlushQ();
+  int PushFramesLocked(const struct iovec* iov, int iovcnt, size_t total, bool quiet);
+  int FlushQLocked();
+  void DrainDone();
   static void OnDoorbell(uv_poll_t* h, int status, int events);
   int DrainQ(FrameBatch& b);
   void OnQueueWake();
@@ -68,6 +72,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   void ReleaseQueue();
   // native I/O loop (native/include/frame_hook.h)
   static int ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
+  static int ChanSendAnyThread(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
   void HookFlush(uint32_t hooked);
   void DetachHook();
 
@@ -101,6 +106,10 @@ class Sock : public Napi::ObjectWrap<Sock> {
   FrameSplitter qin_;
   fdstream::ByteQueue qout_;  // bytes that did not fit ring 0
   bool spaceArmed_ = false;
+  // ep_.tx, qout_ and the pair's mapping are also used by ChanSendAnyThread from other
+  // threads: every use of them takes txMu_ (never held while JS or a hook is called).
+  std::mutex txMu_;
+  bool txOpen_ = false;  // under txMu_: ring 0 may be written (attached, Open)
   bool wakeAll_ = true;  // ring 1 sleep: WAKE_SLEEPING_ALL (any frame) or WAKE_SLEEPING (loud frames only)
   std::vector<uint8_t> entry_;
   uint64_t wakes_ = 0, polls_ = 0, pollHits_ = 0;
