@@ -58,7 +58,9 @@ async function rawQueued(addr: string, name: string): Promise<{ link: UnixLink; 
   const closed = new Promise<void>((res) => (link.onClose = () => res()));
   link.send(hello);
   const { r, fds } = await got;
-  if (fds.length !== 3 || (r.readUInt32LE(44) & Feature.QUEUE) === 0) throw new Error(`no queue pair: ${fds.length} fds`);
+  // [pair, our doorbell, the Controller's doorbell, the spinner budget page (when the host has one)]
+  if (fds.length < 3 || fds.length > 4 || (r.readUInt32LE(44) & Feature.QUEUE) === 0) throw new Error(`no queue pair: ${fds.length} fds`);
+  if (fds[3] !== undefined) closeFd(fds[3]);
   const ringBytes = r.readUInt32LE(48);
   const pair = new DataView(mapQueuePairRaw(fds[0]!));
   const ctlBell = fds[2]!;

@@ -65,7 +65,11 @@ export interface NativeSock {
   close(): void;
   fd(): number;
   /** Queue mode: ring 0 carries writev's frames, ring 1's frames come through onFrames. Errors: EPROTO. */
-  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
+  /**
+   * `budgetFd`: the host's spinner budget page (docs/queues.md "Spinner budget"), or -1;
+   * `pollNs`: our poll spin, written in the pair for the Controller (0: we do not poll).
+   */
+  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number, budgetFd?: number, pollNs?: number): void;
   /** Sleep on ring 1 for every frame (true, default) or all but quiet replies (false). */
   setWakeAll(all: boolean): void;
   /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
