@@ -92,6 +92,7 @@ interface QueueBinding {
   sendFds(sock: number, fds: number[], data: Uint8Array): void;
   recvFds(sock: number, want: number, cap: number): { fds: number[]; data: Buffer } | null;
   mapRaw(fd: number): ArrayBuffer;
+  mapBudgetRaw(fd: number): ArrayBuffer;
   Channel: new (
     fd: number, side: number, ownEfd: number, peerEfd: number, ringBytes: number, maxEntry: number, spinNs: number, yields: number,
   ) => NativeChannel;
@@ -180,6 +181,15 @@ export function recvFds(sock: number, want: number, cap = 256): { fds: number[];
 /** Map a verified pair whole, as a peer sees it (tools, tests of hostile writes). Errors: EPROTO. */
 export function mapQueuePairRaw(fd: number): ArrayBuffer {
   return call('mapQueuePairRaw', () => loadQueue().mapRaw(fd));
+}
+
+/**
+ * The host's spinner budget page (docs/queues.md "Spinner budget") mapped read-write, after
+ * the same checks as a Process makes (a memfd sealed against shrinking and growing, 4096
+ * bytes): tests write what a hostile Process would. Errors: EPROTO, EBADF.
+ */
+export function mapSpinBudgetRaw(fd: number): ArrayBuffer {
+  return call('mapSpinBudgetRaw', () => loadQueue().mapBudgetRaw(fd));
 }
 
 export interface QueueAttachOptions {
