@@ -180,14 +180,22 @@ class SpinBudget {
 
 /** Pure spinning (pause) at the start of a budget_spin; after it, each check yields the CPU first. */
 constexpr uint64_t PURE_SPIN_NS = 4000;
+/**
+ * A gap this long between two checks means we were preempted or a yield gave the CPU to
+ * someone else for a time slice: the CPU is contended, so budget_spin stops at once (spinning
+ * on would only delay the sleep that lets the peer run; under CFS one sched_yield() to a busy
+ * task can cost milliseconds).
+ */
+constexpr uint64_t CONTENDED_GAP_NS = 30'000;
 
 /**
  * Wait for `ready()` up to `ns`: spin briefly, then yield (issue #8: spin briefly, yield, then
  * sleep; the caller sleeps after). The first PURE_SPIN_NS spin with `pause` while holding a
  * slot of `b`; after that, or without a slot (all held: each check tries to take one again),
  * every check follows a sched_yield(), so that a thread that shares this CPU (the peer we
- * wait for, on a loaded machine) runs first instead of waiting out our time slice. Renews
- * the hold before it ends; gives the slot back on return. With no budget page (`b` null or
+ * wait for, on a loaded machine) runs first instead of waiting out our time slice; a gap
+ * of CONTENDED_GAP_NS between two checks (we were preempted, or a yield ran someone else's
+ * time slice) ends the spin, after one last check. Renews the hold before it ends; gives the slot back on return. With no budget page (`b` null or
  * invalid) the process-local budget of wake.h is used instead.
  * @return true when ready() became true.
  */
@@ -210,13 +218,14 @@ bool budget_spin(SpinBudget* b, Ready&& ready, uint64_t ns, Ignore&& ignore) {
         if (t < pure) cpu_relax();
         else sched_yield();
         if (t >= pure || (i & 15) == 15) {
+          uint64_t last = t;
           t = now_ns();
-          if (t >= end) break;
+          if (t >= end || t - last > CONTENDED_GAP_NS) break;
         }
       }
     }
     n.fetch_sub(1, std::memory_order_relaxed);
-    return got;
+    return got || ready();
   }
   bool got = false;
   b->take(hold, ignore);
@@ -233,13 +242,14 @@ bool budget_spin(SpinBudget* b, Ready&& ready, uint64_t ns, Ignore&& ignore) {
       if (!b->holding()) b->take(hold, ignore);
       sched_yield();
     }
+    uint64_t last = t;
     t = now_ns();
-    if (t >= end) break;
+    if (t >= end || t - last > CONTENDED_GAP_NS) break;
     // renew 100 µs before the hold ends (a spin longer than the longest hold)
     if (b->holding() && int32_t(b->deadline() - uint32_t(t / 1000u)) < 100) b->renew(hold);
   }
   b->release();
-  return got;
+  return got || ready();
 }
 template <class Ready>
 bool budget_spin(SpinBudget* b, Ready&& ready, uint64_t ns) {
