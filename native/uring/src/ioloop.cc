@@ -330,7 +330,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
 
   /**
    * With I/O in flight, before the loop goes back to sleep: poll the completion queue up to
-   * spinNs_ (the device answers in tens of µs here; waking a sleeping vCPU costs 25-100 µs),
+   * spinNs_ when set (the device answers in tens of µs here; waking a sleeping vCPU costs 25-100 µs),
    * within the host's spinner budget (the channel's `spin`, docs/queues.md "Spinner budget"),
    * and reap at once what came. Returns early when the channel has frames (new deliveries
    * are served first). Not nested: the reap's own flush does not spin again.
@@ -635,10 +635,13 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
   std::vector<Failed> failed_;
   uint32_t prepped_ = 0, acks_ = 0, seq_ = 0;
   uint64_t inflight_ = 0, reads_ = 0, writes_ = 0, ioErrors_ = 0, invokeErrors_ = 0, submits_ = 0;
-  /** Completion polling after a submit (SpinForCompletions): ns (FRACTOS_IOLOOP_SPIN_US, default 50 µs; 0 off), counters. */
+  /**
+   * Completion polling after a submit (SpinForCompletions): ns (FRACTOS_IOLOOP_SPIN_US, e.g. 50;
+   * default 0, off: not proven better on the loaded 2-vCPU VM, docs/measurements.md), counters.
+   */
   uint64_t spinNs_ = [] {
     const char* e = getenv("FRACTOS_IOLOOP_SPIN_US");
-    uint64_t us = e ? strtoull(e, nullptr, 10) : 50;
+    uint64_t us = e ? strtoull(e, nullptr, 10) : 0;
     return (us > 1000 ? 1000 : us) * 1000;
   }();
   bool spinning_ = false;
