@@ -299,8 +299,20 @@ function cpuS(pid: number): number {
   return (Number(rest[11]) + Number(rest[12])) / 100;
 }
 
+/** Start a Controller with the spin after poll-mode activity on (FRACTOS_POLL_SPIN_US, read at start). */
+async function withPollSpin<T>(startIt: () => Promise<T>): Promise<T> {
+  const was = process.env.FRACTOS_POLL_SPIN_US;
+  process.env.FRACTOS_POLL_SPIN_US = '100';
+  try {
+    return await startIt();
+  } finally {
+    if (was === undefined) delete process.env.FRACTOS_POLL_SPIN_US;
+    else process.env.FRACTOS_POLL_SPIN_US = was;
+  }
+}
+
 qtest('spinner budget: a Process that fills the page with garbage does not stop a poll-mode Process; the Controller clears it when it spins', async (t) => {
-  const { addr, close } = await start();
+  const { addr, close } = await withPollSpin(() => start());
   const hostile = await rawQueued(addr, 'scribbler');
   const procs: Process[] = [];
   try {
@@ -337,7 +349,7 @@ qtest('spinner budget: a Process that fills the page with garbage does not stop 
 qtest('spinner budget: a Process that writes an endless poll spin into its pair cannot keep the Controller spinning', async (t) => {
   const dir = tempDir();
   const [spec] = await clusterSpecs(1, dir);
-  const ctl = await startController(spec!, [spec!]);
+  const ctl = await withPollSpin(() => startController(spec!, [spec!]));
   const hostile = await rawQueued(spec!.unix, 'spinner');
   try {
     // poll_us (ring 1's consumer line + 12): 2^32 - 1 µs; then one NULL on ring 0, by hand

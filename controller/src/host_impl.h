@@ -76,9 +76,10 @@ struct HostOptions {
   /**
    * After activity of a poll-mode Process (its pair's poll word, docs/queues.md "Spinner
    * budget"), spin on every request ring up to min(its poll spin, this) (ns) before sleeping;
-   * 0: never (poll-mode Processes are then served like the others).
+   * 0 (default: not proven better on the loaded 2-vCPU VM, docs/measurements.md): never
+   * (poll-mode Processes are then served like the others).
    */
-  uint64_t pollSpinMaxNs = 100'000;
+  uint64_t pollSpinMaxNs = 0;
   /** Slots of the host's spinner budget page (spin_budget.h); 0: no page (process-local budgets). */
   uint32_t spinSlots = queue::default_budget_slots();
   uint32_t peerWaitWarnMs = 10000;
