@@ -5,7 +5,8 @@
  * in poll mode — next to two baselines measured in the same run: the C ping-pong of the same
  * queue mechanism (native/queue pingpong: sleeping waiters on eventfds for watch, spinning
  * waiters for poll) and a raw Node.js unix-socket round trip. Also the CPU of an idle stack
- * (the Controller OS process and one connected idle Process, queue mode) over `idleSeconds`.
+ * (the Controller OS process and one connected idle Process, queue mode; then the same with
+ * an idle poll-mode Process) over `idleSeconds`.
  * Medians of per-operation times (hrtime) over `seconds` per case.
  */
 import { execFile } from 'node:child_process';
@@ -147,21 +148,28 @@ export async function runStackBench(opts: StackBenchOptions = {}): Promise<Bench
       children.pop();
     }
 
-    // 3. an idle stack: the Controller and one connected idle Process (queue mode)
-    say(`idle stack CPU over ${idleSeconds} s`);
-    const idle = await connect(spec!.unix, { name: 'bench-idle' });
-    procs.push(idle);
-    await new Promise((r) => setTimeout(r, 2000)); // the closes of the runs above settle first
+    // 3. an idle stack: the Controller and one connected idle Process (queue mode), then the
+    // same with an idle poll-mode Process (it spins only while calls are outstanding; the
+    // Controller only after its activity)
     const pid = ctl.child.pid!;
-    const c0 = procCpuS(pid);
-    const u0 = process.cpuUsage();
-    const t0 = performance.now();
-    await new Promise((r) => setTimeout(r, idleSeconds * 1000));
-    const wall = (performance.now() - t0) / 1000;
-    const ctlPct = ((procCpuS(pid) - c0) / wall) * 100;
-    const u = process.cpuUsage(u0);
-    const procPct = ((u.user + u.system) / 1e6 / wall) * 100;
-    rec('idle_stack_cpu', ctlPct + procPct, '%', null, { controller_pct: +ctlPct.toFixed(2), process_pct: +procPct.toFixed(2), wall_s: +wall.toFixed(2) });
+    for (const [metric, copts] of [['idle_stack_cpu', {}], ['idle_poll_stack_cpu', { poll: true }]] as const) {
+      say(`${metric} over ${idleSeconds} s`);
+      const idle = await connect(spec!.unix, { name: `bench-${metric}`, ...copts });
+      procs.push(idle);
+      await idle.nullOp(); // the poll client has been active once
+      await new Promise((r) => setTimeout(r, 2000)); // the closes of the runs above settle first
+      const c0 = procCpuS(pid);
+      const u0 = process.cpuUsage();
+      const t0 = performance.now();
+      await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+      const wall = (performance.now() - t0) / 1000;
+      const ctlPct = ((procCpuS(pid) - c0) / wall) * 100;
+      const u = process.cpuUsage(u0);
+      const procPct = ((u.user + u.system) / 1e6 / wall) * 100;
+      rec(metric, ctlPct + procPct, '%', null, { controller_pct: +ctlPct.toFixed(2), process_pct: +procPct.toFixed(2), wall_s: +wall.toFixed(2) });
+      await idle.close();
+      procs.pop();
+    }
   } finally {
     for (const p of procs) await p.close().catch(() => {});
     for (const c of children.reverse()) await c.stop().catch(() => {});

@@ -144,6 +144,8 @@ interface FioOpts {
   adminSecretFile?: string;
   dax?: boolean;
   exclusive?: boolean;
+  /** The fio Process polls for its answers (connect poll: true; docs/queues.md "Spinner budget"). */
+  poll?: boolean;
   files?: string;
   size?: string;
 }
@@ -175,7 +177,7 @@ async function runFio(profile: string, o: FioOpts): Promise<void> {
   let shares: CpuShare[];
   let p: Process | null = null;
   try {
-    p = await connect(o.controller ?? stack!.controller, { name: 'fio' });
+    p = await connect(o.controller ?? stack!.controller, { name: 'fio', poll: o.poll === true });
     const fs = kind === 'blockdev' ? null : await FsClient.connect(p, o.fs);
     const targets = new Map<FioJob, IoTarget>();
     const admin = adminFor(p, cleanups, stack?.adminSecret ?? (o.adminSecretFile !== undefined ? readAdminSecret(o.adminSecretFile) : undefined));
@@ -288,6 +290,7 @@ export function register(program: Command): void {
     .option('--runtime <s>', 'override the runtime, seconds')
     .option('--json', 'fio JSON (or, with --compare, DESIGN §6 records)')
     .option('--compare', 'also run real fio on the same device and compare')
+    .option('--poll', 'the fio Process polls for its completions (connect poll: true, like fio\'s hipri); the Controller spins after its activity')
     .option('--admin-secret-file <file>', 'with --controller and --target blockdev: the blockdev\'s admin secret (its --admin-secret-file), to claim its volume administration')
     .action(async (profile: string, o: FioOpts) => {
       cleanupOnSignals('fractos fio');

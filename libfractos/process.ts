@@ -267,11 +267,12 @@ export class Process extends EventEmitter {
       name.copy(f, 24);
     });
     try {
-      // A queue pair: [memfd, our doorbell, the Controller's doorbell] (docs/queues.md).
+      // A queue pair: [memfd, our doorbell, the Controller's doorbell, the host's spinner
+      // budget page (optional)] (docs/queues.md).
       const granted = r.length >= 52 ? r.readUInt32LE(44) : 0;
       if (granted & Feature.QUEUE) {
-        if (fds.length !== 3 || !(this.#link instanceof UnixLink)) throw new FractosError('EPROTO', `HELLO reply: queue granted with ${fds.length} fds`);
-        this.#link.attachQueue(fds[0]!, fds[1]!, fds[2]!, r.readUInt32LE(48), pollNs);
+        if (fds.length < 3 || fds.length > 4 || !(this.#link instanceof UnixLink)) throw new FractosError('EPROTO', `HELLO reply: queue granted with ${fds.length} fds`);
+        this.#link.attachQueue(fds[0]!, fds[1]!, fds[2]!, r.readUInt32LE(48), fds[3] ?? -1, pollNs);
         const link = this.#link;
         link.outstanding = () => this.#calls.size > 0;
       }

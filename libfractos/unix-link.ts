@@ -74,12 +74,14 @@ export class UnixLink implements FrameLink {
   /**
    * Switch to the queue pair the Controller sent with the HELLO reply (docs/queues.md):
    * frames (but those with fds) go on ring 0, ring 1's frames arrive through `onFrame` like
-   * the socket's. The fds stay the caller's. `pollNs` > 0: poll mode (after each flush with
-   * calls outstanding, spin up to that long for their answers and handle them at once).
-   * Errors: EPROTO (not a sealed pair of `ringBytes` per ring), EINVAL.
+   * the socket's. The fds stay the caller's. `budgetFd`: the host's spinner budget page
+   * (docs/queues.md "Spinner budget"), -1 for none (spins then use a process-local budget).
+   * `pollNs` > 0: poll mode (after each flush with calls outstanding, spin up to that long
+   * for their answers and handle them at once; the Controller spins after our activity).
+   * Errors: EPROTO (not a sealed pair of `ringBytes` per ring, or not a budget page), EINVAL.
    */
-  attachQueue(memfd: number, ownDoorbell: number, peerDoorbell: number, ringBytes: number, pollNs = 0): void {
-    this.#sock.attachQueue(memfd, ownDoorbell, peerDoorbell, ringBytes);
+  attachQueue(memfd: number, ownDoorbell: number, peerDoorbell: number, ringBytes: number, budgetFd = -1, pollNs = 0): void {
+    this.#sock.attachQueue(memfd, ownDoorbell, peerDoorbell, ringBytes, budgetFd, pollNs);
     this.#queue_ = true;
     this.#pollNs = pollNs;
   }

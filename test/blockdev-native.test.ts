@@ -4,7 +4,8 @@
  * without JS (its counters prove it); every hostile or unusual request still gets the JS
  * path's typed error, and the loop never touches bytes outside the buffer it was given, nor
  * outside the volume; I/O errors of native ops reach onError with the JS path's code; a client
- * that leaves with I/O in flight affects nobody; the frame hook refuses what is not a hook.
+ * that leaves with I/O in flight affects nobody; the frame hook refuses what is not a hook;
+ * with completion polling on (FRACTOS_IOLOOP_SPIN_US) the same bytes come back.
  */
 import { randomBytes } from 'node:crypto';
 import { truncateSync } from 'node:fs';
@@ -28,11 +29,22 @@ interface Env {
   procs: Process[];
 }
 
-async function env(device: string): Promise<Env> {
+async function env(device: string, ioloopSpinUs?: number): Promise<Env> {
   const d = tempDir();
   const addr = `unix:${join(d, 'c.sock')}`;
   const c = await Controller.start({ id: 1, listen: [addr], stateDir: join(d, 'state') });
-  const svc = await BlockdevService.start({ device, controller: addr, format: true, queueDepth: 32, native: true });
+  // the loop reads FRACTOS_IOLOOP_SPIN_US when it is made (at start)
+  const was = process.env.FRACTOS_IOLOOP_SPIN_US;
+  if (ioloopSpinUs !== undefined) process.env.FRACTOS_IOLOOP_SPIN_US = String(ioloopSpinUs);
+  let svc: BlockdevService;
+  try {
+    svc = await BlockdevService.start({ device, controller: addr, format: true, queueDepth: 32, native: true });
+  } finally {
+    if (ioloopSpinUs !== undefined) {
+      if (was === undefined) delete process.env.FRACTOS_IOLOOP_SPIN_US;
+      else process.env.FRACTOS_IOLOOP_SPIN_US = was;
+    }
+  }
   return { c, addr, svc, procs: [] };
 }
 
@@ -162,6 +174,30 @@ vtest('native loop: a client that leaves with I/O in flight affects nobody; the 
     t.is(e.svc.nativeStats!.inFlight, 0);
     // The frame hook only takes an External made by a native loop.
     t.throws(() => b.setFrameHook({}), { code: 'EINVAL' });
+  } finally {
+    await teardown(e);
+  }
+});
+
+vtest('native loop with completion polling (FRACTOS_IOLOOP_SPIN_US=200): writes and reads at QD1 and QD8 return the same bytes; the polls are counted', async (t) => {
+  const e = await env(devices.devFile(16 << 20), 200);
+  try {
+    const p = await client(e);
+    const v = await volumeCreate(p, (await adminClaim(p, 'blockdev', 5000)).create, 1 << 20);
+    const port = new IoPort(p);
+    const { cid, region } = await p.memoryCreateShared(64 << 10, Perm.RW, { shareWhole: true });
+    const bufs = await Promise.all([...Array(8).keys()].map((i) => p.memoryDiminish(cid, i * 4096, 4096)));
+    const data = randomBytes(32768);
+    region.bytes.set(data, 0);
+    t.is(await port.ioAsync(v.write, true, 0, 4096, bufs[0]!), 4096); // maps the region (JS)
+    for (let i = 0; i < 8; i++) t.is(await port.ioAsync(v.write, true, i * 4096, 4096, bufs[i]!), 4096);
+    region.bytes.fill(0);
+    t.deepEqual(await Promise.all(bufs.map((b, i) => port.ioAsync(v.read, false, i * 4096, 4096, b))), Array(8).fill(4096));
+    t.true(Buffer.from(region.bytes.subarray(0, 32768)).equals(data));
+    const st = e.svc.nativeStats!;
+    t.true(st.reads >= 8 && st.writes >= 8, `${st.reads} reads, ${st.writes} writes native`);
+    t.true(st.spins > 0, `the loop polled its completion queue: ${JSON.stringify(st)}`);
+    t.true(st.spinHits <= st.spins);
   } finally {
     await teardown(e);
   }

@@ -1,6 +1,6 @@
 // The queue library's C++ tests (native/queue/src/ring_test.cc: round trip, wrap-around,
 // full ring, hostile producer and consumer, a producer killed -9 mid-write, seals, SCM_RIGHTS,
-// idle CPU), run as built by node-gyp and rebuilt with -fsanitize=address,undefined, plus the
+// idle CPU, the spinner budget: bounds, hostile holders, processes racing for slots), run as built by node-gyp and rebuilt with -fsanitize=address,undefined, plus the
 // seeded random driver of the decoder's fuzz target for a fixed time (FRACTOS_FUZZ_SEED,
 // default 1; `random` draws one; FRACTOS_QUEUE_FUZZ_MS, default 2000).
 import test from 'ava';
@@ -49,7 +49,7 @@ function runAll(t: import('ava').ExecutionContext, bin: string, env?: NodeJS.Pro
   t.notRegex(r.stderr, /runtime error|AddressSanitizer|LeakSanitizer/);
   t.notRegex(r.stdout, /^not ok/m);
   for (const name of ['roundtrip', 'wrap', 'full_backpressure', 'hostile_consumer', 'hostile_producer_side', 'cross_process_futex',
-    'cross_process_eventfd', 'killed_mid_write', 'seals', 'scm_rights', 'idle_cpu']) {
+    'cross_process_eventfd', 'killed_mid_write', 'seals', 'scm_rights', 'idle_cpu', 'budget_basic', 'budget_hostile', 'budget_bound']) {
     t.regex(r.stdout, new RegExp(`^ok ${name}$`, 'm'));
   }
 }

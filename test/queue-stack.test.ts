@@ -5,18 +5,20 @@
  * rings loses its channel and nobody else notices; a Process killed -9 in the middle of queue
  * traffic; the Controller OS process killed -9 (EDISCONNECTED); a Process that never drains
  * ring 1 (the Controller's backlog stays bounded, it stops reading that Process, others are
- * served, nothing is lost once it reads); quiet invocations (REQUEST_INVOKE_QUIET). Skipped with the reason when the queue addon is not
+ * served, nothing is lost once it reads); quiet invocations (REQUEST_INVOKE_QUIET); the host's
+ * spinner budget page against a Process that fills it with garbage or asks for an endless
+ * spin (docs/queues.md "Spinner budget"). Skipped with the reason when the queue addon is not
  * built.
  */
 import test from 'ava';
-import { writeSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Controller } from '../controller/index.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { FractosError } from '../libfractos/errors.js';
 import { Feature, Op, allocFrame } from '../libfractos/protocol.js';
 import { UnixLink } from '../libfractos/unix-link.js';
-import { closeFd, loadQueue, mapQueuePairRaw } from '../native/queue/index.js';
+import { closeFd, loadQueue, mapQueuePairRaw, mapSpinBudgetRaw } from '../native/queue/index.js';
 import { clusterSpecs, spawnNode, startController, tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
 
@@ -41,7 +43,7 @@ function linkOf(c: Controller, name: string): { closed?: boolean; backlogBytes: 
 }
 
 /** A raw Process on a queue pair: HELLO with QUEUE by hand, the pair mapped whole (a hostile view). */
-async function rawQueued(addr: string, name: string): Promise<{ link: UnixLink; pair: DataView; ringBytes: number; ring: () => void; closed: Promise<void> }> {
+async function rawQueued(addr: string, name: string): Promise<{ link: UnixLink; pair: DataView; ringBytes: number; ring: () => void; closed: Promise<void>; budget?: DataView }> {
   const link = await UnixLink.connect(addr.slice(5), 1 << 24, 2000);
   const nameB = Buffer.from(name);
   const hello = allocFrame(Op.HELLO, 1, 8 + nameB.length);
@@ -58,7 +60,13 @@ async function rawQueued(addr: string, name: string): Promise<{ link: UnixLink; 
   const closed = new Promise<void>((res) => (link.onClose = () => res()));
   link.send(hello);
   const { r, fds } = await got;
-  if (fds.length !== 3 || (r.readUInt32LE(44) & Feature.QUEUE) === 0) throw new Error(`no queue pair: ${fds.length} fds`);
+  // [pair, our doorbell, the Controller's doorbell, the spinner budget page (when the host has one)]
+  if (fds.length < 3 || fds.length > 4 || (r.readUInt32LE(44) & Feature.QUEUE) === 0) throw new Error(`no queue pair: ${fds.length} fds`);
+  let budget: DataView | undefined;
+  if (fds[3] !== undefined) {
+    budget = new DataView(mapSpinBudgetRaw(fds[3]));
+    closeFd(fds[3]);
+  }
   const ringBytes = r.readUInt32LE(48);
   const pair = new DataView(mapQueuePairRaw(fds[0]!));
   const ctlBell = fds[2]!;
@@ -66,7 +74,7 @@ async function rawQueued(addr: string, name: string): Promise<{ link: UnixLink; 
   closeFd(fds[1]!);
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
-  return { link, pair, ringBytes, ring: () => void writeSync(ctlBell, one), closed: closed.finally(() => closeFd(ctlBell)) };
+  return { link, pair, ringBytes, ring: () => void writeSync(ctlBell, one), closed: closed.finally(() => closeFd(ctlBell)), budget };
 }
 
 qtest('unix Processes use a queue pair by default; queue: false keeps the socket; both work', async (t) => {
@@ -281,5 +289,90 @@ qtest('quiet invocations: the promise resolves, the continuation arrives, failur
   } finally {
     for (const p of procs) await p.close();
     await close();
+  }
+});
+
+/** CPU seconds (user + system) of an OS process so far (/proc/PID/stat, 100 Hz ticks). */
+function cpuS(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100;
+}
+
+/** Start a Controller with the spin after poll-mode activity on (FRACTOS_POLL_SPIN_US, read at start). */
+async function withPollSpin<T>(startIt: () => Promise<T>): Promise<T> {
+  const was = process.env.FRACTOS_POLL_SPIN_US;
+  process.env.FRACTOS_POLL_SPIN_US = '100';
+  try {
+    return await startIt();
+  } finally {
+    if (was === undefined) delete process.env.FRACTOS_POLL_SPIN_US;
+    else process.env.FRACTOS_POLL_SPIN_US = was;
+  }
+}
+
+qtest('spinner budget: a Process that fills the page with garbage does not stop a poll-mode Process; the Controller clears it when it spins', async (t) => {
+  const { addr, close } = await withPollSpin(() => start());
+  const hostile = await rawQueued(addr, 'scribbler');
+  const procs: Process[] = [];
+  try {
+    const b = hostile.budget;
+    if (!b) return t.pass('no spinner budget page on this host (one CPU: FRACTOS_SPIN_SLOTS 0)');
+    t.is(b.getUint32(0, true), 0x31425346); // "FSB1"
+    const slots = b.getUint32(8, true);
+    t.true(slots >= 1 && slots <= 32);
+    // every slot: a tag that is nobody's, a deadline 10 s ahead (beyond the 1 ms a hold may last)
+    const garbage = (): void => {
+      const d = Number((process.hrtime.bigint() / 1000n + 10_000_000n) & 0xffffffffn);
+      for (let i = 0; i < slots; i++) b.setBigUint64(64 + 64 * i, (0x7fffffffn << 32n) | BigInt(d), true);
+    };
+    garbage();
+    const p = await connect(addr, { name: 'poller', poll: true });
+    procs.push(p);
+    for (let i = 0; i < 200; i++) await p.nullOp();
+    for (let i = 0; i < slots; i++) t.not(Number(b.getBigUint64(64 + 64 * i, true) >> 32n), 0x7fffffff, `slot ${i} still garbage`);
+    // and while the garbage is written again and again, calls still complete
+    const timer = setInterval(garbage, 1);
+    try {
+      for (let i = 0; i < 200; i++) await p.nullOp();
+    } finally {
+      clearInterval(timer);
+    }
+    t.pass();
+  } finally {
+    for (const p of procs) await p.close();
+    hostile.link.close();
+    await close();
+  }
+});
+
+qtest('spinner budget: a Process that writes an endless poll spin into its pair cannot keep the Controller spinning', async (t) => {
+  const dir = tempDir();
+  const [spec] = await clusterSpecs(1, dir);
+  const ctl = await withPollSpin(() => startController(spec!, [spec!]));
+  const hostile = await rawQueued(spec!.unix, 'spinner');
+  try {
+    // poll_us (ring 1's consumer line + 12): 2^32 - 1 µs; then one NULL on ring 0, by hand
+    hostile.pair.setUint32(512 + 12, 0xffffffff, true);
+    const base = 4096;
+    hostile.pair.setUint32(base, 16, true); // entry: len 16, kind DATA
+    hostile.pair.setUint32(base + 4, 1, true);
+    const f = allocFrame(Op.NULL, 7, 0);
+    for (let i = 0; i < 16; i++) hostile.pair.setUint8(base + 8 + i, f[i]!);
+    hostile.pair.setBigUint64(128, 24n, true); // tail
+    hostile.ring();
+    // the answer arrives on ring 1 (its tail moves): the Controller read it and spun at most FRACTOS_POLL_SPIN_US
+    const r1 = 384;
+    await until(() => hostile.pair.getBigUint64(r1, true) > 0n, 5000);
+    const pid = ctl.child.pid!;
+    const c0 = cpuS(pid);
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 1000));
+    const pct = ((cpuS(pid) - c0) / ((performance.now() - t0) / 1000)) * 100;
+    t.log(`Controller CPU over the second after the hostile's activity: ${pct.toFixed(1)} %`);
+    t.true(pct < 50, `the Controller kept spinning: ${pct.toFixed(1)} % of a core`);
+  } finally {
+    hostile.link.close();
+    await ctl.stop();
   }
 });

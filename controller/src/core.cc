@@ -173,17 +173,18 @@ void CoreImpl::processHello(ConnId c, uint32_t kernelPid, bool unixSocket, const
   procByConn_[c] = proc;
   host_->setLinkInfo(c, false, proc->id, proc->name);
   // Features granted: Memory descriptors as asked; a queue pair only on a unix socket, its
-  // three fds sent with this reply (docs/queues.md), frames after it on the rings.
+  // three fds (four with the spinner budget page) sent with this reply (docs/queues.md), frames after it on the rings.
   uint32_t granted = proc->features & kFeatureMemoryDescriptors;
-  int qfds[3];
+  int qfds[4];
+  int nq = 0;
   uint32_t ringBytes = 0;
-  if ((proc->features & kFeatureQueue) && unixSocket && host_->attachQueue(c, qfds, &ringBytes)) granted |= kFeatureQueue;
+  if ((proc->features & kFeatureQueue) && unixSocket && (nq = host_->attachQueue(c, qfds, &ringBytes)) > 0) granted |= kFeatureQueue;
   proc->features = granted;
   encodeHelloReply(out_, h.seq, id_, epoch_, proc->id, limits_.maxFrameBytes, limits_.maxImmBytes, limits_.maxCapSlots,
                    limits_.maxOutstandingDeliveries, granted, ringBytes);
   if (granted & kFeatureQueue) {
     struct iovec iov{const_cast<uint8_t*>(out_.data()), out_.size()};
-    host_->sendWithFds(c, &iov, 1, qfds, 3);
+    host_->sendWithFds(c, &iov, 1, qfds, nq);
   } else {
     send(c, out_);
   }

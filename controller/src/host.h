@@ -169,14 +169,16 @@ class Host {
   /**
    * During `Core::processHello(c, ...)` of a unix Process conn that asked for HELLO feature
    * QUEUE: give it a queue pair (docs/queues.md "The Controller's side"). Fills fds[0..2]
-   * with the pair memfd, the Process's doorbell and the Controller's doorbell (owned by the
-   * host: send them with the HELLO reply through sendWithFds, do not close them) and
-   * *ringBytes. From then on every frame `send` passes for `c` goes on the completion ring
-   * (frames with fds still go on the socket), and the Process's frames are read from both.
-   * @return false (nothing changed: answer without the bit) on tcp, outside processHello, or
-   * when the pair cannot be made (logged).
+   * with the pair memfd, the Process's doorbell and the Controller's doorbell and, when the
+   * host has one, fds[3] with the host's spinner budget page (docs/queues.md "Spinner
+   * budget"); all owned by the host: send them with the HELLO reply through sendWithFds, do
+   * not close them. Sets *ringBytes. From then on every frame `send` passes for `c` goes on
+   * the completion ring (frames with fds still go on the socket), and the Process's frames
+   * are read from both.
+   * @return how many fds (3 or 4), or 0 (nothing changed: answer without the bit) on tcp,
+   * outside processHello, or when the pair cannot be made (logged).
    */
-  virtual bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) = 0;
+  virtual int attachQueue(ConnId c, int fds[4], uint32_t* ringBytes) = 0;
 
   /**
    * The core has deliveries for the Process on `c` waiting for its credits (true) or none

@@ -23,6 +23,7 @@
 // the loop never waits for JS).
 #include <napi.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -106,6 +107,11 @@ class ControllerHost : public Napi::ObjectWrap<ControllerHost> {
     ho.helloTimeoutMs = u32(o, "helloTimeoutMs", 5000);
     // FRACTOS_QUEUE_SPIN_US: the Controller's spin on active request rings (docs/queues.md), 0 = never
     if (const char* e = getenv("FRACTOS_QUEUE_SPIN_US")) ho.queueSpinNs = strtoull(e, nullptr, 10) * 1000;
+    // FRACTOS_POLL_SPIN_US: the longest spin after a poll-mode Process's activity (e.g. 100;
+    // default 0: none);
+    // FRACTOS_SPIN_SLOTS: slots of the host's spinner budget (default CPUs - 1; 0: no page)
+    if (const char* e = getenv("FRACTOS_POLL_SPIN_US")) ho.pollSpinMaxNs = std::min<uint64_t>(strtoull(e, nullptr, 10), 1000) * 1000;
+    if (const char* e = getenv("FRACTOS_SPIN_SLOTS")) ho.spinSlots = uint32_t(std::min<uint64_t>(strtoull(e, nullptr, 10), fractos::queue::BUDGET_MAX_SLOTS));
     ho.peerWaitWarnMs = u32(o, "peerWaitWarnMs", 10000);
     Napi::Value lv = o.Get("limits");
     if (lv.IsObject()) {

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../../native/queue/src/memfd.h"
+#include "../../native/queue/src/spin_budget.h"
 #include "fd_stream.h"
 #include "host.h"
 
@@ -72,6 +73,15 @@ struct HostOptions {
    * the spinner budget (wake.h: CPUs - 1 per process).
    */
   uint64_t queueSpinNs = 0;
+  /**
+   * After activity of a poll-mode Process (its pair's poll word, docs/queues.md "Spinner
+   * budget"), spin on every request ring up to min(its poll spin, this) (ns) before sleeping;
+   * 0 (default: not proven better on the loaded 2-vCPU VM, docs/measurements.md): never
+   * (poll-mode Processes are then served like the others).
+   */
+  uint64_t pollSpinMaxNs = 0;
+  /** Slots of the host's spinner budget page (spin_budget.h); 0: no page (process-local budgets). */
+  uint32_t spinSlots = queue::default_budget_slots();
   uint32_t peerWaitWarnMs = 10000;
   std::vector<uint8_t> secret;  // empty: none (then no peers)
   std::vector<std::pair<uint32_t, HostAddr>> peers;
@@ -109,6 +119,10 @@ struct ConnQueue {
   bool recent = false;      // in recentQueues_: read entries this iteration (spinRings)
   bool loud = false;        // a frame that wakes the Process was pushed since the last publish
   bool wantAll = false;     // the core waits for this Process's credits: wake for quiet entries too
+  /** The Process's poll spin (µs) as it wrote it in its pair (untrusted; clamped by pollSpinMaxNs). */
+  uint32_t pollUs() const {
+    return reinterpret_cast<const std::atomic<uint32_t>*>(map.base + queue::consumer_line(queue::RING_COMPLETION) + 12)->load(std::memory_order_relaxed);
+  }
   ConnQueue() = default;
   ConnQueue(const ConnQueue&) = delete;
   ConnQueue& operator=(const ConnQueue&) = delete;
@@ -206,7 +220,7 @@ class HostImpl final : public Host {
   void sendQuiet(ConnId c, const struct iovec* iov, int iovcnt) override;
   void sendWithFds(ConnId c, const struct iovec* iov, int iovcnt, const int* fds, int nfds) override;
   int takeFd(ConnId c) override;
-  bool attachQueue(ConnId c, int fds[3], uint32_t* ringBytes) override;
+  int attachQueue(ConnId c, int fds[4], uint32_t* ringBytes) override;
   void waitingForCredits(ConnId c, bool waiting) override;
   uint64_t backlog(ConnId c) const override;
   void close(ConnId c, const std::string& why) override;
@@ -295,6 +309,14 @@ class HostImpl final : public Host {
   std::vector<ConnId> readyQueues_;
   /** Conns whose ring 0 had entries in this iteration (spinRings watches them before sleeping). */
   std::vector<ConnId> recentQueues_;
+  /** spinRings: the loop spins on the request rings until this time (ns, now_ns), set by poll-mode activity. */
+  uint64_t spinUntilNs_ = 0;
+  /** The host's spinner budget page (spin_budget.h): fd sent to every queued Process, our mapping. */
+  int budgetFd_ = -1;
+  uint8_t* budgetMap_ = nullptr;
+  queue::SpinBudget budget_;
+  /** Spin counters (stats): spins, spins that found entries, slots reclaimed from dead or hostile holders. */
+  uint64_t spins_ = 0, spinHits_ = 0, spinReclaims_ = 0;
   /** processHello is running for this conn (attachQueue is allowed). */
   ConnId helloConn_ = 0;
   /** The frame being handed to the core (takeFd): its conn and socket stream range. */

@@ -2,6 +2,7 @@
 // eventfd of commands posted by the JS thread; one-shot timers in a min-heap whose first
 // deadline bounds epoll_wait. See host_impl.h for where the other concerns live.
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -44,6 +45,8 @@ HostImpl::~HostImpl() {
   listeners_.clear();
   if (evfd_ >= 0) ::close(evfd_);
   if (ep_ >= 0) ::close(ep_);
+  if (budgetMap_) munmap(budgetMap_, queue::BUDGET_BYTES);
+  if (budgetFd_ >= 0) ::close(budgetFd_);
 }
 
 uint64_t HostImpl::nowMs() const { return monoMs(); }
@@ -69,6 +72,21 @@ bool HostImpl::start(uint32_t epoch, std::string* err) {
     ev.events = EPOLLIN;
     ev.data.u64 = kListenerTag | i;
     epoll_ctl(ep_, EPOLL_CTL_ADD, listeners_[i].fd, &ev);
+  }
+  // the host's spinner budget page (docs/queues.md "Spinner budget"); without it, spins use
+  // the process-local budget
+  if (opts_.spinSlots > 0 && budgetFd_ < 0) {
+    int fd = queue::create_budget_fd(opts_.spinSlots);
+    int e = fd;
+    uint8_t* m = fd >= 0 ? queue::map_budget_fd(fd, &e) : nullptr;
+    if (m) {
+      budgetFd_ = fd;
+      budgetMap_ = m;
+      budget_ = queue::SpinBudget(m, opts_.spinSlots, uint32_t(getpid()));
+    } else {
+      if (fd >= 0) ::close(fd);
+      log(LogLevel::Warn, std::string("spinner budget page: ") + strerror(-e) + " (spins use the process-local budget)", "{}");
+    }
   }
   running_ = true;
   thread_ = std::thread([this] { run(); });

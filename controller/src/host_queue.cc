@@ -31,11 +31,11 @@ namespace {
 constexpr int kEntriesPerTurn = 256;
 }  // namespace
 
-bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
+int HostImpl::attachQueue(ConnId id, int fds[4], uint32_t* ringBytes) {
   auto it = conns_.find(id);
-  if (it == conns_.end() || id != helloConn_) return false;
+  if (it == conns_.end() || id != helloConn_) return 0;
   Conn* c = it->second.get();
-  if (!c->unixSock || c->q || c->state != ConnState::Process) return false;
+  if (!c->unixSock || c->q || c->state != ConnState::Process) return 0;
   const uint32_t rb = opts_.core.limits.queueRingBytes;
   auto q = std::make_unique<ConnQueue>();
   q->memfd = queue::create_pair_fd(rb);
@@ -46,7 +46,7 @@ bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
     for (int* fd : {&q->memfd, &q->procEfd, &q->ctlEfd}) if (*fd < 0) *fd = -1;
     log(LogLevel::Warn, std::string("queue pair: ") + strerror(-e) + " (the Process stays on its socket)",
         "{\"conn\":" + std::to_string(id) + "}");
-    return false;
+    return 0;
   }
   q->maxEntry = queue::default_max_entry(rb);
   q->ep = queue::Endpoint(q->map.base, rb, queue::SIDE_CONTROLLER, q->maxEntry, q->ctlEfd, q->procEfd);
@@ -55,15 +55,16 @@ bool HostImpl::attachQueue(ConnId id, int fds[3], uint32_t* ringBytes) {
   ev.data.u64 = kQueueTag | id;
   if (epoll_ctl(ep_, EPOLL_CTL_ADD, q->ctlEfd, &ev) != 0) {
     log(LogLevel::Warn, std::string("queue pair: epoll: ") + strerror(errno), "{\"conn\":" + std::to_string(id) + "}");
-    return false;
+    return 0;
   }
   q->ep.rx.arm();  // asleep on ring 0 until the Process rings
   fds[0] = q->memfd;
   fds[1] = q->procEfd;
   fds[2] = q->ctlEfd;
+  fds[3] = budgetFd_;
   *ringBytes = rb;
   c->q = std::move(q);
-  return true;
+  return budgetFd_ >= 0 ? 4 : 3;
 }
 
 void HostImpl::waitingForCredits(ConnId id, bool waiting) {
@@ -244,38 +245,64 @@ void HostImpl::publishRings() {
   }
 }
 
-// Before the loop sleeps: the conns whose request ring had entries in this iteration are
-// watched for up to queueSpinNs (their wait words say awake, so their Processes make no
-// syscall to publish), then each announces sleep and re-checks (Consumer::arm). A ring that
-// gets entries meanwhile is read at once (readyQueues_). One spin per burst of activity: an
-// idle stack does not spin. Within the spinner budget of wake.h, else no spin.
+// Before the loop sleeps (docs/queues.md "Spinner budget"): when a poll-mode Process (its
+// pair's poll word > 0) or, with queueSpinNs, any Process had entries read recently, the loop
+// watches every request ring until spinUntilNs_ (that activity + min(its poll spin,
+// pollSpinMaxNs), or + queueSpinNs): their wait words say awake, so their Processes publish
+// without a system call, and what comes is read at once (readyQueues_). It spins only while
+// it holds a slot of the host's budget (else it yields between checks), and ignores (and
+// clears) slots held by tags that are not its live queued Processes or that hold more than
+// one. Then each ring announces sleep and is re-checked (Consumer::arm). The window runs on
+// the Controller's clock: a Process extends it only by sending entries; an idle stack does
+// not spin.
 void HostImpl::spinRings() {
-  if (recentQueues_.empty()) return;
-  std::vector<Conn*> watch;
+  const uint64_t now = queue::now_ns();
   for (ConnId id : recentQueues_) {
     auto it = conns_.find(id);
     if (it == conns_.end() || !it->second->q) continue;
-    Conn* c = it->second.get();
-    c->q->recent = false;
-    if (c->state != ConnState::Process || c->paused || c->q->ready) continue;
-    watch.push_back(c);
+    ConnQueue& q = *it->second->q;
+    q.recent = false;
+    uint64_t w = std::max<uint64_t>(std::min<uint64_t>(uint64_t(q.pollUs()) * 1000u, opts_.pollSpinMaxNs), opts_.queueSpinNs);
+    if (w && now + w > spinUntilNs_) spinUntilNs_ = now + w;
   }
   recentQueues_.clear();
-  if (watch.empty()) return;
-  auto& spinners = queue::spinners();
-  bool mine = opts_.queueSpinNs > 0 && spinners.fetch_add(1, std::memory_order_relaxed) < queue::max_spinners();
-  if (mine) {
-    for (Conn* c : watch) c->q->ep.rx.disarm();
-    const uint64_t end = queue::now_ns() + opts_.queueSpinNs;
-    bool got = false;
-    for (unsigned i = 0; !got; i++) {
-      for (Conn* c : watch) got |= c->q->ep.rx.readable();
-      if (got) break;
-      queue::cpu_relax();
-      if ((i & 15) == 15 && queue::now_ns() >= end) break;
-    }
+  if (spinUntilNs_ <= now) return;
+  std::vector<Conn*> watch;
+  for (auto& [id, cp] : conns_) {
+    Conn* c = cp.get();
+    if (c->q && c->state == ConnState::Process && !c->paused && !c->q->ready) watch.push_back(c);
   }
-  if (opts_.queueSpinNs > 0) spinners.fetch_sub(1, std::memory_order_relaxed);
+  if (watch.empty()) {
+    spinUntilNs_ = 0;
+    return;
+  }
+  spins_++;
+  const uint32_t self = uint32_t(getpid());
+  // a slot's holder must be one of our live queued Processes holding no other slot
+  auto ignore = [&](uint32_t tag) {
+    if (tag == self) return false;
+    bool live = false;
+    for (Conn* c : watch) live |= c->kernelPid == tag;
+    if (!live) {
+      for (auto& [id, cp] : conns_) live |= cp->q && cp->kernelPid == tag;
+      if (!live) return true;
+    }
+    uint32_t mine = 0;
+    budget_.busy(queue::now_us32(), tag, &mine);
+    return mine > 1;
+  };
+  queue::SpinBudget* b = nullptr;
+  if (budget_.valid()) {
+    b = &budget_;
+    spinReclaims_ += budget_.reclaim(ignore);
+  }
+  for (Conn* c : watch) c->q->ep.rx.disarm();
+  auto any = [&] {
+    for (Conn* c : watch)
+      if (c->q->ep.rx.readable()) return true;
+    return false;
+  };
+  if (queue::budget_spin(b, any, spinUntilNs_ - now, ignore)) spinHits_++;
   for (Conn* c : watch) {
     if (c->q->ep.rx.arm(c->q->wantAll)) {
       c->q->ep.rx.disarm();

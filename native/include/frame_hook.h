@@ -64,6 +64,14 @@ struct fractos_chan_ops {
    * channel's thread, which reports those). Never calls the hook.
    */
   int (*send_any_thread)(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
+  /**
+   * Spin up to `ns` (at most 1 ms) until `ready(arg)` returns non-zero, within the host's
+   * spinner budget (docs/queues.md "Spinner budget": a slot is held while spinning; with
+   * none free the caller yields between checks). Returns 1 when ready, 0 when not in time.
+   * For a loop with work in flight (I/O submitted) before it goes back to sleep. Present when
+   * `size` covers it (a channel of an older build has no spin: the loop just sleeps).
+   */
+  int (*spin)(void* chan, int (*ready)(void* arg), void* arg, uint64_t ns);
 };
 
 /** The loop, as seen by the channel. */

@@ -65,7 +65,11 @@ export interface NativeSock {
   close(): void;
   fd(): number;
   /** Queue mode: ring 0 carries writev's frames, ring 1's frames come through onFrames. Errors: EPROTO. */
-  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number): void;
+  /**
+   * `budgetFd`: the host's spinner budget page (docs/queues.md "Spinner budget"), or -1;
+   * `pollNs`: our poll spin, written in the pair for the Controller (0: we do not poll).
+   */
+  attachQueue(memfd: number, ownEfd: number, peerEfd: number, ringBytes: number, budgetFd?: number, pollNs?: number): void;
   /** Sleep on ring 1 for every frame (true, default) or all but quiet replies (false). */
   setWakeAll(all: boolean): void;
   /** Spin up to `spinNs` (bounded, spinner budget) for ring 1 frames; a batch of whole frames, or null. */
@@ -88,6 +92,7 @@ interface QueueBinding {
   sendFds(sock: number, fds: number[], data: Uint8Array): void;
   recvFds(sock: number, want: number, cap: number): { fds: number[]; data: Buffer } | null;
   mapRaw(fd: number): ArrayBuffer;
+  mapBudgetRaw(fd: number): ArrayBuffer;
   Channel: new (
     fd: number, side: number, ownEfd: number, peerEfd: number, ringBytes: number, maxEntry: number, spinNs: number, yields: number,
   ) => NativeChannel;
@@ -176,6 +181,15 @@ export function recvFds(sock: number, want: number, cap = 256): { fds: number[];
 /** Map a verified pair whole, as a peer sees it (tools, tests of hostile writes). Errors: EPROTO. */
 export function mapQueuePairRaw(fd: number): ArrayBuffer {
   return call('mapQueuePairRaw', () => loadQueue().mapRaw(fd));
+}
+
+/**
+ * The host's spinner budget page (docs/queues.md "Spinner budget") mapped read-write, after
+ * the same checks as a Process makes (a memfd sealed against shrinking and growing, 4096
+ * bytes): tests write what a hostile Process would. Errors: EPROTO, EBADF.
+ */
+export function mapSpinBudgetRaw(fd: number): ArrayBuffer {
+  return call('mapSpinBudgetRaw', () => loadQueue().mapBudgetRaw(fd));
 }
 
 export interface QueueAttachOptions {

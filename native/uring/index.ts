@@ -92,6 +92,9 @@ export interface IoLoopStats {
   invokeErrors: number;
   /** io_uring_submit calls (one per drained batch with I/O). */
   submits: number;
+  /** Completion polls after a submit (FRACTOS_IOLOOP_SPIN_US set), and those that reaped (docs/queues.md "Spinner budget"). */
+  spins: number;
+  spinHits: number;
   inFlight: number;
   regions: number;
   volumes: number;

@@ -289,7 +289,7 @@ class FakeHost : public Host {
   void sendWithFds(ConnId c, const struct iovec* iov, int n, const int*, int) override { send(c, iov, n); }
   int takeFd(ConnId) override { return -1; }
   void sendQuiet(ConnId c, const struct iovec* iov, int n) override { send(c, iov, n); }
-  bool attachQueue(ConnId, int*, uint32_t*) override { return false; }
+  int attachQueue(ConnId, int*, uint32_t*) override { return 0; }
   void waitingForCredits(ConnId, bool) override {}
   uint64_t backlog(ConnId c) const override {
     auto it = backlogs.find(c);

@@ -11,6 +11,7 @@
 #include "memfd.h"
 #include "sock.h"
 #include "ring.h"
+#include "spin_budget.h"
 #include "wake.h"
 
 using namespace fractos::queue;
@@ -120,6 +121,17 @@ Napi::Value MapRaw(const Napi::CallbackInfo& info) {
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, int(fd), 0);
   if (p == MAP_FAILED) return Throw(env, "mapRaw", errno);
   return Napi::ArrayBuffer::New(env, p, size, UnmapRaw, new size_t(size));
+}
+
+/** The host's spinner budget page (spin_budget.h), verified, as an ArrayBuffer (tests: a hostile view). */
+Napi::Value MapBudgetRaw(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd;
+  if (!IntArg(info, 0, 0, INT32_MAX, &fd)) return Throw(env, "mapBudgetRaw", EBADF);
+  int e = 0;
+  uint8_t* p = map_budget_fd(int(fd), &e);
+  if (!p) return Throw(env, "mapBudgetRaw", -e);
+  return Napi::ArrayBuffer::New(env, p, BUDGET_BYTES, UnmapRaw, new size_t(BUDGET_BYTES));
 }
 
 class Channel : public Napi::ObjectWrap<Channel> {
@@ -431,6 +443,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFds", Napi::Function::New<SendFds>(env));
   exports.Set("recvFds", Napi::Function::New<RecvFds>(env));
   exports.Set("mapRaw", Napi::Function::New<MapRaw>(env));
+  exports.Set("mapBudgetRaw", Napi::Function::New<MapBudgetRaw>(env));
   exports.Set("Channel", Channel::Init(env));
   exports.Set("Sock", Sock::Init(env));
   Napi::Object layout = Napi::Object::New(env);

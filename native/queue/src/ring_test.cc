@@ -2,6 +2,7 @@
 // plain and built with -fsanitize=address,undefined.
 //   ring_test all                 every test below; prints "ok NAME" per test, exit 1 on failure
 //   ring_test fuzz SECONDS SEED   the seeded random driver of the decoder fuzz target (ring_fuzz.h)
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -16,6 +17,7 @@
 #include "memfd.h"
 #include "ring.h"
 #include "ring_fuzz.h"
+#include "spin_budget.h"
 #include "wake.h"
 
 using namespace fractos::queue;
@@ -440,6 +442,155 @@ static void t_idle_cpu() {
   CHECK(cpu < 0.03);  // the spin phase is 2 us; anything near 10% would mean busy waiting
 }
 
+/** The spinner budget page: takes up to its slots, releases, renews; only a sealed 4 KiB memfd maps. */
+static void t_budget_basic() {
+  int fd = create_budget_fd(2);
+  CHECK(fd >= 0);
+  int e = 0;
+  uint8_t* m = map_budget_fd(fd, &e);
+  CHECK(m && e == 0);
+  constexpr uint32_t HOLD = 100'000'000;  // µs: no check depends on how fast this test runs
+  SpinBudget a(m, 2, 100, HOLD), b(m, 2, 101, HOLD), c(m, 2, 102, HOLD);
+  CHECK(a.take(HOLD / 2) == 0 && a.holding());
+  CHECK(a.take(HOLD / 2) == 0);  // already holding: the same slot, no second one
+  CHECK(b.take(HOLD / 2) == 1);
+  CHECK(c.take(HOLD / 2) == -1 && !c.holding());
+  CHECK(a.busy(now_us32()) == 2);
+  CHECK(a.renew(HOLD / 2) && a.holding());
+  a.release();
+  CHECK(!a.holding() && a.slot(0).load() == 0);
+  CHECK(c.take(HOLD / 2) == 0);
+  b.release(), c.release();
+  CHECK(a.busy(now_us32()) == 0);
+  // a slot taken from us: renew fails, release leaves the new holder alone
+  CHECK(a.take(HOLD / 2) == 0);
+  a.slot(0).store((uint64_t(101) << 32) | (now_us32() + HOLD / 2));
+  CHECK(!a.renew(HOLD / 2) && !a.holding());
+  a.release();
+  CHECK(SpinBudget::tag_of(a.slot(0).load()) == 101);
+  munmap(m, BUDGET_BYTES);
+  // not a budget page: unsealed, wrong size, a pipe
+  int u = memfd_create("x", MFD_CLOEXEC);
+  CHECK(u >= 0 && ftruncate(u, BUDGET_BYTES) == 0);
+  CHECK(map_budget_fd(u, &e) == nullptr && e == -EPROTO);
+  int w = memfd_create("y", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  CHECK(w >= 0 && ftruncate(w, 2 * BUDGET_BYTES) == 0 && fcntl(w, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+  CHECK(map_budget_fd(w, &e) == nullptr && e == -EPROTO);
+  int pp[2];
+  CHECK(pipe(pp) == 0);
+  CHECK(map_budget_fd(pp[0], &e) == nullptr && e == -EPROTO);
+  close(fd), close(u), close(w), close(pp[0]), close(pp[1]);
+}
+
+/**
+ * A hostile Process writing the page: garbage deadlines (too far ahead) read as free; a valid
+ * hold lapses after MAX_HOLD_US; the Controller's `ignore` takes slots from a tag that holds
+ * two, and `reclaim` clears them; budget_spin without a slot still sees its condition.
+ */
+static void t_budget_hostile() {
+  std::vector<uint64_t> page(BUDGET_BYTES / 8);
+  uint8_t* m = reinterpret_cast<uint8_t*>(page.data());
+  // holds of up to 100 s here, so that no check depends on how fast this test runs
+  constexpr uint32_t HOLD = 100'000'000;
+  SpinBudget me(m, 2, 7, HOLD), ctl(m, 2, 1, HOLD);
+  const uint64_t evil = uint64_t(666) << 32;
+  auto held = [&](uint32_t i) { me.slot(i).store(evil | (now_us32() + HOLD / 2)); };
+  // deadlines beyond the longest hold, half the clock's circle away, or passed: free
+  for (uint64_t v : {evil | (now_us32() + HOLD + 1'000'000u), (~uint64_t(0) << 32) | (now_us32() + 0x80000000u), evil | (now_us32() - 5),
+                     uint64_t(now_us32() - 1)}) {
+    me.slot(0).store(v), me.slot(1).store(v);
+    CHECK(me.take(10) >= 0);
+    me.release();
+  }
+  // a valid hold of both slots: a Process skips its spin
+  held(0), held(1);
+  CHECK(me.take(10) == -1);
+  bool spun = budget_spin(&me, [] { return true; }, 1000);  // ready at once: no slot needed
+  CHECK(spun && !me.holding());
+  int polls = 0;
+  spun = budget_spin(&me, [&] { return ++polls > 1; }, 50'000'000);  // no slot: yields, checks again
+  CHECK(spun && polls == 2 && !me.holding());
+  // the Controller ignores a tag that holds two slots: reclaims both, or takes one
+  uint32_t by = 0;
+  CHECK(ctl.busy(now_us32(), 666, &by) == 2 && by == 2);
+  auto two = [&](uint32_t tag) {
+    uint32_t n = 0;
+    ctl.busy(now_us32(), tag, &n);
+    return n > 1;
+  };
+  CHECK(ctl.reclaim(two) == 2);
+  CHECK(ctl.busy(now_us32()) == 0);
+  held(0), held(1);
+  CHECK(ctl.take(10, two) >= 0);
+  ctl.release();
+  CHECK(ctl.busy(now_us32(), 666, &by) == 1 && by == 1);  // one slot of 666 left: a legitimate-looking hold
+  // a hold asked for longer than the longest is cut to it
+  ctl.reclaim([](uint32_t) { return true; });
+  CHECK(me.take(2 * HOLD) >= 0);
+  CHECK(int32_t(me.deadline() - now_us32()) <= int32_t(HOLD));
+  me.release();
+  // with the real bound: a valid hold lapses after MAX_HOLD_US, then anyone takes the slot
+  SpinBudget real(m, 2, 7);
+  uint32_t now = now_us32();
+  real.slot(0).store(evil | (now + MAX_HOLD_US)), real.slot(1).store(evil | (now + MAX_HOLD_US));
+  usleep(MAX_HOLD_US + 200);
+  CHECK(real.take(10) >= 0);
+  real.release();
+}
+
+/**
+ * Processes taking and giving back slots as fast as they can: a slot is never held by two at
+ * once (a holder finds its own value in its slot at the end of its hold unless the hold lapsed:
+ * a holder preempted past its deadline loses the slot, by design).
+ */
+static void t_budget_bound() {
+  for (uint32_t slots : {1u, 2u}) {
+    int fd = create_budget_fd(slots);
+    CHECK(fd >= 0);
+    int e = 0;
+    uint8_t* m = map_budget_fd(fd, &e);
+    CHECK(m);
+    // counters in a shared anonymous page: takes, holds lost before their deadline, lapsed holds
+    auto* shared = static_cast<std::atomic<int64_t>*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    CHECK(shared != MAP_FAILED);
+    new (shared) std::atomic<int64_t>[3]{};
+    const int kids = 4;
+    std::vector<pid_t> pids;
+    for (int k = 0; k < kids; k++) {
+      pid_t p = fork();
+      if (p == 0) {
+        SpinBudget b(m, slots, uint32_t(getpid()));
+        uint64_t end = now_ns() + 150'000'000;
+        while (now_ns() < end) {
+          int i = b.take(MAX_HOLD_US);
+          if (i < 0) {
+            sched_yield();
+            continue;
+          }
+          shared[0].fetch_add(1);
+          const uint64_t mine = (uint64_t(getpid()) << 32) | b.deadline();
+          for (int j = 0; j < 50; j++) cpu_relax();
+          bool ours = b.slot(uint32_t(i)).load() == mine;
+          bool live = int32_t(b.deadline() - now_us32()) > 0;
+          if (!ours && live) shared[1].fetch_add(1);
+          if (!ours && !live) shared[2].fetch_add(1);
+          b.release();
+        }
+        _exit(0);
+      }
+      pids.push_back(p);
+    }
+    for (pid_t p : pids) waitpid(p, nullptr, 0);
+    std::printf("budget %u slot(s): %lld takes by %d processes, %lld slots shared with another holder, %lld holds lapsed (preempted)\n",
+                slots, (long long)shared[0].load(), kids, (long long)shared[1].load(), (long long)shared[2].load());
+    CHECK(shared[0].load() > 0);
+    CHECK(shared[1].load() == 0);
+    munmap(shared, 4096);
+    munmap(m, BUDGET_BYTES);
+    close(fd);
+  }
+}
+
 static int fuzz(double seconds, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<uint8_t> in;
@@ -493,6 +644,9 @@ int main(int argc, char** argv) {
       {"seals", t_seals},
       {"scm_rights", t_scm_rights},
       {"idle_cpu", t_idle_cpu},
+      {"budget_basic", t_budget_basic},
+      {"budget_hostile", t_budget_hostile},
+      {"budget_bound", t_budget_bound},
   };
   for (auto& t : tests) {
     if (argc > 2 && cmd == "only" && std::string(argv[2]) != t.name) continue;

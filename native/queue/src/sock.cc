@@ -7,6 +7,7 @@
 #include "sock.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -554,6 +555,22 @@ Napi::Value Sock::AttachQueue(const Napi::CallbackInfo& info) {
     ReleaseQueue();
     return fail("indices", EPROTO);
   }
+  // the host's spinner budget page (docs/queues.md "Spinner budget"), when the Controller sent one
+  int bfd = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : -1;
+  if (bfd >= 0) {
+    int e = 0;
+    budgetMap_ = map_budget_fd(bfd, &e);
+    if (!budgetMap_) {
+      ReleaseQueue();
+      return fail("spinner budget page", -e);
+    }
+    uint32_t slots = reinterpret_cast<const std::atomic<uint32_t>*>(budgetMap_ + 8)->load(std::memory_order_relaxed);
+    budget_ = SpinBudget(budgetMap_, slots, uint32_t(getpid()));
+  }
+  // our poll spin (µs), read by the Controller to spin after our activity (0: we do not poll)
+  double pollNs = info.Length() > 5 && info[5].IsNumber() ? info[5].As<Napi::Number>().DoubleValue() : 0;
+  uint32_t pollUs = pollNs > 0 ? uint32_t(std::min(pollNs, 1e6) / 1000) : 0;
+  reinterpret_cast<std::atomic<uint32_t>*>(map_.base + consumer_line(RING_COMPLETION) + 12)->store(pollUs, std::memory_order_relaxed);
   entry_.resize(maxEntry_);
   qpoll_ = new uv_poll_t;
   if (int e = uv_poll_init(loop_, qpoll_, ownEfd_)) {
@@ -720,7 +737,7 @@ void Sock::OnQueueWake() {
   Kick();  // still busy after 16 batches: let the loop run other work first
 }
 
-// poll(spinNs) -> Buffer | null: spin (bounded, within the spinner budget of wake.h) until
+// poll(spinNs) -> Buffer | null: spin (bounded, within the host's spinner budget) until
 // ring 1 holds frames, then hand the whole ones to JS synchronously (fio's hipri). null when
 // none came in time (the doorbell watch still delivers them later).
 Napi::Value Sock::Poll(const Napi::CallbackInfo& info) {
@@ -729,24 +746,7 @@ Napi::Value Sock::Poll(const Napi::CallbackInfo& info) {
   uint64_t ns = info.Length() > 0 && info[0].IsNumber() ? uint64_t(std::max(0.0, info[0].As<Napi::Number>().DoubleValue())) : 0;
   if (ns > 1'000'000) ns = 1'000'000;  // at most 1 ms per call
   polls_++;
-  if (!ep_.rx.readable()) {
-    auto& n = spinners();
-    bool mine = n.fetch_add(1, std::memory_order_relaxed) < max_spinners();
-    bool got = false;
-    if (mine) {
-      uint64_t end = now_ns() + ns;
-      for (unsigned i = 0;; i++) {
-        if (ep_.rx.readable()) {
-          got = true;
-          break;
-        }
-        cpu_relax();
-        if ((i & 15) == 15 && now_ns() >= end) break;
-      }
-    }
-    n.fetch_sub(1, std::memory_order_relaxed);
-    if (!got) return env.Null();
-  }
+  if (!budget_spin(budget_.valid() ? &budget_ : nullptr, [this] { return ep_.rx.readable(); }, ns)) return env.Null();
   pollHits_++;
   FrameBatch b;
   int err = DrainQ(b);
@@ -795,6 +795,10 @@ void Sock::ReleaseQueue() {
     map_.unmap();
     qout_.clear();
   }
+  budget_.release();
+  budget_ = SpinBudget();
+  if (budgetMap_) munmap(budgetMap_, BUDGET_BYTES);
+  budgetMap_ = nullptr;
   if (ownEfd_ >= 0) ::close(ownEfd_);
   if (peerEfd_ >= 0) ::close(peerEfd_);
   ownEfd_ = peerEfd_ = -1;
@@ -826,7 +830,7 @@ Napi::Value Sock::SetFrameHook(const Napi::CallbackInfo& info) {
       !h->attach || !h->detach || !h->on_frame || !h->flush)
     return fail("not a frame hook of ABI " + std::to_string(FRACTOS_FRAME_HOOK_ABI), "EINVAL");
   DetachHook();
-  chanOps_ = fractos_chan_ops{FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_chan_ops), this, &Sock::ChanSend, &Sock::ChanSendAnyThread};
+  chanOps_ = fractos_chan_ops{FRACTOS_FRAME_HOOK_ABI, sizeof(fractos_chan_ops), this, &Sock::ChanSend, &Sock::ChanSendAnyThread, &Sock::ChanSpin};
   if (int e = h->attach(h->ctx, &chanOps_)) return fail(std::string("attach: ") + strerror(-e), codeOf(-e));
   hook_ = h;
   hookRef_ = Napi::Persistent(info[0]);
@@ -850,6 +854,14 @@ void Sock::DetachHook() {
 void Sock::HookFlush(uint32_t hooked) {
   hooked_ += hooked;
   if (hook_) hook_->flush(hook_->ctx);
+}
+
+int Sock::ChanSpin(void* chan, int (*ready)(void*), void* arg, uint64_t ns) {
+  auto* s = static_cast<Sock*>(chan);
+  if (s->state_ != St::Open || !ready) return 0;
+  if (ns > 1'000'000) ns = 1'000'000;
+  // frames for us (new deliveries) end the spin too: the loop serves them first
+  return budget_spin(s->budget_.valid() ? &s->budget_ : nullptr, [&] { return ready(arg) != 0 || (s->map_.base && s->ep_.rx.readable()); }, ns) ? 1 : 0;
 }
 
 int Sock::ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags) {

@@ -15,6 +15,7 @@
 #include "frames.h"
 #include "memfd.h"
 #include "ring.h"
+#include "spin_budget.h"
 #include "wake.h"
 
 namespace fractos::queue {
@@ -73,6 +74,7 @@ class Sock : public Napi::ObjectWrap<Sock> {
   // native I/O loop (native/include/frame_hook.h)
   static int ChanSend(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
   static int ChanSendAnyThread(void* chan, const struct iovec* iov, int iovcnt, uint32_t flags);
+  static int ChanSpin(void* chan, int (*ready)(void*), void* arg, uint64_t ns);
   void HookFlush(uint32_t hooked);
   void DetachHook();
 
@@ -99,6 +101,9 @@ class Sock : public Napi::ObjectWrap<Sock> {
   fdstream::OutQueue out_;
   // queue mode
   PairMap map_;
+  /** The host's spinner budget page (spin_budget.h), when the Controller sent one. */
+  uint8_t* budgetMap_ = nullptr;
+  SpinBudget budget_;
   Endpoint ep_;
   int ownEfd_ = -1, peerEfd_ = -1;
   uint32_t maxEntry_ = 0;

@@ -267,6 +267,8 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     o.Set("ioErrors", Napi::Number::New(env, double(ioErrors_)));
     o.Set("invokeErrors", Napi::Number::New(env, double(invokeErrors_)));
     o.Set("submits", Napi::Number::New(env, double(submits_)));
+    o.Set("spins", Napi::Number::New(env, double(spins_)));
+    o.Set("spinHits", Napi::Number::New(env, double(spinHits_)));
     o.Set("inFlight", Napi::Number::New(env, double(inflight_)));
     o.Set("regions", Napi::Number::New(env, double(regions_.size())));
     o.Set("volumes", Napi::Number::New(env, double(volumes_.size())));
@@ -323,6 +325,26 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       self->acks_ = 0;
     }
     self->Send(self->out_.size() == HEADER + 4 ? FRACTOS_SEND_QUIET : 0);
+    self->SpinForCompletions();
+  }
+
+  /**
+   * With I/O in flight, before the loop goes back to sleep: poll the completion queue up to
+   * spinNs_ when set (the device answers in tens of µs here; waking a sleeping vCPU costs 25-100 µs),
+   * within the host's spinner budget (the channel's `spin`, docs/queues.md "Spinner budget"),
+   * and reap at once what came. Returns early when the channel has frames (new deliveries
+   * are served first). Not nested: the reap's own flush does not spin again.
+   */
+  void SpinForCompletions() {
+    if (spinNs_ == 0 || spinning_ || inflight_ == 0 || closed_ || !ops_ || ops_->size < sizeof(fractos_chan_ops) || !ops_->spin) return;
+    spinning_ = true;
+    int got = ops_->spin(ops_->chan, [](void* a) { return io_uring_cq_ready(&static_cast<IoLoop*>(a)->ring_) > 0 ? 1 : 0; }, this, spinNs_);
+    spins_++;
+    if (got > 0 && io_uring_cq_ready(&ring_) > 0) {
+      spinHits_++;
+      Reap();
+    }
+    spinning_ = false;
   }
 
   /** The plain case (see the file comment), or 0: JS serves the frame. */
@@ -613,6 +635,17 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
   std::vector<Failed> failed_;
   uint32_t prepped_ = 0, acks_ = 0, seq_ = 0;
   uint64_t inflight_ = 0, reads_ = 0, writes_ = 0, ioErrors_ = 0, invokeErrors_ = 0, submits_ = 0;
+  /**
+   * Completion polling after a submit (SpinForCompletions): ns (FRACTOS_IOLOOP_SPIN_US, e.g. 50;
+   * default 0, off: not proven better on the loaded 2-vCPU VM, docs/measurements.md), counters.
+   */
+  uint64_t spinNs_ = [] {
+    const char* e = getenv("FRACTOS_IOLOOP_SPIN_US");
+    uint64_t us = e ? strtoull(e, nullptr, 10) : 0;
+    return (us > 1000 ? 1000 : us) * 1000;
+  }();
+  bool spinning_ = false;
+  uint64_t spins_ = 0, spinHits_ = 0;
   uint64_t fallbacks_[FB_COUNT] = {};
 };
 
