@@ -21,9 +21,15 @@ export interface Spawned {
   line: string;
   /** Everything printed so far (stdout + stderr). */
   output(): string;
-  /** SIGKILL (kill -9) and wait for exit. */
+  /**
+   * Resolves once the process has exited and its stdout and stderr are read to the end
+   * (ChildProcess 'close'): output() is then complete. At 'exit' the last lines may still
+   * be in the pipes, and stdout and stderr are two pipes read in no fixed order.
+   */
+  ended: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGKILL (kill -9) and wait for `ended`. */
   kill9(): Promise<void>;
-  /** SIGTERM and wait for exit. */
+  /** SIGTERM and wait for `ended`. */
   stop(): Promise<void>;
 }
 
@@ -59,9 +65,9 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
   });
   trackChild(child);
   let out = '';
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('close', (code, signal) => r({ code, signal })));
   const wait = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) await exited;
+    await ended;
   };
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => {
@@ -84,6 +90,7 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
             child,
             line,
             output: () => out,
+            ended,
             kill9: async () => {
               child.kill('SIGKILL');
               await wait();
@@ -101,7 +108,7 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
       // Long-running services log for hours: keep the last 512 KiB.
       if (out.length > 1 << 20) out = out.slice(-(1 << 19));
     });
-    child.once('exit', (code, sig) => {
+    child.once('close', (code, sig) => {
       if (done) return;
       clearTimeout(timer);
       reject(new Error(`fractos ${args.join(' ')} exited (${code ?? sig}) before ready; output:\n${out}`));
