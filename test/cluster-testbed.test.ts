@@ -62,11 +62,19 @@ test('up then down leaves nothing behind; so does down after up was killed halfw
   // a crash of `up` (kill -9 once it has started a Controller): down still removes it all
   const dir2 = tempDir('fractos-cl-');
   const child = spawn(process.execPath, [FRACTOS_BIN, 'cluster', 'up', '--nodes', '3', '--dir', dir2], { stdio: 'ignore' });
-  const end = Date.now() + 20_000;
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  // Until `up` records its first Controller (after etcd is ready: 20 s and more at load 20).
+  // A liveness bound only, over `up`'s own ready timeouts (20 s for etcd, then 20 s for the
+  // Controllers); an `up` that ends first (finished or failed) fails at once.
+  const end = Date.now() + 60_000;
   for (;;) {
     const f = join(dir2, 'cluster.json');
     if (existsSync(f) && (JSON.parse(readFileSync(f, 'utf8')) as ClusterState).procs.some((p) => p.role === 'controller')) break;
-    if (Date.now() > end) t.fail('up never started a controller');
+    if (exited || Date.now() > end) {
+      t.fail(exited ? 'up ended before the test could kill it' : 'up never started a controller');
+      break;
+    }
     await new Promise((r) => setTimeout(r, 10));
   }
   child.kill('SIGKILL');
