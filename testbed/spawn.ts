@@ -41,7 +41,17 @@ export function spawnFractos(args: string[], ready: RegExp, opts: SpawnOptions =
   return spawnNode([FRACTOS_BIN, ...args], ready, opts);
 }
 
+/**
+ * Default bound on a child's start (its ready line), ms. A Controller with etcd took over 20 s
+ * to print its line on a machine at load 20 (Node's own start, CPU-starved), so 60 s.
+ */
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+
 export interface SpawnOptions {
+  /**
+   * Bound on the wait for the ready line, ms (default DEFAULT_READY_TIMEOUT_MS): it only
+   * catches a child that hangs; a slow start is not an error.
+   */
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
   /** A command that runs node, e.g. `['ip', 'netns', 'exec', NS]` (cluster/: a node's namespace). */
@@ -72,8 +82,8 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`fractos ${args.join(' ')}: no ready line in ${opts.timeoutMs ?? 20000} ms; output:\n${out}`));
-    }, opts.timeoutMs ?? 20000);
+      reject(new Error(`fractos ${args.join(' ')}: no ready line in ${opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS} ms; output:\n${out}`));
+    }, opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
     let buf = '';
     let done = false;
     child.stdout!.on('data', (d: Buffer) => {

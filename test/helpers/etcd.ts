@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { ensureClusterSecretFile } from '../../controller/index.js';
-import { freePort, spawnFractos, tempDir, type Spawned } from './spawn.js';
+import { DEFAULT_READY_TIMEOUT_MS, freePort, spawnFractos, tempDir, type Spawned } from './spawn.js';
 import { trackChild } from '../../testbed/scratch.js';
 
 /** Why etcd tests skip here, or null when `etcd` runs. */
@@ -17,7 +17,7 @@ export async function startEtcd(dir: string, port: number, peer: number): Promis
   trackChild(child);
   await new Promise<void>((res, rej) => {
     let out = '';
-    const t = setTimeout(() => rej(new Error(`etcd not ready: ${out}`)), 20_000);
+    const t = setTimeout(() => rej(new Error(`etcd not ready: ${out}`)), DEFAULT_READY_TIMEOUT_MS); // a hang bound only
     child.stderr!.on('data', (d: Buffer) => {
       out += d.toString();
       if (/ready to serve client requests/.test(out)) {
