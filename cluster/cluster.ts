@@ -72,7 +72,7 @@ export interface UpOptions {
   placement?: Placement[];
   /** First three octets of the private /24 (default '10.231.0'). */
   subnet?: string;
-  /** Ready timeout of each process, ms (default 20000). */
+  /** Ready timeout of each process, ms (default READY_TIMEOUT_MS). */
   readyTimeoutMs?: number;
   /** Extra environment for every process. */
   env?: NodeJS.ProcessEnv;
@@ -115,6 +115,12 @@ function signal(p: ProcRecord, sig: NodeJS.Signals): boolean {
     return false;
   }
 }
+
+/**
+ * Default bound on one process's start (its ready line in its log), ms: it catches a hang
+ * only. A Controller took over 20 s to start on a machine at load 20 (as testbed/spawn.ts).
+ */
+export const READY_TIMEOUT_MS = 60_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -275,7 +281,7 @@ export async function up(o: UpOptions): Promise<ClusterState> {
       s.nodes.push({ id: i, ns, addr, hubEnd, nsEnd, tcp: `tcp://${addr}:${CONTROLLER_PORT}`, unix: `unix:${join(ndir, 'controller.sock')}`, stateDir: join(ndir, 'state') });
       saveState(s);
     }
-    const timeout = o.readyTimeoutMs ?? 20_000;
+    const timeout = o.readyTimeoutMs ?? READY_TIMEOUT_MS;
     const etcdProc = s.procs.find((p) => p.role === 'etcd');
     s.membership = o.membership ?? (s.etcd.length ? 'etcd' : 'static');
     if (s.membership === 'etcd') {
@@ -372,7 +378,7 @@ export function pause(dir: string, node: number, stop: boolean): number {
  * meanwhile (its lease expired: exit 75) is started again with its services, with a new
  * epoch (they rejoin). Returns the processes started.
  */
-export async function heal(dir: string, node: number, timeoutMs = 20_000): Promise<ProcRecord[]> {
+export async function heal(dir: string, node: number, timeoutMs = READY_TIMEOUT_MS): Promise<ProcRecord[]> {
   partition(dir, node, false);
   const s = loadState(dir);
   const procs = nodeProcs(s, node);
@@ -380,12 +386,12 @@ export async function heal(dir: string, node: number, timeoutMs = 20_000): Promi
   if (!ctl) return [];
   // A Controller that logged 'fenced' is on its way out (exit 75): wait for it, then start it again.
   if (procState(ctl) !== null && fencedSince(ctl)) {
-    const gone = Date.now() + 5000;
+    const gone = Date.now() + timeoutMs; // a bound on a hang only: exiting takes seconds on a loaded machine
     while (procState(ctl) !== null && Date.now() < gone) await sleep(20);
   }
   if (procState(ctl) !== null) return [];
   // its services follow their Controller out (lost channel): wait for them, then start all
-  const end = Date.now() + 5000;
+  const end = Date.now() + timeoutMs;
   while (procs.some((p) => procState(p) !== null) && Date.now() < end) await sleep(20);
   return startNode(dir, node, timeoutMs);
 }
@@ -412,7 +418,7 @@ export function partition(dir: string, node: number, cut: boolean): void {
  * its state dir) and its services, each waiting for its ready line; node 0: etcd (same data).
  * @throws FractosError EBUSY when one of them is still alive.
  */
-export async function startNode(dir: string, node: number, timeoutMs = 20_000): Promise<ProcRecord[]> {
+export async function startNode(dir: string, node: number, timeoutMs = READY_TIMEOUT_MS): Promise<ProcRecord[]> {
   const s = loadState(dir);
   const old = nodeProcs(s, node);
   if (node !== 0) nodeOf(s, node);

@@ -13,6 +13,7 @@ import { connect, defineReply, defineRequest, type Process } from '../libfractos
 import { codeOf } from './helpers/errors.js';
 import { bed, killEtcd, NAMES_TIMEOUT_MS, noEtcd, TTL } from './helpers/etcd.js';
 import { run } from './helpers/cli.js';
+import { schedulingLag } from './helpers/wait.js';
 
 const test = (noEtcd ? anyTest.skip : anyTest.serial) as TestFn;
 if (noEtcd) anyTest(`etcd names tests skipped: ${noEtcd}`, (t) => t.pass());
@@ -121,16 +122,19 @@ test('names vanish with their Controller\'s lease (kill -9) within the TTL', asy
     await a.kvPut('svc.b', await who(a, 1));
     t.is(await ask(z, 'svc.a'), 1);
     const t0 = performance.now();
+    const lag = schedulingLag();
     await c1.kill9();
     // gone from etcd once the lease expires (not at the TCP close: the lease is the detector)
     while ((await listNames(b.admin, '/fractos')).length) {
-      if (performance.now() - t0 > TTL + SLACK + 2000) break;
+      if (performance.now() - t0 > 30_000) break;
       await new Promise((r) => setTimeout(r, 20));
     }
     const ms = performance.now() - t0;
-    t.log(`kill -9 -> names gone from etcd: ${ms.toFixed(0)} ms (TTL ${TTL} ms)`);
+    // wake-ups: etcd's lease check, its answer to the listing, this process
+    const bound = TTL + SLACK + 3 * lag.stop();
+    t.log(`kill -9 -> names gone from etcd: ${ms.toFixed(0)} ms (TTL ${TTL} ms, bound ${bound.toFixed(0)} ms)`);
     t.deepEqual(await listNames(b.admin, '/fractos'), []);
-    t.true(ms < TTL + SLACK, `${ms} ms`);
+    t.true(ms < bound, `${ms} ms`);
     t.is(await codeOf(z.kvGet('svc.a')), 'ENOENT');
   } finally {
     for (const p of [a, z]) await p.close().catch(() => {});
@@ -164,6 +168,7 @@ test('etcd restarted during traffic: kv ops fail typed (EAGAIN/ETIMEDOUT) within
       }
     })();
     await new Promise((r) => setTimeout(r, 300));
+    const lag = schedulingLag();
     await killEtcd(b.etcd);
     const downAt = performance.now();
     // while it is down a put fails typed within the bound
@@ -171,7 +176,10 @@ test('etcd restarted during traffic: kv ops fail typed (EAGAIN/ETIMEDOUT) within
     const putCode = await codeOf(a.kvPut('svc.other', await a.requestCreate(2)));
     const putMs = performance.now() - p0;
     t.true(['EAGAIN', 'ETIMEDOUT'].includes(putCode), putCode);
-    t.true(putMs < NAMES_TIMEOUT_MS + 1000, `${putMs} ms`);
+    // the bound: the Controller's kv timeout, 1 s, and the wake-ups of this process, the
+    // Controller's loop and its etcd client, each late by at most the measured scheduling lag
+    const bound = (): number => NAMES_TIMEOUT_MS + 1000 + 3 * lag.stop();
+    t.true(putMs < bound(), `${putMs} ms (bound ${bound()} ms)`);
     await new Promise((r) => setTimeout(r, Math.max(0, 500 - (performance.now() - downAt))));
     await b.restartEtcd();
     await new Promise((r) => setTimeout(r, 1000));
@@ -179,7 +187,7 @@ test('etcd restarted during traffic: kv ops fail typed (EAGAIN/ETIMEDOUT) within
     await traffic;
     t.log(`kv_get outcomes during the restart: ${JSON.stringify(Object.fromEntries(codes))}; slowest ${worst.toFixed(0)} ms; ${invokes} invocations`);
     for (const c of codes.keys()) t.true(['OK', 'EAGAIN', 'ETIMEDOUT'].includes(c), c);
-    t.true(worst < NAMES_TIMEOUT_MS + 1000, `${worst} ms`);
+    t.true(worst < bound(), `${worst} ms (bound ${bound()} ms)`);
     // nothing was revoked, the name (and its lease) survived
     t.is(WhoReply.decode(await z.rpc(held, Who, {}, {}, { timeoutMs: 3000 })).imms.id, 1);
     t.is(await ask(z, 'svc.who'), 1);
@@ -191,9 +199,15 @@ test('etcd restarted during traffic: kv ops fail typed (EAGAIN/ETIMEDOUT) within
 
 test('a Controller restarted before its lease expired does not serve its earlier epoch\'s names; its Processes take them over at once', async (t) => {
   const b = await bed(t);
-  const LONG = 8000; // the restart below takes well under this (5 s under the sanitizers)
-  const c1 = await b.start(1, LONG);
-  await b.start(2);
+  // A lease far longer than the restart below (5 s under the sanitizers, 16 s seen on a
+  // machine at load 20): the earlier epoch's names are still in etcd when it is back. Its end
+  // is not waited for: the test revokes it, as etcd does at the TTL (the keys go with it).
+  const LONG = 60_000;
+  // and kv ops that wait for etcd as long as it takes: this test checks what they answer,
+  // not their bound (1.5 s was exceeded by etcd at load 25: ETIMEDOUT)
+  const KV_MS = 30_000;
+  const c1 = await b.start(1, LONG, KV_MS);
+  await b.start(2, TTL, KV_MS);
   const a = await connect(b.unix(1), { name: 'svc' });
   const z = await connect(b.unix(2), { name: 'client' });
   let a2: Process | null = null;
@@ -203,7 +217,7 @@ test('a Controller restarted before its lease expired does not serve its earlier
     t.is(await ask(z, 'svc.a'), 1);
     const t0 = performance.now();
     await c1.kill9();
-    await b.start(1, LONG);
+    await b.start(1, LONG, KV_MS);
     a2 = await connect(b.unix(1), { name: 'svc' });
     const restartMs = performance.now() - t0;
     const left = await listNames(b.admin, '/fractos');
@@ -218,8 +232,10 @@ test('a Controller restarted before its lease expired does not serve its earlier
     t.is(await ask(z, 'svc.a'), 2);
     const now = await listNames(b.admin, '/fractos');
     t.true(now.find((n) => n.name === 'svc.a')!.epoch > left[0]!.epoch);
-    // the old lease expires: svc.b goes, svc.a (new lease) stays
-    while ((await listNames(b.admin, '/fractos')).length > 1 && performance.now() - t0 < LONG + 3000) await new Promise((r) => setTimeout(r, 50));
+    // the old lease ends (revoked here, as at its TTL): svc.b goes, svc.a (new lease) stays
+    const oldLease = left.find((n) => n.name === 'svc.b')!.lease;
+    t.not(oldLease, now.find((n) => n.name === 'svc.a')!.lease);
+    await b.admin.leaseClient.leaseRevoke({ ID: BigInt(`0x${oldLease}`).toString() });
     t.deepEqual((await listNames(b.admin, '/fractos')).map((n) => n.name), ['svc.a']);
   } finally {
     for (const p of [a, z, a2]) await p?.close().catch(() => {});

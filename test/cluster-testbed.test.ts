@@ -10,7 +10,7 @@ import anyTest, { type TestFn } from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { down, kill, loadState, netnsUnavailable, partition, pause, startNode, status, up, type ClusterState } from '../cluster/cluster.js';
+import { down, kill, loadState, netnsUnavailable, partition, pause, READY_TIMEOUT_MS, startNode, status, up, type ClusterState } from '../cluster/cluster.js';
 import { listNamespaces, listRootLinks } from '../cluster/netns.js';
 import { connect, type Process } from '../libfractos/index.js';
 import { Echo, EchoReply } from './fixtures/provider.js';
@@ -62,11 +62,19 @@ test('up then down leaves nothing behind; so does down after up was killed halfw
   // a crash of `up` (kill -9 once it has started a Controller): down still removes it all
   const dir2 = tempDir('fractos-cl-');
   const child = spawn(process.execPath, [FRACTOS_BIN, 'cluster', 'up', '--nodes', '3', '--dir', dir2], { stdio: 'ignore' });
-  const end = Date.now() + 20_000;
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  // Until `up` records its first Controller (after etcd is ready: over 20 s at load 20).
+  // A liveness bound only (as `up`'s own ready timeout); an `up` that ends first (finished
+  // or failed) fails at once.
+  const end = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
     const f = join(dir2, 'cluster.json');
     if (existsSync(f) && (JSON.parse(readFileSync(f, 'utf8')) as ClusterState).procs.some((p) => p.role === 'controller')) break;
-    if (Date.now() > end) t.fail('up never started a controller');
+    if (exited || Date.now() > end) {
+      t.fail(exited ? 'up ended before the test could kill it' : 'up never started a controller');
+      break;
+    }
     await new Promise((r) => setTimeout(r, 10));
   }
   child.kill('SIGKILL');

@@ -9,6 +9,7 @@ import { Controller } from '../controller/index.js';
 import { connect, defineReply, defineRequest, FractosError, Perm, type Process } from '../libfractos/index.js';
 import { allocFrame, Op } from '../libfractos/protocol.js';
 import { tempDir } from './helpers/spawn.js';
+import { until } from './helpers/wait.js';
 import { expectCode as code } from './helpers/errors.js';
 
 interface Env {
@@ -290,7 +291,7 @@ test('monitor_delegate fires when every delegated copy is gone', async (t) => {
   await svc.nullOp();
   t.is(fired, 0, 'c2 still holds it');
   await c2.close();
-  for (let i = 0; i < 20 && fired === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.true(await until(() => fired > 0, 10_000), 'the monitor fires once c2 is gone');
   t.is(fired, 1);
   void x2;
   await teardown(e);
@@ -382,8 +383,14 @@ test('back-pressure: a provider that stops reading holds its invokers; nothing i
   const ra = await a.kvGet('r');
   b.pause();
   let delivered = 0;
-  const invokes = Array.from({ length: 200 }, () => a.requestInvoke(ra).then(() => delivered++, (err: FractosError) => err.code));
-  await new Promise((res) => setTimeout(res, 200));
+  let refused = 0;
+  const invokes = Array.from({ length: 200 }, () => a.requestInvoke(ra).then(() => delivered++, (err: FractosError) => {
+    if (err.code === 'EAGAIN') refused++;
+    return err.code;
+  }));
+  // While b is paused, the Controller holds at most 64 queued for it (unanswered) beyond the 8
+  // delivered, and refuses the rest: awaited (a loaded machine takes its time to get there).
+  t.true(await until(() => delivered + refused + 64 >= 200, 20_000), `${delivered} delivered, ${refused} refused while paused`);
   t.true(delivered <= 8 + 64, `delivered ${delivered} while paused`);
   const results = await (async () => {
     b.resume();
@@ -391,7 +398,7 @@ test('back-pressure: a provider that stops reading holds its invokers; nothing i
   })();
   const again = results.filter((x) => x === 'EAGAIN').length;
   t.true(again > 0, 'the flood beyond the queue bound got EAGAIN');
-  for (let i = 0; i < 50 && got < delivered; i++) await new Promise((res) => setTimeout(res, 10));
+  t.true(await until(() => got >= delivered, 10_000));
   t.is(got, delivered, 'every delivered invocation reached the handler');
   t.is(delivered + again, 200);
   await teardown(e);
@@ -431,7 +438,7 @@ test('rpc continuations made ahead: a callee that keeps a finished call\'s conti
   t.is(EchoReply.decode(await a.rpc(ea, Echo, { x: 1 })).imms.y, 2);
   // Call 2 waits in b; b replays call 1's continuation meanwhile: call 2 must not take it.
   const second = a.rpc(ea, Echo, { x: 2 });
-  for (let i = 0; i < 100 && !held; i++) await new Promise((r) => setTimeout(r, 5));
+  t.true(await until(() => held !== null, 10_000), 'call 2 reached b');
   await b.invoke(kept[0]!, EchoReply, { y: 999 }).catch(() => {});
   await new Promise((r) => setTimeout(r, 20));
   held!();

@@ -5,7 +5,6 @@
  * with that warning. Real `node bin/fractos.js` processes against a real Controller process.
  */
 import type { ExecutionContext } from 'ava';
-import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { datasetForTests, isOrlDir } from '../facever-app/dataset.js';
 import { run } from './helpers/cli.js';
@@ -19,16 +18,10 @@ interface Ended {
   signal: NodeJS.Signals | null;
 }
 
-/** Wait for `child` to exit (at most `ms`, then SIGKILL and report). */
-function ended(child: ChildProcess, ms = 15_000): Promise<Ended> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
-  return new Promise((r) => {
-    const t = setTimeout(() => child.kill('SIGKILL'), ms);
-    child.once('exit', (code, signal) => {
-      clearTimeout(t);
-      r({ code, signal });
-    });
-  });
+/** Wait for `x` to exit and its output to be read to the end (at most `ms`, then SIGKILL and report). */
+function ended(x: Spawned, ms = 15_000): Promise<Ended> {
+  const t = setTimeout(() => x.child.kill('SIGKILL'), ms);
+  return x.ended.finally(() => clearTimeout(t));
 }
 
 async function controller(dir: string): Promise<{ c: Spawned; addr: string }> {
@@ -61,7 +54,7 @@ async function services(addr: string): Promise<Services> {
 devices.vtest('SIGINT / SIGTERM: each service (facever serve too) exits 0 with one "stopped on" line, no controller-loss warning', async (t) => {
   const { c, s, addr } = await stack(t);
   const requested = async (name: string, x: Spawned, sig: NodeJS.Signals): Promise<void> => {
-    const e = ended(x.child);
+    const e = ended(x);
     x.child.kill(sig);
     const r = await e;
     const out = x.output();
@@ -80,7 +73,7 @@ devices.vtest('SIGINT / SIGTERM: each service (facever serve too) exits 0 with o
   } else t.log(`facever serve not checked: no ORL faces at ${dataset}`);
   const plan: [keyof typeof s, NodeJS.Signals][] = [['gpu', 'SIGINT'], ['fs', 'SIGTERM'], ['blockdev', 'SIGINT']];
   for (const [name, sig] of plan) await requested(name, s[name], sig);
-  const e = ended(c.child);
+  const e = ended(c);
   c.child.kill('SIGINT');
   t.deepEqual(await e, { code: 0, signal: null }, c.output());
   t.regex(c.output(), /^controller: stopped on SIGINT$/m);
@@ -88,7 +81,7 @@ devices.vtest('SIGINT / SIGTERM: each service (facever serve too) exits 0 with o
 
 devices.vtest('losing the Controller (kill -9) is an error: each service exits 1 with the warning', async (t) => {
   const { c, s } = await stack(t);
-  const exits = Object.entries(s).map(async ([name, x]) => ({ name, x, r: await ended(x.child) }));
+  const exits = Object.entries(s).map(async ([name, x]) => ({ name, x, r: await ended(x) }));
   await c.kill9();
   for (const { name, x, r } of await Promise.all(exits)) {
     t.deepEqual(r, { code: 1, signal: null }, `${name}:\n${x.output()}`);

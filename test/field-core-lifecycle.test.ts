@@ -11,6 +11,7 @@ import pino from 'pino';
 import { Controller } from '../controller/index.js';
 import { connect, FractosError } from '../libfractos/index.js';
 import { freePort, spawnFractos, tempDir, type Spawned } from './helpers/spawn.js';
+import { until } from './helpers/wait.js';
 
 const READY = /^controller \d+ epoch \d+ listening/;
 
@@ -149,7 +150,7 @@ test('a peer that never answers is logged at warn with its address and the retry
   const c = await Controller.start({ id: 2, listen: [`unix:${join(dir, 'c.sock')}`], stateDir: join(dir, 'st'), peers: new Map([[1, peerAddr]]), clusterSecret: 'field-core-lifecycle secret', log });
   try {
     const warns = (): typeof lines => lines.filter((l) => l.level === 40 && l.peer === 1);
-    for (let i = 0; i < 300 && warns().length < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => warns().length >= 3, 20_000); // three dial attempts with their back-off
     const w = warns();
     t.true(w.length >= 3, JSON.stringify(lines));
     t.is(w[0]!.addr, peerAddr);

@@ -72,7 +72,7 @@ test('SIGHUP stops `fractos controller` like SIGTERM: exit 0, one line, socket a
   const dir = tempDir();
   const st = join(dir, 'state');
   const c = await spawnFractos(['controller', '--id', '1', '--listen', `unix:${join(dir, 'c.sock')}`, '--state-dir', st], READY);
-  const exited = new Promise<[number | null, string | null]>((r) => c.child.once('exit', (code, sig) => r([code, sig])));
+  const exited = new Promise<[number | null, string | null]>((r) => c.child.once('close', (code, sig) => r([code, sig]))); // exited, output read
   c.child.kill('SIGHUP');
   t.deepEqual(await exited, [0, null], c.output());
   t.regex(c.output(), /^controller: stopped on SIGHUP$/m);

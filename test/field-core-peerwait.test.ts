@@ -9,6 +9,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { Controller } from '../controller/index.js';
 import { freePort, tempDir } from './helpers/spawn.js';
+import { until } from './helpers/wait.js';
 
 interface Line {
   level: number;
@@ -41,7 +42,7 @@ test('the listening side warns that a peer has not connected, with its expected 
   let c2: Controller | null = null;
   try {
     const warns = (): Line[] => lines.filter((l) => l.level === 40 && l.peer === 2);
-    for (let i = 0; i < 300 && warns().length < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => warns().length >= 3, 20_000); // at T, 3T, 7T
     const w = warns();
     t.true(w.length >= 3, JSON.stringify(lines));
     t.is(w[0]!.addr, addr2);
@@ -49,7 +50,7 @@ test('the listening side warns that a peer has not connected, with its expected 
     // rate-limited: waits of T, 3T, 7T (intervals T, 2T, 4T), never one per T
     w.slice(0, 3).forEach((l, k) => t.true(l.waitedMs! >= T * (2 ** (k + 1) - 1) - 5, JSON.stringify(w)));
     c2 = await Controller.start({ id: 2, listen: [addr2], stateDir: join(dir, 's2'), peers: new Map([[1, `tcp://127.0.0.1:${port}`]]), clusterSecret: SECRET });
-    for (let i = 0; i < 500 && !c1.connectedPeers.includes(2); i++) await new Promise((r) => setTimeout(r, 10));
+    await until(() => c1.connectedPeers.includes(2), 20_000);
     t.deepEqual(c1.connectedPeers, [2]);
     const n = warns().length;
     await new Promise((r) => setTimeout(r, 16 * T));

@@ -58,7 +58,7 @@ devices.vtest('blockdev, fs and gpu start again right after kill -9 and serve; g
   await fsc.create('/new');
 
   // SIGHUP is a requested stop.
-  const exited = new Promise<number | null>((r) => gpu.child.once('exit', (code) => r(code)));
+  const exited = new Promise<number | null>((r) => gpu.child.once('close', (code) => r(code))); // exited, output read
   gpu.child.kill('SIGHUP');
   t.is(await exited, 0, gpu.output());
   t.regex(gpu.output(), /^gpu: stopped on SIGHUP$/m);

@@ -9,7 +9,6 @@
  *   process's pid, or naming another channel's region id, reaches no region.
  */
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -26,6 +25,7 @@ import { Backing, FrameDecoder, MemCreateFlag, Op, REF_BYTES, allocFrame, frameO
 import { codeOf } from './helpers/errors.js';
 import { FRACTOS_BIN, REPO_ROOT, spawnNode, tempDir } from './helpers/spawn.js';
 import { until } from './helpers/wait.js';
+import { run } from './helpers/cli.js';
 import { logSink, type LogLine } from './helpers/log-sink.js';
 
 const PROVIDER = join(REPO_ROOT, 'dist', 'test', 'fixtures', 'provider.js');
@@ -291,11 +291,11 @@ test('peers need a cluster secret: Controller.start and fractos controller refus
   );
   t.is(short?.code, 'EINVAL');
   t.regex(short?.message ?? '', new RegExp(`${MIN_SECRET_BYTES}\\.\\.4096 bytes, got 5`));
-  const cli = spawnSync(process.execPath, [FRACTOS_BIN, 'controller', '--id', '2', '--listen', `unix:${join(dir, 'c2.sock')}`, '--state-dir', join(dir, 's2'), '--peer', '1=tcp://127.0.0.1:1'], {
-    encoding: 'utf8', env: { ...process.env, FRACTOS_CLUSTER_SECRET_FILE: '' }, timeout: 20_000,
-  });
-  t.is(cli.status, 1, cli.stderr);
-  t.regex(cli.stderr, /EINVAL|cluster secret/);
+  // Not spawnSync: it blocks this worker's JS thread, and a concurrent test's Process could
+  // not say its HELLO in time (EDISCONNECTED at load 20).
+  const cli = run([FRACTOS_BIN, 'controller', '--id', '2', '--listen', `unix:${join(dir, 'c2.sock')}`, '--state-dir', join(dir, 's2'), '--peer', '1=tcp://127.0.0.1:1'], { FRACTOS_CLUSTER_SECRET_FILE: '' });
+  t.is((await cli.exit).code, 1, cli.out());
+  t.regex(cli.out(), /EINVAL|cluster secret/);
   // A secret file: trailing newlines are not part of the secret.
   const f = join(dir, 'secret');
   writeFileSync(f, `${SECRET}\r\n`, { mode: 0o600 });

@@ -24,6 +24,9 @@ const { dir, vtest } = devices;
 const devFile = (name: string, size = 64 << 20): string => devices.devFile(size, name);
 
 const job = (rw: string, iodepth: number, bs = '4k'): string => `[global]\nsize=4m\nruntime=300ms\ntime_based\n[j]\nrw=${rw}\nbs=${bs}\niodepth=${iodepth}\n`;
+/** A job of a fixed count of I/Os (512 KiB in 4 KiB: 128), whatever the machine's load (a time_based 300 ms job did only 1 read and 7 writes on a loaded machine). */
+const IOS = 128;
+const countJob = `[j]\nrw=randrw\nbs=4k\niodepth=8\nsize=${IOS * 4}k\n`;
 
 async function targetsRun(t: ExecutionContext, native: boolean): Promise<void> {
   const d = tempDir();
@@ -50,7 +53,8 @@ async function targetsRun(t: ExecutionContext, native: boolean): Promise<void> {
     for (const [name, tg] of Object.entries(targets)) {
       t.is(tg.size, 4 << 20, name);
       const before = (name === 'blockdev' ? raw : bd).counts.native;
-      const s = await runJob(parseJobFile(job('randrw', 8))[0]!, tg);
+      const s = await runJob(parseJobFile(countJob)[0]!, tg);
+      t.is(s.read.totalIos + s.write.totalIos, IOS, name);
       t.true(s.read.totalIos > 10 && s.write.totalIos > 5, `${name}: ${s.read.totalIos} reads, ${s.write.totalIos} writes`);
       t.true(s.read.clat.percentiles['50.000000']! > 0);
       const served = (name === 'blockdev' ? raw : bd).counts.native - before;

@@ -17,6 +17,7 @@ import { GpuService } from '../gpu-adaptor/service.js';
 import { connect, Perm, type Process } from '../libfractos/index.js';
 import { spawnFractos, tempDir } from './helpers/spawn.js';
 import { codeOf as code } from './helpers/errors.js';
+import { until } from './helpers/wait.js';
 
 const ORL_DIR = datasetForTests();
 
@@ -225,7 +226,7 @@ t('per-client resources are freed when the client goes away (monitor_delegate)',
   tt.is(svc.stats().contexts, before.contexts + 1);
   tt.is(svc.stats().bytes, before.bytes + (1 << 20));
   await client.close();
-  for (let i = 0; i < 100 && svc.stats().contexts !== before.contexts; i++) await new Promise((r) => setTimeout(r, 20));
+  await until(() => svc.stats().contexts === before.contexts, 10_000); // the client's close reaches the adaptor
   tt.deepEqual({ ...svc.stats(), launches: 0 }, { ...before, launches: 0 });
 
   // A client that drops one allocation gets it freed, the context stays.
@@ -233,7 +234,7 @@ t('per-client resources are freed when the client goes away (monitor_delegate)',
   const m2 = await c2.alloc(4096);
   const b2 = svc.stats().bytes;
   await app.capDrop(m2);
-  for (let i = 0; i < 100 && svc.stats().bytes === b2; i++) await new Promise((r) => setTimeout(r, 20));
+  await until(() => svc.stats().bytes !== b2, 10_000); // the drop reaches the adaptor
   tt.is(svc.stats().bytes, b2 - 4096);
   tt.is(svc.stats().contexts, before.contexts + 1);
   await c2.cleanup();

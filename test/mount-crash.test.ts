@@ -85,7 +85,7 @@ mtest('kill -9 of the FS during a write storm: the mount ends by itself; after a
   await stormLogged(log);
   await stack!.fs.kill9();
   await writes;
-  const code = await new Promise<number | null>((res) => (m.child.exitCode !== null ? res(m.child.exitCode) : m.child.once('exit', (c) => res(c))));
+  const { code } = await m.ended; // exited, its output read to the end
   t.is(code, 1);
   t.regex(m.output(), /ended: fs-gone/);
   t.not(await statCode(mp), 'TIMEOUT');

@@ -307,7 +307,7 @@ mtest('a second mount on the same point is refused (EBUSY); fusermount3 -u ends 
   t.regex(String(second?.message), /EBUSY.*already a mount point/);
   const r = await sh(`fusermount3 -u ${mp}`, stack!.dir);
   t.is(r.code, 0, r.err);
-  const code = await new Promise<number | null>((res) => (m.child.exitCode !== null ? res(m.child.exitCode) : m.child.once('exit', (c) => res(c))));
+  const { code } = await m.ended; // exited, its output read to the end
   t.is(code, 1);
   t.regex(m.output(), /ended: unmounted/);
   t.is(fuseMountAt(mp), null);

@@ -13,6 +13,7 @@ import type { ExternalNameStore, NameRecord, StoredName } from '../controller/na
 import { connect, FractosError } from '../libfractos/index.js';
 import { codeOf } from './helpers/errors.js';
 import { tempDir } from './helpers/spawn.js';
+import { until } from './helpers/wait.js';
 
 class MemStore implements ExternalNameStore {
   readonly names = new Map<string, StoredName>();
@@ -86,7 +87,7 @@ test('names through an external store: EAGAIN until set, answered by the store, 
   store.hang = false;
   // the publisher goes: its name is removed from the store
   await a.close();
-  for (let i = 0; i < 200 && store.names.has('svc'); i++) await new Promise((r) => setTimeout(r, 10));
+  await until(() => !store.names.has('svc'), 10_000);
   t.false(store.names.has('svc'));
   t.deepEqual(store.removed, ['svc']);
   t.is(c.tableSizes().names, 0);

@@ -21,9 +21,15 @@ export interface Spawned {
   line: string;
   /** Everything printed so far (stdout + stderr). */
   output(): string;
-  /** SIGKILL (kill -9) and wait for exit. */
+  /**
+   * Resolves once the process has exited and its stdout and stderr are read to the end
+   * (ChildProcess 'close'): output() is then complete. At 'exit' the last lines may still
+   * be in the pipes, and stdout and stderr are two pipes read in no fixed order.
+   */
+  ended: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGKILL (kill -9) and wait for `ended`. */
   kill9(): Promise<void>;
-  /** SIGTERM and wait for exit. */
+  /** SIGTERM and wait for `ended`. */
   stop(): Promise<void>;
 }
 
@@ -35,7 +41,17 @@ export function spawnFractos(args: string[], ready: RegExp, opts: SpawnOptions =
   return spawnNode([FRACTOS_BIN, ...args], ready, opts);
 }
 
+/**
+ * Default bound on a child's start (its ready line), ms. A Controller with etcd took over 20 s
+ * to print its line on a machine at load 20 (Node's own start, CPU-starved), so 60 s.
+ */
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+
 export interface SpawnOptions {
+  /**
+   * Bound on the wait for the ready line, ms (default DEFAULT_READY_TIMEOUT_MS): it only
+   * catches a child that hangs; a slow start is not an error.
+   */
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
   /** A command that runs node, e.g. `['ip', 'netns', 'exec', NS]` (cluster/: a node's namespace). */
@@ -59,15 +75,15 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
   });
   trackChild(child);
   let out = '';
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('close', (code, signal) => r({ code, signal })));
   const wait = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) await exited;
+    await ended;
   };
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`fractos ${args.join(' ')}: no ready line in ${opts.timeoutMs ?? 20000} ms; output:\n${out}`));
-    }, opts.timeoutMs ?? 20000);
+      reject(new Error(`fractos ${args.join(' ')}: no ready line in ${opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS} ms; output:\n${out}`));
+    }, opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
     let buf = '';
     let done = false;
     child.stdout!.on('data', (d: Buffer) => {
@@ -84,6 +100,7 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
             child,
             line,
             output: () => out,
+            ended,
             kill9: async () => {
               child.kill('SIGKILL');
               await wait();
@@ -101,7 +118,7 @@ export function spawnNode(argv: string[], ready: RegExp, opts: SpawnOptions = {}
       // Long-running services log for hours: keep the last 512 KiB.
       if (out.length > 1 << 20) out = out.slice(-(1 << 19));
     });
-    child.once('exit', (code, sig) => {
+    child.once('close', (code, sig) => {
       if (done) return;
       clearTimeout(timer);
       reject(new Error(`fractos ${args.join(' ')} exited (${code ?? sig}) before ready; output:\n${out}`));

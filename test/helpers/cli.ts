@@ -19,6 +19,7 @@ export interface Run {
   out: () => string;
   /** Resolves with the first stdout+stderr text matching `re` (its match). */
   waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
+  /** Resolves once the process has exited and all of its output has been read (out() is complete). */
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
@@ -33,7 +34,9 @@ export function run(argv: string[], env: NodeJS.ProcessEnv = {}, cwd = REPO_ROOT
   };
   child.stdout!.on('data', feed);
   child.stderr!.on('data', feed);
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  // 'close', not 'exit': the process has exited and its stdout and stderr are read to the end
+  // (at 'exit' the last lines may still be in the pipes; a loaded machine reads them later).
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('close', (code, signal) => r({ code, signal })));
   return {
     child,
     out: () => text,

@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { ensureClusterSecretFile } from '../../controller/index.js';
-import { freePort, spawnFractos, tempDir, type Spawned } from './spawn.js';
+import { DEFAULT_READY_TIMEOUT_MS, freePort, spawnFractos, tempDir, type Spawned } from './spawn.js';
 import { trackChild } from '../../testbed/scratch.js';
 
 /** Why etcd tests skip here, or null when `etcd` runs. */
@@ -17,7 +17,7 @@ export async function startEtcd(dir: string, port: number, peer: number): Promis
   trackChild(child);
   await new Promise<void>((res, rej) => {
     let out = '';
-    const t = setTimeout(() => rej(new Error(`etcd not ready: ${out}`)), 20_000);
+    const t = setTimeout(() => rej(new Error(`etcd not ready: ${out}`)), DEFAULT_READY_TIMEOUT_MS); // a hang bound only
     child.stderr!.on('data', (d: Buffer) => {
       out += d.toString();
       if (/ready to serve client requests/.test(out)) {
@@ -46,8 +46,8 @@ export interface Bed {
   admin: Etcd3;
   etcd: ChildProcess;
   restartEtcd(): Promise<void>;
-  /** Start Controller `id` (lease TTL `ttlMs`, default TTL). */
-  start(id: number, ttlMs?: number): Promise<Spawned>;
+  /** Start Controller `id` (lease TTL `ttlMs`, default TTL; kv bound `namesTimeoutMs`, default NAMES_TIMEOUT_MS). */
+  start(id: number, ttlMs?: number, namesTimeoutMs?: number): Promise<Spawned>;
   unix(id: number): string;
 }
 
@@ -68,10 +68,10 @@ export async function bed(t: { teardown: (f: () => Promise<void>) => void }): Pr
       b.etcd = await startEtcd(dir, port, peerPort);
     },
     unix: (id) => `unix:${join(dir, `c${id}.sock`)}`,
-    async start(id, ttlMs = TTL) {
+    async start(id, ttlMs = TTL, namesTimeoutMs = NAMES_TIMEOUT_MS) {
       const adv = `tcp://127.0.0.1:${await freePort()}`;
       const c = await spawnFractos(['controller', '--id', String(id), '--state-dir', join(dir, `s${id}`), '--listen', b.unix(id), '--etcd', url,
-        '--advertise', adv, '--cluster-secret-file', secret, '--lease-ttl-ms', String(ttlMs), '--names-timeout-ms', String(NAMES_TIMEOUT_MS)],
+        '--advertise', adv, '--cluster-secret-file', secret, '--lease-ttl-ms', String(ttlMs), '--names-timeout-ms', String(namesTimeoutMs)],
       /^controller \d+ epoch \d+ listening/);
       procs.push(c);
       return c;
