@@ -161,14 +161,18 @@ async function fractosMount(scratch: string, bytes: number, o: MountFioOptions):
 }
 
 /**
- * One fio run of `profile` on `t` (file `fio.dat` in its folder), and its CPU per I/O: fio's
- * own (its JSON) plus `t`'s processes over the run (`fio` in the shares).
+ * One fio run of `profile` on `t` (file `fio.dat` in its folder, laid out by a run of its own
+ * first), and its CPU per I/O: fio's own (its JSON) plus `t`'s processes over the measured run
+ * (`fio` in the shares).
  */
 async function fioOn(profile: string, t: Target, runtimeMs?: number, size?: number): Promise<{ report: FioReport; cpu: CpuPerIo }> {
   process.stderr.write(`fio: running ${basename(profile)} on ${t.name} (${t.dir})\n`);
+  const filename = join(t.dir, 'fio.dat');
+  // fio lays out fio.dat (writes it whole through t) before its first I/O: do that in a run
+  // of its own (--create_only), so that the CPU measured next is the measured I/Os' only.
+  await runRealFio(profile, { filename, size, extraArgs: ['--create_only=1'], jsonPlus: false });
   const meter = CpuMeter.start(t.procs);
-  const r = await runRealFio(profile, { filename: join(t.dir, 'fio.dat'), runtimeMs, size });
-  // The run includes fio's lay-out of fio.dat through t: an upper bound of t's share.
+  const r = await runRealFio(profile, { filename, runtimeMs, size });
   const shares = [...meter.stop(), { name: 'fio', pid: 0, cpuNs: fioJsonCpuNs(r.raw) }];
   return { report: r.report, cpu: cpuPerIo(shares, totalIos(r.report), loadavg()[0]!) };
 }
