@@ -236,24 +236,8 @@ class Producer {
 
   /** Write one entry (not yet visible: publish()). 0, -EAGAIN, -EMSGSIZE, -EPROTO. */
   int push(const void* src, uint32_t n) {
-    if (err_) return err_;
-    if (n > max_entry_) return -EMSGSIZE;
-    uint64_t total = cost(n);
-    if (c_.size - (tail_ - head_) < total) {
-      if (int e = refresh()) return e;
-      if (c_.size - (tail_ - head_) < total) return -EAGAIN;
-    }
-    uint32_t off = uint32_t(tail_ & (c_.size - 1));
-    uint64_t need = uint64_t(ENTRY_HEADER) + pad8(n);
-    if (need > c_.size - off) {
-      write_header(c_.data + off, 0, KIND_WRAP);
-      tail_ += c_.size - off;
-      off = 0;
-    }
-    if (n) std::memcpy(c_.data + off + ENTRY_HEADER, src, n);
-    write_header(c_.data + off, n, KIND_DATA);
-    tail_ += need;
-    return 0;
+    iovec v{const_cast<void*>(src), n};
+    return push_gather(&v, 1, 0, n);
   }
 
   /**
