@@ -10,16 +10,12 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { until } from './helpers/wait.js';
-import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
+import { mount, mountFixture, sh } from './helpers/mount.js';
 import { fuseMountAt } from '../fs-mount/mountpoint.js';
 
-const { reason, stack, cleanup } = await mountFixture('mount-crash.test');
+const { reason, stack, point, cleanup } = await mountFixture('mount-crash.test');
 const mtest = reason ? test.serial.skip : test.serial;
-const points: string[] = [];
-test.after.always(async () => {
-  for (const p of points) cleanupMount(p);
-  await cleanup();
-});
+test.after.always(cleanup);
 
 /** The errno code of stat(point), bounded in time ('TIMEOUT' when it hangs). */
 async function statCode(point: string, ms = 5000): Promise<string> {
@@ -54,8 +50,7 @@ function checkLogged(log: string): string {
 }
 
 mtest('kill -9 of the mount process during a write storm: ENOTCONN at once, no hang; a remount at the same point works and holds every fsync\'d file', async (t) => {
-  const mp = mountDir(stack!, 'k1');
-  points.push(mp);
+  const mp = point('k1');
   const m = await mount(stack!, mp);
   const log = `${stack!.dir}/k1.log`;
   const writes = sh(storm(log), mp, 120_000);
@@ -77,8 +72,7 @@ mtest('kill -9 of the mount process during a write storm: ENOTCONN at once, no h
 });
 
 mtest('kill -9 of the FS during a write storm: the mount ends by itself; after a restart every fsync\'d file is there', async (t) => {
-  const mp = mountDir(stack!, 'k2');
-  points.push(mp);
+  const mp = point('k2');
   const m = await mount(stack!, mp);
   const log = `${stack!.dir}/fsynced.log`;
   const writes = sh(storm(log), mp, 120_000);
@@ -102,9 +96,8 @@ mtest('kill -9 of the FS during a write storm: the mount ends by itself; after a
 });
 
 mtest('--writeback: buffered writes, partial overwrites, appends and a write-only open go through the writeback cache; closed and fsync\'d files are in the FS at once (a second mount reads them), after unmount + remount and after kill -9 of the FS', async (t) => {
-  const mp = mountDir(stack!, 'wb');
-  const other = mountDir(stack!, 'wb-other');
-  points.push(mp, other);
+  const mp = point('wb');
+  const other = point('wb-other');
   const src = `${stack!.dir}/wb-src`;
   const check = (dir: string): string => `cd ${dir}/wb && cmp a ${src}.a && cmp b ${src}.b && cmp c ${src}.c && test "$(stat -c %s a)" = "$(stat -c %s ${src}.a)"`;
   const m = await mount(stack!, mp, ['--writeback']);

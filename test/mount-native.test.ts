@@ -8,22 +8,12 @@
  */
 import test from 'ava';
 import { join } from 'node:path';
-import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
+import { mount, mountFixture, sh } from './helpers/mount.js';
 import { REPO_ROOT } from './helpers/spawn.js';
 
-const { reason, stack, cleanup } = await mountFixture('mount-native.test');
+const { reason, stack, point, cleanup } = await mountFixture('mount-native.test');
 const mtest = reason ? test.serial.skip : test.serial;
-const points: string[] = [];
-test.after.always(async () => {
-  for (const p of points) cleanupMount(p);
-  await cleanup();
-});
-
-function point(name: string): string {
-  const p = mountDir(stack!, name);
-  points.push(p);
-  return p;
-}
+test.after.always(cleanup);
 
 const CHECK = join(REPO_ROOT, 'test', 'helpers', 'read-check.mjs');
 

@@ -14,23 +14,13 @@ import { connect } from '../libfractos/index.js';
 import { FsClient } from '../fs-service/index.js';
 import { enroll, loadOrl } from '../facever-app/store.js';
 import { datasetForTests } from '../facever-app/dataset.js';
-import { cleanupMount, mount, mountDir, mountFixture, sh } from './helpers/mount.js';
+import { mount, mountFixture, sh } from './helpers/mount.js';
 import { fuseMountAt } from '../fs-mount/mountpoint.js';
 import { REPO_ROOT } from './helpers/spawn.js';
 
-const { reason, stack, cleanup } = await mountFixture('mount-tools.test');
+const { reason, stack, point, cleanup } = await mountFixture('mount-tools.test');
 const mtest = reason ? test.serial.skip : test.serial;
-const points: string[] = [];
-test.after.always(async () => {
-  for (const p of points) cleanupMount(p);
-  await cleanup();
-});
-
-function point(name: string): string {
-  const p = mountDir(stack!, name);
-  points.push(p);
-  return p;
-}
+test.after.always(cleanup);
 
 mtest('ordinary tools: mkdir -p, cp -a + diff -r, mv, rm -r, ln, ln -s, chmod, touch -d, stat, truncate, dd oflag=direct, sha256sum', async (t) => {
   const mp = point('m1');

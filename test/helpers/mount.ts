@@ -106,8 +106,10 @@ export function sh(script: string, cwd: string, timeoutMs = 120_000): Promise<{ 
  * The stack of a mount test file, started before any test is declared (ava wants every
  * declaration in the first tick after the first one): a sparse device file under /var/tmp
  * (O_DIRECT), the services, the inode-contract probe. `reason` is why the file skips ('' to run).
+ * `point(name)` makes a mount point in the stack's folder (mountDir) that `cleanup` unmounts
+ * and removes before it stops the stack.
  */
-export async function mountFixture(label: string, deviceBytes = 256 << 20): Promise<{ reason: string; stack: Stack | null; cleanup: () => Promise<void> }> {
+export async function mountFixture(label: string, deviceBytes = 256 << 20): Promise<{ reason: string; stack: Stack | null; point: (name: string) => string; cleanup: () => Promise<void> }> {
   let reason = fuseReason();
   let stack: Stack | null = null;
   let dir = '';
@@ -129,10 +131,17 @@ export async function mountFixture(label: string, deviceBytes = 256 << 20): Prom
     }
   }
   if (reason) console.log(`${label}: skipping: ${reason}`);
+  const points: string[] = [];
   return {
     reason,
     stack,
+    point: (name) => {
+      const p = mountDir(stack!, name);
+      points.push(p);
+      return p;
+    },
     cleanup: async () => {
+      for (const p of points) cleanupMount(p);
       await stack?.stop();
       if (dir) rmSync(dir, { recursive: true, force: true });
     },
