@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "frame_hook.h"
+#include "hook_frames.h"
 
 namespace {
 
@@ -157,35 +158,15 @@ void Send(fuse_req_t req, Ev* ev) { Post(Of(req), ev); }
 // stops native service of a handle at once; a detached channel (the Controller went away)
 // answers every op in flight EIO, a stop ENOTCONN.
 
-constexpr uint16_t DX_OP_REPLY = 0x7f;
-constexpr uint16_t DX_OP_DELIVER = 0x80;
-constexpr uint16_t DX_OP_INVOKE_QUIET = 0x23;
-constexpr uint16_t DX_OP_DELIVER_ACK = 0x60;
-constexpr uint16_t DX_OP_CAP_DROP_MANY = 0x61;
-constexpr uint32_t DX_HEADER = 16;
-/** Seqs of our own calls: the top bit (libfractos/calls.ts keeps JS's below it). */
-constexpr uint32_t DX_SEQ_NATIVE = 0x80000000u;
+using namespace fractos::hookframes;  // wire constants, ld/st, header, credit frames
+
 /**
  * u32 cid, u16 3 caps, u16 1 imm, 3 x (u16 slot, u16 0, u32 cid), (u32 off, u32 12, u64 offset,
  * u32 length); a write's immediate carries u32 flags (0) too: 4 bytes more.
  */
-constexpr uint32_t DX_INVOKE_BYTES = DX_HEADER + 4 + 4 + 3 * 8 + 8 + 12;
+constexpr uint32_t DX_INVOKE_BYTES = HEADER + 4 + 4 + 3 * 8 + 8 + 12;
 constexpr uint32_t DX_INVOKE_MAX = DX_INVOKE_BYTES + 4;
 constexpr uint32_t DX_MAX_SLOTS = 1024;
-
-inline uint16_t ld16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
-inline uint32_t ld32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
-inline void st16(uint8_t* p, uint16_t v) { memcpy(p, &v, 2); }
-inline void st32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
-inline void st64(uint8_t* p, uint64_t v) { memcpy(p, &v, 8); }
-
-void FrameHeader(uint8_t* f, uint32_t len, uint16_t op, uint32_t seq) {
-  st32(f, len);
-  st16(f + 4, op);
-  st16(f + 6, 0);
-  st32(f + 8, seq);
-  st32(f + 12, 0);
-}
 
 struct DaxExtent {
   uint64_t fileOff, len;
@@ -259,7 +240,7 @@ inline uint32_t DaxInvokeBytes(const DaxSlot& sl) { return sl.write ? DX_INVOKE_
 void DaxInvokeFrame(const Dax* d, uint32_t si, uint8_t* p) {
   const DaxSlot& sl = d->slots[si];
   const uint32_t bytes = DaxInvokeBytes(sl);
-  FrameHeader(p, bytes, DX_OP_INVOKE_QUIET, DX_SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
+  header(p, bytes, OP_REQUEST_INVOKE_QUIET, SEQ_NATIVE | (uint32_t(sl.gen & 0x7fff) << 16) | si);
   st32(p + 16, sl.cid);
   st16(p + 20, 3);
   st16(p + 22, 1);
@@ -357,12 +338,6 @@ void DaxFreeSlot(Dax* d, uint32_t si) {
   d->freeSlots.push_back(si);
 }
 
-uint8_t* DaxGrow(Dax* d, size_t n) {
-  size_t at = d->out.size();
-  d->out.resize(at + n);
-  return d->out.data() + at;
-}
-
 void DaxSend(Dax* d, uint32_t flags) {
   if (d->out.empty()) return;
   if (d->ops) {
@@ -392,7 +367,7 @@ void DaxOnAsync(uv_async_t* h) {
       DaxFreeSlot(d, si);
       continue;
     }
-    DaxInvokeFrame(d, si, DaxGrow(d, DaxInvokeBytes(sl)));
+    DaxInvokeFrame(d, si, grow(d->out, DaxInvokeBytes(sl)));
   }
   d->sending.clear();
   DaxSend(d, 0);
@@ -484,29 +459,18 @@ void DaxDetach(void* ctx) {
 void DaxFlush(void* ctx) {
   Dax* d = static_cast<Dax*>(ctx);
   if (!d->ops) return;
-  if (!d->drops.empty()) {
-    uint32_t bytes = DX_HEADER + 4 * uint32_t(d->drops.size());
-    uint8_t* p = DaxGrow(d, bytes);
-    FrameHeader(p, bytes, DX_OP_CAP_DROP_MANY, 0);
-    for (size_t i = 0; i < d->drops.size(); i++) st32(p + DX_HEADER + 4 * i, d->drops[i]);
-    d->drops.clear();
-  }
+  appendDropMany(d->out, d->drops);
   bool onlyAck = d->out.empty();
-  if (d->acks) {
-    uint8_t* p = DaxGrow(d, DX_HEADER + 4);
-    FrameHeader(p, DX_HEADER + 4, DX_OP_DELIVER_ACK, 0);
-    st32(p + DX_HEADER, d->acks);
-    d->acks = 0;
-  }
+  appendDeliverAck(d->out, d->acks);
   DaxSend(d, onlyAck ? FRACTOS_SEND_QUIET : 0);  // credits alone: nobody waits for them
 }
 
 int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
   Dax* d = static_cast<Dax*>(ctx);
   const uint16_t op = ld16(f + 4);
-  if (op == DX_OP_REPLY) {
+  if (op == OP_REPLY) {
     const uint32_t seq = ld32(f + 8);
-    if (!(seq & DX_SEQ_NATIVE)) return 0;
+    if (!(seq & SEQ_NATIVE)) return 0;
     const uint16_t code = ld16(f + 12);
     const uint32_t si = seq & 0xffff;
     if (code == 0 || si >= d->slots.size()) return 1;
@@ -523,7 +487,7 @@ int DaxOnFrame(void* ctx, const uint8_t* f, uint32_t len) {
     DaxFreeSlot(d, si);
     return 1;
   }
-  if (op != DX_OP_DELIVER || len < DX_HEADER + 8) return 0;
+  if (op != OP_DELIVER || len < HEADER + 8) return 0;
   const uint32_t tag = ld32(f + 16);
   const bool ok = tag == d->okTag;
   if (!ok && tag != d->errTag) return 0;

@@ -37,54 +37,21 @@
 #include <vector>
 
 #include "frame_hook.h"
+#include "hook_frames.h"
 
 namespace fractos::ioloop {
 
 namespace {
 
-// Wire constants of docs/protocol.md (libfractos/protocol.ts Op, Perm, Backing, MemFlag).
-constexpr uint16_t OP_REPLY = 0x7f;
-constexpr uint16_t OP_DELIVER = 0x80;
-/** REQUEST_INVOKE_QUIET: as REQUEST_INVOKE, but its success REPLY does not wake us by itself. */
-constexpr uint16_t OP_REQUEST_INVOKE_QUIET = 0x23;
-constexpr uint16_t OP_DELIVER_ACK = 0x60;
-constexpr uint16_t OP_CAP_DROP_MANY = 0x61;
-constexpr uint32_t HEADER = 16;
+using namespace fractos::hookframes;  // op codes, HEADER, SEQ_NATIVE, ld/st, header, credit frames
+
+// Wire constants of docs/protocol.md (libfractos/protocol.ts Perm, Backing, MemFlag).
 constexpr uint8_t PERM_READ = 1, PERM_WRITE = 2;
 constexpr uint8_t BACKING_SHARED = 0;
 constexpr uint8_t MEMFLAG_LOCAL = 1;
 constexpr uint32_t DESCRIPTOR_BYTES = 40;
-/** Seqs of the loop's own calls: the top bit set (libfractos/calls.ts keeps JS's below it). */
-constexpr uint32_t SEQ_NATIVE = 0x80000000u;
 /** Bytes of one REQUEST_INVOKE_QUIET the loop sends (see Complete). */
 constexpr uint32_t INVOKE_BYTES = HEADER + 4 + 4 + 8 + 4;
-
-inline uint16_t ld16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t ld32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-inline uint64_t ld64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-inline void st16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
-inline void st32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-
-void header(uint8_t* f, uint32_t len, uint16_t op, uint32_t seq) {
-  st32(f, len);
-  st16(f + 4, op);
-  st16(f + 6, 0);
-  st32(f + 8, seq);
-  st16(f + 12, 0);
-  st16(f + 14, 0);
-}
 
 /** Why a delivery went to JS (stats().fallbacks). */
 enum Fallback : uint8_t {
@@ -318,12 +285,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     }
     // Our credits: only a DELIVER_ACK is due here (answers go out on completion), and nobody
     // waits for it: published without waking the Controller (docs/queues.md).
-    if (self->acks_) {
-      uint8_t* p = self->Grow(HEADER + 4);
-      header(p, HEADER + 4, OP_DELIVER_ACK, 0);
-      st32(p + HEADER, self->acks_);
-      self->acks_ = 0;
-    }
+    appendDeliverAck(self->out_, self->acks_);
     self->Send(self->out_.size() == HEADER + 4 ? FRACTOS_SEND_QUIET : 0);
     self->SpinForCompletions();
   }
@@ -495,12 +457,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
       }
       io_uring_cq_advance(&ring_, n);
     }
-    if (!drops_.empty() && ops_) {
-      uint32_t bytes = HEADER + 4 * uint32_t(drops_.size());
-      uint8_t* p = Grow(bytes);
-      header(p, bytes, OP_CAP_DROP_MANY, 0);
-      for (size_t i = 0; i < drops_.size(); i++) st32(p + HEADER + 4 * i, drops_[i]);
-    }
+    if (ops_) appendDropMany(out_, drops_);
     drops_.clear();
     if (prepped_) HFlush(this);  // SQEs a failed submit left behind
     else Send();
@@ -527,7 +484,7 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
    * success REPLY is taken with our next woken batch (a refused one still wakes us).
    */
   void Complete(const Slot& s) {
-    uint8_t* p = Grow(INVOKE_BYTES);
+    uint8_t* p = grow(out_, INVOKE_BYTES);
     // u32 cid, args: u16 0 caps, u16 1 imm, (u32 offset, u32 4, u32 length)
     header(p, INVOKE_BYTES, OP_REQUEST_INVOKE_QUIET, SEQ_NATIVE | (seq_++ & 0x7fffffffu));
     st32(p + 16, s.ok);
@@ -539,12 +496,6 @@ class IoLoop : public Napi::ObjectWrap<IoLoop> {
     drops_.push_back(s.buf);
     if (s.ok != s.buf) drops_.push_back(s.ok);
     if (s.fail != s.buf && s.fail != s.ok) drops_.push_back(s.fail);
-  }
-
-  uint8_t* Grow(size_t n) {
-    size_t at = out_.size();
-    out_.resize(at + n);
-    return out_.data() + at;
   }
 
   void Send(uint32_t flags = 0) {
